@@ -1,0 +1,479 @@
+//! The actor runtime: one actix actor per entity instance, generic over the entity kind.
+//!
+//! An [`Entity`] is a pure decider (`decide` + `evolve`) with a stream category. The runtime
+//! gives it a home:
+//!
+//! - a [`Registry`] spawns the actor of an id on first use and hands out its address;
+//! - the actor loads its latest snapshot plus the tail of its stream the first time it is
+//!   asked to do something;
+//! - commands run one at a time (`AtomicResponse`): decide, append with the version the actor
+//!   knows as the expected version, evolve;
+//! - a version conflict (another process wrote the stream) makes the actor reload and try once
+//!   more; a second conflict is answered as [`CommandError::Conflict`];
+//! - every `snapshot_every` events it saves a snapshot, off the mailbox;
+//! - after `idle_timeout` without messages it removes itself from the registry, only if the
+//!   registry still points at it, and stops. A sender that raced the stop gets a closed
+//!   mailbox and the registry retries with a fresh actor, which loads everything the old one
+//!   wrote: a command is never lost and never runs twice.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use dashmap::DashMap;
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+use universal_events::EventFamily;
+use uuid::Uuid;
+
+use crate::store::{
+    AppendError, Direction, EventStore, ExpectedVersion, NewEvent, Snapshot, StoreError,
+};
+
+/// An entity kind: its stream category, state, commands, events and rules.
+pub trait Entity: Default + Serialize + DeserializeOwned + Unpin + 'static {
+    type Command: Clone + Send + 'static;
+    type Event: EventFamily;
+    type Error: std::error::Error + Send + 'static;
+
+    /// The stream category; streams are named `<CATEGORY>-<id>`.
+    const CATEGORY: &'static str;
+    /// Bumped whenever the serialized state changes shape: older snapshots are then ignored.
+    const SNAPSHOT_VERSION: i32 = 1;
+
+    /// The business rules: which events `cmd` produces in this state, or why it is refused.
+    /// Pure: no I/O, no clock, no randomness (commands carry times and ids).
+    fn decide(&self, cmd: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+
+    /// Folds one event into the state. Never fails: events are facts.
+    fn evolve(&mut self, event: &Self::Event);
+}
+
+/// The stream of an entity instance.
+pub fn stream_name<E: Entity>(id: Uuid) -> String {
+    format!("{}-{}", E::CATEGORY, id)
+}
+
+/// Settings of the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// An actor that received no message for this long passivates.
+    pub idle_timeout: Duration,
+    /// A snapshot is saved each time the stream version crosses a multiple of this.
+    pub snapshot_every: i64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(300),
+            snapshot_every: 100,
+        }
+    }
+}
+
+/// Who sent a command and why; copied into the metadata of every event it produces.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CommandMeta {
+    /// Identifies the command; event ids are derived from it, so a resent command with the
+    /// same id produces the same event ids and the store writes it only once.
+    pub command_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<String>,
+}
+
+impl CommandMeta {
+    pub fn new() -> Self {
+        Self {
+            command_id: Uuid::now_v7(),
+            ..Self::default()
+        }
+    }
+}
+
+/// What a successful command returns.
+#[derive(Debug, Clone)]
+pub struct CommandReply<E: Entity> {
+    /// The stream version after the command.
+    pub version: i64,
+    /// The global position of the last event of the stream (for `min_position` reads).
+    pub position: i64,
+    /// The events this command produced (empty when it changed nothing).
+    pub events: Vec<E::Event>,
+}
+
+/// Why a command did not produce events.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<D: std::error::Error> {
+    #[error(transparent)]
+    Domain(D),
+    #[error("the entity is at version {actual}, not {expected}")]
+    Conflict { expected: i64, actual: i64 },
+    #[error("event store unavailable: {0}")]
+    Store(String),
+    #[error("the entity could not be reached")]
+    Unavailable,
+}
+
+/// Runs one command on an entity actor.
+pub struct Execute<E: Entity> {
+    pub cmd: E::Command,
+    /// `If-Match`: the version the caller believes the entity is at.
+    pub expected: Option<i64>,
+    pub meta: CommandMeta,
+}
+
+impl<E: Entity> Message for Execute<E> {
+    type Result = Result<CommandReply<E>, CommandError<E::Error>>;
+}
+
+/// What an actor knows about its entity.
+struct Current<E: Entity> {
+    state: E,
+    version: i64,
+    position: i64,
+    loaded: bool,
+}
+
+impl<E: Entity> Default for Current<E> {
+    fn default() -> Self {
+        Self {
+            state: E::default(),
+            version: 0,
+            position: 0,
+            loaded: false,
+        }
+    }
+}
+
+struct Slot<E: Entity> {
+    addr: Addr<EntityActor<E>>,
+    generation: u64,
+}
+
+type Slots<E> = Arc<DashMap<Uuid, Slot<E>>>;
+
+/// The actor of one entity instance.
+pub struct EntityActor<E: Entity> {
+    id: Uuid,
+    stream: String,
+    current: Current<E>,
+    store: Arc<dyn EventStore>,
+    slots: Slots<E>,
+    generation: u64,
+    config: RuntimeConfig,
+    last_active: Instant,
+}
+
+impl<E: Entity> Actor for EntityActor<E> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::gauge!("ub_live_actors", "kind" => E::CATEGORY).increment(1.0);
+        let tick = (self.config.idle_timeout / 4).max(Duration::from_millis(10));
+        ctx.run_interval(tick, |act, ctx| {
+            if act.last_active.elapsed() >= act.config.idle_timeout {
+                let generation = act.generation;
+                act.slots
+                    .remove_if(&act.id, |_, slot| slot.generation == generation);
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let generation = self.generation;
+        self.slots
+            .remove_if(&self.id, |_, slot| slot.generation == generation);
+        metrics::gauge!("ub_live_actors", "kind" => E::CATEGORY).decrement(1.0);
+    }
+}
+
+impl<E: Entity> Handler<Execute<E>> for EntityActor<E> {
+    type Result = AtomicResponse<Self, Result<CommandReply<E>, CommandError<E::Error>>>;
+
+    fn handle(&mut self, msg: Execute<E>, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        let current = std::mem::take(&mut self.current);
+        let work = run_command(
+            self.store.clone(),
+            self.stream.clone(),
+            current,
+            msg,
+            self.config.snapshot_every,
+        );
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            |(current, result), act, _ctx| {
+                act.current = current;
+                act.last_active = Instant::now();
+                let outcome = match &result {
+                    Ok(_) => "ok",
+                    Err(CommandError::Domain(_)) => "rejected",
+                    Err(CommandError::Conflict { .. }) => "conflict",
+                    Err(_) => "error",
+                };
+                metrics::counter!("ub_commands_total", "kind" => E::CATEGORY, "outcome" => outcome)
+                    .increment(1);
+                result
+            },
+        )))
+    }
+}
+
+/// Loads snapshot + tail of a stream into a fresh state.
+async fn load<E: Entity>(store: &dyn EventStore, stream: &str) -> Result<Current<E>, StoreError> {
+    let mut current = Current::<E>::default();
+    if let Some(snap) = store.load_snapshot(stream).await? {
+        if snap.schema_version == E::SNAPSHOT_VERSION {
+            match serde_json::from_value::<E>(snap.state) {
+                Ok(state) => {
+                    current.state = state;
+                    current.version = snap.version;
+                }
+                Err(e) => tracing::warn!(stream, error = %e, "ignoring unreadable snapshot"),
+            }
+        }
+    }
+    const PAGE: i64 = 1000;
+    loop {
+        let page = store
+            .read_stream(stream, current.version + 1, Direction::Forward, PAGE)
+            .await?;
+        for recorded in &page {
+            let event = E::Event::decode(
+                &recorded.event_type,
+                recorded.schema_version,
+                recorded.data.clone(),
+            )
+            .map_err(|e| StoreError::Other(format!("{stream}@{}: {e}", recorded.version)))?;
+            current.state.evolve(&event);
+            current.version = recorded.version;
+            current.position = recorded.position;
+        }
+        if (page.len() as i64) < PAGE {
+            break;
+        }
+    }
+    if current.position == 0 && current.version > 0 {
+        // Everything came from the snapshot: look up the position of its last event.
+        if let Some(last) = store
+            .read_stream(stream, current.version, Direction::Backward, 1)
+            .await?
+            .first()
+        {
+            current.position = last.position;
+        }
+    }
+    current.loaded = true;
+    Ok(current)
+}
+
+fn to_new_events<E: Entity>(events: &[E::Event], meta: &CommandMeta) -> Vec<NewEvent> {
+    let metadata = serde_json::to_value(meta).unwrap_or(Value::Null);
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| NewEvent {
+            event_id: Uuid::new_v5(&meta.command_id, &(i as u64).to_be_bytes()),
+            event_type: e.event_type().to_owned(),
+            schema_version: E::Event::schema_version(e.event_type()),
+            data: e.to_data(),
+            metadata: metadata.clone(),
+        })
+        .collect()
+}
+
+/// The body of one command, run while the actor's mailbox is held.
+async fn run_command<E: Entity>(
+    store: Arc<dyn EventStore>,
+    stream: String,
+    mut current: Current<E>,
+    msg: Execute<E>,
+    snapshot_every: i64,
+) -> (Current<E>, Result<CommandReply<E>, CommandError<E::Error>>) {
+    for attempt in 0..2 {
+        if !current.loaded || attempt > 0 {
+            match load::<E>(store.as_ref(), &stream).await {
+                Ok(c) => current = c,
+                Err(e) => return (Current::default(), Err(CommandError::Store(e.to_string()))),
+            }
+        }
+        if let Some(expected) = msg.expected {
+            if expected != current.version {
+                if attempt == 0 {
+                    continue; // our copy may be stale: reload and look again
+                }
+                let actual = current.version;
+                return (current, Err(CommandError::Conflict { expected, actual }));
+            }
+        }
+        let events = match current.state.decide(&msg.cmd) {
+            Ok(events) => events,
+            Err(e) => return (current, Err(CommandError::Domain(e))),
+        };
+        if events.is_empty() {
+            let reply = CommandReply {
+                version: current.version,
+                position: current.position,
+                events,
+            };
+            return (current, Ok(reply));
+        }
+        let new_events = to_new_events::<E>(&events, &msg.meta);
+        let before = current.version;
+        match store
+            .append(&stream, ExpectedVersion::Exact(before), new_events)
+            .await
+        {
+            Ok(result) if result.written => {
+                for e in &events {
+                    current.state.evolve(e);
+                }
+                current.version = result.version;
+                current.position = result.position;
+                if snapshot_every > 0 && result.version / snapshot_every > before / snapshot_every
+                {
+                    save_snapshot_later(store.clone(), stream.clone(), &current);
+                }
+                let reply = CommandReply {
+                    version: result.version,
+                    position: result.position,
+                    events,
+                };
+                return (current, Ok(reply));
+            }
+            Ok(result) => {
+                // The same command was stored before: answer as it was, from fresh state.
+                current.loaded = false;
+                let reply = CommandReply {
+                    version: result.version,
+                    position: result.position,
+                    events,
+                };
+                return (current, Ok(reply));
+            }
+            Err(AppendError::WrongVersion { actual, .. }) => {
+                if attempt == 1 {
+                    return (
+                        Current::default(),
+                        Err(CommandError::Conflict {
+                            expected: before,
+                            actual,
+                        }),
+                    );
+                }
+            }
+            Err(e) => {
+                // The outcome is unknown (the commit may have happened): reload next time.
+                return (Current::default(), Err(CommandError::Store(e.to_string())));
+            }
+        }
+    }
+    (Current::default(), Err(CommandError::Unavailable))
+}
+
+fn save_snapshot_later<E: Entity>(store: Arc<dyn EventStore>, stream: String, c: &Current<E>) {
+    let state = match serde_json::to_value(&c.state) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(stream, error = %e, "state cannot be serialized for a snapshot");
+            return;
+        }
+    };
+    let snapshot = Snapshot {
+        version: c.version,
+        schema_version: E::SNAPSHOT_VERSION,
+        state,
+    };
+    actix::spawn(async move {
+        if let Err(e) = store.save_snapshot(&stream, snapshot).await {
+            tracing::warn!(stream, error = %e, "snapshot not saved");
+        }
+    });
+}
+
+/// Hands out the actors of one entity kind, spawning them on first use.
+pub struct Registry<E: Entity> {
+    slots: Slots<E>,
+    store: Arc<dyn EventStore>,
+    config: RuntimeConfig,
+    generations: AtomicU64,
+    _kind: PhantomData<fn() -> E>,
+}
+
+impl<E: Entity> Registry<E> {
+    pub fn new(store: Arc<dyn EventStore>, config: RuntimeConfig) -> Self {
+        Self {
+            slots: Arc::new(DashMap::new()),
+            store,
+            config,
+            generations: AtomicU64::new(1),
+            _kind: PhantomData,
+        }
+    }
+
+    /// Actors currently alive in this registry.
+    pub fn live(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn actor(&self, id: Uuid) -> (Addr<EntityActor<E>>, u64) {
+        if let Some(slot) = self.slots.get(&id) {
+            return (slot.addr.clone(), slot.generation);
+        }
+        let slot = self.slots.entry(id).or_insert_with(|| {
+            let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+            let actor = EntityActor::<E> {
+                id,
+                stream: stream_name::<E>(id),
+                current: Current::default(),
+                store: self.store.clone(),
+                slots: self.slots.clone(),
+                generation,
+                config: self.config.clone(),
+                last_active: Instant::now(),
+            };
+            Slot {
+                addr: actor.start(),
+                generation,
+            }
+        });
+        (slot.addr.clone(), slot.generation)
+    }
+
+    /// Runs `cmd` on the actor of `id`.
+    pub async fn execute(
+        &self,
+        id: Uuid,
+        cmd: E::Command,
+        expected: Option<i64>,
+        meta: CommandMeta,
+    ) -> Result<CommandReply<E>, CommandError<E::Error>> {
+        for _ in 0..3 {
+            let (addr, generation) = self.actor(id);
+            let msg = Execute {
+                cmd: cmd.clone(),
+                expected,
+                meta: meta.clone(),
+            };
+            match addr.send(msg).await {
+                Ok(result) => return result,
+                Err(_) => {
+                    // The actor stopped (passivated) before taking the message: forget it and
+                    // try a fresh one.
+                    self.slots
+                        .remove_if(&id, |_, slot| slot.generation == generation);
+                }
+            }
+        }
+        Err(CommandError::Unavailable)
+    }
+}

@@ -1,0 +1,583 @@
+//! CityPulse: buildings, sensors, readings, thresholds, energy and alerts.
+//!
+//! Commands go to the building's actor; queries read the CityPulse read models. Every query
+//! accepts `min_position=P` and then answers only once the read model has caught up with P
+//! (at most 5 s, then 504 with the current checkpoint): pass the `position` a command
+//! returned to read your own write.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use universal_events::building::SensorKind;
+use uuid::Uuid;
+
+use super::command::{idempotent, if_match, meta, parse_json, Answer};
+use super::error::command_error;
+use super::ApiError;
+use crate::actors::building::{Building, BuildingCommand, BuildingError, ReadingInput};
+use crate::actors::CommandReply;
+use crate::projections::WaitError;
+use crate::startup::AppState;
+
+const DIRECTORY: &str = "citypulse_directory";
+const ENERGY: &str = "citypulse_energy";
+/// The longest a query waits for `min_position`.
+pub const MAX_WAIT: Duration = Duration::from_secs(5);
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/citypulse")
+            .route("/buildings", web::post().to(create_building))
+            .route("/buildings", web::get().to(list_buildings))
+            .route("/buildings/{id}", web::get().to(get_building))
+            .route("/buildings/{id}/sensors", web::post().to(add_sensor))
+            .route("/buildings/{id}/sensors", web::get().to(list_sensors))
+            .route(
+                "/buildings/{id}/sensors/{sensor_id}",
+                web::delete().to(decommission_sensor),
+            )
+            .route("/buildings/{id}/readings", web::post().to(post_readings))
+            .route("/buildings/{id}/thresholds", web::put().to(set_threshold))
+            .route("/buildings/{id}/energy", web::get().to(energy))
+            .route("/buildings/{id}/alerts", web::get().to(alerts)),
+    );
+}
+
+fn building_error(e: BuildingError) -> ApiError {
+    match e {
+        BuildingError::NotFound => ApiError::not_found("building not found"),
+        BuildingError::AlreadyRegistered => ApiError::conflict("building is already registered"),
+        BuildingError::Invalid { field, message } => ApiError::validation(field, message),
+        BuildingError::UnknownSensor(id) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_sensor",
+            format!("sensor {id} is not registered in this building"),
+        )
+        .with_details(json!({ "sensor_id": id })),
+        BuildingError::SensorDecommissioned(id) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "sensor_decommissioned",
+            format!("sensor {id} is decommissioned"),
+        )
+        .with_details(json!({ "sensor_id": id })),
+        BuildingError::SensorExists(id) => {
+            ApiError::conflict(format!("sensor {id} is already registered"))
+        }
+    }
+}
+
+/// Runs a building command and shapes the usual `{id, version, position}` answer.
+async fn run(
+    state: &AppState,
+    req: &HttpRequest,
+    id: Uuid,
+    cmd: BuildingCommand,
+    status: StatusCode,
+    extra: impl FnOnce(&CommandReply<Building>) -> Value,
+) -> Result<Answer, ApiError> {
+    let expected = if_match(req)?;
+    let reply = state
+        .buildings
+        .execute(id, cmd, expected, meta(req)?)
+        .await
+        .map_err(|e| command_error(e, building_error))?;
+    let mut body = json!({ "id": id, "version": reply.version, "position": reply.position });
+    if let (Value::Object(map), Value::Object(more)) = (&mut body, extra(&reply)) {
+        map.extend(more);
+    }
+    Ok(Answer {
+        status,
+        body,
+        version: reply.version,
+    })
+}
+
+/// Waits for `min_position` on the given projection, if asked.
+async fn wait(state: &AppState, projection: &'static str, min: Option<i64>) -> Result<(), ApiError> {
+    let Some(position) = min else { return Ok(()) };
+    if position < 0 {
+        return Err(ApiError::bad_request("min_position must not be negative"));
+    }
+    state
+        .progress
+        .wait_for(&state.pool, projection, position, MAX_WAIT)
+        .await
+        .map_err(|e| match e {
+            WaitError::Timeout { checkpoint } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "projection_behind",
+                format!("the read model has not reached position {position} yet"),
+            )
+            .with_details(json!({ "projection": projection, "checkpoint": checkpoint })),
+            WaitError::Store(msg) => ApiError::unavailable(msg),
+        })
+}
+
+fn check_text(field: &str, value: &Option<String>, max: usize) -> Result<(), ApiError> {
+    if value.as_ref().is_some_and(|v| v.chars().count() > max) {
+        return Err(ApiError::validation(field, format!("must be at most {max} characters")));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBuilding {
+    name: String,
+    address: Option<String>,
+    floor_area_m2: Option<f64>,
+}
+
+async fn create_building(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let input: CreateBuilding = parse_json(&body)?;
+    check_text("address", &input.address, 500)?;
+    let meta = meta(&req)?;
+    // With an idempotency key the id follows from it, so a retry names the same building.
+    let id = Uuid::new_v5(&meta.command_id, b"building");
+    let cmd = BuildingCommand::Register {
+        name: input.name,
+        address: input.address,
+        floor_area_m2: input.floor_area_m2,
+        at: Utc::now(),
+        building_id: id,
+    };
+    idempotent(&state.pool, &req, &body, || async {
+        let mut answer = run(&state, &req, id, cmd, StatusCode::CREATED, |_| json!({})).await?;
+        answer.body["location"] = json!(format!("/api/v1/citypulse/buildings/{id}"));
+        Ok(answer)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddSensor {
+    kind: SensorKind,
+    unit: String,
+    name: Option<String>,
+}
+
+async fn add_sensor(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<Uuid>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let input: AddSensor = parse_json(&body)?;
+    let meta = meta(&req)?;
+    let sensor_id = Uuid::new_v5(&meta.command_id, b"sensor");
+    let cmd = BuildingCommand::RegisterSensor {
+        sensor_id,
+        kind: input.kind,
+        unit: input.unit,
+        name: input.name,
+    };
+    idempotent(&state.pool, &req, &body, || {
+        run(&state, &req, id, cmd, StatusCode::CREATED, |_| {
+            json!({ "sensor_id": sensor_id })
+        })
+    })
+    .await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Decommission {
+    reason: Option<String>,
+}
+
+async fn decommission_sensor(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(Uuid, Uuid)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let (id, sensor_id) = path.into_inner();
+    let input: Decommission = if body.iter().all(u8::is_ascii_whitespace) {
+        Decommission::default()
+    } else {
+        parse_json(&body)?
+    };
+    check_text("reason", &input.reason, 500)?;
+    let cmd = BuildingCommand::DecommissionSensor {
+        sensor_id,
+        reason: input.reason,
+    };
+    idempotent(&state.pool, &req, &body, || async {
+        run(&state, &req, id, cmd, StatusCode::OK, |_| json!({ "sensor_id": sensor_id }))
+            .await
+            .map_err(|e| match e.code {
+                "unknown_sensor" => ApiError::not_found("sensor not found"),
+                _ => e,
+            })
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostReadings {
+    readings: Vec<ReadingBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadingBody {
+    sensor_id: Uuid,
+    value: f64,
+    /// When it was measured; the time of the request when absent.
+    #[serde(alias = "measured_at")]
+    timestamp: Option<DateTime<Utc>>,
+}
+
+async fn post_readings(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<Uuid>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let input: PostReadings = parse_json(&body)?;
+    let now = Utc::now();
+    let meta = meta(&req)?;
+    let cmd = BuildingCommand::RecordReadings {
+        command_id: meta.command_id,
+        received_at: now,
+        readings: input
+            .readings
+            .into_iter()
+            .map(|r| ReadingInput {
+                sensor_id: r.sensor_id,
+                value: r.value,
+                measured_at: r.timestamp.unwrap_or(now),
+            })
+            .collect(),
+    };
+    idempotent(&state.pool, &req, &body, || {
+        run(&state, &req, id, cmd, StatusCode::CREATED, |reply| {
+            let alerts = reply
+                .events
+                .iter()
+                .filter(|e| {
+                    matches!(e, universal_events::BuildingEvent::AlertRaised(_))
+                })
+                .count();
+            json!({ "alerts_raised": alerts })
+        })
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetThreshold {
+    kind: SensorKind,
+    min: Option<f64>,
+    max: Option<f64>,
+}
+
+async fn set_threshold(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<Uuid>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let input: SetThreshold = parse_json(&body)?;
+    let cmd = BuildingCommand::SetThreshold {
+        kind: input.kind,
+        min: input.min,
+        max: input.max,
+    };
+    idempotent(&state.pool, &req, &body, || {
+        run(&state, &req, id, cmd, StatusCode::OK, |_| json!({}))
+    })
+    .await
+}
+
+// ---- queries ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadParams {
+    min_position: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    min_position: Option<i64>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct BuildingRow {
+    id: Uuid,
+    name: String,
+    address: Option<String>,
+    floor_area_m2: Option<f64>,
+    registered_at: DateTime<Utc>,
+    version: i64,
+    active_sensors: i32,
+    open_alerts: i32,
+    last_reading_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    created_position: i64,
+}
+
+const BUILDING_COLUMNS: &str = "id, name, address, floor_area_m2, registered_at, version, \
+    active_sensors, open_alerts, last_reading_at, created_position";
+
+async fn list_buildings(
+    state: web::Data<AppState>,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
+    wait(&state, DIRECTORY, params.min_position).await?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 500"));
+    }
+    let after = match &params.cursor {
+        None => 0,
+        Some(c) => c
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request("cursor is not one this API handed out"))?,
+    };
+    let mut rows: Vec<BuildingRow> = sqlx::query_as(&format!(
+        "SELECT {BUILDING_COLUMNS} FROM buildings WHERE created_position > $1 \
+         ORDER BY created_position LIMIT $2"
+    ))
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| r.created_position.to_string())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(json!({ "items": rows, "next_cursor": next_cursor })))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct SensorRow {
+    id: Uuid,
+    kind: String,
+    unit: String,
+    name: Option<String>,
+    status: String,
+    last_value: Option<f64>,
+    last_reading_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct ThresholdRow {
+    kind: String,
+    min_value: Option<f64>,
+    max_value: Option<f64>,
+}
+
+async fn find_building(state: &AppState, id: Uuid) -> Result<BuildingRow, ApiError> {
+    sqlx::query_as(&format!("SELECT {BUILDING_COLUMNS} FROM buildings WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found("building not found"))
+}
+
+async fn get_building(
+    state: web::Data<AppState>,
+    path: web::Path<Uuid>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    wait(&state, DIRECTORY, params.min_position).await?;
+    let id = path.into_inner();
+    let building = find_building(&state, id).await?;
+    let sensors: Vec<SensorRow> = sqlx::query_as(
+        "SELECT id, kind, unit, name, status, last_value, last_reading_at FROM sensors \
+         WHERE building_id = $1 ORDER BY registered_position",
+    )
+    .bind(id)
+    .fetch_all(&state.pool)
+    .await?;
+    let thresholds: Vec<ThresholdRow> = sqlx::query_as(
+        "SELECT kind, min_value, max_value FROM thresholds WHERE building_id = $1 ORDER BY kind",
+    )
+    .bind(id)
+    .fetch_all(&state.pool)
+    .await?;
+    let version = building.version;
+    let mut body = serde_json::to_value(&building).map_err(ApiError::internal)?;
+    body["sensors"] = json!(sensors);
+    body["thresholds"] = json!(thresholds);
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::ETAG, format!("\"{version}\"")))
+        .json(body))
+}
+
+async fn list_sensors(
+    state: web::Data<AppState>,
+    path: web::Path<Uuid>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    wait(&state, DIRECTORY, params.min_position).await?;
+    let id = path.into_inner();
+    find_building(&state, id).await?;
+    let sensors: Vec<SensorRow> = sqlx::query_as(
+        "SELECT id, kind, unit, name, status, last_value, last_reading_at FROM sensors \
+         WHERE building_id = $1 ORDER BY registered_position",
+    )
+    .bind(id)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": sensors })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnergyParams {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    bucket: Option<String>,
+    sensor_id: Option<Uuid>,
+    kind: Option<SensorKind>,
+    min_position: Option<i64>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct EnergyRow {
+    bucket: DateTime<Utc>,
+    sensor_id: Uuid,
+    kind: String,
+    unit: String,
+    total: f64,
+    samples: i64,
+    min_value: f64,
+    max_value: f64,
+}
+
+async fn energy(
+    state: web::Data<AppState>,
+    path: web::Path<Uuid>,
+    params: web::Query<EnergyParams>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let (table, span, max_span) = match params.bucket.as_deref().unwrap_or("hour") {
+        "hour" => ("energy_hourly", TimeDelta::days(1), TimeDelta::days(93)),
+        "day" => ("energy_daily", TimeDelta::days(31), TimeDelta::days(3660)),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "bucket must be `hour` or `day`, not `{other}`"
+            )))
+        }
+    };
+    let to = params.to.unwrap_or_else(Utc::now);
+    let from = params.from.unwrap_or(to - span);
+    if from >= to {
+        return Err(ApiError::bad_request("`from` must be before `to`"));
+    }
+    if to - from > max_span {
+        return Err(ApiError::bad_request(format!(
+            "the range may span at most {} days for this bucket",
+            max_span.num_days()
+        )));
+    }
+    wait(&state, ENERGY, params.min_position).await?;
+    find_building(&state, id).await?;
+    let rows: Vec<EnergyRow> = sqlx::query_as(&format!(
+        "SELECT bucket, sensor_id, kind, unit, total, samples, min_value, max_value FROM {table} \
+         WHERE building_id = $1 AND bucket >= $2 AND bucket < $3 \
+         AND ($4::uuid IS NULL OR sensor_id = $4) AND ($5::text IS NULL OR kind = $5) \
+         ORDER BY bucket, sensor_id"
+    ))
+    .bind(id)
+    .bind(from)
+    .bind(to)
+    .bind(params.sensor_id)
+    .bind(params.kind.map(|k| k.as_str()))
+    .fetch_all(&state.pool)
+    .await?;
+    let series: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            let average = r.total / r.samples.max(1) as f64;
+            let mut v = serde_json::to_value(&r).unwrap_or(Value::Null);
+            v["average"] = json!(average);
+            v
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "building_id": id,
+        "bucket": params.bucket.as_deref().unwrap_or("hour"),
+        "from": from,
+        "to": to,
+        "series": series,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertParams {
+    status: Option<String>,
+    limit: Option<i64>,
+    min_position: Option<i64>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct AlertRow {
+    id: Uuid,
+    sensor_id: Uuid,
+    kind: String,
+    bound: String,
+    limit_value: f64,
+    value: f64,
+    raised_at: DateTime<Utc>,
+    position: i64,
+    resolved_at: Option<DateTime<Utc>>,
+    resolved_value: Option<f64>,
+}
+
+async fn alerts(
+    state: web::Data<AppState>,
+    path: web::Path<Uuid>,
+    params: web::Query<AlertParams>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let open_only = match params.status.as_deref().unwrap_or("all") {
+        "all" => false,
+        "open" => true,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "status must be `open` or `all`, not `{other}`"
+            )))
+        }
+    };
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    wait(&state, DIRECTORY, params.min_position).await?;
+    find_building(&state, id).await?;
+    let rows: Vec<AlertRow> = sqlx::query_as(
+        "SELECT id, sensor_id, kind, bound, limit_value, value, raised_at, position, \
+         resolved_at, resolved_value FROM alerts WHERE building_id = $1 \
+         AND (NOT $2 OR resolved_at IS NULL) ORDER BY position DESC LIMIT $3",
+    )
+    .bind(id)
+    .bind(open_only)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": rows })))
+}

@@ -1,0 +1,162 @@
+//! The one error type of the HTTP layer.
+//!
+//! Every failure leaves as `{"error": {"code", "message", "details"}}` with the fitting
+//! status. Unexpected errors are logged with their whole cause chain and answered as an
+//! opaque 500, so no internals leak to clients.
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::ServiceResponse;
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::ErrorHandlerResponse;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{json, Value};
+
+use crate::actors::CommandError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: Value::Null,
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// A malformed request: bad JSON, a bad query parameter or header.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// Well-formed input that breaks a rule; `field` names the offending input.
+    pub fn validation(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("{field}: {message}"),
+        )
+        .with_details(json!({ "field": field, "reason": message }))
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// An unexpected failure: logged in full, answered opaquely.
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "unexpected error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "something went wrong on our side",
+        )
+    }
+
+    pub fn body(&self) -> Value {
+        json!({ "error": { "code": self.code, "message": self.message, "details": self.details } })
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse<BoxBody> {
+        HttpResponse::build(self.status).json(self.body())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+                ApiError::conflict("a record with the same key exists")
+            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::unavailable("the database is unavailable; try again")
+            }
+            _ => ApiError::internal(e),
+        }
+    }
+}
+
+/// Maps the runtime's errors; the domain error is mapped by the caller-supplied function.
+pub fn command_error<D: std::error::Error>(
+    e: CommandError<D>,
+    domain: impl FnOnce(D) -> ApiError,
+) -> ApiError {
+    match e {
+        CommandError::Domain(d) => domain(d),
+        CommandError::Conflict { expected, actual } => ApiError::new(
+            StatusCode::CONFLICT,
+            "version_conflict",
+            format!("the entity is at version {actual}, not {expected}"),
+        )
+        .with_details(json!({ "expected_version": expected, "actual_version": actual })),
+        CommandError::Store(msg) => {
+            tracing::warn!(error = %msg, "command failed in the store");
+            ApiError::unavailable("the event store is unavailable; the command may be retried")
+        }
+        CommandError::Unavailable => ApiError::unavailable("the entity could not be reached"),
+    }
+}
+
+/// Rewrites error responses produced outside our handlers (an unknown route, a wrong
+/// method, a payload over the size limit) into the JSON error shape.
+pub fn json_error_responses<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such resource".to_owned()),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed here".into()),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large".into()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send application/json".into()),
+        s if s.is_server_error() => ("internal_error", "something went wrong on our side".into()),
+        s => ("bad_request", s.canonical_reason().unwrap_or("bad request").to_owned()),
+    };
+    let err = ApiError::new(status, code, message);
+    let (req, _) = res.into_parts();
+    let res = HttpResponse::build(status).json(err.body());
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, res).map_into_right_body(),
+    ))
+}

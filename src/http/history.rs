@@ -1,0 +1,148 @@
+//! History for analysts: one stream from a version, and the whole log by position.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::ApiError;
+use crate::startup::AppState;
+use crate::store::{Direction, Filter};
+
+const MAX_LIMIT: i64 = 1000;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/streams/{stream}", web::get().to(read_stream))
+        .route("/events", web::get().to(read_log));
+}
+
+fn limit(value: Option<i64>) -> Result<i64, ApiError> {
+    let limit = value.unwrap_or(100);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    Ok(limit)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamParams {
+    from_version: Option<i64>,
+    direction: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/streams/{stream}?from_version&direction=forward|backward&limit`
+async fn read_stream(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    params: web::Query<StreamParams>,
+) -> Result<HttpResponse, ApiError> {
+    let stream = path.into_inner();
+    let limit = limit(params.limit)?;
+    let direction = match params.direction.as_deref().unwrap_or("forward") {
+        "forward" => Direction::Forward,
+        "backward" => Direction::Backward,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "direction must be `forward` or `backward`, not `{other}`"
+            )))
+        }
+    };
+    let from = match (params.from_version, direction) {
+        (Some(v), _) if v < 0 => {
+            return Err(ApiError::bad_request("from_version must not be negative"))
+        }
+        (Some(v), _) => v,
+        (None, Direction::Forward) => 1,
+        (None, Direction::Backward) => i64::MAX,
+    };
+    let events = state
+        .store
+        .read_stream(&stream, from, direction, limit)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if events.is_empty() && from <= 1 {
+        let exists = !state
+            .store
+            .read_stream(&stream, i64::MAX, Direction::Backward, 1)
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .is_empty();
+        if !exists {
+            return Err(ApiError::not_found(format!("stream `{stream}` not found")));
+        }
+    }
+    let next_version = if events.len() as i64 == limit {
+        events.last().map(|e| match direction {
+            Direction::Forward => e.version + 1,
+            Direction::Backward => e.version - 1,
+        })
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "stream": stream,
+        "events": events,
+        "next_version": next_version,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogParams {
+    from_position: Option<i64>,
+    category: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    limit: Option<i64>,
+}
+
+fn list(value: &Option<String>) -> Option<Vec<String>> {
+    value.as_ref().map(|v| {
+        v.split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
+}
+
+/// `GET /api/v1/events?from_position&category&type&limit` — the `$all` log, oldest first.
+/// `category` and `type` take comma-separated lists; `next_position` continues the page.
+async fn read_log(
+    state: web::Data<AppState>,
+    params: web::Query<LogParams>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = limit(params.limit)?;
+    let from = params.from_position.unwrap_or(1);
+    if from < 1 {
+        return Err(ApiError::bad_request("from_position starts at 1"));
+    }
+    let filter = Filter {
+        categories: list(&params.category),
+        event_types: list(&params.event_type),
+        stream: None,
+    };
+    let head = state
+        .store
+        .head_position()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let events = state
+        .store
+        .read_all(from - 1, Some(head), &filter, limit)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    // Up to the head everything has been scanned unless the page is full.
+    let next_position = if events.len() as i64 == limit {
+        events.last().map_or(head + 1, |e| e.position + 1)
+    } else {
+        head.max(from - 1) + 1
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "events": events,
+        "next_position": next_position,
+        "head_position": head,
+    })))
+}

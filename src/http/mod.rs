@@ -1,0 +1,43 @@
+//! The HTTP edge: one route table, one error type, one file per resource.
+
+pub mod citypulse;
+pub mod command;
+pub mod error;
+pub mod history;
+pub mod ops;
+
+use actix_web::middleware::ErrorHandlers;
+use actix_web::web::{self, ServiceConfig};
+
+pub use error::ApiError;
+
+/// Largest request body accepted (a full batch of 1,000 readings is about 120 KiB).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Registers every route; used by the server and by the tests alike.
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.app_data(web::PayloadConfig::new(MAX_BODY))
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|_, _| ApiError::not_found("no such resource").into()),
+        )
+        .app_data(web::QueryConfig::default().error_handler(|e, _| {
+            ApiError::bad_request(format!("invalid query: {e}")).into()
+        }))
+        .route("/health", web::get().to(ops::health))
+        .route("/metrics", web::get().to(ops::metrics))
+        .service(
+            web::scope("/api/v1")
+                .route("/info", web::get().to(ops::info))
+                .configure(citypulse::configure)
+                .configure(history::configure),
+        );
+}
+
+/// The middleware that turns framework-made errors (404 for unknown routes, 405, 413) into
+/// the JSON error shape.
+pub fn json_errors<B: actix_web::body::MessageBody + 'static>() -> ErrorHandlers<B> {
+    ErrorHandlers::new()
+        .default_handler_client(error::json_error_responses)
+        .default_handler_server(error::json_error_responses)
+}

@@ -1,0 +1,21 @@
+//! universal-backend: one event-sourced actor system behind every frontend.
+//!
+//! - [`config`]: typed settings from the environment.
+//! - [`store`]: the event store (append with expected version, reads, subscriptions).
+//! - [`actors`]: the per-entity actor runtime and the entity deciders.
+//! - [`projections`]: the runner that builds Postgres read models, and the read models.
+//! - [`http`]: the route table, handlers and the one error type.
+//! - [`startup`]: builds the whole application (used by `main`, the tests and the benchmark).
+
+#![deny(unsafe_code)]
+
+pub mod actors;
+pub mod config;
+pub mod http;
+pub mod projections;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use startup::Application;

@@ -1,0 +1,79 @@
+//! The `universal-backend` binary: parses the command line and runs a subcommand.
+
+use clap::{Parser, Subcommand};
+use universal_backend::{config::Config, projections, startup, store, telemetry, Application};
+
+#[derive(Parser)]
+#[command(name = "universal-backend", version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP (the default).
+    Serve,
+    /// Create the database if needed and run the migrations.
+    Migrate,
+    /// Replay a projection from position 0 into fresh tables and swap them in.
+    Rebuild {
+        /// The projection's name (see `projections`).
+        projection: String,
+    },
+    /// List the projections with their checkpoints.
+    Projections,
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_tracing(&cli.config.log_level);
+    telemetry::metrics_handle();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = Application::build(cli.config).await?;
+            app.run_until_stopped().await
+        }
+        Command::Migrate => {
+            startup::connect_and_migrate(&cli.config).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Rebuild { projection } => {
+            let Some(p) = projections::by_name(&projection) else {
+                let names: Vec<_> = projections::all().iter().map(|p| p.name()).collect();
+                anyhow::bail!("unknown projection `{projection}`; known: {}", names.join(", "));
+            };
+            let pool = startup::connect_and_migrate(&cli.config).await?;
+            let store = store::PgEventStore::start(pool.clone(), cli.config.store()).await?;
+            let report = projections::runner::rebuild(
+                &pool,
+                store.as_ref(),
+                p.as_ref(),
+                cli.config.projection_batch_size,
+            )
+            .await?;
+            let secs = report.elapsed.as_secs_f64();
+            println!(
+                "rebuilt {} up to position {}: {} events in {:.2}s ({:.0} events/s)",
+                report.projection,
+                report.position,
+                report.events,
+                secs,
+                report.events as f64 / secs.max(1e-9)
+            );
+            Ok(())
+        }
+        Command::Projections => {
+            let pool = startup::connect_and_migrate(&cli.config).await?;
+            for p in projections::all() {
+                let c = projections::runner::checkpoint(&pool, p.name()).await?;
+                println!("{}\t{}", p.name(), c);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Read models built from the event log, and the read-your-writes wait used by queries.
+
+pub mod citypulse;
+pub mod runner;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+pub use runner::{Projection, ProjectionRunner, RunnerConfig};
+
+/// Every projection this service runs.
+pub fn all() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(citypulse::Directory), Arc::new(citypulse::Energy)]
+}
+
+/// Looks a projection up by name.
+pub fn by_name(name: &str) -> Option<Arc<dyn Projection>> {
+    all().into_iter().find(|p| p.name() == name)
+}
+
+/// The projections of this process with their local progress, for `min_position` waits.
+#[derive(Clone, Default)]
+pub struct Progress {
+    local: HashMap<&'static str, watch::Receiver<i64>>,
+}
+
+impl Progress {
+    pub fn insert(&mut self, name: &'static str, rx: watch::Receiver<i64>) {
+        self.local.insert(name, rx);
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.local.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Waits until `projection` has passed `position`, at most `limit`.
+    ///
+    /// A projection may be led by another process, so the stored checkpoint is what counts;
+    /// the local runner's progress only wakes the wait early.
+    pub async fn wait_for(
+        &self,
+        pool: &PgPool,
+        projection: &'static str,
+        position: i64,
+        limit: Duration,
+    ) -> Result<(), WaitError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut local = self.local.get(projection).cloned();
+        loop {
+            let local_now = local.as_ref().map_or(0, |rx| *rx.borrow());
+            if local_now >= position {
+                return Ok(());
+            }
+            let stored = runner::checkpoint(pool, projection)
+                .await
+                .map_err(|e| WaitError::Store(e.to_string()))?;
+            if stored >= position {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WaitError::Timeout { checkpoint: stored });
+            }
+            let nap = tokio::time::sleep_until(deadline.min(
+                tokio::time::Instant::now() + Duration::from_millis(50),
+            ));
+            match local.as_mut() {
+                Some(rx) => {
+                    tokio::select! {
+                        _ = rx.wait_for(|p| *p >= position) => {}
+                        _ = nap => {}
+                    }
+                }
+                None => nap.await,
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("projection has not reached the position yet; it is at {checkpoint}")]
+    Timeout { checkpoint: i64 },
+    #[error("{0}")]
+    Store(String),
+}

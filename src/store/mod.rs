@@ -1,0 +1,205 @@
+//! The event store: an append-only log of streams with optimistic concurrency.
+//!
+//! [`EventStore`] is the contract every backend fulfils (the store tests in
+//! `tests/store_contract.rs` run against each). Streams are named `<category>-<id>`; a stream's
+//! version is the number of events in it (0 = no stream), and every event also gets a global
+//! position in the `$all` log that is gapless and in commit order, so a reader that remembers
+//! the last position it saw never skips an event.
+
+pub mod postgres;
+pub mod subscription;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+pub use postgres::{PgEventStore, PgStoreConfig};
+pub use subscription::Subscription;
+
+/// What the writer believes about a stream before appending to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's state.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must have at least one event.
+    Exists,
+    /// The stream's current version must be exactly this.
+    Exact(i64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream at `actual` satisfies this expectation.
+    pub fn admits(self, actual: i64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exists => actual > 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        }
+    }
+}
+
+/// An event about to be appended.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub data: Value,
+    pub metadata: Value,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RecordedEvent {
+    pub position: i64,
+    pub stream_id: String,
+    pub category: String,
+    pub version: i64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub data: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The outcome of a successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AppendResult {
+    /// The stream's version after the append (the version of its last event).
+    pub version: i64,
+    /// The global position of the last event written (or found, for a repeated append).
+    pub position: i64,
+    /// `false` when every event id was already stored: the append was a repeat and wrote nothing.
+    pub written: bool,
+}
+
+/// Why an append was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("stream {stream} is at version {actual}, expected {expected:?}")]
+    WrongVersion {
+        stream: String,
+        expected: ExpectedVersion,
+        actual: i64,
+    },
+    #[error("event {0} is already stored with other events or in another stream")]
+    DuplicateEvent(Uuid),
+    #[error("invalid append: {0}")]
+    Invalid(String),
+    #[error("the event store is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An infrastructure failure of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Direction of a stream read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+/// Which events of the `$all` log a reader wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Stream categories (`building`, `user`, ...); `None` means every category.
+    pub categories: Option<Vec<String>>,
+    /// Event types; `None` means every type.
+    pub event_types: Option<Vec<String>>,
+    /// A single stream; `None` means every stream.
+    pub stream: Option<String>,
+}
+
+impl Filter {
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        self.categories
+            .as_ref()
+            .is_none_or(|c| c.iter().any(|c| *c == event.category))
+            && self
+                .event_types
+                .as_ref()
+                .is_none_or(|t| t.iter().any(|t| *t == event.event_type))
+            && self.stream.as_ref().is_none_or(|s| *s == event.stream_id)
+    }
+}
+
+/// A saved state of an entity at a stream version.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub version: i64,
+    pub schema_version: i32,
+    pub state: Value,
+}
+
+/// The category of a stream: the part of its name before the first `-`.
+pub fn category_of(stream_id: &str) -> &str {
+    stream_id.split_once('-').map_or(stream_id, |(c, _)| c)
+}
+
+/// The contract of an event store backend.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` if its version admits `expected`.
+    ///
+    /// Appending events whose ids are all stored already, in this stream, is a no-op that
+    /// returns the original version and position with `written: false`.
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, AppendError>;
+
+    /// Reads up to `limit` events of one stream starting at version `from` (inclusive),
+    /// forwards or backwards.
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: i64,
+        direction: Direction,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Reads up to `limit` events of the `$all` log with positions in `(after, up_to]`
+    /// that pass `filter`, in position order.
+    async fn read_all(
+        &self,
+        after: i64,
+        up_to: Option<i64>,
+        filter: &Filter,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The position of the last committed event (0 for an empty log).
+    async fn head_position(&self) -> Result<i64, StoreError>;
+
+    /// A watch of the committed head position, woken by local commits and by other processes.
+    fn head_watch(&self) -> watch::Receiver<i64>;
+
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError>;
+
+    async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<(), StoreError>;
+
+    /// Stops taking appends and waits until every accepted one is committed.
+    async fn shutdown(&self);
+}

@@ -1,0 +1,536 @@
+//! The PostgreSQL event store, with group commit.
+//!
+//! # Gapless positions in commit order
+//!
+//! A sequence-based position is handed out when a row is inserted, but transactions commit
+//! in any order: a reader could see position 11 committed while 10 is still in flight, move
+//! its cursor past 10 and lose it forever. We use the cure of *serializing position
+//! assignment at commit*: every appending transaction first locks the single `event_head`
+//! row (`SELECT … FOR UPDATE`), takes its positions from the counter stored there, and
+//! releases the lock only by committing. Two appends can therefore never interleave, so
+//! positions are gapless (a rollback also rolls back the counter) and become visible in
+//! increasing order. This holds across processes as well, because the lock is in the
+//! database.
+//!
+//! # Group commit
+//!
+//! A lock held for a whole transaction would cap us at one commit (one fsync) per append.
+//! So appends are not written by their callers: they go through a bounded channel to one
+//! writer task per process, which takes everything that is queued (up to `batch_max` events,
+//! waiting at most `linger` for more once it has something) and writes it in one
+//! transaction. Expected versions and event-id idempotency are checked under the lock, in
+//! memory, per append: a conflicting append is answered with its own error and left out of
+//! the batch, and the others commit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use super::{
+    category_of, AppendError, AppendResult, Direction, EventStore, ExpectedVersion, Filter,
+    NewEvent, RecordedEvent, Snapshot, StoreError,
+};
+
+/// The NOTIFY channel on which committed head positions are announced.
+pub const NOTIFY_CHANNEL: &str = "ub_events";
+
+const SELECT_EVENT: &str = "SELECT global_position AS position, stream_id, \
+    stream_category AS category, version, event_id, event_type, schema_version, data, \
+    metadata, recorded_at FROM events";
+
+/// Tuning of the group-commit writer.
+#[derive(Debug, Clone)]
+pub struct PgStoreConfig {
+    /// Most events written in one transaction.
+    pub batch_max: usize,
+    /// How long the writer waits for more appends once it holds at least one.
+    pub linger: Duration,
+    /// Appends that may wait in the queue before callers are slowed down.
+    pub queue_capacity: usize,
+}
+
+impl Default for PgStoreConfig {
+    fn default() -> Self {
+        Self {
+            batch_max: 2000,
+            linger: Duration::from_millis(1),
+            queue_capacity: 16_384,
+        }
+    }
+}
+
+struct AppendRequest {
+    stream: String,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<AppendResult, AppendError>>,
+}
+
+enum WriterMsg {
+    Append(AppendRequest),
+    /// Answered once every append queued before it has been committed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The Postgres implementation of [`EventStore`].
+pub struct PgEventStore {
+    pool: PgPool,
+    tx: mpsc::Sender<WriterMsg>,
+    closed: AtomicBool,
+    head: watch::Receiver<i64>,
+}
+
+impl PgEventStore {
+    /// Starts the writer and the NOTIFY listener on the current runtime.
+    pub async fn start(pool: PgPool, config: PgStoreConfig) -> Result<Arc<Self>, StoreError> {
+        let head_now: i64 = sqlx::query_scalar("SELECT last_position FROM event_head WHERE id = 1")
+            .fetch_one(&pool)
+            .await?;
+        let (head_tx, head_rx) = watch::channel(head_now);
+        let head_tx = Arc::new(head_tx);
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        tokio::spawn(writer_loop(pool.clone(), rx, config, head_tx.clone()));
+        tokio::spawn(listen_loop(pool.clone(), Arc::downgrade(&head_tx)));
+        Ok(Arc::new(Self {
+            pool,
+            tx,
+            closed: AtomicBool::new(false),
+            head: head_rx,
+        }))
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn advance(head: &watch::Sender<i64>, position: i64) {
+    head.send_if_modified(|h| {
+        if position > *h {
+            *h = position;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// Follows NOTIFYs from every process writing to this database. Ends when the store is gone.
+async fn listen_loop(pool: PgPool, head: std::sync::Weak<watch::Sender<i64>>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "event listener cannot connect; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if head.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            // Wake up now and then to notice that the store was dropped.
+            match tokio::time::timeout(Duration::from_secs(5), listener.recv()).await {
+                Ok(Ok(n)) => {
+                    let Some(h) = head.upgrade() else { return };
+                    if let Ok(p) = n.payload().parse::<i64>() {
+                        advance(&h, p);
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "event listener lost its connection");
+                    break;
+                }
+                Err(_) => {
+                    if head.strong_count() == 0 {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn writer_loop(
+    pool: PgPool,
+    mut rx: mpsc::Receiver<WriterMsg>,
+    config: PgStoreConfig,
+    head: Arc<watch::Sender<i64>>,
+) {
+    let mut flushes = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut batch = Vec::new();
+        let mut events = 0;
+        let mut next = Some(first);
+        let deadline = tokio::time::Instant::now() + config.linger;
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Append(req) => {
+                    events += req.events.len();
+                    batch.push(req);
+                }
+                WriterMsg::Flush(ack) => flushes.push(ack),
+            }
+            if events >= config.batch_max || !flushes.is_empty() {
+                break;
+            }
+            next = match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(mpsc::error::TryRecvError::Empty) if !config.linger.is_zero() => {
+                    tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                Err(_) => None,
+            };
+        }
+        if !batch.is_empty() {
+            metrics::histogram!("ub_append_batch_events").record(events as f64);
+            metrics::histogram!("ub_append_batch_appends").record(batch.len() as f64);
+            commit_batch(&pool, batch, &head).await;
+        }
+        for ack in flushes.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+/// Writes one batch and answers every request in it.
+async fn commit_batch(pool: &PgPool, batch: Vec<AppendRequest>, head: &watch::Sender<i64>) {
+    match write_batch(pool, &batch).await {
+        Ok((outcomes, new_head)) => {
+            if let Some(p) = new_head {
+                advance(head, p);
+            }
+            let mut written = 0u64;
+            for (req, outcome) in batch.into_iter().zip(outcomes) {
+                if matches!(&outcome, Ok(r) if r.written) {
+                    written += req.events.len() as u64;
+                }
+                let _ = req.reply.send(outcome);
+            }
+            metrics::counter!("ub_events_appended_total").increment(written);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, appends = batch.len(), "append batch failed");
+            let msg = e.to_string();
+            for req in batch {
+                let _ = req
+                    .reply
+                    .send(Err(AppendError::Store(StoreError::Other(msg.clone()))));
+            }
+        }
+    }
+}
+
+/// The columns of the rows a batch inserts, one vector per column (for `UNNEST`).
+#[derive(Default)]
+struct Rows {
+    positions: Vec<i64>,
+    streams: Vec<String>,
+    categories: Vec<String>,
+    versions: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    types: Vec<String>,
+    schema_versions: Vec<i32>,
+    data: Vec<serde_json::Value>,
+    metadata: Vec<serde_json::Value>,
+}
+
+type Outcome = Result<AppendResult, AppendError>;
+
+async fn write_batch(
+    pool: &PgPool,
+    batch: &[AppendRequest],
+) -> Result<(Vec<Outcome>, Option<i64>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut head: i64 =
+        sqlx::query_scalar("SELECT last_position FROM event_head WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+
+    let mut stream_names: Vec<String> = batch.iter().map(|r| r.stream.clone()).collect();
+    stream_names.sort_unstable();
+    stream_names.dedup();
+    let mut versions: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT s.id, COALESCE((SELECT max(e.version) FROM events e WHERE e.stream_id = s.id), 0) \
+         FROM unnest($1::text[]) AS s(id)",
+    )
+    .bind(&stream_names)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+
+    let all_ids: Vec<Uuid> = batch
+        .iter()
+        .flat_map(|r| r.events.iter().map(|e| e.event_id))
+        .collect();
+    // Ids already stored, or written earlier in this batch: (stream, version, position).
+    let mut known: HashMap<Uuid, (String, i64, i64)> =
+        sqlx::query_as::<_, (Uuid, String, i64, i64)>(
+            "SELECT event_id, stream_id, version, global_position FROM events \
+             WHERE event_id = ANY($1)",
+        )
+        .bind(&all_ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(id, s, v, p)| (id, (s, v, p)))
+        .collect();
+
+    let mut rows = Rows::default();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for req in batch {
+        outcomes.push(plan_append(req, &mut versions, &mut known, &mut head, &mut rows));
+    }
+
+    if rows.positions.is_empty() {
+        tx.rollback().await?;
+        return Ok((outcomes, None));
+    }
+    sqlx::query(
+        "INSERT INTO events (global_position, stream_id, stream_category, version, event_id, \
+         event_type, schema_version, data, metadata) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::uuid[], \
+         $6::text[], $7::int4[], $8::jsonb[], $9::jsonb[])",
+    )
+    .bind(&rows.positions)
+    .bind(&rows.streams)
+    .bind(&rows.categories)
+    .bind(&rows.versions)
+    .bind(&rows.event_ids)
+    .bind(&rows.types)
+    .bind(&rows.schema_versions)
+    .bind(&rows.data)
+    .bind(&rows.metadata)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "WITH h AS (UPDATE event_head SET last_position = $1 WHERE id = 1 RETURNING last_position) \
+         SELECT pg_notify($2, last_position::text) FROM h",
+    )
+    .bind(head)
+    .bind(NOTIFY_CHANNEL)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((outcomes, Some(head)))
+}
+
+/// Checks one append against the state under the lock and, if it is admitted, adds its rows.
+fn plan_append(
+    req: &AppendRequest,
+    versions: &mut HashMap<String, i64>,
+    known: &mut HashMap<Uuid, (String, i64, i64)>,
+    head: &mut i64,
+    rows: &mut Rows,
+) -> Outcome {
+    let seen: Vec<_> = req
+        .events
+        .iter()
+        .filter_map(|e| known.get(&e.event_id).map(|k| (e.event_id, k)))
+        .collect();
+    if !seen.is_empty() {
+        let all_here = seen.len() == req.events.len() && seen.iter().all(|(_, k)| k.0 == req.stream);
+        if !all_here {
+            return Err(AppendError::DuplicateEvent(seen[0].0));
+        }
+        let (_, (_, version, position)) = seen
+            .iter()
+            .max_by_key(|(_, k)| k.2)
+            .expect("seen is not empty");
+        return Ok(AppendResult {
+            version: *version,
+            position: *position,
+            written: false,
+        });
+    }
+    let current = versions.get(&req.stream).copied().unwrap_or(0);
+    if !req.expected.admits(current) {
+        return Err(AppendError::WrongVersion {
+            stream: req.stream.clone(),
+            expected: req.expected,
+            actual: current,
+        });
+    }
+    let category = category_of(&req.stream).to_owned();
+    let mut version = current;
+    for e in &req.events {
+        version += 1;
+        *head += 1;
+        known.insert(e.event_id, (req.stream.clone(), version, *head));
+        rows.positions.push(*head);
+        rows.streams.push(req.stream.clone());
+        rows.categories.push(category.clone());
+        rows.versions.push(version);
+        rows.event_ids.push(e.event_id);
+        rows.types.push(e.event_type.clone());
+        rows.schema_versions.push(e.schema_version);
+        rows.data.push(e.data.clone());
+        rows.metadata.push(e.metadata.clone());
+    }
+    versions.insert(req.stream.clone(), version);
+    Ok(AppendResult {
+        version,
+        position: *head,
+        written: true,
+    })
+}
+
+fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), AppendError> {
+    if events.is_empty() {
+        return Err(AppendError::Invalid("an append needs at least one event".into()));
+    }
+    if stream.is_empty() || stream.starts_with('$') {
+        return Err(AppendError::Invalid(format!("`{stream}` is not a writable stream")));
+    }
+    let mut ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() != events.len() {
+        return Err(AppendError::Invalid("event ids repeat within one append".into()));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, AppendError> {
+        validate_append(stream, &events)?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(AppendError::ShuttingDown);
+        }
+        let (reply, answer) = oneshot::channel();
+        let req = AppendRequest {
+            stream: stream.to_owned(),
+            expected,
+            events,
+            reply,
+        };
+        self.tx
+            .send(WriterMsg::Append(req))
+            .await
+            .map_err(|_| AppendError::ShuttingDown)?;
+        answer.await.map_err(|_| AppendError::ShuttingDown)?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: i64,
+        direction: Direction,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = match direction {
+            Direction::Forward => format!(
+                "{SELECT_EVENT} WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
+            ),
+            Direction::Backward => format!(
+                "{SELECT_EVENT} WHERE stream_id = $1 AND version <= $2 ORDER BY version DESC LIMIT $3"
+            ),
+        };
+        Ok(sqlx::query_as(&sql)
+            .bind(stream)
+            .bind(from)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn read_all(
+        &self,
+        after: i64,
+        up_to: Option<i64>,
+        filter: &Filter,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "{SELECT_EVENT} WHERE global_position > $1 AND global_position <= $2 \
+             AND ($3::text[] IS NULL OR stream_category = ANY($3)) \
+             AND ($4::text[] IS NULL OR event_type = ANY($4)) \
+             AND ($5::text IS NULL OR stream_id = $5) \
+             ORDER BY global_position LIMIT $6"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(after)
+            .bind(up_to.unwrap_or(i64::MAX))
+            .bind(&filter.categories)
+            .bind(&filter.event_types)
+            .bind(&filter.stream)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn head_position(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT last_position FROM event_head WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    fn head_watch(&self) -> watch::Receiver<i64> {
+        self.head.clone()
+    }
+
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        let row: Option<(i64, i32, serde_json::Value)> = sqlx::query_as(
+            "SELECT version, schema_version, state FROM snapshots WHERE stream_id = $1",
+        )
+        .bind(stream)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(version, schema_version, state)| Snapshot {
+            version,
+            schema_version,
+            state,
+        }))
+    }
+
+    async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<(), StoreError> {
+        // A snapshot never moves backwards: a slow, older save must not replace a newer one.
+        sqlx::query(
+            "INSERT INTO snapshots (stream_id, version, schema_version, state) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version, \
+             schema_version = EXCLUDED.schema_version, state = EXCLUDED.state, taken_at = now() \
+             WHERE snapshots.version < EXCLUDED.version",
+        )
+        .bind(stream)
+        .bind(snapshot.version)
+        .bind(snapshot.schema_version)
+        .bind(snapshot.state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(WriterMsg::Flush(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+}
