@@ -45,7 +45,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Rebuild { projection } => {
             let Some(p) = projections::by_name(&projection) else {
                 let names: Vec<_> = projections::all().iter().map(|p| p.name()).collect();
-                anyhow::bail!("unknown projection `{projection}`; known: {}", names.join(", "));
+                anyhow::bail!(
+                    "unknown projection `{projection}`; known: {}",
+                    names.join(", ")
+                );
             };
             let pool = startup::connect_and_migrate(&cli.config).await?;
             let store = store::PgEventStore::start(pool.clone(), cli.config.store()).await?;

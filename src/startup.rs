@@ -71,6 +71,7 @@ pub struct Application {
 impl Application {
     /// Connects, starts the store and the projections, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        crate::telemetry::metrics_handle();
         let pool = connect_and_migrate(&config).await?;
         let store: Arc<dyn EventStore> = PgEventStore::start(pool.clone(), config.store()).await?;
 

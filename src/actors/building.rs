@@ -129,7 +129,10 @@ fn check_name(field: &'static str, name: &str) -> Result<(), BuildingError> {
         return Err(invalid(field, "must not be empty"));
     }
     if name.chars().count() > MAX_NAME {
-        return Err(invalid(field, format!("must be at most {MAX_NAME} characters")));
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_NAME} characters"),
+        ));
     }
     Ok(())
 }
@@ -151,7 +154,10 @@ impl Building {
         if inputs.len() > MAX_READINGS {
             return Err(invalid(
                 "readings",
-                format!("at most {MAX_READINGS} readings per request, got {}", inputs.len()),
+                format!(
+                    "at most {MAX_READINGS} readings per request, got {}",
+                    inputs.len()
+                ),
             ));
         }
         let mut readings = Vec::with_capacity(inputs.len());
@@ -216,7 +222,9 @@ impl Building {
                 _ => {}
             }
         }
-        let mut events = vec![BuildingEvent::ReadingsRecorded(ReadingsRecorded { readings })];
+        let mut events = vec![BuildingEvent::ReadingsRecorded(ReadingsRecorded {
+            readings,
+        })];
         events.extend(alerts);
         Ok(events)
     }
@@ -248,13 +256,15 @@ impl Entity for Building {
                         return Err(invalid("floor_area_m2", "must be a positive number"));
                     }
                 }
-                Ok(vec![BuildingEvent::BuildingRegistered(BuildingRegistered {
-                    building_id: *building_id,
-                    name: name.trim().to_owned(),
-                    address: address.clone(),
-                    floor_area_m2: *floor_area_m2,
-                    registered_at: *at,
-                })])
+                Ok(vec![BuildingEvent::BuildingRegistered(
+                    BuildingRegistered {
+                        building_id: *building_id,
+                        name: name.trim().to_owned(),
+                        address: address.clone(),
+                        floor_area_m2: *floor_area_m2,
+                        registered_at: *at,
+                    },
+                )])
             }
             C::RegisterSensor {
                 sensor_id,
@@ -626,10 +636,7 @@ mod tests {
 
     #[test]
     fn setting_the_same_threshold_again_records_nothing() {
-        let state = given(&[
-            registered(),
-            threshold(SensorKind::Gas, None, Some(10.0)),
-        ]);
+        let state = given(&[registered(), threshold(SensorKind::Gas, None, Some(10.0))]);
         let cmd = BuildingCommand::SetThreshold {
             kind: SensorKind::Gas,
             min: None,

@@ -339,8 +339,7 @@ async fn run_command<E: Entity>(
                 }
                 current.version = result.version;
                 current.position = result.position;
-                if snapshot_every > 0 && result.version / snapshot_every > before / snapshot_every
-                {
+                if snapshot_every > 0 && result.version / snapshot_every > before / snapshot_every {
                     save_snapshot_later(store.clone(), stream.clone(), &current);
                 }
                 let reply = CommandReply {

@@ -97,7 +97,11 @@ async fn run(
 }
 
 /// Waits for `min_position` on the given projection, if asked.
-async fn wait(state: &AppState, projection: &'static str, min: Option<i64>) -> Result<(), ApiError> {
+async fn wait(
+    state: &AppState,
+    projection: &'static str,
+    min: Option<i64>,
+) -> Result<(), ApiError> {
     let Some(position) = min else { return Ok(()) };
     if position < 0 {
         return Err(ApiError::bad_request("min_position must not be negative"));
@@ -119,7 +123,10 @@ async fn wait(state: &AppState, projection: &'static str, min: Option<i64>) -> R
 
 fn check_text(field: &str, value: &Option<String>, max: usize) -> Result<(), ApiError> {
     if value.as_ref().is_some_and(|v| v.chars().count() > max) {
-        return Err(ApiError::validation(field, format!("must be at most {max} characters")));
+        return Err(ApiError::validation(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     Ok(())
 }
@@ -182,9 +189,14 @@ async fn add_sensor(
         name: input.name,
     };
     idempotent(&state.pool, &req, &body, || {
-        run(&state, &req, id, cmd, StatusCode::CREATED, |_| {
-            json!({ "sensor_id": sensor_id })
-        })
+        run(
+            &state,
+            &req,
+            id,
+            cmd,
+            StatusCode::CREATED,
+            |_| json!({ "sensor_id": sensor_id }),
+        )
     })
     .await
 }
@@ -213,12 +225,19 @@ async fn decommission_sensor(
         reason: input.reason,
     };
     idempotent(&state.pool, &req, &body, || async {
-        run(&state, &req, id, cmd, StatusCode::OK, |_| json!({ "sensor_id": sensor_id }))
-            .await
-            .map_err(|e| match e.code {
-                "unknown_sensor" => ApiError::not_found("sensor not found"),
-                _ => e,
-            })
+        run(
+            &state,
+            &req,
+            id,
+            cmd,
+            StatusCode::OK,
+            |_| json!({ "sensor_id": sensor_id }),
+        )
+        .await
+        .map_err(|e| match e.code {
+            "unknown_sensor" => ApiError::not_found("sensor not found"),
+            _ => e,
+        })
     })
     .await
 }
@@ -267,9 +286,7 @@ async fn post_readings(
             let alerts = reply
                 .events
                 .iter()
-                .filter(|e| {
-                    matches!(e, universal_events::BuildingEvent::AlertRaised(_))
-                })
+                .filter(|e| matches!(e, universal_events::BuildingEvent::AlertRaised(_)))
                 .count();
             json!({ "alerts_raised": alerts })
         })
@@ -389,11 +406,13 @@ struct ThresholdRow {
 }
 
 async fn find_building(state: &AppState, id: Uuid) -> Result<BuildingRow, ApiError> {
-    sqlx::query_as(&format!("SELECT {BUILDING_COLUMNS} FROM buildings WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&state.pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found("building not found"))
+    sqlx::query_as(&format!(
+        "SELECT {BUILDING_COLUMNS} FROM buildings WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("building not found"))
 }
 
 async fn get_building(

@@ -164,15 +164,14 @@ where
         == 1;
 
     if !claimed {
-        let (stored_hash, status, response): (String, Option<i16>, Option<Value>) =
-            sqlx::query_as(
-                "SELECT request_hash, status, response FROM idempotency_keys \
+        let (stored_hash, status, response): (String, Option<i16>, Option<Value>) = sqlx::query_as(
+            "SELECT request_hash, status, response FROM idempotency_keys \
                  WHERE scope = $1 AND key = $2",
-            )
-            .bind(&scope)
-            .bind(&key)
-            .fetch_one(pool)
-            .await?;
+        )
+        .bind(&scope)
+        .bind(&key)
+        .fetch_one(pool)
+        .await?;
         if stored_hash != hash {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -23,7 +23,13 @@ pub struct ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -148,10 +154,17 @@ pub fn json_error_responses<B: MessageBody + 'static>(
     let (code, message) = match status {
         StatusCode::NOT_FOUND => ("not_found", "no such resource".to_owned()),
         StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed here".into()),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large".into()),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send application/json".into()),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("payload_too_large", "the request body is too large".into())
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "send application/json".into())
+        }
         s if s.is_server_error() => ("internal_error", "something went wrong on our side".into()),
-        s => ("bad_request", s.canonical_reason().unwrap_or("bad request").to_owned()),
+        s => (
+            "bad_request",
+            s.canonical_reason().unwrap_or("bad request").to_owned(),
+        ),
     };
     let err = ApiError::new(status, code, message);
     let (req, _) = res.into_parts();

@@ -21,9 +21,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
             web::PathConfig::default()
                 .error_handler(|_, _| ApiError::not_found("no such resource").into()),
         )
-        .app_data(web::QueryConfig::default().error_handler(|e, _| {
-            ApiError::bad_request(format!("invalid query: {e}")).into()
-        }))
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|e, _| ApiError::bad_request(format!("invalid query: {e}")).into()),
+        )
         .route("/health", web::get().to(ops::health))
         .route("/metrics", web::get().to(ops::metrics))
         .service(

@@ -58,11 +58,7 @@ impl Projection for Directory {
         &["buildings", "sensors", "thresholds", "alerts"]
     }
 
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        events: &[RecordedEvent],
-    ) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
         // Per building: the last version and position seen in this batch.
         let mut touched: HashMap<Uuid, Touch> = HashMap::new();
         // Per sensor: the latest reading in this batch.
@@ -135,7 +131,10 @@ impl Projection for Directory {
                         if reading.measured_at >= slot.1 {
                             *slot = (reading.value, reading.measured_at);
                         }
-                        if touch.last_reading_at.is_none_or(|t| reading.measured_at > t) {
+                        if touch
+                            .last_reading_at
+                            .is_none_or(|t| reading.measured_at > t)
+                        {
                             touch.last_reading_at = Some(reading.measured_at);
                         }
                     }
@@ -290,7 +289,11 @@ impl Buckets {
             return Ok(());
         }
         let n = self.map.len();
-        let (mut b, mut s, mut t) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut b, mut s, mut t) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         let (mut kinds, mut units) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut totals, mut samples, mut mins, mut maxs) = (
             Vec::with_capacity(n),
@@ -348,11 +351,7 @@ impl Projection for Energy {
         &["energy_hourly", "energy_daily"]
     }
 
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        events: &[RecordedEvent],
-    ) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
         let mut hourly = Buckets::default();
         let mut daily = Buckets::default();
         for e in events {
@@ -364,8 +363,18 @@ impl Projection for Energy {
                 let hour = reading.measured_at.duration_trunc(TimeDelta::hours(1))?;
                 let day = reading.measured_at.duration_trunc(TimeDelta::days(1))?;
                 let kind = reading.kind.as_str();
-                hourly.add((building, reading.sensor_id, hour), kind, &reading.unit, reading.value);
-                daily.add((building, reading.sensor_id, day), kind, &reading.unit, reading.value);
+                hourly.add(
+                    (building, reading.sensor_id, hour),
+                    kind,
+                    &reading.unit,
+                    reading.value,
+                );
+                daily.add(
+                    (building, reading.sensor_id, day),
+                    kind,
+                    &reading.unit,
+                    reading.value,
+                );
             }
         }
         hourly.upsert(conn, "energy_hourly").await?;

@@ -66,9 +66,9 @@ impl Progress {
             if tokio::time::Instant::now() >= deadline {
                 return Err(WaitError::Timeout { checkpoint: stored });
             }
-            let nap = tokio::time::sleep_until(deadline.min(
-                tokio::time::Instant::now() + Duration::from_millis(50),
-            ));
+            let nap = tokio::time::sleep_until(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(50)),
+            );
             match local.as_mut() {
                 Some(rx) => {
                     tokio::select! {

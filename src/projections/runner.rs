@@ -36,8 +36,7 @@ pub trait Projection: Send + Sync + 'static {
     fn tables(&self) -> &'static [&'static str];
     /// Applies a batch of events inside the runner's transaction. Table names must be
     /// unqualified: a rebuild points `search_path` at its scratch schema.
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent])
-        -> anyhow::Result<()>;
+    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()>;
 }
 
 /// Settings of a runner.
@@ -114,7 +113,9 @@ impl ProjectionRunner {
         loop {
             match self.lead().await {
                 Ok(()) => {}
-                Err(e) => tracing::warn!(projection = name, error = %e, "projection runner restarts"),
+                Err(e) => {
+                    tracing::warn!(projection = name, error = %e, "projection runner restarts")
+                }
             }
             tokio::time::sleep(self.config.standby_poll).await;
         }
@@ -191,11 +192,13 @@ impl ProjectionRunner {
         if !events.is_empty() {
             self.projection.apply(&mut tx, &events).await?;
         }
-        sqlx::query("UPDATE checkpoints SET position = $2, updated_at = now() WHERE projection = $1")
-            .bind(name)
-            .bind(to)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE checkpoints SET position = $2, updated_at = now() WHERE projection = $1",
+        )
+        .bind(name)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         metrics::counter!("ub_projection_events_total", "projection" => name)
             .increment(events.len() as u64);
@@ -233,7 +236,13 @@ pub async fn rebuild(
         .await?;
     }
     let filter = Filter {
-        event_types: Some(projection.event_types().iter().map(|t| t.to_string()).collect()),
+        event_types: Some(
+            projection
+                .event_types()
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+        ),
         ..Filter::default()
     };
     let search_path = format!("SET LOCAL search_path = {scratch}, public");
@@ -248,8 +257,10 @@ pub async fn rebuild(
         }
         let mut tx = conn.begin().await?;
         sqlx::query(&search_path).execute(&mut *tx).await?;
-        let (to, n) =
-            replay_batch(&mut tx, store, projection, &filter, position, head, batch_size).await?;
+        let (to, n) = replay_batch(
+            &mut tx, store, projection, &filter, position, head, batch_size,
+        )
+        .await?;
         tx.commit().await?;
         position = to;
         events_applied += n;
@@ -272,8 +283,10 @@ pub async fn rebuild(
         if position >= head {
             break;
         }
-        let (to, n) =
-            replay_batch(&mut tx, store, projection, &filter, position, head, batch_size).await?;
+        let (to, n) = replay_batch(
+            &mut tx, store, projection, &filter, position, head, batch_size,
+        )
+        .await?;
         position = to;
         events_applied += n;
     }

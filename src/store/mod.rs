@@ -134,11 +134,11 @@ impl Filter {
     pub fn matches(&self, event: &RecordedEvent) -> bool {
         self.categories
             .as_ref()
-            .is_none_or(|c| c.iter().any(|c| *c == event.category))
+            .is_none_or(|c| c.contains(&event.category))
             && self
                 .event_types
                 .as_ref()
-                .is_none_or(|t| t.iter().any(|t| *t == event.event_type))
+                .is_none_or(|t| t.contains(&event.event_type))
             && self.stream.as_ref().is_none_or(|s| *s == event.stream_id)
     }
 }

@@ -296,7 +296,13 @@ async fn write_batch(
     let mut rows = Rows::default();
     let mut outcomes = Vec::with_capacity(batch.len());
     for req in batch {
-        outcomes.push(plan_append(req, &mut versions, &mut known, &mut head, &mut rows));
+        outcomes.push(plan_append(
+            req,
+            &mut versions,
+            &mut known,
+            &mut head,
+            &mut rows,
+        ));
     }
 
     if rows.positions.is_empty() {
@@ -346,7 +352,8 @@ fn plan_append(
         .filter_map(|e| known.get(&e.event_id).map(|k| (e.event_id, k)))
         .collect();
     if !seen.is_empty() {
-        let all_here = seen.len() == req.events.len() && seen.iter().all(|(_, k)| k.0 == req.stream);
+        let all_here =
+            seen.len() == req.events.len() && seen.iter().all(|(_, k)| k.0 == req.stream);
         if !all_here {
             return Err(AppendError::DuplicateEvent(seen[0].0));
         }
@@ -394,16 +401,22 @@ fn plan_append(
 
 fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), AppendError> {
     if events.is_empty() {
-        return Err(AppendError::Invalid("an append needs at least one event".into()));
+        return Err(AppendError::Invalid(
+            "an append needs at least one event".into(),
+        ));
     }
     if stream.is_empty() || stream.starts_with('$') {
-        return Err(AppendError::Invalid(format!("`{stream}` is not a writable stream")));
+        return Err(AppendError::Invalid(format!(
+            "`{stream}` is not a writable stream"
+        )));
     }
     let mut ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
     ids.sort_unstable();
     ids.dedup();
     if ids.len() != events.len() {
-        return Err(AppendError::Invalid("event ids repeat within one append".into()));
+        return Err(AppendError::Invalid(
+            "event ids repeat within one append".into(),
+        ));
     }
     Ok(())
 }

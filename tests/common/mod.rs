@@ -1,0 +1,130 @@
+//! Shared test set-up: a fresh database per test on the real PostgreSQL, and the real server
+//! on port 0.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use universal_backend::{config::Config, startup, Application};
+use uuid::Uuid;
+
+/// The server that holds the test databases (`TEST_DATABASE_URL`, without a database name).
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// The URL of a new, empty database (created on first connection, migrated by the caller).
+pub fn fresh_database_url() -> String {
+    format!("{}/ub_test_{}", server_url(), Uuid::new_v4().simple())
+}
+
+pub fn test_config(database_url: String) -> Config {
+    let mut config = Config::default();
+    config.port = 0;
+    config.database_url = database_url;
+    config.workers = 2;
+    config.db_pool_size = 10;
+    config
+}
+
+/// A fresh, migrated database.
+pub async fn fresh_pool() -> (PgPool, String) {
+    let url = fresh_database_url();
+    let pool = startup::connect_and_migrate(&test_config(url.clone()))
+        .await
+        .expect("test database");
+    (pool, url)
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub database_url: String,
+}
+
+/// Starts the real application on port 0 against a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tune: impl FnOnce(&mut Config)) -> TestApp {
+    universal_backend::telemetry::init_tracing("warn");
+    let url = fresh_database_url();
+    let mut config = test_config(url.clone());
+    tune(&mut config);
+    let app = Application::build(config)
+        .await
+        .expect("application starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let pool = app.state().pool.clone();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        base,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        pool,
+        database_url: url,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// The event log's head position, read directly from the database.
+    pub async fn head(&self) -> i64 {
+        sqlx::query_scalar("SELECT last_position FROM event_head")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let res = self.client.get(self.url(path)).send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap())
+    }
+
+    /// Registers a building with one sensor; returns (building id, sensor id, position).
+    pub async fn building_with_sensor(&self, kind: &str, unit: &str) -> (String, String, i64) {
+        let res = self
+            .post(
+                "/api/v1/citypulse/buildings",
+                serde_json::json!({ "name": "Town Library" }),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        let body: serde_json::Value = res.json().await.unwrap();
+        let id = body["id"].as_str().unwrap().to_owned();
+        let res = self
+            .post(
+                &format!("/api/v1/citypulse/buildings/{id}/sensors"),
+                serde_json::json!({ "kind": kind, "unit": unit }),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        let body: serde_json::Value = res.json().await.unwrap();
+        (
+            id,
+            body["sensor_id"].as_str().unwrap().to_owned(),
+            body["position"].as_i64().unwrap(),
+        )
+    }
+}

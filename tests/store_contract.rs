@@ -1,0 +1,328 @@
+//! The event store contract, against a real PostgreSQL database per test.
+//!
+//! Several `PgEventStore` instances on one database stand in for several server processes:
+//! each has its own group-commit writer, and they only meet in the database.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use universal_backend::store::{
+    AppendError, Direction, EventStore, ExpectedVersion, Filter, NewEvent, PgEventStore,
+    PgStoreConfig, Subscription,
+};
+use uuid::Uuid;
+
+fn event(kind: &str, n: i64) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: kind.to_owned(),
+        schema_version: 1,
+        data: json!({ "n": n }),
+        metadata: json!({}),
+    }
+}
+
+async fn stores(n: usize) -> Vec<Arc<PgEventStore>> {
+    let (pool, _) = common::fresh_pool().await;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            PgEventStore::start(pool.clone(), PgStoreConfig::default())
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_appends_of_the_same_version_have_exactly_one_winner() {
+    let stores = stores(2).await;
+    let stream = format!("race-{}", Uuid::new_v4());
+    for version in 0..15i64 {
+        let mut tasks = Vec::new();
+        for t in 0..12 {
+            let store = stores[t % 2].clone();
+            let stream = stream.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .append(
+                        &stream,
+                        ExpectedVersion::Exact(version),
+                        vec![event("Raced", version)],
+                    )
+                    .await
+            }));
+        }
+        let mut winners = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(r) => {
+                    assert_eq!(r.version, version + 1);
+                    winners += 1;
+                }
+                Err(AppendError::WrongVersion { actual, .. }) => assert_eq!(actual, version + 1),
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        assert_eq!(winners, 1, "version {version} must have exactly one writer");
+    }
+    let events = stores[0]
+        .read_stream(&stream, 1, Direction::Forward, 100)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 15);
+    assert!(events
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.version == i as i64 + 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_sees_every_event_of_concurrent_writers_once_in_order_without_gaps() {
+    let stores = stores(3).await;
+    const WRITERS: usize = 8;
+    const STREAMS: usize = 200;
+    const PER_STREAM: i64 = 6;
+    let total = (STREAMS as i64) * PER_STREAM;
+
+    // The subscriber uses a store instance of its own: it is woken only by NOTIFY.
+    let follower = stores[2].clone();
+    let reader = tokio::spawn(async move {
+        let mut sub = Subscription::new(follower, 0, Filter::all())
+            .with_poll_interval(Duration::from_millis(200));
+        let mut seen = Vec::with_capacity(total as usize);
+        while (seen.len() as i64) < total {
+            seen.push(sub.next().await.unwrap());
+        }
+        seen
+    });
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = stores[w % 2].clone();
+        writers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let streams: Vec<String> = (0..STREAMS / WRITERS)
+                .map(|_| format!("load-{}", Uuid::new_v4()))
+                .collect();
+            for n in 0..PER_STREAM {
+                for s in &streams {
+                    let e = event("Loaded", n);
+                    ids.push(e.event_id);
+                    let expected = if n == 0 {
+                        ExpectedVersion::NoStream
+                    } else {
+                        ExpectedVersion::Exact(n)
+                    };
+                    store.append(s, expected, vec![e]).await.unwrap();
+                }
+            }
+            ids
+        }));
+    }
+    let mut written = HashSet::new();
+    for w in writers {
+        written.extend(w.await.unwrap());
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the subscriber keeps up")
+        .unwrap();
+
+    let positions: Vec<i64> = seen.iter().map(|e| e.position).collect();
+    let expected: Vec<i64> = (1..=total).collect();
+    assert_eq!(positions, expected, "positions are gapless and in order");
+    let seen_ids: HashSet<Uuid> = seen.iter().map(|e| e.event_id).collect();
+    assert_eq!(seen_ids.len(), seen.len(), "no event is delivered twice");
+    assert_eq!(seen_ids, written, "every written event is delivered");
+}
+
+#[tokio::test]
+async fn appending_the_same_event_ids_again_writes_nothing() {
+    let stores = stores(1).await;
+    let store = &stores[0];
+    let stream = format!("dup-{}", Uuid::new_v4());
+    let events = vec![event("A", 1), event("B", 2)];
+    let first = store
+        .append(&stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .unwrap();
+    assert!(first.written);
+    let head = store.head_position().await.unwrap();
+
+    // A retry with whatever expectation returns the original result and writes nothing.
+    let again = store
+        .append(&stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .unwrap();
+    assert!(!again.written);
+    assert_eq!(
+        (again.version, again.position),
+        (first.version, first.position)
+    );
+    assert_eq!(store.head_position().await.unwrap(), head);
+
+    // Reusing one of the ids with a new event, or in another stream, is refused.
+    let mixed = vec![events[0].clone(), event("C", 3)];
+    assert!(matches!(
+        store.append(&stream, ExpectedVersion::Any, mixed).await,
+        Err(AppendError::DuplicateEvent(_))
+    ));
+    assert!(matches!(
+        store
+            .append("dup-other", ExpectedVersion::Any, vec![events[1].clone()])
+            .await,
+        Err(AppendError::DuplicateEvent(_))
+    ));
+    assert_eq!(store.head_position().await.unwrap(), head);
+    let stored = store
+        .read_stream(&stream, 1, Direction::Forward, 10)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+}
+
+#[tokio::test]
+async fn expected_versions_any_no_stream_exists_and_exact_are_enforced() {
+    let stores = stores(1).await;
+    let store = &stores[0];
+    let s = format!("exp-{}", Uuid::new_v4());
+    let wrong = |r: Result<_, AppendError>, want: i64| match r {
+        Err(AppendError::WrongVersion { actual, .. }) => assert_eq!(actual, want),
+        other => panic!("expected a version conflict, got {other:?}"),
+    };
+    wrong(
+        store
+            .append(&s, ExpectedVersion::Exists, vec![event("X", 0)])
+            .await,
+        0,
+    );
+    wrong(
+        store
+            .append(&s, ExpectedVersion::Exact(3), vec![event("X", 0)])
+            .await,
+        0,
+    );
+    store
+        .append(&s, ExpectedVersion::NoStream, vec![event("X", 1)])
+        .await
+        .unwrap();
+    wrong(
+        store
+            .append(&s, ExpectedVersion::NoStream, vec![event("X", 0)])
+            .await,
+        1,
+    );
+    store
+        .append(&s, ExpectedVersion::Exists, vec![event("X", 2)])
+        .await
+        .unwrap();
+    let r = store
+        .append(&s, ExpectedVersion::Any, vec![event("X", 3), event("X", 4)])
+        .await
+        .unwrap();
+    assert_eq!(r.version, 4);
+    let r = store
+        .append(&s, ExpectedVersion::Exact(4), vec![event("X", 5)])
+        .await
+        .unwrap();
+    assert_eq!(r.version, 5);
+    assert!(matches!(
+        store.append(&s, ExpectedVersion::Any, vec![]).await,
+        Err(AppendError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn streams_read_both_ways_and_the_log_filters_by_category_and_type() {
+    let stores = stores(1).await;
+    let store = &stores[0];
+    let a = format!("alpha-{}", Uuid::new_v4());
+    let b = format!("beta-{}", Uuid::new_v4());
+    for n in 0..5 {
+        store
+            .append(&a, ExpectedVersion::Any, vec![event("Ping", n)])
+            .await
+            .unwrap();
+        store
+            .append(&b, ExpectedVersion::Any, vec![event("Pong", n)])
+            .await
+            .unwrap();
+    }
+    let fwd = store
+        .read_stream(&a, 2, Direction::Forward, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        fwd.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    let back = store
+        .read_stream(&a, 5, Direction::Backward, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        back.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![5, 4, 3]
+    );
+    assert!(back.iter().all(|e| e.category == "alpha"));
+
+    let betas = Filter {
+        categories: Some(vec!["beta".into()]),
+        ..Filter::default()
+    };
+    let log = store.read_all(0, None, &betas, 100).await.unwrap();
+    assert_eq!(log.len(), 5);
+    assert!(log.iter().all(|e| e.stream_id == b));
+    assert!(log.windows(2).all(|w| w[0].position < w[1].position));
+
+    let pings = Filter {
+        event_types: Some(vec!["Ping".into()]),
+        ..Filter::default()
+    };
+    let after_third = store
+        .read_all(log[2].position, None, &pings, 100)
+        .await
+        .unwrap();
+    assert!(after_third
+        .iter()
+        .all(|e| e.event_type == "Ping" && e.position > log[2].position));
+    assert_eq!(store.head_position().await.unwrap(), 10);
+}
+
+#[tokio::test]
+async fn a_subscription_from_now_only_sees_new_events_and_stops_at_the_filter() {
+    let stores = stores(1).await;
+    let store: Arc<dyn EventStore> = stores[0].clone();
+    let s = format!("gamma-{}", Uuid::new_v4());
+    store
+        .append(&s, ExpectedVersion::Any, vec![event("Old", 0)])
+        .await
+        .unwrap();
+    let head = store.head_position().await.unwrap();
+    let filter = Filter {
+        event_types: Some(vec!["New".into()]),
+        ..Filter::default()
+    };
+    let mut sub = Subscription::new(store.clone(), head, filter);
+    store
+        .append(
+            &s,
+            ExpectedVersion::Any,
+            vec![event("Skipped", 1), event("New", 2)],
+        )
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.event_type, "New");
+    assert_eq!(e.position, head + 2);
+    assert!(sub.is_caught_up());
+}
