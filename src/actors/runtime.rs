@@ -211,9 +211,16 @@ impl<E: Entity> Handler<Execute<E>> for EntityActor<E> {
             self.config.snapshot_every,
         );
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
-            |(current, result), act, _ctx| {
+            |(current, result), act, ctx| {
                 act.current = current;
                 act.last_active = Instant::now();
+                if act.current.loaded && act.current.version == 0 {
+                    // No such entity: do not keep an actor around for every id someone tried.
+                    let generation = act.generation;
+                    act.slots
+                        .remove_if(&act.id, |_, slot| slot.generation == generation);
+                    ctx.stop();
+                }
                 let outcome = match &result {
                     Ok(_) => "ok",
                     Err(CommandError::Domain(_)) => "rejected",
