@@ -27,7 +27,7 @@ pub fn test_config(database_url: String) -> Config {
     config.port = 0;
     config.database_url = database_url;
     config.workers = 2;
-    config.db_pool_size = 10;
+    config.db_pool_size = 6;
     config
 }
 
