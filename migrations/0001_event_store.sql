@@ -15,7 +15,6 @@ CREATE TABLE events (
 );
 CREATE INDEX events_category_position ON events (stream_category, global_position);
 CREATE INDEX events_type_position ON events (event_type, global_position);
-CREATE INDEX events_recorded_at ON events (recorded_at);
 
 -- One row: the last assigned global position. Appending transactions lock it first and
 -- release it at commit.

@@ -5,6 +5,7 @@
 //! - [`actors`]: the per-entity actor runtime and the entity deciders.
 //! - [`projections`]: the runner that builds Postgres read models, and the read models.
 //! - [`http`]: the route table, handlers and the one error type.
+//! - [`rt`]: dedicated threads for the serial hot spots (store writer, projections).
 //! - [`startup`]: builds the whole application (used by `main`, the tests and the benchmark).
 
 #![deny(unsafe_code)]
@@ -13,6 +14,7 @@ pub mod actors;
 pub mod config;
 pub mod http;
 pub mod projections;
+pub mod rt;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

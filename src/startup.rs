@@ -12,13 +12,13 @@ use anyhow::Context;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
-use tokio::task::JoinHandle;
 
 use crate::actors::building::Building;
 use crate::actors::Registry;
 use crate::config::Config;
 use crate::http;
 use crate::projections::{self, Progress, ProjectionRunner};
+use crate::rt::ThreadTask;
 use crate::store::{EventStore, PgEventStore};
 
 /// What every handler can reach, behind cheap handles.
@@ -65,7 +65,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
-    runners: Vec<JoinHandle<()>>,
+    runners: Option<ThreadTask>,
 }
 
 impl Application {
@@ -86,9 +86,15 @@ impl Application {
                     config.runner(),
                 );
                 progress.insert(projection.name(), runner.progress());
-                runners.push(tokio::spawn(runner.run()));
+                runners.push(runner.run());
             }
         }
+        // Projections get a thread of their own, away from request handling.
+        let runners = (!runners.is_empty()).then(|| {
+            crate::rt::spawn_thread("ub-projections", move || async move {
+                futures_util::future::join_all(runners).await;
+            })
+        });
 
         let state = web::Data::new(AppState {
             pool: pool.clone(),
@@ -143,8 +149,8 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let result = self.server.await;
         self.state.store.shutdown().await;
-        for r in &self.runners {
-            r.abort();
+        if let Some(runners) = self.runners {
+            runners.stop();
         }
         tracing::info!("stopped");
         Ok(result?)

@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::EventFamily;
+use serde_json::Value;
+
+use crate::{payload, DecodeError, EventFamily};
 
 /// What a sensor measures. Consumption kinds add up over time; temperature is averaged.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -150,6 +152,23 @@ impl EventFamily for BuildingEvent {
             BuildingEvent::AlertRaised(_) => "AlertRaised",
             BuildingEvent::AlertResolved(_) => "AlertResolved",
         }
+    }
+
+    fn decode_ref(event_type: &str, version: i32, data: &Value) -> Result<Self, DecodeError> {
+        if version != Self::schema_version(event_type) {
+            return Self::decode(event_type, version, data.clone());
+        }
+        let t = event_type;
+        Ok(match t {
+            "BuildingRegistered" => BuildingEvent::BuildingRegistered(payload(t, data)?),
+            "SensorRegistered" => BuildingEvent::SensorRegistered(payload(t, data)?),
+            "SensorDecommissioned" => BuildingEvent::SensorDecommissioned(payload(t, data)?),
+            "ReadingsRecorded" => BuildingEvent::ReadingsRecorded(payload(t, data)?),
+            "ThresholdSet" => BuildingEvent::ThresholdSet(payload(t, data)?),
+            "AlertRaised" => BuildingEvent::AlertRaised(payload(t, data)?),
+            "AlertResolved" => BuildingEvent::AlertResolved(payload(t, data)?),
+            other => return Err(DecodeError::UnknownType(other.to_owned())),
+        })
     }
 }
 

@@ -20,6 +20,14 @@ use serde_json::Value;
 
 pub use building::BuildingEvent;
 
+/// Deserializes one variant's payload from a borrowed JSON value.
+pub fn payload<T: DeserializeOwned>(event_type: &str, data: &Value) -> Result<T, DecodeError> {
+    T::deserialize(data).map_err(|source| DecodeError::Shape {
+        event_type: event_type.to_owned(),
+        source,
+    })
+}
+
 /// An event payload could not be turned back into its typed form.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -69,6 +77,12 @@ pub trait EventFamily: Serialize + DeserializeOwned + Clone + Send + Sync + 'sta
             // enum's serde attributes, caught by the sample tests.
             other => panic!("event enum must serialize to a tagged object, got {other:?}"),
         }
+    }
+
+    /// Like [`EventFamily::decode`] but borrowing the payload; families override it to skip
+    /// the copy for current-version payloads (the hot path of replays and projections).
+    fn decode_ref(event_type: &str, version: i32, data: &Value) -> Result<Self, DecodeError> {
+        Self::decode(event_type, version, data.clone())
     }
 
     /// Rebuilds a typed event from its stored parts, upcasting older versions first.

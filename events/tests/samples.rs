@@ -22,6 +22,11 @@ fn every_building_event_sample_round_trips() {
             .unwrap_or_else(|e| panic!("{event_type}: {e}"));
         assert_eq!(event.event_type(), event_type);
         assert_eq!(event.to_data(), data, "{event_type} did not round-trip");
+        let borrowed = BuildingEvent::decode_ref(event_type, 1, &data).unwrap();
+        assert_eq!(
+            borrowed, event,
+            "{event_type}: decode_ref agrees with decode"
+        );
     }
 }
 

@@ -255,10 +255,10 @@ async fn load<E: Entity>(store: &dyn EventStore, stream: &str) -> Result<Current
             .read_stream(stream, current.version + 1, Direction::Forward, PAGE)
             .await?;
         for recorded in &page {
-            let event = E::Event::decode(
+            let event = E::Event::decode_ref(
                 &recorded.event_type,
                 recorded.schema_version,
-                recorded.data.clone(),
+                &recorded.data,
             )
             .map_err(|e| StoreError::Other(format!("{stream}@{}: {e}", recorded.version)))?;
             current.state.evolve(&event);

@@ -1,1 +1,261 @@
-fn main() {}
+//! The benchmark: starts the real server against a fresh database and drives it over
+//! loopback HTTP with concurrent clients, then replays the log through the projections.
+//!
+//! ```text
+//! cargo run --release --bin bench -- [--clients 64] [--buildings 1000] [--seconds 10]
+//! ```
+//!
+//! Prints commands/s, events/s, latency percentiles, projection lag at the end of the load,
+//! and projection catch-up throughput (a full rebuild of each read model).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{json, Value};
+use universal_backend::projections::{self, runner};
+use universal_backend::store::{EventStore, PgEventStore};
+use universal_backend::{config::Config, telemetry, Application};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Load the CityPulse readings endpoint and measure it")]
+struct Args {
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Buildings the readings are spread over.
+    #[arg(long, default_value_t = 1000)]
+    buildings: usize,
+    /// Length of the load phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// PostgreSQL server for the fresh benchmark database (no database name).
+    #[arg(
+        long,
+        env = "BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    server: String,
+    /// HTTP worker threads of the server under test.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+struct Target {
+    building: String,
+    sensor: String,
+}
+
+/// Registers the buildings and their sensors.
+async fn setup(client: &reqwest::Client, base: &str, n: usize) -> anyhow::Result<Vec<Target>> {
+    let mut targets = Vec::with_capacity(n);
+    let mut tasks = tokio::task::JoinSet::new();
+    let per = n.div_ceil(16);
+    for chunk in 0..16 {
+        let client = client.clone();
+        let base = base.to_owned();
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            for i in (chunk * per)..((chunk + 1) * per).min(n) {
+                let b: Value = client
+                    .post(format!("{base}/api/v1/citypulse/buildings"))
+                    .json(&json!({ "name": format!("Building {i}") }))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let building = b["id"].as_str().unwrap_or_default().to_owned();
+                let s: Value = client
+                    .post(format!(
+                        "{base}/api/v1/citypulse/buildings/{building}/sensors"
+                    ))
+                    .json(&json!({ "kind": "electricity", "unit": "kWh" }))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let sensor = s["sensor_id"].as_str().unwrap_or_default().to_owned();
+                out.push(Target { building, sensor });
+            }
+            anyhow::Ok(out)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        targets.extend(r??);
+    }
+    Ok(targets)
+}
+
+struct LoadResult {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    elapsed: Duration,
+}
+
+async fn load(args: &Args, base: &str, targets: Arc<Vec<Target>>) -> LoadResult {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .build()
+        .expect("client");
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for c in 0..args.clients {
+        let client = client.clone();
+        let targets = targets.clone();
+        let stop = stop.clone();
+        let errors = errors.clone();
+        let base = base.to_owned();
+        tasks.spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            let mut i = c;
+            while !stop.load(Ordering::Relaxed) {
+                let t = &targets[i % targets.len()];
+                i += 7919; // a prime stride spreads clients over the buildings
+                let body = format!(
+                    "{{\"readings\":[{{\"sensor_id\":\"{}\",\"value\":{}}}]}}",
+                    t.sensor,
+                    (i % 100) as f64 / 10.0
+                );
+                let sent = Instant::now();
+                let res = client
+                    .post(format!(
+                        "{base}/api/v1/citypulse/buildings/{}/readings",
+                        t.building
+                    ))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let ok = match res {
+                    Ok(r) => r.status().as_u16() == 201 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    lat.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            lat
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies_us = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        latencies_us.extend(r.unwrap_or_default());
+    }
+    let elapsed = started.elapsed();
+    latencies_us.sort_unstable();
+    LoadResult {
+        latencies_us,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+    }
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init_tracing("warn");
+    let database_url = format!(
+        "{}/ub_bench_{}",
+        args.server.trim_end_matches('/'),
+        chrono::Utc::now().format("%Y%m%d%H%M%S")
+    );
+    let mut config = Config::default();
+    config.port = 0;
+    config.database_url = database_url.clone();
+    config.workers = args.workers;
+    config.log_level = "warn".into();
+    let app = Application::build(config.clone()).await?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state();
+    let handle = app.handle();
+    let server = actix_web::rt::spawn(app.run_until_stopped());
+    println!(
+        "bench: database {database_url}, server {base}, {} workers",
+        args.workers
+    );
+
+    // The clients run on their own threads so that they do not share the server's.
+    let client_args = args.clone();
+    let client_base = base.clone();
+    // Wait for them without blocking this thread: the store writer and projections live here.
+    let (setup_took, result) = actix_web::rt::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("client runtime");
+        rt.block_on(async {
+            let client = reqwest::Client::new();
+            let t = Instant::now();
+            let targets = setup(&client, &client_base, client_args.buildings).await?;
+            let setup_took = t.elapsed();
+            let result = load(&client_args, &client_base, Arc::new(targets)).await;
+            anyhow::Ok((setup_took, result))
+        })
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+
+    let head = state.store.head_position().await?;
+    let mut lags = Vec::new();
+    for p in projections::all() {
+        let c = runner::checkpoint(&state.pool, p.name()).await?;
+        lags.push(format!("{}={}", p.name(), head - c));
+    }
+    let n = result.latencies_us.len();
+    let secs = result.elapsed.as_secs_f64();
+    println!(
+        "setup: {} buildings with one sensor each in {:.1}s",
+        args.buildings,
+        setup_took.as_secs_f64()
+    );
+    println!(
+        "load: {} clients, {:.1}s, {} commands ok, {} errors",
+        args.clients, secs, n, result.errors
+    );
+    println!("commands/s: {:.0}", n as f64 / secs);
+    println!("events/s (appended): {:.0}", n as f64 / secs);
+    println!(
+        "latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
+        percentile(&result.latencies_us, 0.50),
+        percentile(&result.latencies_us, 0.99),
+        percentile(&result.latencies_us, 1.0)
+    );
+    println!(
+        "projection lag at end of load (events): {}",
+        lags.join(", ")
+    );
+
+    // Catch-up: let the live projections finish, then replay the whole log through each.
+    handle.stop(true).await;
+    let _ = server.await;
+    let pool = universal_backend::startup::connect_and_migrate(&config).await?;
+    let store: Arc<dyn EventStore> = PgEventStore::start(pool.clone(), config.store()).await?;
+    for p in projections::all() {
+        let report = runner::rebuild(&pool, store.as_ref(), p.as_ref(), 2000).await?;
+        let secs = report.elapsed.as_secs_f64();
+        println!(
+            "catch-up {}: {} events in {:.2}s = {:.0} events/s",
+            report.projection,
+            report.events,
+            secs,
+            report.events as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(())
+}

@@ -30,7 +30,7 @@ fn building_id(e: &RecordedEvent) -> anyhow::Result<Uuid> {
 }
 
 fn decode(e: &RecordedEvent) -> anyhow::Result<BuildingEvent> {
-    BuildingEvent::decode(&e.event_type, e.schema_version, e.data.clone())
+    BuildingEvent::decode_ref(&e.event_type, e.schema_version, &e.data)
         .with_context(|| format!("event at position {}", e.position))
 }
 

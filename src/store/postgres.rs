@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::PgListener;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -96,8 +96,17 @@ impl PgEventStore {
         let (head_tx, head_rx) = watch::channel(head_now);
         let head_tx = Arc::new(head_tx);
         let (tx, rx) = mpsc::channel(config.queue_capacity);
-        tokio::spawn(writer_loop(pool.clone(), rx, config, head_tx.clone()));
-        tokio::spawn(listen_loop(pool.clone(), Arc::downgrade(&head_tx)));
+        // The writer gets a thread of its own: it is the one serial step of every command,
+        // and must not queue behind HTTP handlers or projections.
+        let writer_pool = pool.clone();
+        let weak_head = Arc::downgrade(&head_tx);
+        crate::rt::spawn_thread("ub-store-writer", move || async move {
+            tokio::select! {
+                _ = writer_loop(writer_pool.clone(), rx, config, head_tx) => {}
+                _ = listen_loop(writer_pool, weak_head) => {}
+            }
+        })
+        .detach();
         Ok(Arc::new(Self {
             pool,
             tx,
@@ -171,6 +180,8 @@ async fn writer_loop(
     head: Arc<watch::Sender<i64>>,
 ) {
     let mut flushes = Vec::new();
+    let mut conn: Option<PgConnection> = None;
+    let mut cache = WriterCache::default();
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
         let mut events = 0;
@@ -201,7 +212,7 @@ async fn writer_loop(
         if !batch.is_empty() {
             metrics::histogram!("ub_append_batch_events").record(events as f64);
             metrics::histogram!("ub_append_batch_appends").record(batch.len() as f64);
-            commit_batch(&pool, batch, &head).await;
+            commit_batch(&pool, &mut conn, &mut cache, batch, &head).await;
         }
         for ack in flushes.drain(..) {
             let _ = ack.send(());
@@ -209,9 +220,94 @@ async fn writer_loop(
     }
 }
 
+async fn open_writer_connection(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
+    let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+    // The checks look up arrays of ids; a cached generic plan may estimate them badly and
+    // scan the whole log, so plan each execution for its actual arguments.
+    sqlx::raw_sql("SET plan_cache_mode = force_custom_plan")
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
+}
+
+/// What the writer knows of stream versions without asking the database.
+///
+/// The cache is exact as long as nobody else appended since this writer's last commit,
+/// which the writer sees under the head lock: if the head is where it left it, no other
+/// process wrote. Otherwise, or after any failure, the cache is dropped.
+#[derive(Default)]
+struct WriterCache {
+    /// The head this writer last committed or saw under the lock; -1 when unknown.
+    head: i64,
+    versions: HashMap<String, i64>,
+}
+
+impl WriterCache {
+    /// Streams remembered at most; beyond this the cache starts over.
+    const CAPACITY: usize = 200_000;
+
+    fn invalidate(&mut self) {
+        self.head = -1;
+        self.versions.clear();
+    }
+}
+
+/// Why a batch failed.
+enum BatchError {
+    /// A unique key was hit: the batch reused stored event ids (a retried command).
+    /// The caller rolls back and runs the batch again with the id checks on.
+    Duplicate,
+    Sql(sqlx::Error),
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+                BatchError::Duplicate
+            }
+            _ => BatchError::Sql(e),
+        }
+    }
+}
+
 /// Writes one batch and answers every request in it.
-async fn commit_batch(pool: &PgPool, batch: Vec<AppendRequest>, head: &watch::Sender<i64>) {
-    match write_batch(pool, &batch).await {
+async fn commit_batch(
+    pool: &PgPool,
+    conn: &mut Option<PgConnection>,
+    cache: &mut WriterCache,
+    batch: Vec<AppendRequest>,
+    head: &watch::Sender<i64>,
+) {
+    let mut outcome = Err(BatchError::Duplicate);
+    // First optimistically, trusting the cache and the unique index on event ids; if that
+    // hits a stored id, once more with every id checked.
+    for verify_ids in [false, true] {
+        if conn.is_none() {
+            // A connection of the writer's own, opened on its thread: a pooled one may be
+            // bound to another thread's reactor, adding a hop to every round trip.
+            match open_writer_connection(pool).await {
+                Ok(c) => *conn = Some(c),
+                Err(e) => {
+                    outcome = Err(BatchError::Sql(e));
+                    break;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        outcome = write_batch(c, cache, &batch, verify_ids).await;
+        match &outcome {
+            Ok(_) => break,
+            Err(BatchError::Duplicate) => {
+                cache.invalidate();
+                if sqlx::raw_sql("ROLLBACK").execute(&mut *c).await.is_err() {
+                    *conn = None;
+                }
+            }
+            Err(BatchError::Sql(_)) => break,
+        }
+    }
+    match outcome {
         Ok((outcomes, new_head)) => {
             if let Some(p) = new_head {
                 advance(head, p);
@@ -226,8 +322,14 @@ async fn commit_batch(pool: &PgPool, batch: Vec<AppendRequest>, head: &watch::Se
             metrics::counter!("ub_events_appended_total").increment(written);
         }
         Err(e) => {
-            tracing::error!(error = %e, appends = batch.len(), "append batch failed");
-            let msg = e.to_string();
+            // Closing the connection rolls back whatever the transaction had done.
+            *conn = None;
+            cache.invalidate();
+            let msg = match e {
+                BatchError::Sql(e) => e.to_string(),
+                BatchError::Duplicate => "a unique key was violated twice".to_owned(),
+            };
+            tracing::error!(error = %msg, appends = batch.len(), "append batch failed");
             for req in batch {
                 let _ = req
                     .reply
@@ -253,60 +355,94 @@ struct Rows {
 
 type Outcome = Result<AppendResult, AppendError>;
 
+/// One batch in three round trips when the cache knows the streams: BEGIN + lock, the
+/// insert, and head update + NOTIFY + COMMIT; a fourth reads versions the cache lacks (and,
+/// with `verify_ids`, looks for stored event ids). On an error the caller rolls back.
 async fn write_batch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
+    cache: &mut WriterCache,
     batch: &[AppendRequest],
-) -> Result<(Vec<Outcome>, Option<i64>), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let mut head: i64 =
-        sqlx::query_scalar("SELECT last_position FROM event_head WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut *tx)
+    verify_ids: bool,
+) -> Result<(Vec<Outcome>, Option<i64>), BatchError> {
+    let locked =
+        sqlx::raw_sql("BEGIN; SELECT last_position FROM event_head WHERE id = 1 FOR UPDATE")
+            .fetch_all(&mut *conn)
             .await?;
+    let mut head: i64 = locked
+        .first()
+        .ok_or_else(|| sqlx::Error::Protocol("event_head row is missing".into()))?
+        .try_get(0)?;
+    if head != cache.head || cache.versions.len() > WriterCache::CAPACITY {
+        cache.versions.clear();
+    }
+    // From here until the commit succeeds the cache may run ahead of the database.
+    cache.head = -1;
 
-    let mut stream_names: Vec<String> = batch.iter().map(|r| r.stream.clone()).collect();
-    stream_names.sort_unstable();
-    stream_names.dedup();
-    let mut versions: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-        "SELECT s.id, COALESCE((SELECT max(e.version) FROM events e WHERE e.stream_id = s.id), 0) \
-         FROM unnest($1::text[]) AS s(id)",
-    )
-    .bind(&stream_names)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
-
-    let all_ids: Vec<Uuid> = batch
+    let mut missing: Vec<String> = batch
         .iter()
-        .flat_map(|r| r.events.iter().map(|e| e.event_id))
+        .filter(|r| !cache.versions.contains_key(&r.stream))
+        .map(|r| r.stream.clone())
         .collect();
-    // Ids already stored, or written earlier in this batch: (stream, version, position).
-    let mut known: HashMap<Uuid, (String, i64, i64)> =
-        sqlx::query_as::<_, (Uuid, String, i64, i64)>(
-            "SELECT event_id, stream_id, version, global_position FROM events \
-             WHERE event_id = ANY($1)",
+    missing.sort_unstable();
+    missing.dedup();
+    let ids: Vec<Uuid> = if verify_ids {
+        batch
+            .iter()
+            .flat_map(|r| r.events.iter().map(|e| e.event_id))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut known: HashMap<Uuid, (String, i64, i64)> = HashMap::new();
+    if !missing.is_empty() || !ids.is_empty() {
+        // Current versions of unknown streams, and ids already stored.
+        let rows: Vec<(Option<Uuid>, String, i64, i64)> = sqlx::query_as(
+            "SELECT NULL::uuid, s.id, \
+             COALESCE((SELECT max(e.version) FROM events e WHERE e.stream_id = s.id), 0), \
+             0::bigint FROM unnest($1::text[]) AS s(id) \
+             UNION ALL \
+             SELECT event_id, stream_id, version, global_position FROM events \
+             WHERE event_id = ANY($2)",
         )
-        .bind(&all_ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(id, s, v, p)| (id, (s, v, p)))
-        .collect();
+        .bind(&missing)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (id, stream, version, position) in rows {
+            match id {
+                None => {
+                    cache.versions.insert(stream, version);
+                }
+                Some(id) => {
+                    known.insert(id, (stream, version, position));
+                }
+            }
+        }
+    }
 
     let mut rows = Rows::default();
     let mut outcomes = Vec::with_capacity(batch.len());
     for req in batch {
         outcomes.push(plan_append(
             req,
-            &mut versions,
+            &mut cache.versions,
             &mut known,
             &mut head,
             &mut rows,
         ));
     }
+    if !verify_ids
+        && outcomes
+            .iter()
+            .any(|o| matches!(o, Err(AppendError::WrongVersion { .. })))
+    {
+        // A conflict may be a retry of events stored before: look at the ids first.
+        return Err(BatchError::Duplicate);
+    }
 
     if rows.positions.is_empty() {
-        tx.rollback().await?;
+        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+        cache.head = head;
         return Ok((outcomes, None));
     }
     sqlx::query(
@@ -324,17 +460,17 @@ async fn write_batch(
     .bind(&rows.schema_versions)
     .bind(&rows.data)
     .bind(&rows.metadata)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
-    sqlx::query(
-        "WITH h AS (UPDATE event_head SET last_position = $1 WHERE id = 1 RETURNING last_position) \
-         SELECT pg_notify($2, last_position::text) FROM h",
-    )
-    .bind(head)
-    .bind(NOTIFY_CHANNEL)
-    .execute(&mut *tx)
+    // `head` is an integer we computed, so formatting it into the statement is safe; the
+    // simple-query protocol lets the update, the NOTIFY and the COMMIT share a round trip.
+    sqlx::raw_sql(&format!(
+        "UPDATE event_head SET last_position = {head} WHERE id = 1; \
+         SELECT pg_notify('{NOTIFY_CHANNEL}', '{head}'); COMMIT"
+    ))
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await?;
+    cache.head = head;
     Ok((outcomes, Some(head)))
 }
 

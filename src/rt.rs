@@ -1,0 +1,64 @@
+//! Dedicated threads for work that must not share a thread with HTTP handlers or actors.
+
+use std::future::Future;
+
+use tokio::sync::oneshot;
+
+/// Runs the future made by `make` on a new thread with a single-threaded runtime of its own
+/// (the future itself need not be `Send`). The thread ends when the future does, or when the
+/// returned [`ThreadTask`] is stopped or dropped.
+pub fn spawn_thread<M, F>(name: &str, make: M) -> ThreadTask
+where
+    M: FnOnce() -> F + Send + 'static,
+    F: Future<Output = ()> + 'static,
+{
+    let (stop, stopped) = oneshot::channel::<()>();
+    let join = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for a dedicated thread");
+            rt.block_on(async move {
+                tokio::select! {
+                    _ = make() => {}
+                    _ = stopped => {}
+                }
+            });
+        })
+        .expect("spawning a thread");
+    ThreadTask {
+        stop: Some(stop),
+        join: Some(join),
+    }
+}
+
+/// A future running on its own thread.
+pub struct ThreadTask {
+    stop: Option<oneshot::Sender<()>>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ThreadTask {
+    /// Lets the future run on even when this handle is dropped.
+    pub fn detach(mut self) {
+        self.stop.take().map(std::mem::forget);
+        self.join.take();
+    }
+
+    /// Stops the future and waits for the thread to end.
+    pub fn stop(mut self) {
+        self.stop.take();
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl Drop for ThreadTask {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the select above; the thread then winds down by itself.
+        self.stop.take();
+    }
+}
