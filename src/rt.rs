@@ -43,7 +43,10 @@ pub struct ThreadTask {
 impl ThreadTask {
     /// Lets the future run on even when this handle is dropped.
     pub fn detach(mut self) {
-        self.stop.take().map(std::mem::forget);
+        if let Some(stop) = self.stop.take() {
+            // Never sending nor dropping the sender keeps the select waiting on the future.
+            std::mem::forget(stop);
+        }
         self.join.take();
     }
 
