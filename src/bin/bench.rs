@@ -174,11 +174,13 @@ async fn main() -> anyhow::Result<()> {
         args.server.trim_end_matches('/'),
         chrono::Utc::now().format("%Y%m%d%H%M%S")
     );
-    let mut config = Config::default();
-    config.port = 0;
-    config.database_url = database_url.clone();
-    config.workers = args.workers;
-    config.log_level = "warn".into();
+    let config = Config {
+        port: 0,
+        database_url: database_url.clone(),
+        workers: args.workers,
+        log_level: "warn".into(),
+        ..Config::default()
+    };
     let app = Application::build(config.clone()).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();

@@ -23,12 +23,13 @@ pub fn fresh_database_url() -> String {
 }
 
 pub fn test_config(database_url: String) -> Config {
-    let mut config = Config::default();
-    config.port = 0;
-    config.database_url = database_url;
-    config.workers = 2;
-    config.db_pool_size = 6;
-    config
+    Config {
+        port: 0,
+        database_url,
+        workers: 2,
+        db_pool_size: 6,
+        ..Config::default()
+    }
 }
 
 /// A fresh, migrated database.
