@@ -151,8 +151,9 @@ impl ProjectionRunner {
             ..Filter::default()
         };
         let mut head_watch = self.store.head_watch();
+        let mut prefetched = None;
         loop {
-            let done = self.step(&mut conn, &filter).await?;
+            let done = self.step(&mut conn, &filter, &mut prefetched).await?;
             if done {
                 let after = *self.progress.borrow();
                 let _ = tokio::time::timeout(
@@ -165,8 +166,17 @@ impl ProjectionRunner {
     }
 
     /// Applies one batch; returns whether the projection has reached the head.
-    async fn step(&self, conn: &mut PgConnection, filter: &Filter) -> anyhow::Result<bool> {
+    ///
+    /// While a batch is applied the next page is already read on another connection; it is
+    /// used only if the checkpoint is where this runner left it.
+    async fn step(
+        &self,
+        conn: &mut PgConnection,
+        filter: &Filter,
+        prefetched: &mut Option<Page>,
+    ) -> anyhow::Result<bool> {
         let name = self.projection.name();
+        let batch_size = self.config.batch_size;
         let head = self.store.head_position().await?;
         let mut tx = conn.begin().await?;
         let from: i64 =
@@ -177,35 +187,65 @@ impl ProjectionRunner {
         metrics::gauge!("ub_projection_lag", "projection" => name).set((head - from).max(0) as f64);
         if from >= head {
             tx.commit().await?;
+            *prefetched = None;
             self.progress.send_replace(from);
             return Ok(true);
         }
-        let events = self
-            .store
-            .read_all(from, Some(head), filter, self.config.batch_size)
-            .await?;
-        let to = if (events.len() as i64) < self.config.batch_size {
-            head
-        } else {
-            events.last().map_or(head, |e| e.position)
+        let page = match prefetched.take() {
+            Some(p) if p.from == from => p,
+            _ => Page {
+                from,
+                head,
+                events: self
+                    .store
+                    .read_all(from, Some(head), filter, batch_size)
+                    .await?,
+            },
         };
-        if !events.is_empty() {
-            self.projection.apply(&mut tx, &events).await?;
-        }
-        sqlx::query(
-            "UPDATE checkpoints SET position = $2, updated_at = now() WHERE projection = $1",
-        )
-        .bind(name)
-        .bind(to)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let to = page_end(&page.events, page.head, batch_size);
+        let events = &page.events;
+        let apply = async move {
+            if !events.is_empty() {
+                self.projection.apply(&mut tx, events).await?;
+            }
+            sqlx::query(
+                "UPDATE checkpoints SET position = $2, updated_at = now() WHERE projection = $1",
+            )
+            .bind(name)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            anyhow::Ok(())
+        };
+        let read_next = async {
+            if to < head {
+                let events = self.store.read_all(to, Some(head), filter, batch_size).await?;
+                anyhow::Ok(Some(Page {
+                    from: to,
+                    head,
+                    events,
+                }))
+            } else {
+                Ok(None)
+            }
+        };
+        let (applied, next) = tokio::join!(apply, read_next);
+        applied?;
+        *prefetched = next.unwrap_or(None);
         metrics::counter!("ub_projection_events_total", "projection" => name)
-            .increment(events.len() as u64);
+            .increment(page.events.len() as u64);
         metrics::gauge!("ub_projection_lag", "projection" => name).set((head - to).max(0) as f64);
         self.progress.send_replace(to);
         Ok(to >= head)
     }
+}
+
+/// A page of events read ahead: positions `(from, head]`, or fewer if the page is full.
+struct Page {
+    from: i64,
+    head: i64,
+    events: Vec<RecordedEvent>,
 }
 
 /// Replays the whole log into fresh tables and swaps them in; returns the new checkpoint.
@@ -247,23 +287,41 @@ pub async fn rebuild(
     };
     let search_path = format!("SET LOCAL search_path = {scratch}, public");
 
-    // Bulk replay while the live tables serve.
+    // Bulk replay while the live tables serve. The next page is read while the current one
+    // is applied (on another connection), so reading and writing overlap.
     let mut position = 0;
     let mut events_applied = 0u64;
-    loop {
-        let head = store.head_position().await?;
-        if position >= head {
-            break;
-        }
-        let mut tx = conn.begin().await?;
-        sqlx::query(&search_path).execute(&mut *tx).await?;
-        let (to, n) = replay_batch(
-            &mut tx, store, projection, &filter, position, head, batch_size,
-        )
-        .await?;
-        tx.commit().await?;
+    let mut head = store.head_position().await?;
+    let mut page = store.read_all(0, Some(head), &filter, batch_size).await?;
+    while position < head {
+        let to = page_end(&page, head, batch_size);
+        let apply = async {
+            let mut tx = conn.begin().await?;
+            sqlx::query(&search_path).execute(&mut *tx).await?;
+            if !page.is_empty() {
+                projection.apply(&mut tx, &page).await?;
+            }
+            tx.commit().await?;
+            anyhow::Ok(())
+        };
+        let read_next = async {
+            if to < head {
+                store.read_all(to, Some(head), &filter, batch_size).await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let (applied, next) = tokio::join!(apply, read_next);
+        applied?;
+        events_applied += page.len() as u64;
         position = to;
-        events_applied += n;
+        page = next?;
+        if position >= head {
+            head = store.head_position().await?;
+            if position < head {
+                page = store.read_all(position, Some(head), &filter, batch_size).await?;
+            }
+        }
     }
 
     // Swap: hold the checkpoint row so the live runner pauses, replay the last few events,
@@ -324,6 +382,16 @@ pub struct RebuildReport {
     pub elapsed: Duration,
 }
 
+/// Where a page read up to `head` leaves the cursor: at the head when the page was not
+/// full (everything up to it has been seen), else at the page's last event.
+fn page_end(page: &[RecordedEvent], head: i64, batch_size: i64) -> i64 {
+    if (page.len() as i64) < batch_size {
+        head
+    } else {
+        page.last().map_or(head, |e| e.position)
+    }
+}
+
 async fn replay_batch(
     conn: &mut PgConnection,
     store: &dyn EventStore,
@@ -334,11 +402,7 @@ async fn replay_batch(
     batch_size: i64,
 ) -> anyhow::Result<(i64, u64)> {
     let events = store.read_all(from, Some(head), filter, batch_size).await?;
-    let to = if (events.len() as i64) < batch_size {
-        head
-    } else {
-        events.last().map_or(head, |e| e.position)
-    };
+    let to = page_end(&events, head, batch_size);
     if !events.is_empty() {
         projection.apply(conn, &events).await?;
     }
