@@ -48,6 +48,9 @@ pub struct Config {
     /// Events per projection batch.
     #[arg(long, env = "PROJECTION_BATCH_SIZE", default_value_t = 1000)]
     pub projection_batch_size: i64,
+    /// Milliseconds a live projection lets new events gather before applying them.
+    #[arg(long, env = "PROJECTION_LINGER_MS", default_value_t = 10)]
+    pub projection_linger_ms: u64,
     /// Run the projections in this process (another process may lead them instead).
     #[arg(long, env = "RUN_PROJECTIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_projections: bool,
@@ -84,6 +87,7 @@ impl Config {
     pub fn runner(&self) -> RunnerConfig {
         RunnerConfig {
             batch_size: self.projection_batch_size.max(1),
+            live_linger: Duration::from_millis(self.projection_linger_ms),
             ..RunnerConfig::default()
         }
     }

@@ -1,6 +1,11 @@
 //! The `universal-backend` binary: parses the command line and runs a subcommand.
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: the service allocates many short-lived buffers per request (JSON, events);
+/// it measured faster than the system allocator under the benchmark.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use universal_backend::{config::Config, projections, startup, store, telemetry, Application};
 
 #[derive(Parser)]

@@ -110,6 +110,7 @@ fn fast() -> RunnerConfig {
     RunnerConfig {
         batch_size: 16,
         standby_poll: Duration::from_millis(100),
+        live_linger: Duration::ZERO,
     }
 }
 

@@ -45,6 +45,9 @@ pub struct RunnerConfig {
     pub batch_size: i64,
     /// How often a standby tries to take over, and the live poll fallback.
     pub standby_poll: Duration,
+    /// Once live, how long to let new events gather before applying them: fewer, larger
+    /// transactions for a little more read-your-writes latency.
+    pub live_linger: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -52,6 +55,7 @@ impl Default for RunnerConfig {
         Self {
             batch_size: 1000,
             standby_poll: Duration::from_secs(1),
+            live_linger: Duration::from_millis(10),
         }
     }
 }
@@ -136,6 +140,11 @@ impl ProjectionRunner {
             tokio::time::sleep(self.config.standby_poll).await;
         }
         tracing::info!(projection = name, "projection runner leads");
+        // A lost projection commit is re-applied from the older checkpoint (both are in the
+        // same transaction), so these commits need not wait for the WAL flush.
+        sqlx::query("SET synchronous_commit = off")
+            .execute(&mut conn)
+            .await?;
         sqlx::query("INSERT INTO checkpoints (projection) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(name)
             .execute(&mut conn)
@@ -156,11 +165,15 @@ impl ProjectionRunner {
             let done = self.step(&mut conn, &filter, &mut prefetched).await?;
             if done {
                 let after = *self.progress.borrow();
-                let _ = tokio::time::timeout(
+                let woken = tokio::time::timeout(
                     self.config.standby_poll,
                     head_watch.wait_for(|h| *h > after),
                 )
-                .await;
+                .await
+                .is_ok_and(|r| r.is_ok());
+                if woken && !self.config.live_linger.is_zero() {
+                    tokio::time::sleep(self.config.live_linger).await;
+                }
             }
         }
     }
@@ -220,7 +233,10 @@ impl ProjectionRunner {
         };
         let read_next = async {
             if to < head {
-                let events = self.store.read_all(to, Some(head), filter, batch_size).await?;
+                let events = self
+                    .store
+                    .read_all(to, Some(head), filter, batch_size)
+                    .await?;
                 anyhow::Ok(Some(Page {
                     from: to,
                     head,
@@ -262,6 +278,9 @@ pub async fn rebuild(
     let scratch = format!("rebuild_{name}");
     let started = std::time::Instant::now();
     let mut conn = pool.acquire().await?.detach();
+    sqlx::query("SET synchronous_commit = off")
+        .execute(&mut conn)
+        .await?;
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {scratch} CASCADE"))
         .execute(&mut conn)
         .await?;
@@ -319,7 +338,9 @@ pub async fn rebuild(
         if position >= head {
             head = store.head_position().await?;
             if position < head {
-                page = store.read_all(position, Some(head), &filter, batch_size).await?;
+                page = store
+                    .read_all(position, Some(head), &filter, batch_size)
+                    .await?;
             }
         }
     }
