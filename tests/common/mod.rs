@@ -46,6 +46,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub pool: PgPool,
     pub database_url: String,
+    pub handle: actix_web::dev::ServerHandle,
 }
 
 /// Starts the real application on port 0 against a fresh database.
@@ -63,6 +64,7 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Config)) -> TestApp {
         .expect("application starts");
     let base = format!("http://127.0.0.1:{}", app.port());
     let pool = app.state().pool.clone();
+    let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         base,
@@ -72,6 +74,7 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Config)) -> TestApp {
             .unwrap(),
         pool,
         database_url: url,
+        handle,
     }
 }
 
