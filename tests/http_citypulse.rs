@@ -495,7 +495,13 @@ async fn a_graceful_shutdown_keeps_every_acknowledged_write() {
         let url = app.url(&path);
         let body = json!({ "readings": [{ "sensor_id": sensor, "value": n as f64 }] });
         requests.push(actix_web::rt::spawn(async move {
-            client.post(url).json(&body).send().await.ok().map(|r| r.status().as_u16())
+            client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status().as_u16())
         }));
     }
     // Stop while the requests are in flight; in-flight ones finish, new ones are refused.
@@ -514,7 +520,10 @@ async fn a_graceful_shutdown_keeps_every_acknowledged_write() {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert!(acknowledged > 0, "some requests were answered before the stop");
+    assert!(
+        acknowledged > 0,
+        "some requests were answered before the stop"
+    );
     assert!(
         stored >= acknowledged,
         "{acknowledged} acknowledged, {stored} stored"

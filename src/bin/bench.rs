@@ -42,6 +42,9 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432"
     )]
     server: String,
+    /// Keep the benchmark database afterwards (it is dropped by default).
+    #[arg(long)]
+    keep: bool,
     /// HTTP worker threads of the server under test.
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -251,6 +254,8 @@ async fn main() -> anyhow::Result<()> {
     // Catch-up: let the live projections finish, then replay the whole log through each.
     handle.stop(true).await;
     let _ = server.await;
+    state.pool.close().await;
+    drop(state);
     let pool = universal_backend::startup::connect_and_migrate(&config).await?;
     let store: Arc<dyn EventStore> = PgEventStore::start(pool.clone(), config.store()).await?;
     for p in projections::all() {
@@ -263,6 +268,12 @@ async fn main() -> anyhow::Result<()> {
             secs,
             report.events as f64 / secs.max(1e-9)
         );
+    }
+    store.shutdown().await;
+    pool.close().await;
+    if !args.keep {
+        use sqlx::migrate::MigrateDatabase;
+        sqlx::Postgres::force_drop_database(&database_url).await?;
     }
     Ok(())
 }
