@@ -21,6 +21,13 @@
 //! transaction. Expected versions and event-id idempotency are checked under the lock, in
 //! memory, per append: a conflicting append is answered with its own error and left out of
 //! the batch, and the others commit.
+//!
+//! The writer also remembers the stream versions it has seen and the head it last
+//! committed. When the head is still there when it next takes the lock, nobody else
+//! appended, so those versions are exact and need not be read; and repeated event ids are
+//! left to the unique index, whose violation sends the batch round again with every id
+//! checked. A batch is then three round trips: BEGIN + lock, INSERT, and UPDATE + NOTIFY +
+//! COMMIT.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
