@@ -51,6 +51,49 @@ pub struct Config {
     /// Milliseconds a live projection lets new events gather before applying them.
     #[arg(long, env = "PROJECTION_LINGER_MS", default_value_t = 10)]
     pub projection_linger_ms: u64,
+    /// Secret for signing access tokens (HS256). Generated at start in development when
+    /// unset; required when NODE_ENV=production.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Lifetime of access tokens (s, m, h, d).
+    #[arg(long, env = "JWT_EXPIRES_IN", default_value = "24h")]
+    pub jwt_expires_in: String,
+    /// Lifetime of refresh tokens.
+    #[arg(long, env = "JWT_REFRESH_EXPIRES_IN", default_value = "7d")]
+    pub jwt_refresh_expires_in: String,
+    /// `production` makes missing secrets fatal.
+    #[arg(long, env = "NODE_ENV", default_value = "development")]
+    pub node_env: String,
+    /// Rate limits on or off.
+    #[arg(long, env = "RATE_LIMITING_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rate_limiting_enabled: bool,
+    /// Requests per minute per client IP on the auth endpoints.
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 60)]
+    pub rate_limit_per_minute: u32,
+    /// Requests per minute per user on every other endpoint.
+    #[arg(long, env = "RATE_LIMIT_USER_PER_MINUTE", default_value_t = 6000)]
+    pub rate_limit_user_per_minute: u32,
+    /// Origins allowed by CORS, comma-separated.
+    #[arg(
+        long,
+        env = "ALLOWED_ORIGINS",
+        default_value = "http://localhost:3000,http://localhost:5173"
+    )]
+    pub allowed_origins: String,
+    /// Route group switches.
+    #[arg(long, env = "AI_MODELS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ai_models_enabled: bool,
+    #[arg(long, env = "QUANTUM_SWARM_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub quantum_swarm_enabled: bool,
+    #[arg(long, env = "VELOCITY_SWARM_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub velocity_swarm_enabled: bool,
+    #[arg(long, env = "CITYPULSE_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub citypulse_enabled: bool,
+    #[arg(long, env = "WEBSOCKET_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub websocket_enabled: bool,
+    /// Which projections this process runs: `all` or a comma-separated list of names.
+    #[arg(long, env = "PROJECTIONS", default_value = "all")]
+    pub projections: String,
     /// Run the projections in this process (another process may lead them instead).
     #[arg(long, env = "RUN_PROJECTIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_projections: bool,
@@ -82,6 +125,17 @@ impl Config {
             linger: Duration::from_millis(self.append_linger_ms),
             ..PgStoreConfig::default()
         }
+    }
+
+    /// Whether this process runs the projection `name`.
+    pub fn runs_projection(&self, name: &str) -> bool {
+        self.run_projections
+            && (self.projections.trim() == "all"
+                || self.projections.split(',').any(|p| p.trim() == name))
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.node_env.eq_ignore_ascii_case("production")
     }
 
     pub fn runner(&self) -> RunnerConfig {

@@ -1,6 +1,7 @@
 //! universal-backend: one event-sourced actor system behind every frontend.
 //!
 //! - [`config`]: typed settings from the environment.
+//! - [`auth`]: passwords (argon2id), access tokens (JWT) and refresh tokens.
 //! - [`store`]: the event store (append with expected version, reads, subscriptions).
 //! - [`actors`]: the per-entity actor runtime and the entity deciders.
 //! - [`projections`]: the runner that builds Postgres read models, and the read models.
@@ -11,6 +12,7 @@
 #![deny(unsafe_code)]
 
 pub mod actors;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod projections;

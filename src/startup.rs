@@ -14,9 +14,13 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 use crate::actors::building::Building;
+use crate::actors::organization::Organization;
+use crate::actors::user::User;
 use crate::actors::Registry;
+use crate::auth::{parse_duration, TokenKeys};
 use crate::config::Config;
 use crate::http;
+use crate::http::guard::{AuthState, Limits};
 use crate::projections::{self, Progress, ProjectionRunner};
 use crate::rt::ThreadTask;
 use crate::store::{EventStore, PgEventStore};
@@ -26,6 +30,9 @@ pub struct AppState {
     pub pool: PgPool,
     pub store: Arc<dyn EventStore>,
     pub buildings: Registry<Building>,
+    pub users: Registry<User>,
+    pub organizations: Registry<Organization>,
+    pub auth: AuthState,
     pub progress: Progress,
     pub started: Instant,
     pub config: Config,
@@ -60,6 +67,78 @@ pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// Token keys from the configuration. Without `JWT_SECRET` a random secret is generated in
+/// development (tokens then die with the process); production refuses to start.
+fn auth_state(config: &Config) -> anyhow::Result<AuthState> {
+    let secret = match config.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) if config.is_production() && s.len() < 32 => {
+            anyhow::bail!("JWT_SECRET must be at least 32 characters in production")
+        }
+        Some(s) => s.as_bytes().to_vec(),
+        None if config.is_production() => {
+            anyhow::bail!("JWT_SECRET is required when NODE_ENV=production")
+        }
+        None => {
+            tracing::warn!(
+                "JWT_SECRET is not set: using a random secret; tokens will not survive a restart"
+            );
+            let mut bytes = vec![0u8; 32];
+            argon2::password_hash::rand_core::RngCore::fill_bytes(
+                &mut argon2::password_hash::rand_core::OsRng,
+                &mut bytes,
+            );
+            bytes
+        }
+    };
+    let access = parse_duration(&config.jwt_expires_in)
+        .map_err(|e| anyhow::anyhow!("JWT_EXPIRES_IN: {e}"))?;
+    let refresh = parse_duration(&config.jwt_refresh_expires_in)
+        .map_err(|e| anyhow::anyhow!("JWT_REFRESH_EXPIRES_IN: {e}"))?;
+    Ok(AuthState {
+        keys: TokenKeys::new(&secret, access, refresh),
+        ended_sessions: Default::default(),
+        limits: config.rate_limiting_enabled.then(|| {
+            Limits::new(
+                config.rate_limit_per_minute,
+                config.rate_limit_user_per_minute,
+            )
+        }),
+    })
+}
+
+/// Follows `SessionEnded` in the log, so that a logout in any process ends the session's
+/// access tokens here too.
+fn follow_ended_sessions(store: Arc<dyn EventStore>, ended: Arc<dashmap::DashMap<uuid::Uuid, ()>>) {
+    let filter = crate::store::Filter {
+        event_types: Some(vec!["SessionEnded".into()]),
+        ..Default::default()
+    };
+    let mut sub = crate::store::Subscription::new(store, 0, filter);
+    let weak = Arc::downgrade(&ended);
+    drop(ended);
+    tokio::spawn(async move {
+        loop {
+            match sub.next().await {
+                Ok(e) => {
+                    let Some(ended) = weak.upgrade() else { return };
+                    if let Some(id) = e.data.get("session_id").and_then(|v| v.as_str()) {
+                        if let Ok(id) = id.parse() {
+                            ended.insert(id, ());
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "following ended sessions");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// A built, listening application.
 pub struct Application {
     port: u16,
@@ -77,8 +156,8 @@ impl Application {
 
         let mut progress = Progress::default();
         let mut runners = Vec::new();
-        if config.run_projections {
-            for projection in projections::all() {
+        for projection in projections::all() {
+            if config.runs_projection(projection.name()) {
                 let runner = ProjectionRunner::new(
                     pool.clone(),
                     store.clone(),
@@ -96,10 +175,16 @@ impl Application {
             })
         });
 
+        let auth = auth_state(&config)?;
+        follow_ended_sessions(store.clone(), auth.ended_sessions.clone());
+
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             store: store.clone(),
             buildings: Registry::new(store.clone(), config.runtime()),
+            users: Registry::new(store.clone(), config.runtime()),
+            organizations: Registry::new(store.clone(), config.runtime()),
+            auth,
             progress,
             started: Instant::now(),
             config: config.clone(),
@@ -109,8 +194,15 @@ impl Application {
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
         let data = state.clone();
+        let origins: Vec<String> = config
+            .allowed_origins
+            .split(',')
+            .map(|o| o.trim().to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(http::cors(&origins))
                 .wrap(http::json_errors())
                 .app_data(data.clone())
                 .configure(http::configure)

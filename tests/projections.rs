@@ -116,7 +116,7 @@ fn fast() -> RunnerConfig {
 
 #[actix_web::test]
 async fn a_runner_killed_mid_batch_leaves_no_trace_and_the_result_equals_a_rebuild() {
-    let app = common::spawn_app_with(|c| c.run_projections = false).await;
+    let app = common::spawn_app_with(|c| c.projections = "identity".into()).await;
     make_history(&app, 12).await;
     let store = PgEventStore::start(app.pool.clone(), PgStoreConfig::default())
         .await
@@ -184,7 +184,7 @@ async fn a_runner_killed_mid_batch_leaves_no_trace_and_the_result_equals_a_rebui
 
 #[actix_web::test]
 async fn a_standby_runner_takes_over_when_the_leader_dies() {
-    let app = common::spawn_app_with(|c| c.run_projections = false).await;
+    let app = common::spawn_app_with(|c| c.projections = "identity".into()).await;
     make_history(&app, 3).await;
     let store = PgEventStore::start(app.pool.clone(), PgStoreConfig::default())
         .await

@@ -68,6 +68,8 @@ pub enum BuildingEvent {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct BuildingRegistered {
     pub building_id: Uuid,
+    /// The owning organization (schema version 2; version 1 had none).
+    pub organization_id: Option<Uuid>,
     pub name: String,
     pub address: Option<String>,
     pub floor_area_m2: Option<f64>,
@@ -142,6 +144,31 @@ pub struct AlertResolved {
 }
 
 impl EventFamily for BuildingEvent {
+    fn schema_version(event_type: &str) -> i32 {
+        match event_type {
+            "BuildingRegistered" => 2,
+            _ => 1,
+        }
+    }
+
+    fn upcast(event_type: &str, version: i32, data: Value) -> Result<Value, DecodeError> {
+        match (event_type, version) {
+            // v1 → v2: buildings registered before organizations existed belong to none.
+            ("BuildingRegistered", 1) => {
+                let mut data = data;
+                if let Value::Object(map) = &mut data {
+                    map.entry("organization_id").or_insert(Value::Null);
+                }
+                Ok(data)
+            }
+            (t, v) if v == Self::schema_version(t) => Ok(data),
+            (t, v) => Err(DecodeError::UnknownVersion {
+                event_type: t.to_owned(),
+                version: v,
+            }),
+        }
+    }
+
     fn event_type(&self) -> &'static str {
         match self {
             BuildingEvent::BuildingRegistered(_) => "BuildingRegistered",

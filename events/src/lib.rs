@@ -14,11 +14,13 @@
 #![deny(unsafe_code)]
 
 pub mod building;
+pub mod identity;
 
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
 pub use building::BuildingEvent;
+pub use identity::{EmailEvent, OrganizationEvent, UserEvent};
 
 /// Deserializes one variant's payload from a borrowed JSON value.
 pub fn payload<T: DeserializeOwned>(event_type: &str, data: &Value) -> Result<T, DecodeError> {

@@ -1,39 +1,99 @@
-//! Every event type and schema version has a JSON sample in `events/samples/`; each sample
-//! must decode into its typed event and encode back to the same JSON.
+//! Every event type and schema version has a JSON sample in `events/samples/`
+//! (`<Type>.v<N>.json`). A sample of the current version must decode and encode back to the
+//! same JSON; a sample of an older version must upcast and decode.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
-use universal_events::{building::EVENT_TYPES, BuildingEvent, EventFamily};
+use serde_json::Value;
+use universal_events::building::EVENT_TYPES;
+use universal_events::identity::{ORGANIZATION_EVENT_TYPES, USER_EVENT_TYPES};
+use universal_events::{BuildingEvent, EmailEvent, EventFamily, OrganizationEvent, UserEvent};
 
-fn sample(name: &str) -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("samples")
-        .join(format!("{name}.v1.json"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("missing sample {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
+fn samples() -> Vec<(String, i32, Value)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let stem = name.strip_suffix(".json").expect("samples are .json files");
+        let (event_type, version) = stem.rsplit_once(".v").expect("<Type>.v<N>.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        out.push((
+            event_type.to_owned(),
+            version.parse().unwrap(),
+            serde_json::from_str(&text).unwrap(),
+        ));
+    }
+    out
+}
+
+fn check<F: EventFamily + PartialEq + std::fmt::Debug>(t: &str, version: i32, data: &Value) {
+    let event =
+        F::decode(t, version, data.clone()).unwrap_or_else(|e| panic!("{t} v{version}: {e}"));
+    assert_eq!(event.event_type(), t);
+    let borrowed = F::decode_ref(t, version, data).unwrap();
+    assert_eq!(
+        borrowed, event,
+        "{t} v{version}: decode_ref agrees with decode"
+    );
+    if version == F::schema_version(t) {
+        assert_eq!(&event.to_data(), data, "{t} v{version} did not round-trip");
+    } else {
+        let current = event.to_data();
+        let again = F::decode(t, F::schema_version(t), current).unwrap();
+        assert_eq!(again, event, "{t}: the upcast event survives re-encoding");
+    }
 }
 
 #[test]
-fn every_building_event_sample_round_trips() {
-    for event_type in EVENT_TYPES {
-        let data = sample(event_type);
-        let event = BuildingEvent::decode(event_type, 1, data.clone())
-            .unwrap_or_else(|e| panic!("{event_type}: {e}"));
-        assert_eq!(event.event_type(), event_type);
-        assert_eq!(event.to_data(), data, "{event_type} did not round-trip");
-        let borrowed = BuildingEvent::decode_ref(event_type, 1, &data).unwrap();
-        assert_eq!(
-            borrowed, event,
-            "{event_type}: decode_ref agrees with decode"
+fn every_event_sample_decodes_and_current_versions_round_trip() {
+    let mut covered = BTreeSet::new();
+    for (t, version, data) in samples() {
+        if EVENT_TYPES.contains(&t.as_str()) {
+            check::<BuildingEvent>(&t, version, &data);
+        } else if USER_EVENT_TYPES.contains(&t.as_str()) {
+            check::<UserEvent>(&t, version, &data);
+        } else if ORGANIZATION_EVENT_TYPES.contains(&t.as_str()) {
+            check::<OrganizationEvent>(&t, version, &data);
+        } else if t == "EmailClaimed" {
+            check::<EmailEvent>(&t, version, &data);
+        } else {
+            panic!("sample of unknown type {t}");
+        }
+        covered.insert((t, version));
+    }
+    let current = EVENT_TYPES
+        .iter()
+        .map(|t| (*t, BuildingEvent::schema_version(t)))
+        .chain(USER_EVENT_TYPES.iter().map(|t| (*t, 1)))
+        .chain(ORGANIZATION_EVENT_TYPES.iter().map(|t| (*t, 1)))
+        .chain([("EmailClaimed", 1)]);
+    for (t, v) in current {
+        assert!(
+            covered.contains(&(t.to_owned(), v)),
+            "no sample for {t} v{v}"
         );
     }
 }
 
 #[test]
+fn a_version_one_building_upcasts_to_no_organization() {
+    let v1 = serde_json::json!({
+        "building_id": "0193a1b2-0000-7000-8000-000000000001", "name": "Old", "address": null,
+        "floor_area_m2": null, "registered_at": "2020-01-01T00:00:00Z"
+    });
+    match BuildingEvent::decode("BuildingRegistered", 1, v1).unwrap() {
+        BuildingEvent::BuildingRegistered(b) => assert_eq!(b.organization_id, None),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn an_unknown_type_or_version_is_a_decode_error_not_a_panic() {
-    let data = sample("SensorRegistered");
+    let data = serde_json::json!({"sensor_id": "x"});
     assert!(BuildingEvent::decode("SensorExploded", 1, data.clone()).is_err());
-    assert!(BuildingEvent::decode("SensorRegistered", 9, data).is_err());
+    assert!(BuildingEvent::decode("SensorRegistered", 9, data.clone()).is_err());
     assert!(BuildingEvent::decode("SensorRegistered", 1, serde_json::json!({"x": 1})).is_err());
+    assert!(UserEvent::decode_ref("UserExploded", 1, &data).is_err());
 }

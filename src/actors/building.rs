@@ -57,6 +57,13 @@ pub enum BuildingCommand {
     },
 }
 
+/// A command on behalf of an organization: a building answers only to its own.
+#[derive(Debug, Clone)]
+pub struct ScopedCommand {
+    pub organization_id: Option<Uuid>,
+    pub cmd: BuildingCommand,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadingInput {
     pub sensor_id: Uuid,
@@ -117,6 +124,7 @@ impl Limits {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Building {
     pub id: Option<Uuid>,
+    pub organization_id: Option<Uuid>,
     pub name: String,
     pub sensors: HashMap<Uuid, SensorState>,
     pub thresholds: HashMap<SensorKind, Limits>,
@@ -231,13 +239,32 @@ impl Building {
 }
 
 impl Entity for Building {
-    type Command = BuildingCommand;
+    type Command = ScopedCommand;
     type Event = BuildingEvent;
     type Error = BuildingError;
 
     const CATEGORY: &'static str = "building";
 
-    fn decide(&self, cmd: &BuildingCommand) -> Result<Vec<BuildingEvent>, BuildingError> {
+    fn decide(&self, scoped: &ScopedCommand) -> Result<Vec<BuildingEvent>, BuildingError> {
+        self.decide_in(scoped.organization_id, &scoped.cmd)
+    }
+
+    fn evolve(&mut self, event: &BuildingEvent) {
+        self.apply(event)
+    }
+}
+
+impl Building {
+    /// The rules, for a command sent on behalf of organization `org`. Another
+    /// organization's building answers as if it did not exist.
+    pub fn decide_in(
+        &self,
+        org: Option<Uuid>,
+        cmd: &BuildingCommand,
+    ) -> Result<Vec<BuildingEvent>, BuildingError> {
+        if self.id.is_some() && self.organization_id != org {
+            return Err(BuildingError::NotFound);
+        }
         use BuildingCommand as C;
         match cmd {
             C::Register {
@@ -259,6 +286,7 @@ impl Entity for Building {
                 Ok(vec![BuildingEvent::BuildingRegistered(
                     BuildingRegistered {
                         building_id: *building_id,
+                        organization_id: org,
                         name: name.trim().to_owned(),
                         address: address.clone(),
                         floor_area_m2: *floor_area_m2,
@@ -349,10 +377,11 @@ impl Entity for Building {
         }
     }
 
-    fn evolve(&mut self, event: &BuildingEvent) {
+    fn apply(&mut self, event: &BuildingEvent) {
         match event {
             BuildingEvent::BuildingRegistered(e) => {
                 self.id = Some(e.building_id);
+                self.organization_id = e.organization_id;
                 self.name = e.name.clone();
             }
             BuildingEvent::SensorRegistered(e) => {
@@ -407,6 +436,7 @@ mod tests {
     fn registered() -> BuildingEvent {
         BuildingEvent::BuildingRegistered(BuildingRegistered {
             building_id: B,
+            organization_id: None,
             name: "City Hall".into(),
             address: None,
             floor_area_m2: None,
@@ -453,13 +483,16 @@ mod tests {
     #[test]
     fn a_new_building_is_registered_with_a_trimmed_name() {
         let events = given(&[])
-            .decide(&BuildingCommand::Register {
-                name: "  City Hall ".into(),
-                address: None,
-                floor_area_m2: None,
-                at: at("2026-11-21T08:00:00Z"),
-                building_id: B,
-            })
+            .decide_in(
+                None,
+                &BuildingCommand::Register {
+                    name: "  City Hall ".into(),
+                    address: None,
+                    floor_area_m2: None,
+                    at: at("2026-11-21T08:00:00Z"),
+                    building_id: B,
+                },
+            )
             .unwrap();
         assert_eq!(events, vec![registered()]);
     }
@@ -474,19 +507,31 @@ mod tests {
             building_id: B,
         };
         assert_eq!(
-            given(&[registered()]).decide(&cmd("Again")),
+            given(&[registered()]).decide_in(None, &cmd("Again")),
             Err(BuildingError::AlreadyRegistered)
         );
         assert!(matches!(
-            given(&[]).decide(&cmd("   ")),
+            given(&[]).decide_in(None, &cmd("   ")),
             Err(BuildingError::Invalid { field: "name", .. })
         ));
     }
 
     #[test]
+    fn another_organizations_building_is_not_found() {
+        let state = given(&[registered(), sensor(S, SensorKind::Gas, "m3")]);
+        assert_eq!(
+            state.decide(&ScopedCommand {
+                organization_id: Some(Uuid::from_u128(77)),
+                cmd: readings(&[(S, 1.0)]),
+            }),
+            Err(BuildingError::NotFound)
+        );
+    }
+
+    #[test]
     fn commands_to_an_unregistered_building_are_not_found() {
         assert_eq!(
-            given(&[]).decide(&readings(&[(S, 1.0)])),
+            given(&[]).decide_in(None, &readings(&[(S, 1.0)])),
             Err(BuildingError::NotFound)
         );
     }
@@ -501,11 +546,11 @@ mod tests {
             name: None,
         };
         assert!(matches!(
-            state.decide(&cmd("L")),
+            state.decide_in(None, &cmd("L")),
             Err(BuildingError::Invalid { field: "unit", .. })
         ));
         assert_eq!(
-            state.decide(&cmd("kWh")).unwrap(),
+            state.decide_in(None, &cmd("kWh")).unwrap(),
             vec![sensor(S, SensorKind::Electricity, "kWh")]
         );
     }
@@ -513,7 +558,7 @@ mod tests {
     #[test]
     fn readings_are_recorded_with_the_kind_and_unit_of_their_sensor() {
         let state = given(&[registered(), sensor(S, SensorKind::Gas, "m3")]);
-        let events = state.decide(&readings(&[(S, 2.5)])).unwrap();
+        let events = state.decide_in(None, &readings(&[(S, 2.5)])).unwrap();
         assert_eq!(
             events,
             vec![BuildingEvent::ReadingsRecorded(ReadingsRecorded {
@@ -536,12 +581,12 @@ mod tests {
             sensor(T, SensorKind::Temperature, "C"),
         ]);
         assert!(matches!(
-            state.decide(&readings(&[(S, -1.0)])),
+            state.decide_in(None, &readings(&[(S, -1.0)])),
             Err(BuildingError::Invalid { field: "value", .. })
         ));
-        assert!(state.decide(&readings(&[(T, -12.0)])).is_ok());
+        assert!(state.decide_in(None, &readings(&[(T, -12.0)])).is_ok());
         assert!(matches!(
-            state.decide(&readings(&[(T, f64::NAN)])),
+            state.decide_in(None, &readings(&[(T, f64::NAN)])),
             Err(BuildingError::Invalid { field: "value", .. })
         ));
     }
@@ -557,11 +602,11 @@ mod tests {
             }),
         ]);
         assert_eq!(
-            state.decide(&readings(&[(S, 1.0)])),
+            state.decide_in(None, &readings(&[(S, 1.0)])),
             Err(BuildingError::SensorDecommissioned(S))
         );
         assert_eq!(
-            state.decide(&readings(&[(T, 1.0)])),
+            state.decide_in(None, &readings(&[(T, 1.0)])),
             Err(BuildingError::UnknownSensor(T))
         );
     }
@@ -571,7 +616,7 @@ mod tests {
         let state = given(&[registered(), sensor(S, SensorKind::Electricity, "kWh")]);
         let many: Vec<_> = (0..=MAX_READINGS).map(|_| (S, 1.0)).collect();
         assert!(matches!(
-            state.decide(&readings(&many)),
+            state.decide_in(None, &readings(&many)),
             Err(BuildingError::Invalid {
                 field: "readings",
                 ..
@@ -587,7 +632,10 @@ mod tests {
             threshold(SensorKind::Electricity, None, Some(100.0)),
         ]);
         let events = state
-            .decide(&readings(&[(S, 50.0), (S, 150.0), (S, 160.0), (S, 90.0)]))
+            .decide_in(
+                None,
+                &readings(&[(S, 50.0), (S, 150.0), (S, 160.0), (S, 90.0)]),
+            )
             .unwrap();
         let alert_id = Uuid::new_v5(&CMD, &1u64.to_be_bytes());
         assert_eq!(events.len(), 3, "{events:?}");
@@ -630,7 +678,7 @@ mod tests {
                 measured_at: at("2026-11-21T10:00:00Z"),
             }),
         ]);
-        let events = state.decide(&readings(&[(T, 9.0)])).unwrap();
+        let events = state.decide_in(None, &readings(&[(T, 9.0)])).unwrap();
         assert_eq!(events.len(), 1, "only the readings: {events:?}");
     }
 
@@ -642,12 +690,12 @@ mod tests {
             min: None,
             max: Some(10.0),
         };
-        assert_eq!(state.decide(&cmd), Ok(vec![]));
+        assert_eq!(state.decide_in(None, &cmd), Ok(vec![]));
         let bad = BuildingCommand::SetThreshold {
             kind: SensorKind::Gas,
             min: Some(5.0),
             max: Some(1.0),
         };
-        assert!(state.decide(&bad).is_err());
+        assert!(state.decide_in(None, &bad).is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! Entity actors: the generic runtime and one module per entity kind.
 
 pub mod building;
+pub mod organization;
 pub mod runtime;
+pub mod user;
 
 pub use runtime::{CommandError, CommandMeta, CommandReply, Entity, Registry, RuntimeConfig};

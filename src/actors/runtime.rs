@@ -33,7 +33,7 @@ use crate::store::{
 };
 
 /// An entity kind: its stream category, state, commands, events and rules.
-pub trait Entity: Default + Serialize + DeserializeOwned + Unpin + 'static {
+pub trait Entity: Default + Clone + Send + Serialize + DeserializeOwned + Unpin + 'static {
     type Command: Clone + Send + 'static;
     type Event: EventFamily;
     type Error: std::error::Error + Send + 'static;
@@ -86,6 +86,9 @@ pub struct CommandMeta {
     pub causation_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<Uuid>,
+    /// The tenant the command acts for; the history API filters on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frontend: Option<String>,
 }
@@ -133,6 +136,13 @@ pub struct Execute<E: Entity> {
 
 impl<E: Entity> Message for Execute<E> {
     type Result = Result<CommandReply<E>, CommandError<E::Error>>;
+}
+
+/// Reads the entity's current state (loading it if needed), between commands.
+pub struct Inspect<E: Entity>(PhantomData<fn() -> E>);
+
+impl<E: Entity> Message for Inspect<E> {
+    type Result = Result<(i64, E), CommandError<E::Error>>;
 }
 
 /// What an actor knows about its entity.
@@ -229,6 +239,35 @@ impl<E: Entity> Handler<Execute<E>> for EntityActor<E> {
                 };
                 metrics::counter!("ub_commands_total", "kind" => E::CATEGORY, "outcome" => outcome)
                     .increment(1);
+                result
+            },
+        )))
+    }
+}
+
+impl<E: Entity> Handler<Inspect<E>> for EntityActor<E> {
+    type Result = AtomicResponse<Self, Result<(i64, E), CommandError<E::Error>>>;
+
+    fn handle(&mut self, _msg: Inspect<E>, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        let current = std::mem::take(&mut self.current);
+        let store = self.store.clone();
+        let stream = self.stream.clone();
+        let work = async move {
+            let current = if current.loaded {
+                current
+            } else {
+                match load::<E>(store.as_ref(), &stream).await {
+                    Ok(c) => c,
+                    Err(e) => return (Current::default(), Err(CommandError::Store(e.to_string()))),
+                }
+            };
+            let seen = (current.version, current.state.clone());
+            (current, Ok(seen))
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            |(current, result), act, _ctx| {
+                act.current = current;
                 result
             },
         )))
@@ -453,6 +492,21 @@ impl<E: Entity> Registry<E> {
             }
         });
         (slot.addr.clone(), slot.generation)
+    }
+
+    /// The current version and state of `id` (version 0: it does not exist).
+    pub async fn inspect(&self, id: Uuid) -> Result<(i64, E), CommandError<E::Error>> {
+        for _ in 0..3 {
+            let (addr, generation) = self.actor(id);
+            match addr.send(Inspect::<E>(PhantomData)).await {
+                Ok(result) => return result,
+                Err(_) => {
+                    self.slots
+                        .remove_if(&id, |_, slot| slot.generation == generation);
+                }
+            }
+        }
+        Err(CommandError::Unavailable)
     }
 
     /// Runs `cmd` on the actor of `id`.

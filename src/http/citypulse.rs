@@ -13,12 +13,16 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use universal_events::building::SensorKind;
+use universal_events::identity::Frontend;
 use uuid::Uuid;
 
 use super::command::{idempotent, if_match, meta, parse_json, Answer};
 use super::error::command_error;
+use super::guard::Principal;
 use super::ApiError;
-use crate::actors::building::{Building, BuildingCommand, BuildingError, ReadingInput};
+use crate::actors::building::{
+    Building, BuildingCommand, BuildingError, ReadingInput, ScopedCommand,
+};
 use crate::actors::CommandReply;
 use crate::projections::WaitError;
 use crate::startup::AppState;
@@ -29,8 +33,13 @@ const ENERGY: &str = "citypulse_energy";
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    let enabled = actix_web::guard::fn_guard(|ctx| {
+        ctx.app_data::<web::Data<AppState>>()
+            .is_none_or(|s| s.config.citypulse_enabled)
+    });
     cfg.service(
         web::scope("/citypulse")
+            .guard(enabled)
             .route("/buildings", web::post().to(create_building))
             .route("/buildings", web::get().to(list_buildings))
             .route("/buildings/{id}", web::get().to(get_building))
@@ -44,7 +53,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/buildings/{id}/thresholds", web::put().to(set_threshold))
             .route("/buildings/{id}/energy", web::get().to(energy))
             .route("/buildings/{id}/alerts", web::get().to(alerts)),
-    );
+    )
+    // With CITYPULSE_ENABLED=false the guard above fails and requests land here.
+    .service(web::scope("/citypulse").default_service(web::to(|| async {
+        Err::<HttpResponse, _>(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "feature_disabled",
+            "CityPulse is disabled on this server",
+        ))
+    })));
 }
 
 fn building_error(e: BuildingError) -> ApiError {
@@ -71,18 +88,33 @@ fn building_error(e: BuildingError) -> ApiError {
 }
 
 /// Runs a building command and shapes the usual `{id, version, position}` answer.
+/// Who may command: a writer of an organization with CityPulse enabled.
+fn writer(who: &Principal, req: &HttpRequest) -> Result<Uuid, ApiError> {
+    let org = who.frontend(req, Frontend::Citypulse)?;
+    who.require_writer()?;
+    Ok(org)
+}
+
 async fn run(
     state: &AppState,
     req: &HttpRequest,
+    (who, org): (&Principal, Uuid),
     id: Uuid,
     cmd: BuildingCommand,
     status: StatusCode,
     extra: impl FnOnce(&CommandReply<Building>) -> Value,
 ) -> Result<Answer, ApiError> {
     let expected = if_match(req)?;
+    let mut meta = meta(req)?;
+    meta.user_id = Some(who.user_id);
+    meta.organization_id = Some(org);
+    let cmd = ScopedCommand {
+        organization_id: Some(org),
+        cmd,
+    };
     let reply = state
         .buildings
-        .execute(id, cmd, expected, meta(req)?)
+        .execute(id, cmd, expected, meta)
         .await
         .map_err(|e| command_error(e, building_error))?;
     let mut body = json!({ "id": id, "version": reply.version, "position": reply.position });
@@ -142,8 +174,10 @@ struct CreateBuilding {
 async fn create_building(
     state: web::Data<AppState>,
     req: HttpRequest,
+    who: Principal,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let org = writer(&who, &req)?;
     let input: CreateBuilding = parse_json(&body)?;
     check_text("address", &input.address, 500)?;
     let meta = meta(&req)?;
@@ -157,7 +191,16 @@ async fn create_building(
         building_id: id,
     };
     idempotent(&state.pool, &req, &body, || async {
-        let mut answer = run(&state, &req, id, cmd, StatusCode::CREATED, |_| json!({})).await?;
+        let mut answer = run(
+            &state,
+            &req,
+            (&who, org),
+            id,
+            cmd,
+            StatusCode::CREATED,
+            |_| json!({}),
+        )
+        .await?;
         answer.body["location"] = json!(format!("/api/v1/citypulse/buildings/{id}"));
         Ok(answer)
     })
@@ -175,9 +218,11 @@ struct AddSensor {
 async fn add_sensor(
     state: web::Data<AppState>,
     req: HttpRequest,
+    who: Principal,
     path: web::Path<Uuid>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let org = writer(&who, &req)?;
     let id = path.into_inner();
     let input: AddSensor = parse_json(&body)?;
     let meta = meta(&req)?;
@@ -192,6 +237,7 @@ async fn add_sensor(
         run(
             &state,
             &req,
+            (&who, org),
             id,
             cmd,
             StatusCode::CREATED,
@@ -210,9 +256,11 @@ struct Decommission {
 async fn decommission_sensor(
     state: web::Data<AppState>,
     req: HttpRequest,
+    who: Principal,
     path: web::Path<(Uuid, Uuid)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let org = writer(&who, &req)?;
     let (id, sensor_id) = path.into_inner();
     let input: Decommission = if body.iter().all(u8::is_ascii_whitespace) {
         Decommission::default()
@@ -228,6 +276,7 @@ async fn decommission_sensor(
         run(
             &state,
             &req,
+            (&who, org),
             id,
             cmd,
             StatusCode::OK,
@@ -261,9 +310,11 @@ struct ReadingBody {
 async fn post_readings(
     state: web::Data<AppState>,
     req: HttpRequest,
+    who: Principal,
     path: web::Path<Uuid>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let org = writer(&who, &req)?;
     let id = path.into_inner();
     let input: PostReadings = parse_json(&body)?;
     let now = Utc::now();
@@ -282,14 +333,22 @@ async fn post_readings(
             .collect(),
     };
     idempotent(&state.pool, &req, &body, || {
-        run(&state, &req, id, cmd, StatusCode::CREATED, |reply| {
-            let alerts = reply
-                .events
-                .iter()
-                .filter(|e| matches!(e, universal_events::BuildingEvent::AlertRaised(_)))
-                .count();
-            json!({ "alerts_raised": alerts })
-        })
+        run(
+            &state,
+            &req,
+            (&who, org),
+            id,
+            cmd,
+            StatusCode::CREATED,
+            |reply| {
+                let alerts = reply
+                    .events
+                    .iter()
+                    .filter(|e| matches!(e, universal_events::BuildingEvent::AlertRaised(_)))
+                    .count();
+                json!({ "alerts_raised": alerts })
+            },
+        )
     })
     .await
 }
@@ -305,9 +364,11 @@ struct SetThreshold {
 async fn set_threshold(
     state: web::Data<AppState>,
     req: HttpRequest,
+    who: Principal,
     path: web::Path<Uuid>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let org = writer(&who, &req)?;
     let id = path.into_inner();
     let input: SetThreshold = parse_json(&body)?;
     let cmd = BuildingCommand::SetThreshold {
@@ -316,7 +377,9 @@ async fn set_threshold(
         max: input.max,
     };
     idempotent(&state.pool, &req, &body, || {
-        run(&state, &req, id, cmd, StatusCode::OK, |_| json!({}))
+        run(&state, &req, (&who, org), id, cmd, StatusCode::OK, |_| {
+            json!({})
+        })
     })
     .await
 }
@@ -357,8 +420,11 @@ const BUILDING_COLUMNS: &str = "id, name, address, floor_area_m2, registered_at,
 
 async fn list_buildings(
     state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
+    let org = who.frontend(&req, Frontend::Citypulse)?;
     wait(&state, DIRECTORY, params.min_position).await?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
@@ -371,11 +437,12 @@ async fn list_buildings(
             .map_err(|_| ApiError::bad_request("cursor is not one this API handed out"))?,
     };
     let mut rows: Vec<BuildingRow> = sqlx::query_as(&format!(
-        "SELECT {BUILDING_COLUMNS} FROM buildings WHERE created_position > $1 \
-         ORDER BY created_position LIMIT $2"
+        "SELECT {BUILDING_COLUMNS} FROM buildings WHERE organization_id = $3 \
+         AND created_position > $1 ORDER BY created_position LIMIT $2"
     ))
     .bind(after)
     .bind(limit + 1)
+    .bind(org)
     .fetch_all(&state.pool)
     .await?;
     let next_cursor = if rows.len() as i64 > limit {
@@ -405,11 +472,13 @@ struct ThresholdRow {
     max_value: Option<f64>,
 }
 
-async fn find_building(state: &AppState, id: Uuid) -> Result<BuildingRow, ApiError> {
+/// A building of the caller's organization; another organization's is "not found".
+async fn find_building(state: &AppState, org: Uuid, id: Uuid) -> Result<BuildingRow, ApiError> {
     sqlx::query_as(&format!(
-        "SELECT {BUILDING_COLUMNS} FROM buildings WHERE id = $1"
+        "SELECT {BUILDING_COLUMNS} FROM buildings WHERE id = $1 AND organization_id = $2"
     ))
     .bind(id)
+    .bind(org)
     .fetch_optional(&state.pool)
     .await?
     .ok_or_else(|| ApiError::not_found("building not found"))
@@ -417,12 +486,15 @@ async fn find_building(state: &AppState, id: Uuid) -> Result<BuildingRow, ApiErr
 
 async fn get_building(
     state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
     path: web::Path<Uuid>,
     params: web::Query<ReadParams>,
 ) -> Result<HttpResponse, ApiError> {
+    let org = who.frontend(&req, Frontend::Citypulse)?;
     wait(&state, DIRECTORY, params.min_position).await?;
     let id = path.into_inner();
-    let building = find_building(&state, id).await?;
+    let building = find_building(&state, org, id).await?;
     let sensors: Vec<SensorRow> = sqlx::query_as(
         "SELECT id, kind, unit, name, status, last_value, last_reading_at FROM sensors \
          WHERE building_id = $1 ORDER BY registered_position",
@@ -447,12 +519,15 @@ async fn get_building(
 
 async fn list_sensors(
     state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
     path: web::Path<Uuid>,
     params: web::Query<ReadParams>,
 ) -> Result<HttpResponse, ApiError> {
+    let org = who.frontend(&req, Frontend::Citypulse)?;
     wait(&state, DIRECTORY, params.min_position).await?;
     let id = path.into_inner();
-    find_building(&state, id).await?;
+    find_building(&state, org, id).await?;
     let sensors: Vec<SensorRow> = sqlx::query_as(
         "SELECT id, kind, unit, name, status, last_value, last_reading_at FROM sensors \
          WHERE building_id = $1 ORDER BY registered_position",
@@ -488,9 +563,12 @@ struct EnergyRow {
 
 async fn energy(
     state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
     path: web::Path<Uuid>,
     params: web::Query<EnergyParams>,
 ) -> Result<HttpResponse, ApiError> {
+    let org = who.frontend(&req, Frontend::Citypulse)?;
     let id = path.into_inner();
     let (table, span, max_span) = match params.bucket.as_deref().unwrap_or("hour") {
         "hour" => ("energy_hourly", TimeDelta::days(1), TimeDelta::days(93)),
@@ -513,7 +591,7 @@ async fn energy(
         )));
     }
     wait(&state, ENERGY, params.min_position).await?;
-    find_building(&state, id).await?;
+    find_building(&state, org, id).await?;
     let rows: Vec<EnergyRow> = sqlx::query_as(&format!(
         "SELECT bucket, sensor_id, kind, unit, total, samples, min_value, max_value FROM {table} \
          WHERE building_id = $1 AND bucket >= $2 AND bucket < $3 \
@@ -569,9 +647,12 @@ struct AlertRow {
 
 async fn alerts(
     state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
     path: web::Path<Uuid>,
     params: web::Query<AlertParams>,
 ) -> Result<HttpResponse, ApiError> {
+    let org = who.frontend(&req, Frontend::Citypulse)?;
     let id = path.into_inner();
     let open_only = match params.status.as_deref().unwrap_or("all") {
         "all" => false,
@@ -587,7 +668,7 @@ async fn alerts(
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
     }
     wait(&state, DIRECTORY, params.min_position).await?;
-    find_building(&state, id).await?;
+    find_building(&state, org, id).await?;
     let rows: Vec<AlertRow> = sqlx::query_as(
         "SELECT id, sensor_id, kind, bound, limit_value, value, raised_at, position, \
          resolved_at, resolved_value FROM alerts WHERE building_id = $1 \

@@ -4,9 +4,35 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::guard::Principal;
 use super::ApiError;
 use crate::startup::AppState;
-use crate::store::{Direction, Filter};
+use crate::store::{Direction, Filter, RecordedEvent};
+
+/// Payload fields that never leave the server, even to an organization's admins.
+const SECRET_FIELDS: [&str; 2] = ["password_hash", "refresh_hash"];
+
+/// Keeps only the events of `org` and blanks secrets in what is left.
+fn visible(events: Vec<RecordedEvent>, org: uuid::Uuid) -> Vec<RecordedEvent> {
+    let filter = Filter {
+        organization: Some(org),
+        ..Filter::default()
+    };
+    events
+        .into_iter()
+        .filter(|e| filter.matches(e))
+        .map(|mut e| {
+            if let serde_json::Value::Object(map) = &mut e.data {
+                for field in SECRET_FIELDS {
+                    if let Some(v) = map.get_mut(field) {
+                        *v = serde_json::Value::String("[redacted]".into());
+                    }
+                }
+            }
+            e
+        })
+        .collect()
+}
 
 const MAX_LIMIT: i64 = 1000;
 
@@ -34,11 +60,14 @@ struct StreamParams {
 }
 
 /// `GET /api/v1/streams/{stream}?from_version&direction=forward|backward&limit`
+/// (organization admins; only their organization's events, secrets redacted).
 async fn read_stream(
     state: web::Data<AppState>,
+    who: Principal,
     path: web::Path<String>,
     params: web::Query<StreamParams>,
 ) -> Result<HttpResponse, ApiError> {
+    let org = who.require_admin()?;
     let stream = path.into_inner();
     let limit = limit(params.limit)?;
     let direction = match params.direction.as_deref().unwrap_or("forward") {
@@ -63,6 +92,12 @@ async fn read_stream(
         .read_stream(&stream, from, direction, limit)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let scanned = events.len() as i64;
+    let last_version = events.last().map(|e| e.version);
+    let events = visible(events, org);
+    if events.is_empty() && scanned > 0 {
+        return Err(ApiError::not_found(format!("stream `{stream}` not found")));
+    }
     if events.is_empty() && from <= 1 {
         let exists = !state
             .store
@@ -74,10 +109,10 @@ async fn read_stream(
             return Err(ApiError::not_found(format!("stream `{stream}` not found")));
         }
     }
-    let next_version = if events.len() as i64 == limit {
-        events.last().map(|e| match direction {
-            Direction::Forward => e.version + 1,
-            Direction::Backward => e.version - 1,
+    let next_version = if scanned == limit {
+        last_version.map(|v| match direction {
+            Direction::Forward => v + 1,
+            Direction::Backward => v - 1,
         })
     } else {
         None
@@ -108,12 +143,15 @@ fn list(value: &Option<String>) -> Option<Vec<String>> {
     })
 }
 
-/// `GET /api/v1/events?from_position&category&type&limit` — the `$all` log, oldest first.
+/// `GET /api/v1/events?from_position&category&type&limit` — the `$all` log, oldest first
+/// (organization admins; only their organization's events, secrets redacted).
 /// `category` and `type` take comma-separated lists; `next_position` continues the page.
 async fn read_log(
     state: web::Data<AppState>,
+    who: Principal,
     params: web::Query<LogParams>,
 ) -> Result<HttpResponse, ApiError> {
+    let org = who.require_admin()?;
     let limit = limit(params.limit)?;
     let from = params.from_position.unwrap_or(1);
     if from < 1 {
@@ -123,6 +161,7 @@ async fn read_log(
         categories: list(&params.category),
         event_types: list(&params.event_type),
         stream: None,
+        organization: Some(org),
     };
     let head = state
         .store
@@ -140,6 +179,7 @@ async fn read_log(
     } else {
         head.max(from - 1) + 1
     };
+    let events = visible(events, org);
     Ok(HttpResponse::Ok().json(json!({
         "events": events,
         "next_position": next_position,

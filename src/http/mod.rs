@@ -3,7 +3,9 @@
 pub mod citypulse;
 pub mod command;
 pub mod error;
+pub mod guard;
 pub mod history;
+pub mod identity;
 pub mod ops;
 
 use actix_web::middleware::ErrorHandlers;
@@ -30,9 +32,35 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(
             web::scope("/api/v1")
                 .route("/info", web::get().to(ops::info))
+                .configure(identity::configure)
                 .configure(citypulse::configure)
                 .configure(history::configure),
         );
+}
+
+/// CORS for the configured origins; other origins get no CORS headers at all.
+pub fn cors(origins: &[String]) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+        .allowed_headers([
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::CONTENT_TYPE,
+            actix_web::http::header::IF_MATCH,
+            actix_web::http::header::HeaderName::from_static("x-frontend-source"),
+            actix_web::http::header::HeaderName::from_static("idempotency-key"),
+            actix_web::http::header::HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            actix_web::http::header::ETAG,
+            actix_web::http::header::RETRY_AFTER,
+        ])
+        .supports_credentials()
+        .block_on_origin_mismatch(false)
+        .max_age(3600);
+    for origin in origins {
+        cors = cors.allowed_origin(origin);
+    }
+    cors
 }
 
 /// The middleware that turns framework-made errors (404 for unknown routes, 405, 413) into

@@ -73,8 +73,8 @@ impl Projection for Directory {
                 BuildingEvent::BuildingRegistered(b) => {
                     sqlx::query(
                         "INSERT INTO buildings (id, name, address, floor_area_m2, registered_at, \
-                         created_position, version, last_position) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $6) ON CONFLICT (id) DO NOTHING",
+                         created_position, version, last_position, organization_id) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $6, $8) ON CONFLICT (id) DO NOTHING",
                     )
                     .bind(building)
                     .bind(&b.name)
@@ -83,6 +83,7 @@ impl Projection for Directory {
                     .bind(b.registered_at)
                     .bind(e.position)
                     .bind(e.version)
+                    .bind(b.organization_id)
                     .execute(&mut *conn)
                     .await?;
                 }

@@ -1,6 +1,7 @@
 //! Read models built from the event log, and the read-your-writes wait used by queries.
 
 pub mod citypulse;
+pub mod identity;
 pub mod runner;
 
 use std::collections::HashMap;
@@ -14,7 +15,11 @@ pub use runner::{Projection, ProjectionRunner, RunnerConfig};
 
 /// Every projection this service runs.
 pub fn all() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(citypulse::Directory), Arc::new(citypulse::Energy)]
+    vec![
+        Arc::new(citypulse::Directory),
+        Arc::new(citypulse::Energy),
+        Arc::new(identity::Identity),
+    ]
 }
 
 /// Looks a projection up by name.

@@ -124,6 +124,8 @@ pub struct Filter {
     pub event_types: Option<Vec<String>>,
     /// A single stream; `None` means every stream.
     pub stream: Option<String>,
+    /// Only events whose metadata names this organization (the tenant of the command).
+    pub organization: Option<Uuid>,
 }
 
 impl Filter {
@@ -140,6 +142,13 @@ impl Filter {
                 .as_ref()
                 .is_none_or(|t| t.contains(&event.event_type))
             && self.stream.as_ref().is_none_or(|s| *s == event.stream_id)
+            && self.organization.is_none_or(|o| {
+                event
+                    .metadata
+                    .get("organization_id")
+                    .and_then(|v| v.as_str())
+                    == Some(o.to_string().as_str())
+            })
     }
 }
 

@@ -625,6 +625,7 @@ impl EventStore for PgEventStore {
              AND ($3::text[] IS NULL OR stream_category = ANY($3)) \
              AND ($4::text[] IS NULL OR event_type = ANY($4)) \
              AND ($5::text IS NULL OR stream_id = $5) \
+             AND ($7::text IS NULL OR metadata->>'organization_id' = $7) \
              ORDER BY global_position LIMIT $6"
         );
         Ok(sqlx::query_as(&sql)
@@ -634,6 +635,7 @@ impl EventStore for PgEventStore {
             .bind(&filter.event_types)
             .bind(&filter.stream)
             .bind(limit)
+            .bind(filter.organization.map(|o| o.to_string()))
             .fetch_all(&self.pool)
             .await?)
     }

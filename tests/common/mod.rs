@@ -28,6 +28,8 @@ pub fn test_config(database_url: String) -> Config {
         database_url,
         workers: 2,
         db_pool_size: 6,
+        jwt_secret: Some("test-secret-test-secret-test-secret".into()),
+        rate_limit_per_minute: 10_000,
         ..Config::default()
     }
 }
@@ -41,9 +43,26 @@ pub async fn fresh_pool() -> (PgPool, String) {
     (pool, url)
 }
 
+/// A user with an organization that has CityPulse enabled, logged in to it.
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub user_id: String,
+    pub organization_id: String,
+    pub email: String,
+    pub password: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+pub const PASSWORD: &str = "Correct-Horse-Battery-9";
+
 pub struct TestApp {
     pub base: String,
+    /// Sends the first tenant's token and `X-Frontend-Source: citypulse` with every request.
     pub client: reqwest::Client,
+    /// Sends nothing on its own.
+    pub anonymous: reqwest::Client,
+    pub tenant: Tenant,
     pub pool: PgPool,
     pub database_url: String,
     pub handle: actix_web::dev::ServerHandle,
@@ -66,15 +85,85 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Config)) -> TestApp {
     let pool = app.state().pool.clone();
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
+    let anonymous = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let tenant = create_tenant(&anonymous, &base, "first").await;
     TestApp {
+        client: client_for(&tenant),
+        anonymous,
+        tenant,
         base,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
         pool,
         database_url: url,
         handle,
+    }
+}
+
+/// A client that authenticates as `tenant` from the CityPulse frontend.
+pub fn client_for(tenant: &Tenant) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "authorization",
+        format!("Bearer {}", tenant.access_token).parse().unwrap(),
+    );
+    headers.insert("x-frontend-source", "citypulse".parse().unwrap());
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// Signs up a user, creates an organization with CityPulse enabled and logs in to it.
+pub async fn create_tenant(client: &reqwest::Client, base: &str, name: &str) -> Tenant {
+    let email = format!("{name}-{}@example.org", Uuid::new_v4().simple());
+    let res = client
+        .post(format!("{base}/api/v1/auth/signup"))
+        .json(&serde_json::json!({ "email": email, "password": PASSWORD, "display_name": name }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "signup");
+    let signed: serde_json::Value = res.json().await.unwrap();
+    let token = signed["access_token"].as_str().unwrap().to_owned();
+    let res = client
+        .post(format!("{base}/api/v1/organizations"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "name": format!("{name} city") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "create organization");
+    let org: serde_json::Value = res.json().await.unwrap();
+    let org_id = org["id"].as_str().unwrap().to_owned();
+    let res = client
+        .put(format!("{base}/api/v1/organizations/{org_id}/frontends"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "frontend": "citypulse", "enabled": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "enable citypulse");
+    let res = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(
+            &serde_json::json!({ "email": email, "password": PASSWORD, "organization_id": org_id }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "login");
+    let login: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(login["frontends"], serde_json::json!(["citypulse"]));
+    Tenant {
+        user_id: signed["user"]["id"].as_str().unwrap().to_owned(),
+        organization_id: org_id,
+        email,
+        password: PASSWORD.to_owned(),
+        access_token: login["access_token"].as_str().unwrap().to_owned(),
+        refresh_token: login["refresh_token"].as_str().unwrap().to_owned(),
     }
 }
 

@@ -1,0 +1,203 @@
+//! Who is calling: bearer tokens, frontend access, roles and rate limits.
+//!
+//! Every route except health, metrics, info and the auth endpoints needs a valid access
+//! token. Tenant data additionally needs `X-Frontend-Source` naming the frontend of the
+//! route group, enabled for the caller's organization; otherwise 403
+//! `frontend_access_denied`. Data of another organization answers 404, never 403, so ids
+//! do not leak.
+
+use std::future::{ready, Ready};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use universal_events::identity::{Frontend, Role};
+use uuid::Uuid;
+
+use super::ApiError;
+use crate::auth::TokenKeys;
+use crate::startup::AppState;
+
+/// Token keys, ended sessions and rate limiters.
+pub struct AuthState {
+    pub keys: TokenKeys,
+    /// Sessions that ended (logout, reuse, password change): their access tokens are refused
+    /// before they expire. Fed by this process's commands and by the log, for the others.
+    pub ended_sessions: Arc<DashMap<Uuid, ()>>,
+    pub limits: Option<Limits>,
+}
+
+pub struct Limits {
+    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    per_user: DefaultKeyedRateLimiter<Uuid>,
+}
+
+impl Limits {
+    pub fn new(per_ip_per_minute: u32, per_user_per_minute: u32) -> Self {
+        let quota = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).expect("not zero"));
+        Self {
+            per_ip: RateLimiter::keyed(quota(per_ip_per_minute)),
+            per_user: RateLimiter::keyed(quota(per_user_per_minute)),
+        }
+    }
+}
+
+fn wait_secs(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> u64 {
+    not_until
+        .wait_time_from(DefaultClock::default().now())
+        .as_secs()
+        .max(1)
+}
+
+impl AuthState {
+    /// The per-IP limit of the auth endpoints.
+    pub fn limit_ip(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        let (Some(limits), Some(peer)) = (&self.limits, req.peer_addr()) else {
+            return Ok(());
+        };
+        limits
+            .per_ip
+            .check_key(&peer.ip())
+            .map_err(|n| ApiError::rate_limited(wait_secs(n)))
+    }
+
+    fn limit_user(&self, user: Uuid) -> Result<(), ApiError> {
+        let Some(limits) = &self.limits else {
+            return Ok(());
+        };
+        limits
+            .per_user
+            .check_key(&user)
+            .map_err(|n| ApiError::rate_limited(wait_secs(n)))
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub organization_id: Option<Uuid>,
+    pub role: Option<Role>,
+    pub roles: Vec<Role>,
+    pub frontends: Vec<Frontend>,
+}
+
+fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::internal("application state missing"))?;
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ApiError::unauthenticated("unauthenticated", "a Bearer token is required")
+        })?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthenticated("unauthenticated", "Authorization must be `Bearer <token>`")
+        })?;
+    let claims = state.auth.keys.verify(token).map_err(|e| {
+        let message = match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the access token has expired",
+            _ => "the access token is not valid",
+        };
+        ApiError::unauthenticated("invalid_token", message)
+    })?;
+    if state.auth.ended_sessions.contains_key(&claims.sid) {
+        return Err(ApiError::unauthenticated(
+            "session_ended",
+            "this session has ended; log in again",
+        ));
+    }
+    state.auth.limit_user(claims.sub)?;
+    Ok(Principal {
+        user_id: claims.sub,
+        session_id: claims.sid,
+        organization_id: claims.org,
+        role: claims.role,
+        roles: claims.roles,
+        frontends: claims.frontends,
+    })
+}
+
+impl FromRequest for Principal {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req))
+    }
+}
+
+impl Principal {
+    /// The caller's organization, if `X-Frontend-Source` names `frontend` and the
+    /// organization has it enabled.
+    pub fn frontend(&self, req: &HttpRequest, frontend: Frontend) -> Result<Uuid, ApiError> {
+        let denied = |why: String| {
+            ApiError::forbidden(
+                "frontend_access_denied",
+                format!("Frontend access denied: {why}"),
+            )
+        };
+        let source = req
+            .headers()
+            .get("x-frontend-source")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .ok_or_else(|| denied("send X-Frontend-Source".into()))?;
+        let named = Frontend::parse(&source.to_ascii_lowercase())
+            .ok_or_else(|| denied(format!("`{source}` is not a known frontend")))?;
+        if named != frontend {
+            return Err(denied(format!(
+                "these routes belong to {}, not {}",
+                frontend.as_str(),
+                named.as_str()
+            )));
+        }
+        let org = self.organization_id.ok_or_else(|| {
+            denied("the session belongs to no organization; log in to one".into())
+        })?;
+        if !self.frontends.contains(&named) {
+            return Err(denied(format!(
+                "{} is not enabled for your organization",
+                named.as_str()
+            )));
+        }
+        Ok(org)
+    }
+
+    /// Viewers read; everyone else may also command.
+    pub fn require_writer(&self) -> Result<(), ApiError> {
+        match self.role {
+            Some(r) if r.can_write() => Ok(()),
+            _ => Err(ApiError::forbidden(
+                "forbidden",
+                "your role in this organization may only read",
+            )),
+        }
+    }
+
+    /// Organization admins only.
+    pub fn require_admin(&self) -> Result<Uuid, ApiError> {
+        match (self.role, self.organization_id) {
+            (Some(Role::Admin), Some(org)) => Ok(org),
+            _ => Err(ApiError::forbidden(
+                "forbidden",
+                "only an organization admin may do this",
+            )),
+        }
+    }
+}

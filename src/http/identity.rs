@@ -1,0 +1,930 @@
+//! Identity: sign-up, login, token refresh and logout; the caller's profile; organizations,
+//! their members and their frontends.
+//!
+//! E-mail uniqueness: an address is claimed by appending `EmailClaimed` to the stream
+//! `email-<uuid v5 of the lowercase address>` with expected version "no stream". The store
+//! serializes appends under one lock, so of two concurrent sign-ups — in any letter case, in
+//! any number of server processes — exactly one claim is written and the other gets 409.
+//! The same stream answers "which user has this address" at login, consistently, without
+//! waiting for a read model. A claim whose user was never written (a crash between the two
+//! appends) may be taken over after a minute.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use universal_events::identity::{EmailClaimed, EmailEvent, EndReason, Frontend, Role, UserEvent};
+use universal_events::EventFamily;
+use uuid::Uuid;
+
+use super::command::{meta, parse_json};
+use super::error::command_error;
+use super::guard::Principal;
+use super::ApiError;
+use crate::actors::organization::{OrgAction, OrgCommand, OrgError};
+use crate::actors::user::{User, UserCommand, UserError};
+use crate::actors::CommandMeta;
+use crate::auth;
+use crate::startup::AppState;
+use crate::store::{AppendError, Direction, ExpectedVersion, NewEvent};
+
+const NAMESPACE: Uuid = Uuid::from_u128(0x2d0e_8a51_7c43_4b8e_9f10_6a2b_c3d4_e5f6);
+/// A claim without a user may be taken over after this long.
+const ABANDONED_CLAIM_SECS: i64 = 60;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/auth")
+            .route("/signup", web::post().to(signup))
+            .route("/login", web::post().to(login))
+            .route("/refresh", web::post().to(refresh))
+            .route("/logout", web::post().to(logout))
+            .route("/me", web::get().to(me)),
+    )
+    .route("/users/me", web::patch().to(update_me))
+    .route("/users/me", web::get().to(me))
+    .route("/users/me/password", web::put().to(change_password))
+    .route("/organizations", web::post().to(create_org))
+    .route("/organizations", web::get().to(list_orgs))
+    .route("/organizations/{id}", web::get().to(get_org))
+    .route("/organizations/{id}", web::patch().to(rename_org))
+    .route("/organizations/{id}/members", web::get().to(list_members))
+    .route("/organizations/{id}/members", web::post().to(set_member))
+    .route(
+        "/organizations/{id}/members/{user_id}",
+        web::delete().to(remove_member),
+    )
+    .route(
+        "/organizations/{id}/frontends",
+        web::get().to(get_frontends),
+    )
+    .route("/organizations/{id}/frontends", web::put().to(set_frontend));
+}
+
+pub fn email_stream(email_lower: &str) -> String {
+    format!("email-{}", Uuid::new_v5(&NAMESPACE, email_lower.as_bytes()))
+}
+
+fn user_error(e: UserError) -> ApiError {
+    match e {
+        UserError::NotFound => ApiError::not_found("user not found"),
+        UserError::AlreadyRegistered => ApiError::conflict("user already exists"),
+        UserError::Deactivated => {
+            ApiError::forbidden("account_deactivated", "the account is deactivated")
+        }
+        UserError::Invalid { field, message } => ApiError::validation(field, message),
+        UserError::InvalidSession => {
+            ApiError::unauthenticated("invalid_refresh_token", "the refresh token is not valid")
+        }
+    }
+}
+
+fn org_error(e: OrgError) -> ApiError {
+    match e {
+        OrgError::NotFound => ApiError::not_found("organization not found"),
+        OrgError::AlreadyExists => ApiError::conflict("organization already exists"),
+        OrgError::NotAdmin => {
+            ApiError::forbidden("forbidden", "only an organization admin may do this")
+        }
+        OrgError::LastAdmin => ApiError::conflict("the last admin cannot be removed or demoted"),
+        OrgError::NotMember => ApiError::not_found("member not found"),
+        OrgError::Invalid { field, message } => ApiError::validation(field, message),
+    }
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::unauthenticated("invalid_credentials", "wrong e-mail or password")
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(f).await.map_err(ApiError::internal)
+}
+
+/// The user that holds an e-mail address, read from its claim stream.
+async fn user_of_email(
+    state: &AppState,
+    email_lower: &str,
+) -> Result<Option<(Uuid, i64, chrono::DateTime<Utc>)>, ApiError> {
+    let last = state
+        .store
+        .read_stream(&email_stream(email_lower), i64::MAX, Direction::Backward, 1)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let Some(e) = last.first() else {
+        return Ok(None);
+    };
+    match EmailEvent::decode_ref(&e.event_type, e.schema_version, &e.data) {
+        Ok(EmailEvent::EmailClaimed(c)) => Ok(Some((c.user_id, e.version, e.recorded_at))),
+        Err(err) => Err(ApiError::internal(err)),
+    }
+}
+
+fn meta_for(
+    req: &HttpRequest,
+    user: Option<Uuid>,
+    org: Option<Uuid>,
+) -> Result<CommandMeta, ApiError> {
+    let mut m = meta(req)?;
+    m.user_id = user;
+    m.organization_id = org;
+    Ok(m)
+}
+
+/// Claims, then registers. See the module comment.
+async fn claim_email(
+    state: &AppState,
+    email: &str,
+    email_lower: &str,
+    user_id: Uuid,
+) -> Result<(), ApiError> {
+    let stream = email_stream(email_lower);
+    let event = EmailEvent::EmailClaimed(EmailClaimed {
+        user_id,
+        email: email.to_owned(),
+    });
+    let new = || NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: event.event_type().to_owned(),
+        schema_version: 1,
+        data: event.to_data(),
+        metadata: json!({ "user_id": user_id }),
+    };
+    let taken = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "email_taken",
+            "this e-mail address is already registered",
+        )
+    };
+    match state
+        .store
+        .append(&stream, ExpectedVersion::NoStream, vec![new()])
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(AppendError::WrongVersion { .. }) => {
+            let Some((holder, version, at)) = user_of_email(state, email_lower).await? else {
+                return Err(taken());
+            };
+            let (user_version, _) = state
+                .users
+                .inspect(holder)
+                .await
+                .map_err(|e| command_error(e, user_error))?;
+            let abandoned =
+                user_version == 0 && (Utc::now() - at).num_seconds() > ABANDONED_CLAIM_SECS;
+            if !abandoned {
+                return Err(taken());
+            }
+            state
+                .store
+                .append(&stream, ExpectedVersion::Exact(version), vec![new()])
+                .await
+                .map(|_| ())
+                .map_err(|_| taken())
+        }
+        Err(e) => Err(ApiError::unavailable(e.to_string())),
+    }
+}
+
+/// Membership and enabled frontends, from the read models once they have caught up with
+/// everything written before this call.
+async fn membership(
+    state: &AppState,
+    user: Uuid,
+    org: Option<Uuid>,
+) -> Result<Option<(Uuid, Role, Vec<Frontend>)>, ApiError> {
+    if let Ok(head) = state.store.head_position().await {
+        let _ = state
+            .progress
+            .wait_for(&state.pool, "identity", head, Duration::from_secs(5))
+            .await;
+    }
+    let row: Option<(Uuid, String, Vec<String>)> = sqlx::query_as(
+        "SELECT m.organization_id, m.role, o.frontends FROM memberships m \
+         JOIN organizations o ON o.id = m.organization_id \
+         WHERE m.user_id = $1 AND ($2::uuid IS NULL OR m.organization_id = $2) \
+         ORDER BY m.joined_position LIMIT 1",
+    )
+    .bind(user)
+    .bind(org)
+    .fetch_optional(&state.pool)
+    .await?;
+    Ok(row.map(|(id, role, frontends)| {
+        let role = match role.as_str() {
+            "admin" => Role::Admin,
+            "member" => Role::Member,
+            _ => Role::Viewer,
+        };
+        let frontends = frontends
+            .iter()
+            .filter_map(|f| Frontend::parse(f))
+            .collect();
+        (id, role, frontends)
+    }))
+}
+
+/// Access + refresh token answer for a session.
+async fn tokens(
+    state: &AppState,
+    user: &User,
+    user_id: Uuid,
+    session_id: Uuid,
+    org: Option<Uuid>,
+    refresh_token: String,
+) -> Result<Value, ApiError> {
+    let member = match org {
+        Some(o) => membership(state, user_id, Some(o)).await?,
+        None => None,
+    };
+    let claims = auth::Claims {
+        sub: user_id,
+        sid: session_id,
+        org: member.as_ref().map(|m| m.0),
+        role: member.as_ref().map(|m| m.1),
+        roles: user.roles.iter().copied().collect(),
+        frontends: member.as_ref().map(|m| m.2.clone()).unwrap_or_default(),
+        iat: 0,
+        exp: 0,
+    };
+    let (access, exp) = state
+        .auth
+        .keys
+        .issue(claims.clone(), Utc::now())
+        .map_err(ApiError::internal)?;
+    Ok(json!({
+        "access_token": access,
+        "refresh_token": refresh_token,
+        "token_type": "Bearer",
+        "expires_at": exp,
+        "expires_in": state.auth.keys.access_ttl.as_secs(),
+        "user": { "id": user_id, "email": user.email, "display_name": user.display_name },
+        "organization_id": claims.org,
+        "role": claims.role,
+        "frontends": claims.frontends,
+    }))
+}
+
+async fn start_session(
+    state: &AppState,
+    req: &HttpRequest,
+    user_id: Uuid,
+    expected: i64,
+    org: Option<Uuid>,
+) -> Result<Value, ApiError> {
+    let session_id = Uuid::new_v4();
+    let (refresh_token, refresh_hash) = auth::new_refresh_token(user_id, session_id);
+    let now = Utc::now();
+    let refresh_ttl =
+        chrono::Duration::from_std(state.auth.keys.refresh_ttl).map_err(ApiError::internal)?;
+    state
+        .users
+        .execute(
+            user_id,
+            UserCommand::StartSession {
+                session_id,
+                organization_id: org,
+                refresh_hash,
+                expires_at: now + refresh_ttl,
+                at: now,
+            },
+            Some(expected),
+            meta_for(req, Some(user_id), org)?,
+        )
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    let (_, user) = state
+        .users
+        .inspect(user_id)
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    tokens(state, &user, user_id, session_id, org, refresh_token).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Signup {
+    email: String,
+    password: String,
+    display_name: String,
+}
+
+async fn signup(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.limit_ip(&req)?;
+    let input: Signup = parse_json(&body)?;
+    let (email, email_lower) =
+        auth::normalize_email(&input.email).map_err(|m| ApiError::validation("email", m))?;
+    if let Some(why) = auth::password_weakness(&input.password, &email) {
+        return Err(ApiError::validation("password", why));
+    }
+    let name = input.display_name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > crate::actors::user::MAX_DISPLAY_NAME {
+        return Err(ApiError::validation(
+            "display_name",
+            "must be 1 to 100 characters",
+        ));
+    }
+    let password = input.password;
+    let password_hash = blocking(move || auth::hash_password(&password))
+        .await?
+        .map_err(ApiError::internal)?;
+    let user_id = Uuid::new_v4();
+    claim_email(&state, &email, &email_lower, user_id).await?;
+    let reply = state
+        .users
+        .execute(
+            user_id,
+            UserCommand::Register {
+                user_id,
+                email: email.clone(),
+                display_name: name,
+                password_hash,
+                at: Utc::now(),
+            },
+            None,
+            meta_for(&req, Some(user_id), None)?,
+        )
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    let mut body = start_session(&state, &req, user_id, reply.version, None).await?;
+    body["position"] = json!(reply.position);
+    Ok(HttpResponse::Created().json(body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    email: String,
+    password: String,
+    organization_id: Option<Uuid>,
+}
+
+async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.limit_ip(&req)?;
+    let input: Login = parse_json(&body)?;
+    let found = match auth::normalize_email(&input.email) {
+        Ok((_, lower)) => user_of_email(&state, &lower).await?,
+        Err(_) => None,
+    };
+    let account = match found {
+        Some((user_id, _, _)) => {
+            let (version, user) = state
+                .users
+                .inspect(user_id)
+                .await
+                .map_err(|e| command_error(e, user_error))?;
+            (version > 0).then_some((user_id, version, user))
+        }
+        None => None,
+    };
+    // The same argon2 work whether or not the account exists.
+    let hash = account.as_ref().map_or_else(
+        || auth::decoy_hash().to_owned(),
+        |(_, _, u)| u.password_hash.clone(),
+    );
+    let password = input.password;
+    let ok = blocking(move || auth::verify_password(&password, &hash)).await?;
+    let Some((user_id, version, user)) = account.filter(|_| ok) else {
+        return Err(invalid_credentials());
+    };
+    if !user.active {
+        return Err(invalid_credentials());
+    }
+    let org = match membership(&state, user_id, input.organization_id).await? {
+        Some((org, _, _)) => Some(org),
+        None if input.organization_id.is_some() => {
+            return Err(ApiError::not_found("organization not found"))
+        }
+        None => None,
+    };
+    let body = start_session(&state, &req, user_id, version, org).await?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+async fn refresh(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.limit_ip(&req)?;
+    let input: RefreshBody = parse_json(&body)?;
+    let invalid =
+        || ApiError::unauthenticated("invalid_refresh_token", "the refresh token is not valid");
+    let (user_id, session_id) =
+        auth::parse_refresh_token(&input.refresh_token).ok_or_else(invalid)?;
+    let (_, user) = state
+        .users
+        .inspect(user_id)
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    let org = user
+        .sessions
+        .get(&session_id)
+        .ok_or_else(invalid)?
+        .organization_id;
+    let (new_token, new_hash) = auth::new_refresh_token(user_id, session_id);
+    let now = Utc::now();
+    let refresh_ttl =
+        chrono::Duration::from_std(state.auth.keys.refresh_ttl).map_err(ApiError::internal)?;
+    let reply = state
+        .users
+        .execute(
+            user_id,
+            UserCommand::Refresh {
+                session_id,
+                presented_hash: auth::hash_token(&input.refresh_token),
+                new_hash,
+                expires_at: now + refresh_ttl,
+                at: now,
+            },
+            None,
+            meta_for(&req, Some(user_id), org)?,
+        )
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    let reused = reply.events.iter().any(
+        |e| matches!(e, UserEvent::SessionEnded(s) if s.reason == EndReason::RefreshTokenReuse),
+    );
+    if reused {
+        state.auth.ended_sessions.insert(session_id, ());
+        return Err(ApiError::unauthenticated(
+            "refresh_token_reused",
+            "this refresh token was already used; the session has been revoked",
+        ));
+    }
+    let (_, user) = state
+        .users
+        .inspect(user_id)
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    let body = tokens(&state, &user, user_id, session_id, org, new_token).await?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+async fn logout(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+) -> Result<HttpResponse, ApiError> {
+    state
+        .users
+        .execute(
+            who.user_id,
+            UserCommand::EndSession {
+                session_id: who.session_id,
+                at: Utc::now(),
+            },
+            None,
+            meta_for(&req, Some(who.user_id), who.organization_id)?,
+        )
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    state.auth.ended_sessions.insert(who.session_id, ());
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn me(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse, ApiError> {
+    let (version, user) = state
+        .users
+        .inspect(who.user_id)
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    if version == 0 {
+        return Err(ApiError::not_found("user not found"));
+    }
+    let orgs: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT o.id, o.name, m.role FROM memberships m JOIN organizations o \
+         ON o.id = m.organization_id WHERE m.user_id = $1 ORDER BY m.joined_position",
+    )
+    .bind(who.user_id)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::ETAG, format!("\"{version}\"")))
+        .json(json!({
+            "id": who.user_id,
+            "email": user.email,
+            "display_name": user.display_name,
+            "roles": user.roles,
+            "active": user.active,
+            "version": version,
+            "organization_id": who.organization_id,
+            "role": who.role,
+            "frontends": who.frontends,
+            "organizations": orgs.into_iter().map(|(id, name, role)| json!({"id": id, "name": name, "role": role})).collect::<Vec<_>>(),
+        })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateMe {
+    display_name: String,
+}
+
+async fn update_me(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let input: UpdateMe = parse_json(&body)?;
+    let reply = state
+        .users
+        .execute(
+            who.user_id,
+            UserCommand::UpdateProfile {
+                display_name: input.display_name,
+            },
+            super::command::if_match(&req)?,
+            meta_for(&req, Some(who.user_id), who.organization_id)?,
+        )
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            actix_web::http::header::ETAG,
+            format!("\"{}\"", reply.version),
+        ))
+        .json(json!({ "id": who.user_id, "version": reply.version, "position": reply.position })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangePassword {
+    current_password: String,
+    new_password: String,
+}
+
+async fn change_password(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let input: ChangePassword = parse_json(&body)?;
+    let (version, user) = state
+        .users
+        .inspect(who.user_id)
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    if let Some(why) = auth::password_weakness(&input.new_password, &user.email) {
+        return Err(ApiError::validation("new_password", why));
+    }
+    let (current, hash) = (input.current_password, user.password_hash.clone());
+    if !blocking(move || auth::verify_password(&current, &hash)).await? {
+        return Err(ApiError::forbidden(
+            "wrong_password",
+            "the current password is wrong",
+        ));
+    }
+    let new = input.new_password;
+    let new_hash = blocking(move || auth::hash_password(&new))
+        .await?
+        .map_err(ApiError::internal)?;
+    let reply = state
+        .users
+        .execute(
+            who.user_id,
+            UserCommand::ChangePassword {
+                password_hash: new_hash,
+                at: Utc::now(),
+            },
+            Some(version),
+            meta_for(&req, Some(who.user_id), who.organization_id)?,
+        )
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    for e in &reply.events {
+        if let UserEvent::SessionEnded(s) = e {
+            state.auth.ended_sessions.insert(s.session_id, ());
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "id": who.user_id, "version": reply.version, "position": reply.position,
+        "sessions_ended": reply.events.len().saturating_sub(1),
+    })))
+}
+
+// ---- organizations ----
+
+async fn org_command(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+    id: Uuid,
+    action: OrgAction,
+    status: StatusCode,
+) -> Result<HttpResponse, ApiError> {
+    let reply = state
+        .organizations
+        .execute(
+            id,
+            OrgCommand {
+                actor: who.user_id,
+                action,
+            },
+            super::command::if_match(req)?,
+            meta_for(req, Some(who.user_id), Some(id))?,
+        )
+        .await
+        .map_err(|e| command_error(e, org_error))?;
+    Ok(HttpResponse::build(status)
+        .insert_header((
+            actix_web::http::header::ETAG,
+            format!("\"{}\"", reply.version),
+        ))
+        .json(json!({ "id": id, "version": reply.version, "position": reply.position })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrgName {
+    name: String,
+}
+
+async fn create_org(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let input: OrgName = parse_json(&body)?;
+    let id = Uuid::new_v4();
+    org_command(
+        &state,
+        &req,
+        &who,
+        id,
+        OrgAction::Create {
+            organization_id: id,
+            name: input.name,
+            at: Utc::now(),
+        },
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+async fn rename_org(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let input: OrgName = parse_json(&body)?;
+    org_command(
+        &state,
+        &req,
+        &who,
+        path.into_inner(),
+        OrgAction::Rename { name: input.name },
+        StatusCode::OK,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MinPosition {
+    min_position: Option<i64>,
+}
+
+async fn wait_identity(state: &AppState, min: Option<i64>) -> Result<(), ApiError> {
+    if let Some(p) = min {
+        state
+            .progress
+            .wait_for(&state.pool, "identity", p, super::citypulse::MAX_WAIT)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "projection_behind",
+                    format!("the read model has not reached position {p} yet"),
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// The caller's role in `org`, or 404 when not a member.
+async fn member_role(state: &AppState, who: &Principal, org: Uuid) -> Result<String, ApiError> {
+    sqlx::query_scalar("SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2")
+        .bind(org)
+        .bind(who.user_id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found("organization not found"))
+}
+
+async fn list_orgs(
+    state: web::Data<AppState>,
+    who: Principal,
+    q: web::Query<MinPosition>,
+) -> Result<HttpResponse, ApiError> {
+    wait_identity(&state, q.min_position).await?;
+    let rows: Vec<(Uuid, String, String, Vec<String>, chrono::DateTime<Utc>)> = sqlx::query_as(
+        "SELECT o.id, o.name, m.role, o.frontends, o.created_at FROM memberships m \
+         JOIN organizations o ON o.id = m.organization_id WHERE m.user_id = $1 \
+         ORDER BY m.joined_position",
+    )
+    .bind(who.user_id)
+    .fetch_all(&state.pool)
+    .await?;
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|(id, name, role, frontends, created_at)| json!({"id": id, "name": name, "role": role, "frontends": frontends, "created_at": created_at}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+async fn get_org(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<Uuid>,
+    q: web::Query<MinPosition>,
+) -> Result<HttpResponse, ApiError> {
+    wait_identity(&state, q.min_position).await?;
+    let id = path.into_inner();
+    let role = member_role(&state, &who, id).await?;
+    let (name, created_by, created_at, frontends, version): (
+        String,
+        Uuid,
+        chrono::DateTime<Utc>,
+        Vec<String>,
+        i64,
+    ) = sqlx::query_as(
+        "SELECT name, created_by, created_at, frontends, version FROM organizations WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&state.pool)
+    .await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::ETAG, format!("\"{version}\"")))
+        .json(json!({ "id": id, "name": name, "created_by": created_by, "created_at": created_at, "frontends": frontends, "version": version, "role": role })))
+}
+
+async fn list_members(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<Uuid>,
+    q: web::Query<MinPosition>,
+) -> Result<HttpResponse, ApiError> {
+    wait_identity(&state, q.min_position).await?;
+    let id = path.into_inner();
+    member_role(&state, &who, id).await?;
+    let rows: Vec<(Uuid, String, String, String)> = sqlx::query_as(
+        "SELECT u.id, u.email, u.display_name, m.role FROM memberships m JOIN users u \
+         ON u.id = m.user_id WHERE m.organization_id = $1 ORDER BY m.joined_position",
+    )
+    .bind(id)
+    .fetch_all(&state.pool)
+    .await?;
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|(uid, email, name, role)| json!({"user_id": uid, "email": email, "display_name": name, "role": role}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetMember {
+    user_id: Option<Uuid>,
+    email: Option<String>,
+    role: Role,
+}
+
+async fn set_member(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let input: SetMember = parse_json(&body)?;
+    let user_id = match (input.user_id, input.email) {
+        (Some(id), None) => id,
+        (None, Some(email)) => {
+            let (_, lower) =
+                auth::normalize_email(&email).map_err(|m| ApiError::validation("email", m))?;
+            user_of_email(&state, &lower)
+                .await?
+                .map(|(id, _, _)| id)
+                .ok_or_else(|| ApiError::not_found("no user has this e-mail address"))?
+        }
+        _ => {
+            return Err(ApiError::validation(
+                "user_id",
+                "give exactly one of user_id and email",
+            ))
+        }
+    };
+    let (version, _) = state
+        .users
+        .inspect(user_id)
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    if version == 0 {
+        return Err(ApiError::not_found("user not found"));
+    }
+    org_command(
+        &state,
+        &req,
+        &who,
+        path.into_inner(),
+        OrgAction::SetMember {
+            user_id,
+            role: input.role,
+        },
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn remove_member(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, user_id) = path.into_inner();
+    org_command(
+        &state,
+        &req,
+        &who,
+        id,
+        OrgAction::RemoveMember { user_id },
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn get_frontends(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<Uuid>,
+    q: web::Query<MinPosition>,
+) -> Result<HttpResponse, ApiError> {
+    wait_identity(&state, q.min_position).await?;
+    let id = path.into_inner();
+    member_role(&state, &who, id).await?;
+    let frontends: Vec<String> =
+        sqlx::query_scalar("SELECT frontends FROM organizations WHERE id = $1")
+            .bind(id)
+            .fetch_one(&state.pool)
+            .await?;
+    let all: Vec<Value> = Frontend::ALL
+        .iter()
+        .map(|f| json!({ "frontend": f.as_str(), "enabled": frontends.iter().any(|e| e == f.as_str()) }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": all })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetFrontend {
+    frontend: Frontend,
+    enabled: bool,
+}
+
+async fn set_frontend(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let input: SetFrontend = parse_json(&body)?;
+    org_command(
+        &state,
+        &req,
+        &who,
+        path.into_inner(),
+        OrgAction::SetFrontend {
+            frontend: input.frontend,
+            enabled: input.enabled,
+        },
+        StatusCode::OK,
+    )
+    .await
+}
