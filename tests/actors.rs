@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use universal_backend::actors::building::{Building, BuildingCommand};
+use universal_backend::actors::building::{Building, BuildingCommand, ScopedCommand};
 use universal_backend::actors::{CommandError, CommandMeta, Registry, RuntimeConfig};
 use universal_backend::store::{EventStore, PgEventStore, PgStoreConfig};
 use universal_events::building::SensorKind;
@@ -20,22 +20,29 @@ async fn store() -> Arc<dyn EventStore> {
         .unwrap()
 }
 
-fn register(id: Uuid) -> BuildingCommand {
-    BuildingCommand::Register {
+fn scoped(cmd: BuildingCommand) -> ScopedCommand {
+    ScopedCommand {
+        organization_id: None,
+        cmd,
+    }
+}
+
+fn register(id: Uuid) -> ScopedCommand {
+    scoped(BuildingCommand::Register {
         name: "Depot".into(),
         address: None,
         floor_area_m2: None,
         at: Utc::now(),
         building_id: id,
-    }
+    })
 }
 
-fn threshold(max: f64) -> BuildingCommand {
-    BuildingCommand::SetThreshold {
+fn threshold(max: f64) -> ScopedCommand {
+    scoped(BuildingCommand::SetThreshold {
         kind: SensorKind::Gas,
         min: None,
         max: Some(max),
-    }
+    })
 }
 
 #[actix_web::test]
