@@ -63,6 +63,64 @@ struct Target {
     sensor: String,
 }
 
+/// Signs up, creates an organization with CityPulse and logs in; returns a client that
+/// sends the token and `X-Frontend-Source` with every request.
+async fn tenant_client(base: &str, idle: usize) -> anyhow::Result<reqwest::Client> {
+    let anon = reqwest::Client::new();
+    let email = format!("bench-{}@example.org", uuid::Uuid::new_v4().simple());
+    let password = "Bench-Password-42";
+    let signed: Value = anon
+        .post(format!("{base}/api/v1/auth/signup"))
+        .json(&json!({ "email": email, "password": password, "display_name": "Bench" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = signed["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let org: Value = anon
+        .post(format!("{base}/api/v1/organizations"))
+        .bearer_auth(&token)
+        .json(&json!({ "name": "Bench City" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let org_id = org["id"].as_str().unwrap_or_default().to_owned();
+    anon.put(format!("{base}/api/v1/organizations/{org_id}/frontends"))
+        .bearer_auth(&token)
+        .json(&json!({ "frontend": "citypulse", "enabled": true }))
+        .send()
+        .await?
+        .error_for_status()?;
+    let login: Value = anon
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({ "email": email, "password": password, "organization_id": org_id }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "authorization",
+        format!(
+            "Bearer {}",
+            login["access_token"].as_str().unwrap_or_default()
+        )
+        .parse()?,
+    );
+    headers.insert("x-frontend-source", "citypulse".parse()?);
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(idle)
+        .build()?)
+}
+
 /// Registers the buildings and their sensors.
 async fn setup(client: &reqwest::Client, base: &str, n: usize) -> anyhow::Result<Vec<Target>> {
     let mut targets = Vec::with_capacity(n);
@@ -109,11 +167,12 @@ struct LoadResult {
     elapsed: Duration,
 }
 
-async fn load(args: &Args, base: &str, targets: Arc<Vec<Target>>) -> LoadResult {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
-        .build()
-        .expect("client");
+async fn load(
+    args: &Args,
+    base: &str,
+    client: reqwest::Client,
+    targets: Arc<Vec<Target>>,
+) -> LoadResult {
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -187,6 +246,8 @@ async fn main() -> anyhow::Result<()> {
         database_url: database_url.clone(),
         workers: args.workers,
         log_level: "warn".into(),
+        // One user drives the whole load: per-user limits would measure the limiter.
+        rate_limiting_enabled: false,
         ..Config::default()
     };
     let app = Application::build(config.clone()).await?;
@@ -210,11 +271,11 @@ async fn main() -> anyhow::Result<()> {
             .build()
             .expect("client runtime");
         rt.block_on(async {
-            let client = reqwest::Client::new();
+            let client = tenant_client(&client_base, client_args.clients).await?;
             let t = Instant::now();
             let targets = setup(&client, &client_base, client_args.buildings).await?;
             let setup_took = t.elapsed();
-            let result = load(&client_args, &client_base, Arc::new(targets)).await;
+            let result = load(&client_args, &client_base, client, Arc::new(targets)).await;
             anyhow::Ok((setup_took, result))
         })
     })

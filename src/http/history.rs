@@ -162,6 +162,7 @@ async fn read_log(
         event_types: list(&params.event_type),
         stream: None,
         organization: Some(org),
+        skip_metadata: false,
     };
     let head = state
         .store

@@ -742,7 +742,8 @@ async fn list_orgs(
     q: web::Query<MinPosition>,
 ) -> Result<HttpResponse, ApiError> {
     wait_identity(&state, q.min_position).await?;
-    let rows: Vec<(Uuid, String, String, Vec<String>, chrono::DateTime<Utc>)> = sqlx::query_as(
+    type Row = (Uuid, String, String, Vec<String>, chrono::DateTime<Utc>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT o.id, o.name, m.role, o.frontends, o.created_at FROM memberships m \
          JOIN organizations o ON o.id = m.organization_id WHERE m.user_id = $1 \
          ORDER BY m.joined_position",

@@ -157,6 +157,7 @@ impl ProjectionRunner {
                     .map(|t| t.to_string())
                     .collect(),
             ),
+            skip_metadata: true,
             ..Filter::default()
         };
         let mut head_watch = self.store.head_watch();
@@ -302,6 +303,7 @@ pub async fn rebuild(
                 .map(|t| t.to_string())
                 .collect(),
         ),
+        skip_metadata: true,
         ..Filter::default()
     };
     let search_path = format!("SET LOCAL search_path = {scratch}, public");

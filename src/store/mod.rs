@@ -126,6 +126,9 @@ pub struct Filter {
     pub stream: Option<String>,
     /// Only events whose metadata names this organization (the tenant of the command).
     pub organization: Option<Uuid>,
+    /// Leave `metadata` empty in the results: readers that only fold payloads (projections)
+    /// skip decoding it.
+    pub skip_metadata: bool,
 }
 
 impl Filter {

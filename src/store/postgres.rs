@@ -620,15 +620,17 @@ impl EventStore for PgEventStore {
         filter: &Filter,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!(
-            "{SELECT_EVENT} WHERE global_position > $1 AND global_position <= $2 \
+        const SQL: &str =
+            "SELECT global_position AS position, stream_id, stream_category AS category, \
+             version, event_id, event_type, schema_version, data, \
+             CASE WHEN $8 THEN '{}'::jsonb ELSE metadata END AS metadata, recorded_at \
+             FROM events WHERE global_position > $1 AND global_position <= $2 \
              AND ($3::text[] IS NULL OR stream_category = ANY($3)) \
              AND ($4::text[] IS NULL OR event_type = ANY($4)) \
              AND ($5::text IS NULL OR stream_id = $5) \
              AND ($7::text IS NULL OR metadata->>'organization_id' = $7) \
-             ORDER BY global_position LIMIT $6"
-        );
-        Ok(sqlx::query_as(&sql)
+             ORDER BY global_position LIMIT $6";
+        Ok(sqlx::query_as(SQL)
             .bind(after)
             .bind(up_to.unwrap_or(i64::MAX))
             .bind(&filter.categories)
@@ -636,6 +638,7 @@ impl EventStore for PgEventStore {
             .bind(&filter.stream)
             .bind(limit)
             .bind(filter.organization.map(|o| o.to_string()))
+            .bind(filter.skip_metadata)
             .fetch_all(&self.pool)
             .await?)
     }
