@@ -580,3 +580,29 @@ async fn organization_admins_manage_members_and_the_last_admin_stays() {
         .unwrap();
     assert_eq!(res.status(), 422);
 }
+
+#[actix_web::test]
+async fn a_deactivated_account_can_no_longer_log_in() {
+    let app = common::spawn_app().await;
+    let res = app
+        .client
+        .delete(app.url("/api/v1/users/me"))
+        .json(&json!({ "password": common::PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = app
+        .client
+        .get(app.url("/api/v1/auth/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let (status, _) = login(
+        &app,
+        json!({ "email": app.tenant.email, "password": common::PASSWORD }),
+    )
+    .await;
+    assert_eq!(status, 401);
+}

@@ -46,6 +46,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/users/me", web::patch().to(update_me))
     .route("/users/me", web::get().to(me))
+    .route("/users/me", web::delete().to(deactivate_me))
     .route("/users/me/password", web::put().to(change_password))
     .route("/organizations", web::post().to(create_org))
     .route("/organizations", web::get().to(list_orgs))
@@ -622,6 +623,50 @@ async fn change_password(
         "id": who.user_id, "version": reply.version, "position": reply.position,
         "sessions_ended": reply.events.len().saturating_sub(1),
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deactivate {
+    password: String,
+}
+
+/// Closes the caller's own account (the password confirms it); every session ends.
+async fn deactivate_me(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let input: Deactivate = parse_json(&body)?;
+    let (version, user) = state
+        .users
+        .inspect(who.user_id)
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    let hash = user.password_hash.clone();
+    if !blocking(move || auth::verify_password(&input.password, &hash)).await? {
+        return Err(ApiError::forbidden(
+            "wrong_password",
+            "the password is wrong",
+        ));
+    }
+    let reply = state
+        .users
+        .execute(
+            who.user_id,
+            UserCommand::Deactivate { at: Utc::now() },
+            Some(version),
+            meta_for(&req, Some(who.user_id), who.organization_id)?,
+        )
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    for e in &reply.events {
+        if let UserEvent::SessionEnded(s) = e {
+            state.auth.ended_sessions.insert(s.session_id, ());
+        }
+    }
+    Ok(HttpResponse::NoContent().finish())
 }
 
 // ---- organizations ----
