@@ -527,11 +527,13 @@ async fn a_graceful_shutdown_keeps_every_acknowledged_write() {
             acknowledged += 1;
         }
     }
+    // A new connection: pooled ones may belong to the stopped workers' runtimes.
+    let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
     let stored: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM events WHERE stream_id = $1 AND event_type = 'ReadingsRecorded'",
     )
     .bind(format!("building-{id}"))
-    .fetch_one(&app.pool)
+    .fetch_one(&pool)
     .await
     .unwrap();
     assert!(
