@@ -294,6 +294,18 @@ pub async fn rebuild(
         ))
         .execute(&mut conn)
         .await?;
+        // LIKE does not copy storage parameters (fillfactor): carry them over.
+        let options: Option<Vec<String>> = sqlx::query_scalar(
+            "SELECT reloptions FROM pg_class WHERE oid = to_regclass('public.' || $1)",
+        )
+        .bind(t)
+        .fetch_one(&mut conn)
+        .await?;
+        if let Some(options) = options.filter(|o| !o.is_empty()) {
+            sqlx::query(&format!("ALTER TABLE {scratch}.{t} SET ({})", options.join(", ")))
+                .execute(&mut conn)
+                .await?;
+        }
     }
     let filter = Filter {
         event_types: Some(
