@@ -34,6 +34,8 @@ pub struct AppState {
     pub organizations: Registry<Organization>,
     pub auth: AuthState,
     pub progress: Progress,
+    /// Open WebSocket connections (see `http::ws`).
+    pub ws_connections: std::sync::atomic::AtomicUsize,
     pub started: Instant,
     pub config: Config,
 }
@@ -185,6 +187,7 @@ impl Application {
             users: Registry::new(store.clone(), config.runtime()),
             organizations: Registry::new(store.clone(), config.runtime()),
             auth,
+            ws_connections: Default::default(),
             progress,
             started: Instant::now(),
             config: config.clone(),

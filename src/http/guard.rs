@@ -109,6 +109,11 @@ fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
         .ok_or_else(|| {
             ApiError::unauthenticated("unauthenticated", "Authorization must be `Bearer <token>`")
         })?;
+    principal_from_token(state, token)
+}
+
+/// Validates an access token (signature, expiry, live session, user rate limit).
+pub fn principal_from_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     let claims = state.auth.keys.verify(token).map_err(|e| {
         let message = match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the access token has expired",

@@ -12,6 +12,17 @@ use crate::store::{Direction, Filter, RecordedEvent};
 /// Payload fields that never leave the server, even to an organization's admins.
 const SECRET_FIELDS: [&str; 2] = ["password_hash", "refresh_hash"];
 
+/// Blanks the secrets of an event's payload.
+pub fn redact(e: &mut RecordedEvent) {
+    if let serde_json::Value::Object(map) = &mut e.data {
+        for field in SECRET_FIELDS {
+            if let Some(v) = map.get_mut(field) {
+                *v = serde_json::Value::String("[redacted]".into());
+            }
+        }
+    }
+}
+
 /// Keeps only the events of `org` and blanks secrets in what is left.
 fn visible(events: Vec<RecordedEvent>, org: uuid::Uuid) -> Vec<RecordedEvent> {
     let filter = Filter {
@@ -22,13 +33,7 @@ fn visible(events: Vec<RecordedEvent>, org: uuid::Uuid) -> Vec<RecordedEvent> {
         .into_iter()
         .filter(|e| filter.matches(e))
         .map(|mut e| {
-            if let serde_json::Value::Object(map) = &mut e.data {
-                for field in SECRET_FIELDS {
-                    if let Some(v) = map.get_mut(field) {
-                        *v = serde_json::Value::String("[redacted]".into());
-                    }
-                }
-            }
+            redact(&mut e);
             e
         })
         .collect()

@@ -7,6 +7,7 @@ pub mod guard;
 pub mod history;
 pub mod identity;
 pub mod ops;
+pub mod ws;
 
 use actix_web::middleware::ErrorHandlers;
 use actix_web::web::{self, ServiceConfig};
@@ -33,6 +34,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
             web::scope("/api/v1")
                 .route("/info", web::get().to(ops::info))
                 .configure(identity::configure)
+                .route("/ws", web::get().to(ws::connect))
                 .configure(citypulse::configure)
                 .configure(history::configure),
         );

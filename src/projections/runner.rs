@@ -302,9 +302,12 @@ pub async fn rebuild(
         .fetch_one(&mut conn)
         .await?;
         if let Some(options) = options.filter(|o| !o.is_empty()) {
-            sqlx::query(&format!("ALTER TABLE {scratch}.{t} SET ({})", options.join(", ")))
-                .execute(&mut conn)
-                .await?;
+            sqlx::query(&format!(
+                "ALTER TABLE {scratch}.{t} SET ({})",
+                options.join(", ")
+            ))
+            .execute(&mut conn)
+            .await?;
         }
     }
     let filter = Filter {

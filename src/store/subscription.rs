@@ -99,7 +99,17 @@ impl Subscription {
         Ok(self.buffer.len())
     }
 
-    async fn wait(&mut self) {
+    /// The next event if one is committed, or `None` once everything committed so far has
+    /// been handed out (the subscription is caught up; call [`Subscription::wait`] to go live).
+    pub async fn try_next(&mut self) -> Result<Option<RecordedEvent>, StoreError> {
+        if self.buffer.is_empty() {
+            self.fill().await?;
+        }
+        Ok(self.buffer.pop_front())
+    }
+
+    /// Waits until the head moves past this subscription (or the poll interval passes).
+    pub async fn wait(&mut self) {
         let after = self.after;
         let _ = tokio::time::timeout(self.poll, self.head.wait_for(|h| *h > after)).await;
     }

@@ -1,0 +1,402 @@
+//! The native event-stream socket: `GET /api/v1/ws`.
+//!
+//! One connection carries many subscriptions. Each subscription is a catch-up subscription
+//! of the event store (see `store::subscription`): it replays from the position the client
+//! gives, says `caught_up`, and goes on live with the same cursor, so there is no gap and no
+//! duplicate at the switch, and a client that reconnects with its last position misses
+//! nothing. Only events of the caller's organization are delivered.
+//!
+//! Backpressure: subscriptions feed one bounded queue per connection, and the socket's own
+//! send queue is bounded too. When a client reads slower than events arrive, the queues fill,
+//! the subscriptions stop pulling, and they resume from the store where they stopped: a slow
+//! client falls back to catch-up and loses nothing, and memory stays bounded (a queue of
+//! `QUEUE` messages plus one store page per subscription). A client that accepts nothing for
+//! `SEND_TIMEOUT` is disconnected with a reason.
+//!
+//! Protocol (JSON text frames). Client: `{"type":"auth","token"}` (when the token was not in
+//! the `token` query parameter), `{"type":"subscribe","id","target":{"stream"}|{"category"}|
+//! {"all":true},"from":<last position seen>|"now"}`, `{"type":"unsubscribe","id"}`,
+//! `{"type":"ping"}`. Server: `subscribed`, `event`, `caught_up`, `unsubscribed`, `pong`,
+//! `error`.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::guard::{principal_from_token, Principal};
+use super::history::redact;
+use super::ApiError;
+use crate::startup::AppState;
+use crate::store::{Filter, Subscription};
+
+/// Messages waiting for a connection's socket, across its subscriptions.
+const QUEUE: usize = 256;
+/// Largest frame a client may send.
+const MAX_FRAME: usize = 64 * 1024;
+/// Most subscriptions on one connection.
+const MAX_SUBSCRIPTIONS: usize = 100;
+/// A client must authenticate within this time.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that takes no message for this long is disconnected.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Keeps the connection count right however the connection ends.
+struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Query {
+    pub token: Option<String>,
+}
+
+/// Upgrades to a WebSocket, or refuses cleanly when the server is full.
+pub async fn connect(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+    query: web::Query<Query>,
+) -> Result<HttpResponse, ApiError> {
+    if !state.config.websocket_enabled {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "feature_disabled",
+            "WebSockets are disabled on this server",
+        ));
+    }
+    let max = state.config.ws_max_connections;
+    let taken = state.ws_connections.fetch_add(1, Ordering::AcqRel);
+    if taken >= max {
+        state.ws_connections.fetch_sub(1, Ordering::AcqRel);
+        return Err(ApiError::unavailable(format!(
+            "the server holds its maximum of {max} WebSocket connections; retry later"
+        )));
+    }
+    let upgraded = actix_ws::handle(&req, body);
+    let (response, session, stream) = match upgraded {
+        Ok(parts) => parts,
+        Err(e) => {
+            state.ws_connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::bad_request(format!(
+                "not a WebSocket upgrade: {e}"
+            )));
+        }
+    };
+    let principal = query
+        .token
+        .as_deref()
+        .map(|t| principal_from_token(&state, t));
+    metrics::gauge!("ub_ws_connections").increment(1.0);
+    actix_web::rt::spawn(async move {
+        let _slot = Slot(&state.ws_connections);
+        let stream = stream.max_frame_size(MAX_FRAME);
+        Connection {
+            state: state.clone(),
+            session,
+            principal: None,
+            subs: HashMap::new(),
+        }
+        .run(stream, principal)
+        .await;
+        metrics::gauge!("ub_ws_connections").decrement(1.0);
+        drop(_slot);
+    });
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMsg {
+    Auth {
+        token: String,
+    },
+    Subscribe {
+        id: String,
+        target: Target,
+        from: From,
+    },
+    Unsubscribe {
+        id: String,
+    },
+    Ping,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum Target {
+    Stream(String),
+    Category(String),
+    All(bool),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum From {
+    Position(i64),
+    Now(String),
+}
+
+struct Connection {
+    state: web::Data<AppState>,
+    session: actix_ws::Session,
+    principal: Option<Principal>,
+    subs: HashMap<String, tokio::task::JoinHandle<()>>,
+}
+
+fn close(code: CloseCode, description: &str) -> Option<CloseReason> {
+    Some(CloseReason {
+        code,
+        description: Some(description.to_owned()),
+    })
+}
+
+fn error(code: &str, message: &str, subscription: Option<&str>) -> String {
+    json!({ "type": "error", "code": code, "message": message, "subscription": subscription })
+        .to_string()
+}
+
+impl Connection {
+    async fn run(
+        mut self,
+        mut stream: actix_ws::MessageStream,
+        from_query: Option<Result<Principal, ApiError>>,
+    ) {
+        match from_query {
+            Some(Ok(p)) => self.principal = Some(p),
+            Some(Err(e)) => {
+                let _ = self
+                    .session
+                    .close(close(CloseCode::Policy, &e.message))
+                    .await;
+                return;
+            }
+            None => {}
+        }
+        let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
+        let interval = Duration::from_secs(self.state.config.ws_heartbeat_interval.max(1));
+        let mut heartbeat = tokio::time::interval(interval);
+        heartbeat.tick().await;
+        let opened = Instant::now();
+        let mut last_heard = Instant::now();
+
+        let reason = loop {
+            tokio::select! {
+                incoming = stream.next() => {
+                    last_heard = Instant::now();
+                    match incoming {
+                        None => break None,
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(reason) = self.on_text(&text, &tx).await {
+                                break reason;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            if self.send(error("unsupported_frame", "send JSON text frames", None)).await.is_err() {
+                                break None;
+                            }
+                        }
+                        Some(Ok(Message::Ping(bytes))) => {
+                            if self.session.pong(&bytes).await.is_err() {
+                                break None;
+                            }
+                        }
+                        Some(Ok(Message::Close(reason))) => break reason,
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            let description = e.to_string();
+                            let code = if description.contains("size") || description.contains("large") {
+                                CloseCode::Size
+                            } else {
+                                CloseCode::Protocol
+                            };
+                            break close(code, &description);
+                        }
+                    }
+                }
+                Some(out) = rx.recv() => {
+                    match tokio::time::timeout(SEND_TIMEOUT, self.session.text(out)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break None,
+                        Err(_) => break close(CloseCode::Policy, "client too slow: nothing read for 30 s"),
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if self.principal.is_none() && opened.elapsed() >= AUTH_TIMEOUT {
+                        break close(CloseCode::Policy, "no authentication received");
+                    }
+                    if last_heard.elapsed() > interval * 2 {
+                        break close(CloseCode::Away, "heartbeat timeout");
+                    }
+                    if self.session.ping(b"").await.is_err() {
+                        break None;
+                    }
+                }
+            }
+        };
+        for (_, task) in self.subs.drain() {
+            task.abort();
+        }
+        let _ = self.session.close(reason).await;
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), actix_ws::Closed> {
+        self.session.text(text).await
+    }
+
+    /// Handles one client message; `Some(reason)` closes the connection.
+    async fn on_text(
+        &mut self,
+        text: &str,
+        tx: &mpsc::Sender<String>,
+    ) -> Option<Option<CloseReason>> {
+        let msg: ClientMsg = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                let reply = error(
+                    "bad_message",
+                    &format!("not a message of this API: {e}"),
+                    None,
+                );
+                return self.send(reply).await.err().map(|_| None);
+            }
+        };
+        let reply = match msg {
+            ClientMsg::Auth { token } => match principal_from_token(&self.state, &token) {
+                Ok(p) => {
+                    self.principal = Some(p);
+                    json!({ "type": "authenticated" }).to_string()
+                }
+                Err(e) => return Some(close(CloseCode::Policy, &e.message)),
+            },
+            ClientMsg::Ping => json!({ "type": "pong" }).to_string(),
+            ClientMsg::Unsubscribe { id } => match self.subs.remove(&id) {
+                Some(task) => {
+                    task.abort();
+                    json!({ "type": "unsubscribed", "subscription": id }).to_string()
+                }
+                None => error("unknown_subscription", "no such subscription", Some(&id)),
+            },
+            ClientMsg::Subscribe { id, target, from } => {
+                match self.subscribe(id.clone(), target, from, tx.clone()) {
+                    Ok(after) => json!({ "type": "subscribed", "subscription": id, "from": after })
+                        .to_string(),
+                    Err((code, message)) => error(code, &message, Some(&id)),
+                }
+            }
+        };
+        self.send(reply).await.err().map(|_| None)
+    }
+
+    fn subscribe(
+        &mut self,
+        id: String,
+        target: Target,
+        from: From,
+        tx: mpsc::Sender<String>,
+    ) -> Result<i64, (&'static str, String)> {
+        let principal = self
+            .principal
+            .as_ref()
+            .ok_or(("unauthenticated", "authenticate first".to_owned()))?;
+        let org = principal.organization_id.ok_or((
+            "no_organization",
+            "the session belongs to no organization".to_owned(),
+        ))?;
+        if self.subs.contains_key(&id) {
+            return Err((
+                "duplicate_subscription",
+                "this id is already subscribed".into(),
+            ));
+        }
+        if id.is_empty() || id.len() > 100 {
+            return Err(("bad_message", "id must be 1 to 100 characters".into()));
+        }
+        if self.subs.len() >= MAX_SUBSCRIPTIONS {
+            return Err((
+                "too_many_subscriptions",
+                format!("at most {MAX_SUBSCRIPTIONS} per connection"),
+            ));
+        }
+        let mut filter = Filter {
+            organization: Some(org),
+            ..Filter::default()
+        };
+        match target {
+            Target::Stream(s) if !s.is_empty() => filter.stream = Some(s),
+            Target::Category(c) if !c.is_empty() => filter.categories = Some(vec![c]),
+            Target::All(true) => {}
+            _ => {
+                return Err((
+                    "bad_target",
+                    "target is {stream}, {category} or {all: true}".into(),
+                ))
+            }
+        }
+        let after = match from {
+            From::Position(p) if p >= 0 => p,
+            From::Now(s) if s == "now" => *self.state.store.head_watch().borrow(),
+            _ => {
+                return Err((
+                    "bad_from",
+                    "from is a position (0 for everything) or \"now\"".into(),
+                ))
+            }
+        };
+        let sub = Subscription::new(self.state.store.clone(), after, filter);
+        let task = actix_web::rt::spawn(pump(id.clone(), sub, tx));
+        self.subs.insert(id, task);
+        Ok(after)
+    }
+}
+
+/// Moves one subscription's events into the connection's queue, waiting when it is full.
+async fn pump(id: String, mut sub: Subscription, tx: mpsc::Sender<String>) {
+    let mut caught_up = false;
+    loop {
+        match sub.try_next().await {
+            Ok(Some(mut e)) => {
+                redact(&mut e);
+                let msg: Value = json!({
+                    "type": "event",
+                    "subscription": id,
+                    "position": e.position,
+                    "stream": e.stream_id,
+                    "version": e.version,
+                    "event_type": e.event_type,
+                    "schema_version": e.schema_version,
+                    "data": e.data,
+                    "metadata": e.metadata,
+                    "recorded_at": e.recorded_at,
+                });
+                if tx.send(msg.to_string()).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                if !caught_up {
+                    caught_up = true;
+                    let msg = json!({ "type": "caught_up", "subscription": id, "position": sub.position() });
+                    if tx.send(msg.to_string()).await.is_err() {
+                        return;
+                    }
+                }
+                sub.wait().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "subscription read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
