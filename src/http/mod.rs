@@ -7,6 +7,7 @@ pub mod guard;
 pub mod history;
 pub mod identity;
 pub mod ops;
+pub mod socketio;
 pub mod ws;
 
 use actix_web::middleware::ErrorHandlers;
@@ -30,6 +31,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         )
         .route("/health", web::get().to(ops::health))
         .route("/metrics", web::get().to(ops::metrics))
+        .route("/socket.io/", web::get().to(socketio::connect))
         .service(
             web::scope("/api/v1")
                 .route("/info", web::get().to(ops::info))
