@@ -34,6 +34,8 @@ pub struct AppState {
     pub organizations: Registry<Organization>,
     pub auth: AuthState,
     pub progress: Progress,
+    /// The in-memory fan-out that live socket subscriptions follow.
+    pub live: Arc<crate::store::LiveFeed>,
     /// Open WebSocket connections (see `http::ws`).
     pub ws_connections: std::sync::atomic::AtomicUsize,
     pub started: Instant,
@@ -187,6 +189,7 @@ impl Application {
             users: Registry::new(store.clone(), config.runtime()),
             organizations: Registry::new(store.clone(), config.runtime()),
             auth,
+            live: crate::store::LiveFeed::start(store.clone()),
             ws_connections: Default::default(),
             progress,
             started: Instant::now(),

@@ -326,3 +326,57 @@ async fn a_subscription_from_now_only_sees_new_events_and_stops_at_the_filter() 
     assert_eq!(e.position, head + 2);
     assert!(sub.is_caught_up());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_feed_subscriber_sees_every_event_once_in_order_through_catch_up_and_live() {
+    let stores = stores(2).await;
+    let store: Arc<dyn EventStore> = stores[1].clone();
+    let feed = universal_backend::store::LiveFeed::start(store.clone());
+    // Some history first, so the subscriber starts in catch-up.
+    for n in 0..50 {
+        stores[0]
+            .append(
+                &format!("early-{}", Uuid::new_v4()),
+                ExpectedVersion::NoStream,
+                vec![event("Early", n)],
+            )
+            .await
+            .unwrap();
+    }
+    let total = 50 + 4 * 100;
+    let reader = tokio::spawn(async move {
+        let mut sub = Subscription::new(store, 0, Filter::all()).with_live_feed(feed);
+        let mut seen = Vec::new();
+        while seen.len() < total {
+            match sub.try_next().await.unwrap() {
+                Some(e) => seen.push(e.position),
+                None => sub.wait().await,
+            }
+        }
+        seen
+    });
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let store = stores[w % 2].clone();
+        writers.push(tokio::spawn(async move {
+            for n in 0..100 {
+                store
+                    .append(
+                        &format!("late-{}", Uuid::new_v4()),
+                        ExpectedVersion::NoStream,
+                        vec![event("Late", n)],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the subscriber keeps up")
+        .unwrap();
+    assert_eq!(seen, (1..=total as i64).collect::<Vec<_>>());
+}

@@ -281,13 +281,23 @@ async fn on_packet(
                 ..Filter::default()
             };
             let after = *state.store.head_watch().borrow();
-            let mut sub = Subscription::new(state.store.clone(), after, filter);
+            let mut sub = Subscription::new(state.store.clone(), after, filter)
+                .with_live_feed(state.live.clone());
             let tx = tx.clone();
             let path = ns.path;
             let pump = actix_web::rt::spawn(async move {
-                while let Ok(e) = sub.next().await {
-                    if tx.send((path, e)).await.is_err() {
-                        return;
+                loop {
+                    match sub.try_next().await {
+                        Ok(Some(e)) => {
+                            if tx.send((path, e)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => sub.wait().await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "socket.io feed read failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
                     }
                 }
             });

@@ -353,7 +353,8 @@ impl Connection {
                 ))
             }
         };
-        let sub = Subscription::new(self.state.store.clone(), after, filter);
+        let sub = Subscription::new(self.state.store.clone(), after, filter)
+            .with_live_feed(self.state.live.clone());
         let task = actix_web::rt::spawn(pump(id.clone(), sub, tx));
         self.subs.insert(id, task);
         Ok(after)

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use postgres::{PgEventStore, PgStoreConfig};
-pub use subscription::Subscription;
+pub use subscription::{LiveFeed, Subscription};
 
 /// What the writer believes about a stream before appending to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,12 +11,55 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::{EventStore, Filter, RecordedEvent, StoreError};
 
 /// Events read per round trip.
 const PAGE: i64 = 1000;
+
+/// One reader of the whole log per process, fanning every event out in memory.
+///
+/// Live subscribers (sockets) read from here instead of each querying the store on every
+/// commit. The feed is unfiltered, so a subscriber can check that positions follow each
+/// other without a hole; on a hole, or when it falls too far behind the feed, it goes back
+/// to reading the store and returns to the feed once caught up.
+pub struct LiveFeed {
+    tx: broadcast::Sender<Arc<RecordedEvent>>,
+}
+
+impl LiveFeed {
+    /// Events kept for slow live subscribers before they drop back to the store.
+    const CAPACITY: usize = 4096;
+
+    /// Starts following the log from its current head, on the current runtime.
+    pub fn start(store: Arc<dyn EventStore>) -> Arc<LiveFeed> {
+        let (tx, _) = broadcast::channel(Self::CAPACITY);
+        let feed = Arc::new(LiveFeed { tx });
+        let weak = Arc::downgrade(&feed);
+        let after = *store.head_watch().borrow();
+        let mut sub = Subscription::new(store, after, Filter::all());
+        tokio::spawn(async move {
+            loop {
+                match sub.next().await {
+                    Ok(e) => {
+                        let Some(feed) = weak.upgrade() else { return };
+                        // No receivers is fine: nobody is live right now.
+                        let _ = feed.tx.send(Arc::new(e));
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "live feed read failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if weak.strong_count() == 0 {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        feed
+    }
+}
 
 pub struct Subscription {
     store: Arc<dyn EventStore>,
@@ -25,6 +68,10 @@ pub struct Subscription {
     head: watch::Receiver<i64>,
     buffer: VecDeque<RecordedEvent>,
     poll: Duration,
+    feed: Option<Arc<LiveFeed>>,
+    /// Set while following the feed (after catching up from the store).
+    live: Option<broadcast::Receiver<Arc<RecordedEvent>>>,
+    stash: Option<Arc<RecordedEvent>>,
 }
 
 impl Subscription {
@@ -38,6 +85,40 @@ impl Subscription {
             head,
             buffer: VecDeque::new(),
             poll: Duration::from_secs(1),
+            feed: None,
+            live: None,
+            stash: None,
+        }
+    }
+
+    /// Once caught up, follow `feed` in memory instead of querying the store.
+    pub fn with_live_feed(mut self, feed: Arc<LiveFeed>) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    /// The next event from the feed, if it follows the cursor without a hole. `Err(())`
+    /// means the feed cannot serve this subscriber now: read the store.
+    fn from_feed(&mut self) -> Result<Option<RecordedEvent>, ()> {
+        loop {
+            let next = match self.stash.take() {
+                Some(e) => e,
+                None => match self.live.as_mut().ok_or(())?.try_recv() {
+                    Ok(e) => e,
+                    Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
+                    Err(_) => return Err(()),
+                },
+            };
+            if next.position <= self.after {
+                continue;
+            }
+            if next.position != self.after + 1 {
+                return Err(());
+            }
+            self.after = next.position;
+            if self.filter.matches(&next) {
+                return Ok(Some(next.as_ref().clone()));
+            }
         }
     }
 
@@ -102,14 +183,43 @@ impl Subscription {
     /// The next event if one is committed, or `None` once everything committed so far has
     /// been handed out (the subscription is caught up; call [`Subscription::wait`] to go live).
     pub async fn try_next(&mut self) -> Result<Option<RecordedEvent>, StoreError> {
+        if let Some(e) = self.buffer.pop_front() {
+            return Ok(Some(e));
+        }
+        if self.live.is_some() {
+            match self.from_feed() {
+                Ok(found) => return Ok(found),
+                Err(()) => {
+                    self.live = None;
+                    self.stash = None;
+                }
+            }
+        }
+        self.fill().await?;
         if self.buffer.is_empty() {
-            self.fill().await?;
+            // Caught up with the store: from here on the feed brings what comes next.
+            if let Some(feed) = &self.feed {
+                self.live = Some(feed.tx.subscribe());
+            }
         }
         Ok(self.buffer.pop_front())
     }
 
     /// Waits until the head moves past this subscription (or the poll interval passes).
     pub async fn wait(&mut self) {
+        if let Some(live) = self.live.as_mut() {
+            let got = tokio::time::timeout(self.poll, live.recv()).await;
+            match got {
+                Ok(Ok(e)) => self.stash = Some(e),
+                Ok(Err(_)) => self.live = None,
+                Err(_) => {}
+            }
+            return;
+        }
+        self.wait_store().await
+    }
+
+    async fn wait_store(&mut self) {
         let after = self.after;
         let _ = tokio::time::timeout(self.poll, self.head.wait_for(|h| *h > after)).await;
     }
