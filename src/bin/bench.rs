@@ -45,6 +45,16 @@ struct Args {
     /// Keep the benchmark database afterwards (it is dropped by default).
     #[arg(long)]
     keep: bool,
+    /// Measure live delivery instead: `ws` runs 1,000 socket subscribers on one building,
+    /// then 1,000 spread over 100 buildings.
+    #[arg(long, default_value = "commands")]
+    mode: String,
+    /// Socket subscribers (ws mode).
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Readings posted per second (ws mode).
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
     /// HTTP worker threads of the server under test.
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -105,15 +115,13 @@ async fn tenant_client(base: &str, idle: usize) -> anyhow::Result<reqwest::Clien
         .error_for_status()?
         .json()
         .await?;
+    let access = login["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let _ = BENCH_TOKEN.set(access.clone());
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        "authorization",
-        format!(
-            "Bearer {}",
-            login["access_token"].as_str().unwrap_or_default()
-        )
-        .parse()?,
-    );
+    headers.insert("authorization", format!("Bearer {access}").parse()?);
     headers.insert("x-frontend-source", "citypulse".parse()?);
     Ok(reqwest::Client::builder()
         .default_headers(headers)
@@ -232,6 +240,119 @@ async fn load(
     }
 }
 
+/// Live delivery: subscribers on sockets, readings posted at a steady rate, latency from
+/// each command's HTTP reply to each subscriber's receipt of its event.
+async fn ws_bench(args: &Args, base: &str) -> anyhow::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let client = tenant_client(base, 64).await?;
+    let targets = setup(&client, base, 100).await?;
+    let access = BENCH_TOKEN.get().cloned().unwrap_or_default();
+    for (scenario, spread) in [("1 building", 1usize), ("100 buildings", 100usize)] {
+        let replies: Arc<dashmap::DashMap<i64, Instant>> = Arc::new(dashmap::DashMap::new());
+        let ws_url = format!("{}/api/v1/ws?token={access}", base.replace("http", "ws"));
+        let mut sockets = Vec::with_capacity(args.subscribers);
+        for i in 0..args.subscribers {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await?;
+            let building = &targets[i % spread].building;
+            let sub = json!({ "type": "subscribe", "id": "b", "target": { "stream": format!("building-{building}") }, "from": "now" });
+            ws.send(Message::Text(sub.to_string())).await?;
+            sockets.push(ws);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut readers = tokio::task::JoinSet::new();
+        for mut ws in sockets {
+            let stop = stop.clone();
+            readers.spawn(async move {
+                let mut got: Vec<(i64, Instant)> = Vec::new();
+                loop {
+                    let next = tokio::time::timeout(Duration::from_millis(500), ws.next()).await;
+                    match next {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            let now = Instant::now();
+                            if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                                if v["type"] == "event" {
+                                    got.push((v["position"].as_i64().unwrap_or(0), now));
+                                }
+                            }
+                        }
+                        Ok(Some(Ok(Message::Close(reason)))) => {
+                            eprintln!("socket closed by the server: {reason:?}");
+                            break;
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        Ok(_) => break,
+                        Err(_) if stop.load(Ordering::Relaxed) => break,
+                        Err(_) => {}
+                    }
+                }
+                got
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let period = Duration::from_micros(1_000_000 / args.rate.max(1));
+        let mut ticker = tokio::time::interval(period);
+        let mut posted = 0u64;
+        while started.elapsed() < Duration::from_secs(args.seconds) {
+            ticker.tick().await;
+            let t = &targets[(posted as usize) % spread];
+            let body = json!({ "readings": [{ "sensor_id": t.sensor, "value": 1.5 }] });
+            let res: Value = client
+                .post(format!(
+                    "{base}/api/v1/citypulse/buildings/{}/readings",
+                    t.building
+                ))
+                .json(&body)
+                .send()
+                .await?
+                .json()
+                .await?;
+            if let Some(p) = res["position"].as_i64() {
+                replies.insert(p, Instant::now());
+            }
+            posted += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, Ordering::Relaxed);
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut lat = Vec::new();
+        let mut delivered = 0u64;
+        while let Some(r) = readers.join_next().await {
+            for (position, at) in r.unwrap_or_default() {
+                delivered += 1;
+                if let Some(sent) = replies.get(&position) {
+                    let us = at.saturating_duration_since(*sent).as_micros();
+                    lat.push(us.min(u32::MAX as u128) as u32);
+                }
+            }
+        }
+        lat.sort_unstable();
+        let expected = posted * (args.subscribers / spread) as u64;
+        println!(
+            "ws {scenario}: {} subscribers, {posted} commands at {}/s, {delivered} deliveries (expected {expected}), {:.0} deliveries/s",
+            args.subscribers,
+            args.rate,
+            delivered as f64 / elapsed
+        );
+        println!(
+            "ws {scenario}: reply-to-receipt latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
+            percentile(&lat, 0.50),
+            percentile(&lat, 0.99),
+            percentile(&lat, 1.0)
+        );
+        println!(
+            "ws {scenario}: process RSS (server and all clients) {:.1} MiB",
+            telemetry::rss_bytes().unwrap_or(0) as f64 / 1048576.0
+        );
+    }
+    Ok(())
+}
+
+/// The bench tenant's access token, for the sockets' query parameter.
+static BENCH_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -248,6 +369,7 @@ async fn main() -> anyhow::Result<()> {
         log_level: "warn".into(),
         // One user drives the whole load: per-user limits would measure the limiter.
         rate_limiting_enabled: false,
+        ws_max_connections: args.subscribers * 2 + 10,
         ..Config::default()
     };
     let app = Application::build(config.clone()).await?;
@@ -259,6 +381,30 @@ async fn main() -> anyhow::Result<()> {
         "bench: database {database_url}, server {base}, {} workers",
         args.workers
     );
+
+    if args.mode == "ws" {
+        let ws_args = args.clone();
+        let ws_base = base.clone();
+        actix_web::rt::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("client runtime");
+            rt.block_on(ws_bench(&ws_args, &ws_base))
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        handle.stop(true).await;
+        let _ = server.await;
+        state.pool.close().await;
+        drop(state);
+        if !args.keep {
+            use sqlx::migrate::MigrateDatabase;
+            sqlx::Postgres::force_drop_database(&database_url).await?;
+        }
+        return Ok(());
+    }
 
     // The clients run on their own threads so that they do not share the server's.
     let client_args = args.clone();

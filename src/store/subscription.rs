@@ -99,7 +99,7 @@ impl Subscription {
 
     /// The next event from the feed, if it follows the cursor without a hole. `Err(())`
     /// means the feed cannot serve this subscriber now: read the store.
-    fn from_feed(&mut self) -> Result<Option<RecordedEvent>, ()> {
+    fn next_from_feed(&mut self) -> Result<Option<RecordedEvent>, ()> {
         loop {
             let next = match self.stash.take() {
                 Some(e) => e,
@@ -187,7 +187,7 @@ impl Subscription {
             return Ok(Some(e));
         }
         if self.live.is_some() {
-            match self.from_feed() {
+            match self.next_from_feed() {
                 Ok(found) => return Ok(found),
                 Err(()) => {
                     self.live = None;
