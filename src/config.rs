@@ -46,7 +46,7 @@ pub struct Config {
     #[arg(long, env = "APPEND_LINGER_MS", default_value_t = 1)]
     pub append_linger_ms: u64,
     /// Events per projection batch.
-    #[arg(long, env = "PROJECTION_BATCH_SIZE", default_value_t = 1000)]
+    #[arg(long, env = "PROJECTION_BATCH_SIZE", default_value_t = 5000)]
     pub projection_batch_size: i64,
     /// Milliseconds a live projection lets new events gather before applying them.
     #[arg(long, env = "PROJECTION_LINGER_MS", default_value_t = 10)]

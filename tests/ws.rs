@@ -283,3 +283,18 @@ async fn a_slow_reader_loses_nothing() {
     let (events, _) = collect(&mut ws, 402).await;
     assert_consecutive(&events, 1);
 }
+
+#[actix_web::test]
+async fn a_silent_client_is_dropped_after_two_missed_heartbeats() {
+    let app = common::spawn_app_with(|c| c.ws_heartbeat_interval = 1).await;
+    let mut ws = connect(&app, Some(&app.tenant.access_token)).await;
+    // Read nothing (so no pong goes back) for longer than two intervals.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    loop {
+        let m = recv(&mut ws).await;
+        if m["type"] == "closed" {
+            assert_eq!(m["reason"], "heartbeat timeout");
+            break;
+        }
+    }
+}

@@ -466,7 +466,7 @@ async fn main() -> anyhow::Result<()> {
     let pool = universal_backend::startup::connect_and_migrate(&config).await?;
     let store: Arc<dyn EventStore> = PgEventStore::start(pool.clone(), config.store()).await?;
     for p in projections::all() {
-        let report = runner::rebuild(&pool, store.as_ref(), p.as_ref(), 2000).await?;
+        let report = runner::rebuild(&pool, store.as_ref(), p.as_ref(), 5000).await?;
         let secs = report.elapsed.as_secs_f64();
         println!(
             "catch-up {}: {} events in {:.2}s = {:.0} events/s",

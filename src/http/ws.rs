@@ -361,6 +361,22 @@ impl Connection {
     }
 }
 
+/// An `event` message as sent to the client.
+#[derive(serde::Serialize)]
+struct EventMsg<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    subscription: &'a str,
+    position: i64,
+    stream: &'a str,
+    version: i64,
+    event_type: &'a str,
+    schema_version: i32,
+    data: &'a Value,
+    metadata: &'a Value,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// Moves one subscription's events into the connection's queue, waiting when it is full.
 async fn pump(id: String, mut sub: Subscription, tx: mpsc::Sender<String>) {
     let mut caught_up = false;
@@ -368,19 +384,24 @@ async fn pump(id: String, mut sub: Subscription, tx: mpsc::Sender<String>) {
         match sub.try_next().await {
             Ok(Some(mut e)) => {
                 redact(&mut e);
-                let msg: Value = json!({
-                    "type": "event",
-                    "subscription": id,
-                    "position": e.position,
-                    "stream": e.stream_id,
-                    "version": e.version,
-                    "event_type": e.event_type,
-                    "schema_version": e.schema_version,
-                    "data": e.data,
-                    "metadata": e.metadata,
-                    "recorded_at": e.recorded_at,
-                });
-                if tx.send(msg.to_string()).await.is_err() {
+                // Serialized straight from the event, without building a JSON tree per
+                // subscriber: with many subscribers this is the hot loop.
+                let msg = EventMsg {
+                    kind: "event",
+                    subscription: &id,
+                    position: e.position,
+                    stream: &e.stream_id,
+                    version: e.version,
+                    event_type: &e.event_type,
+                    schema_version: e.schema_version,
+                    data: &e.data,
+                    metadata: &e.metadata,
+                    recorded_at: e.recorded_at,
+                };
+                let Ok(text) = serde_json::to_string(&msg) else {
+                    continue;
+                };
+                if tx.send(text).await.is_err() {
                     return;
                 }
             }
