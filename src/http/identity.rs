@@ -614,11 +614,7 @@ async fn change_password(
         )
         .await
         .map_err(|e| command_error(e, user_error))?;
-    for e in &reply.events {
-        if let UserEvent::SessionEnded(s) = e {
-            state.auth.ended_sessions.insert(s.session_id, ());
-        }
-    }
+    note_ended_sessions(&state, &reply.events);
     Ok(HttpResponse::Ok().json(json!({
         "id": who.user_id, "version": reply.version, "position": reply.position,
         "sessions_ended": reply.events.len().saturating_sub(1),
@@ -661,12 +657,17 @@ async fn deactivate_me(
         )
         .await
         .map_err(|e| command_error(e, user_error))?;
-    for e in &reply.events {
+    note_ended_sessions(&state, &reply.events);
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Sessions a command ended stop working here at once (other processes learn it from the log).
+fn note_ended_sessions(state: &AppState, events: &[UserEvent]) {
+    for e in events {
         if let UserEvent::SessionEnded(s) = e {
             state.auth.ended_sessions.insert(s.session_id, ());
         }
     }
-    Ok(HttpResponse::NoContent().finish())
 }
 
 // ---- organizations ----

@@ -70,6 +70,21 @@ fn lock_key(projection: &str) -> i64 {
     (h >> 1) as i64
 }
 
+/// What a projection reads of the log: its event types, payloads only.
+fn reads_of(projection: &dyn Projection) -> Filter {
+    Filter {
+        event_types: Some(
+            projection
+                .event_types()
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+        ),
+        skip_metadata: true,
+        ..Filter::default()
+    }
+}
+
 /// The checkpoint of a projection, as stored (0 if it never ran).
 pub async fn checkpoint(pool: &PgPool, projection: &str) -> Result<i64, sqlx::Error> {
     Ok(
@@ -149,17 +164,7 @@ impl ProjectionRunner {
             .bind(name)
             .execute(&mut conn)
             .await?;
-        let filter = Filter {
-            event_types: Some(
-                self.projection
-                    .event_types()
-                    .iter()
-                    .map(|t| t.to_string())
-                    .collect(),
-            ),
-            skip_metadata: true,
-            ..Filter::default()
-        };
+        let filter = reads_of(self.projection.as_ref());
         let mut head_watch = self.store.head_watch();
         let mut prefetched = None;
         loop {
@@ -310,17 +315,7 @@ pub async fn rebuild(
             .await?;
         }
     }
-    let filter = Filter {
-        event_types: Some(
-            projection
-                .event_types()
-                .iter()
-                .map(|t| t.to_string())
-                .collect(),
-        ),
-        skip_metadata: true,
-        ..Filter::default()
-    };
+    let filter = reads_of(projection);
     let search_path = format!("SET LOCAL search_path = {scratch}, public");
 
     // Bulk replay while the live tables serve. The next page is read while the current one
