@@ -329,7 +329,11 @@ async fn ws_bench(args: &Args, base: &str) -> anyhow::Result<()> {
             }
         }
         lat.sort_unstable();
-        let expected = posted * (args.subscribers / spread) as u64;
+        // Subscriber i watches building i % spread; post k goes to building k % spread.
+        let watching = |b: usize| {
+            (args.subscribers / spread + usize::from(b < args.subscribers % spread)) as u64
+        };
+        let expected: u64 = (0..posted as usize).map(|k| watching(k % spread)).sum();
         println!(
             "ws {scenario}: {} subscribers, {posted} commands at {}/s, {delivered} deliveries (expected {expected}), {:.0} deliveries/s",
             args.subscribers,
@@ -348,6 +352,25 @@ async fn ws_bench(args: &Args, base: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs the clients on two threads of their own, so that they do not share the server's,
+/// and waits for them without blocking this thread (the store writer and projections live
+/// here).
+async fn on_client_threads<T, F>(work: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    actix_web::rt::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(work)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("client threads panicked"))?
 }
 
 /// The bench tenant's access token, for the sockets' query parameter.
@@ -385,16 +408,7 @@ async fn main() -> anyhow::Result<()> {
     if args.mode == "ws" {
         let ws_args = args.clone();
         let ws_base = base.clone();
-        actix_web::rt::task::spawn_blocking(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("client runtime");
-            rt.block_on(ws_bench(&ws_args, &ws_base))
-        })
-        .await
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        on_client_threads(async move { ws_bench(&ws_args, &ws_base).await }).await?;
         handle.stop(true).await;
         let _ = server.await;
         state.pool.close().await;
@@ -406,27 +420,17 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    // The clients run on their own threads so that they do not share the server's.
     let client_args = args.clone();
     let client_base = base.clone();
-    // Wait for them without blocking this thread: the store writer and projections live here.
-    let (setup_took, result) = actix_web::rt::task::spawn_blocking(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("client runtime");
-        rt.block_on(async {
-            let client = tenant_client(&client_base, client_args.clients).await?;
-            let t = Instant::now();
-            let targets = setup(&client, &client_base, client_args.buildings).await?;
-            let setup_took = t.elapsed();
-            let result = load(&client_args, &client_base, client, Arc::new(targets)).await;
-            anyhow::Ok((setup_took, result))
-        })
+    let (setup_took, result) = on_client_threads(async move {
+        let client = tenant_client(&client_base, client_args.clients).await?;
+        let t = Instant::now();
+        let targets = setup(&client, &client_base, client_args.buildings).await?;
+        let setup_took = t.elapsed();
+        let result = load(&client_args, &client_base, client, Arc::new(targets)).await;
+        anyhow::Ok((setup_took, result))
     })
-    .await
-    .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    .await?;
 
     let head = state.store.head_position().await?;
     let mut lags = Vec::new();

@@ -5,8 +5,6 @@
 //! (at most 5 s, then 504 with the current checkpoint): pass the `position` a command
 //! returned to read your own write.
 
-use std::time::Duration;
-
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -16,7 +14,7 @@ use universal_events::building::SensorKind;
 use universal_events::identity::Frontend;
 use uuid::Uuid;
 
-use super::command::{idempotent, if_match, meta, parse_json, Answer};
+use super::command::{idempotent, if_match, meta, parse_json, wait_for_projection as wait, Answer};
 use super::error::command_error;
 use super::guard::Principal;
 use super::ApiError;
@@ -24,13 +22,10 @@ use crate::actors::building::{
     Building, BuildingCommand, BuildingError, ReadingInput, ScopedCommand,
 };
 use crate::actors::CommandReply;
-use crate::projections::WaitError;
 use crate::startup::AppState;
 
 const DIRECTORY: &str = "citypulse_directory";
 const ENERGY: &str = "citypulse_energy";
-/// The longest a query waits for `min_position`.
-pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let enabled = actix_web::guard::fn_guard(|ctx| {
@@ -126,31 +121,6 @@ async fn run(
         body,
         version: reply.version,
     })
-}
-
-/// Waits for `min_position` on the given projection, if asked.
-async fn wait(
-    state: &AppState,
-    projection: &'static str,
-    min: Option<i64>,
-) -> Result<(), ApiError> {
-    let Some(position) = min else { return Ok(()) };
-    if position < 0 {
-        return Err(ApiError::bad_request("min_position must not be negative"));
-    }
-    state
-        .progress
-        .wait_for(&state.pool, projection, position, MAX_WAIT)
-        .await
-        .map_err(|e| match e {
-            WaitError::Timeout { checkpoint } => ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "projection_behind",
-                format!("the read model has not reached position {position} yet"),
-            )
-            .with_details(json!({ "projection": projection, "checkpoint": checkpoint })),
-            WaitError::Store(msg) => ApiError::unavailable(msg),
-        })
 }
 
 fn check_text(field: &str, value: &Option<String>, max: usize) -> Result<(), ApiError> {

@@ -22,6 +22,37 @@ use uuid::Uuid;
 
 use super::ApiError;
 use crate::actors::CommandMeta;
+use crate::projections::WaitError;
+use crate::startup::AppState;
+
+/// The longest a query waits for `min_position`.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Read-your-writes: with `min_position=P`, waits until `projection` has passed P (at most
+/// [`MAX_WAIT`], then 504 `projection_behind` with the current checkpoint).
+pub async fn wait_for_projection(
+    state: &AppState,
+    projection: &'static str,
+    min: Option<i64>,
+) -> Result<(), ApiError> {
+    let Some(position) = min else { return Ok(()) };
+    if position < 0 {
+        return Err(ApiError::bad_request("min_position must not be negative"));
+    }
+    state
+        .progress
+        .wait_for(&state.pool, projection, position, MAX_WAIT)
+        .await
+        .map_err(|e| match e {
+            WaitError::Timeout { checkpoint } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "projection_behind",
+                format!("the read model has not reached position {position} yet"),
+            )
+            .with_details(json!({ "projection": projection, "checkpoint": checkpoint })),
+            WaitError::Store(msg) => ApiError::unavailable(msg),
+        })
+}
 
 /// Namespace of ids derived from request data.
 const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a4e_93b1_4c5d_a7e2_0b8d_51f3_c9a0);

@@ -20,7 +20,7 @@ use universal_events::identity::{EmailClaimed, EmailEvent, EndReason, Frontend, 
 use universal_events::EventFamily;
 use uuid::Uuid;
 
-use super::command::{meta, parse_json};
+use super::command::{meta, parse_json, wait_for_projection};
 use super::error::command_error;
 use super::guard::Principal;
 use super::ApiError;
@@ -81,6 +81,15 @@ fn user_error(e: UserError) -> ApiError {
             ApiError::unauthenticated("invalid_refresh_token", "the refresh token is not valid")
         }
     }
+}
+
+/// The current version and state of a user (version 0: no such user).
+async fn load_user(state: &AppState, user_id: Uuid) -> Result<(i64, User), ApiError> {
+    state
+        .users
+        .inspect(user_id)
+        .await
+        .map_err(|e| command_error(e, user_error))
 }
 
 fn org_error(e: OrgError) -> ApiError {
@@ -172,11 +181,7 @@ async fn claim_email(
             let Some((holder, version, at)) = user_of_email(state, email_lower).await? else {
                 return Err(taken());
             };
-            let (user_version, _) = state
-                .users
-                .inspect(holder)
-                .await
-                .map_err(|e| command_error(e, user_error))?;
+            let (user_version, _) = load_user(state, holder).await?;
             let abandoned =
                 user_version == 0 && (Utc::now() - at).num_seconds() > ABANDONED_CLAIM_SECS;
             if !abandoned {
@@ -299,11 +304,7 @@ async fn start_session(
         )
         .await
         .map_err(|e| command_error(e, user_error))?;
-    let (_, user) = state
-        .users
-        .inspect(user_id)
-        .await
-        .map_err(|e| command_error(e, user_error))?;
+    let (_, user) = load_user(state, user_id).await?;
     tokens(state, &user, user_id, session_id, org, refresh_token).await
 }
 
@@ -382,11 +383,7 @@ async fn login(
     };
     let account = match found {
         Some((user_id, _, _)) => {
-            let (version, user) = state
-                .users
-                .inspect(user_id)
-                .await
-                .map_err(|e| command_error(e, user_error))?;
+            let (version, user) = load_user(&state, user_id).await?;
             (version > 0).then_some((user_id, version, user))
         }
         None => None,
@@ -432,11 +429,7 @@ async fn refresh(
         || ApiError::unauthenticated("invalid_refresh_token", "the refresh token is not valid");
     let (user_id, session_id) =
         auth::parse_refresh_token(&input.refresh_token).ok_or_else(invalid)?;
-    let (_, user) = state
-        .users
-        .inspect(user_id)
-        .await
-        .map_err(|e| command_error(e, user_error))?;
+    let (_, user) = load_user(&state, user_id).await?;
     let org = user
         .sessions
         .get(&session_id)
@@ -472,11 +465,7 @@ async fn refresh(
             "this refresh token was already used; the session has been revoked",
         ));
     }
-    let (_, user) = state
-        .users
-        .inspect(user_id)
-        .await
-        .map_err(|e| command_error(e, user_error))?;
+    let (_, user) = load_user(&state, user_id).await?;
     let body = tokens(&state, &user, user_id, session_id, org, new_token).await?;
     Ok(HttpResponse::Ok().json(body))
 }
@@ -504,11 +493,7 @@ async fn logout(
 }
 
 async fn me(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse, ApiError> {
-    let (version, user) = state
-        .users
-        .inspect(who.user_id)
-        .await
-        .map_err(|e| command_error(e, user_error))?;
+    let (version, user) = load_user(&state, who.user_id).await?;
     if version == 0 {
         return Err(ApiError::not_found("user not found"));
     }
@@ -582,11 +567,7 @@ async fn change_password(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let input: ChangePassword = parse_json(&body)?;
-    let (version, user) = state
-        .users
-        .inspect(who.user_id)
-        .await
-        .map_err(|e| command_error(e, user_error))?;
+    let (version, user) = load_user(&state, who.user_id).await?;
     if let Some(why) = auth::password_weakness(&input.new_password, &user.email) {
         return Err(ApiError::validation("new_password", why));
     }
@@ -635,11 +616,7 @@ async fn deactivate_me(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let input: Deactivate = parse_json(&body)?;
-    let (version, user) = state
-        .users
-        .inspect(who.user_id)
-        .await
-        .map_err(|e| command_error(e, user_error))?;
+    let (version, user) = load_user(&state, who.user_id).await?;
     let hash = user.password_hash.clone();
     if !blocking(move || auth::verify_password(&input.password, &hash)).await? {
         return Err(ApiError::forbidden(
@@ -756,20 +733,7 @@ struct MinPosition {
 }
 
 async fn wait_identity(state: &AppState, min: Option<i64>) -> Result<(), ApiError> {
-    if let Some(p) = min {
-        state
-            .progress
-            .wait_for(&state.pool, "identity", p, super::citypulse::MAX_WAIT)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "projection_behind",
-                    format!("the read model has not reached position {p} yet"),
-                )
-            })?;
-    }
-    Ok(())
+    wait_for_projection(state, "identity", min).await
 }
 
 /// The caller's role in `org`, or 404 when not a member.
@@ -886,11 +850,7 @@ async fn set_member(
             ))
         }
     };
-    let (version, _) = state
-        .users
-        .inspect(user_id)
-        .await
-        .map_err(|e| command_error(e, user_error))?;
+    let (version, _) = load_user(&state, user_id).await?;
     if version == 0 {
         return Err(ApiError::not_found("user not found"));
     }

@@ -287,13 +287,12 @@ async fn on_packet(
             let path = ns.path;
             let pump = actix_web::rt::spawn(async move {
                 loop {
-                    match sub.try_next().await {
-                        Ok(Some(e)) => {
+                    match sub.next().await {
+                        Ok(e) => {
                             if tx.send((path, e)).await.is_err() {
                                 return;
                             }
                         }
-                        Ok(None) => sub.wait().await,
                         Err(e) => {
                             tracing::warn!(error = %e, "socket.io feed read failed; retrying");
                             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -141,12 +141,9 @@ impl Subscription {
     /// The next event, waiting for one if the subscription is caught up.
     pub async fn next(&mut self) -> Result<RecordedEvent, StoreError> {
         loop {
-            if let Some(e) = self.buffer.pop_front() {
-                return Ok(e);
-            }
-            self.fill().await?;
-            if self.buffer.is_empty() {
-                self.wait().await;
+            match self.try_next().await? {
+                Some(e) => return Ok(e),
+                None => self.wait().await,
             }
         }
     }
