@@ -112,12 +112,17 @@ fn auth_state(config: &Config) -> anyhow::Result<AuthState> {
 
 /// Follows `SessionEnded` in the log, so that a logout in any process ends the session's
 /// access tokens here too.
-fn follow_ended_sessions(store: Arc<dyn EventStore>, ended: Arc<dashmap::DashMap<uuid::Uuid, ()>>) {
+fn follow_ended_sessions(
+    store: Arc<dyn EventStore>,
+    live: Arc<crate::store::LiveFeed>,
+    ended: Arc<dashmap::DashMap<uuid::Uuid, ()>>,
+) {
     let filter = crate::store::Filter {
         event_types: Some(vec!["SessionEnded".into()]),
         ..Default::default()
     };
-    let mut sub = crate::store::Subscription::new(store, 0, filter);
+    // Caught up, it follows the in-memory feed rather than querying on every commit.
+    let mut sub = crate::store::Subscription::new(store, 0, filter).with_live_feed(live);
     let weak = Arc::downgrade(&ended);
     drop(ended);
     tokio::spawn(async move {
@@ -180,7 +185,8 @@ impl Application {
         });
 
         let auth = auth_state(&config)?;
-        follow_ended_sessions(store.clone(), auth.ended_sessions.clone());
+        let live = crate::store::LiveFeed::start(store.clone());
+        follow_ended_sessions(store.clone(), live.clone(), auth.ended_sessions.clone());
 
         let state = web::Data::new(AppState {
             pool: pool.clone(),
@@ -189,7 +195,7 @@ impl Application {
             users: Registry::new(store.clone(), config.runtime()),
             organizations: Registry::new(store.clone(), config.runtime()),
             auth,
-            live: crate::store::LiveFeed::start(store.clone()),
+            live,
             ws_connections: Default::default(),
             progress,
             started: Instant::now(),
