@@ -91,12 +91,17 @@ pub struct Config {
     pub citypulse_enabled: bool,
     #[arg(long, env = "WEBSOCKET_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub websocket_enabled: bool,
-    /// Most concurrent WebSocket connections; the next one is refused with 503.
+    /// Most concurrent socket connections, of `/api/v1/ws` and `/socket.io/` (both
+    /// transports) together; the next handshake is refused with 503.
     #[arg(long, env = "WS_MAX_CONNECTIONS", default_value_t = 1000)]
     pub ws_max_connections: usize,
     /// Seconds between server pings; a client silent for two intervals is dropped.
     #[arg(long, env = "WS_HEARTBEAT_INTERVAL", default_value_t = 30)]
     pub ws_heartbeat_interval: u64,
+    /// Seconds a socket has to authenticate (`/api/v1/ws`) or to connect a namespace
+    /// (`/socket.io/`) before it is closed.
+    #[arg(long, env = "WS_AUTH_TIMEOUT", default_value_t = 10)]
+    pub ws_auth_timeout: u64,
     /// Which projections this process runs: `all` or a comma-separated list of names.
     #[arg(long, env = "PROJECTIONS", default_value = "all")]
     pub projections: String,

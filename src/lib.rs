@@ -1,19 +1,25 @@
 //! universal-backend: one event-sourced actor system behind every frontend.
 //!
 //! - [`config`]: typed settings from the environment.
+//! - [`access`]: who may do what now: memberships, roles, frontends and ended sessions,
+//!   kept current from the log and checked on every request and open socket.
 //! - [`auth`]: passwords (argon2id), access tokens (JWT) and refresh tokens.
 //! - [`store`]: the event store (append with expected version, reads, subscriptions).
 //! - [`actors`]: the per-entity actor runtime and the entity deciders.
 //! - [`projections`]: the runner that builds Postgres read models, and the read models.
 //! - [`http`]: the route table, handlers and the one error type.
+//! - [`gateways`]: the connection core of the socket endpoints (limits, timeouts,
+//!   authorization of live streams, revocation) and the Engine.IO transports.
 //! - [`rt`]: dedicated threads for the serial hot spots (store writer, projections).
 //! - [`startup`]: builds the whole application (used by `main`, the tests and the benchmark).
 
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod actors;
 pub mod auth;
 pub mod config;
+pub mod gateways;
 pub mod http;
 pub mod projections;
 pub mod rt;

@@ -13,12 +13,14 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
+use crate::access::Access;
 use crate::actors::building::Building;
 use crate::actors::organization::Organization;
 use crate::actors::user::User;
 use crate::actors::Registry;
 use crate::auth::{parse_duration, TokenKeys};
 use crate::config::Config;
+use crate::gateways::Gateways;
 use crate::http;
 use crate::http::guard::{AuthState, Limits};
 use crate::projections::{self, Progress, ProjectionRunner};
@@ -36,8 +38,10 @@ pub struct AppState {
     pub progress: Progress,
     /// The in-memory fan-out that live socket subscriptions follow.
     pub live: Arc<crate::store::LiveFeed>,
-    /// Open WebSocket connections (see `http::ws`).
-    pub ws_connections: std::sync::atomic::AtomicUsize,
+    /// Who may do what now, kept current from the log (see `access`).
+    pub access: Arc<Access>,
+    /// The connection core shared by every socket endpoint (limits, timeouts).
+    pub gateways: Gateways,
     pub started: Instant,
     pub config: Config,
 }
@@ -110,44 +114,6 @@ fn auth_state(config: &Config) -> anyhow::Result<AuthState> {
     })
 }
 
-/// Follows `SessionEnded` in the log, so that a logout in any process ends the session's
-/// access tokens here too.
-fn follow_ended_sessions(
-    store: Arc<dyn EventStore>,
-    live: Arc<crate::store::LiveFeed>,
-    ended: Arc<dashmap::DashMap<uuid::Uuid, ()>>,
-) {
-    let filter = crate::store::Filter {
-        event_types: Some(vec!["SessionEnded".into()]),
-        ..Default::default()
-    };
-    // Caught up, it follows the in-memory feed rather than querying on every commit.
-    let mut sub = crate::store::Subscription::new(store, 0, filter).with_live_feed(live);
-    let weak = Arc::downgrade(&ended);
-    drop(ended);
-    tokio::spawn(async move {
-        loop {
-            match sub.next().await {
-                Ok(e) => {
-                    let Some(ended) = weak.upgrade() else { return };
-                    if let Some(id) = e.data.get("session_id").and_then(|v| v.as_str()) {
-                        if let Ok(id) = id.parse() {
-                            ended.insert(id, ());
-                        }
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "following ended sessions");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    if weak.strong_count() == 0 {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-}
-
 /// A built, listening application.
 pub struct Application {
     port: u16,
@@ -186,7 +152,8 @@ impl Application {
 
         let auth = auth_state(&config)?;
         let live = crate::store::LiveFeed::start(store.clone());
-        follow_ended_sessions(store.clone(), live.clone(), auth.ended_sessions.clone());
+        let access = Access::new(auth.ended_sessions.clone());
+        access.follow(store.clone(), live.clone());
 
         let state = web::Data::new(AppState {
             pool: pool.clone(),
@@ -195,8 +162,9 @@ impl Application {
             users: Registry::new(store.clone(), config.runtime()),
             organizations: Registry::new(store.clone(), config.runtime()),
             auth,
+            access,
             live,
-            ws_connections: Default::default(),
+            gateways: Gateways::new(&config),
             progress,
             started: Instant::now(),
             config: config.clone(),

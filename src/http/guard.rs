@@ -6,19 +6,20 @@
 //! `frontend_access_denied`. Data of another organization answers 404, never 403, so ids
 //! do not leak.
 
-use std::future::{ready, Ready};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use dashmap::DashMap;
+use futures_util::future::LocalBoxFuture;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use universal_events::identity::{Frontend, Role};
 use uuid::Uuid;
 
 use super::ApiError;
+use crate::access::{Denied, Rights};
 use crate::auth::TokenKeys;
 use crate::startup::AppState;
 
@@ -26,7 +27,8 @@ use crate::startup::AppState;
 pub struct AuthState {
     pub keys: TokenKeys,
     /// Sessions that ended (logout, reuse, password change): their access tokens are refused
-    /// before they expire. Fed by this process's commands and by the log, for the others.
+    /// before they expire. Fed by this process's commands at once, and by the log through
+    /// the access view (`crate::access`), which shares this set.
     pub ended_sessions: Arc<DashMap<Uuid, ()>>,
     pub limits: Option<Limits>,
 }
@@ -76,7 +78,8 @@ impl AuthState {
     }
 }
 
-/// An authenticated caller.
+/// An authenticated caller, with the rights it has *now* (see [`crate::access`]): role and
+/// frontends come from the access view, not from the token's claims.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub user_id: Uuid,
@@ -87,17 +90,14 @@ pub struct Principal {
     pub frontends: Vec<Frontend>,
 }
 
-fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::internal("application state missing"))?;
+fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .ok_or_else(|| {
             ApiError::unauthenticated("unauthenticated", "a Bearer token is required")
         })?;
-    let token = header
+    header
         .to_str()
         .ok()
         .and_then(|h| {
@@ -108,12 +108,25 @@ fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
             ApiError::unauthenticated("unauthenticated", "Authorization must be `Bearer <token>`")
-        })?;
-    principal_from_token(state, token)
+        })
 }
 
-/// Validates an access token (signature, expiry, live session, user rate limit).
-pub fn principal_from_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+fn session_ended() -> ApiError {
+    ApiError::unauthenticated("session_ended", "this session has ended; log in again")
+}
+
+fn not_member() -> ApiError {
+    ApiError::unauthenticated(
+        "membership_revoked",
+        "you are no longer a member of this token's organization; log in again",
+    )
+}
+
+/// Validates an access token (signature, expiry, live session, user rate limit) and reads
+/// the caller's current rights from the access view. The claims' role and frontends only
+/// tell whether the view may be behind: when the view would grant less than the token says,
+/// it first catches up with the log, so that a refusal never rests on a stale view.
+pub async fn principal_from_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     let claims = state.auth.keys.verify(token).map_err(|e| {
         let message = match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the access token has expired",
@@ -121,33 +134,92 @@ pub fn principal_from_token(state: &AppState, token: &str) -> Result<Principal, 
         };
         ApiError::unauthenticated("invalid_token", message)
     })?;
-    if state.auth.ended_sessions.contains_key(&claims.sid) {
-        return Err(ApiError::unauthenticated(
-            "session_ended",
-            "this session has ended; log in again",
-        ));
+    if state.access.session_ended(claims.sid) {
+        return Err(session_ended());
     }
     state.auth.limit_user(claims.sub)?;
-    Ok(Principal {
+    let mut principal = Principal {
         user_id: claims.sub,
         session_id: claims.sid,
         organization_id: claims.org,
         role: claims.role,
         roles: claims.roles,
         frontends: claims.frontends,
-    })
+    };
+    let Some(org) = claims.org else {
+        return Ok(principal);
+    };
+    let narrower = |r: &Result<Rights, Denied>| match r {
+        Ok(now) => {
+            Some(now.role) != principal.role
+                || principal
+                    .frontends
+                    .iter()
+                    .any(|f| !now.frontends.contains(f))
+        }
+        Err(_) => true,
+    };
+    let mut rights = state
+        .access
+        .rights(principal.user_id, principal.session_id, org);
+    if narrower(&rights) {
+        state
+            .access
+            .sync(state.store.as_ref())
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        rights = state
+            .access
+            .rights(principal.user_id, principal.session_id, org);
+    }
+    match rights {
+        Ok(now) => {
+            principal.role = Some(now.role);
+            principal.frontends = now.frontends;
+            Ok(principal)
+        }
+        Err(Denied::SessionEnded) => Err(session_ended()),
+        Err(Denied::NotMember) => Err(not_member()),
+    }
 }
 
 impl FromRequest for Principal {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req))
+        let req = req.clone();
+        Box::pin(async move {
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or_else(|| ApiError::internal("application state missing"))?;
+            let token = bearer(&req)?;
+            principal_from_token(state, token).await
+        })
     }
 }
 
 impl Principal {
+    /// The caller's rights as they are now, for a socket that keeps a principal open: `Err`
+    /// when the session has ended or the caller left the organization.
+    pub fn refreshed(&self, state: &AppState) -> Result<Principal, ApiError> {
+        let Some(org) = self.organization_id else {
+            return match state.access.session_ended(self.session_id) {
+                true => Err(session_ended()),
+                false => Ok(self.clone()),
+            };
+        };
+        match state.access.rights(self.user_id, self.session_id, org) {
+            Ok(now) => Ok(Principal {
+                role: Some(now.role),
+                frontends: now.frontends,
+                ..self.clone()
+            }),
+            Err(Denied::SessionEnded) => Err(session_ended()),
+            Err(Denied::NotMember) => Err(not_member()),
+        }
+    }
+
     /// The caller's organization, if `X-Frontend-Source` names `frontend` and the
     /// organization has it enabled.
     pub fn frontend(&self, req: &HttpRequest, frontend: Frontend) -> Result<Uuid, ApiError> {

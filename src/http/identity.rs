@@ -670,6 +670,18 @@ async fn org_command(
         )
         .await
         .map_err(|e| command_error(e, org_error))?;
+    // Read-your-writes for rights: the next request must already see a removed member, a
+    // changed role or a disabled frontend, so wait until the access view has applied this.
+    if !state
+        .access
+        .wait_applied(reply.position, crate::access::SYNC_TIMEOUT)
+        .await
+    {
+        tracing::warn!(
+            position = reply.position,
+            "the access view did not catch up in time"
+        );
+    }
     Ok(HttpResponse::build(status)
         .insert_header((
             actix_web::http::header::ETAG,

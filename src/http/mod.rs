@@ -32,6 +32,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .route("/health", web::get().to(ops::health))
         .route("/metrics", web::get().to(ops::metrics))
         .route("/socket.io/", web::get().to(socketio::connect))
+        .route("/socket.io/", web::post().to(socketio::post))
         .service(
             web::scope("/api/v1")
                 .route("/info", web::get().to(ops::info))

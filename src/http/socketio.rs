@@ -1,33 +1,37 @@
-//! A Socket.IO-compatible gateway (Engine.IO v4 / Socket.IO v5, WebSocket transport), so
-//! that the existing frontends' `socket.io-client` connects by changing only the URL.
+//! A Socket.IO-compatible gateway (Socket.IO v5 over Engine.IO v4), so that the existing
+//! frontends' `socket.io-client` connects by changing only the URL, in its default
+//! configuration: HTTP long-polling first, then the upgrade to WebSocket (the transports
+//! are in `gateways::engineio`; limits, authorization and revocation in `gateways`).
 //!
-//! Supported: the Engine.IO handshake and ping/pong, namespace connect with `auth: {token}`
-//! (`connect_error` on a bad token), events, acknowledgements, and rooms. HTTP long-polling
-//! is answered with a clear 400: clients must use `transports: ['websocket']`.
+//! Supported: namespace connect with `auth: {token}` (`connect_error` on a bad token or a
+//! frontend the organization has not enabled), events, acknowledgements, and rooms. When
+//! the caller's rights go (logout, removal from the organization, the frontend disabled),
+//! the server disconnects the namespace at once (`io server disconnect`). Binary packets
+//! are not supported.
 //!
 //! A namespace is a declarative table ([`Namespace`]): the frontend it belongs to, the room
 //! commands clients may send, and which stored event types become which Socket.IO events in
 //! which room. Adding `/messaging` or `/swarm` is one more table.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message};
-use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use universal_events::identity::Frontend;
 use uuid::Uuid;
 
 use super::guard::{principal_from_token, Principal};
 use super::ApiError;
+use crate::gateways::engineio::{self, Control, EngineError, Handler, Outcome, Start};
+use crate::gateways::{self, authorize_frontend};
 use crate::startup::AppState;
-use crate::store::{Filter, RecordedEvent, Subscription};
+use crate::store::{Direction, Filter, RecordedEvent, Subscription};
 
-const PING_INTERVAL: Duration = Duration::from_secs(25);
-const PING_TIMEOUT: Duration = Duration::from_secs(20);
-const MAX_PAYLOAD: usize = 1_000_000;
+/// Events waiting for a session, across its namespaces.
+const QUEUE: usize = 256;
 
 /// One Socket.IO namespace.
 pub struct Namespace {
@@ -40,6 +44,9 @@ pub struct Namespace {
     /// Stored event type → Socket.IO event name. The room is the entity id of the stream.
     pub emits: &'static [(&'static str, &'static str)],
 }
+
+/// Most rooms one connection may join in a namespace.
+const MAX_ROOMS: usize = 1000;
 
 /// The namespaces this gateway serves.
 pub const NAMESPACES: &[Namespace] = &[Namespace {
@@ -68,13 +75,27 @@ fn payload(room: Uuid, e: &RecordedEvent) -> Value {
     body
 }
 
-/// `GET /socket.io/?EIO=4&transport=websocket`
-pub async fn connect(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Payload,
-    query: web::Query<HashMap<String, String>>,
-) -> Result<HttpResponse, ApiError> {
+/// Engine.IO's answer to a polling request it cannot serve.
+fn engine_error(e: EngineError) -> HttpResponse {
+    let (code, message) = match e {
+        EngineError::UnknownSession => (
+            "unknown_session",
+            "Session ID unknown: polling sessions live in one server process; connect again",
+        ),
+        EngineError::BadRequest => ("bad_request", "Bad request"),
+    };
+    let mut body = e.body();
+    body["error"] = json!({ "code": code, "message": message, "details": null });
+    HttpResponse::BadRequest().json(body)
+}
+
+fn text(body: String) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=UTF-8")
+        .body(body)
+}
+
+fn check_version(state: &AppState, query: &HashMap<String, String>) -> Result<(), ApiError> {
     if !state.config.websocket_enabled {
         return Err(ApiError::not_found(
             "WebSockets are disabled on this server",
@@ -85,15 +106,129 @@ pub async fn connect(
             "only Engine.IO protocol version 4 (EIO=4) is supported",
         ));
     }
-    if query.get("transport").map(String::as_str) != Some("websocket") {
+    Ok(())
+}
+
+fn new_session(state: &web::Data<AppState>, slot: gateways::Slot, start: Start) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let handler = SocketIo {
+        state: state.clone(),
+        joined: HashMap::new(),
+        tx,
+    };
+    engineio::spawn(
+        &state.gateways.engine,
+        slot,
+        start,
+        handler,
+        rx,
+        state.access.changes(),
+        engineio::Limits {
+            auth_timeout: state.gateways.auth_timeout,
+            ..engineio::Limits::default()
+        },
+        Uuid::new_v4().simple().to_string(),
+    );
+}
+
+/// `GET /socket.io/?EIO=4&transport=polling|websocket[&sid=…]`: the polling handshake, a
+/// poll, a WebSocket connection, or the WebSocket of an upgrade.
+pub async fn connect(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    check_version(&state, &query)?;
+    let sid = query.get("sid");
+    match (query.get("transport").map(String::as_str), sid) {
+        (Some("polling"), None) => {
+            let slot = state.gateways.admit()?;
+            let (tx, rx) = oneshot::channel();
+            new_session(&state, slot, Start::Polling(tx));
+            match rx.await {
+                Ok(Ok(open)) => Ok(text(open)),
+                _ => Err(ApiError::unavailable("the session could not start")),
+            }
+        }
+        (Some("polling"), Some(sid)) => {
+            let (tx, rx) = oneshot::channel();
+            if let Err(e) = state.gateways.engine.send(sid, Control::Poll(tx)).await {
+                return Ok(engine_error(e));
+            }
+            // The session answers at the latest with its next ping; the bound is a safety net.
+            let wait = engineio::PING_INTERVAL + engineio::PING_TIMEOUT;
+            match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(Ok(packets))) => Ok(text(packets)),
+                Ok(Ok(Err(e))) => Ok(engine_error(e)),
+                Ok(Err(_)) => Ok(engine_error(EngineError::UnknownSession)),
+                Err(_) => Ok(text("6".into())),
+            }
+        }
+        (Some("websocket"), None) => {
+            let slot = state.gateways.admit()?;
+            let (response, session, stream) =
+                gateways::upgrade(&req, body, engineio::MAX_PAYLOAD).await?;
+            new_session(&state, slot, Start::WebSocket(session, stream));
+            Ok(response)
+        }
+        (Some("websocket"), Some(sid)) => {
+            let Some(control) = state.gateways.engine.get(sid) else {
+                return Ok(engine_error(EngineError::UnknownSession));
+            };
+            let (response, session, stream) =
+                gateways::upgrade(&req, body, engineio::MAX_PAYLOAD).await?;
+            let id = engineio::bridge_id();
+            let out = engineio::bridge(id, control.clone(), session, stream);
+            if control.send(Control::Socket(id, out)).await.is_err() {
+                return Ok(engine_error(EngineError::UnknownSession));
+            }
+            Ok(response)
+        }
+        _ => Err(ApiError::bad_request(
+            "transport must be `polling` or `websocket`",
+        )),
+    }
+}
+
+/// `POST /socket.io/?EIO=4&transport=polling&sid=…`: packets from a polling client.
+pub async fn post(
+    state: web::Data<AppState>,
+    query: web::Query<HashMap<String, String>>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    check_version(&state, &query)?;
+    let (Some("polling"), Some(sid)) =
+        (query.get("transport").map(String::as_str), query.get("sid"))
+    else {
         return Err(ApiError::bad_request(
-            "HTTP long-polling is not supported: connect with transports: ['websocket']",
+            "POST is for the polling transport of an open session (transport=polling&sid=…)",
+        ));
+    };
+    if body.len() > engineio::MAX_PAYLOAD {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("at most {} bytes per POST", engineio::MAX_PAYLOAD),
         ));
     }
-    let (response, session, stream) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::bad_request(format!("not a WebSocket upgrade: {e}")))?;
-    actix_web::rt::spawn(run(state, session, stream.max_frame_size(MAX_PAYLOAD)));
-    Ok(response)
+    let Ok(packets) = String::from_utf8(body.to_vec()) else {
+        return Ok(engine_error(EngineError::BadRequest));
+    };
+    let (tx, rx) = oneshot::channel();
+    if let Err(e) = state
+        .gateways
+        .engine
+        .send(sid, Control::Post(packets, tx))
+        .await
+    {
+        return Ok(engine_error(e));
+    }
+    match tokio::time::timeout(Duration::from_secs(10), rx).await {
+        Ok(Ok(Ok(()))) => Ok(text("ok".into())),
+        Ok(Ok(Err(e))) => Ok(engine_error(e)),
+        _ => Ok(engine_error(EngineError::UnknownSession)),
+    }
 }
 
 struct Joined {
@@ -131,6 +266,7 @@ fn parse(packet: &str) -> Option<(char, String, Option<u64>, Option<Value>)> {
     Some((kind, nsp, ack, data))
 }
 
+/// A Socket.IO packet (the data of an Engine.IO message packet).
 fn packet(kind: char, nsp: &str, ack: Option<u64>, data: &Value) -> String {
     let nsp = if nsp == "/" {
         String::new()
@@ -138,76 +274,92 @@ fn packet(kind: char, nsp: &str, ack: Option<u64>, data: &Value) -> String {
         format!("{nsp},")
     };
     let ack = ack.map(|a| a.to_string()).unwrap_or_default();
-    format!("4{kind}{nsp}{ack}{data}")
+    format!("{kind}{nsp}{ack}{data}")
 }
 
-async fn run(
+/// The Socket.IO layer of one Engine.IO session.
+struct SocketIo {
     state: web::Data<AppState>,
-    mut session: actix_ws::Session,
-    mut stream: actix_ws::MessageStream,
-) {
-    let sid = Uuid::new_v4().simple().to_string();
-    let open = json!({
-        "sid": sid, "upgrades": [], "pingInterval": PING_INTERVAL.as_millis() as u64,
-        "pingTimeout": PING_TIMEOUT.as_millis() as u64, "maxPayload": MAX_PAYLOAD,
-    });
-    if session.text(format!("0{open}")).await.is_err() {
-        return;
-    }
-    let (tx, mut rx) = mpsc::channel::<(&'static str, RecordedEvent)>(256);
-    let mut joined: HashMap<&'static str, Joined> = HashMap::new();
-    let mut ping = tokio::time::interval(PING_INTERVAL);
-    ping.tick().await;
-    let mut last_pong = Instant::now();
+    joined: HashMap<&'static str, Joined>,
+    tx: mpsc::Sender<(&'static str, RecordedEvent)>,
+}
 
-    let reason: Option<CloseReason> = loop {
-        tokio::select! {
-            incoming = stream.next() => match incoming {
-                None | Some(Ok(Message::Close(_))) => break None,
-                Some(Ok(Message::Text(text))) => {
-                    let text: &str = &text;
-                    match text.chars().next() {
-                        Some('3') => last_pong = Instant::now(),
-                        Some('2') => {
-                            // A client ping (Engine.IO v3 habit): answer it.
-                            let answered = session.text("3").await;
-                            if answered.is_err() { break None }
-                        }
-                        Some('1') => break None,
-                        Some('4') => {
-                            let replies = on_packet(&state, &text[1..], &mut joined, &tx).await;
-                            let mut closed = false;
-                            for r in replies {
-                                if session.text(r).await.is_err() { closed = true; break; }
-                            }
-                            if closed { break None }
-                        }
-                        _ => {}
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break Some(CloseReason { code: CloseCode::Protocol, description: Some(e.to_string()) }),
-            },
-            Some((nsp, event)) = rx.recv() => {
-                let Some(j) = joined.get(nsp) else { continue };
-                let Some(room) = event.stream_id.split_once('-').and_then(|(_, id)| Uuid::parse_str(id).ok()) else { continue };
-                if !j.rooms.contains(&room) { continue }
-                let Some((_, name)) = j.ns.emits.iter().find(|(t, _)| *t == event.event_type) else { continue };
-                let msg = packet('2', nsp, None, &json!([name, payload(room, &event)]));
-                if session.text(msg).await.is_err() { break None }
-            }
-            _ = ping.tick() => {
-                if last_pong.elapsed() > PING_INTERVAL + PING_TIMEOUT {
-                    break Some(CloseReason { code: CloseCode::Away, description: Some("ping timeout".into()) });
-                }
-                if session.text("2").await.is_err() { break None }
-            }
-        }
-    };
-    for (_, j) in joined.drain() {
-        j.pump.abort();
+impl Handler for SocketIo {
+    type Push = (&'static str, RecordedEvent);
+
+    async fn on_message(&mut self, data: &str) -> Outcome {
+        Outcome::Send(on_packet(&self.state, data, &mut self.joined, &self.tx).await)
     }
-    let _ = session.close(reason).await;
+
+    fn on_push(&mut self, (nsp, event): Self::Push) -> Option<String> {
+        let j = self.joined.get(nsp)?;
+        let room = event
+            .stream_id
+            .split_once('-')
+            .and_then(|(_, id)| Uuid::parse_str(id).ok())?;
+        if !j.rooms.contains(&room) {
+            return None;
+        }
+        let (_, name) = j.ns.emits.iter().find(|(t, _)| *t == event.event_type)?;
+        Some(packet(
+            '2',
+            nsp,
+            None,
+            &json!([name, payload(room, &event)]),
+        ))
+    }
+
+    fn on_access_change(&mut self) -> Outcome {
+        let mut out = Vec::new();
+        let state = &self.state;
+        self.joined.retain(|path, j| {
+            let allowed = j
+                .principal
+                .refreshed(state)
+                .ok()
+                .filter(|p| authorize_frontend(p, j.ns.frontend).is_ok());
+            match allowed {
+                Some(p) => {
+                    j.principal = p;
+                    true
+                }
+                None => {
+                    j.pump.abort();
+                    // A server-side disconnect: the client does not reconnect by itself.
+                    out.push(format!("1{path},"));
+                    false
+                }
+            }
+        });
+        Outcome::Send(out)
+    }
+
+    fn authenticated(&self) -> bool {
+        !self.joined.is_empty()
+    }
+
+    fn close(&mut self) {
+        for (_, j) in self.joined.drain() {
+            j.pump.abort();
+        }
+    }
+}
+
+/// Whether building `id` exists and belongs to `org`, read from the log (its first event),
+/// so that a client joining right after creating the building sees its own write, which
+/// the read model may not have yet.
+async fn owns_building(state: &AppState, org: Uuid, id: Uuid) -> Result<bool, ()> {
+    let first = state
+        .store
+        .read_stream(&format!("building-{id}"), 1, Direction::Forward, 1)
+        .await
+        .map_err(|_| ())?;
+    let Some(e) = first.first() else {
+        return Ok(false);
+    };
+    let org = org.to_string();
+    let named = |v: &Value| v.get("organization_id").and_then(Value::as_str) == Some(&org);
+    Ok(named(&e.data) || named(&e.metadata))
 }
 
 /// Handles one Socket.IO packet; returns the packets to send back.
@@ -237,16 +389,18 @@ async fn on_packet(
                 .as_ref()
                 .and_then(|d| d.get("token"))
                 .and_then(Value::as_str);
-            let principal = match token.map(|t| principal_from_token(state, t)) {
-                Some(Ok(p)) => p,
-                Some(Err(e)) => {
-                    return vec![packet(
-                        '4',
-                        ns.path,
-                        None,
-                        &json!({ "message": e.message, "data": { "code": e.code } }),
-                    )]
-                }
+            let principal = match token {
+                Some(t) => match principal_from_token(state, t).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return vec![packet(
+                            '4',
+                            ns.path,
+                            None,
+                            &json!({ "message": e.message, "data": { "code": e.code } }),
+                        )]
+                    }
+                },
                 None => {
                     return vec![packet(
                         '4',
@@ -256,20 +410,16 @@ async fn on_packet(
                     )]
                 }
             };
-            let Some(org) = principal
-                .organization_id
-                .filter(|_| principal.frontends.contains(&ns.frontend))
-            else {
-                let message = format!(
-                    "Frontend access denied: {} is not enabled for your organization",
-                    ns.frontend.as_str()
-                );
-                return vec![packet(
-                    '4',
-                    ns.path,
-                    None,
-                    &json!({ "message": message, "data": { "code": "frontend_access_denied" } }),
-                )];
+            let org = match authorize_frontend(&principal, ns.frontend) {
+                Ok(org) => org,
+                Err((code, message)) => {
+                    return vec![packet(
+                        '4',
+                        ns.path,
+                        None,
+                        &json!({ "message": message, "data": { "code": code } }),
+                    )];
+                }
             };
             if let Some(old) = joined.remove(ns.path) {
                 old.pump.abort();
@@ -344,21 +494,18 @@ async fn on_packet(
                         json!({ "ok": true })
                     }
                     Some(id) => {
-                        let org = j.principal.organization_id;
-                        let found: Result<Option<i32>, _> = sqlx::query_scalar(
-                            "SELECT 1 FROM buildings WHERE id = $1 AND organization_id = $2",
-                        )
-                        .bind(id)
-                        .bind(org)
-                        .fetch_optional(&state.pool)
-                        .await;
-                        match found {
-                            Ok(Some(_)) => {
+                        let org = j.principal.organization_id.unwrap_or_default();
+                        match owns_building(state, org, id).await {
+                            Ok(true) if j.rooms.len() >= MAX_ROOMS => json!({
+                                "ok": false,
+                                "error": format!("at most {MAX_ROOMS} rooms per connection"),
+                            }),
+                            Ok(true) => {
                                 j.rooms.insert(id);
                                 json!({ "ok": true, "room": id })
                             }
-                            Ok(None) => json!({ "ok": false, "error": "building not found" }),
-                            Err(_) => json!({ "ok": false, "error": "temporarily unavailable" }),
+                            Ok(false) => json!({ "ok": false, "error": "building not found" }),
+                            Err(()) => json!({ "ok": false, "error": "temporarily unavailable" }),
                         }
                     }
                 }
@@ -394,8 +541,8 @@ mod tests {
         assert!(parse("2/citypulse,[broken").is_none());
         assert_eq!(
             packet('3', "/citypulse", Some(7), &json!([1])),
-            "43/citypulse,7[1]"
+            "3/citypulse,7[1]"
         );
-        assert_eq!(packet('0', "/", None, &json!({})), "40{}");
+        assert_eq!(packet('0', "/", None, &json!({})), "0{}");
     }
 }

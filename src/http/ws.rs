@@ -20,7 +20,6 @@
 //! `error`.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -33,6 +32,7 @@ use tokio::sync::mpsc;
 use super::guard::{principal_from_token, Principal};
 use super::history::redact;
 use super::ApiError;
+use crate::gateways::{self, authorize, LiveTarget};
 use crate::startup::AppState;
 use crate::store::{Filter, Subscription};
 
@@ -42,19 +42,8 @@ const QUEUE: usize = 256;
 const MAX_FRAME: usize = 64 * 1024;
 /// Most subscriptions on one connection.
 const MAX_SUBSCRIPTIONS: usize = 100;
-/// A client must authenticate within this time.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that takes no message for this long is disconnected.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Keeps the connection count right however the connection ends.
-struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 #[derive(Deserialize)]
 pub struct Query {
@@ -75,32 +64,14 @@ pub async fn connect(
             "WebSockets are disabled on this server",
         ));
     }
-    let max = state.config.ws_max_connections;
-    let taken = state.ws_connections.fetch_add(1, Ordering::AcqRel);
-    if taken >= max {
-        state.ws_connections.fetch_sub(1, Ordering::AcqRel);
-        return Err(ApiError::unavailable(format!(
-            "the server holds its maximum of {max} WebSocket connections; retry later"
-        )));
-    }
-    let upgraded = actix_ws::handle(&req, body);
-    let (response, session, stream) = match upgraded {
-        Ok(parts) => parts,
-        Err(e) => {
-            state.ws_connections.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::bad_request(format!(
-                "not a WebSocket upgrade: {e}"
-            )));
-        }
+    let slot = state.gateways.admit()?;
+    let (response, session, stream) = gateways::upgrade(&req, body, MAX_FRAME).await?;
+    let principal = match query.token.as_deref() {
+        Some(t) => Some(principal_from_token(&state, t).await),
+        None => None,
     };
-    let principal = query
-        .token
-        .as_deref()
-        .map(|t| principal_from_token(&state, t));
-    metrics::gauge!("ub_ws_connections").increment(1.0);
     actix_web::rt::spawn(async move {
-        let _slot = Slot(&state.ws_connections);
-        let stream = stream.max_frame_size(MAX_FRAME);
+        let _slot = slot;
         Connection {
             state: state.clone(),
             session,
@@ -109,8 +80,6 @@ pub async fn connect(
         }
         .run(stream, principal)
         .await;
-        metrics::gauge!("ub_ws_connections").decrement(1.0);
-        drop(_slot);
     });
     Ok(response)
 }
@@ -151,7 +120,7 @@ struct Connection {
     state: web::Data<AppState>,
     session: actix_ws::Session,
     principal: Option<Principal>,
-    subs: HashMap<String, tokio::task::JoinHandle<()>>,
+    subs: HashMap<String, (LiveTarget, tokio::task::JoinHandle<()>)>,
 }
 
 fn close(code: CloseCode, description: &str) -> Option<CloseReason> {
@@ -184,10 +153,12 @@ impl Connection {
             None => {}
         }
         let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
-        let interval = Duration::from_secs(self.state.config.ws_heartbeat_interval.max(1));
+        let interval = self.state.gateways.heartbeat;
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.tick().await;
-        let opened = Instant::now();
+        let auth_deadline = tokio::time::sleep(self.state.gateways.auth_timeout);
+        tokio::pin!(auth_deadline);
+        let mut changes = self.state.access.changes();
         let mut last_heard = Instant::now();
 
         let reason = loop {
@@ -213,15 +184,15 @@ impl Connection {
                         }
                         Some(Ok(Message::Close(reason))) => break reason,
                         Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            let description = e.to_string();
-                            let code = if description.contains("size") || description.contains("large") {
-                                CloseCode::Size
-                            } else {
-                                CloseCode::Protocol
-                            };
-                            break close(code, &description);
-                        }
+                        Some(Err(e)) => break Some(gateways::close_for(&e, MAX_FRAME)),
+                    }
+                }
+                _ = &mut auth_deadline, if self.principal.is_none() => {
+                    break close(CloseCode::Policy, "no authentication received");
+                }
+                Ok(()) = changes.changed() => {
+                    if let Some(reason) = self.recheck().await {
+                        break reason;
                     }
                 }
                 Some(out) = rx.recv() => {
@@ -232,9 +203,6 @@ impl Connection {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if self.principal.is_none() && opened.elapsed() >= AUTH_TIMEOUT {
-                        break close(CloseCode::Policy, "no authentication received");
-                    }
                     if last_heard.elapsed() > interval * 2 {
                         break close(CloseCode::Away, "heartbeat timeout");
                     }
@@ -244,10 +212,44 @@ impl Connection {
                 }
             }
         };
-        for (_, task) in self.subs.drain() {
+        for (_, (_, task)) in self.subs.drain() {
             task.abort();
         }
         let _ = self.session.close(reason).await;
+    }
+
+    /// Rights may have been taken away: close when the caller may no longer be here at all,
+    /// and cut the subscriptions it may no longer follow.
+    async fn recheck(&mut self) -> Option<Option<CloseReason>> {
+        let current = self.principal.as_ref()?;
+        let now = match current.refreshed(&self.state) {
+            Ok(p) => p,
+            Err(e) => return Some(close(CloseCode::Policy, &e.message)),
+        };
+        let revoked: Vec<(String, String)> = self
+            .subs
+            .iter()
+            .filter_map(|(id, (target, _))| {
+                authorize(&now, target)
+                    .err()
+                    .map(|(_, why)| (id.clone(), why))
+            })
+            .collect();
+        self.principal = Some(now);
+        for (id, why) in revoked {
+            if let Some((_, task)) = self.subs.remove(&id) {
+                task.abort();
+            }
+            let msg = error(
+                "access_revoked",
+                &format!("subscription ended: {why}"),
+                Some(&id),
+            );
+            if self.send(msg).await.is_err() {
+                return Some(None);
+            }
+        }
+        None
     }
 
     async fn send(&mut self, text: String) -> Result<(), actix_ws::Closed> {
@@ -272,7 +274,7 @@ impl Connection {
             }
         };
         let reply = match msg {
-            ClientMsg::Auth { token } => match principal_from_token(&self.state, &token) {
+            ClientMsg::Auth { token } => match principal_from_token(&self.state, &token).await {
                 Ok(p) => {
                     self.principal = Some(p);
                     json!({ "type": "authenticated" }).to_string()
@@ -281,7 +283,7 @@ impl Connection {
             },
             ClientMsg::Ping => json!({ "type": "pong" }).to_string(),
             ClientMsg::Unsubscribe { id } => match self.subs.remove(&id) {
-                Some(task) => {
+                Some((_, task)) => {
                     task.abort();
                     json!({ "type": "unsubscribed", "subscription": id }).to_string()
                 }
@@ -309,10 +311,6 @@ impl Connection {
             .principal
             .as_ref()
             .ok_or(("unauthenticated", "authenticate first".to_owned()))?;
-        let org = principal.organization_id.ok_or((
-            "no_organization",
-            "the session belongs to no organization".to_owned(),
-        ))?;
         if self.subs.contains_key(&id) {
             return Err((
                 "duplicate_subscription",
@@ -328,20 +326,26 @@ impl Connection {
                 format!("at most {MAX_SUBSCRIPTIONS} per connection"),
             ));
         }
-        let mut filter = Filter {
-            organization: Some(org),
-            ..Filter::default()
-        };
-        match target {
-            Target::Stream(s) if !s.is_empty() => filter.stream = Some(s),
-            Target::Category(c) if !c.is_empty() => filter.categories = Some(vec![c]),
-            Target::All(true) => {}
+        let target = match target {
+            Target::Stream(s) if !s.is_empty() => LiveTarget::Stream(s),
+            Target::Category(c) if !c.is_empty() => LiveTarget::Category(c),
+            Target::All(true) => LiveTarget::All,
             _ => {
                 return Err((
                     "bad_target",
                     "target is {stream}, {category} or {all: true}".into(),
                 ))
             }
+        };
+        let org = authorize(principal, &target)?;
+        let mut filter = Filter {
+            organization: Some(org),
+            ..Filter::default()
+        };
+        match &target {
+            LiveTarget::Stream(s) => filter.stream = Some(s.clone()),
+            LiveTarget::Category(c) => filter.categories = Some(vec![c.clone()]),
+            LiveTarget::All => {}
         }
         let after = match from {
             From::Position(p) if p >= 0 => p,
@@ -356,7 +360,7 @@ impl Connection {
         let sub = Subscription::new(self.state.store.clone(), after, filter)
             .with_live_feed(self.state.live.clone());
         let task = actix_web::rt::spawn(pump(id.clone(), sub, tx));
-        self.subs.insert(id, task);
+        self.subs.insert(id, (target, task));
         Ok(after)
     }
 }
