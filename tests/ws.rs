@@ -298,3 +298,148 @@ async fn a_silent_client_is_dropped_after_two_missed_heartbeats() {
         }
     }
 }
+
+/// Opens a WebSocket by hand at `path` (client libraries will not declare a frame they do
+/// not send), declares a 256 MiB text frame, streams 64 KiB of it, and returns the code of
+/// the server's close frame, skipping the server's other frames (`None` if the connection
+/// ends without one). Waits at most 15 s.
+pub async fn declare_huge_frame(base: &str, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let handshake = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(handshake.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend((256u64 * 1024 * 1024).to_be_bytes());
+    frame.extend([7, 7, 7, 7]);
+    tcp.write_all(&frame).await.unwrap();
+    // The server may close while this is still being written; that is the point.
+    let _ = tcp.write_all(&vec![0u8; 64 * 1024]).await;
+    let read = async {
+        loop {
+            let mut h = [0u8; 2];
+            tcp.read_exact(&mut h).await.ok()?;
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut l = [0u8; 2];
+                    tcp.read_exact(&mut l).await.ok()?;
+                    u16::from_be_bytes(l) as usize
+                }
+                127 => {
+                    let mut l = [0u8; 8];
+                    tcp.read_exact(&mut l).await.ok()?;
+                    u64::from_be_bytes(l) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            tcp.read_exact(&mut payload).await.ok()?;
+            if h[0] & 0x0f == 0x8 {
+                return Some(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), read)
+        .await
+        .expect("the server answers the oversized frame's header in time")
+}
+
+#[actix_web::test]
+async fn a_frame_declared_over_the_limit_is_refused_at_its_header_before_authentication() {
+    let app = common::spawn_app().await;
+    assert_eq!(
+        declare_huge_frame(&app.base, "/api/v1/ws").await,
+        Some(1009)
+    );
+    // And on the Socket.IO gateway.
+    let code = declare_huge_frame(&app.base, "/socket.io/?EIO=4&transport=websocket").await;
+    assert_eq!(code, Some(1009));
+}
+
+#[actix_web::test]
+async fn a_connection_that_does_not_authenticate_in_time_is_closed() {
+    let app = common::spawn_app_with(|c| c.ws_auth_timeout = 1).await;
+    let mut ws = connect(&app, None).await;
+    send(&mut ws, json!({ "type": "ping" })).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong");
+    let closed = recv(&mut ws).await;
+    assert_eq!(closed["type"], "closed", "{closed}");
+    assert_eq!(closed["reason"], "no authentication received");
+}
+
+#[actix_web::test]
+async fn a_viewer_follows_building_streams_but_not_the_whole_log_categories_or_other_streams() {
+    let app = common::spawn_app().await;
+    let viewer = common::add_member(&app, "viewer").await;
+    let (id, sensor, _) = app.building_with_sensor("electricity", "kWh").await;
+    let mut ws = connect(&app, Some(&viewer.access_token)).await;
+    let forbidden = [
+        json!({ "all": true }),
+        json!({ "category": "building" }),
+        json!({ "category": "user" }),
+        json!({ "stream": format!("user-{}", app.tenant.user_id) }),
+        json!({ "stream": format!("organization-{}", app.tenant.organization_id) }),
+    ];
+    for (i, target) in forbidden.iter().enumerate() {
+        send(
+            &mut ws,
+            json!({ "type": "subscribe", "id": format!("f{i}"), "target": target, "from": 0 }),
+        )
+        .await;
+        let m = recv(&mut ws).await;
+        assert_eq!(m["type"], "error", "{target}: {m}");
+        assert_eq!(m["code"], "forbidden", "{target}: {m}");
+    }
+    send(&mut ws, json!({ "type": "subscribe", "id": "b", "target": { "stream": format!("building-{id}") }, "from": 0 })).await;
+    post_readings(&app, &id, &sensor, 1).await;
+    let (events, _) = collect(&mut ws, 3).await;
+    assert_consecutive(&events, 1);
+
+    // The admin may follow the whole log.
+    let mut admin = connect(&app, Some(&app.tenant.access_token)).await;
+    send(
+        &mut admin,
+        json!({ "type": "subscribe", "id": "a", "target": { "all": true }, "from": 0 }),
+    )
+    .await;
+    assert_eq!(recv(&mut admin).await["type"], "subscribed");
+}
+
+#[actix_web::test]
+async fn websocket_and_socket_io_connections_count_against_one_limit() {
+    let app = common::spawn_app_with(|c| c.ws_max_connections = 2).await;
+    let token = app.tenant.access_token.clone();
+    let _native = connect(&app, Some(&token)).await;
+    let sio = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        app.base.replace("http", "ws")
+    );
+    let _gateway = tokio_tungstenite::connect_async(&sio).await.unwrap().0;
+    let url = format!("{}/api/v1/ws?token={token}", app.base.replace("http", "ws"));
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 503),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    match tokio_tungstenite::connect_async(&sio).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 503),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    let polling = app
+        .anonymous
+        .get(app.url("/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(polling.status(), 503);
+}

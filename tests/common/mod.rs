@@ -221,3 +221,72 @@ impl TestApp {
         )
     }
 }
+
+/// A second server process on the same database as `app` (processes share only the
+/// database). It runs no projections: the first one leads them.
+pub struct OtherApp {
+    pub base: String,
+    pub handle: actix_web::dev::ServerHandle,
+}
+
+impl OtherApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+pub async fn spawn_second_app(app: &TestApp) -> OtherApp {
+    let mut config = test_config(app.database_url.clone());
+    config.run_projections = false;
+    let second = Application::build(config)
+        .await
+        .expect("second application starts");
+    let base = format!("http://127.0.0.1:{}", second.port());
+    let handle = second.handle();
+    actix_web::rt::spawn(second.run_until_stopped());
+    OtherApp { base, handle }
+}
+
+/// Signs up a user, makes them a member of `app`'s first organization with `role` (through
+/// its admin), and logs them in to it.
+pub async fn add_member(app: &TestApp, role: &str) -> Tenant {
+    let base = &app.base;
+    let email = format!("{role}-{}@example.org", Uuid::new_v4().simple());
+    let res = app
+        .anonymous
+        .post(format!("{base}/api/v1/auth/signup"))
+        .json(&serde_json::json!({ "email": email, "password": PASSWORD, "display_name": role }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "signup");
+    let signed: serde_json::Value = res.json().await.unwrap();
+    let user_id = signed["user"]["id"].as_str().unwrap().to_owned();
+    let org = &app.tenant.organization_id;
+    let res = app
+        .client
+        .post(format!("{base}/api/v1/organizations/{org}/members"))
+        .json(&serde_json::json!({ "user_id": user_id, "role": role }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "add member");
+    let res = app
+        .anonymous
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({ "email": email, "password": PASSWORD, "organization_id": org }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "login");
+    let login: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(login["role"], role);
+    Tenant {
+        user_id,
+        organization_id: org.clone(),
+        email,
+        password: PASSWORD.to_owned(),
+        access_token: login["access_token"].as_str().unwrap().to_owned(),
+        refresh_token: login["refresh_token"].as_str().unwrap().to_owned(),
+    }
+}
