@@ -1,34 +1,26 @@
-//! The Socket.IO gateway against the real `socket.io-client` from npm (tests/socketio).
-//! `scripts/test` installs it (`npm ci`); Node must be on the PATH.
+//! The Socket.IO gateway against the real `socket.io-client` from npm (tests/socketio), and
+//! the Engine.IO polling transport by hand. `scripts/test` installs the client (`npm ci`);
+//! Node must be on the PATH.
 
 mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-#[actix_web::test]
-async fn the_real_socket_io_client_joins_a_building_and_receives_energy_updates() {
+use serde_json::Value;
+
+/// Runs `node tests/socketio/e2e.mjs <base> <token> <mode>` and returns its JSON report.
+async fn e2e(app: &common::TestApp, mode: &str) -> Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/socketio");
     assert!(
         dir.join("node_modules/socket.io-client").exists(),
         "socket.io-client is not installed: run `npm ci` in tests/socketio (scripts/test does)"
     );
-    let app = common::spawn_app().await;
-    let (building, sensor, position) = app.building_with_sensor("electricity", "kWh").await;
-    // The building must be in the read model before a client may join its room.
-    let (status, _) = app
-        .get_json(&format!(
-            "/api/v1/citypulse/buildings/{building}?min_position={position}"
-        ))
-        .await;
-    assert_eq!(status, 200);
-
     let args = [
         dir.join("e2e.mjs").display().to_string(),
         app.base.clone(),
         app.tenant.access_token.clone(),
-        building,
-        sensor,
+        mode.to_owned(),
     ];
     let output = actix_web::rt::task::spawn_blocking(move || {
         Command::new("node").args(args).output().expect("node runs")
@@ -41,5 +33,83 @@ async fn the_real_socket_io_client_joins_a_building_and_receives_energy_updates(
         output.status.success(),
         "node e2e failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("\"ok\":true"), "{stdout}");
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("{stdout}"))
+}
+
+#[actix_web::test]
+async fn the_real_socket_io_client_in_its_default_configuration_polls_upgrades_and_receives_updates(
+) {
+    let app = common::spawn_app().await;
+    let report = e2e(&app, "default").await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["first_transport"], "polling", "{report}");
+    assert_eq!(report["upgraded"], true, "{report}");
+    assert_eq!(report["transport"], "websocket", "{report}");
+}
+
+#[actix_web::test]
+async fn the_real_socket_io_client_over_websocket_only_joins_a_building_and_receives_energy_updates(
+) {
+    let app = common::spawn_app().await;
+    let report = e2e(&app, "websocket").await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["first_transport"], "websocket", "{report}");
+}
+
+/// One GET of the polling transport: (status, body).
+async fn poll(app: &common::TestApp, query: &str) -> (u16, String) {
+    let res = app
+        .anonymous
+        .get(app.url(&format!("/socket.io/?EIO=4&transport=polling{query}")))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+#[actix_web::test]
+async fn a_polling_session_that_connects_no_namespace_in_time_is_closed_and_its_id_forgotten() {
+    let app = common::spawn_app_with(|c| c.ws_auth_timeout = 1).await;
+    let (status, open) = poll(&app, "").await;
+    assert_eq!(status, 200, "{open}");
+    assert!(open.starts_with('0'), "{open}");
+    let open: Value = serde_json::from_str(&open[1..]).unwrap();
+    assert_eq!(open["upgrades"], serde_json::json!(["websocket"]));
+    let sid = open["sid"].as_str().unwrap().to_owned();
+    // Poll until the session ends: a close packet, or (once gone) Engine.IO's unknown-sid
+    // error. Each poll is answered at the latest by the next ping; the loop is bounded.
+    let mut ended = false;
+    for _ in 0..10 {
+        let (status, body) = poll(&app, &format!("&sid={sid}")).await;
+        if status == 400 {
+            let err: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(err["code"], 1, "{body}");
+            ended = true;
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        if body.split('\u{1e}').any(|p| p == "1") {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the session was not closed");
+    let (status, body) = poll(&app, &format!("&sid={sid}")).await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[actix_web::test]
+async fn polling_packets_posted_to_an_unknown_session_get_the_engine_io_error() {
+    let app = common::spawn_app().await;
+    let res = app
+        .anonymous
+        .post(app.url("/socket.io/?EIO=4&transport=polling&sid=nope"))
+        .body("40/citypulse,")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], 1);
+    assert_eq!(body["message"], "Session ID unknown");
 }

@@ -5,6 +5,10 @@
 //! route group, enabled for the caller's organization; otherwise 403
 //! `frontend_access_denied`. Data of another organization answers 404, never 403, so ids
 //! do not leak.
+//!
+//! The token proves who is calling; what the caller may do is read per request from the
+//! access view (`crate::access`), so a removed member, a demoted one or a disabled frontend
+//! is refused at once, although the token is still valid.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;

@@ -13,6 +13,13 @@
 //! `QUEUE` messages plus one store page per subscription). A client that accepts nothing for
 //! `SEND_TIMEOUT` is disconnected with a reason.
 //!
+//! Authorization is that of HTTP (`gateways::authorize`): the whole log, a category or a
+//! non-building stream needs an organization admin; a building stream needs CityPulse
+//! enabled. The connection watches the access view: when the session ends or the caller
+//! leaves the organization it is closed, and subscriptions no longer allowed are cut.
+//! Limits (connection cap, frame size checked at each frame header, authentication
+//! deadline) come from the shared connection core, `gateways`.
+//!
 //! Protocol (JSON text frames). Client: `{"type":"auth","token"}` (when the token was not in
 //! the `token` query parameter), `{"type":"subscribe","id","target":{"stream"}|{"category"}|
 //! {"all":true},"from":<last position seen>|"now"}`, `{"type":"unsubscribe","id"}`,
