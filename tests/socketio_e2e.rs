@@ -56,6 +56,14 @@ async fn the_real_socket_io_client_over_websocket_only_joins_a_building_and_rece
     assert_eq!(report["first_transport"], "websocket", "{report}");
 }
 
+#[actix_web::test]
+async fn the_real_socket_io_client_over_long_polling_only_receives_updates_in_its_polls() {
+    let app = common::spawn_app().await;
+    let report = e2e(&app, "polling").await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["transport"], "polling", "{report}");
+}
+
 /// One GET of the polling transport: (status, body).
 async fn poll(app: &common::TestApp, query: &str) -> (u16, String) {
     let res = app

@@ -49,6 +49,8 @@ pub const OUTBOX: usize = 1024;
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most HTTP requests of one session waiting for the session task.
 const CONTROL_QUEUE: usize = 8;
+/// Longest wait to hand a request to its session.
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SEPARATOR: char = '\u{1e}';
 
@@ -141,7 +143,7 @@ pub fn bridge(
                 },
             }
         };
-        let _ = control.try_send(Control::Gone(id));
+        let _ = tokio::time::timeout(HANDOFF_TIMEOUT, control.send(Control::Gone(id))).await;
         let _ = session.close(reason).await;
     });
     tx
@@ -164,9 +166,13 @@ impl Sessions {
             .get(sid)
             .map(|s| s.clone())
             .ok_or(EngineError::UnknownSession)?;
-        tx.send(control)
-            .await
-            .map_err(|_| EngineError::UnknownSession)
+        // A session handles its requests one at a time; a request that cannot even be queued
+        // within the bound is refused rather than left waiting.
+        match tokio::time::timeout(HANDOFF_TIMEOUT, tx.send(control)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(EngineError::UnknownSession),
+            Err(_) => Err(EngineError::BadRequest),
+        }
     }
 
     pub fn len(&self) -> usize {

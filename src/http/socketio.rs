@@ -179,10 +179,15 @@ pub async fn connect(
             let (response, session, stream) =
                 gateways::upgrade(&req, body, engineio::MAX_PAYLOAD).await?;
             let id = engineio::bridge_id();
-            let out = engineio::bridge(id, control.clone(), session, stream);
-            if control.send(Control::Socket(id, out)).await.is_err() {
-                return Ok(engine_error(EngineError::UnknownSession));
-            }
+            let out = engineio::bridge(id, control, session, stream);
+            // Should the session have ended meanwhile, the bridge loses its queue and closes
+            // the new socket; the client then carries on (or reconnects) as after any failed
+            // probe.
+            let _ = state
+                .gateways
+                .engine
+                .send(sid, Control::Socket(id, out))
+                .await;
             Ok(response)
         }
         _ => Err(ApiError::bad_request(

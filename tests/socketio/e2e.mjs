@@ -1,7 +1,7 @@
 // Drives the Socket.IO gateway with the real socket.io-client, as a frontend would.
-// Usage: node e2e.mjs <base url> <access token> <default|websocket>
+// Usage: node e2e.mjs <base url> <access token> <default|websocket|polling>
 //   default:   the client's default configuration (HTTP long-polling, then the upgrade);
-//   websocket: `transports: ['websocket']`.
+//   websocket: `transports: ['websocket']`; polling: `transports: ['polling']`.
 // It creates a building and a sensor itself and joins the room right away, so a join must
 // see the caller's own write.
 import { io } from 'socket.io-client';
@@ -13,9 +13,7 @@ const fail = (msg) => {
 };
 setTimeout(() => fail('timed out'), 30000).unref();
 const options = (auth) =>
-  mode === 'websocket'
-    ? { auth, transports: ['websocket'], reconnection: false }
-    : { auth, reconnection: false };
+  mode === 'default' ? { auth, reconnection: false } : { auth, transports: [mode], reconnection: false };
 
 const api = async (path, body) => {
   const res = await fetch(`${base}/api/v1/citypulse${path}`, {
@@ -44,8 +42,19 @@ await new Promise((resolve) => {
 
 const socket = io(`${base}/citypulse`, options({ token }));
 socket.on('connect_error', (err) => fail(`connect_error: ${err.message}`));
+// The transport the connection opened with, and whether it upgraded since.
+let firstTransport;
+let upgradedEvent = false;
+const upgradedNow = new Promise((resolve) => {
+  socket.io.on('open', () => {
+    firstTransport = socket.io.engine.transport.name;
+    socket.io.engine.once('upgrade', () => {
+      upgradedEvent = true;
+      resolve();
+    });
+  });
+});
 await new Promise((resolve) => socket.on('connect', resolve));
-const firstTransport = socket.io.engine.transport.name;
 
 const { id: building } = await api('/buildings', { name: 'Fresh Hall' });
 const joined = await socket.emitWithAck('join_building', building);
@@ -75,12 +84,10 @@ const receive = async (value) => {
 
 const first = await receive(42.5);
 let upgraded = false;
-if (mode !== 'websocket') {
+if (mode === 'default') {
   // The client upgrades to WebSocket by itself; events keep coming after the switch.
-  if (socket.io.engine.transport.name !== 'websocket') {
-    await new Promise((resolve) => socket.io.engine.once('upgrade', resolve));
-  }
-  upgraded = true;
+  await upgradedNow;
+  upgraded = upgradedEvent;
   await receive(43.5);
 }
 console.log(JSON.stringify({ ok: true, first_transport: firstTransport, upgraded, transport: socket.io.engine.transport.name, received: first }));
