@@ -162,6 +162,12 @@ pub fn command_error<D: std::error::Error>(
             ApiError::unavailable("the event store is unavailable; the command may be retried")
         }
         CommandError::Unavailable => ApiError::unavailable("the entity could not be reached"),
+        CommandError::Invalid(why) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("the request holds a value that cannot be stored: {why}"),
+        )
+        .with_details(json!({ "reason": why })),
     }
 }
 
