@@ -115,17 +115,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> UserError {
 }
 
 fn check_display_name(name: &str) -> Result<(), UserError> {
-    let n = name.trim().chars().count();
-    if n == 0 {
-        return Err(invalid("display_name", "must not be empty"));
-    }
-    if n > MAX_DISPLAY_NAME {
-        return Err(invalid(
-            "display_name",
-            format!("must be at most {MAX_DISPLAY_NAME} characters"),
-        ));
-    }
-    Ok(())
+    super::validate::name(name.trim(), MAX_DISPLAY_NAME).map_err(|m| invalid("display_name", m))
 }
 
 impl User {

@@ -327,12 +327,9 @@ async fn signup(
         return Err(ApiError::validation("password", why));
     }
     let name = input.display_name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > crate::actors::user::MAX_DISPLAY_NAME {
-        return Err(ApiError::validation(
-            "display_name",
-            "must be 1 to 100 characters",
-        ));
-    }
+    // Checked before the address is claimed, so that a refused signup leaves it free.
+    crate::actors::validate::name(&name, crate::actors::user::MAX_DISPLAY_NAME)
+        .map_err(|m| ApiError::validation("display_name", m))?;
     let password = input.password;
     let password_hash = blocking(move || auth::hash_password(&password))
         .await?
