@@ -362,7 +362,7 @@ async fn values_the_store_or_the_read_models_cannot_hold_are_refused_with_the_fi
 
 #[actix_web::test]
 async fn an_append_the_database_refuses_fails_alone_and_its_batch_neighbours_commit() {
-    use universal_backend::store::{EventStore, ExpectedVersion, NewEvent};
+    use universal_backend::store::{ExpectedVersion, NewEvent};
     let app = common::spawn_app().await;
     let store = app_store(&app).await;
     let event = |data: Value| NewEvent {
