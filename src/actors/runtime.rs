@@ -8,8 +8,18 @@
 //!   asked to do something;
 //! - commands run one at a time (`AtomicResponse`): decide, append with the version the actor
 //!   knows as the expected version, evolve;
-//! - a version conflict (another process wrote the stream) makes the actor reload and try once
-//!   more; a second conflict is answered as [`CommandError::Conflict`];
+//! - several processes may hold an actor for the same entity, so an actor's copy can be
+//!   stale. It never answers from a stale copy: an append from it fails its expected
+//!   version, and the actor reads the stream's tail and decides again; a rejection
+//!   (`unknown_sensor`, an unknown session) is answered only after the tail has been read
+//!   and the command decided again if anything was new; a read ([`Inspect`]) reads the tail
+//!   first. Catching up on demand was chosen over invalidating actors from the live feed:
+//!   it is exact (no window between another process's commit and the feed's delivery),
+//!   needs no feed, and costs one indexed query only on rejections and reads, never on the
+//!   accepted-command hot path;
+//! - a command whose id comes from an idempotency key first looks for its own events in the
+//!   log (their ids follow from the command id) and, when they are there, answers with
+//!   them instead of deciding again;
 //! - every `snapshot_every` events it saves a snapshot, off the mailbox;
 //! - after `idle_timeout` without messages it removes itself from the registry, only if the
 //!   registry still points at it, and stops. A sender that raced the stop gets a closed
