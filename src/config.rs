@@ -33,6 +33,15 @@ pub struct Config {
     /// Largest number of database connections.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
+    /// Longest a database statement may run (statement_timeout of every connection).
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_SECS", default_value_t = 30)]
+    pub db_statement_timeout_secs: u64,
+    /// Longest a statement waits for a row or table lock (lock_timeout).
+    #[arg(long, env = "DB_LOCK_TIMEOUT_SECS", default_value_t = 5)]
+    pub db_lock_timeout_secs: u64,
+    /// Longest a client may take to send a request body, from the end of its headers.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_body_timeout_secs: u64,
     /// Seconds an idle entity actor stays in memory.
     #[arg(long, env = "ACTOR_IDLE_TIMEOUT_SECS", default_value_t = 300)]
     pub actor_idle_timeout_secs: u64,

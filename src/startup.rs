@@ -46,6 +46,25 @@ pub struct AppState {
     pub config: Config,
 }
 
+/// How every connection of this process talks to PostgreSQL: no statement runs and no lock
+/// is awaited without a time limit, and the server probes an idle connection with TCP
+/// keepalives, so that a process that vanished (a network partition, a killed host) loses
+/// its locks within seconds instead of holding them until the kernel gives up.
+pub fn connect_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
+    let secs = |s: u64| format!("{}s", s.max(1));
+    Ok(PgConnectOptions::from_str(&config.database_url)
+        .context("DATABASE_URL is not a PostgreSQL URL")?
+        .options([
+            ("statement_timeout", secs(config.db_statement_timeout_secs)),
+            ("lock_timeout", secs(config.db_lock_timeout_secs)),
+            // A transaction left open by a stalled client releases its locks.
+            ("idle_in_transaction_session_timeout", "60s".to_owned()),
+            ("tcp_keepalives_idle", "10".to_owned()),
+            ("tcp_keepalives_interval", "5".to_owned()),
+            ("tcp_keepalives_count", "3".to_owned()),
+        ]))
+}
+
 /// Creates the database if it is missing, connects, and runs the migrations.
 pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
     let url = &config.database_url;
@@ -65,7 +84,7 @@ pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(config.db_pool_size.max(4))
         .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect_with(connect_options(config)?)
         .await
         .context("cannot connect to the database")?;
     sqlx::migrate!("./migrations")
@@ -184,10 +203,13 @@ impl Application {
             App::new()
                 .wrap(http::cors(&origins))
                 .wrap(http::json_errors())
+                .wrap(actix_web::middleware::from_fn(http::body_deadline))
                 .app_data(data.clone())
                 .configure(http::configure)
         })
         .shutdown_timeout(30)
+        // The request head must arrive within this; the body has `HTTP_BODY_TIMEOUT_SECS`.
+        .client_request_timeout(Duration::from_secs(10))
         .backlog(4096)
         .max_connection_rate(2048);
         if config.workers > 0 {

@@ -17,11 +17,18 @@ use universal_events::building::{
 use uuid::Uuid;
 
 use super::runtime::Entity;
+use super::validate;
 
 /// Most readings accepted in one command.
 pub const MAX_READINGS: usize = 1000;
 /// Longest building or sensor name.
 pub const MAX_NAME: usize = 200;
+/// Longest address or decommissioning reason.
+pub const MAX_TEXT: usize = 500;
+/// Most sensors one building may have (decommissioned ones included).
+pub const MAX_SENSORS: usize = 10_000;
+/// Largest floor area, in square metres.
+const MAX_FLOOR_AREA: f64 = 1e8;
 /// How far in the future (by the server's clock) a reading may be stamped.
 const CLOCK_SKEW: Duration = Duration::minutes(5);
 
@@ -133,16 +140,14 @@ pub struct Building {
 }
 
 fn check_name(field: &'static str, name: &str) -> Result<(), BuildingError> {
-    if name.trim().is_empty() {
-        return Err(invalid(field, "must not be empty"));
+    validate::name(name, MAX_NAME).map_err(|m| invalid(field, m))
+}
+
+fn check_text(field: &'static str, text: &Option<String>) -> Result<(), BuildingError> {
+    match text {
+        Some(t) => validate::text(t, MAX_TEXT).map_err(|m| invalid(field, m)),
+        None => Ok(()),
     }
-    if name.chars().count() > MAX_NAME {
-        return Err(invalid(
-            field,
-            format!("must be at most {MAX_NAME} characters"),
-        ));
-    }
-    Ok(())
 }
 
 impl Building {
@@ -169,7 +174,7 @@ impl Building {
             ));
         }
         let mut readings = Vec::with_capacity(inputs.len());
-        for r in inputs {
+        for (i, r) in inputs.iter().enumerate() {
             let sensor = self
                 .sensors
                 .get(&r.sensor_id)
@@ -177,18 +182,16 @@ impl Building {
             if !sensor.active {
                 return Err(BuildingError::SensorDecommissioned(r.sensor_id));
             }
-            if !r.value.is_finite() {
-                return Err(invalid("value", "must be a finite number"));
-            }
+            validate::quantity(r.value)
+                .map_err(|m| invalid("value", format!("reading {i}: {m}")))?;
             if sensor.kind.is_consumption() && r.value < 0.0 {
                 return Err(invalid(
                     "value",
                     format!("{} consumption cannot be negative", sensor.kind.as_str()),
                 ));
             }
-            if r.measured_at > received_at + CLOCK_SKEW {
-                return Err(invalid("timestamp", "lies in the future"));
-            }
+            validate::time(r.measured_at, received_at + CLOCK_SKEW)
+                .map_err(|m| invalid("timestamp", format!("reading {i}: {m}")))?;
             readings.push(Reading {
                 sensor_id: r.sensor_id,
                 kind: sensor.kind,
@@ -278,11 +281,16 @@ impl Building {
                     return Err(BuildingError::AlreadyRegistered);
                 }
                 check_name("name", name)?;
+                check_text("address", address)?;
                 if let Some(a) = floor_area_m2 {
-                    if !a.is_finite() || *a <= 0.0 {
-                        return Err(invalid("floor_area_m2", "must be a positive number"));
+                    if !a.is_finite() || *a <= 0.0 || *a > MAX_FLOOR_AREA {
+                        return Err(invalid(
+                            "floor_area_m2",
+                            format!("must be a positive number up to {MAX_FLOOR_AREA:e}"),
+                        ));
                     }
                 }
+                validate::time(*at, *at).map_err(|m| invalid("registered_at", m))?;
                 Ok(vec![BuildingEvent::BuildingRegistered(
                     BuildingRegistered {
                         building_id: *building_id,
@@ -303,6 +311,12 @@ impl Building {
                 self.registered()?;
                 if self.sensors.contains_key(sensor_id) {
                     return Err(BuildingError::SensorExists(*sensor_id));
+                }
+                if self.sensors.len() >= MAX_SENSORS {
+                    return Err(invalid(
+                        "sensor",
+                        format!("a building holds at most {MAX_SENSORS} sensors"),
+                    ));
                 }
                 if !kind.units().contains(&unit.as_str()) {
                     return Err(invalid(
@@ -326,6 +340,7 @@ impl Building {
             }
             C::DecommissionSensor { sensor_id, reason } => {
                 self.registered()?;
+                check_text("reason", reason)?;
                 let sensor = self
                     .sensors
                     .get(sensor_id)
@@ -353,8 +368,11 @@ impl Building {
                 if min.is_none() && max.is_none() {
                     return Err(invalid("threshold", "set at least one of min and max"));
                 }
-                if min.is_some_and(|v| !v.is_finite()) || max.is_some_and(|v| !v.is_finite()) {
-                    return Err(invalid("threshold", "limits must be finite numbers"));
+                if let Some(v) = min {
+                    validate::quantity(*v).map_err(|m| invalid("min", m))?;
+                }
+                if let Some(v) = max {
+                    validate::quantity(*v).map_err(|m| invalid("max", m))?;
                 }
                 if let (Some(lo), Some(hi)) = (min, max) {
                     if lo > hi {

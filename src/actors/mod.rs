@@ -4,5 +4,6 @@ pub mod building;
 pub mod organization;
 pub mod runtime;
 pub mod user;
+pub mod validate;
 
 pub use runtime::{CommandError, CommandMeta, CommandReply, Entity, Registry, RuntimeConfig};

@@ -77,14 +77,10 @@ pub struct Organization {
 }
 
 fn check_name(name: &str) -> Result<(), OrgError> {
-    let n = name.trim().chars().count();
-    if n == 0 || n > MAX_NAME {
-        return Err(OrgError::Invalid {
-            field: "name",
-            message: format!("must be 1 to {MAX_NAME} characters"),
-        });
-    }
-    Ok(())
+    super::validate::name(name.trim(), MAX_NAME).map_err(|message| OrgError::Invalid {
+        field: "name",
+        message,
+    })
 }
 
 impl Organization {

@@ -8,8 +8,18 @@
 //!   asked to do something;
 //! - commands run one at a time (`AtomicResponse`): decide, append with the version the actor
 //!   knows as the expected version, evolve;
-//! - a version conflict (another process wrote the stream) makes the actor reload and try once
-//!   more; a second conflict is answered as [`CommandError::Conflict`];
+//! - several processes may hold an actor for the same entity, so an actor's copy can be
+//!   stale. It never answers from a stale copy: an append from it fails its expected
+//!   version, and the actor reads the stream's tail and decides again; a rejection
+//!   (`unknown_sensor`, an unknown session) is answered only after the tail has been read
+//!   and the command decided again if anything was new; a read ([`Inspect`]) reads the tail
+//!   first. Catching up on demand was chosen over invalidating actors from the live feed:
+//!   it is exact (no window between another process's commit and the feed's delivery),
+//!   needs no feed, and costs one indexed query only on rejections and reads, never on the
+//!   accepted-command hot path;
+//! - a command whose id comes from an idempotency key first looks for its own events in the
+//!   log (their ids follow from the command id) and, when they are there, answers with
+//!   them instead of deciding again;
 //! - every `snapshot_every` events it saves a snapshot, off the mailbox;
 //! - after `idle_timeout` without messages it removes itself from the registry, only if the
 //!   registry still points at it, and stops. A sender that raced the stop gets a closed
@@ -29,7 +39,8 @@ use universal_events::EventFamily;
 use uuid::Uuid;
 
 use crate::store::{
-    AppendError, Direction, EventStore, ExpectedVersion, NewEvent, Snapshot, StoreError,
+    AppendError, Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Snapshot,
+    StoreError,
 };
 
 /// An entity kind: its stream category, state, commands, events and rules.
@@ -91,6 +102,11 @@ pub struct CommandMeta {
     pub organization_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frontend: Option<String>,
+    /// The command id comes from a client's idempotency key, so the command may have been
+    /// stored before (a retry after a lost answer): before deciding, the actor looks for
+    /// its events in the log and, when they are there, answers with them.
+    #[serde(skip)]
+    pub replayable: bool,
 }
 
 impl CommandMeta {
@@ -109,8 +125,11 @@ pub struct CommandReply<E: Entity> {
     pub version: i64,
     /// The global position of the last event of the stream (for `min_position` reads).
     pub position: i64,
-    /// The events this command produced (empty when it changed nothing).
+    /// The events this command produced (empty when it changed nothing); for a command
+    /// that was stored before, the stored events.
     pub events: Vec<E::Event>,
+    /// The command had been stored before: this answer was read back from the log.
+    pub replayed: bool,
 }
 
 /// Why a command did not produce events.
@@ -124,6 +143,9 @@ pub enum CommandError<D: std::error::Error> {
     Store(String),
     #[error("the entity could not be reached")]
     Unavailable,
+    /// The events cannot be stored as they are (the store's own limits); nothing was written.
+    #[error("the command's events cannot be stored: {0}")]
+    Invalid(String),
 }
 
 /// Runs one command on an entity actor.
@@ -254,13 +276,11 @@ impl<E: Entity> Handler<Inspect<E>> for EntityActor<E> {
         let store = self.store.clone();
         let stream = self.stream.clone();
         let work = async move {
-            let current = if current.loaded {
-                current
-            } else {
-                match load::<E>(store.as_ref(), &stream).await {
-                    Ok(c) => c,
-                    Err(e) => return (Current::default(), Err(CommandError::Store(e.to_string()))),
-                }
+            // Another process may have written since this actor last looked: a read never
+            // answers from a stale copy, so the tail is read first (one indexed query).
+            let current = match refresh::<E>(store.as_ref(), &stream, current).await {
+                Ok(c) => c,
+                Err(e) => return (Current::default(), Err(CommandError::Store(e.to_string()))),
             };
             let seen = (current.version, current.state.clone());
             (current, Ok(seen))
@@ -288,26 +308,7 @@ async fn load<E: Entity>(store: &dyn EventStore, stream: &str) -> Result<Current
             }
         }
     }
-    const PAGE: i64 = 1000;
-    loop {
-        let page = store
-            .read_stream(stream, current.version + 1, Direction::Forward, PAGE)
-            .await?;
-        for recorded in &page {
-            let event = E::Event::decode_ref(
-                &recorded.event_type,
-                recorded.schema_version,
-                &recorded.data,
-            )
-            .map_err(|e| StoreError::Other(format!("{stream}@{}: {e}", recorded.version)))?;
-            current.state.evolve(&event);
-            current.version = recorded.version;
-            current.position = recorded.position;
-        }
-        if (page.len() as i64) < PAGE {
-            break;
-        }
-    }
+    catch_up(store, stream, &mut current).await?;
     if current.position == 0 && current.version > 0 {
         // Everything came from the snapshot: look up the position of its last event.
         if let Some(last) = store
@@ -322,13 +323,110 @@ async fn load<E: Entity>(store: &dyn EventStore, stream: &str) -> Result<Current
     Ok(current)
 }
 
+/// Folds the events written after `current.version` into it; returns how many there were.
+async fn catch_up<E: Entity>(
+    store: &dyn EventStore,
+    stream: &str,
+    current: &mut Current<E>,
+) -> Result<usize, StoreError> {
+    const PAGE: i64 = 1000;
+    let mut seen = 0;
+    loop {
+        let page = store
+            .read_stream(stream, current.version + 1, Direction::Forward, PAGE)
+            .await?;
+        for recorded in &page {
+            let event = decode::<E>(stream, recorded)?;
+            current.state.evolve(&event);
+            current.version = recorded.version;
+            current.position = recorded.position;
+        }
+        seen += page.len();
+        if (page.len() as i64) < PAGE {
+            return Ok(seen);
+        }
+    }
+}
+
+/// The state brought up to date with the log: loaded if it never was, else its tail read.
+async fn refresh<E: Entity>(
+    store: &dyn EventStore,
+    stream: &str,
+    mut current: Current<E>,
+) -> Result<Current<E>, StoreError> {
+    if current.loaded {
+        catch_up(store, stream, &mut current).await?;
+        Ok(current)
+    } else {
+        load(store, stream).await
+    }
+}
+
+fn decode<E: Entity>(stream: &str, recorded: &RecordedEvent) -> Result<E::Event, StoreError> {
+    E::Event::decode_ref(
+        &recorded.event_type,
+        recorded.schema_version,
+        &recorded.data,
+    )
+    .map_err(|e| StoreError::Other(format!("{stream}@{}: {e}", recorded.version)))
+}
+
+/// The events a command with this id stored in `stream`, if it stored any: event ids are
+/// derived from the command id and their index, so the first id finds the first event and
+/// the following ones continue the stream.
+async fn stored_command<E: Entity>(
+    store: &dyn EventStore,
+    stream: &str,
+    command_id: Uuid,
+) -> Result<Option<CommandReply<E>>, StoreError> {
+    let Some(first) = store.read_event(event_id(command_id, 0)).await? else {
+        return Ok(None);
+    };
+    if first.stream_id != stream {
+        return Ok(None);
+    }
+    let mut recorded = vec![first];
+    loop {
+        let last = recorded.last().expect("one event at least");
+        let next = store
+            .read_stream(stream, last.version + 1, Direction::Forward, 100)
+            .await?;
+        let before = recorded.len();
+        for e in next {
+            if e.event_id != event_id(command_id, recorded.len()) {
+                break;
+            }
+            recorded.push(e);
+        }
+        if recorded.len() - before < 100 {
+            break;
+        }
+    }
+    let last = recorded.last().expect("one event at least");
+    let (version, position) = (last.version, last.position);
+    let events = recorded
+        .iter()
+        .map(|r| decode::<E>(stream, r))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(CommandReply {
+        version,
+        position,
+        events,
+        replayed: true,
+    }))
+}
+
+fn event_id(command_id: Uuid, index: usize) -> Uuid {
+    Uuid::new_v5(&command_id, &(index as u64).to_be_bytes())
+}
+
 fn to_new_events<E: Entity>(events: &[E::Event], meta: &CommandMeta) -> Vec<NewEvent> {
     let metadata = serde_json::to_value(meta).unwrap_or(Value::Null);
     events
         .iter()
         .enumerate()
         .map(|(i, e)| NewEvent {
-            event_id: Uuid::new_v5(&meta.command_id, &(i as u64).to_be_bytes()),
+            event_id: event_id(meta.command_id, i),
             event_type: e.event_type().to_owned(),
             schema_version: E::Event::schema_version(e.event_type()),
             data: e.to_data(),
@@ -338,24 +436,50 @@ fn to_new_events<E: Entity>(events: &[E::Event], meta: &CommandMeta) -> Vec<NewE
 }
 
 /// The body of one command, run while the actor's mailbox is held.
+///
+/// No answer rests on a stale copy of the state, even when other processes write the same
+/// stream: an append from a stale copy fails its expected version and the actor catches up
+/// and decides again; a rejection is only answered after the tail of the stream has been
+/// read (one indexed query, paid on rejections only) and the command decided again if
+/// anything was new.
 async fn run_command<E: Entity>(
     store: Arc<dyn EventStore>,
     stream: String,
-    mut current: Current<E>,
+    current: Current<E>,
     msg: Execute<E>,
     snapshot_every: i64,
 ) -> (Current<E>, Result<CommandReply<E>, CommandError<E::Error>>) {
-    for attempt in 0..2 {
-        if !current.loaded || attempt > 0 {
-            match load::<E>(store.as_ref(), &stream).await {
-                Ok(c) => current = c,
-                Err(e) => return (Current::default(), Err(CommandError::Store(e.to_string()))),
-            }
+    let store_error = |e: &dyn std::fmt::Display| {
+        // The outcome is unknown (a commit may have happened): start from the log next time.
+        (Current::default(), Err(CommandError::Store(e.to_string())))
+    };
+    let mut current = if current.loaded {
+        current
+    } else {
+        match load::<E>(store.as_ref(), &stream).await {
+            Ok(c) => c,
+            Err(e) => return store_error(&e),
         }
+    };
+    if msg.meta.replayable {
+        match stored_command::<E>(store.as_ref(), &stream, msg.meta.command_id).await {
+            Ok(Some(reply)) => return (current, Ok(reply)),
+            Ok(None) => {}
+            Err(e) => return store_error(&e),
+        }
+    }
+    // Each pass that finds the copy stale reads the tail and goes round again; the passes
+    // are bounded so that a stream written without pause cannot hold a command forever.
+    let mut refreshed = false;
+    for _ in 0..3 {
         if let Some(expected) = msg.expected {
             if expected != current.version {
-                if attempt == 0 {
-                    continue; // our copy may be stale: reload and look again
+                if !refreshed {
+                    refreshed = true;
+                    match catch_up(store.as_ref(), &stream, &mut current).await {
+                        Ok(_) => continue,
+                        Err(e) => return store_error(&e),
+                    }
                 }
                 let actual = current.version;
                 return (current, Err(CommandError::Conflict { expected, actual }));
@@ -363,13 +487,24 @@ async fn run_command<E: Entity>(
         }
         let events = match current.state.decide(&msg.cmd) {
             Ok(events) => events,
-            Err(e) => return (current, Err(CommandError::Domain(e))),
+            Err(e) => {
+                if !refreshed {
+                    refreshed = true;
+                    match catch_up(store.as_ref(), &stream, &mut current).await {
+                        Ok(0) => {}
+                        Ok(_) => continue,
+                        Err(e) => return store_error(&e),
+                    }
+                }
+                return (current, Err(CommandError::Domain(e)));
+            }
         };
         if events.is_empty() {
             let reply = CommandReply {
                 version: current.version,
                 position: current.position,
                 events,
+                replayed: false,
             };
             return (current, Ok(reply));
         }
@@ -392,21 +527,36 @@ async fn run_command<E: Entity>(
                     version: result.version,
                     position: result.position,
                     events,
+                    replayed: false,
                 };
                 return (current, Ok(reply));
             }
-            Ok(result) => {
-                // The same command was stored before: answer as it was, from fresh state.
+            Ok(_) => {
+                // The same command was stored before (a concurrent retry won the race):
+                // answer with what was stored, and catch up before the next command.
                 current.loaded = false;
-                let reply = CommandReply {
-                    version: result.version,
-                    position: result.position,
-                    events,
+                return match stored_command::<E>(store.as_ref(), &stream, msg.meta.command_id).await
+                {
+                    Ok(Some(reply)) => (current, Ok(reply)),
+                    Ok(None) => (current, Err(CommandError::Unavailable)),
+                    Err(e) => store_error(&e),
                 };
-                return (current, Ok(reply));
             }
             Err(AppendError::WrongVersion { actual, .. }) => {
-                if attempt == 1 {
+                // Another process wrote the stream: catch up and decide again.
+                refreshed = true;
+                if let Err(e) = catch_up(store.as_ref(), &stream, &mut current).await {
+                    return store_error(&e);
+                }
+                if msg.meta.replayable {
+                    // The writer may have been a concurrent attempt of this very command.
+                    match stored_command::<E>(store.as_ref(), &stream, msg.meta.command_id).await {
+                        Ok(Some(reply)) => return (current, Ok(reply)),
+                        Ok(None) => {}
+                        Err(e) => return store_error(&e),
+                    }
+                }
+                if current.version < actual {
                     return (
                         Current::default(),
                         Err(CommandError::Conflict {
@@ -416,13 +566,20 @@ async fn run_command<E: Entity>(
                     );
                 }
             }
-            Err(e) => {
-                // The outcome is unknown (the commit may have happened): reload next time.
-                return (Current::default(), Err(CommandError::Store(e.to_string())));
+            Err(AppendError::Invalid(why)) => {
+                return (current, Err(CommandError::Invalid(why)));
             }
+            Err(e) => return store_error(&e),
         }
     }
-    (Current::default(), Err(CommandError::Unavailable))
+    let actual = current.version;
+    (
+        current,
+        Err(CommandError::Conflict {
+            expected: msg.expected.unwrap_or(actual),
+            actual,
+        }),
+    )
 }
 
 fn save_snapshot_later<E: Entity>(store: Arc<dyn EventStore>, stream: String, c: &Current<E>) {

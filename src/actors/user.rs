@@ -20,6 +20,10 @@ use uuid::Uuid;
 use super::runtime::Entity;
 
 pub const MAX_DISPLAY_NAME: usize = 100;
+/// Rotated refresh tokens remembered per session for reuse detection; older ones are
+/// forgotten (presenting one is then simply refused), so a session that is refreshed for
+/// years does not grow without bound.
+const MAX_SPENT: usize = 64;
 
 #[derive(Debug, Clone)]
 pub enum UserCommand {
@@ -115,17 +119,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> UserError {
 }
 
 fn check_display_name(name: &str) -> Result<(), UserError> {
-    let n = name.trim().chars().count();
-    if n == 0 {
-        return Err(invalid("display_name", "must not be empty"));
-    }
-    if n > MAX_DISPLAY_NAME {
-        return Err(invalid(
-            "display_name",
-            format!("must be at most {MAX_DISPLAY_NAME} characters"),
-        ));
-    }
-    Ok(())
+    super::validate::name(name.trim(), MAX_DISPLAY_NAME).map_err(|m| invalid("display_name", m))
 }
 
 impl User {
@@ -315,6 +309,11 @@ impl Entity for User {
             }
             UserEvent::UserDeactivated(_) => self.active = false,
             UserEvent::SessionStarted(e) => {
+                // Ended and expired sessions answer nothing any more (their access tokens are
+                // refused at the edge, their refresh tokens by `decide`): keep the state from
+                // growing with every login.
+                self.sessions
+                    .retain(|_, s| !s.ended && s.expires_at > e.started_at);
                 self.sessions.insert(
                     e.session_id,
                     Session {
@@ -329,6 +328,9 @@ impl Entity for User {
             UserEvent::SessionRefreshed(e) => {
                 if let Some(s) = self.sessions.get_mut(&e.session_id) {
                     let old = std::mem::replace(&mut s.refresh_hash, e.refresh_hash.clone());
+                    if s.spent.len() >= MAX_SPENT {
+                        s.spent.remove(0);
+                    }
                     s.spent.push(old);
                     s.expires_at = e.expires_at;
                 }
@@ -336,6 +338,7 @@ impl Entity for User {
             UserEvent::SessionEnded(e) => {
                 if let Some(s) = self.sessions.get_mut(&e.session_id) {
                     s.ended = true;
+                    s.spent = Vec::new();
                 }
             }
         }
@@ -397,6 +400,40 @@ mod tests {
             expires_at: at("2026-11-29T00:00:00Z"),
             at: at(now),
         }
+    }
+
+    #[test]
+    fn a_long_lived_session_and_many_logins_keep_the_state_bounded() {
+        let mut events = vec![registered(), started()];
+        for i in 0..(MAX_SPENT + 10) {
+            events.push(refreshed(&format!("r{}", i + 2)));
+        }
+        let state = given(&events);
+        assert_eq!(state.sessions[&S].spent.len(), MAX_SPENT);
+        // The newest rotated-away token is still recognised as reused.
+        let last_spent = format!("r{}", MAX_SPENT + 10);
+        assert!(matches!(
+            state
+                .decide(&refresh(&last_spent, "2026-11-21T12:00:00Z"))
+                .unwrap()[..],
+            [UserEvent::SessionEnded(_)]
+        ));
+        // Once ended, a session is dropped at the next login.
+        events.push(UserEvent::SessionEnded(SessionEnded {
+            session_id: S,
+            reason: EndReason::Logout,
+            ended_at: at("2026-11-21T12:00:00Z"),
+        }));
+        events.push(UserEvent::SessionStarted(SessionStarted {
+            session_id: Uuid::from_u128(3),
+            organization_id: None,
+            refresh_hash: "x".into(),
+            expires_at: at("2026-11-28T13:00:00Z"),
+            started_at: at("2026-11-21T13:00:00Z"),
+        }));
+        let state = given(&events);
+        assert_eq!(state.sessions.len(), 1);
+        assert!(state.sessions.contains_key(&Uuid::from_u128(3)));
     }
 
     #[test]

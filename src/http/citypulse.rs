@@ -100,8 +100,7 @@ async fn run(
     extra: impl FnOnce(&CommandReply<Building>) -> Value,
 ) -> Result<Answer, ApiError> {
     let expected = if_match(req)?;
-    let mut meta = meta(req)?;
-    meta.user_id = Some(who.user_id);
+    let mut meta = meta(req, who)?;
     meta.organization_id = Some(org);
     let cmd = ScopedCommand {
         organization_id: Some(org),
@@ -112,15 +111,11 @@ async fn run(
         .execute(id, cmd, expected, meta)
         .await
         .map_err(|e| command_error(e, building_error))?;
-    let mut body = json!({ "id": id, "version": reply.version, "position": reply.position });
-    if let (Value::Object(map), Value::Object(more)) = (&mut body, extra(&reply)) {
+    let mut answer = Answer::of(status, id, &reply);
+    if let (Value::Object(map), Value::Object(more)) = (&mut answer.body, extra(&reply)) {
         map.extend(more);
     }
-    Ok(Answer {
-        status,
-        body,
-        version: reply.version,
-    })
+    Ok(answer)
 }
 
 fn check_text(field: &str, value: &Option<String>, max: usize) -> Result<(), ApiError> {
@@ -150,7 +145,7 @@ async fn create_building(
     let org = writer(&who, &req)?;
     let input: CreateBuilding = parse_json(&body)?;
     check_text("address", &input.address, 500)?;
-    let meta = meta(&req)?;
+    let meta = meta(&req, &who)?;
     // With an idempotency key the id follows from it, so a retry names the same building.
     let id = Uuid::new_v5(&meta.command_id, b"building");
     let cmd = BuildingCommand::Register {
@@ -160,7 +155,7 @@ async fn create_building(
         at: Utc::now(),
         building_id: id,
     };
-    idempotent(&state.pool, &req, &body, || async {
+    idempotent(&state.pool, &req, &who, &body, || async {
         let mut answer = run(
             &state,
             &req,
@@ -195,7 +190,7 @@ async fn add_sensor(
     let org = writer(&who, &req)?;
     let id = path.into_inner();
     let input: AddSensor = parse_json(&body)?;
-    let meta = meta(&req)?;
+    let meta = meta(&req, &who)?;
     let sensor_id = Uuid::new_v5(&meta.command_id, b"sensor");
     let cmd = BuildingCommand::RegisterSensor {
         sensor_id,
@@ -203,7 +198,7 @@ async fn add_sensor(
         unit: input.unit,
         name: input.name,
     };
-    idempotent(&state.pool, &req, &body, || {
+    idempotent(&state.pool, &req, &who, &body, || {
         run(
             &state,
             &req,
@@ -242,7 +237,7 @@ async fn decommission_sensor(
         sensor_id,
         reason: input.reason,
     };
-    idempotent(&state.pool, &req, &body, || async {
+    idempotent(&state.pool, &req, &who, &body, || async {
         run(
             &state,
             &req,
@@ -288,7 +283,7 @@ async fn post_readings(
     let id = path.into_inner();
     let input: PostReadings = parse_json(&body)?;
     let now = Utc::now();
-    let meta = meta(&req)?;
+    let meta = meta(&req, &who)?;
     let cmd = BuildingCommand::RecordReadings {
         command_id: meta.command_id,
         received_at: now,
@@ -302,7 +297,7 @@ async fn post_readings(
             })
             .collect(),
     };
-    idempotent(&state.pool, &req, &body, || {
+    idempotent(&state.pool, &req, &who, &body, || {
         run(
             &state,
             &req,
@@ -346,7 +341,7 @@ async fn set_threshold(
         min: input.min,
         max: input.max,
     };
-    idempotent(&state.pool, &req, &body, || {
+    idempotent(&state.pool, &req, &who, &body, || {
         run(&state, &req, (&who, org), id, cmd, StatusCode::OK, |_| {
             json!({})
         })

@@ -3,13 +3,13 @@
 //!
 //! # Idempotency keys
 //!
-//! A command sent with `Idempotency-Key: K` is recorded in `idempotency_keys` under
-//! (method + path, K) before it runs and its answer is stored after it. A retry with the same
-//! key and body gets the stored answer (with `Idempotent-Replayed: true`) and appends
-//! nothing; the same key with another body is refused with 422; a retry while the first is
-//! still running gets 409. The command id, from which event ids are derived, is also derived
-//! from the key, so even a retry after a crash between append and answer cannot write the
-//! events twice: the store recognises their ids.
+//! A command sent with `Idempotency-Key: K` is recorded in `idempotency_keys` under its
+//! scope (method, path, organization and user of the caller) and K, with a hash of its body,
+//! and its answer is stored after it. The command id, from which event ids and the ids of
+//! created entities are derived, follows from the scope and K too. So a retry returns the
+//! first answer whether it was stored or not: the entity actor finds the events of the first
+//! attempt in the log by their ids, before deciding anything, and answers with them (see
+//! [`idempotent`]).
 
 use std::future::Future;
 
@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::guard::Principal;
 use super::ApiError;
 use crate::actors::CommandMeta;
 use crate::projections::WaitError;
@@ -58,13 +59,17 @@ pub async fn wait_for_projection(
 const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a4e_93b1_4c5d_a7e2_0b8d_51f3_c9a0);
 /// Longest accepted idempotency key.
 const MAX_KEY: usize = 255;
-/// A key whose first attempt has been running this long is considered abandoned.
-const ABANDONED_AFTER_SECS: i64 = 60;
 
 /// Parses a JSON body into `T`, telling malformed JSON (400) from wrong content (422).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("a JSON body is required"));
+    }
+    if let Some(field) = nul_in(body) {
+        return Err(ApiError::validation(
+            &field,
+            "must not contain the NUL character (\\u0000)",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| {
         let details = json!({ "line": e.line(), "column": e.column() });
@@ -83,6 +88,37 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             .with_details(details),
         }
     })
+}
+
+/// The JSON path of a string holding a NUL character (which no text column can store), if
+/// the body has one. The scan for the escape is cheap; the walk runs only on a hit.
+fn nul_in(body: &[u8]) -> Option<String> {
+    const ESCAPE: &[u8] = b"\\u0000";
+    body.windows(ESCAPE.len()).find(|w| *w == ESCAPE)?;
+    let value: Value = serde_json::from_slice(body).ok()?;
+    fn walk(value: &Value, path: String) -> Option<String> {
+        match value {
+            Value::String(s) if s.contains('\0') => Some(path),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| walk(v, format!("{path}[{i}]"))),
+            Value::Object(map) => map.iter().find_map(|(k, v)| {
+                let here = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if k.contains('\0') {
+                    Some(here)
+                } else {
+                    walk(v, here)
+                }
+            }),
+            _ => None,
+        }
+    }
+    walk(&value, String::new()).map(|p| if p.is_empty() { "body".into() } else { p })
 }
 
 /// The expected version from `If-Match` (`"3"`, `3` or `W/"3"`); `*` means no expectation.
@@ -111,22 +147,48 @@ pub struct Answer {
     pub status: StatusCode,
     pub body: Value,
     pub version: i64,
+    /// The command had been stored before and this answer was read back from the log.
+    pub replayed: bool,
 }
 
 impl Answer {
-    pub fn into_response(self, replayed: bool) -> HttpResponse {
+    pub fn new(status: StatusCode, body: Value, version: i64) -> Self {
+        Self {
+            status,
+            body,
+            version,
+            replayed: false,
+        }
+    }
+
+    /// The usual answer of a command on one entity: `{id, version, position}`.
+    pub fn of<E: crate::actors::Entity>(
+        status: StatusCode,
+        id: Uuid,
+        reply: &crate::actors::CommandReply<E>,
+    ) -> Self {
+        Self {
+            status,
+            body: json!({ "id": id, "version": reply.version, "position": reply.position }),
+            version: reply.version,
+            replayed: reply.replayed,
+        }
+    }
+
+    pub fn into_response(self) -> HttpResponse {
         let mut builder = HttpResponse::build(self.status);
         builder.insert_header((header::ETAG, format!("\"{}\"", self.version)));
-        if replayed {
+        if self.replayed {
             builder.insert_header(("Idempotent-Replayed", "true"));
+        }
+        if self.status == StatusCode::NO_CONTENT {
+            return builder.finish();
         }
         builder.json(self.body)
     }
 }
 
-/// Command metadata for a request: correlation from `X-Request-Id`/`X-Correlation-Id`, and
-/// a command id derived from the idempotency key when there is one.
-pub fn meta(req: &HttpRequest) -> Result<CommandMeta, ApiError> {
+fn correlated(req: &HttpRequest) -> CommandMeta {
     let mut meta = CommandMeta::new();
     let header_text = |name: &str| {
         req.headers()
@@ -136,10 +198,30 @@ pub fn meta(req: &HttpRequest) -> Result<CommandMeta, ApiError> {
     };
     meta.correlation_id = header_text("x-correlation-id").or_else(|| header_text("x-request-id"));
     meta.frontend = header_text("x-frontend-source");
+    meta
+}
+
+/// Metadata of a command sent by an authenticated caller: correlation from
+/// `X-Request-Id`/`X-Correlation-Id`, the caller, and, with an `Idempotency-Key`, a command
+/// id derived from the key *and the caller*, so that event ids (and ids of created
+/// entities) follow from it and two callers never share a key.
+pub fn meta(req: &HttpRequest, who: &Principal) -> Result<CommandMeta, ApiError> {
+    let mut meta = correlated(req);
+    meta.user_id = Some(who.user_id);
+    meta.organization_id = who.organization_id;
     if let Some(key) = idempotency_key(req)? {
-        meta.command_id = Uuid::new_v5(&NAMESPACE, scoped(req, &key).as_bytes());
+        meta.command_id =
+            Uuid::new_v5(&NAMESPACE, format!("{}\n{key}", scope(req, who)).as_bytes());
+        meta.replayable = true;
     }
     Ok(meta)
+}
+
+/// Metadata of a command of the unauthenticated auth routes (signup, login, refresh). These
+/// ignore `Idempotency-Key`: their answers carry fresh tokens, which must never be handed
+/// to whoever presents the same key again, and each of them is safe to repeat as it is.
+pub fn anonymous_meta(req: &HttpRequest) -> CommandMeta {
+    correlated(req)
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
@@ -158,14 +240,31 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-fn scoped(req: &HttpRequest, key: &str) -> String {
-    format!("{} {}\n{key}", req.method(), req.path())
+/// What a key is scoped to: the route (method and path) and the caller (organization and
+/// user), so one tenant's key can never reach another tenant's answer.
+fn scope(req: &HttpRequest, who: &Principal) -> String {
+    let org = who
+        .organization_id
+        .map_or_else(|| "-".to_owned(), |o| o.to_string());
+    format!("{} {}\n{org}/{}", req.method(), req.path(), who.user_id)
 }
 
-/// Runs `command` at most once per idempotency key (or simply runs it without one).
+/// Runs `command` at most once per idempotency key of this caller (or simply runs it
+/// without a key).
+///
+/// The first request with a key records it with a hash of its body; its answer is stored
+/// once the command has run. A repeat with another body is refused with 422, always. A
+/// repeat after a stored answer gets that answer. A repeat whose first attempt left no
+/// answer (it is still running, or its process died, or the database went away between
+/// the append and the answer) runs the command again: the command id derived from the key
+/// lets the entity find the first attempt's events in the log and answer with them, so
+/// nothing is written twice and the answer is the original one. A key is freed only when
+/// the command was refused (4xx), which guarantees nothing was written; after a 5xx the
+/// outcome is unknown and the key stays.
 pub async fn idempotent<F, Fut>(
     pool: &PgPool,
     req: &HttpRequest,
+    who: &Principal,
     body: &[u8],
     command: F,
 ) -> Result<HttpResponse, ApiError>
@@ -174,78 +273,81 @@ where
     Fut: Future<Output = Result<Answer, ApiError>>,
 {
     let Some(key) = idempotency_key(req)? else {
-        return Ok(command().await?.into_response(false));
+        return Ok(command().await?.into_response());
     };
-    let scope = format!("{} {}", req.method(), req.path());
+    let scope = scope(req, who);
     let hash = Uuid::new_v5(&NAMESPACE, body).to_string();
 
     let claimed = sqlx::query(
         "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) \
-         ON CONFLICT (scope, key) DO UPDATE SET created_at = now(), request_hash = EXCLUDED.request_hash \
-         WHERE idempotency_keys.status IS NULL \
-         AND idempotency_keys.created_at < now() - make_interval(secs => $4)",
+         ON CONFLICT (scope, key) DO NOTHING",
     )
     .bind(&scope)
     .bind(&key)
     .bind(&hash)
-    .bind(ABANDONED_AFTER_SECS as f64)
     .execute(pool)
     .await?
     .rows_affected()
         == 1;
 
     if !claimed {
-        let (stored_hash, status, response): (String, Option<i16>, Option<Value>) = sqlx::query_as(
+        let stored: Option<(String, Option<i16>, Option<Value>)> = sqlx::query_as(
             "SELECT request_hash, status, response FROM idempotency_keys \
                  WHERE scope = $1 AND key = $2",
         )
         .bind(&scope)
         .bind(&key)
-        .fetch_one(pool)
+        .fetch_optional(pool)
         .await?;
-        if stored_hash != hash {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request body",
-            ));
-        }
-        return match (status, response) {
-            (Some(status), Some(stored)) => {
+        if let Some((stored_hash, status, response)) = stored {
+            if stored_hash != hash {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request body",
+                ));
+            }
+            if let (Some(status), Some(stored)) = (status, response) {
                 let answer = Answer {
                     status: StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK),
                     version: stored["version"].as_i64().unwrap_or(0),
                     body: stored["body"].clone(),
+                    replayed: true,
                 };
-                Ok(answer.into_response(true))
+                return Ok(answer.into_response());
             }
-            _ => Err(ApiError::conflict(
-                "a request with this Idempotency-Key is still being processed; retry shortly",
-            )),
-        };
+        }
+        // No answer stored: the command runs again and finds its own events, if any.
     }
 
     match command().await {
         Ok(answer) => {
             sqlx::query(
-                "UPDATE idempotency_keys SET status = $3, response = $4 WHERE scope = $1 AND key = $2",
+                "INSERT INTO idempotency_keys (scope, key, request_hash, status, response) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, key) DO UPDATE \
+                 SET status = EXCLUDED.status, response = EXCLUDED.response \
+                 WHERE idempotency_keys.status IS NULL",
             )
             .bind(&scope)
             .bind(&key)
+            .bind(&hash)
             .bind(answer.status.as_u16() as i16)
             .bind(json!({ "version": answer.version, "body": answer.body }))
             .execute(pool)
             .await?;
-            Ok(answer.into_response(false))
+            Ok(answer.into_response())
         }
-        Err(e) => {
-            // A refused command changed nothing: free the key so that a corrected retry runs.
-            sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
-                .bind(&scope)
-                .bind(&key)
-                .execute(pool)
-                .await?;
+        Err(e) if e.status.is_client_error() => {
+            // A refused command wrote nothing: free the key so that a corrected retry runs.
+            sqlx::query(
+                "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND status IS NULL",
+            )
+            .bind(&scope)
+            .bind(&key)
+            .execute(pool)
+            .await?;
             Err(e)
         }
+        Err(e) => Err(e),
     }
 }

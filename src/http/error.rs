@@ -135,6 +135,18 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
                 ApiError::conflict("a record with the same key exists")
             }
+            // A value the database cannot take (a NUL in a text parameter, a number out of
+            // range): the request's fault, and nothing was written.
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
+                ApiError::bad_request(format!("a parameter cannot be used: {}", db.message()))
+            }
+            // A statement or lock wait that ran out of time (see `startup::connect_options`).
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("57014" | "55P03")) =>
+            {
+                tracing::warn!(error = %e, "database statement timed out");
+                ApiError::unavailable("the database did not answer in time; try again")
+            }
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("the database is unavailable; try again")
@@ -162,6 +174,12 @@ pub fn command_error<D: std::error::Error>(
             ApiError::unavailable("the event store is unavailable; the command may be retried")
         }
         CommandError::Unavailable => ApiError::unavailable("the entity could not be reached"),
+        CommandError::Invalid(why) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("the request holds a value that cannot be stored: {why}"),
+        )
+        .with_details(json!({ "reason": why })),
     }
 }
 

@@ -20,7 +20,7 @@ use universal_events::identity::{EmailClaimed, EmailEvent, EndReason, Frontend, 
 use universal_events::EventFamily;
 use uuid::Uuid;
 
-use super::command::{meta, parse_json, wait_for_projection};
+use super::command::{anonymous_meta, idempotent, meta, parse_json, wait_for_projection, Answer};
 use super::error::command_error;
 use super::guard::Principal;
 use super::ApiError;
@@ -134,15 +134,13 @@ async fn user_of_email(
     }
 }
 
-fn meta_for(
-    req: &HttpRequest,
-    user: Option<Uuid>,
-    org: Option<Uuid>,
-) -> Result<CommandMeta, ApiError> {
-    let mut m = meta(req)?;
+/// Metadata of the unauthenticated auth routes, which ignore `Idempotency-Key` (see
+/// [`anonymous_meta`]).
+fn meta_for(req: &HttpRequest, user: Option<Uuid>, org: Option<Uuid>) -> CommandMeta {
+    let mut m = anonymous_meta(req);
     m.user_id = user;
     m.organization_id = org;
-    Ok(m)
+    m
 }
 
 /// Claims, then registers. See the module comment.
@@ -300,7 +298,7 @@ async fn start_session(
                 at: now,
             },
             Some(expected),
-            meta_for(req, Some(user_id), org)?,
+            meta_for(req, Some(user_id), org),
         )
         .await
         .map_err(|e| command_error(e, user_error))?;
@@ -329,12 +327,9 @@ async fn signup(
         return Err(ApiError::validation("password", why));
     }
     let name = input.display_name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > crate::actors::user::MAX_DISPLAY_NAME {
-        return Err(ApiError::validation(
-            "display_name",
-            "must be 1 to 100 characters",
-        ));
-    }
+    // Checked before the address is claimed, so that a refused signup leaves it free.
+    crate::actors::validate::name(&name, crate::actors::user::MAX_DISPLAY_NAME)
+        .map_err(|m| ApiError::validation("display_name", m))?;
     let password = input.password;
     let password_hash = blocking(move || auth::hash_password(&password))
         .await?
@@ -353,7 +348,7 @@ async fn signup(
                 at: Utc::now(),
             },
             None,
-            meta_for(&req, Some(user_id), None)?,
+            meta_for(&req, Some(user_id), None),
         )
         .await
         .map_err(|e| command_error(e, user_error))?;
@@ -451,7 +446,7 @@ async fn refresh(
                 at: now,
             },
             None,
-            meta_for(&req, Some(user_id), org)?,
+            meta_for(&req, Some(user_id), org),
         )
         .await
         .map_err(|e| command_error(e, user_error))?;
@@ -475,21 +470,24 @@ async fn logout(
     req: HttpRequest,
     who: Principal,
 ) -> Result<HttpResponse, ApiError> {
-    state
-        .users
-        .execute(
-            who.user_id,
-            UserCommand::EndSession {
-                session_id: who.session_id,
-                at: Utc::now(),
-            },
-            None,
-            meta_for(&req, Some(who.user_id), who.organization_id)?,
-        )
-        .await
-        .map_err(|e| command_error(e, user_error))?;
-    state.auth.ended_sessions.insert(who.session_id, ());
-    Ok(HttpResponse::NoContent().finish())
+    idempotent(&state.pool, &req, &who, b"", || async {
+        let reply = state
+            .users
+            .execute(
+                who.user_id,
+                UserCommand::EndSession {
+                    session_id: who.session_id,
+                    at: Utc::now(),
+                },
+                None,
+                meta(&req, &who)?,
+            )
+            .await
+            .map_err(|e| command_error(e, user_error))?;
+        state.auth.ended_sessions.insert(who.session_id, ());
+        Ok(Answer::of(StatusCode::NO_CONTENT, who.user_id, &reply))
+    })
+    .await
 }
 
 async fn me(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse, ApiError> {
@@ -533,24 +531,22 @@ async fn update_me(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let input: UpdateMe = parse_json(&body)?;
-    let reply = state
-        .users
-        .execute(
-            who.user_id,
-            UserCommand::UpdateProfile {
-                display_name: input.display_name,
-            },
-            super::command::if_match(&req)?,
-            meta_for(&req, Some(who.user_id), who.organization_id)?,
-        )
-        .await
-        .map_err(|e| command_error(e, user_error))?;
-    Ok(HttpResponse::Ok()
-        .insert_header((
-            actix_web::http::header::ETAG,
-            format!("\"{}\"", reply.version),
-        ))
-        .json(json!({ "id": who.user_id, "version": reply.version, "position": reply.position })))
+    idempotent(&state.pool, &req, &who, &body, || async {
+        let reply = state
+            .users
+            .execute(
+                who.user_id,
+                UserCommand::UpdateProfile {
+                    display_name: input.display_name,
+                },
+                super::command::if_match(&req)?,
+                meta(&req, &who)?,
+            )
+            .await
+            .map_err(|e| command_error(e, user_error))?;
+        Ok(Answer::of(StatusCode::OK, who.user_id, &reply))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -567,39 +563,53 @@ async fn change_password(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let input: ChangePassword = parse_json(&body)?;
-    let (version, user) = load_user(&state, who.user_id).await?;
-    if let Some(why) = auth::password_weakness(&input.new_password, &user.email) {
-        return Err(ApiError::validation("new_password", why));
-    }
-    let (current, hash) = (input.current_password, user.password_hash.clone());
-    if !blocking(move || auth::verify_password(&current, &hash)).await? {
-        return Err(ApiError::forbidden(
-            "wrong_password",
-            "the current password is wrong",
-        ));
-    }
-    let new = input.new_password;
-    let new_hash = blocking(move || auth::hash_password(&new))
-        .await?
-        .map_err(ApiError::internal)?;
-    let reply = state
-        .users
-        .execute(
-            who.user_id,
-            UserCommand::ChangePassword {
-                password_hash: new_hash,
-                at: Utc::now(),
-            },
-            Some(version),
-            meta_for(&req, Some(who.user_id), who.organization_id)?,
-        )
-        .await
-        .map_err(|e| command_error(e, user_error))?;
-    note_ended_sessions(&state, &reply.events);
-    Ok(HttpResponse::Ok().json(json!({
-        "id": who.user_id, "version": reply.version, "position": reply.position,
-        "sessions_ended": reply.events.len().saturating_sub(1),
-    })))
+    idempotent(&state.pool, &req, &who, &body, || async {
+        let command_meta = meta(&req, &who)?;
+        let (version, user) = load_user(&state, who.user_id).await?;
+        if let Some(why) = auth::password_weakness(&input.new_password, &user.email) {
+            return Err(ApiError::validation("new_password", why));
+        }
+        let (current, new, hash) = (
+            input.current_password,
+            input.new_password.clone(),
+            user.password_hash.clone(),
+        );
+        let retry = command_meta.replayable;
+        // A keyed retry of a change that went through finds the new password in place; it
+        // then goes on, and the user's actor answers with the stored change.
+        let confirmed = blocking(move || {
+            auth::verify_password(&current, &hash) || (retry && auth::verify_password(&new, &hash))
+        })
+        .await?;
+        if !confirmed {
+            return Err(ApiError::forbidden(
+                "wrong_password",
+                "the current password is wrong",
+            ));
+        }
+        let new = input.new_password;
+        let new_hash = blocking(move || auth::hash_password(&new))
+            .await?
+            .map_err(ApiError::internal)?;
+        let reply = state
+            .users
+            .execute(
+                who.user_id,
+                UserCommand::ChangePassword {
+                    password_hash: new_hash,
+                    at: Utc::now(),
+                },
+                Some(version),
+                command_meta,
+            )
+            .await
+            .map_err(|e| command_error(e, user_error))?;
+        note_ended_sessions(&state, &reply.events);
+        let mut answer = Answer::of(StatusCode::OK, who.user_id, &reply);
+        answer.body["sessions_ended"] = json!(reply.events.len().saturating_sub(1));
+        Ok(answer)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -616,26 +626,29 @@ async fn deactivate_me(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let input: Deactivate = parse_json(&body)?;
-    let (version, user) = load_user(&state, who.user_id).await?;
-    let hash = user.password_hash.clone();
-    if !blocking(move || auth::verify_password(&input.password, &hash)).await? {
-        return Err(ApiError::forbidden(
-            "wrong_password",
-            "the password is wrong",
-        ));
-    }
-    let reply = state
-        .users
-        .execute(
-            who.user_id,
-            UserCommand::Deactivate { at: Utc::now() },
-            Some(version),
-            meta_for(&req, Some(who.user_id), who.organization_id)?,
-        )
-        .await
-        .map_err(|e| command_error(e, user_error))?;
-    note_ended_sessions(&state, &reply.events);
-    Ok(HttpResponse::NoContent().finish())
+    idempotent(&state.pool, &req, &who, &body, || async {
+        let (version, user) = load_user(&state, who.user_id).await?;
+        let hash = user.password_hash.clone();
+        if !blocking(move || auth::verify_password(&input.password, &hash)).await? {
+            return Err(ApiError::forbidden(
+                "wrong_password",
+                "the password is wrong",
+            ));
+        }
+        let reply = state
+            .users
+            .execute(
+                who.user_id,
+                UserCommand::Deactivate { at: Utc::now() },
+                Some(version),
+                meta(&req, &who)?,
+            )
+            .await
+            .map_err(|e| command_error(e, user_error))?;
+        note_ended_sessions(&state, &reply.events);
+        Ok(Answer::of(StatusCode::NO_CONTENT, who.user_id, &reply))
+    })
+    .await
 }
 
 /// Sessions a command ended stop working here at once (other processes learn it from the log).
@@ -649,45 +662,48 @@ fn note_ended_sessions(state: &AppState, events: &[UserEvent]) {
 
 // ---- organizations ----
 
+/// Runs one organization command, honouring `Idempotency-Key` like every command route.
 async fn org_command(
     state: &AppState,
     req: &HttpRequest,
     who: &Principal,
-    id: Uuid,
-    action: OrgAction,
+    body: &[u8],
+    id: impl FnOnce(&CommandMeta) -> Uuid,
+    action: impl FnOnce(Uuid) -> OrgAction,
     status: StatusCode,
 ) -> Result<HttpResponse, ApiError> {
-    let reply = state
-        .organizations
-        .execute(
-            id,
-            OrgCommand {
-                actor: who.user_id,
-                action,
-            },
-            super::command::if_match(req)?,
-            meta_for(req, Some(who.user_id), Some(id))?,
-        )
-        .await
-        .map_err(|e| command_error(e, org_error))?;
-    // Read-your-writes for rights: the next request must already see a removed member, a
-    // changed role or a disabled frontend, so wait until the access view has applied this.
-    if !state
-        .access
-        .wait_applied(reply.position, crate::access::SYNC_TIMEOUT)
-        .await
-    {
-        tracing::warn!(
-            position = reply.position,
-            "the access view did not catch up in time"
-        );
-    }
-    Ok(HttpResponse::build(status)
-        .insert_header((
-            actix_web::http::header::ETAG,
-            format!("\"{}\"", reply.version),
-        ))
-        .json(json!({ "id": id, "version": reply.version, "position": reply.position })))
+    let mut command_meta = meta(req, who)?;
+    let id = id(&command_meta);
+    command_meta.organization_id = Some(id);
+    idempotent(&state.pool, req, who, body, || async {
+        let reply = state
+            .organizations
+            .execute(
+                id,
+                OrgCommand {
+                    actor: who.user_id,
+                    action: action(id),
+                },
+                super::command::if_match(req)?,
+                command_meta,
+            )
+            .await
+            .map_err(|e| command_error(e, org_error))?;
+        // Read-your-writes for rights: the next request must already see a removed member,
+        // a changed role or a disabled frontend, so answer once the access view has it.
+        if !state
+            .access
+            .wait_applied(reply.position, crate::access::SYNC_TIMEOUT)
+            .await
+        {
+            tracing::warn!(
+                position = reply.position,
+                "the access view did not catch up in time"
+            );
+        }
+        Ok(Answer::of(status, id, &reply))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -703,16 +719,19 @@ async fn create_org(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let input: OrgName = parse_json(&body)?;
-    let id = Uuid::new_v4();
+    let at = Utc::now();
     org_command(
         &state,
         &req,
         &who,
-        id,
-        OrgAction::Create {
+        &body,
+        // With an idempotency key the id follows from it, so a retry names the same
+        // organization.
+        |m| Uuid::new_v5(&m.command_id, b"organization"),
+        |id| OrgAction::Create {
             organization_id: id,
             name: input.name,
-            at: Utc::now(),
+            at,
         },
         StatusCode::CREATED,
     )
@@ -727,12 +746,14 @@ async fn rename_org(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let input: OrgName = parse_json(&body)?;
+    let id = path.into_inner();
     org_command(
         &state,
         &req,
         &who,
-        path.into_inner(),
-        OrgAction::Rename { name: input.name },
+        &body,
+        |_| id,
+        |_| OrgAction::Rename { name: input.name },
         StatusCode::OK,
     )
     .await
@@ -866,12 +887,14 @@ async fn set_member(
     if version == 0 {
         return Err(ApiError::not_found("user not found"));
     }
+    let id = path.into_inner();
     org_command(
         &state,
         &req,
         &who,
-        path.into_inner(),
-        OrgAction::SetMember {
+        &body,
+        |_| id,
+        |_| OrgAction::SetMember {
             user_id,
             role: input.role,
         },
@@ -891,8 +914,9 @@ async fn remove_member(
         &state,
         &req,
         &who,
-        id,
-        OrgAction::RemoveMember { user_id },
+        b"",
+        |_| id,
+        |_| OrgAction::RemoveMember { user_id },
         StatusCode::OK,
     )
     .await
@@ -934,12 +958,14 @@ async fn set_frontend(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let input: SetFrontend = parse_json(&body)?;
+    let id = path.into_inner();
     org_command(
         &state,
         &req,
         &who,
-        path.into_inner(),
-        OrgAction::SetFrontend {
+        &body,
+        |_| id,
+        |_| OrgAction::SetFrontend {
             frontend: input.frontend,
             enabled: input.enabled,
         },

@@ -10,8 +10,17 @@ pub mod ops;
 pub mod socketio;
 pub mod ws;
 
-use actix_web::middleware::ErrorHandlers;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::{ErrorHandlers, Next};
 use actix_web::web::{self, ServiceConfig};
+use actix_web::{HttpMessage, HttpResponse};
+use futures_util::StreamExt;
 
 pub use error::ApiError;
 
@@ -74,4 +83,67 @@ pub fn json_errors<B: actix_web::body::MessageBody + 'static>() -> ErrorHandlers
     ErrorHandlers::new()
         .default_handler_client(error::json_error_responses)
         .default_handler_server(error::json_error_responses)
+}
+
+/// Puts a time limit on receiving a request body: a client that sends its body slowly, or
+/// stops halfway, is answered 408 `request_timeout` once `HTTP_BODY_TIMEOUT_SECS` have
+/// passed since its headers arrived, instead of holding a worker's attention forever.
+/// (Headers have their own limit, the server's client request timeout.) WebSocket upgrades
+/// are left alone: their body is the connection itself.
+pub async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody + 'static>>, actix_web::Error> {
+    let limit = req
+        .app_data::<web::Data<crate::startup::AppState>>()
+        .map(|s| Duration::from_secs(s.config.http_body_timeout_secs.max(1)));
+    let upgrade = req.headers().contains_key(actix_web::http::header::UPGRADE);
+    let Some(limit) = limit.filter(|_| !upgrade) else {
+        return Ok(next.call(req).await?.map_into_left_body());
+    };
+    let expired = Arc::new(AtomicBool::new(false));
+    let deadline = tokio::time::Instant::now() + limit;
+    let flag = expired.clone();
+    let body = req.take_payload();
+    let limited = futures_util::stream::unfold(Some(body), move |body| {
+        let flag = flag.clone();
+        async move {
+            let mut body = body?;
+            match tokio::time::timeout_at(deadline, body.next()).await {
+                Ok(Some(chunk)) => Some((chunk, Some(body))),
+                Ok(None) => None,
+                Err(_) => {
+                    flag.store(true, Ordering::Release);
+                    let timed_out = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the request body did not arrive in time",
+                    );
+                    Some((Err(timed_out.into()), None))
+                }
+            }
+        }
+    });
+    req.set_payload(Payload::from(Box::pin(limited)
+        as std::pin::Pin<
+            Box<
+                dyn futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>,
+            >,
+        >));
+    let res = next.call(req).await?;
+    if !expired.load(Ordering::Acquire) {
+        return Ok(res.map_into_left_body());
+    }
+    let err = ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!(
+            "the request body did not arrive within {} s",
+            limit.as_secs()
+        ),
+    );
+    let (req, _) = res.into_parts();
+    let res = HttpResponse::build(StatusCode::REQUEST_TIMEOUT)
+        .insert_header((actix_web::http::header::CONNECTION, "close"))
+        .json(err.body());
+    Ok(ServiceResponse::new(req, res).map_into_right_body())
 }

@@ -168,6 +168,56 @@ pub fn category_of(stream_id: &str) -> &str {
     stream_id.split_once('-').map_or(stream_id, |(c, _)| c)
 }
 
+/// Largest magnitude of a number in an event. PostgreSQL keeps jsonb numbers as exact
+/// decimals and prints them in full, and numbers near `f64::MAX` do not read back as `f64`;
+/// the bound also leaves room for projections that add numbers up.
+pub const MAX_NUMBER: f64 = 1e300;
+
+/// Whether a JSON document can be stored and read back unchanged: no NUL character in any
+/// string or key (PostgreSQL text cannot hold one) and every number within [`MAX_NUMBER`].
+/// Checked for every append, so that an event the store cannot hold fails alone, before it
+/// joins a group commit.
+pub fn storable(value: &Value) -> Result<(), String> {
+    fn walk(value: &Value, path: &mut String) -> Result<(), String> {
+        match value {
+            Value::String(s) if s.contains('\0') => {
+                Err(format!("{path}: contains a NUL character"))
+            }
+            Value::Number(n) => match n.as_f64() {
+                Some(x) if x == 0.0 || (x.abs() <= MAX_NUMBER && x.abs() >= 1.0 / MAX_NUMBER) => {
+                    Ok(())
+                }
+                _ if n.is_i64() || n.is_u64() => Ok(()),
+                _ => Err(format!("{path}: the number {n} is out of range")),
+            },
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(item, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    if key.contains('\0') {
+                        return Err(format!("{path}: a key contains a NUL character"));
+                    }
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(key);
+                    walk(item, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    walk(value, &mut String::from("$"))
+}
+
 /// The contract of an event store backend.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -201,6 +251,9 @@ pub trait EventStore: Send + Sync + 'static {
         filter: &Filter,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The event with this id, if it is stored.
+    async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError>;
 
     /// The position of the last committed event (0 for an empty log).
     async fn head_position(&self) -> Result<i64, StoreError>;

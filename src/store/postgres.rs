@@ -45,6 +45,14 @@ use super::{
     NewEvent, RecordedEvent, Snapshot, StoreError,
 };
 
+/// Longest wait of the writer for the head lock.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest statement of the writer.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a whole batch may take from BEGIN to COMMIT, measured by the writer itself, so
+/// that a server that stops answering (a network partition) is noticed too.
+pub const BATCH_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The NOTIFY channel on which committed head positions are announced.
 pub const NOTIFY_CHANNEL: &str = "ub_events";
 
@@ -231,9 +239,17 @@ async fn open_writer_connection(pool: &PgPool) -> Result<PgConnection, sqlx::Err
     let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
     // The checks look up arrays of ids; a cached generic plan may estimate them badly and
     // scan the whole log, so plan each execution for its actual arguments.
-    sqlx::raw_sql("SET plan_cache_mode = force_custom_plan")
-        .execute(&mut conn)
-        .await?;
+    // A lock held elsewhere (another process stuck in its append, or a session that took
+    // the head lock by hand) must not block this writer forever: the lock wait and every
+    // statement are bounded, and the batch is answered with an error instead.
+    sqlx::raw_sql(&format!(
+        "SET plan_cache_mode = force_custom_plan; SET lock_timeout = {}; \
+         SET statement_timeout = {}",
+        LOCK_TIMEOUT.as_millis(),
+        STATEMENT_TIMEOUT.as_millis()
+    ))
+    .execute(&mut conn)
+    .await?;
     Ok(conn)
 }
 
@@ -265,6 +281,9 @@ enum BatchError {
     /// The caller rolls back and runs the batch again with the id checks on.
     Duplicate,
     Sql(sqlx::Error),
+    /// The batch did not finish within [`BATCH_TIMEOUT`]; its connection is dropped, which
+    /// rolls it back unless the commit already happened.
+    TimedOut,
 }
 
 impl From<sqlx::Error> for BatchError {
@@ -302,7 +321,13 @@ async fn commit_batch(
             }
         }
         let c = conn.as_mut().expect("connected above");
-        outcome = write_batch(c, cache, &batch, verify_ids).await;
+        outcome =
+            match tokio::time::timeout(BATCH_TIMEOUT, write_batch(c, cache, &batch, verify_ids))
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Err(BatchError::TimedOut),
+            };
         match &outcome {
             Ok(_) => break,
             Err(BatchError::Duplicate) => {
@@ -311,7 +336,7 @@ async fn commit_batch(
                     *conn = None;
                 }
             }
-            Err(BatchError::Sql(_)) => break,
+            Err(BatchError::Sql(_) | BatchError::TimedOut) => break,
         }
     }
     match outcome {
@@ -328,6 +353,17 @@ async fn commit_batch(
             }
             metrics::counter!("ub_events_appended_total").increment(written);
         }
+        Err(BatchError::Sql(e)) if batch.len() > 1 && rejects_data(&e) => {
+            // The database refused something one append carries (a value it cannot hold):
+            // that append must fail alone, so each one goes round again in a batch of its
+            // own. Rare, and only on inputs the validation let through.
+            *conn = None;
+            cache.invalidate();
+            tracing::warn!(error = %e, appends = batch.len(), "append batch refused; splitting it");
+            for req in batch {
+                Box::pin(commit_batch(pool, conn, cache, vec![req], head)).await;
+            }
+        }
         Err(e) => {
             // Closing the connection rolls back whatever the transaction had done.
             *conn = None;
@@ -335,6 +371,7 @@ async fn commit_batch(
             let msg = match e {
                 BatchError::Sql(e) => e.to_string(),
                 BatchError::Duplicate => "a unique key was violated twice".to_owned(),
+                BatchError::TimedOut => format!("no answer within {BATCH_TIMEOUT:?}"),
             };
             tracing::error!(error = %msg, appends = batch.len(), "append batch failed");
             for req in batch {
@@ -343,6 +380,19 @@ async fn commit_batch(
                     .send(Err(AppendError::Store(StoreError::Other(msg.clone()))));
             }
         }
+    }
+}
+
+/// Whether an error is the database refusing the data of the batch (data exceptions,
+/// integrity and program limits), as opposed to a lock, timeout or connection failure, which
+/// would hit each part of the batch alike.
+fn rejects_data(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
     }
 }
 
@@ -553,6 +603,11 @@ fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), AppendError>
             "`{stream}` is not a writable stream"
         )));
     }
+    for (i, e) in events.iter().enumerate() {
+        super::storable(&e.data)
+            .and_then(|()| super::storable(&e.metadata))
+            .map_err(|why| AppendError::Invalid(format!("event {i} ({}): {why}", e.event_type)))?;
+    }
     let mut ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -641,6 +696,15 @@ impl EventStore for PgEventStore {
             .bind(filter.skip_metadata)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        Ok(
+            sqlx::query_as(&format!("{SELECT_EVENT} WHERE event_id = $1"))
+                .bind(event_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn head_position(&self) -> Result<i64, StoreError> {
