@@ -288,3 +288,42 @@ async fn a_socket_io_client_on_another_process_is_disconnected_when_citypulse_is
     assert_eq!(out["reason"], "io server disconnect");
     assert!(second.wait().unwrap().success());
 }
+
+#[actix_web::test]
+async fn an_admin_demoted_through_one_process_loses_the_whole_log_on_another_but_keeps_building_streams(
+) {
+    let a = common::spawn_app().await;
+    let b = common::spawn_second_app(&a).await;
+    let (id, sensor, _) = a.building_with_sensor("electricity", "kWh").await;
+    let second_admin = common::add_member(&a, "admin").await;
+    let mut ws = connect(&b.base, &second_admin.access_token).await;
+    follow_building(&mut ws, &id, "b").await;
+    let all = json!({ "type": "subscribe", "id": "all", "target": { "all": true }, "from": "now" });
+    ws.send(Message::Text(all.to_string())).await.unwrap();
+    assert_eq!(next_non_event(&mut ws).await["type"], "subscribed");
+
+    let org = &a.tenant.organization_id;
+    let res = a
+        .client
+        .post(a.url(&format!("/api/v1/organizations/{org}/members")))
+        .json(&json!({ "user_id": second_admin.user_id, "role": "member" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let cut = next_non_event(&mut ws).await;
+    assert_eq!(cut["code"], "access_revoked", "{cut}");
+    assert_eq!(cut["subscription"], "all", "{cut}");
+
+    // The building stream carries on: a member still reads it.
+    let res = write_reading(&a.base, &a.tenant.access_token, &id, &sensor).await;
+    assert_eq!(res.status(), 201);
+    loop {
+        let m = recv(&mut ws).await;
+        if m["type"] == "event" && m["event_type"] == "ReadingsRecorded" {
+            assert_eq!(m["subscription"], "b", "{m}");
+            break;
+        }
+        assert!(m["type"] == "event" || m["type"] == "caught_up", "{m}");
+    }
+}
