@@ -26,7 +26,7 @@
 //! `{"type":"ping"}`. Server: `subscribed`, `event`, `caught_up`, `unsubscribed`, `pong`,
 //! `error`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -84,6 +84,8 @@ pub async fn connect(
             session,
             principal: None,
             subs: HashMap::new(),
+            live: HashSet::new(),
+            next_serial: 0,
         }
         .run(stream, principal)
         .await;
@@ -127,7 +129,17 @@ struct Connection {
     state: web::Data<AppState>,
     session: actix_ws::Session,
     principal: Option<Principal>,
-    subs: HashMap<String, (LiveTarget, tokio::task::JoinHandle<()>)>,
+    subs: HashMap<String, Sub>,
+    /// Serials of the subscriptions open now: queued messages of ended ones are dropped.
+    live: HashSet<u64>,
+    next_serial: u64,
+}
+
+/// One open subscription of a connection.
+struct Sub {
+    target: LiveTarget,
+    serial: u64,
+    task: tokio::task::JoinHandle<()>,
 }
 
 fn close(code: CloseCode, description: &str) -> Option<CloseReason> {
@@ -159,7 +171,7 @@ impl Connection {
             }
             None => {}
         }
-        let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<(u64, String)>(QUEUE);
         let interval = self.state.gateways.heartbeat;
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.tick().await;
@@ -202,7 +214,11 @@ impl Connection {
                         break reason;
                     }
                 }
-                Some(out) = rx.recv() => {
+                Some((serial, out)) = rx.recv() => {
+                    // An unsubscribed or revoked subscription's queued messages go no further.
+                    if !self.live.contains(&serial) {
+                        continue;
+                    }
                     match tokio::time::timeout(SEND_TIMEOUT, self.session.text(out)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => break None,
@@ -219,8 +235,8 @@ impl Connection {
                 }
             }
         };
-        for (_, (_, task)) in self.subs.drain() {
-            task.abort();
+        for (_, sub) in self.subs.drain() {
+            sub.task.abort();
         }
         let _ = self.session.close(reason).await;
     }
@@ -236,16 +252,17 @@ impl Connection {
         let revoked: Vec<(String, String)> = self
             .subs
             .iter()
-            .filter_map(|(id, (target, _))| {
-                authorize(&now, target)
+            .filter_map(|(id, sub)| {
+                authorize(&now, &sub.target)
                     .err()
                     .map(|(_, why)| (id.clone(), why))
             })
             .collect();
         self.principal = Some(now);
         for (id, why) in revoked {
-            if let Some((_, task)) = self.subs.remove(&id) {
-                task.abort();
+            if let Some(sub) = self.subs.remove(&id) {
+                self.live.remove(&sub.serial);
+                sub.task.abort();
             }
             let msg = error(
                 "access_revoked",
@@ -267,7 +284,7 @@ impl Connection {
     async fn on_text(
         &mut self,
         text: &str,
-        tx: &mpsc::Sender<String>,
+        tx: &mpsc::Sender<(u64, String)>,
     ) -> Option<Option<CloseReason>> {
         let msg: ClientMsg = match serde_json::from_str(text) {
             Ok(m) => m,
@@ -290,8 +307,9 @@ impl Connection {
             },
             ClientMsg::Ping => json!({ "type": "pong" }).to_string(),
             ClientMsg::Unsubscribe { id } => match self.subs.remove(&id) {
-                Some((_, task)) => {
-                    task.abort();
+                Some(sub) => {
+                    self.live.remove(&sub.serial);
+                    sub.task.abort();
                     json!({ "type": "unsubscribed", "subscription": id }).to_string()
                 }
                 None => error("unknown_subscription", "no such subscription", Some(&id)),
@@ -312,7 +330,7 @@ impl Connection {
         id: String,
         target: Target,
         from: From,
-        tx: mpsc::Sender<String>,
+        tx: mpsc::Sender<(u64, String)>,
     ) -> Result<i64, (&'static str, String)> {
         let principal = self
             .principal
@@ -366,8 +384,18 @@ impl Connection {
         };
         let sub = Subscription::new(self.state.store.clone(), after, filter)
             .with_live_feed(self.state.live.clone());
-        let task = actix_web::rt::spawn(pump(id.clone(), sub, tx));
-        self.subs.insert(id, (target, task));
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let task = actix_web::rt::spawn(pump(id.clone(), serial, sub, tx));
+        self.live.insert(serial);
+        self.subs.insert(
+            id,
+            Sub {
+                target,
+                serial,
+                task,
+            },
+        );
         Ok(after)
     }
 }
@@ -389,7 +417,7 @@ struct EventMsg<'a> {
 }
 
 /// Moves one subscription's events into the connection's queue, waiting when it is full.
-async fn pump(id: String, mut sub: Subscription, tx: mpsc::Sender<String>) {
+async fn pump(id: String, serial: u64, mut sub: Subscription, tx: mpsc::Sender<(u64, String)>) {
     let mut caught_up = false;
     loop {
         match sub.try_next().await {
@@ -412,7 +440,7 @@ async fn pump(id: String, mut sub: Subscription, tx: mpsc::Sender<String>) {
                 let Ok(text) = serde_json::to_string(&msg) else {
                     continue;
                 };
-                if tx.send(text).await.is_err() {
+                if tx.send((serial, text)).await.is_err() {
                     return;
                 }
             }
@@ -420,7 +448,7 @@ async fn pump(id: String, mut sub: Subscription, tx: mpsc::Sender<String>) {
                 if !caught_up {
                     caught_up = true;
                     let msg = json!({ "type": "caught_up", "subscription": id, "position": sub.position() });
-                    if tx.send(msg.to_string()).await.is_err() {
+                    if tx.send((serial, msg.to_string())).await.is_err() {
                         return;
                     }
                 }
