@@ -2,11 +2,17 @@
 //! upgrade from the first to the second, so that `socket.io-client` connects in its default
 //! configuration (it starts with polling and upgrades when it can).
 //!
+//! Written here because no crate fits: socketioxide, the Rust Socket.IO server, runs on
+//! tower/hyper only, not on actix-web.
+//!
 //! One Engine.IO session is one task ([`run`]) that owns everything of the session: the
 //! layer above ([`Handler`], e.g. Socket.IO), the queue of packets waiting for the next poll,
-//! the WebSocket once there is one, and the timers. HTTP requests of the polling transport
-//! and the WebSocket of an upgrade reach it as [`Control`] messages through the session
-//! table ([`Sessions`]), so no state is shared between tasks.
+//! the outbound queue of its WebSocket once there is one, and the timers (pings, and the
+//! deadline to connect a namespace). HTTP requests of the polling transport and the frames
+//! of a WebSocket reach it as [`Control`] messages through the session table
+//! ([`Sessions`]), so no state is shared between tasks. A WebSocket stays on the worker
+//! thread of its HTTP connection, which may not be the session's: a [`bridge`] task there
+//! moves frames between the two.
 //!
 //! Protocol (<https://socket.io/docs/v4/engine-io-protocol/>): packets are a type digit and
 //! data (`0` open, `1` close, `2` ping, `3` pong, `4` message, `5` upgrade, `6` noop). Over
