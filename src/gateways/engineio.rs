@@ -180,14 +180,6 @@ impl Sessions {
             Err(_) => Err(EngineError::BadRequest),
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// What happens after the layer above handled something.
@@ -272,6 +264,7 @@ impl Polling {
     /// Answers the pending GET with as many queued packets as fit, or with a noop when
     /// `noop` and nothing is queued.
     fn flush(&mut self, noop: bool) {
+        self.drop_abandoned();
         if self.pending.is_none() || (self.outbox.is_empty() && !noop) {
             return;
         }
@@ -290,7 +283,20 @@ impl Polling {
             body.push('6');
         }
         if let Some(tx) = self.pending.take() {
-            let _ = tx.send(Ok(body));
+            if let Err(Ok(body)) = tx.send(Ok(body)) {
+                // The poll went away meanwhile: its packets wait for the next one.
+                for p in body.split(SEPARATOR).rev().filter(|p| *p != "6") {
+                    self.outbox.push_front(p.to_owned());
+                }
+            }
+        }
+    }
+
+    /// Forgets a pending poll whose HTTP request has gone (client gone, or the request's
+    /// own time limit), so that the next poll is not taken for a second concurrent one.
+    fn drop_abandoned(&mut self) {
+        if self.pending.as_ref().is_some_and(|p| p.is_closed()) {
+            self.pending = None;
         }
     }
 }
@@ -381,6 +387,7 @@ impl<H: Handler> Engine<H> {
                     let _ = tx.send(Err(EngineError::BadRequest));
                     return Flow::Go;
                 }
+                self.polling.drop_abandoned();
                 if self.polling.pending.is_some() {
                     // Two GETs at once: the protocol says the session is broken.
                     let _ = tx.send(Err(EngineError::BadRequest));
@@ -635,5 +642,14 @@ mod tests {
         assert!(p.pending.is_some(), "an empty poll waits");
         p.flush(true);
         assert_eq!(rx.try_recv().unwrap().unwrap(), "6");
+
+        // A poll whose request went away loses nothing: the packets wait for the next one.
+        let (tx, rx) = oneshot::channel();
+        p.pending = Some(tx);
+        drop(rx);
+        p.outbox.push_back("42[\"b\"]".into());
+        p.flush(false);
+        assert!(p.pending.is_none());
+        assert_eq!(p.outbox.len(), 1);
     }
 }

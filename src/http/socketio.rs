@@ -146,8 +146,8 @@ pub async fn connect(
             let slot = state.gateways.admit()?;
             let (tx, rx) = oneshot::channel();
             new_session(&state, slot, Start::Polling(tx));
-            match rx.await {
-                Ok(Ok(open)) => Ok(text(open)),
+            match tokio::time::timeout(Duration::from_secs(10), rx).await {
+                Ok(Ok(Ok(open))) => Ok(text(open)),
                 _ => Err(ApiError::unavailable("the session could not start")),
             }
         }
