@@ -123,3 +123,62 @@ async fn polling_packets_posted_to_an_unknown_session_get_the_engine_io_error() 
     assert_eq!(body["code"], 1);
     assert_eq!(body["message"], "Session ID unknown");
 }
+
+/// Posts Engine.IO packets to a polling session.
+async fn post(app: &common::TestApp, sid: &str, packets: &str) {
+    let res = app
+        .anonymous
+        .post(app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}")))
+        .body(packets.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+}
+
+#[actix_web::test]
+async fn a_polling_session_lives_on_pongs_over_polling_and_ends_when_they_stop() {
+    let app = common::spawn_app_with(|c| c.ws_heartbeat_interval = 1).await;
+    let (status, open) = poll(&app, "").await;
+    assert_eq!(status, 200, "{open}");
+    let open: Value = serde_json::from_str(&open[1..]).unwrap();
+    assert_eq!(open["pingInterval"], 1000);
+    let sid = open["sid"].as_str().unwrap().to_owned();
+    let token = &app.tenant.access_token;
+    post(
+        &app,
+        &sid,
+        &format!("40/citypulse,{{\"token\":\"{token}\"}}"),
+    )
+    .await;
+
+    // Answer three pings over polling (each poll waits at most a ping interval).
+    let mut connected = false;
+    let mut pongs = 0;
+    while pongs < 3 {
+        let (status, body) = poll(&app, &format!("&sid={sid}")).await;
+        assert_eq!(status, 200, "{body}");
+        for packet in body.split('\u{1e}') {
+            match packet {
+                "2" => {
+                    post(&app, &sid, "3").await;
+                    pongs += 1;
+                }
+                p if p.starts_with("40/citypulse,") => connected = true,
+                "6" => {}
+                other => panic!("unexpected packet {other}"),
+            }
+        }
+    }
+    assert!(connected);
+    // Stop answering: the session ends (a close packet, or the id is forgotten).
+    let mut ended = false;
+    for _ in 0..10 {
+        let (status, body) = poll(&app, &format!("&sid={sid}")).await;
+        if status == 400 || body.split('\u{1e}').any(|p| p == "1") {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "a session without pongs was not closed");
+}

@@ -45,8 +45,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Slot;
 
-pub const PING_INTERVAL: Duration = Duration::from_secs(25);
-pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Largest packet batch (poll answer, POST body) and WebSocket frame.
 pub const MAX_PAYLOAD: usize = 1_000_000;
 /// Most packets waiting for the client's next poll.
@@ -225,19 +223,12 @@ pub fn bridge_id() -> u64 {
 
 /// Settings of a session.
 pub struct Limits {
+    /// Time to connect a namespace (authenticate).
     pub auth_timeout: Duration,
+    /// Time between the server's pings (`pingInterval`).
     pub ping_interval: Duration,
+    /// Time the client has to answer a ping (`pingTimeout`).
     pub ping_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            auth_timeout: Duration::from_secs(10),
-            ping_interval: PING_INTERVAL,
-            ping_timeout: PING_TIMEOUT,
-        }
-    }
 }
 
 /// A WebSocket of the session, through its bridge.

@@ -125,7 +125,8 @@ fn new_session(state: &web::Data<AppState>, slot: gateways::Slot, start: Start) 
         state.access.changes(),
         engineio::Limits {
             auth_timeout: state.gateways.auth_timeout,
-            ..engineio::Limits::default()
+            ping_interval: state.gateways.heartbeat,
+            ping_timeout: state.gateways.heartbeat,
         },
         Uuid::new_v4().simple().to_string(),
     );
@@ -157,7 +158,7 @@ pub async fn connect(
                 return Ok(engine_error(e));
             }
             // The session answers at the latest with its next ping; the bound is a safety net.
-            let wait = engineio::PING_INTERVAL + engineio::PING_TIMEOUT;
+            let wait = state.gateways.heartbeat * 2;
             match tokio::time::timeout(wait, rx).await {
                 Ok(Ok(Ok(packets))) => Ok(text(packets)),
                 Ok(Ok(Err(e))) => Ok(engine_error(e)),
