@@ -279,7 +279,7 @@ impl Agg {
         let total = self.total + v;
         anyhow::ensure!(
             total.is_finite() && v.is_finite(),
-            "the energy total overflows adding {v}"
+            "the energy total overflows adding {v:e}"
         );
         self.total = total;
         self.samples += 1;

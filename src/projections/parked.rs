@@ -45,10 +45,21 @@ impl Parked {
     }
 }
 
-/// The whole cause chain on one line, cut to a size a row can hold. PostgreSQL text cannot
-/// hold NUL, and an error may quote an event's payload, so NUL is replaced.
+/// The whole cause chain on one line, cut to a size a row can hold. Causes already quoted by
+/// the error above them are left out. PostgreSQL text cannot hold NUL, and an error may
+/// quote an event's payload, so NUL is replaced.
 pub fn error_text(error: &anyhow::Error) -> String {
-    let text = format!("{error:#}").replace('\0', "\u{fffd}");
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    let text = text.replace('\0', "\u{fffd}");
     match text.char_indices().nth(MAX_ERROR_CHARS) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,

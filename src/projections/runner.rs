@@ -381,7 +381,7 @@ async fn read_page(
         position,
         %event_id,
         event_type,
-        error = %format!("{first_failure:#}"),
+        error = %parked::error_text(&first_failure),
         "an event of the log cannot be read; it is parked"
     );
     Ok(Page {
@@ -503,7 +503,7 @@ pub async fn apply_or_park(
             projection = name,
             first = events.first().map(|e| e.position),
             last = events.last().map(|e| e.position),
-            error = %format!("{batch_error:#}"),
+            error = %parked::error_text(&batch_error),
             "a batch failed; applying its events one by one"
         );
         for event in events {
@@ -686,4 +686,42 @@ pub struct RebuildReport {
     /// Events that could not be applied and are parked.
     pub parked: usize,
     pub elapsed: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infrastructure_failures_are_transient_and_event_failures_are_not() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(is_transient(&anyhow::Error::from(io)));
+        assert!(is_transient(&sqlx::Error::PoolTimedOut.into()));
+        assert!(is_transient(
+            &anyhow::Error::from(StoreError::Database(sqlx::Error::PoolClosed)).context("reading")
+        ));
+        assert!(!is_transient(&anyhow::anyhow!(
+            "timestamp exceeds num_nanoseconds limit"
+        )));
+        assert!(!is_transient(&sqlx::Error::RowNotFound.into()));
+        let decode = sqlx::Error::ColumnDecode {
+            index: "data".into(),
+            source: "number out of range".into(),
+        };
+        assert!(!is_transient(&StoreError::Database(decode).into()));
+    }
+
+    #[test]
+    fn an_error_text_names_each_cause_once_and_holds_no_nul() {
+        let decode = sqlx::Error::ColumnDecode {
+            index: "data".into(),
+            source: "number out of range".into(),
+        };
+        let e = anyhow::Error::from(StoreError::Database(decode)).context("bad\0event");
+        let text = parked::error_text(&e);
+        assert_eq!(text.matches("number out of range").count(), 1, "{text}");
+        assert!(!text.contains('\0'));
+        let long = parked::error_text(&anyhow::anyhow!("x".repeat(10_000)));
+        assert!(long.chars().count() <= 4001);
+    }
 }
