@@ -19,11 +19,13 @@ use universal_backend::store::{EventStore, PgEventStore, PgStoreConfig, Recorded
 use uuid::Uuid;
 
 /// The energy projection, with failures the test controls: events at `poisoned` positions
-/// fail as a bad event would; those at `flaky` positions fail once as a lost connection.
+/// fail as a bad event would; those at `flaky` positions fail once as a lost connection;
+/// those at `panicking` positions panic.
 #[derive(Default)]
 struct Controlled {
     poisoned: Mutex<HashSet<i64>>,
     flaky: Mutex<HashSet<i64>>,
+    panicking: Mutex<HashSet<i64>>,
 }
 
 #[async_trait]
@@ -41,6 +43,9 @@ impl Projection for Controlled {
         for e in events {
             if self.poisoned.lock().unwrap().contains(&e.position) {
                 anyhow::bail!("the test poisoned position {}", e.position);
+            }
+            if self.panicking.lock().unwrap().contains(&e.position) {
+                panic!("the test panics at position {}", e.position);
             }
             if self.flaky.lock().unwrap().remove(&e.position) {
                 return Err(std::io::Error::new(
@@ -527,6 +532,36 @@ async fn a_transient_failure_is_tried_again_and_parks_nothing() {
     );
     assert!(parked_rows(&app.pool).await.is_empty());
     assert_eq!(energy_total(&app.pool, &building).await, 21.0);
+}
+
+#[actix_web::test]
+async fn a_projection_that_panics_on_an_event_parks_it_and_goes_on() {
+    let app = common::spawn_app_with(|c| c.projections = "identity".into()).await;
+    let (building, sensor, _) = app.building_with_sensor("electricity", "kWh").await;
+    let mut positions = Vec::new();
+    for v in 1..=6 {
+        positions.push(post_reading(&app, &building, &sensor, f64::from(v)).await);
+    }
+    let store = PgEventStore::start(app.pool.clone(), PgStoreConfig::default())
+        .await
+        .unwrap();
+    let projection = Arc::new(Controlled::default());
+    projection.panicking.lock().unwrap().insert(positions[1]);
+    let runner = tokio::spawn(
+        ProjectionRunner::new(app.pool.clone(), store.clone(), projection.clone(), fast()).run(),
+    );
+    wait_caught_up(&app.pool, store.as_ref(), "citypulse_energy").await;
+    runner.abort();
+    assert_eq!(
+        parked_rows(&app.pool).await,
+        vec![("citypulse_energy".into(), positions[1], "parked".into())]
+    );
+    let row = parked::get(&app.pool, "citypulse_energy", positions[1])
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(row.error.contains("panicked"), "{}", row.error);
+    assert_eq!(energy_total(&app.pool, &building).await, 21.0 - 2.0);
 }
 
 #[actix_web::test]

@@ -431,11 +431,15 @@ pub fn is_transient(error: &anyhow::Error) -> bool {
                 // 08: connection exception; 53: insufficient resources; 57P01-57P05:
                 // shutdown, crash, cannot connect now, idle timeouts; 57014: a statement
                 // timeout or cancel; 55P03: a lock timeout; 40001/40P01: serialization
-                // failure, deadlock; 58: system error (I/O).
+                // failure, deadlock; 58: system error (I/O). 42 (undefined table or column,
+                // missing privilege, ...) is a deployment fault that every event would hit:
+                // parking them all would empty the read model, so the runner waits instead,
+                // its lag showing in /health, until the schema is fixed.
                 code.starts_with("08")
                     || code.starts_with("53")
                     || code.starts_with("57P")
                     || code.starts_with("58")
+                    || code.starts_with("42")
                     || matches!(code.as_ref(), "57014" | "55P03" | "40001" | "40P01")
             }),
             _ => false,
