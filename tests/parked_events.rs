@@ -314,6 +314,19 @@ async fn an_event_that_cannot_be_applied_is_parked_and_the_projections_go_on() {
         .unwrap();
     assert_eq!(res.status(), 404);
 
+    let res = app
+        .client
+        .get(admin(&format!("/citypulse_directory/{undecodable}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let one: Value = res.json().await.unwrap();
+    assert_eq!(
+        (one["position"].as_i64(), one["attempts"].as_i64()),
+        (Some(undecodable), Some(1))
+    );
+
     // Skip resolves the row and keeps it.
     let res = app
         .client

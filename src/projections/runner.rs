@@ -295,7 +295,8 @@ struct Page {
     /// Where the checkpoint goes once the page is applied.
     to: i64,
     events: Vec<RecordedEvent>,
-    /// An event after `events` whose payload could not be read; `to` is its position.
+    /// An event whose payload could not be read, to be parked; then `events` is empty and
+    /// `to` is its position.
     unreadable: Option<Parked>,
 }
 
@@ -359,6 +360,8 @@ async fn read_page(
             unreadable: None,
         });
     }
+    // The same selection as the store's read, without the payload (runners never filter by
+    // organization, the one criterion that needs the metadata).
     let header: Option<(i64, uuid::Uuid, String, String)> = sqlx::query_as(
         "SELECT global_position, event_id, stream_id, event_type FROM events \
          WHERE global_position > $1 AND global_position <= $2 \
@@ -452,7 +455,7 @@ pub fn is_transient(error: &anyhow::Error) -> bool {
 /// `Ok(None)`: applied. `Ok(Some(error))`: the projection failed (or panicked) and the
 /// savepoint was rolled back, leaving the transaction as it was. `Err`: a transient failure;
 /// the caller's transaction is no longer usable.
-pub async fn apply_guarded(
+pub(crate) async fn apply_guarded(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     events: &[RecordedEvent],
@@ -487,7 +490,7 @@ pub async fn apply_guarded(
 /// The batch goes first, in one piece; only if that fails is it applied again one event at a
 /// time, each under its own savepoint, so a bad event costs one slow batch and nothing else.
 /// Transient failures are returned as errors: the caller's transaction is then lost.
-pub async fn apply_or_park(
+pub(crate) async fn apply_or_park(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     events: &[RecordedEvent],
