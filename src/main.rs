@@ -6,7 +6,9 @@ use clap::{Parser, Subcommand};
 /// it measured faster than the system allocator under the benchmark.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use universal_backend::{config::Config, projections, startup, store, telemetry, Application};
+use universal_backend::{
+    config::Config, http, projections, startup, store, telemetry, Application,
+};
 
 #[derive(Parser)]
 #[command(name = "universal-backend", version, about)]
@@ -28,8 +30,22 @@ enum Command {
         /// The projection's name (see `projections`).
         projection: String,
     },
-    /// List the projections with their checkpoints.
+    /// List the projections with their checkpoints and parked events.
     Projections,
+    /// Grant or revoke the account-wide admin role that lets a user call the operator
+    /// endpoints (`/api/v1/admin/...`).
+    Operator {
+        #[command(subcommand)]
+        action: OperatorAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorAction {
+    /// Make the user with this e-mail address an operator.
+    Grant { email: String },
+    /// Take the operator role away again.
+    Revoke { email: String },
 }
 
 #[actix_web::main]
@@ -66,21 +82,41 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             let secs = report.elapsed.as_secs_f64();
             println!(
-                "rebuilt {} up to position {}: {} events in {:.2}s ({:.0} events/s)",
+                "rebuilt {} up to position {}: {} events in {:.2}s ({:.0} events/s), {} parked",
                 report.projection,
                 report.position,
                 report.events,
                 secs,
-                report.events as f64 / secs.max(1e-9)
+                report.events as f64 / secs.max(1e-9),
+                report.parked
             );
             Ok(())
         }
         Command::Projections => {
             let pool = startup::connect_and_migrate(&cli.config).await?;
+            let parked = projections::parked::open_counts(&pool).await?;
+            println!("projection\tcheckpoint\tparked");
             for p in projections::all() {
                 let c = projections::runner::checkpoint(&pool, p.name()).await?;
-                println!("{}\t{}", p.name(), c);
+                let n = parked.get(p.name()).copied().unwrap_or(0);
+                println!("{}\t{}\t{}", p.name(), c, n);
             }
+            Ok(())
+        }
+        Command::Operator { action } => {
+            let (email, grant) = match &action {
+                OperatorAction::Grant { email } => (email, true),
+                OperatorAction::Revoke { email } => (email, false),
+            };
+            let pool = startup::connect_and_migrate(&cli.config).await?;
+            let store = store::PgEventStore::start(pool.clone(), cli.config.store()).await?;
+            let id = http::admin::set_operator(&pool, store.clone(), email, grant).await;
+            store::EventStore::shutdown(store.as_ref()).await;
+            let id = id?;
+            println!(
+                "{email} (user {id}) {} an operator",
+                if grant { "is now" } else { "is no longer" }
+            );
             Ok(())
         }
     }

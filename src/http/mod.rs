@@ -1,5 +1,6 @@
 //! The HTTP edge: one route table, one error type, one file per resource.
 
+pub mod admin;
 pub mod citypulse;
 pub mod command;
 pub mod error;
@@ -48,7 +49,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .configure(identity::configure)
                 .route("/ws", web::get().to(ws::connect))
                 .configure(citypulse::configure)
-                .configure(history::configure),
+                .configure(history::configure)
+                .configure(admin::configure),
         );
 }
 

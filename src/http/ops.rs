@@ -4,21 +4,35 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use crate::projections::{self, runner};
+use crate::projections::{self, parked, runner};
 use crate::startup::AppState;
 use crate::telemetry;
 
-/// `GET /health`: 200 when the event store answers, 503 otherwise.
+/// `GET /health`: 200 when the event store answers, 503 otherwise. Parked events (events a
+/// projection could not apply) are a warning, not a failure: counted per projection and
+/// named in `warnings`.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let head = state.store.head_position().await;
     let mut projections_status = Vec::new();
+    let mut warnings = Vec::new();
     if let Ok(head) = &head {
+        let parked = parked::open_counts(&state.pool).await.ok();
         for p in projections::all() {
             let checkpoint = runner::checkpoint(&state.pool, p.name()).await.ok();
+            let parked_events = parked
+                .as_ref()
+                .map(|c| c.get(p.name()).copied().unwrap_or(0));
+            if let Some(n @ 1..) = parked_events {
+                warnings.push(format!(
+                    "{} has {n} parked event(s): GET /api/v1/admin/parked-events",
+                    p.name()
+                ));
+            }
             projections_status.push(json!({
                 "name": p.name(),
                 "checkpoint": checkpoint,
                 "lag": checkpoint.map(|c| (head - c).max(0)),
+                "parked_events": parked_events,
             }));
         }
     }
@@ -34,6 +48,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             "error": head.as_ref().err().map(|e| e.to_string()),
         },
         "projections": projections_status,
+        "warnings": warnings,
         "live_actors": { "building": state.buildings.live() },
     });
     let status = if reachable {
@@ -54,6 +69,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
                     .set((head - c).max(0) as f64);
             }
         }
+        let _ = parked::refresh_gauges(&state.pool).await;
     }
     metrics::gauge!("ub_process_rss_bytes").set(telemetry::rss_bytes().unwrap_or(0) as f64);
     HttpResponse::Ok()

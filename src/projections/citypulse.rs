@@ -6,7 +6,10 @@
 //!
 //! Both fold a whole batch in memory first and write it with a few set-based statements
 //! (`UNNEST` arrays), so catch-up costs a handful of round trips per thousand events rather
-//! than one per event.
+//! than one per event. Folding must not hide an error that the event alone would hit (the
+//! runner applies events one by one when a batch fails, and both ways must agree), so every
+//! reading is checked as it is folded: a timestamp PostgreSQL cannot store, a sum that
+//! overflows.
 
 use std::collections::HashMap;
 
@@ -27,6 +30,25 @@ fn building_id(e: &RecordedEvent) -> anyhow::Result<Uuid> {
         .strip_prefix("building-")
         .context("not a building stream")?;
     Ok(Uuid::parse_str(id)?)
+}
+
+/// The earliest instant a `timestamptz` holds (4714-11-24 BC, proleptic year -4713).
+fn earliest_storable() -> DateTime<Utc> {
+    chrono::NaiveDate::from_ymd_opt(-4713, 11, 24)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("a valid date")
+        .and_utc()
+}
+
+/// Fails on an instant PostgreSQL cannot store. In a batch only the latest reading of a
+/// sensor is written, so an unstorable earlier one would pass unnoticed there and fail when
+/// its event is applied alone.
+fn storable(at: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
+    anyhow::ensure!(
+        at >= earliest_storable(),
+        "reading time {at} is out of the range PostgreSQL stores"
+    );
+    Ok(at)
 }
 
 fn decode(e: &RecordedEvent) -> anyhow::Result<BuildingEvent> {
@@ -126,6 +148,7 @@ impl Projection for Directory {
                 }
                 BuildingEvent::ReadingsRecorded(r) => {
                     for reading in &r.readings {
+                        storable(reading.measured_at)?;
                         let slot = latest
                             .entry(reading.sensor_id)
                             .or_insert((reading.value, reading.measured_at));
@@ -250,11 +273,19 @@ struct Agg {
 }
 
 impl Agg {
-    fn add(&mut self, v: f64) {
-        self.total += v;
+    /// Adds a reading; a sum that leaves the finite range fails here, as adding the same
+    /// readings one event at a time would fail in PostgreSQL (`float8` overflow).
+    fn add(&mut self, v: f64) -> anyhow::Result<()> {
+        let total = self.total + v;
+        anyhow::ensure!(
+            total.is_finite() && v.is_finite(),
+            "the energy total overflows adding {v:e}"
+        );
+        self.total = total;
         self.samples += 1;
         self.min = self.min.min(v);
         self.max = self.max.max(v);
+        Ok(())
     }
 }
 
@@ -266,7 +297,13 @@ struct Buckets {
 }
 
 impl Buckets {
-    fn add(&mut self, key: BucketKey, kind: &'static str, unit: &str, value: f64) {
+    fn add(
+        &mut self,
+        key: BucketKey,
+        kind: &'static str,
+        unit: &str,
+        value: f64,
+    ) -> anyhow::Result<()> {
         self.map
             .entry(key)
             .or_insert_with(|| {
@@ -282,7 +319,7 @@ impl Buckets {
                 )
             })
             .0
-            .add(value);
+            .add(value)
     }
 
     async fn upsert(self, conn: &mut PgConnection, table: &str) -> anyhow::Result<()> {
@@ -369,13 +406,13 @@ impl Projection for Energy {
                     kind,
                     &reading.unit,
                     reading.value,
-                );
+                )?;
                 daily.add(
                     (building, reading.sensor_id, day),
                     kind,
                     &reading.unit,
                     reading.value,
-                );
+                )?;
             }
         }
         hourly.upsert(conn, "energy_hourly").await?;

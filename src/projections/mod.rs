@@ -2,6 +2,7 @@
 
 pub mod citypulse;
 pub mod identity;
+pub mod parked;
 pub mod runner;
 
 use std::collections::HashMap;

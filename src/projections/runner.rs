@@ -15,15 +15,25 @@
 //!   projection's tables in a scratch schema while the live tables keep serving, then swaps
 //!   them in within one short transaction that holds the checkpoint row, so the live runner
 //!   pauses for the swap and continues on the new tables.
+//! - **No event stops a projection.** A batch is applied under a savepoint. When it fails for
+//!   any reason other than a transient infrastructure failure (see [`is_transient`]), it is
+//!   rolled back to the savepoint and applied again event by event, each under its own
+//!   savepoint, in the same transaction; an event that fails alone (or whose payload cannot
+//!   even be read) is rolled back and *parked* (see [`super::parked`]) in the transaction that
+//!   moves the checkpoint past it. Transient failures keep the old behaviour: the runner
+//!   starts over from its checkpoint and tries again.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::FutureExt;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
-use crate::store::{EventStore, Filter, RecordedEvent};
+use super::parked::{self, Parked};
+use crate::store::{EventStore, Filter, RecordedEvent, StoreError};
 
 /// A read model fed from the event log.
 #[async_trait]
@@ -36,6 +46,12 @@ pub trait Projection: Send + Sync + 'static {
     fn tables(&self) -> &'static [&'static str];
     /// Applies a batch of events inside the runner's transaction. Table names must be
     /// unqualified: a rebuild points `search_path` at its scratch schema.
+    ///
+    /// Applying a batch must leave the read model exactly as applying its events one at a
+    /// time would: the runner falls back to single events when a batch fails, and must not
+    /// end up elsewhere than a run that never batched. In particular an error that only a
+    /// single event would hit (an overflowing sum, say) must not be masked by folding the
+    /// batch first.
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()>;
 }
 
@@ -212,21 +228,25 @@ impl ProjectionRunner {
         }
         let page = match prefetched.take() {
             Some(p) if p.from == from => p,
-            _ => Page {
-                from,
-                head,
-                events: self
-                    .store
-                    .read_all(from, Some(head), filter, batch_size)
-                    .await?,
-            },
-        };
-        let to = page_end(&page.events, page.head, batch_size);
-        let events = &page.events;
-        let apply = async move {
-            if !events.is_empty() {
-                self.projection.apply(&mut tx, events).await?;
+            _ => {
+                read_page(
+                    self.store.as_ref(),
+                    &self.pool,
+                    filter,
+                    from,
+                    head,
+                    batch_size,
+                )
+                .await?
             }
+        };
+        let to = page.to;
+        let page_ref = &page;
+        let apply = async move {
+            let mut parked =
+                apply_or_park(&mut tx, self.projection.as_ref(), &page_ref.events).await?;
+            parked.extend(page_ref.unreadable.clone());
+            parked::park(&mut tx, name, &parked).await?;
             sqlx::query(
                 "UPDATE checkpoints SET position = $2, updated_at = now() WHERE projection = $1",
             )
@@ -235,7 +255,7 @@ impl ProjectionRunner {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            anyhow::Ok(())
+            anyhow::Ok(parked.len())
         };
         let read_next = async {
             if to < head {
@@ -243,37 +263,283 @@ impl ProjectionRunner {
                     .store
                     .read_all(to, Some(head), filter, batch_size)
                     .await?;
-                anyhow::Ok(Some(Page {
-                    from: to,
-                    head,
-                    events,
-                }))
+                anyhow::Ok(Some(Page::new(to, head, events, batch_size)))
             } else {
                 Ok(None)
             }
         };
         let (applied, next) = tokio::join!(apply, read_next);
-        applied?;
+        let parked_now = applied?;
+        // A page that could not be read is read again, carefully, by the next step.
         *prefetched = next.unwrap_or(None);
         metrics::counter!("ub_projection_events_total", "projection" => name)
             .increment(page.events.len() as u64);
+        if parked_now > 0 {
+            metrics::counter!("ub_projection_events_parked_total", "projection" => name)
+                .increment(parked_now as u64);
+            if let Ok(counts) = parked::open_counts(&self.pool).await {
+                let open = counts.get(name).copied().unwrap_or(0);
+                metrics::gauge!("ub_projection_parked_events", "projection" => name)
+                    .set(open as f64);
+            }
+        }
         metrics::gauge!("ub_projection_lag", "projection" => name).set((head - to).max(0) as f64);
         self.progress.send_replace(to);
         Ok(to >= head)
     }
 }
 
-/// A page of events read ahead: positions `(from, head]`, or fewer if the page is full.
+/// A page of events: the events of positions `(from, to]` that the projection reads.
 struct Page {
     from: i64,
-    head: i64,
+    /// Where the checkpoint goes once the page is applied.
+    to: i64,
     events: Vec<RecordedEvent>,
+    /// An event whose payload could not be read, to be parked; then `events` is empty and
+    /// `to` is its position.
+    unreadable: Option<Parked>,
+}
+
+impl Page {
+    /// A page read up to `head`: it reaches the head when it was not full (everything up to
+    /// it has been seen), else its last event.
+    fn new(from: i64, head: i64, events: Vec<RecordedEvent>, batch_size: i64) -> Self {
+        let to = if (events.len() as i64) < batch_size {
+            head
+        } else {
+            events.last().map_or(head, |e| e.position)
+        };
+        Self {
+            from,
+            to,
+            events,
+            unreadable: None,
+        }
+    }
+}
+
+/// Reads the page after `from`. When the store cannot read it (an event whose payload does
+/// not decode), finds the longest readable prefix by halving; when even the first event
+/// cannot be read, the page is that event alone, to be parked, named by what the log says
+/// of it without its payload.
+async fn read_page(
+    store: &dyn EventStore,
+    pool: &PgPool,
+    filter: &Filter,
+    from: i64,
+    head: i64,
+    batch_size: i64,
+) -> anyhow::Result<Page> {
+    let failure = match store.read_all(from, Some(head), filter, batch_size).await {
+        Ok(events) => return Ok(Page::new(from, head, events, batch_size)),
+        Err(e) => read_failure(e)?,
+    };
+    // Reading `bad` events fails; reading `good` succeeds (0 trivially).
+    let (mut good, mut bad) = (0, batch_size);
+    let mut prefix = Vec::new();
+    let mut first_failure = failure;
+    while bad - good > 1 {
+        let mid = good + (bad - good) / 2;
+        match store.read_all(from, Some(head), filter, mid).await {
+            Ok(events) => {
+                good = mid;
+                prefix = events;
+            }
+            Err(e) => {
+                first_failure = read_failure(e)?;
+                bad = mid;
+            }
+        }
+    }
+    if let Some(last) = prefix.last() {
+        let to = last.position;
+        return Ok(Page {
+            from,
+            to,
+            events: prefix,
+            unreadable: None,
+        });
+    }
+    // The same selection as the store's read, without the payload (runners never filter by
+    // organization, the one criterion that needs the metadata).
+    let header: Option<(i64, uuid::Uuid, String, String)> = sqlx::query_as(
+        "SELECT global_position, event_id, stream_id, event_type FROM events \
+         WHERE global_position > $1 AND global_position <= $2 \
+         AND ($3::text[] IS NULL OR stream_category = ANY($3)) \
+         AND ($4::text[] IS NULL OR event_type = ANY($4)) \
+         AND ($5::text IS NULL OR stream_id = $5) \
+         ORDER BY global_position LIMIT 1",
+    )
+    .bind(from)
+    .bind(head)
+    .bind(&filter.categories)
+    .bind(&filter.event_types)
+    .bind(&filter.stream)
+    .fetch_optional(pool)
+    .await?;
+    let Some((position, event_id, stream_id, event_type)) = header else {
+        return Err(first_failure.context("reading the log"));
+    };
+    tracing::error!(
+        position,
+        %event_id,
+        event_type,
+        error = %parked::error_text(&first_failure),
+        "an event of the log cannot be read; it is parked"
+    );
+    Ok(Page {
+        from,
+        to: position,
+        events: Vec::new(),
+        unreadable: Some(Parked {
+            position,
+            event_id,
+            stream_id,
+            event_type,
+            error: parked::error_text(&first_failure.context("the event cannot be read")),
+        }),
+    })
+}
+
+/// A read error that a careful re-read may get past; transient ones are returned as errors.
+fn read_failure(e: StoreError) -> anyhow::Result<anyhow::Error> {
+    let e = anyhow::Error::from(e);
+    if is_transient(&e) {
+        Err(e)
+    } else {
+        Ok(e)
+    }
+}
+
+/// Whether `error` is a failure of the infrastructure rather than of the event: the
+/// connection or the pool, the server shutting down or short of resources, a lock or
+/// statement timeout, a serialization failure or deadlock. Such a batch is tried again as
+/// it is; any other error makes the runner look for the events to park.
+pub fn is_transient(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        let Some(e) = cause.downcast_ref::<sqlx::Error>() else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // 08: connection exception; 53: insufficient resources; 57P01-57P05:
+                // shutdown, crash, cannot connect now, idle timeouts; 57014: a statement
+                // timeout or cancel; 55P03: a lock timeout; 40001/40P01: serialization
+                // failure, deadlock; 58: system error (I/O). 42 (undefined table or column,
+                // missing privilege, ...) is a deployment fault that every event would hit:
+                // parking them all would empty the read model, so the runner waits instead,
+                // its lag showing in /health, until the schema is fixed.
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57P")
+                    || code.starts_with("58")
+                    || code.starts_with("42")
+                    || matches!(code.as_ref(), "57014" | "55P03" | "40001" | "40P01")
+            }),
+            _ => false,
+        }
+    })
+}
+
+/// Applies `events` under a savepoint of the caller's transaction.
+///
+/// `Ok(None)`: applied. `Ok(Some(error))`: the projection failed (or panicked) and the
+/// savepoint was rolled back, leaving the transaction as it was. `Err`: a transient failure;
+/// the caller's transaction is no longer usable.
+pub(crate) async fn apply_guarded(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    events: &[RecordedEvent],
+) -> anyhow::Result<Option<anyhow::Error>> {
+    let mut savepoint = conn.begin().await?;
+    let applied = AssertUnwindSafe(projection.apply(&mut savepoint, events))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(anyhow::anyhow!("the projection panicked: {message}"))
+        });
+    match applied {
+        Ok(()) => {
+            savepoint.commit().await?;
+            Ok(None)
+        }
+        Err(e) if is_transient(&e) => Err(e),
+        Err(e) => {
+            savepoint.rollback().await?;
+            Ok(Some(e))
+        }
+    }
+}
+
+/// Applies `events` inside the caller's transaction and returns those it had to park.
+///
+/// The batch goes first, in one piece; only if that fails is it applied again one event at a
+/// time, each under its own savepoint, so a bad event costs one slow batch and nothing else.
+/// Transient failures are returned as errors: the caller's transaction is then lost.
+pub(crate) async fn apply_or_park(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    events: &[RecordedEvent],
+) -> anyhow::Result<Vec<Parked>> {
+    let name = projection.name();
+    let Some(batch_error) = (match events {
+        [] => None,
+        _ => apply_guarded(conn, projection, events).await?,
+    }) else {
+        return Ok(Vec::new());
+    };
+    let mut parked = Vec::new();
+    if let [event] = events {
+        parked.push(Parked::new(event, &batch_error));
+    } else {
+        tracing::warn!(
+            projection = name,
+            first = events.first().map(|e| e.position),
+            last = events.last().map(|e| e.position),
+            error = %parked::error_text(&batch_error),
+            "a batch failed; applying its events one by one"
+        );
+        for event in events {
+            if let Some(error) =
+                apply_guarded(conn, projection, std::slice::from_ref(event)).await?
+            {
+                parked.push(Parked::new(event, &error));
+            }
+        }
+    }
+    for p in &parked {
+        tracing::error!(
+            projection = name,
+            position = p.position,
+            event_id = %p.event_id,
+            event_type = p.event_type,
+            error = p.error,
+            "event parked: the projection cannot apply it"
+        );
+    }
+    Ok(parked)
 }
 
 /// Replays the whole log into fresh tables and swaps them in; returns the new checkpoint.
 ///
 /// The live tables keep serving reads (and the live runner keeps writing them) until the
-/// final swap, which takes one short transaction.
+/// final swap, which takes one short transaction. Events that cannot be applied are parked
+/// as the live runner parks them; at the swap the projection's parked rows become exactly
+/// those of this replay.
 pub async fn rebuild(
     pool: &PgPool,
     store: &dyn EventStore,
@@ -321,38 +587,40 @@ pub async fn rebuild(
     // Bulk replay while the live tables serve. The next page is read while the current one
     // is applied (on another connection), so reading and writing overlap.
     let mut position = 0;
-    let mut events_applied = 0u64;
+    let mut events_read = 0u64;
+    let mut parked: Vec<Parked> = Vec::new();
     let mut head = store.head_position().await?;
-    let mut page = store.read_all(0, Some(head), &filter, batch_size).await?;
+    let mut page = read_page(store, pool, &filter, 0, head, batch_size).await?;
     while position < head {
-        let to = page_end(&page, head, batch_size);
+        let to = page.to;
         let apply = async {
             let mut tx = conn.begin().await?;
             sqlx::query(&search_path).execute(&mut *tx).await?;
-            if !page.is_empty() {
-                projection.apply(&mut tx, &page).await?;
-            }
+            let parked = apply_or_park(&mut tx, projection, &page.events).await?;
             tx.commit().await?;
-            anyhow::Ok(())
+            anyhow::Ok(parked)
         };
         let read_next = async {
             if to < head {
-                store.read_all(to, Some(head), &filter, batch_size).await
+                read_page(store, pool, &filter, to, head, batch_size)
+                    .await
+                    .map(Some)
             } else {
-                Ok(Vec::new())
+                Ok(None)
             }
         };
         let (applied, next) = tokio::join!(apply, read_next);
-        applied?;
-        events_applied += page.len() as u64;
+        parked.extend(applied?);
+        parked.extend(page.unreadable.take());
+        events_read += page.events.len() as u64;
         position = to;
-        page = next?;
-        if position >= head {
-            head = store.head_position().await?;
-            if position < head {
-                page = store
-                    .read_all(position, Some(head), &filter, batch_size)
-                    .await?;
+        match next? {
+            Some(next) => page = next,
+            None => {
+                head = store.head_position().await?;
+                if position < head {
+                    page = read_page(store, pool, &filter, position, head, batch_size).await?;
+                }
             }
         }
     }
@@ -374,12 +642,11 @@ pub async fn rebuild(
         if position >= head {
             break;
         }
-        let (to, n) = replay_batch(
-            &mut tx, store, projection, &filter, position, head, batch_size,
-        )
-        .await?;
-        position = to;
-        events_applied += n;
+        let mut page = read_page(store, pool, &filter, position, head, batch_size).await?;
+        parked.extend(apply_or_park(&mut tx, projection, &page.events).await?);
+        parked.extend(page.unreadable.take());
+        position = page.to;
+        events_read += page.events.len() as u64;
     }
     for t in projection.tables() {
         sqlx::query(&format!("DROP TABLE public.{t}"))
@@ -389,6 +656,7 @@ pub async fn rebuild(
             .execute(&mut *tx)
             .await?;
     }
+    parked::reconcile_rebuild(&mut tx, name, position, &parked).await?;
     sqlx::query("UPDATE checkpoints SET position = $2, updated_at = now() WHERE projection = $1")
         .bind(name)
         .bind(position)
@@ -398,10 +666,19 @@ pub async fn rebuild(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    if !parked.is_empty() {
+        metrics::counter!("ub_projection_events_parked_total", "projection" => name)
+            .increment(parked.len() as u64);
+    }
+    if let Ok(counts) = parked::open_counts(pool).await {
+        let open = counts.get(name).copied().unwrap_or(0);
+        metrics::gauge!("ub_projection_parked_events", "projection" => name).set(open as f64);
+    }
     Ok(RebuildReport {
         projection: name,
         position,
-        events: events_applied,
+        events: events_read,
+        parked: parked.len(),
         elapsed: started.elapsed(),
     })
 }
@@ -411,33 +688,47 @@ pub async fn rebuild(
 pub struct RebuildReport {
     pub projection: &'static str,
     pub position: i64,
+    /// Events read and applied or parked.
     pub events: u64,
+    /// Events that could not be applied and are parked.
+    pub parked: usize,
     pub elapsed: Duration,
 }
 
-/// Where a page read up to `head` leaves the cursor: at the head when the page was not
-/// full (everything up to it has been seen), else at the page's last event.
-fn page_end(page: &[RecordedEvent], head: i64, batch_size: i64) -> i64 {
-    if (page.len() as i64) < batch_size {
-        head
-    } else {
-        page.last().map_or(head, |e| e.position)
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn replay_batch(
-    conn: &mut PgConnection,
-    store: &dyn EventStore,
-    projection: &dyn Projection,
-    filter: &Filter,
-    from: i64,
-    head: i64,
-    batch_size: i64,
-) -> anyhow::Result<(i64, u64)> {
-    let events = store.read_all(from, Some(head), filter, batch_size).await?;
-    let to = page_end(&events, head, batch_size);
-    if !events.is_empty() {
-        projection.apply(conn, &events).await?;
+    #[test]
+    fn infrastructure_failures_are_transient_and_event_failures_are_not() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(is_transient(&anyhow::Error::from(io)));
+        assert!(is_transient(&sqlx::Error::PoolTimedOut.into()));
+        assert!(is_transient(
+            &anyhow::Error::from(StoreError::Database(sqlx::Error::PoolClosed)).context("reading")
+        ));
+        assert!(!is_transient(&anyhow::anyhow!(
+            "timestamp exceeds num_nanoseconds limit"
+        )));
+        assert!(!is_transient(&sqlx::Error::RowNotFound.into()));
+        let decode = sqlx::Error::ColumnDecode {
+            index: "data".into(),
+            source: "number out of range".into(),
+        };
+        assert!(!is_transient(&StoreError::Database(decode).into()));
     }
-    Ok((to, events.len() as u64))
+
+    #[test]
+    fn an_error_text_names_each_cause_once_and_holds_no_nul() {
+        let decode = sqlx::Error::ColumnDecode {
+            index: "data".into(),
+            source: "number out of range".into(),
+        };
+        let e = anyhow::Error::from(StoreError::Database(decode)).context("bad\0event");
+        let text = parked::error_text(&e);
+        assert_eq!(text.matches("number out of range").count(), 1, "{text}");
+        assert!(!text.contains('\0'));
+        let long = parked::error_text(&anyhow::anyhow!("x".repeat(10_000)));
+        assert!(long.chars().count() <= 4001);
+    }
 }

@@ -1,0 +1,283 @@
+//! Operator actions across tenants: the events projections have parked.
+//!
+//! **Who is an operator.** A user whose *account-wide* roles (`RoleAssigned` on the user's
+//! stream, the `roles` claim of the access token, [`Principal::roles`]) include `admin`. This
+//! is not the organization role (`Principal::role`): an organization admin manages one
+//! tenant, an operator sees every tenant's parked events. No HTTP route grants the
+//! account-wide role; it is granted and revoked only from the command line
+//! (`universal-backend operator grant <email>`, see [`set_operator`]), by whoever can reach
+//! the database. Each call checks the role against the `users` read model (built from the
+//! log), not the token's claim alone, so a grant or a revocation takes effect without a new
+//! login, and a token issued before a revocation is refused.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /admin/parked-events?projection&state&limit&cursor` | rows, oldest position first |
+//! | `GET /admin/parked-events/{projection}/{position}` | one row |
+//! | `POST /admin/parked-events/{projection}/{position}/retry` | apply it now |
+//! | `POST /admin/parked-events/{projection}/{position}/skip` | leave it out, `{reason?}` |
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use anyhow::Context;
+use serde::Deserialize;
+use serde_json::json;
+use universal_events::identity::Role;
+use uuid::Uuid;
+
+use super::guard::Principal;
+use super::ApiError;
+use crate::actors::user::{User, UserCommand};
+use crate::actors::{CommandMeta, Registry, RuntimeConfig};
+use crate::projections::parked::{self, ListQuery, ParkedEvent, ResolveError};
+use crate::projections::{self, Projection};
+use crate::startup::AppState;
+use crate::store::EventStore;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/admin")
+            .route("/parked-events", web::get().to(list_parked))
+            .route(
+                "/parked-events/{projection}/{position}",
+                web::get().to(get_parked),
+            )
+            .route(
+                "/parked-events/{projection}/{position}/retry",
+                web::post().to(retry_parked),
+            )
+            .route(
+                "/parked-events/{projection}/{position}/skip",
+                web::post().to(skip_parked),
+            ),
+    );
+}
+
+/// The operator's id, or 403.
+async fn require_operator(state: &AppState, who: &Principal) -> Result<Uuid, ApiError> {
+    let operator: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND active AND $2 = ANY(roles))",
+    )
+    .bind(who.user_id)
+    .bind(Role::Admin.as_str())
+    .fetch_one(&state.pool)
+    .await?;
+    if operator {
+        Ok(who.user_id)
+    } else {
+        Err(ApiError::forbidden(
+            "forbidden",
+            "only an operator (account-wide admin role) may do this",
+        ))
+    }
+}
+
+/// Grants (or revokes) the account-wide `admin` role that makes `email`'s user an operator.
+/// Returns the user's id. The user must have signed up and be in the `users` read model.
+pub async fn set_operator(
+    pool: &sqlx::PgPool,
+    store: std::sync::Arc<dyn EventStore>,
+    email: &str,
+    grant: bool,
+) -> anyhow::Result<Uuid> {
+    let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE email_lower = $1")
+        .bind(email.trim().to_lowercase())
+        .fetch_optional(pool)
+        .await?;
+    let id = id.with_context(|| format!("no user with the e-mail address {email}"))?;
+    let role = Role::Admin;
+    let command = if grant {
+        UserCommand::AssignRole { role }
+    } else {
+        UserCommand::RevokeRole { role }
+    };
+    Registry::<User>::new(store, RuntimeConfig::default())
+        .execute(id, command, None, CommandMeta::new())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(id)
+}
+
+/// A production projection by name, or 404.
+fn projection(name: &str) -> Result<std::sync::Arc<dyn Projection>, ApiError> {
+    projections::by_name(name)
+        .ok_or_else(|| ApiError::not_found(format!("no projection named `{name}`")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    projection: Option<String>,
+    /// `parked` (default), `skipped`, `applied` or `all`.
+    state: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+const STATES: [&str; 3] = ["parked", "skipped", "applied"];
+
+/// `GET /api/v1/admin/parked-events`: rows in position order; `next_cursor` continues.
+async fn list_parked(
+    state: web::Data<AppState>,
+    who: Principal,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&state, &who).await?;
+    let params = params.into_inner();
+    if let Some(name) = &params.projection {
+        projection(name)?;
+    }
+    let wanted = match params.state.as_deref().unwrap_or("parked") {
+        "all" => None,
+        s if STATES.contains(&s) => Some(s.to_owned()),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "state must be parked, skipped, applied or all, not `{other}`"
+            )))
+        }
+    };
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 500"));
+    }
+    let after = match &params.cursor {
+        None => None,
+        Some(c) => Some(
+            c.split_once(':')
+                .and_then(|(p, n)| Some((p.parse::<i64>().ok()?, n.to_owned())))
+                .ok_or_else(|| ApiError::bad_request("cursor is not one this API handed out"))?,
+        ),
+    };
+    let mut rows = parked::list(
+        &state.pool,
+        &ListQuery {
+            projection: params.projection,
+            state: wanted,
+            after,
+            limit: limit + 1,
+        },
+    )
+    .await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last()
+            .map(|r| format!("{}:{}", r.position, r.projection))
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(json!({ "items": rows, "next_cursor": next_cursor })))
+}
+
+/// `GET /api/v1/admin/parked-events/{projection}/{position}`
+async fn get_parked(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<(String, i64)>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&state, &who).await?;
+    let (name, position) = path.into_inner();
+    projection(&name)?;
+    match parked::get(&state.pool, &name, position).await? {
+        Some(row) => Ok(HttpResponse::Ok().json(row)),
+        None => Err(ApiError::not_found("no parked event at this position")),
+    }
+}
+
+/// `POST …/retry`: applies the event now. 200 with the resolved row; 409 `retry_failed` with
+/// the new error when it fails again (the row stays parked).
+async fn retry_parked(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<(String, i64)>,
+) -> Result<HttpResponse, ApiError> {
+    let operator = require_operator(&state, &who).await?;
+    let (name, position) = path.into_inner();
+    let p = projection(&name)?;
+    let row = parked::retry(
+        &state.pool,
+        state.store.as_ref(),
+        p.as_ref(),
+        position,
+        Some(operator),
+    )
+    .await
+    .map_err(resolve_error)?;
+    Ok(HttpResponse::Ok().json(row))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SkipBody {
+    reason: Option<String>,
+}
+
+const MAX_REASON: usize = 500;
+
+/// `POST …/skip` with an optional `{"reason": "…"}`: the event stays out of the read model,
+/// and the row is kept as `skipped`.
+async fn skip_parked(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<(String, i64)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let operator = require_operator(&state, &who).await?;
+    let (name, position) = path.into_inner();
+    projection(&name)?;
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<SkipBody>(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+            .reason
+    };
+    if let Some(r) = &reason {
+        if r.chars().count() > MAX_REASON || r.contains('\0') {
+            return Err(ApiError::validation(
+                "reason",
+                format!("at most {MAX_REASON} characters, without NUL"),
+            ));
+        }
+    }
+    let row = parked::skip(
+        &state.pool,
+        &name,
+        position,
+        Some(operator),
+        reason.as_deref(),
+    )
+    .await
+    .map_err(resolve_error)?;
+    tracing::info!(projection = name, position, %operator, "parked event skipped");
+    Ok(HttpResponse::Ok().json(row))
+}
+
+fn resolve_error(e: ResolveError) -> ApiError {
+    match e {
+        ResolveError::NotFound => ApiError::not_found("no parked event at this position"),
+        ResolveError::NotParked(row) => ApiError::new(
+            StatusCode::CONFLICT,
+            "not_parked",
+            format!("the event is already {}", row.state),
+        )
+        .with_details(row_json(&row)),
+        ResolveError::StillFailing { error, row } => ApiError::new(
+            StatusCode::CONFLICT,
+            "retry_failed",
+            format!("applying the event failed again: {error}"),
+        )
+        .with_details(row_json(&row)),
+        ResolveError::Other(e) => {
+            if projections::runner::is_transient(&e) {
+                tracing::warn!(error = %format!("{e:#}"), "retry of a parked event");
+                ApiError::unavailable("the database is unavailable; try again")
+            } else {
+                ApiError::internal(format!("{e:#}"))
+            }
+        }
+    }
+}
+
+fn row_json(row: &ParkedEvent) -> serde_json::Value {
+    json!({ "parked_event": row })
+}
