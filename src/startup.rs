@@ -214,6 +214,7 @@ impl Application {
             .collect();
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(http::contract::enforce))
                 .wrap(http::cors(&origins))
                 .wrap(http::json_errors())
                 .app_data(data.clone())

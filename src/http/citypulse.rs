@@ -133,13 +133,28 @@ fn check_text(field: &str, value: &Option<String>, max: usize) -> Result<(), Api
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBuilding {
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000]*$")]
     name: String,
+    #[schema(max_length = 500, pattern = r"^[^\u0000]*$")]
     address: Option<String>,
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0e9)]
     floor_area_m2: Option<f64>,
 }
+
+/// Registers a building in the caller's organization.
+#[utoipa::path(
+    post,
+    path = "/api/v1/citypulse/buildings",
+    tag = "citypulse",
+    request_body = CreateBuilding,
+    params(super::schema::CityPulseHeaders, super::schema::CommandHeaders),
+    responses(
+        (status = 201, description = "Registered", body = super::schema::BuildingCreated),
+    ),
+)]
 
 async fn create_building(
     state: web::Data<AppState>,
@@ -177,13 +192,29 @@ async fn create_building(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddSensor {
+    #[schema(value_type = super::schema::SensorKind)]
     kind: SensorKind,
+    /// electricity `Wh kWh MWh`, gas `m3 kWh`, water `L m3`, temperature `C F K`.
+    #[schema(min_length = 1, max_length = 20, pattern = r"^[^\u0000]*$")]
     unit: String,
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*$")]
     name: Option<String>,
 }
+
+/// Adds a sensor to a building.
+#[utoipa::path(
+    post,
+    path = "/api/v1/citypulse/buildings/{id}/sensors",
+    tag = "citypulse",
+    request_body = AddSensor,
+    params(("id" = Uuid, Path, description = "The building"), super::schema::CityPulseHeaders, super::schema::CommandHeaders),
+    responses(
+        (status = 201, description = "Registered", body = super::schema::SensorCommandResult),
+    ),
+)]
 
 async fn add_sensor(
     state: web::Data<AppState>,
@@ -217,11 +248,24 @@ async fn add_sensor(
     .await
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Decommission {
+    #[schema(max_length = 500, pattern = r"^[^\u0000]*$")]
     reason: Option<String>,
 }
+
+/// Decommissions a sensor; the body is optional.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/citypulse/buildings/{id}/sensors/{sensor_id}",
+    tag = "citypulse",
+    request_body = Option<Decommission>,
+    params(("id" = Uuid, Path, description = "The building"), ("sensor_id" = Uuid, Path, description = "The sensor"), super::schema::CityPulseHeaders, super::schema::CommandHeaders),
+    responses(
+        (status = 200, description = "Decommissioned", body = super::schema::SensorCommandResult),
+    ),
+)]
 
 async fn decommission_sensor(
     state: web::Data<AppState>,
@@ -261,21 +305,37 @@ async fn decommission_sensor(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PostReadings {
+    #[schema(min_items = 1, max_items = 1000)]
     readings: Vec<ReadingBody>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReadingBody {
     sensor_id: Uuid,
+    /// An interval amount (never negative) for consumption kinds; any value for temperature.
+    #[schema(minimum = -1.0e12, maximum = 1.0e12)]
     value: f64,
-    /// When it was measured; the time of the request when absent.
+    /// When it was measured (also accepted as `measured_at`); the time of the request when
+    /// absent; not in the future.
     #[serde(alias = "measured_at")]
     timestamp: Option<DateTime<Utc>>,
 }
+
+/// Records 1 to 1,000 readings of the building's sensors.
+#[utoipa::path(
+    post,
+    path = "/api/v1/citypulse/buildings/{id}/readings",
+    tag = "citypulse",
+    request_body = PostReadings,
+    params(("id" = Uuid, Path, description = "The building"), super::schema::CityPulseHeaders, super::schema::CommandHeaders),
+    responses(
+        (status = 201, description = "Recorded", body = super::schema::ReadingsRecorded),
+    ),
+)]
 
 async fn post_readings(
     state: web::Data<AppState>,
@@ -323,13 +383,28 @@ async fn post_readings(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetThreshold {
+    #[schema(value_type = super::schema::SensorKind)]
     kind: SensorKind,
+    #[schema(minimum = -1.0e12, maximum = 1.0e12)]
     min: Option<f64>,
+    #[schema(minimum = -1.0e12, maximum = 1.0e12)]
     max: Option<f64>,
 }
+
+/// Sets the limits of a sensor kind; a reading that crosses one raises an alert.
+#[utoipa::path(
+    put,
+    path = "/api/v1/citypulse/buildings/{id}/thresholds",
+    tag = "citypulse",
+    request_body = SetThreshold,
+    params(("id" = Uuid, Path, description = "The building"), super::schema::CityPulseHeaders, super::schema::CommandHeaders),
+    responses(
+        (status = 200, description = "Set", body = super::schema::CommandResult),
+    ),
+)]
 
 async fn set_threshold(
     state: web::Data<AppState>,
@@ -356,17 +431,26 @@ async fn set_threshold(
 
 // ---- queries ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ReadParams {
+    /// Answer once the read model has reached this log position (at most 5 s, then 504).
+    #[param(minimum = 0)]
     min_position: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Answer once the read model has reached this log position (at most 5 s, then 504).
+    #[param(minimum = 0)]
     min_position: Option<i64>,
 }
 
@@ -388,6 +472,15 @@ struct BuildingRow {
 const BUILDING_COLUMNS: &str = "id, name, address, floor_area_m2, registered_at, version, \
     active_sensors, open_alerts, last_reading_at, created_position";
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/citypulse/buildings",
+    tag = "citypulse",
+    params(ListParams, super::schema::CityPulseHeaders),
+    responses(
+        (status = 200, description = "Buildings, oldest first", body = super::schema::BuildingPage),
+    ),
+)]
 async fn list_buildings(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -454,6 +547,15 @@ async fn find_building(state: &AppState, org: Uuid, id: Uuid) -> Result<Building
     .ok_or_else(|| ApiError::not_found("building not found"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/citypulse/buildings/{id}",
+    tag = "citypulse",
+    params(("id" = Uuid, Path, description = "The building"), ReadParams, super::schema::CityPulseHeaders),
+    responses(
+        (status = 200, description = "The building; `ETag` is its version", body = super::schema::BuildingDetail),
+    ),
+)]
 async fn get_building(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -487,6 +589,15 @@ async fn get_building(
         .json(body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/citypulse/buildings/{id}/sensors",
+    tag = "citypulse",
+    params(("id" = Uuid, Path, description = "The building"), ReadParams, super::schema::CityPulseHeaders),
+    responses(
+        (status = 200, description = "Sensors with status and last reading", body = super::schema::SensorList),
+    ),
+)]
 async fn list_sensors(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -508,14 +619,24 @@ async fn list_sensors(
     Ok(HttpResponse::Ok().json(json!({ "items": sensors })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EnergyParams {
+    /// Start (inclusive; default: a day or a month before `to`).
     from: Option<DateTime<Utc>>,
+    /// End (exclusive; default: now). At most 93 days after `from` for hours, 3,660 for days.
     to: Option<DateTime<Utc>>,
+    /// `hour` (default) or `day`.
+    #[param(value_type = Option<super::schema::Bucket>)]
     bucket: Option<String>,
+    /// Only this sensor.
     sensor_id: Option<Uuid>,
+    /// Only this kind.
+    #[param(value_type = Option<super::schema::SensorKind>)]
     kind: Option<SensorKind>,
+    /// Answer once the read model has reached this log position (at most 5 s, then 504).
+    #[param(minimum = 0)]
     min_position: Option<i64>,
 }
 
@@ -531,6 +652,15 @@ struct EnergyRow {
     max_value: f64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/citypulse/buildings/{id}/energy",
+    tag = "citypulse",
+    params(("id" = Uuid, Path, description = "The building"), EnergyParams, super::schema::CityPulseHeaders),
+    responses(
+        (status = 200, description = "Energy per bucket and sensor", body = super::schema::EnergySeries),
+    ),
+)]
 async fn energy(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -593,11 +723,18 @@ async fn energy(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AlertParams {
+    /// `all` (default) or `open`.
+    #[param(value_type = Option<super::schema::AlertStatus>)]
     status: Option<String>,
+    /// Most alerts (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// Answer once the read model has reached this log position (at most 5 s, then 504).
+    #[param(minimum = 0)]
     min_position: Option<i64>,
 }
 
@@ -615,6 +752,15 @@ struct AlertRow {
     resolved_value: Option<f64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/citypulse/buildings/{id}/alerts",
+    tag = "citypulse",
+    params(("id" = Uuid, Path, description = "The building"), AlertParams, super::schema::CityPulseHeaders),
+    responses(
+        (status = 200, description = "Alerts, newest first", body = super::schema::AlertList),
+    ),
+)]
 async fn alerts(
     state: web::Data<AppState>,
     req: HttpRequest,

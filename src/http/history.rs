@@ -56,16 +56,30 @@ fn limit(value: Option<i64>) -> Result<i64, ApiError> {
     Ok(limit)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StreamParams {
+    /// First version to read (default: 1 forward, the last backward).
+    #[param(minimum = 0)]
     from_version: Option<i64>,
+    /// `forward` (default) or `backward`.
+    #[param(value_type = Option<super::schema::Direction>)]
     direction: Option<String>,
+    /// Most events per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// `GET /api/v1/streams/{stream}?from_version&direction=forward|backward&limit`
 /// (organization admins; only their organization's events, secrets redacted).
+#[utoipa::path(
+    get,
+    path = "/api/v1/streams/{stream}",
+    tag = "history",
+    params(("stream" = String, Path, description = "A stream id, e.g. `building-<id>`"), StreamParams),
+    responses((status = 200, description = "A page of the stream's events", body = super::schema::StreamPage)),
+)]
 async fn read_stream(
     state: web::Data<AppState>,
     who: Principal,
@@ -129,13 +143,20 @@ async fn read_stream(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct LogParams {
+    /// First position to read (default 1).
+    #[param(minimum = 1)]
     from_position: Option<i64>,
+    /// Stream categories, comma-separated (e.g. `building,user`).
     category: Option<String>,
+    /// Event types, comma-separated.
     #[serde(rename = "type")]
     event_type: Option<String>,
+    /// Most events per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -151,6 +172,13 @@ fn list(value: &Option<String>) -> Option<Vec<String>> {
 /// `GET /api/v1/events?from_position&category&type&limit` — the `$all` log, oldest first
 /// (organization admins; only their organization's events, secrets redacted).
 /// `category` and `type` take comma-separated lists; `next_position` continues the page.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "history",
+    params(LogParams),
+    responses((status = 200, description = "A page of the organization's events, oldest first", body = super::schema::LogPage)),
+)]
 async fn read_log(
     state: web::Data<AppState>,
     who: Principal,
