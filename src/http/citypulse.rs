@@ -628,12 +628,12 @@ struct EnergyParams {
     /// End (exclusive; default: now). At most 93 days after `from` for hours, 3,660 for days.
     to: Option<DateTime<Utc>>,
     /// `hour` (default) or `day`.
-    #[param(value_type = Option<super::schema::Bucket>)]
+    #[param(value_type = Option<super::schema::Bucket>, inline)]
     bucket: Option<String>,
     /// Only this sensor.
     sensor_id: Option<Uuid>,
     /// Only this kind.
-    #[param(value_type = Option<super::schema::SensorKind>)]
+    #[param(value_type = Option<super::schema::SensorKind>, inline)]
     kind: Option<SensorKind>,
     /// Answer once the read model has reached this log position (at most 5 s, then 504).
     #[param(minimum = 0)]
@@ -650,6 +650,17 @@ struct EnergyRow {
     samples: i64,
     min_value: f64,
     max_value: f64,
+}
+
+/// Years 1 to 9999: what readings can carry and what PostgreSQL and clients handle alike.
+fn in_calendar(name: &str, at: DateTime<Utc>) -> Result<(), ApiError> {
+    use chrono::Datelike;
+    if !(1..=9999).contains(&at.year()) {
+        return Err(ApiError::bad_request(format!(
+            "`{name}` must lie between the years 1 and 9999"
+        )));
+    }
+    Ok(())
 }
 
 #[utoipa::path(
@@ -680,7 +691,15 @@ async fn energy(
         }
     };
     let to = params.to.unwrap_or_else(Utc::now);
-    let from = params.from.unwrap_or(to - span);
+    in_calendar("to", to)?;
+    // `to - span` overflows (and panics) near chrono's limits: checked, then held to the calendar.
+    let from = match params.from {
+        Some(from) => from,
+        None => to
+            .checked_sub_signed(span)
+            .ok_or_else(|| ApiError::bad_request("`to` is too early to have a default `from`"))?,
+    };
+    in_calendar("from", from)?;
     if from >= to {
         return Err(ApiError::bad_request("`from` must be before `to`"));
     }
@@ -690,7 +709,9 @@ async fn energy(
             max_span.num_days()
         )));
     }
+    // The building itself is read from the directory: both must have caught up.
     wait(&state, ENERGY, params.min_position).await?;
+    wait(&state, DIRECTORY, params.min_position).await?;
     find_building(&state, org, id).await?;
     let rows: Vec<EnergyRow> = sqlx::query_as(&format!(
         "SELECT bucket, sensor_id, kind, unit, total, samples, min_value, max_value FROM {table} \
@@ -728,7 +749,7 @@ async fn energy(
 #[into_params(parameter_in = Query)]
 struct AlertParams {
     /// `all` (default) or `open`.
-    #[param(value_type = Option<super::schema::AlertStatus>)]
+    #[param(value_type = Option<super::schema::AlertStatus>, inline)]
     status: Option<String>,
     /// Most alerts (default 100).
     #[param(minimum = 1, maximum = 1000)]

@@ -64,7 +64,7 @@ struct StreamParams {
     #[param(minimum = 0)]
     from_version: Option<i64>,
     /// `forward` (default) or `backward`.
-    #[param(value_type = Option<super::schema::Direction>)]
+    #[param(value_type = Option<super::schema::Direction>, inline)]
     direction: Option<String>,
     /// Most events per page (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -88,6 +88,7 @@ async fn read_stream(
 ) -> Result<HttpResponse, ApiError> {
     let org = who.require_admin()?;
     let stream = path.into_inner();
+    text_param("stream", &stream)?;
     let limit = limit(params.limit)?;
     let direction = match params.direction.as_deref().unwrap_or("forward") {
         "forward" => Direction::Forward,
@@ -160,6 +161,16 @@ struct LogParams {
     limit: Option<i64>,
 }
 
+/// Names are text PostgreSQL can compare: no NUL character, and of a sane length.
+fn text_param(name: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') || value.len() > 1000 {
+        return Err(ApiError::bad_request(format!(
+            "{name} must be at most 1,000 bytes without NUL characters"
+        )));
+    }
+    Ok(())
+}
+
 fn list(value: &Option<String>) -> Option<Vec<String>> {
     value.as_ref().map(|v| {
         v.split(',')
@@ -189,6 +200,9 @@ async fn read_log(
     let from = params.from_position.unwrap_or(1);
     if from < 1 {
         return Err(ApiError::bad_request("from_position starts at 1"));
+    }
+    for (name, value) in [("category", &params.category), ("type", &params.event_type)] {
+        text_param(name, value.as_deref().unwrap_or_default())?;
     }
     let filter = Filter {
         categories: list(&params.category),

@@ -396,6 +396,7 @@ struct Login {
     request_body = Login,
     responses(
         (status = 200, description = "Logged in", body = super::schema::Tokens),
+        (status = 401, description = "`invalid_credentials`: wrong e-mail or password", body = super::schema::ErrorBody),
     ),
 )]
 async fn login(
@@ -455,6 +456,7 @@ struct RefreshBody {
     request_body = RefreshBody,
     responses(
         (status = 200, description = "New tokens; the refresh token rotates", body = super::schema::Tokens),
+        (status = 401, description = "`invalid_refresh_token`, or `refresh_token_reused` (the session is revoked)", body = super::schema::ErrorBody),
     ),
 )]
 async fn refresh(

@@ -429,7 +429,7 @@ pub enum CityPulseSource {
 pub struct CityPulseHeaders {
     /// Names the frontend: `citypulse`, which must be enabled for the caller's organization
     /// (otherwise 403 `frontend_access_denied`).
-    #[param(rename = "X-Frontend-Source", value_type = CityPulseSource)]
+    #[param(rename = "X-Frontend-Source", value_type = CityPulseSource, inline)]
     pub x_frontend_source: String,
 }
 
