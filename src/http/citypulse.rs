@@ -155,7 +155,6 @@ struct CreateBuilding {
         (status = 201, description = "Registered", body = super::schema::BuildingCreated),
     ),
 )]
-
 async fn create_building(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -215,7 +214,6 @@ struct AddSensor {
         (status = 201, description = "Registered", body = super::schema::SensorCommandResult),
     ),
 )]
-
 async fn add_sensor(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -266,7 +264,6 @@ struct Decommission {
         (status = 200, description = "Decommissioned", body = super::schema::SensorCommandResult),
     ),
 )]
-
 async fn decommission_sensor(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -336,7 +333,6 @@ struct ReadingBody {
         (status = 201, description = "Recorded", body = super::schema::ReadingsRecorded),
     ),
 )]
-
 async fn post_readings(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -405,7 +401,6 @@ struct SetThreshold {
         (status = 200, description = "Set", body = super::schema::CommandResult),
     ),
 )]
-
 async fn set_threshold(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -472,6 +467,7 @@ struct BuildingRow {
 const BUILDING_COLUMNS: &str = "id, name, address, floor_area_m2, registered_at, version, \
     active_sensors, open_alerts, last_reading_at, created_position";
 
+/// Lists the organization's buildings, oldest first; `next_cursor` continues.
 #[utoipa::path(
     get,
     path = "/api/v1/citypulse/buildings",
@@ -547,6 +543,7 @@ async fn find_building(state: &AppState, org: Uuid, id: Uuid) -> Result<Building
     .ok_or_else(|| ApiError::not_found("building not found"))
 }
 
+/// One building with its sensors and thresholds.
 #[utoipa::path(
     get,
     path = "/api/v1/citypulse/buildings/{id}",
@@ -589,6 +586,7 @@ async fn get_building(
         .json(body))
 }
 
+/// The sensors of a building, with status and last reading.
 #[utoipa::path(
     get,
     path = "/api/v1/citypulse/buildings/{id}/sensors",
@@ -663,6 +661,7 @@ fn in_calendar(name: &str, at: DateTime<Utc>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Energy per hour or day and sensor.
 #[utoipa::path(
     get,
     path = "/api/v1/citypulse/buildings/{id}/energy",
@@ -773,6 +772,7 @@ struct AlertRow {
     resolved_value: Option<f64>,
 }
 
+/// The alerts of a building, newest first.
 #[utoipa::path(
     get,
     path = "/api/v1/citypulse/buildings/{id}/alerts",
