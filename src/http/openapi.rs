@@ -392,9 +392,24 @@ fn schema_html(schema: &Value) -> String {
     out
 }
 
+/// Escaped text in which `backticks` become `<code>`.
+fn prose(text: &str) -> String {
+    escape(text)
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                format!("<code>{part}</code>")
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect()
+}
+
 fn paragraphs(text: &str) -> String {
     text.split("\n\n")
-        .map(|p| format!("<p>{}</p>", escape(p)))
+        .map(|p| format!("<p>{}</p>", prose(p)))
         .collect()
 }
 
@@ -479,7 +494,7 @@ fn render_operation(method: &str, path: &str, op: &Value) -> String {
         escape(path)
     );
     if let Some(summary) = op["summary"].as_str() {
-        let _ = write!(html, "<p><strong>{}</strong></p>", escape(summary));
+        let _ = write!(html, "<p><strong>{}</strong></p>", prose(summary));
     }
     if let Some(description) = op["description"].as_str() {
         html.push_str(&paragraphs(description));
@@ -503,7 +518,7 @@ fn render_operation(method: &str, path: &str, op: &Value) -> String {
                 escape(p["in"].as_str().unwrap_or("")),
                 if p["required"].as_bool() == Some(true) { "yes" } else { "no" },
                 escape(&p["schema"].to_string()),
-                escape(p["description"].as_str().unwrap_or("")),
+                prose(p["description"].as_str().unwrap_or("")),
             );
         }
         html.push_str("</table>");
@@ -539,7 +554,7 @@ fn render_operation(method: &str, path: &str, op: &Value) -> String {
             html,
             "<tr><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
             escape(status),
-            escape(response["description"].as_str().unwrap_or("")),
+            prose(response["description"].as_str().unwrap_or("")),
             schema
         );
     }
