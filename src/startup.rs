@@ -201,6 +201,7 @@ impl Application {
             .collect();
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(http::contract::enforce))
                 .wrap(http::cors(&origins))
                 .wrap(http::json_errors())
                 .wrap(actix_web::middleware::from_fn(http::body_deadline))

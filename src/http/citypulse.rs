@@ -128,14 +128,28 @@ fn check_text(field: &str, value: &Option<String>, max: usize) -> Result<(), Api
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBuilding {
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000]*$")]
     name: String,
+    #[schema(max_length = 500, pattern = r"^[^\u0000]*$")]
     address: Option<String>,
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0e9)]
     floor_area_m2: Option<f64>,
 }
 
+/// Registers a building in the caller's organization.
+#[utoipa::path(
+    post,
+    path = "/api/v1/citypulse/buildings",
+    tag = "citypulse",
+    request_body = CreateBuilding,
+    params(super::schema::CityPulseHeaders, super::schema::CommandHeaders),
+    responses(
+        (status = 201, description = "Registered", body = super::schema::BuildingCreated),
+    ),
+)]
 async fn create_building(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -172,14 +186,29 @@ async fn create_building(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddSensor {
+    #[schema(value_type = super::schema::SensorKind)]
     kind: SensorKind,
+    /// electricity `Wh kWh MWh`, gas `m3 kWh`, water `L m3`, temperature `C F K`.
+    #[schema(min_length = 1, max_length = 20, pattern = r"^[^\u0000]*$")]
     unit: String,
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*$")]
     name: Option<String>,
 }
 
+/// Adds a sensor to a building.
+#[utoipa::path(
+    post,
+    path = "/api/v1/citypulse/buildings/{id}/sensors",
+    tag = "citypulse",
+    request_body = AddSensor,
+    params(("id" = Uuid, Path, description = "The building"), super::schema::CityPulseHeaders, super::schema::CommandHeaders),
+    responses(
+        (status = 201, description = "Registered", body = super::schema::SensorCommandResult),
+    ),
+)]
 async fn add_sensor(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -212,12 +241,24 @@ async fn add_sensor(
     .await
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Decommission {
+    #[schema(max_length = 500, pattern = r"^[^\u0000]*$")]
     reason: Option<String>,
 }
 
+/// Decommissions a sensor; the body is optional.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/citypulse/buildings/{id}/sensors/{sensor_id}",
+    tag = "citypulse",
+    request_body = Option<Decommission>,
+    params(("id" = Uuid, Path, description = "The building"), ("sensor_id" = Uuid, Path, description = "The sensor"), super::schema::CityPulseHeaders, super::schema::CommandHeaders),
+    responses(
+        (status = 200, description = "Decommissioned", body = super::schema::SensorCommandResult),
+    ),
+)]
 async fn decommission_sensor(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -256,22 +297,37 @@ async fn decommission_sensor(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PostReadings {
+    #[schema(min_items = 1, max_items = 1000)]
     readings: Vec<ReadingBody>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReadingBody {
     sensor_id: Uuid,
+    /// An interval amount (never negative) for consumption kinds; any value for temperature.
+    #[schema(minimum = -1.0e12, maximum = 1.0e12)]
     value: f64,
-    /// When it was measured; the time of the request when absent.
+    /// When it was measured (also accepted as `measured_at`); the time of the request when
+    /// absent; not in the future.
     #[serde(alias = "measured_at")]
     timestamp: Option<DateTime<Utc>>,
 }
 
+/// Records 1 to 1,000 readings of the building's sensors.
+#[utoipa::path(
+    post,
+    path = "/api/v1/citypulse/buildings/{id}/readings",
+    tag = "citypulse",
+    request_body = PostReadings,
+    params(("id" = Uuid, Path, description = "The building"), super::schema::CityPulseHeaders, super::schema::CommandHeaders),
+    responses(
+        (status = 201, description = "Recorded", body = super::schema::ReadingsRecorded),
+    ),
+)]
 async fn post_readings(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -318,14 +374,28 @@ async fn post_readings(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetThreshold {
+    #[schema(value_type = super::schema::SensorKind)]
     kind: SensorKind,
+    #[schema(minimum = -1.0e12, maximum = 1.0e12)]
     min: Option<f64>,
+    #[schema(minimum = -1.0e12, maximum = 1.0e12)]
     max: Option<f64>,
 }
 
+/// Sets the limits of a sensor kind; a reading that crosses one raises an alert.
+#[utoipa::path(
+    put,
+    path = "/api/v1/citypulse/buildings/{id}/thresholds",
+    tag = "citypulse",
+    request_body = SetThreshold,
+    params(("id" = Uuid, Path, description = "The building"), super::schema::CityPulseHeaders, super::schema::CommandHeaders),
+    responses(
+        (status = 200, description = "Set", body = super::schema::CommandResult),
+    ),
+)]
 async fn set_threshold(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -351,17 +421,26 @@ async fn set_threshold(
 
 // ---- queries ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ReadParams {
+    /// Answer once the read model has reached this log position (at most 5 s, then 504).
+    #[param(minimum = 0)]
     min_position: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Answer once the read model has reached this log position (at most 5 s, then 504).
+    #[param(minimum = 0)]
     min_position: Option<i64>,
 }
 
@@ -383,6 +462,16 @@ struct BuildingRow {
 const BUILDING_COLUMNS: &str = "id, name, address, floor_area_m2, registered_at, version, \
     active_sensors, open_alerts, last_reading_at, created_position";
 
+/// Lists the organization's buildings, oldest first; `next_cursor` continues.
+#[utoipa::path(
+    get,
+    path = "/api/v1/citypulse/buildings",
+    tag = "citypulse",
+    params(ListParams, super::schema::CityPulseHeaders),
+    responses(
+        (status = 200, description = "Buildings, oldest first", body = super::schema::BuildingPage),
+    ),
+)]
 async fn list_buildings(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -449,6 +538,16 @@ async fn find_building(state: &AppState, org: Uuid, id: Uuid) -> Result<Building
     .ok_or_else(|| ApiError::not_found("building not found"))
 }
 
+/// One building with its sensors and thresholds.
+#[utoipa::path(
+    get,
+    path = "/api/v1/citypulse/buildings/{id}",
+    tag = "citypulse",
+    params(("id" = Uuid, Path, description = "The building"), ReadParams, super::schema::CityPulseHeaders),
+    responses(
+        (status = 200, description = "The building; `ETag` is its version", body = super::schema::BuildingDetail),
+    ),
+)]
 async fn get_building(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -482,6 +581,16 @@ async fn get_building(
         .json(body))
 }
 
+/// The sensors of a building, with status and last reading.
+#[utoipa::path(
+    get,
+    path = "/api/v1/citypulse/buildings/{id}/sensors",
+    tag = "citypulse",
+    params(("id" = Uuid, Path, description = "The building"), ReadParams, super::schema::CityPulseHeaders),
+    responses(
+        (status = 200, description = "Sensors with status and last reading", body = super::schema::SensorList),
+    ),
+)]
 async fn list_sensors(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -503,14 +612,24 @@ async fn list_sensors(
     Ok(HttpResponse::Ok().json(json!({ "items": sensors })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EnergyParams {
+    /// Start (inclusive; default: a day or a month before `to`).
     from: Option<DateTime<Utc>>,
+    /// End (exclusive; default: now). At most 93 days after `from` for hours, 3,660 for days.
     to: Option<DateTime<Utc>>,
+    /// `hour` (default) or `day`.
+    #[param(value_type = Option<super::schema::Bucket>, inline)]
     bucket: Option<String>,
+    /// Only this sensor.
     sensor_id: Option<Uuid>,
+    /// Only this kind.
+    #[param(value_type = Option<super::schema::SensorKind>, inline)]
     kind: Option<SensorKind>,
+    /// Answer once the read model has reached this log position (at most 5 s, then 504).
+    #[param(minimum = 0)]
     min_position: Option<i64>,
 }
 
@@ -526,6 +645,27 @@ struct EnergyRow {
     max_value: f64,
 }
 
+/// Years 1 to 9999: what readings can carry and what PostgreSQL and clients handle alike.
+fn in_calendar(name: &str, at: DateTime<Utc>) -> Result<(), ApiError> {
+    use chrono::Datelike;
+    if !(1..=9999).contains(&at.year()) {
+        return Err(ApiError::bad_request(format!(
+            "`{name}` must lie between the years 1 and 9999"
+        )));
+    }
+    Ok(())
+}
+
+/// Energy per hour or day and sensor.
+#[utoipa::path(
+    get,
+    path = "/api/v1/citypulse/buildings/{id}/energy",
+    tag = "citypulse",
+    params(("id" = Uuid, Path, description = "The building"), EnergyParams, super::schema::CityPulseHeaders),
+    responses(
+        (status = 200, description = "Energy per bucket and sensor", body = super::schema::EnergySeries),
+    ),
+)]
 async fn energy(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -545,7 +685,15 @@ async fn energy(
         }
     };
     let to = params.to.unwrap_or_else(Utc::now);
-    let from = params.from.unwrap_or(to - span);
+    in_calendar("to", to)?;
+    // `to - span` overflows (and panics) near chrono's limits: checked, then held to the calendar.
+    let from = match params.from {
+        Some(from) => from,
+        None => to
+            .checked_sub_signed(span)
+            .ok_or_else(|| ApiError::bad_request("`to` is too early to have a default `from`"))?,
+    };
+    in_calendar("from", from)?;
     if from >= to {
         return Err(ApiError::bad_request("`from` must be before `to`"));
     }
@@ -555,7 +703,9 @@ async fn energy(
             max_span.num_days()
         )));
     }
+    // The building itself is read from the directory: both must have caught up.
     wait(&state, ENERGY, params.min_position).await?;
+    wait(&state, DIRECTORY, params.min_position).await?;
     find_building(&state, org, id).await?;
     let rows: Vec<EnergyRow> = sqlx::query_as(&format!(
         "SELECT bucket, sensor_id, kind, unit, total, samples, min_value, max_value FROM {table} \
@@ -588,11 +738,18 @@ async fn energy(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AlertParams {
+    /// `all` (default) or `open`.
+    #[param(value_type = Option<super::schema::AlertStatus>, inline)]
     status: Option<String>,
+    /// Most alerts (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// Answer once the read model has reached this log position (at most 5 s, then 504).
+    #[param(minimum = 0)]
     min_position: Option<i64>,
 }
 
@@ -610,6 +767,16 @@ struct AlertRow {
     resolved_value: Option<f64>,
 }
 
+/// The alerts of a building, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/citypulse/buildings/{id}/alerts",
+    tag = "citypulse",
+    params(("id" = Uuid, Path, description = "The building"), AlertParams, super::schema::CityPulseHeaders),
+    responses(
+        (status = 200, description = "Alerts, newest first", body = super::schema::AlertList),
+    ),
+)]
 async fn alerts(
     state: web::Data<AppState>,
     req: HttpRequest,

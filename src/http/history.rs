@@ -56,16 +56,30 @@ fn limit(value: Option<i64>) -> Result<i64, ApiError> {
     Ok(limit)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StreamParams {
+    /// First version to read (default: 1 forward, the last backward).
+    #[param(minimum = 0)]
     from_version: Option<i64>,
+    /// `forward` (default) or `backward`.
+    #[param(value_type = Option<super::schema::Direction>, inline)]
     direction: Option<String>,
+    /// Most events per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// `GET /api/v1/streams/{stream}?from_version&direction=forward|backward&limit`
 /// (organization admins; only their organization's events, secrets redacted).
+#[utoipa::path(
+    get,
+    path = "/api/v1/streams/{stream}",
+    tag = "history",
+    params(("stream" = String, Path, description = "A stream id, e.g. `building-<id>`"), StreamParams),
+    responses((status = 200, description = "A page of the stream's events", body = super::schema::StreamPage)),
+)]
 async fn read_stream(
     state: web::Data<AppState>,
     who: Principal,
@@ -74,6 +88,7 @@ async fn read_stream(
 ) -> Result<HttpResponse, ApiError> {
     let org = who.require_admin()?;
     let stream = path.into_inner();
+    text_param("stream", &stream)?;
     let limit = limit(params.limit)?;
     let direction = match params.direction.as_deref().unwrap_or("forward") {
         "forward" => Direction::Forward,
@@ -129,14 +144,31 @@ async fn read_stream(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct LogParams {
+    /// First position to read (default 1).
+    #[param(minimum = 1)]
     from_position: Option<i64>,
+    /// Stream categories, comma-separated (e.g. `building,user`).
     category: Option<String>,
+    /// Event types, comma-separated.
     #[serde(rename = "type")]
     event_type: Option<String>,
+    /// Most events per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+}
+
+/// Names are text PostgreSQL can compare: no NUL character, and of a sane length.
+fn text_param(name: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') || value.len() > 1000 {
+        return Err(ApiError::bad_request(format!(
+            "{name} must be at most 1,000 bytes without NUL characters"
+        )));
+    }
+    Ok(())
 }
 
 fn list(value: &Option<String>) -> Option<Vec<String>> {
@@ -151,6 +183,13 @@ fn list(value: &Option<String>) -> Option<Vec<String>> {
 /// `GET /api/v1/events?from_position&category&type&limit` — the `$all` log, oldest first
 /// (organization admins; only their organization's events, secrets redacted).
 /// `category` and `type` take comma-separated lists; `next_position` continues the page.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "history",
+    params(LogParams),
+    responses((status = 200, description = "A page of the organization's events, oldest first", body = super::schema::LogPage)),
+)]
 async fn read_log(
     state: web::Data<AppState>,
     who: Principal,
@@ -161,6 +200,9 @@ async fn read_log(
     let from = params.from_position.unwrap_or(1);
     if from < 1 {
         return Err(ApiError::bad_request("from_position starts at 1"));
+    }
+    for (name, value) in [("category", &params.category), ("type", &params.event_type)] {
+        text_param(name, value.as_deref().unwrap_or_default())?;
     }
     let filter = Filter {
         categories: list(&params.category),

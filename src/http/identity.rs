@@ -306,14 +306,30 @@ async fn start_session(
     tokens(state, &user, user_id, session_id, org, refresh_token).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Signup {
+    #[schema(max_length = 254, example = "ada@example.org")]
     email: String,
+    /// At least 10 characters mixing three of lowercase, uppercase, digits and symbols, not
+    /// containing the e-mail's name.
+    #[schema(min_length = 10, max_length = 128)]
     password: String,
+    #[schema(min_length = 1, max_length = 100, pattern = r"^[^\u0000]*$")]
     display_name: String,
 }
 
+/// Creates an account (an e-mail is unique in any letter case: 409 `email_taken`) and logs in.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/signup",
+    tag = "identity",
+    security(()),
+    request_body = Signup,
+    responses(
+        (status = 201, description = "Signed up and logged in", body = super::schema::Tokens),
+    ),
+)]
 async fn signup(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -357,14 +373,27 @@ async fn signup(
     Ok(HttpResponse::Created().json(body))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Login {
     email: String,
     password: String,
+    /// The organization to log in to (default: the first one).
     organization_id: Option<Uuid>,
 }
 
+/// Logs in; a wrong e-mail or password answers 401 `invalid_credentials` either way.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "identity",
+    security(()),
+    request_body = Login,
+    responses(
+        (status = 200, description = "Logged in", body = super::schema::Tokens),
+        (status = 401, description = "`invalid_credentials`: wrong e-mail or password", body = super::schema::ErrorBody),
+    ),
+)]
 async fn login(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -407,12 +436,24 @@ async fn login(
     Ok(HttpResponse::Ok().json(body))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RefreshBody {
     refresh_token: String,
 }
 
+/// Rotates a refresh token; a reused one revokes the session (401 `refresh_token_reused`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/refresh",
+    tag = "identity",
+    security(()),
+    request_body = RefreshBody,
+    responses(
+        (status = 200, description = "New tokens; the refresh token rotates", body = super::schema::Tokens),
+        (status = 401, description = "`invalid_refresh_token`, or `refresh_token_reused` (the session is revoked)", body = super::schema::ErrorBody),
+    ),
+)]
 async fn refresh(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -465,6 +506,15 @@ async fn refresh(
     Ok(HttpResponse::Ok().json(body))
 }
 
+/// Ends the session of the bearer token.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "identity",
+    responses(
+        (status = 204, description = "The session has ended"),
+    ),
+)]
 async fn logout(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -490,6 +540,15 @@ async fn logout(
     .await
 }
 
+/// The caller's profile, organizations, role and frontends.
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/me",
+    tag = "identity",
+    responses(
+        (status = 200, description = "The caller; `ETag` is the account version", body = super::schema::Me),
+    ),
+)]
 async fn me(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse, ApiError> {
     let (version, user) = load_user(&state, who.user_id).await?;
     if version == 0 {
@@ -518,12 +577,24 @@ async fn me(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse, 
         })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateMe {
+    #[schema(min_length = 1, max_length = 100, pattern = r"^[^\u0000]*$")]
     display_name: String,
 }
 
+/// Changes the caller's display name.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/users/me",
+    tag = "identity",
+    request_body = UpdateMe,
+    params(super::schema::IfMatchHeader),
+    responses(
+        (status = 200, description = "Updated", body = super::schema::CommandResult),
+    ),
+)]
 async fn update_me(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -549,13 +620,24 @@ async fn update_me(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChangePassword {
     current_password: String,
+    #[schema(min_length = 10, max_length = 128)]
     new_password: String,
 }
 
+/// Changes the password (403 `wrong_password` if the current one is wrong) and ends every session.
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/me/password",
+    tag = "identity",
+    request_body = ChangePassword,
+    responses(
+        (status = 200, description = "Changed; every session has ended", body = super::schema::PasswordChanged),
+    ),
+)]
 async fn change_password(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -612,13 +694,22 @@ async fn change_password(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Deactivate {
     password: String,
 }
 
 /// Closes the caller's own account (the password confirms it); every session ends.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/me",
+    tag = "identity",
+    request_body = Deactivate,
+    responses(
+        (status = 204, description = "Deactivated"),
+    ),
+)]
 async fn deactivate_me(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -706,12 +797,23 @@ async fn org_command(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OrgName {
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000]*$")]
     name: String,
 }
 
+/// Creates an organization.
+#[utoipa::path(
+    post,
+    path = "/api/v1/organizations",
+    tag = "identity",
+    request_body = OrgName,
+    responses(
+        (status = 201, description = "Created; the caller is its admin", body = super::schema::CommandResult),
+    ),
+)]
 async fn create_org(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -738,6 +840,17 @@ async fn create_org(
     .await
 }
 
+/// Renames an organization (admins).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/organizations/{id}",
+    tag = "identity",
+    request_body = OrgName,
+    params(("id" = Uuid, Path, description = "The organization"), super::schema::IfMatchHeader),
+    responses(
+        (status = 200, description = "Renamed", body = super::schema::CommandResult),
+    ),
+)]
 async fn rename_org(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -759,9 +872,12 @@ async fn rename_org(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct MinPosition {
+    /// Answer once the read model has reached this log position (at most 5 s, then 504).
+    #[param(minimum = 0)]
     min_position: Option<i64>,
 }
 
@@ -779,6 +895,16 @@ async fn member_role(state: &AppState, who: &Principal, org: Uuid) -> Result<Str
         .ok_or_else(|| ApiError::not_found("organization not found"))
 }
 
+/// Lists the caller's organizations.
+#[utoipa::path(
+    get,
+    path = "/api/v1/organizations",
+    tag = "identity",
+    params(MinPosition),
+    responses(
+        (status = 200, description = "The caller's organizations", body = super::schema::OrganizationList),
+    ),
+)]
 async fn list_orgs(
     state: web::Data<AppState>,
     who: Principal,
@@ -801,6 +927,16 @@ async fn list_orgs(
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
+/// One organization of the caller.
+#[utoipa::path(
+    get,
+    path = "/api/v1/organizations/{id}",
+    tag = "identity",
+    params(("id" = Uuid, Path, description = "The organization"), MinPosition),
+    responses(
+        (status = 200, description = "The organization; `ETag` is its version", body = super::schema::Organization),
+    ),
+)]
 async fn get_org(
     state: web::Data<AppState>,
     who: Principal,
@@ -827,6 +963,16 @@ async fn get_org(
         .json(json!({ "id": id, "name": name, "created_by": created_by, "created_at": created_at, "frontends": frontends, "version": version, "role": role })))
 }
 
+/// The members of an organization of the caller.
+#[utoipa::path(
+    get,
+    path = "/api/v1/organizations/{id}/members",
+    tag = "identity",
+    params(("id" = Uuid, Path, description = "The organization"), MinPosition),
+    responses(
+        (status = 200, description = "Members", body = super::schema::MemberList),
+    ),
+)]
 async fn list_members(
     state: web::Data<AppState>,
     who: Principal,
@@ -850,14 +996,27 @@ async fn list_members(
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
-#[derive(Deserialize)]
+/// Exactly one of `user_id` and `email`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetMember {
     user_id: Option<Uuid>,
     email: Option<String>,
+    #[schema(value_type = super::schema::Role)]
     role: Role,
 }
 
+/// Adds a member or changes a member's role (admins); the last admin stays.
+#[utoipa::path(
+    post,
+    path = "/api/v1/organizations/{id}/members",
+    tag = "identity",
+    request_body = SetMember,
+    params(("id" = Uuid, Path, description = "The organization"), super::schema::IfMatchHeader),
+    responses(
+        (status = 200, description = "Added or given the role", body = super::schema::CommandResult),
+    ),
+)]
 async fn set_member(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -903,6 +1062,16 @@ async fn set_member(
     .await
 }
 
+/// Removes a member (admins); the last admin stays.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/organizations/{id}/members/{user_id}",
+    tag = "identity",
+    params(("id" = Uuid, Path, description = "The organization"), ("user_id" = Uuid, Path, description = "The member"), super::schema::IfMatchHeader),
+    responses(
+        (status = 200, description = "Removed", body = super::schema::CommandResult),
+    ),
+)]
 async fn remove_member(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -922,6 +1091,16 @@ async fn remove_member(
     .await
 }
 
+/// Which frontends an organization has enabled.
+#[utoipa::path(
+    get,
+    path = "/api/v1/organizations/{id}/frontends",
+    tag = "identity",
+    params(("id" = Uuid, Path, description = "The organization"), MinPosition),
+    responses(
+        (status = 200, description = "Every frontend and whether it is enabled", body = super::schema::FrontendList),
+    ),
+)]
 async fn get_frontends(
     state: web::Data<AppState>,
     who: Principal,
@@ -943,13 +1122,25 @@ async fn get_frontends(
     Ok(HttpResponse::Ok().json(json!({ "items": all })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetFrontend {
+    #[schema(value_type = super::schema::Frontend)]
     frontend: Frontend,
     enabled: bool,
 }
 
+/// Enables or disables a frontend for an organization (admins).
+#[utoipa::path(
+    put,
+    path = "/api/v1/organizations/{id}/frontends",
+    tag = "identity",
+    request_body = SetFrontend,
+    params(("id" = Uuid, Path, description = "The organization"), super::schema::IfMatchHeader),
+    responses(
+        (status = 200, description = "Set", body = super::schema::CommandResult),
+    ),
+)]
 async fn set_frontend(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -3,11 +3,14 @@
 pub mod admin;
 pub mod citypulse;
 pub mod command;
+pub mod contract;
 pub mod error;
 pub mod guard;
 pub mod history;
 pub mod identity;
+pub mod openapi;
 pub mod ops;
+pub mod schema;
 pub mod socketio;
 pub mod ws;
 
@@ -46,6 +49,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(
             web::scope("/api/v1")
                 .route("/info", web::get().to(ops::info))
+                .route("/openapi.json", web::get().to(openapi::openapi_json))
+                .route("/docs", web::get().to(openapi::docs))
                 .configure(identity::configure)
                 .route("/ws", web::get().to(ws::connect))
                 .configure(citypulse::configure)

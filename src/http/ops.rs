@@ -11,6 +11,16 @@ use crate::telemetry;
 /// `GET /health`: 200 when the event store answers, 503 otherwise. Parked events (events a
 /// projection could not apply) are a warning, not a failure: counted per projection and
 /// named in `warnings`.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "The event store answers", body = super::schema::Health),
+        (status = 503, description = "The event store is unreachable", body = super::schema::Health),
+    ),
+)]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let head = state.store.head_position().await;
     let mut projections_status = Vec::new();
@@ -60,6 +70,13 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)),
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     if let Ok(head) = state.store.head_position().await {
         metrics::gauge!("ub_event_head_position").set(head as f64);
@@ -78,6 +95,13 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// `GET /api/v1/info`: what this service is and offers.
+#[utoipa::path(
+    get,
+    path = "/api/v1/info",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "Name, version, frontends and projections", body = super::schema::Info)),
+)]
 pub async fn info() -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "name": "universal-backend",

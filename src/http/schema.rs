@@ -1,0 +1,463 @@
+//! Shapes of the JSON this API answers with, for the OpenAPI document only.
+//!
+//! Handlers build most answers with `json!`; these types describe those answers so that the
+//! contract can be checked against the running server (schemathesis does, in `scripts/test`).
+//! They are never constructed, hence the `dead_code` allowance.
+
+#![allow(dead_code)]
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Every 4xx and 5xx answer.
+#[derive(ToSchema)]
+#[schema(as = Error, example = json!({"error": {"code": "not_found", "message": "building not found", "details": null}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `validation_failed`, `version_conflict`, `not_found`, …
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+    /// More about the failure (e.g. `{"field", "reason"}`), or null.
+    #[schema(value_type = Value)]
+    pub details: Value,
+}
+
+/// What a sensor measures.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum SensorKind {
+    Electricity,
+    Gas,
+    Water,
+    Temperature,
+}
+
+/// A role within an organization.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    Member,
+    Viewer,
+}
+
+/// A frontend an organization may enable.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum Frontend {
+    Flowmind,
+    Quantum,
+    Velocity,
+    Citypulse,
+    Toolbox,
+    Fluxstudio,
+}
+
+/// The answer of a command.
+#[derive(ToSchema)]
+pub struct CommandResult {
+    /// The entity commanded.
+    pub id: Uuid,
+    /// Its version after the command (also the `ETag`).
+    pub version: i64,
+    /// The log position of the last event written; pass it as `min_position` to read it.
+    pub position: i64,
+}
+
+#[derive(ToSchema)]
+pub struct BuildingCreated {
+    pub id: Uuid,
+    pub version: i64,
+    pub position: i64,
+    /// Where the new building is read.
+    pub location: String,
+}
+
+#[derive(ToSchema)]
+pub struct SensorCommandResult {
+    pub id: Uuid,
+    pub version: i64,
+    pub position: i64,
+    pub sensor_id: Uuid,
+}
+
+#[derive(ToSchema)]
+pub struct ReadingsRecorded {
+    pub id: Uuid,
+    pub version: i64,
+    pub position: i64,
+    /// Alerts the readings raised.
+    pub alerts_raised: i64,
+}
+
+#[derive(ToSchema)]
+pub struct PasswordChanged {
+    pub id: Uuid,
+    pub version: i64,
+    pub position: i64,
+    /// Sessions the change ended (all of them).
+    pub sessions_ended: i64,
+}
+
+#[derive(ToSchema)]
+pub struct TokenUser {
+    pub id: Uuid,
+    pub email: String,
+    pub display_name: String,
+}
+
+/// Access and refresh token of a new or refreshed session.
+#[derive(ToSchema)]
+pub struct Tokens {
+    /// JWT (HS256): send as `Authorization: Bearer <token>`.
+    pub access_token: String,
+    /// Opaque; rotates on every use.
+    pub refresh_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: String,
+    /// Expiry of the access token, Unix seconds.
+    pub expires_at: i64,
+    /// Lifetime of the access token in seconds.
+    pub expires_in: i64,
+    pub user: TokenUser,
+    pub organization_id: Option<Uuid>,
+    pub role: Option<Role>,
+    pub frontends: Vec<Frontend>,
+    /// Sign-up only: the log position of the new account.
+    #[schema(required = false)]
+    pub position: Option<i64>,
+}
+
+#[derive(ToSchema)]
+pub struct OrganizationRef {
+    pub id: Uuid,
+    pub name: String,
+    pub role: Role,
+}
+
+/// The caller's profile.
+#[derive(ToSchema)]
+pub struct Me {
+    pub id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub roles: Vec<Role>,
+    pub active: bool,
+    pub version: i64,
+    /// The organization this session is logged in to.
+    pub organization_id: Option<Uuid>,
+    pub role: Option<Role>,
+    pub frontends: Vec<Frontend>,
+    pub organizations: Vec<OrganizationRef>,
+}
+
+#[derive(ToSchema)]
+pub struct OrganizationSummary {
+    pub id: Uuid,
+    pub name: String,
+    pub role: Role,
+    pub frontends: Vec<Frontend>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(ToSchema)]
+pub struct OrganizationList {
+    pub items: Vec<OrganizationSummary>,
+}
+
+#[derive(ToSchema)]
+pub struct Organization {
+    pub id: Uuid,
+    pub name: String,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub frontends: Vec<Frontend>,
+    pub version: i64,
+    /// The caller's role in it.
+    pub role: Role,
+}
+
+#[derive(ToSchema)]
+pub struct Member {
+    pub user_id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+}
+
+#[derive(ToSchema)]
+pub struct MemberList {
+    pub items: Vec<Member>,
+}
+
+#[derive(ToSchema)]
+pub struct FrontendSetting {
+    pub frontend: Frontend,
+    pub enabled: bool,
+}
+
+#[derive(ToSchema)]
+pub struct FrontendList {
+    pub items: Vec<FrontendSetting>,
+}
+
+/// A building as listed.
+#[derive(ToSchema)]
+pub struct Building {
+    pub id: Uuid,
+    pub name: String,
+    pub address: Option<String>,
+    pub floor_area_m2: Option<f64>,
+    pub registered_at: DateTime<Utc>,
+    /// Also the `ETag` of the building.
+    pub version: i64,
+    pub active_sensors: i32,
+    pub open_alerts: i32,
+    pub last_reading_at: Option<DateTime<Utc>>,
+}
+
+#[derive(ToSchema)]
+pub struct BuildingPage {
+    pub items: Vec<Building>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct Sensor {
+    pub id: Uuid,
+    pub kind: SensorKind,
+    pub unit: String,
+    pub name: Option<String>,
+    /// `active` or `decommissioned`.
+    pub status: String,
+    pub last_value: Option<f64>,
+    pub last_reading_at: Option<DateTime<Utc>>,
+}
+
+#[derive(ToSchema)]
+pub struct SensorList {
+    pub items: Vec<Sensor>,
+}
+
+#[derive(ToSchema)]
+pub struct Threshold {
+    pub kind: SensorKind,
+    pub min_value: Option<f64>,
+    pub max_value: Option<f64>,
+}
+
+/// One building with its sensors and thresholds.
+#[derive(ToSchema)]
+pub struct BuildingDetail {
+    pub id: Uuid,
+    pub name: String,
+    pub address: Option<String>,
+    pub floor_area_m2: Option<f64>,
+    pub registered_at: DateTime<Utc>,
+    pub version: i64,
+    pub active_sensors: i32,
+    pub open_alerts: i32,
+    pub last_reading_at: Option<DateTime<Utc>>,
+    pub sensors: Vec<Sensor>,
+    pub thresholds: Vec<Threshold>,
+}
+
+#[derive(ToSchema)]
+pub struct EnergyPoint {
+    /// Start of the hour or day.
+    pub bucket: DateTime<Utc>,
+    pub sensor_id: Uuid,
+    pub kind: SensorKind,
+    pub unit: String,
+    pub total: f64,
+    pub samples: i64,
+    pub min_value: f64,
+    pub max_value: f64,
+    pub average: f64,
+}
+
+#[derive(ToSchema)]
+pub struct EnergySeries {
+    pub building_id: Uuid,
+    /// `hour` or `day`.
+    pub bucket: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub series: Vec<EnergyPoint>,
+}
+
+#[derive(ToSchema)]
+pub struct Alert {
+    pub id: Uuid,
+    pub sensor_id: Uuid,
+    pub kind: SensorKind,
+    /// `min` or `max`.
+    pub bound: String,
+    pub limit_value: f64,
+    pub value: f64,
+    pub raised_at: DateTime<Utc>,
+    pub position: i64,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_value: Option<f64>,
+}
+
+#[derive(ToSchema)]
+pub struct AlertList {
+    pub items: Vec<Alert>,
+}
+
+/// An event as stored (secrets blanked).
+#[derive(ToSchema)]
+pub struct RecordedEvent {
+    pub position: i64,
+    pub stream_id: String,
+    pub category: String,
+    pub version: i64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: i32,
+    #[schema(value_type = Value)]
+    pub data: Value,
+    #[schema(value_type = Value)]
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(ToSchema)]
+pub struct StreamPage {
+    pub stream: String,
+    pub events: Vec<RecordedEvent>,
+    /// Continue from this version; null when the stream has no more.
+    pub next_version: Option<i64>,
+}
+
+#[derive(ToSchema)]
+pub struct LogPage {
+    pub events: Vec<RecordedEvent>,
+    /// Continue from this position.
+    pub next_position: i64,
+    pub head_position: i64,
+}
+
+#[derive(ToSchema)]
+pub struct ProjectionStatus {
+    pub name: String,
+    pub checkpoint: Option<i64>,
+    pub lag: Option<i64>,
+}
+
+#[derive(ToSchema)]
+pub struct EventStoreStatus {
+    pub reachable: bool,
+    pub head_position: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// Health of this process and of what it depends on.
+#[derive(ToSchema)]
+pub struct Health {
+    /// `ok`, or `degraded` when the event store is unreachable.
+    pub status: String,
+    pub version: String,
+    pub uptime_seconds: i64,
+    #[schema(value_type = Object)]
+    pub memory: Value,
+    pub event_store: EventStoreStatus,
+    pub projections: Vec<ProjectionStatus>,
+    #[schema(value_type = Object)]
+    pub live_actors: Value,
+}
+
+/// What this service is and offers.
+#[derive(ToSchema)]
+pub struct Info {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub event_store: String,
+    #[schema(value_type = Object)]
+    pub frontends: Value,
+    pub projections: Vec<String>,
+    #[schema(value_type = Object)]
+    pub history: Value,
+    #[schema(value_type = Object)]
+    pub operations: Value,
+}
+
+/// Which way a stream is read.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+/// Width of an energy bucket.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum Bucket {
+    Hour,
+    Day,
+}
+
+/// Which alerts to list.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum AlertStatus {
+    Open,
+    All,
+}
+
+/// The frontend the CityPulse routes belong to.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum CityPulseSource {
+    Citypulse,
+}
+
+/// Sent with every CityPulse request.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct CityPulseHeaders {
+    /// Names the frontend: `citypulse`, which must be enabled for the caller's organization
+    /// (otherwise 403 `frontend_access_denied`).
+    #[param(rename = "X-Frontend-Source", value_type = CityPulseSource, inline)]
+    pub x_frontend_source: String,
+}
+
+/// Optional headers of an entity command.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IfMatchHeader {
+    /// Run only if the entity is at this version (an `ETag` of this API, like `"3"`; `*`
+    /// means any); otherwise 409 `version_conflict` with the actual version.
+    #[param(rename = "If-Match", pattern = r#"^(\*|(W/)?"[0-9]{1,15}")$"#)]
+    pub if_match: Option<String>,
+}
+
+/// Optional headers of a CityPulse command.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct CommandHeaders {
+    /// Run only if the entity is at this version (an `ETag` of this API, like `"3"`; `*`
+    /// means any); otherwise 409 `version_conflict` with the actual version.
+    #[param(rename = "If-Match", pattern = r#"^(\*|(W/)?"[0-9]{1,15}")$"#)]
+    pub if_match: Option<String>,
+    /// A retry with the same key and body returns the first answer
+    /// (`Idempotent-Replayed: true`) and writes nothing; another body gets 422.
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]+$"
+    )]
+    pub idempotency_key: Option<String>,
+}

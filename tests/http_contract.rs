@@ -1,0 +1,361 @@
+//! The API contract: the OpenAPI document against the route table actix serves, and the
+//! framework-made errors (405, 414, 415, 413, a broken body) in the JSON error shape.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use actix_web::{test, web, App, HttpResponse};
+use common::spawn_app;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Every route this API serves. A new route must be added here and documented, or this
+/// file's first two tests fail.
+const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/metrics"),
+    ("GET", "/socket.io/"),
+    ("GET", "/api/v1/info"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/docs"),
+    ("GET", "/api/v1/ws"),
+    ("POST", "/api/v1/auth/signup"),
+    ("POST", "/api/v1/auth/login"),
+    ("POST", "/api/v1/auth/refresh"),
+    ("POST", "/api/v1/auth/logout"),
+    ("GET", "/api/v1/auth/me"),
+    ("GET", "/api/v1/users/me"),
+    ("PATCH", "/api/v1/users/me"),
+    ("DELETE", "/api/v1/users/me"),
+    ("PUT", "/api/v1/users/me/password"),
+    ("POST", "/api/v1/organizations"),
+    ("GET", "/api/v1/organizations"),
+    ("GET", "/api/v1/organizations/{id}"),
+    ("PATCH", "/api/v1/organizations/{id}"),
+    ("GET", "/api/v1/organizations/{id}/members"),
+    ("POST", "/api/v1/organizations/{id}/members"),
+    ("DELETE", "/api/v1/organizations/{id}/members/{user_id}"),
+    ("GET", "/api/v1/organizations/{id}/frontends"),
+    ("PUT", "/api/v1/organizations/{id}/frontends"),
+    ("POST", "/api/v1/citypulse/buildings"),
+    ("GET", "/api/v1/citypulse/buildings"),
+    ("GET", "/api/v1/citypulse/buildings/{id}"),
+    ("POST", "/api/v1/citypulse/buildings/{id}/sensors"),
+    ("GET", "/api/v1/citypulse/buildings/{id}/sensors"),
+    (
+        "DELETE",
+        "/api/v1/citypulse/buildings/{id}/sensors/{sensor_id}",
+    ),
+    ("POST", "/api/v1/citypulse/buildings/{id}/readings"),
+    ("PUT", "/api/v1/citypulse/buildings/{id}/thresholds"),
+    ("GET", "/api/v1/citypulse/buildings/{id}/energy"),
+    ("GET", "/api/v1/citypulse/buildings/{id}/alerts"),
+    ("GET", "/api/v1/streams/{stream}"),
+    ("GET", "/api/v1/events"),
+];
+
+fn expected() -> BTreeSet<(String, String)> {
+    ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect()
+}
+
+fn documented(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut ops = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            ops.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    ops
+}
+
+#[actix_web::test]
+async fn the_openapi_document_is_served_as_3_1_and_documents_every_route() {
+    let app = spawn_app().await;
+    let res = app
+        .anonymous
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let doc: Value = res.json().await.unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1."),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(documented(&doc), expected());
+
+    // Every 4xx/5xx answer is the error shape, and the headers of the contract are named.
+    let text = doc.to_string();
+    for header in ["X-Frontend-Source", "If-Match", "Idempotency-Key"] {
+        assert!(text.contains(&format!("\"name\":\"{header}\"")), "{header}");
+    }
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                // `/health` answers 503 with the health report itself, by design.
+                let health = path == "/health" && status == "503";
+                if (status.starts_with('4') || status.starts_with('5')) && !health {
+                    let schema = &response["content"]["application/json"]["schema"];
+                    assert_eq!(
+                        schema["$ref"], "#/components/schemas/Error",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+
+    let res = app
+        .anonymous
+        .get(app.url("/api/v1/docs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("/api/v1/citypulse/buildings/{id}/energy"));
+    assert!(!page.contains("<script"), "the page loads nothing");
+    app.handle.stop(false).await;
+}
+
+#[actix_web::test]
+async fn the_route_table_is_exactly_the_documented_routes() {
+    // actix's introspection reports the routes as registered by `http::configure`.
+    let app = test::init_service(
+        App::new()
+            .configure(universal_backend::http::configure)
+            .route(
+                "/__routes",
+                web::get().to(
+                    |tree: web::Data<actix_web::introspection::IntrospectionTree>| async move {
+                        HttpResponse::Ok().body(tree.report_as_json())
+                    },
+                ),
+            ),
+    )
+    .await;
+    let req = test::TestRequest::get().uri("/__routes").to_request();
+    let report: Value = test::call_and_read_body_json(&app, req).await;
+    let mut served = BTreeSet::new();
+    for item in report.as_array().unwrap() {
+        let path = item["full_path"].as_str().unwrap();
+        if path == "/__routes" {
+            continue;
+        }
+        for method in item["methods"].as_array().unwrap() {
+            served.insert((method.as_str().unwrap().to_owned(), path.to_owned()));
+        }
+    }
+    assert_eq!(served, expected());
+}
+
+async fn error_of(res: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value) {
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body: Value = res.json().await.expect("a JSON error body");
+    assert!(
+        body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+        "{body}"
+    );
+    (status, headers, body)
+}
+
+#[actix_web::test]
+async fn a_wrong_method_answers_405_with_allow_in_the_error_shape() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .put(app.url("/api/v1/citypulse/buildings"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, body) = error_of(res).await;
+    assert_eq!(status, 405);
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    let allow = headers["allow"].to_str().unwrap();
+    assert_eq!(allow, "GET, POST");
+
+    let res = app
+        .client
+        .post(app.url("/api/v1/users/me"))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, _) = error_of(res).await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"].to_str().unwrap(), "GET, PATCH, DELETE");
+
+    // A path with a parameter, and one that exists for no method at all.
+    let res = app
+        .client
+        .patch(app.url("/api/v1/citypulse/buildings/7b0c4f7e-2a55-4c1e-9d0e-0a0a0a0a0a0a/readings"))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, _) = error_of(res).await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"].to_str().unwrap(), "POST");
+    let res = app
+        .client
+        .get(app.url("/api/v1/no/such/thing"))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = error_of(res).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    app.handle.stop(false).await;
+}
+
+#[actix_web::test]
+async fn a_body_that_is_not_json_on_a_json_route_answers_415_and_writes_nothing() {
+    let app = spawn_app().await;
+    let head = app.head().await;
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let res = app
+            .client
+            .post(app.url("/api/v1/citypulse/buildings"))
+            .header("content-type", content_type)
+            .body(r#"{"name":"Town Hall"}"#)
+            .send()
+            .await
+            .unwrap();
+        let (status, _, body) = error_of(res).await;
+        assert_eq!(status, 415, "{content_type}");
+        assert_eq!(body["error"]["code"], "unsupported_media_type");
+    }
+    assert_eq!(app.head().await, head);
+    // JSON with a charset, or a `+json` type, is JSON.
+    let res = app
+        .client
+        .post(app.url("/api/v1/citypulse/buildings"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(r#"{"name":"Town Hall"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    app.handle.stop(false).await;
+}
+
+#[actix_web::test]
+async fn a_uri_that_is_too_long_answers_414_in_the_error_shape() {
+    let app = spawn_app().await;
+    let long = "a".repeat(20_000);
+    let res = app
+        .client
+        .get(app.url(&format!("/api/v1/citypulse/buildings?cursor={long}")))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = error_of(res).await;
+    assert_eq!(status, 414);
+    assert_eq!(body["error"]["code"], "uri_too_long");
+    app.handle.stop(false).await;
+}
+
+/// Sends raw bytes and reads the whole answer (the request asks to close the connection).
+async fn raw(port_base: &str, request: &[u8]) -> (u16, String, String) {
+    let addr = port_base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+#[actix_web::test]
+async fn a_body_shorter_or_longer_than_its_content_length_answers_in_the_error_shape() {
+    let app = spawn_app().await;
+    // Declares more than the limit: refused before reading it.
+    let (status, head, body) = raw(
+        &app.base,
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 99999999999\r\nConnection: close\r\n\r\n{}",
+    )
+    .await;
+    assert_eq!(status, 413, "{head}");
+    let json: Value = serde_json::from_str(body.trim()).unwrap_or_else(|_| panic!("{body}"));
+    assert_eq!(json["error"]["code"], "payload_too_large");
+
+    // Declares 100 bytes, sends 10 and closes: the body is incomplete.
+    let (status, head, body) = raw(
+        &app.base,
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\nConnection: close\r\n\r\n{\"email\":",
+    )
+    .await;
+    assert_eq!(status, 400, "{head}");
+    let json: Value = serde_json::from_str(body.trim()).unwrap_or_else(|_| panic!("{body}"));
+    assert!(json["error"]["code"].is_string(), "{json}");
+    app.handle.stop(false).await;
+}
+
+#[actix_web::test]
+async fn an_energy_range_beyond_the_calendar_is_refused_not_a_crash() {
+    let app = spawn_app().await;
+    let (building, _, position) = app.building_with_sensor("electricity", "kWh").await;
+    for query in [
+        "to=-262143-01-01T00:00:00Z",
+        "from=-262143-01-01T00:00:00Z&to=-262142-12-31T00:00:00Z",
+        "to=%2B262142-12-31T00:00:00Z",
+        "bucket=day&to=0000-01-05T00:00:00Z",
+    ] {
+        let res = app
+            .client
+            .get(app.url(&format!(
+                "/api/v1/citypulse/buildings/{building}/energy?{query}"
+            )))
+            .send()
+            .await
+            .unwrap();
+        let (status, _, _) = error_of(res).await;
+        assert_eq!(status, 400, "{query}");
+    }
+    // The worker is alive and well.
+    let (status, _) = app
+        .get_json(&format!(
+            "/api/v1/citypulse/buildings/{building}/energy?min_position={position}"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    app.handle.stop(false).await;
+}
+
+#[actix_web::test]
+async fn a_nul_character_in_a_history_filter_is_refused_not_a_database_error() {
+    let app = spawn_app().await;
+    for path in [
+        "/api/v1/events?type=%00",
+        "/api/v1/events?category=building%00",
+        "/api/v1/streams/building-%00",
+    ] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        let (status, _, body) = error_of(res).await;
+        assert_eq!(status, 400, "{path}: {body}");
+    }
+    app.handle.stop(false).await;
+}
