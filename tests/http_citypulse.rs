@@ -388,11 +388,36 @@ async fn buildings_are_listed_in_stable_pages() {
 }
 
 #[actix_web::test]
-async fn min_position_beyond_the_log_times_out_with_504_and_the_checkpoint() {
+async fn min_position_beyond_the_log_is_refused_and_a_stalled_read_model_answers_504() {
     let app = common::spawn_app().await;
+    // No command was ever answered with a position past the head: refused at once.
     let (status, body) = app
-        .get_json("/api/v1/citypulse/buildings?min_position=999999")
+        .get_json("/api/v1/citypulse/buildings?min_position=9223372036854775806")
         .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "min_position_ahead");
+    assert!(body["error"]["details"]["head"].is_i64());
+
+    // A read model held back (its checkpoint row locked) answers 504 with its checkpoint.
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query(
+        "SELECT position FROM checkpoints WHERE projection = 'citypulse_directory' FOR UPDATE",
+    )
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let res = app
+        .post("/api/v1/citypulse/buildings", json!({ "name": "Annex" }))
+        .await;
+    assert_eq!(res.status(), 201);
+    let created: Value = res.json().await.unwrap();
+    let (status, body) = app
+        .get_json(&format!(
+            "/api/v1/citypulse/buildings?min_position={}",
+            created["position"]
+        ))
+        .await;
+    holder.rollback().await.unwrap();
     assert_eq!(status, 504);
     assert_eq!(body["error"]["code"], "projection_behind");
     assert!(body["error"]["details"]["checkpoint"].is_i64());

@@ -16,6 +16,17 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
     ("GET", "/metrics"),
     ("GET", "/socket.io/"),
+    ("POST", "/socket.io/"),
+    ("GET", "/api/v1/admin/parked-events"),
+    ("GET", "/api/v1/admin/parked-events/{projection}/{position}"),
+    (
+        "POST",
+        "/api/v1/admin/parked-events/{projection}/{position}/retry",
+    ),
+    (
+        "POST",
+        "/api/v1/admin/parked-events/{projection}/{position}/skip",
+    ),
     ("GET", "/api/v1/info"),
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/api/v1/docs"),

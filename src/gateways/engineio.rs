@@ -66,12 +66,18 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    /// The body Engine.IO servers answer with (status 400).
+    /// The body Engine.IO servers answer with (status 400), which also carries this API's
+    /// error shape under `error`, so that one contract covers every 4xx.
     pub fn body(self) -> serde_json::Value {
-        match self {
-            EngineError::UnknownSession => json!({ "code": 1, "message": "Session ID unknown" }),
-            EngineError::BadRequest => json!({ "code": 3, "message": "Bad request" }),
-        }
+        let (code, message, ours) = match self {
+            EngineError::UnknownSession => (1, "Session ID unknown", "session_unknown"),
+            EngineError::BadRequest => (3, "Bad request", "bad_request"),
+        };
+        json!({
+            "code": code,
+            "message": message,
+            "error": { "code": ours, "message": message, "details": null },
+        })
     }
 }
 

@@ -104,20 +104,31 @@ fn projection(name: &str) -> Result<std::sync::Arc<dyn Projection>, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no projection named `{name}`")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct ListParams {
+pub(crate) struct ListParams {
+    /// Only this projection's rows.
     projection: Option<String>,
     /// `parked` (default), `skipped`, `applied` or `all`.
     state: Option<String>,
+    /// 1 to 500 (default 50).
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 const STATES: [&str; 3] = ["parked", "skipped", "applied"];
 
 /// `GET /api/v1/admin/parked-events`: rows in position order; `next_cursor` continues.
-async fn list_parked(
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/parked-events",
+    tag = "operations",
+    params(ListParams),
+    responses((status = 200, description = "Parked events, oldest position first (operators only)", body = super::schema::ParkedEventPage)),
+)]
+pub(crate) async fn list_parked(
     state: web::Data<AppState>,
     who: Principal,
     params: web::Query<ListParams>,
@@ -169,7 +180,17 @@ async fn list_parked(
 }
 
 /// `GET /api/v1/admin/parked-events/{projection}/{position}`
-async fn get_parked(
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/parked-events/{projection}/{position}",
+    tag = "operations",
+    params(
+        ("projection" = String, Path, description = "A projection name"),
+        ("position" = i64, Path, description = "The event's position in the log"),
+    ),
+    responses((status = 200, description = "One parked event (operators only)", body = super::schema::ParkedEvent)),
+)]
+pub(crate) async fn get_parked(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<(String, i64)>,
@@ -185,7 +206,20 @@ async fn get_parked(
 
 /// `POST …/retry`: applies the event now. 200 with the resolved row; 409 `retry_failed` with
 /// the new error when it fails again (the row stays parked).
-async fn retry_parked(
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/parked-events/{projection}/{position}/retry",
+    tag = "operations",
+    params(
+        ("projection" = String, Path, description = "A projection name"),
+        ("position" = i64, Path, description = "The event's position in the log"),
+    ),
+    responses(
+        (status = 200, description = "Applied; the row is marked `applied`", body = super::schema::ParkedEvent),
+        (status = 409, description = "It failed again (`retry_failed`) or is not parked", body = super::schema::ErrorBody),
+    ),
+)]
+pub(crate) async fn retry_parked(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<(String, i64)>,
@@ -205,9 +239,10 @@ async fn retry_parked(
     Ok(HttpResponse::Ok().json(row))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SkipBody {
+pub(crate) struct SkipBody {
+    /// Why it is left out (at most 500 characters).
     reason: Option<String>,
 }
 
@@ -215,7 +250,21 @@ const MAX_REASON: usize = 500;
 
 /// `POST …/skip` with an optional `{"reason": "…"}`: the event stays out of the read model,
 /// and the row is kept as `skipped`.
-async fn skip_parked(
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/parked-events/{projection}/{position}/skip",
+    tag = "operations",
+    params(
+        ("projection" = String, Path, description = "A projection name"),
+        ("position" = i64, Path, description = "The event's position in the log"),
+    ),
+    request_body(content = Option<SkipBody>, description = "Optional `{reason}`"),
+    responses(
+        (status = 200, description = "Skipped; the row is kept as `skipped`", body = super::schema::ParkedEvent),
+        (status = 409, description = "The row is not parked (`not_parked`)", body = super::schema::ErrorBody),
+    ),
+)]
+pub(crate) async fn skip_parked(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<(String, i64)>,

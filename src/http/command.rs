@@ -40,6 +40,21 @@ pub async fn wait_for_projection(
     if position < 0 {
         return Err(ApiError::bad_request("min_position must not be negative"));
     }
+    // Every position a command answered with is committed, so one past the head was never
+    // handed out: refuse it at once instead of holding the request for the whole wait.
+    let head = state
+        .store
+        .head_position()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if position > head {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "min_position_ahead",
+            format!("min_position {position} lies beyond the end of the log ({head})"),
+        )
+        .with_details(json!({ "head": head })));
+    }
     state
         .progress
         .wait_for(&state.pool, projection, position, MAX_WAIT)

@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{citypulse, history, identity, ops, schema};
+use super::{admin, citypulse, history, identity, ops, schema};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -69,6 +69,11 @@ use super::{citypulse, history, identity, ops, schema};
         citypulse::alerts,
         history::read_stream,
         history::read_log,
+        admin::list_parked,
+        admin::get_parked,
+        admin::retry_parked,
+        admin::skip_parked,
+        socket_io_polling,
     ),
     components(schemas(schema::ErrorBody)),
     security(("bearer" = [])),
@@ -365,6 +370,27 @@ async fn websocket() {}
 )]
 #[allow(dead_code)]
 async fn socket_io() {}
+
+/// Packets a long-polling Socket.IO client sends (Engine.IO v4 payload, packets separated
+/// by `\x1e`).
+#[utoipa::path(
+    post,
+    path = "/socket.io/",
+    tag = "live",
+    security(()),
+    params(
+        ("EIO" = String, Query, description = "Engine.IO protocol version: `4`"),
+        ("transport" = String, Query, description = "`polling`"),
+        ("sid" = String, Query, description = "Engine.IO session id from the handshake"),
+    ),
+    request_body(content = String, content_type = "text/plain", description = "An Engine.IO payload"),
+    responses(
+        (status = 200, description = "Accepted: `ok`", content_type = "text/plain", body = String),
+        (status = 400, description = "Unknown session or a payload this gateway refuses: Engine.IO's `{code, message}` with this API's `error` beside it", body = schema::ErrorBody),
+    ),
+)]
+#[allow(dead_code)]
+async fn socket_io_polling() {}
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")

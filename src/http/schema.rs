@@ -461,3 +461,28 @@ pub struct CommandHeaders {
     )]
     pub idempotency_key: Option<String>,
 }
+
+/// An event a projection could not apply, kept for an operator.
+#[derive(ToSchema)]
+pub struct ParkedEvent {
+    pub projection: String,
+    pub position: i64,
+    pub event_id: Uuid,
+    pub stream_id: String,
+    pub event_type: String,
+    pub error: String,
+    pub attempts: i32,
+    pub parked_at: DateTime<Utc>,
+    /// `parked`, `skipped` or `applied`.
+    pub state: String,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_by: Option<Uuid>,
+    pub note: Option<String>,
+}
+
+/// A page of parked events.
+#[derive(ToSchema)]
+pub struct ParkedEventPage {
+    pub items: Vec<ParkedEvent>,
+    pub next_cursor: Option<String>,
+}
