@@ -7,38 +7,15 @@ mod common;
 use std::io::BufRead;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use common::{recv, Socket};
 
 async fn connect(base: &str, token: &str) -> Socket {
     let url = format!("{}/api/v1/ws?token={token}", base.replace("http", "ws"));
     tokio_tungstenite::connect_async(url).await.unwrap().0
-}
-
-/// The next JSON message, or `{"type":"closed",…}` for a close frame; waits at most 15 s.
-async fn recv(ws: &mut Socket) -> Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(15), ws.next())
-            .await
-            .expect("a message in time")
-            .expect("the socket is open")
-            .unwrap();
-        match frame {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Close(c) => {
-                return json!({
-                    "type": "closed",
-                    "reason": c.as_ref().map(|c| c.reason.to_string()),
-                    "code": c.as_ref().map(|c| u16::from(c.code)),
-                })
-            }
-            _ => {}
-        }
-    }
 }
 
 /// Subscribes to the building's stream from now on and waits for the confirmation.

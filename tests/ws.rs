@@ -4,12 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use common::{recv, Socket};
 
 async fn connect(app: &common::TestApp, token: Option<&str>) -> Socket {
     let url = match token {
@@ -21,28 +20,6 @@ async fn connect(app: &common::TestApp, token: Option<&str>) -> Socket {
 
 async fn send(ws: &mut Socket, msg: Value) {
     ws.send(Message::Text(msg.to_string())).await.unwrap();
-}
-
-/// The next JSON message (pings are answered by the client library on the way).
-async fn recv(ws: &mut Socket) -> Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(15), ws.next())
-            .await
-            .expect("a message in time")
-            .expect("the socket is open")
-            .unwrap();
-        match frame {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Close(c) => {
-                return json!({
-                    "type": "closed",
-                    "reason": c.as_ref().map(|c| c.reason.to_string()),
-                    "code": c.as_ref().map(|c| u16::from(c.code)),
-                })
-            }
-            _ => {}
-        }
-    }
 }
 
 async fn post_readings(app: &common::TestApp, id: &str, sensor: &str, n: usize) {

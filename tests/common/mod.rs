@@ -290,3 +290,32 @@ pub async fn add_member(app: &TestApp, role: &str) -> Tenant {
         refresh_token: login["refresh_token"].as_str().unwrap().to_owned(),
     }
 }
+
+/// A client WebSocket, as the socket tests open them.
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next JSON message of a socket, or `{"type":"closed", "reason", "code"}` for a close
+/// frame (pings are answered by the client library on the way); waits at most 15 s.
+pub async fn recv(ws: &mut Socket) -> serde_json::Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket is open")
+            .unwrap();
+        match frame {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Close(c) => {
+                return serde_json::json!({
+                    "type": "closed",
+                    "reason": c.as_ref().map(|c| c.reason.to_string()),
+                    "code": c.as_ref().map(|c| u16::from(c.code)),
+                })
+            }
+            _ => {}
+        }
+    }
+}
