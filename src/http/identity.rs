@@ -511,6 +511,7 @@ async fn refresh(
     post,
     path = "/api/v1/auth/logout",
     tag = "identity",
+    params(super::schema::IdempotencyHeader),
     responses(
         (status = 204, description = "The session has ended"),
     ),
@@ -590,7 +591,7 @@ struct UpdateMe {
     path = "/api/v1/users/me",
     tag = "identity",
     request_body = UpdateMe,
-    params(super::schema::IfMatchHeader),
+    params(super::schema::CommandHeaders),
     responses(
         (status = 200, description = "Updated", body = super::schema::CommandResult),
     ),
@@ -634,6 +635,7 @@ struct ChangePassword {
     path = "/api/v1/users/me/password",
     tag = "identity",
     request_body = ChangePassword,
+    params(super::schema::IdempotencyHeader),
     responses(
         (status = 200, description = "Changed; every session has ended", body = super::schema::PasswordChanged),
     ),
@@ -706,6 +708,7 @@ struct Deactivate {
     path = "/api/v1/users/me",
     tag = "identity",
     request_body = Deactivate,
+    params(super::schema::IdempotencyHeader),
     responses(
         (status = 204, description = "Deactivated"),
     ),
@@ -810,6 +813,7 @@ struct OrgName {
     path = "/api/v1/organizations",
     tag = "identity",
     request_body = OrgName,
+    params(super::schema::CommandHeaders),
     responses(
         (status = 201, description = "Created; the caller is its admin", body = super::schema::CommandResult),
     ),
@@ -846,7 +850,7 @@ async fn create_org(
     path = "/api/v1/organizations/{id}",
     tag = "identity",
     request_body = OrgName,
-    params(("id" = Uuid, Path, description = "The organization"), super::schema::IfMatchHeader),
+    params(("id" = Uuid, Path, description = "The organization"), super::schema::CommandHeaders),
     responses(
         (status = 200, description = "Renamed", body = super::schema::CommandResult),
     ),
@@ -1012,7 +1016,7 @@ struct SetMember {
     path = "/api/v1/organizations/{id}/members",
     tag = "identity",
     request_body = SetMember,
-    params(("id" = Uuid, Path, description = "The organization"), super::schema::IfMatchHeader),
+    params(("id" = Uuid, Path, description = "The organization"), super::schema::CommandHeaders),
     responses(
         (status = 200, description = "Added or given the role", body = super::schema::CommandResult),
     ),
@@ -1067,7 +1071,7 @@ async fn set_member(
     delete,
     path = "/api/v1/organizations/{id}/members/{user_id}",
     tag = "identity",
-    params(("id" = Uuid, Path, description = "The organization"), ("user_id" = Uuid, Path, description = "The member"), super::schema::IfMatchHeader),
+    params(("id" = Uuid, Path, description = "The organization"), ("user_id" = Uuid, Path, description = "The member"), super::schema::CommandHeaders),
     responses(
         (status = 200, description = "Removed", body = super::schema::CommandResult),
     ),
@@ -1136,7 +1140,7 @@ struct SetFrontend {
     path = "/api/v1/organizations/{id}/frontends",
     tag = "identity",
     request_body = SetFrontend,
-    params(("id" = Uuid, Path, description = "The organization"), super::schema::IfMatchHeader),
+    params(("id" = Uuid, Path, description = "The organization"), super::schema::CommandHeaders),
     responses(
         (status = 200, description = "Set", body = super::schema::CommandResult),
     ),

@@ -433,17 +433,7 @@ pub struct CityPulseHeaders {
     pub x_frontend_source: String,
 }
 
-/// Optional headers of an entity command.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-pub struct IfMatchHeader {
-    /// Run only if the entity is at this version (an `ETag` of this API, like `"3"`; `*`
-    /// means any); otherwise 409 `version_conflict` with the actual version.
-    #[param(rename = "If-Match", pattern = r#"^(\*|(W/)?"[0-9]{1,15}")$"#)]
-    pub if_match: Option<String>,
-}
-
-/// Optional headers of a CityPulse command.
+/// Optional headers of a command on one entity.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
 pub struct CommandHeaders {
@@ -485,4 +475,19 @@ pub struct ParkedEvent {
 pub struct ParkedEventPage {
     pub items: Vec<ParkedEvent>,
     pub next_cursor: Option<String>,
+}
+
+/// The optional header of a command that takes no `If-Match`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyHeader {
+    /// A retry with the same key and body returns the first answer
+    /// (`Idempotent-Replayed: true`) and writes nothing; another body gets 422.
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]+$"
+    )]
+    pub idempotency_key: Option<String>,
 }
