@@ -668,3 +668,74 @@ async fn an_anthropic_stream_is_parsed_with_its_usage_and_headers() {
     assert_eq!(got.body["messages"].as_array().unwrap().len(), 1);
     assert_eq!(got.body["messages"][0]["role"], "user");
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_then_reported_as_a_network_failure() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let provider = Guarded::new(
+        Arc::new(OpenAiCompatible::new(OpenAiSettings {
+            name: "refused".into(),
+            base_url,
+            api_key: None,
+            models: vec!["gpt-test".into()],
+            temperature: None,
+            max_tokens: None,
+            http: HttpSettings {
+                connect_timeout: Duration::from_secs(2),
+            },
+        })),
+        policy(),
+    );
+    let err = call(&provider, request("x")).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Network(_)), "{err:?}");
+    assert_eq!(provider.breaker_state().consecutive_failures, 1);
+}
+
+#[tokio::test]
+async fn the_breaker_state_and_failures_are_exported_as_metrics() {
+    let metrics = universal_backend::telemetry::metrics_handle();
+    let server = StandIn::start().await;
+    server.then(Reply::Status {
+        code: 502,
+        retry_after: None,
+    });
+    let provider = Guarded::new(
+        Arc::new(OpenAiCompatible::new(OpenAiSettings {
+            name: "metered".into(),
+            base_url: server.base_url.clone(),
+            api_key: None,
+            models: vec!["gpt-test".into()],
+            temperature: None,
+            max_tokens: None,
+            http: HttpSettings {
+                connect_timeout: Duration::from_secs(2),
+            },
+        })),
+        GuardPolicy {
+            max_retries: 0,
+            breaker_failures: 1,
+            ..policy()
+        },
+    );
+    let before = metrics.render();
+    assert!(
+        before.contains(r#"ub_provider_breaker_state{provider="metered"} 0"#),
+        "{before}"
+    );
+    assert!(call(&provider, request("x")).await.is_err());
+    assert_eq!(
+        call(&provider, request("x")).await.unwrap_err(),
+        ProviderError::Unavailable
+    );
+    let after = metrics.render();
+    for line in [
+        r#"ub_provider_breaker_state{provider="metered"} 1"#,
+        r#"ub_provider_breaker_consecutive_failures{provider="metered"} 1"#,
+        r#"ub_provider_failures_total{provider="metered",class="server"} 1"#,
+        r#"ub_provider_failures_total{provider="metered",class="unavailable"} 1"#,
+    ] {
+        assert!(after.contains(line), "missing {line} in\n{after}");
+    }
+}

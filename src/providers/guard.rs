@@ -320,6 +320,10 @@ impl Guarded {
         .increment(1);
     }
 
+    /// The wait before retry number `retry` (0-based). Written out rather than taken from a
+    /// retry crate: the loop in `stream` must stop retrying the moment a first token has
+    /// arrived and must keep one breaker permit across attempts, which the retry wrappers
+    /// (backon, tokio-retry) cannot express; what remains is this one line of doubling.
     fn backoff(&self, retry: u32, err: &ProviderError) -> Duration {
         let exponential = self
             .policy
