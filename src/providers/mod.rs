@@ -117,6 +117,8 @@ pub enum ProviderError {
     BadRequest(String),
     #[error("the provider sent a malformed stream: {0}")]
     Protocol(String),
+    /// The caller stopped the reply. Dropping a [`ReplyStream`] is how a caller cancels (the
+    /// HTTP request is aborted with it); this class is for reporting that stop.
     #[error("the reply was cancelled")]
     Cancelled,
 }

@@ -230,3 +230,99 @@ impl Decoder for OpenAiDecoder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::sse::SseParser;
+
+    fn decoder() -> OpenAiDecoder {
+        OpenAiDecoder {
+            prompt_tokens: 9,
+            text: String::new(),
+            finish_reason: None,
+            usage: None,
+        }
+    }
+
+    fn feed(decoder: &mut OpenAiDecoder, wire: &str) -> (Vec<ReplyEvent>, bool) {
+        let mut out = Vec::new();
+        let mut done = false;
+        for event in SseParser::new().push(wire.as_bytes()) {
+            done = decoder.event(event, &mut out).unwrap();
+        }
+        (out, done)
+    }
+
+    #[test]
+    fn groq_usage_in_x_groq_is_read() {
+        let mut d = decoder();
+        let (out, done) = feed(
+            &mut d,
+            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n\
+             data: {\"choices\":[{\"delta\":{\"content\":\"Hey\"},\"finish_reason\":null}]}\n\n\
+             data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}],\"x_groq\":{\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1}}}\n\n\
+             data: [DONE]\n\n",
+        );
+        assert!(done);
+        assert_eq!(
+            out,
+            vec![
+                ReplyEvent::Delta("Hey".into()),
+                ReplyEvent::Completed(Completion {
+                    finish_reason: "length".into(),
+                    usage: Usage {
+                        prompt_tokens: 5,
+                        completion_tokens: 1,
+                        estimated: false
+                    }
+                })
+            ]
+        );
+    }
+
+    #[test]
+    fn a_body_that_ends_after_a_finish_reason_but_without_done_is_complete() {
+        let mut d = decoder();
+        let (_, done) = feed(
+            &mut d,
+            "data: {\"choices\":[{\"delta\":{\"content\":\"ok\"},\"finish_reason\":\"stop\"}]}\n\n",
+        );
+        assert!(!done);
+        let mut out = Vec::new();
+        d.end(&mut out).unwrap();
+        assert!(matches!(&out[..], [ReplyEvent::Completed(c)] if c.usage.estimated));
+    }
+
+    #[test]
+    fn a_body_that_ends_without_any_end_marker_is_a_protocol_error() {
+        let mut d = decoder();
+        feed(
+            &mut d,
+            "data: {\"choices\":[{\"delta\":{\"content\":\"ok\"}}]}\n\n",
+        );
+        let err = d.end(&mut Vec::new()).unwrap_err();
+        assert!(matches!(err, ProviderError::Protocol(_)));
+    }
+
+    #[test]
+    fn an_error_object_or_invalid_json_mid_stream_is_a_protocol_error() {
+        let mut d = decoder();
+        let event = SseEvent {
+            event: None,
+            data: "{\"error\":{\"message\":\"boom\"}}".into(),
+        };
+        assert!(matches!(
+            d.event(event, &mut Vec::new()),
+            Err(ProviderError::Protocol(m)) if m.contains("boom")
+        ));
+        let event = SseEvent {
+            event: None,
+            data: "{not json".into(),
+        };
+        assert!(matches!(
+            d.event(event, &mut Vec::new()),
+            Err(ProviderError::Protocol(_))
+        ));
+    }
+}
