@@ -528,7 +528,9 @@ async fn the_breaker_opens_after_n_failures_fails_at_once_then_probes_once_and_c
         GuardPolicy {
             max_retries: 0,
             breaker_failures: 3,
-            breaker_open_for: Duration::from_millis(300),
+            // Long enough that the checks below run while it is still open, even on a
+            // loaded machine.
+            breaker_open_for: Duration::from_millis(1500),
             ..policy()
         },
     ));
@@ -552,7 +554,8 @@ async fn the_breaker_opens_after_n_failures_fails_at_once_then_probes_once_and_c
     })
     .await;
     server.then(Reply::Stream(Script {
-        stall: Duration::from_millis(400),
+        // The probe is held open long enough to be seen in flight.
+        stall: Duration::from_secs(2),
         ..Script::default()
     }));
     let probe = tokio::spawn({
