@@ -742,3 +742,47 @@ async fn the_breaker_state_and_failures_are_exported_as_metrics() {
         assert!(after.contains(line), "missing {line} in\n{after}");
     }
 }
+
+#[tokio::test]
+async fn a_retry_after_from_the_server_is_honoured() {
+    let server = StandIn::start().await;
+    server.then(Reply::Status {
+        code: 429,
+        retry_after: Some("0.2".into()),
+    });
+    let provider = Guarded::new(
+        openai(&server),
+        GuardPolicy {
+            retry_base: Duration::from_millis(1),
+            ..policy()
+        },
+    );
+    let reply = call(&provider, request("x")).await.unwrap();
+    assert!(reply.completion.is_some());
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[1].at - requests[0].at >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn a_reply_slower_than_the_total_timeout_ends_with_a_total_timeout_after_its_deltas() {
+    let server = StandIn::start().await;
+    server.then(Reply::Stream(Script {
+        delay: Duration::from_secs(30),
+        ..Script::default()
+    }));
+    let provider = Guarded::new(
+        openai(&server),
+        GuardPolicy {
+            total_timeout: Duration::from_millis(300),
+            ..policy()
+        },
+    );
+    let reply = call(&provider, request("x")).await.unwrap();
+    assert_eq!(reply.deltas, vec!["Hello"]);
+    assert_eq!(
+        reply.error,
+        Some(ProviderError::Timeout(TimeoutKind::Total))
+    );
+    assert_eq!(server.requests().len(), 1);
+}
