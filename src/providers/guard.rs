@@ -403,7 +403,13 @@ impl ModelProvider for Guarded {
                         && retry < self.policy.max_retries
                         && Instant::now() + wait < deadline
                     {
-                        tracing::warn!(provider = self.name(), error = %err, retry, ?wait, "provider call retried");
+                        tracing::warn!(
+                            provider = self.name(),
+                            error = %err,
+                            retry,
+                            ?wait,
+                            "provider call retried"
+                        );
                         sleep(wait).await;
                         retry += 1;
                         continue;
