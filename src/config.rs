@@ -117,6 +117,70 @@ pub struct Config {
     /// Run the projections in this process (another process may lead them instead).
     #[arg(long, env = "RUN_PROJECTIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_projections: bool,
+    /// OpenAI API key; also turns the OpenAI provider on.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+    /// Base URL of the OpenAI-compatible API (without `/chat/completions`).
+    #[arg(
+        long,
+        env = "OPENAI_BASE_URL",
+        default_value = "https://api.openai.com/v1"
+    )]
+    pub openai_base_url: String,
+    /// OpenAI model ids offered, comma-separated; the first is the default.
+    #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini")]
+    pub openai_model: String,
+    /// Sampling temperature when a request gives none (OpenAI-compatible and Anthropic).
+    #[arg(long, env = "OPENAI_TEMPERATURE", default_value_t = 0.7)]
+    pub openai_temperature: f32,
+    /// Most tokens of a reply when a request gives none.
+    #[arg(long, env = "MAX_TOKENS", default_value_t = 2048)]
+    pub max_tokens: u32,
+    /// Groq API key; turns the Groq provider (same client as OpenAI) on.
+    #[arg(long, env = "GROQ_API_KEY", hide_env_values = true)]
+    pub groq_api_key: Option<String>,
+    #[arg(
+        long,
+        env = "GROQ_BASE_URL",
+        default_value = "https://api.groq.com/openai/v1"
+    )]
+    pub groq_base_url: String,
+    /// Groq model ids offered, comma-separated.
+    #[arg(long, env = "GROQ_MODEL", default_value = "llama-3.3-70b-versatile")]
+    pub groq_model: String,
+    /// Anthropic API key; turns the Anthropic provider on.
+    #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
+    pub anthropic_api_key: Option<String>,
+    #[arg(
+        long,
+        env = "ANTHROPIC_BASE_URL",
+        default_value = "https://api.anthropic.com/v1"
+    )]
+    pub anthropic_base_url: String,
+    /// Anthropic model ids offered, comma-separated.
+    #[arg(long, env = "ANTHROPIC_MODEL", default_value = "claude-sonnet-4-5")]
+    pub anthropic_model: String,
+    /// Milliseconds to open a connection to a provider.
+    #[arg(long, env = "PROVIDER_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
+    pub provider_connect_timeout_ms: u64,
+    /// Milliseconds from sending a request to the first token of the reply.
+    #[arg(long, env = "PROVIDER_FIRST_TOKEN_TIMEOUT_MS", default_value_t = 30000)]
+    pub provider_first_token_timeout_ms: u64,
+    /// Seconds a whole provider call may take, retries included.
+    #[arg(long, env = "PROVIDER_TOTAL_TIMEOUT_SECS", default_value_t = 300)]
+    pub provider_total_timeout_secs: u64,
+    /// Retries on 429, 5xx or a failed connection, before the first token only.
+    #[arg(long, env = "PROVIDER_MAX_RETRIES", default_value_t = 2)]
+    pub provider_max_retries: u32,
+    /// First retry backoff in milliseconds (doubling, at most 4 s; `Retry-After` honoured).
+    #[arg(long, env = "PROVIDER_RETRY_BASE_MS", default_value_t = 250)]
+    pub provider_retry_base_ms: u64,
+    /// Consecutive failed calls that open a provider's circuit breaker.
+    #[arg(long, env = "PROVIDER_BREAKER_FAILURES", default_value_t = 5)]
+    pub provider_breaker_failures: u32,
+    /// Seconds an open breaker fails calls at once before letting one probe through.
+    #[arg(long, env = "PROVIDER_BREAKER_OPEN_SECS", default_value_t = 30)]
+    pub provider_breaker_open_secs: u64,
 }
 
 impl Default for Config {

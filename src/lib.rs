@@ -10,6 +10,8 @@
 //! - [`http`]: the route table, handlers and the one error type.
 //! - [`gateways`]: the connection core of the socket endpoints (limits, timeouts,
 //!   authorization of live streams, revocation) and the Engine.IO transports.
+//! - [`providers`]: AI model providers (OpenAI-compatible, Anthropic, local-echo) behind one
+//!   trait, each wrapped in timeouts, retries before the first token and a circuit breaker.
 //! - [`rt`]: dedicated threads for the serial hot spots (store writer, projections).
 //! - [`startup`]: builds the whole application (used by `main`, the tests and the benchmark).
 
@@ -22,6 +24,7 @@ pub mod config;
 pub mod gateways;
 pub mod http;
 pub mod projections;
+pub mod providers;
 pub mod rt;
 pub mod startup;
 pub mod store;

@@ -1,0 +1,788 @@
+//! The provider layer against stand-in providers on loopback: an OpenAI-compatible server
+//! and an Anthropic one, both streaming real SSE over chunked HTTP, split mid-event, with
+//! delays. Nothing here reaches the internet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use universal_backend::providers::anthropic::{Anthropic, AnthropicSettings};
+use universal_backend::providers::local_echo::LocalEcho;
+use universal_backend::providers::openai::{OpenAiCompatible, OpenAiSettings};
+use universal_backend::providers::{
+    BreakerState, ChatMessage, ChatRequest, Completion, GuardPolicy, Guarded, HttpSettings,
+    ModelProvider, ProviderError, ReplyEvent, Role, TimeoutKind, Usage,
+};
+
+use stand_in::{Reply, Script, StandIn};
+
+/// A provider stand-in: a tiny HTTP/1.1 server on loopback that answers each request with
+/// the next scripted reply (or the default one) and records what it was sent.
+mod stand_in {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::time::{sleep, Instant};
+
+    /// How to stream an OpenAI-compatible reply.
+    #[derive(Clone, Debug)]
+    pub struct Script {
+        /// Wait this long after the headers before the first event.
+        pub stall: Duration,
+        pub pieces: Vec<String>,
+        /// Between events.
+        pub delay: Duration,
+        /// Close the connection (without ending the chunked body) after this many pieces.
+        pub drop_after: Option<usize>,
+        /// `None` sends `null`.
+        pub finish_reason: Option<String>,
+        pub usage: Option<(u32, u32)>,
+        /// Omit `id`, `object`, `created`, `model`, `index`.
+        pub minimal: bool,
+    }
+
+    impl Default for Script {
+        fn default() -> Self {
+            Self {
+                stall: Duration::ZERO,
+                pieces: ["Hello", ", wor", "ld!"].map(String::from).to_vec(),
+                delay: Duration::from_millis(5),
+                drop_after: None,
+                finish_reason: Some("stop".into()),
+                usage: Some((11, 3)),
+                minimal: false,
+            }
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    pub enum Reply {
+        Status {
+            code: u16,
+            retry_after: Option<String>,
+        },
+        Stream(Script),
+        /// An Anthropic messages stream of these pieces.
+        Anthropic(Vec<String>),
+    }
+
+    /// One request as the stand-in received it.
+    #[derive(Clone, Debug)]
+    pub struct Recorded {
+        pub path: String,
+        pub headers: Vec<(String, String)>,
+        pub body: Value,
+        pub at: Instant,
+    }
+
+    impl Recorded {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    #[derive(Default)]
+    struct Inner {
+        queue: VecDeque<Reply>,
+        requests: Vec<Recorded>,
+    }
+
+    #[derive(Clone)]
+    pub struct StandIn {
+        pub base_url: String,
+        inner: Arc<Mutex<Inner>>,
+    }
+
+    impl StandIn {
+        pub async fn start() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
+            let this = Self {
+                base_url,
+                inner: Arc::default(),
+            };
+            let server = this.clone();
+            tokio::spawn(async move {
+                while let Ok((socket, _)) = listener.accept().await {
+                    let server = server.clone();
+                    tokio::spawn(async move { server.serve(socket).await });
+                }
+            });
+            this
+        }
+
+        /// The next requests get these replies, in order; then the default stream.
+        pub fn then(&self, reply: Reply) -> &Self {
+            self.inner.lock().unwrap().queue.push_back(reply);
+            self
+        }
+
+        pub fn requests(&self) -> Vec<Recorded> {
+            self.inner.lock().unwrap().requests.clone()
+        }
+
+        async fn serve(&self, mut socket: TcpStream) {
+            let Some(request) = read_request(&mut socket).await else {
+                return;
+            };
+            let anthropic = request.path.ends_with("/messages");
+            let reply = {
+                let mut inner = self.inner.lock().unwrap();
+                inner.requests.push(request);
+                inner.queue.pop_front()
+            };
+            let reply = reply.unwrap_or_else(|| {
+                if anthropic {
+                    Reply::Anthropic(vec!["Hi".into(), " there".into()])
+                } else {
+                    Reply::Stream(Script::default())
+                }
+            });
+            let _ = respond(&mut socket, reply).await;
+        }
+    }
+
+    async fn read_request(socket: &mut TcpStream) -> Option<Recorded> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = socket.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let path = lines.next()?.split(' ').nth(1)?.to_owned();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            let n = socket.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
+        Some(Recorded {
+            path,
+            headers,
+            body,
+            at: Instant::now(),
+        })
+    }
+
+    /// Writes one event as two HTTP chunks split in its middle, so the client sees a chunk
+    /// boundary inside an SSE line.
+    async fn send_event(socket: &mut TcpStream, event: &str) -> std::io::Result<()> {
+        let bytes = event.as_bytes();
+        let mut cut = bytes.len() / 2;
+        while !event.is_char_boundary(cut) {
+            cut += 1;
+        }
+        for part in [&bytes[..cut], &bytes[cut..]] {
+            if part.is_empty() {
+                continue;
+            }
+            socket
+                .write_all(format!("{:x}\r\n", part.len()).as_bytes())
+                .await?;
+            socket.write_all(part).await?;
+            socket.write_all(b"\r\n").await?;
+            socket.flush().await?;
+            sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+
+    async fn respond(socket: &mut TcpStream, reply: Reply) -> std::io::Result<()> {
+        let script = match reply {
+            Reply::Status { code, retry_after } => {
+                let retry = retry_after
+                    .map(|r| format!("retry-after: {r}\r\n"))
+                    .unwrap_or_default();
+                let body = r#"{"error":{"message":"scripted failure"}}"#;
+                let head = format!(
+                    "HTTP/1.1 {code} Scripted\r\ncontent-type: application/json\r\n{retry}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                return socket.write_all(head.as_bytes()).await;
+            }
+            Reply::Anthropic(pieces) => return anthropic(socket, pieces).await,
+            Reply::Stream(script) => script,
+        };
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+            .await?;
+        socket.flush().await?;
+        sleep(script.stall).await;
+        send_event(socket, ": keep-alive\n\n").await?;
+        for (i, piece) in script.pieces.iter().enumerate() {
+            if script.drop_after == Some(i) {
+                return socket.shutdown().await;
+            }
+            let chunk = if script.minimal {
+                json!({"choices": [{"delta": {"content": piece}}]})
+            } else {
+                json!({"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                       "model": "m", "choices": [{"index": 0, "delta": {"content": piece},
+                       "finish_reason": null}]})
+            };
+            send_event(socket, &format!("data: {chunk}\n\n")).await?;
+            sleep(script.delay).await;
+        }
+        let finish =
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": script.finish_reason}]});
+        send_event(socket, &format!("data: {finish}\n\n")).await?;
+        if let Some((p, c)) = script.usage {
+            let usage = json!({"choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}});
+            send_event(socket, &format!("data: {usage}\r\n\r\n")).await?;
+        }
+        send_event(socket, "data: [DONE]\n\n").await?;
+        socket.write_all(b"0\r\n\r\n").await?;
+        socket.flush().await
+    }
+
+    async fn anthropic(socket: &mut TcpStream, pieces: Vec<String>) -> std::io::Result<()> {
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+            .await?;
+        let mut events = vec![
+            (
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "usage": {"input_tokens": 21, "output_tokens": 1}}}),
+            ),
+            (
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+            ("ping", json!({"type": "ping"})),
+        ];
+        for piece in &pieces {
+            events.push((
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}),
+            ));
+        }
+        events.push((
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+        events.push(("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 7}})));
+        events.push(("message_stop", json!({"type": "message_stop"})));
+        for (name, data) in events {
+            send_event(socket, &format!("event: {name}\ndata: {data}\n\n")).await?;
+        }
+        socket.write_all(b"0\r\n\r\n").await?;
+        socket.flush().await
+    }
+}
+
+fn openai(stand_in: &StandIn) -> Arc<dyn ModelProvider> {
+    Arc::new(OpenAiCompatible::new(OpenAiSettings {
+        name: "openai".into(),
+        base_url: stand_in.base_url.clone(),
+        api_key: Some("sk-stand-in".into()),
+        models: vec!["gpt-test".into()],
+        temperature: Some(0.7),
+        max_tokens: Some(256),
+        http: HttpSettings {
+            connect_timeout: Duration::from_secs(2),
+        },
+    }))
+}
+
+/// Small timeouts and backoffs so failures show quickly; no retries unless a test asks.
+fn policy() -> GuardPolicy {
+    GuardPolicy {
+        first_token_timeout: Duration::from_secs(5),
+        total_timeout: Duration::from_secs(20),
+        max_retries: 2,
+        retry_base: Duration::from_millis(10),
+        retry_max: Duration::from_millis(500),
+        breaker_failures: 5,
+        breaker_open_for: Duration::from_secs(30),
+    }
+}
+
+fn request(text: &str) -> ChatRequest {
+    ChatRequest {
+        model: "gpt-test".into(),
+        messages: vec![
+            ChatMessage::new(Role::System, "Be brief."),
+            ChatMessage::new(Role::User, text),
+        ],
+        temperature: None,
+        max_tokens: None,
+    }
+}
+
+/// Everything a reply stream yielded.
+#[derive(Debug, Default)]
+struct Collected {
+    deltas: Vec<String>,
+    completion: Option<Completion>,
+    error: Option<ProviderError>,
+}
+
+impl Collected {
+    fn text(&self) -> String {
+        self.deltas.concat()
+    }
+}
+
+async fn call(provider: &dyn ModelProvider, req: ChatRequest) -> Result<Collected, ProviderError> {
+    let mut stream = provider.stream(req).await?;
+    let mut out = Collected::default();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(ReplyEvent::Delta(piece)) => out.deltas.push(piece),
+            Ok(ReplyEvent::Completed(c)) => out.completion = Some(c),
+            Err(e) => out.error = Some(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Polls `check` every 20 ms for at most 10 s.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test]
+async fn a_streamed_reply_is_assembled_with_the_reported_usage_and_the_prompt_is_sent() {
+    let server = StandIn::start().await;
+    let provider = Guarded::new(openai(&server), policy());
+    let reply = call(&provider, request("Say hello")).await.unwrap();
+    assert_eq!(reply.error, None);
+    assert_eq!(reply.deltas, vec!["Hello", ", wor", "ld!"]);
+    assert_eq!(
+        reply.completion,
+        Some(Completion {
+            finish_reason: "stop".into(),
+            usage: Usage {
+                prompt_tokens: 11,
+                completion_tokens: 3,
+                estimated: false
+            }
+        })
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    let got = &requests[0];
+    assert_eq!(got.path, "/v1/chat/completions");
+    assert_eq!(got.header("authorization"), Some("Bearer sk-stand-in"));
+    assert_eq!(got.body["stream"], true);
+    assert_eq!(got.body["model"], "gpt-test");
+    assert_eq!(got.body["max_tokens"], 256);
+    assert_eq!(got.body["messages"][0]["role"], "system");
+    assert_eq!(got.body["messages"][1]["content"], "Say hello");
+}
+
+#[tokio::test]
+async fn a_server_that_omits_fields_sends_an_empty_finish_reason_and_no_usage_is_understood() {
+    let server = StandIn::start().await;
+    server.then(Reply::Stream(Script {
+        minimal: true,
+        finish_reason: Some(String::new()),
+        usage: None,
+        ..Script::default()
+    }));
+    let provider = Guarded::new(openai(&server), policy());
+    let reply = call(&provider, request("Say hello")).await.unwrap();
+    assert_eq!(reply.error, None);
+    assert_eq!(reply.text(), "Hello, world!");
+    let completion = reply.completion.unwrap();
+    assert_eq!(completion.finish_reason, "stop");
+    assert!(completion.usage.estimated);
+    assert_eq!(completion.usage.completion_tokens, 4); // 13 characters, about 4 a token
+    assert!(completion.usage.prompt_tokens > 0);
+}
+
+#[tokio::test]
+async fn a_500_before_the_first_token_is_retried_and_the_reply_succeeds() {
+    let server = StandIn::start().await;
+    server.then(Reply::Status {
+        code: 500,
+        retry_after: None,
+    });
+    let provider = Guarded::new(openai(&server), policy());
+    let reply = call(&provider, request("Say hello")).await.unwrap();
+    assert_eq!(reply.text(), "Hello, world!");
+    assert!(reply.completion.is_some());
+    assert_eq!(server.requests().len(), 2);
+    assert_eq!(provider.breaker_state().consecutive_failures, 0);
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_a_growing_backoff() {
+    let server = StandIn::start().await;
+    for _ in 0..2 {
+        server.then(Reply::Status {
+            code: 429,
+            retry_after: None,
+        });
+    }
+    let provider = Guarded::new(
+        openai(&server),
+        GuardPolicy {
+            retry_base: Duration::from_millis(60),
+            ..policy()
+        },
+    );
+    let reply = call(&provider, request("Say hello")).await.unwrap();
+    assert_eq!(reply.text(), "Hello, world!");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    // Lower bounds only: the client waited at least the backoff, doubling.
+    assert!(requests[1].at - requests[0].at >= Duration::from_millis(60));
+    assert!(requests[2].at - requests[1].at >= Duration::from_millis(120));
+}
+
+#[tokio::test]
+async fn a_429_that_outlasts_the_retries_is_reported_as_rate_limited() {
+    let server = StandIn::start().await;
+    for _ in 0..3 {
+        server.then(Reply::Status {
+            code: 429,
+            retry_after: Some("0".into()),
+        });
+    }
+    let provider = Guarded::new(openai(&server), policy());
+    let err = call(&provider, request("Say hello")).await.unwrap_err();
+    assert!(matches!(err, ProviderError::RateLimited { .. }), "{err:?}");
+    assert_eq!(server.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn a_stall_before_the_first_token_hits_the_first_token_timeout() {
+    let server = StandIn::start().await;
+    server.then(Reply::Stream(Script {
+        stall: Duration::from_secs(30),
+        ..Script::default()
+    }));
+    let provider = Guarded::new(
+        openai(&server),
+        GuardPolicy {
+            first_token_timeout: Duration::from_millis(200),
+            ..policy()
+        },
+    );
+    let err = call(&provider, request("Say hello")).await.unwrap_err();
+    assert_eq!(err, ProviderError::Timeout(TimeoutKind::FirstToken));
+    assert_eq!(server.requests().len(), 1, "a timeout is not retried");
+}
+
+#[tokio::test]
+async fn a_failure_mid_stream_is_reported_after_the_deltas_so_far_and_not_retried() {
+    let server = StandIn::start().await;
+    server.then(Reply::Stream(Script {
+        drop_after: Some(2),
+        ..Script::default()
+    }));
+    let provider = Guarded::new(openai(&server), policy());
+    let reply = call(&provider, request("Say hello")).await.unwrap();
+    assert_eq!(reply.deltas, vec!["Hello", ", wor"]);
+    assert_eq!(reply.completion, None);
+    let err = reply.error.expect("the drop is reported");
+    assert!(matches!(err, ProviderError::Protocol(_)), "{err:?}");
+    assert_eq!(server.requests().len(), 1);
+    assert_eq!(provider.breaker_state().consecutive_failures, 1);
+}
+
+#[tokio::test]
+async fn the_breaker_opens_after_n_failures_fails_at_once_then_probes_once_and_closes() {
+    let server = StandIn::start().await;
+    for _ in 0..3 {
+        server.then(Reply::Status {
+            code: 503,
+            retry_after: None,
+        });
+    }
+    let provider = Arc::new(Guarded::new(
+        openai(&server),
+        GuardPolicy {
+            max_retries: 0,
+            breaker_failures: 3,
+            // Long enough that the checks below run while it is still open, even on a
+            // loaded machine.
+            breaker_open_for: Duration::from_millis(1500),
+            ..policy()
+        },
+    ));
+    for i in 1..=3 {
+        let err = call(&*provider, request("x")).await.unwrap_err();
+        assert_eq!(err, ProviderError::Server(503));
+        assert_eq!(provider.breaker_state().consecutive_failures, i);
+    }
+    let open = provider.breaker_state();
+    assert_eq!(open.state, BreakerState::Open);
+    assert!(open.next_probe_at.is_some());
+
+    // Open: fails at once, without calling the server.
+    let err = call(&*provider, request("x")).await.unwrap_err();
+    assert_eq!(err, ProviderError::Unavailable);
+    assert_eq!(server.requests().len(), 3);
+
+    // After the open period one probe goes through; while it runs, others fail at once.
+    eventually("the next probe is due", || {
+        provider.breaker_state().next_probe_in == Some(Duration::ZERO)
+    })
+    .await;
+    server.then(Reply::Stream(Script {
+        // The probe is held open long enough to be seen in flight.
+        stall: Duration::from_secs(2),
+        ..Script::default()
+    }));
+    let probe = tokio::spawn({
+        let provider = provider.clone();
+        async move { call(&*provider, request("probe")).await }
+    });
+    eventually("the probe is in flight", || {
+        let s = provider.breaker_state();
+        s.state == BreakerState::HalfOpen && s.probe_in_flight
+    })
+    .await;
+    let err = call(&*provider, request("meanwhile")).await.unwrap_err();
+    assert_eq!(err, ProviderError::Unavailable);
+
+    let reply = probe.await.unwrap().unwrap();
+    assert_eq!(reply.text(), "Hello, world!");
+    let closed = provider.breaker_state();
+    assert_eq!(closed.state, BreakerState::Closed);
+    assert_eq!(closed.consecutive_failures, 0);
+    assert_eq!(server.requests().len(), 4);
+
+    let again = call(&*provider, request("again")).await.unwrap();
+    assert!(again.completion.is_some());
+}
+
+#[tokio::test]
+async fn a_failed_probe_opens_the_breaker_again() {
+    let server = StandIn::start().await;
+    for _ in 0..2 {
+        server.then(Reply::Status {
+            code: 500,
+            retry_after: None,
+        });
+    }
+    let provider = Guarded::new(
+        openai(&server),
+        GuardPolicy {
+            max_retries: 0,
+            breaker_failures: 1,
+            breaker_open_for: Duration::from_millis(100),
+            ..policy()
+        },
+    );
+    assert!(call(&provider, request("x")).await.is_err());
+    assert_eq!(provider.breaker_state().state, BreakerState::Open);
+    eventually("the next probe is due", || {
+        provider.breaker_state().next_probe_in == Some(Duration::ZERO)
+    })
+    .await;
+    let err = call(&provider, request("probe")).await.unwrap_err();
+    assert_eq!(err, ProviderError::Server(500));
+    let state = provider.breaker_state();
+    assert_eq!(state.state, BreakerState::Open);
+    assert!(!state.probe_in_flight);
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn local_echo_streams_the_same_labelled_reply_every_time() {
+    let provider = Guarded::new(Arc::new(LocalEcho), policy());
+    let mut req = request("What is the weather like today?");
+    req.model = "local-echo".into();
+    let first = call(&provider, req.clone()).await.unwrap();
+    let second = call(&provider, req).await.unwrap();
+    assert_eq!(
+        first.text(),
+        "[local-echo] You said: What is the weather like today?"
+    );
+    assert!(first.deltas.len() > 1, "several deltas: {:?}", first.deltas);
+    assert_eq!(first.deltas, second.deltas);
+    assert_eq!(first.completion, second.completion);
+    assert_eq!(first.completion.unwrap().finish_reason, "stop");
+}
+
+#[tokio::test]
+async fn an_anthropic_stream_is_parsed_with_its_usage_and_headers() {
+    let server = StandIn::start().await;
+    let provider = Guarded::new(
+        Arc::new(Anthropic::new(AnthropicSettings {
+            base_url: server.base_url.clone(),
+            api_key: "ak-stand-in".into(),
+            models: vec!["claude-test".into()],
+            temperature: Some(0.7),
+            max_tokens: 300,
+            http: HttpSettings {
+                connect_timeout: Duration::from_secs(2),
+            },
+        })),
+        policy(),
+    );
+    let mut req = request("Greet me");
+    req.model = "claude-test".into();
+    let reply = call(&provider, req).await.unwrap();
+    assert_eq!(reply.error, None);
+    assert_eq!(reply.text(), "Hi there");
+    assert_eq!(
+        reply.completion,
+        Some(Completion {
+            finish_reason: "end_turn".into(),
+            usage: Usage {
+                prompt_tokens: 21,
+                completion_tokens: 7,
+                estimated: false
+            }
+        })
+    );
+    let got = &server.requests()[0];
+    assert_eq!(got.path, "/v1/messages");
+    assert_eq!(got.header("x-api-key"), Some("ak-stand-in"));
+    assert!(got.header("anthropic-version").is_some());
+    assert_eq!(got.body["system"], "Be brief.");
+    assert_eq!(got.body["max_tokens"], 300);
+    assert_eq!(got.body["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(got.body["messages"][0]["role"], "user");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_then_reported_as_a_network_failure() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let provider = Guarded::new(
+        Arc::new(OpenAiCompatible::new(OpenAiSettings {
+            name: "refused".into(),
+            base_url,
+            api_key: None,
+            models: vec!["gpt-test".into()],
+            temperature: None,
+            max_tokens: None,
+            http: HttpSettings {
+                connect_timeout: Duration::from_secs(2),
+            },
+        })),
+        policy(),
+    );
+    let err = call(&provider, request("x")).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Network(_)), "{err:?}");
+    assert_eq!(provider.breaker_state().consecutive_failures, 1);
+}
+
+#[tokio::test]
+async fn the_breaker_state_and_failures_are_exported_as_metrics() {
+    let metrics = universal_backend::telemetry::metrics_handle();
+    let server = StandIn::start().await;
+    server.then(Reply::Status {
+        code: 502,
+        retry_after: None,
+    });
+    let provider = Guarded::new(
+        Arc::new(OpenAiCompatible::new(OpenAiSettings {
+            name: "metered".into(),
+            base_url: server.base_url.clone(),
+            api_key: None,
+            models: vec!["gpt-test".into()],
+            temperature: None,
+            max_tokens: None,
+            http: HttpSettings {
+                connect_timeout: Duration::from_secs(2),
+            },
+        })),
+        GuardPolicy {
+            max_retries: 0,
+            breaker_failures: 1,
+            ..policy()
+        },
+    );
+    let before = metrics.render();
+    assert!(
+        before.contains(r#"ub_provider_breaker_state{provider="metered"} 0"#),
+        "{before}"
+    );
+    assert!(call(&provider, request("x")).await.is_err());
+    assert_eq!(
+        call(&provider, request("x")).await.unwrap_err(),
+        ProviderError::Unavailable
+    );
+    let after = metrics.render();
+    for line in [
+        r#"ub_provider_breaker_state{provider="metered"} 1"#,
+        r#"ub_provider_breaker_consecutive_failures{provider="metered"} 1"#,
+        r#"ub_provider_failures_total{provider="metered",class="server"} 1"#,
+        r#"ub_provider_failures_total{provider="metered",class="unavailable"} 1"#,
+    ] {
+        assert!(after.contains(line), "missing {line} in\n{after}");
+    }
+}
+
+#[tokio::test]
+async fn a_retry_after_from_the_server_is_honoured() {
+    let server = StandIn::start().await;
+    server.then(Reply::Status {
+        code: 429,
+        retry_after: Some("0.2".into()),
+    });
+    let provider = Guarded::new(
+        openai(&server),
+        GuardPolicy {
+            retry_base: Duration::from_millis(1),
+            ..policy()
+        },
+    );
+    let reply = call(&provider, request("x")).await.unwrap();
+    assert!(reply.completion.is_some());
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[1].at - requests[0].at >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn a_reply_slower_than_the_total_timeout_ends_with_a_total_timeout_after_its_deltas() {
+    let server = StandIn::start().await;
+    server.then(Reply::Stream(Script {
+        delay: Duration::from_secs(30),
+        ..Script::default()
+    }));
+    let provider = Guarded::new(
+        openai(&server),
+        GuardPolicy {
+            total_timeout: Duration::from_millis(300),
+            ..policy()
+        },
+    );
+    let reply = call(&provider, request("x")).await.unwrap();
+    assert_eq!(reply.deltas, vec!["Hello"]);
+    assert_eq!(
+        reply.error,
+        Some(ProviderError::Timeout(TimeoutKind::Total))
+    );
+    assert_eq!(server.requests().len(), 1);
+}
