@@ -241,5 +241,5 @@ pub(crate) fn http_client(settings: &HttpSettings) -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(settings.connect_timeout)
         .build()
-        .expect("a reqwest client without TLS options always builds")
+        .expect("a reqwest client with only a connect timeout always builds")
 }
