@@ -40,6 +40,8 @@ pub struct AppState {
     pub live: Arc<crate::store::LiveFeed>,
     /// Who may do what now, kept current from the log (see `access`).
     pub access: Arc<Access>,
+    /// The AI model providers of this process, each behind timeouts, retries and a breaker.
+    pub providers: crate::providers::Providers,
     /// The connection core shared by every socket endpoint (limits, timeouts).
     pub gateways: Gateways,
     pub started: Instant,
@@ -183,6 +185,7 @@ impl Application {
             auth,
             access,
             live,
+            providers: crate::providers::Providers::from_config(&config),
             gateways: Gateways::new(&config),
             progress,
             started: Instant::now(),

@@ -17,6 +17,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/socket.io/"),
     ("POST", "/socket.io/"),
+    ("GET", "/api/v1/ai/models"),
+    ("GET", "/api/v1/ai/providers"),
     ("GET", "/api/v1/admin/parked-events"),
     ("GET", "/api/v1/admin/parked-events/{projection}/{position}"),
     (

@@ -16,6 +16,8 @@ use universal_backend::providers::{
 
 use stand_in::{Reply, Script, StandIn};
 
+mod common;
+
 /// A provider stand-in: a tiny HTTP/1.1 server on loopback that answers each request with
 /// the next scripted reply (or the default one) and records what it was sent.
 mod stand_in {
@@ -785,4 +787,76 @@ async fn a_reply_slower_than_the_total_timeout_ends_with_a_total_timeout_after_i
         Some(ProviderError::Timeout(TimeoutKind::Total))
     );
     assert_eq!(server.requests().len(), 1);
+}
+
+#[actix_web::test]
+async fn flowmind_reads_the_models_of_the_configured_providers_and_their_breakers() {
+    let app = common::spawn_app().await;
+    let get = |path: &str| {
+        app.client
+            .get(app.url(path))
+            .header("x-frontend-source", "flowmind")
+            .send()
+    };
+    // FlowMind is not enabled for the organization yet.
+    let res = get("/api/v1/ai/models").await.unwrap();
+    assert_eq!(res.status(), 403);
+    let res = app
+        .client
+        .put(app.url(&format!(
+            "/api/v1/organizations/{}/frontends",
+            app.tenant.organization_id
+        )))
+        .json(&serde_json::json!({ "frontend": "flowmind", "enabled": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // In development with no key, the local provider is there, and says so.
+    let models: serde_json::Value = get("/api/v1/ai/models")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        models["items"],
+        serde_json::json!([{ "id": "local-echo", "provider": "local-echo", "default": true }])
+    );
+    assert_eq!(models["default_model"], "local-echo");
+    let states: serde_json::Value = get("/api/v1/ai/providers")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(states["items"][0]["provider"], "local-echo");
+    assert_eq!(states["items"][0]["state"], "closed");
+    assert_eq!(states["items"][0]["consecutive_failures"], 0);
+
+    // In production with an OpenAI key, only the configured provider is listed.
+    let url = app.database_url.clone();
+    let prod = common::spawn_app_with(move |c| {
+        c.database_url = url;
+        c.node_env = "production".into();
+        c.openai_api_key = Some("sk-test".into());
+        c.openai_base_url = "http://127.0.0.1:9/v1".into();
+        c.openai_model = "gpt-4o-mini".into();
+    })
+    .await;
+    let models: serde_json::Value = app
+        .client
+        .get(prod.url("/api/v1/ai/models"))
+        .header("x-frontend-source", "flowmind")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        models["items"],
+        serde_json::json!([{ "id": "gpt-4o-mini", "provider": "openai", "default": true }])
+    );
 }

@@ -1,6 +1,7 @@
 //! The HTTP edge: one route table, one error type, one file per resource.
 
 pub mod admin;
+pub mod ai;
 pub mod citypulse;
 pub mod command;
 pub mod contract;
@@ -54,6 +55,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .configure(identity::configure)
                 .route("/ws", web::get().to(ws::connect))
                 .configure(citypulse::configure)
+                .configure(ai::configure)
                 .configure(history::configure)
                 .configure(admin::configure),
         );

@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, citypulse, history, identity, ops, schema};
+use super::{admin, ai, citypulse, history, identity, ops, schema};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -74,6 +74,8 @@ use super::{admin, citypulse, history, identity, ops, schema};
         admin::retry_parked,
         admin::skip_parked,
         socket_io_polling,
+        ai::models,
+        ai::providers,
     ),
     components(schemas(schema::ErrorBody)),
     security(("bearer" = [])),
@@ -82,6 +84,7 @@ use super::{admin, citypulse, history, identity, ops, schema};
         (name = "identity", description = "Accounts, sessions, organizations, members and frontends"),
         (name = "citypulse", description = "Buildings, sensors, readings, thresholds, energy and alerts"),
         (name = "history", description = "The event log, for organization admins"),
+        (name = "ai", description = "FlowMind: models of the configured AI providers and their circuit breakers"),
         (name = "live", description = "Live event streams (WebSocket upgrades)"),
         (name = "operations", description = "Health, metrics, service information and this contract"),
     ),

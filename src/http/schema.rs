@@ -491,3 +491,67 @@ pub struct IdempotencyHeader {
     )]
     pub idempotency_key: Option<String>,
 }
+
+/// The frontend the AI routes belong to.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum FlowmindSource {
+    Flowmind,
+}
+
+/// Sent with every AI request.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct FlowmindHeaders {
+    /// Names the frontend: `flowmind`, which must be enabled for the caller's organization
+    /// (otherwise 403 `frontend_access_denied`).
+    #[param(rename = "X-Frontend-Source", value_type = FlowmindSource, inline)]
+    pub x_frontend_source: String,
+}
+
+/// A model a client may ask for.
+#[derive(ToSchema)]
+pub struct AiModel {
+    /// The model id, e.g. `gpt-4o-mini` or `local-echo`.
+    pub id: String,
+    /// `openai`, `groq`, `anthropic` or `local-echo`.
+    pub provider: String,
+    /// Used when a request names no model.
+    pub default: bool,
+}
+
+/// The models of the configured providers.
+#[derive(ToSchema)]
+pub struct AiModels {
+    pub items: Vec<AiModel>,
+    pub default_model: Option<String>,
+}
+
+/// A provider's circuit breaker.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum BreakerStateName {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// One provider's circuit breaker at this moment.
+#[derive(ToSchema)]
+pub struct ProviderState {
+    pub provider: String,
+    pub state: BreakerStateName,
+    /// Failed calls since the last success.
+    pub consecutive_failures: u32,
+    pub opened_at: Option<DateTime<Utc>>,
+    /// When open: from when the next call is let through as a probe.
+    pub next_probe_at: Option<DateTime<Utc>>,
+    /// A half-open probe is under way; other calls fail at once meanwhile.
+    pub probe_in_flight: bool,
+}
+
+/// Every configured provider's breaker.
+#[derive(ToSchema)]
+pub struct ProviderStates {
+    pub items: Vec<ProviderState>,
+}
