@@ -3,9 +3,9 @@
 //!
 //! History is append-only. Editing a user message is a new [`UserMessagePosted`] whose
 //! `parent_id` forks the conversation; regenerating a reply is a new [`ReplyStarted`] for the
-//! same user message. A reply's text is the concatenation of its [`ReplyDelta`] pieces, which
-//! the provider worker coalesces (every few tens of milliseconds or tokens, never one event
-//! per token); `offset` lets a reader check it missed nothing. The field names of the legacy
+//! same user message. A reply's text is the concatenation of its [`ReplyDeltaAppended`]
+//! pieces, which the provider worker coalesces (every few tens of milliseconds or tokens,
+//! never one event per token); `offset` lets a reader check it missed nothing. The field names of the legacy
 //! `chat_sessions` table (`user_id`, `title`, `model_id`, `created_at`) are kept.
 
 use chrono::{DateTime, Utc};
@@ -26,7 +26,7 @@ pub enum ConversationEvent {
     ChatSessionDeleted(ChatSessionDeleted),
     UserMessagePosted(UserMessagePosted),
     ReplyStarted(ReplyStarted),
-    ReplyDelta(ReplyDelta),
+    ReplyDeltaAppended(ReplyDeltaAppended),
     ReplyCompleted(ReplyCompleted),
     ReplyFailed(ReplyFailed),
     ReplyCancelled(ReplyCancelled),
@@ -90,7 +90,7 @@ pub struct ReplyStarted {
 /// A coalesced piece of a reply. `offset` counts the characters (Unicode scalar values) of
 /// the reply before this piece.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct ReplyDelta {
+pub struct ReplyDeltaAppended {
     pub reply_id: Uuid,
     pub offset: u64,
     pub text: String,
@@ -135,7 +135,7 @@ impl EventFamily for ConversationEvent {
             ConversationEvent::ChatSessionDeleted(_) => "ChatSessionDeleted",
             ConversationEvent::UserMessagePosted(_) => "UserMessagePosted",
             ConversationEvent::ReplyStarted(_) => "ReplyStarted",
-            ConversationEvent::ReplyDelta(_) => "ReplyDelta",
+            ConversationEvent::ReplyDeltaAppended(_) => "ReplyDeltaAppended",
             ConversationEvent::ReplyCompleted(_) => "ReplyCompleted",
             ConversationEvent::ReplyFailed(_) => "ReplyFailed",
             ConversationEvent::ReplyCancelled(_) => "ReplyCancelled",
@@ -156,7 +156,7 @@ impl EventFamily for ConversationEvent {
             "ChatSessionDeleted" => E::ChatSessionDeleted(payload(t, data)?),
             "UserMessagePosted" => E::UserMessagePosted(payload(t, data)?),
             "ReplyStarted" => E::ReplyStarted(payload(t, data)?),
-            "ReplyDelta" => E::ReplyDelta(payload(t, data)?),
+            "ReplyDeltaAppended" => E::ReplyDeltaAppended(payload(t, data)?),
             "ReplyCompleted" => E::ReplyCompleted(payload(t, data)?),
             "ReplyFailed" => E::ReplyFailed(payload(t, data)?),
             "ReplyCancelled" => E::ReplyCancelled(payload(t, data)?),
@@ -174,7 +174,7 @@ pub const CONVERSATION_EVENT_TYPES: [&str; 11] = [
     "ChatSessionDeleted",
     "UserMessagePosted",
     "ReplyStarted",
-    "ReplyDelta",
+    "ReplyDeltaAppended",
     "ReplyCompleted",
     "ReplyFailed",
     "ReplyCancelled",

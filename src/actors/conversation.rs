@@ -34,8 +34,8 @@
 //!   [`ConversationError::SessionFull`]; the worker then completes the reply with finish
 //!   reason `length`.
 //! - Every text goes through [`validate`]: no control characters other than tab and
-//!   newlines. The worker strips other control characters from provider output before it
-//!   reports a delta.
+//!   newlines. The worker strips other control characters from provider output (and from
+//!   provider error messages) before it reports them.
 
 use std::collections::HashMap;
 
@@ -43,8 +43,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use universal_events::conversation::{
     ChatSessionArchived, ChatSessionCreated, ChatSessionDeleted, ChatSessionRenamed,
-    ConversationEvent, ReplyCancelled, ReplyCompleted, ReplyDelta, ReplyFailed, ReplyStarted,
-    SystemPromptSet, UserMessagePosted,
+    ConversationEvent, ReplyCancelled, ReplyCompleted, ReplyDeltaAppended, ReplyFailed,
+    ReplyStarted, SystemPromptSet, UserMessagePosted,
 };
 use uuid::Uuid;
 
@@ -604,7 +604,7 @@ impl Conversation {
                     )));
                 }
                 self.room_for(0, chars)?;
-                Ok(vec![E::ReplyDelta(ReplyDelta {
+                Ok(vec![E::ReplyDeltaAppended(ReplyDeltaAppended {
                     reply_id: *reply_id,
                     offset: *offset,
                     text: text.clone(),
@@ -743,7 +743,7 @@ impl Conversation {
                 });
                 self.active_reply = Some(e.reply_id);
             }
-            E::ReplyDelta(e) => {
+            E::ReplyDeltaAppended(e) => {
                 if let Some(&i) = self.index.get(&e.reply_id) {
                     let chars = e.text.chars().count() as u64;
                     let m = &mut self.messages[i];
@@ -832,7 +832,7 @@ mod tests {
     }
 
     fn delta(reply_id: Uuid, offset: u64, text: &str) -> ConversationEvent {
-        ConversationEvent::ReplyDelta(ReplyDelta {
+        ConversationEvent::ReplyDeltaAppended(ReplyDeltaAppended {
             reply_id,
             offset,
             text: text.into(),
@@ -1429,6 +1429,20 @@ mod tests {
             Err(ConversationError::SessionFull(_))
         ));
         assert!(when(&state, append(R1, MAX_REPLY_CHARS as u64 - 1, "b")).is_ok());
+    }
+
+    #[test]
+    fn the_state_survives_a_snapshot_round_trip() {
+        let mut history = one_exchange();
+        history.extend([posted(M2, Some(R1), "More"), started(R2, M2)]);
+        let state = given(&history);
+        let json = serde_json::to_value(&state).unwrap();
+        let back: Conversation = serde_json::from_value(json).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(
+            when(&back, post(M3, R3, "x")),
+            Err(ConversationError::ReplyInProgress)
+        );
     }
 
     #[test]
