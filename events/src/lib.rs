@@ -14,12 +14,14 @@
 #![deny(unsafe_code)]
 
 pub mod building;
+pub mod conversation;
 pub mod identity;
 
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
 pub use building::BuildingEvent;
+pub use conversation::ConversationEvent;
 pub use identity::{EmailEvent, OrganizationEvent, UserEvent};
 
 /// Deserializes one variant's payload from a borrowed JSON value.

@@ -7,8 +7,11 @@ use std::path::Path;
 
 use serde_json::Value;
 use universal_events::building::EVENT_TYPES;
+use universal_events::conversation::CONVERSATION_EVENT_TYPES;
 use universal_events::identity::{ORGANIZATION_EVENT_TYPES, USER_EVENT_TYPES};
-use universal_events::{BuildingEvent, EmailEvent, EventFamily, OrganizationEvent, UserEvent};
+use universal_events::{
+    BuildingEvent, ConversationEvent, EmailEvent, EventFamily, OrganizationEvent, UserEvent,
+};
 
 fn samples() -> Vec<(String, i32, Value)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
@@ -56,6 +59,8 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
             check::<UserEvent>(&t, version, &data);
         } else if ORGANIZATION_EVENT_TYPES.contains(&t.as_str()) {
             check::<OrganizationEvent>(&t, version, &data);
+        } else if CONVERSATION_EVENT_TYPES.contains(&t.as_str()) {
+            check::<ConversationEvent>(&t, version, &data);
         } else if t == "EmailClaimed" {
             check::<EmailEvent>(&t, version, &data);
         } else {
@@ -68,6 +73,7 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
         .map(|t| (*t, BuildingEvent::schema_version(t)))
         .chain(USER_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(ORGANIZATION_EVENT_TYPES.iter().map(|t| (*t, 1)))
+        .chain(CONVERSATION_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain([("EmailClaimed", 1)]);
     for (t, v) in current {
         assert!(
