@@ -188,7 +188,7 @@ pub(crate) async fn list_parked(
         ("projection" = String, Path, description = "A projection name"),
         ("position" = i64, Path, description = "The event's position in the log"),
     ),
-    responses((status = 200, description = "One parked event (operators only)", body = super::schema::ParkedEvent)),
+    responses((status = 200, description = "One parked event (operators only)", body = ParkedEvent)),
 )]
 pub(crate) async fn get_parked(
     state: web::Data<AppState>,
@@ -215,7 +215,7 @@ pub(crate) async fn get_parked(
         ("position" = i64, Path, description = "The event's position in the log"),
     ),
     responses(
-        (status = 200, description = "Applied; the row is marked `applied`", body = super::schema::ParkedEvent),
+        (status = 200, description = "Applied; the row is marked `applied`", body = ParkedEvent),
         (status = 409, description = "It failed again (`retry_failed`) or is not parked", body = super::schema::ErrorBody),
     ),
 )]
@@ -260,7 +260,7 @@ const MAX_REASON: usize = 500;
     ),
     request_body(content = Option<SkipBody>, description = "Optional `{reason}`"),
     responses(
-        (status = 200, description = "Skipped; the row is kept as `skipped`", body = super::schema::ParkedEvent),
+        (status = 200, description = "Skipped; the row is kept as `skipped`", body = ParkedEvent),
         (status = 409, description = "The row is not parked (`not_parked`)", body = super::schema::ErrorBody),
     ),
 )]

@@ -257,15 +257,8 @@ pub struct Threshold {
 /// One building with its sensors and thresholds.
 #[derive(ToSchema)]
 pub struct BuildingDetail {
-    pub id: Uuid,
-    pub name: String,
-    pub address: Option<String>,
-    pub floor_area_m2: Option<f64>,
-    pub registered_at: DateTime<Utc>,
-    pub version: i64,
-    pub active_sensors: i32,
-    pub open_alerts: i32,
-    pub last_reading_at: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    pub building: Building,
     pub sensors: Vec<Sensor>,
     pub thresholds: Vec<Threshold>,
 }
@@ -452,28 +445,10 @@ pub struct CommandHeaders {
     pub idempotency_key: Option<String>,
 }
 
-/// An event a projection could not apply, kept for an operator.
-#[derive(ToSchema)]
-pub struct ParkedEvent {
-    pub projection: String,
-    pub position: i64,
-    pub event_id: Uuid,
-    pub stream_id: String,
-    pub event_type: String,
-    pub error: String,
-    pub attempts: i32,
-    pub parked_at: DateTime<Utc>,
-    /// `parked`, `skipped` or `applied`.
-    pub state: String,
-    pub resolved_at: Option<DateTime<Utc>>,
-    pub resolved_by: Option<Uuid>,
-    pub note: Option<String>,
-}
-
 /// A page of parked events.
 #[derive(ToSchema)]
 pub struct ParkedEventPage {
-    pub items: Vec<ParkedEvent>,
+    pub items: Vec<crate::projections::parked::ParkedEvent>,
     pub next_cursor: Option<String>,
 }
 

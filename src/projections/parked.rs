@@ -66,8 +66,8 @@ pub fn error_text(error: &anyhow::Error) -> String {
     }
 }
 
-/// A row of `parked_events`.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A row of `parked_events` (also its schema in the API contract).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ParkedEvent {
     pub projection: String,
     pub position: i64,
