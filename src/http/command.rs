@@ -80,11 +80,13 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("a JSON body is required"));
     }
-    if let Some(field) = nul_in(body) {
-        return Err(ApiError::validation(
-            &field,
-            "must not contain the NUL character (\\u0000)",
-        ));
+    if let Some(bad) = nul_in(body) {
+        let field = if bad.path.is_empty() {
+            "body"
+        } else {
+            &bad.path
+        };
+        return Err(ApiError::validation(field, bad.reason));
     }
     serde_json::from_slice(body).map_err(|e| {
         let details = json!({ "line": e.line(), "column": e.column() });
@@ -105,35 +107,13 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// The JSON path of a string holding a NUL character (which no text column can store), if
-/// the body has one. The scan for the escape is cheap; the walk runs only on a hit.
-fn nul_in(body: &[u8]) -> Option<String> {
+/// The field of a body that holds a value no text column can store (a NUL character), if
+/// it has one. The scan for the escape is cheap; the body is walked only on a hit.
+fn nul_in(body: &[u8]) -> Option<crate::store::Unstorable> {
     const ESCAPE: &[u8] = b"\\u0000";
     body.windows(ESCAPE.len()).find(|w| *w == ESCAPE)?;
     let value: Value = serde_json::from_slice(body).ok()?;
-    fn walk(value: &Value, path: String) -> Option<String> {
-        match value {
-            Value::String(s) if s.contains('\0') => Some(path),
-            Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .find_map(|(i, v)| walk(v, format!("{path}[{i}]"))),
-            Value::Object(map) => map.iter().find_map(|(k, v)| {
-                let here = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                if k.contains('\0') {
-                    Some(here)
-                } else {
-                    walk(v, here)
-                }
-            }),
-            _ => None,
-        }
-    }
-    walk(&value, String::new()).map(|p| if p.is_empty() { "body".into() } else { p })
+    crate::store::unstorable(&value)
 }
 
 /// The expected version from `If-Match` (`"3"`, `3` or `W/"3"`); `*` means no expectation.

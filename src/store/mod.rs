@@ -173,49 +173,76 @@ pub fn category_of(stream_id: &str) -> &str {
 /// the bound also leaves room for projections that add numbers up.
 pub const MAX_NUMBER: f64 = 1e300;
 
-/// Whether a JSON document can be stored and read back unchanged: no NUL character in any
-/// string or key (PostgreSQL text cannot hold one) and every number within [`MAX_NUMBER`].
+/// Why a JSON document cannot be stored as it is, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unstorable {
+    /// The JSON path of the offending value (`readings[0].name`); empty for the document.
+    pub path: String,
+    pub reason: String,
+}
+
+/// The first value of a JSON document that cannot be stored and read back unchanged: a NUL
+/// character in a string or key (PostgreSQL text cannot hold one), or a number beyond
+/// [`MAX_NUMBER`]. The store checks every append with it ([`storable`]); the HTTP edge uses
+/// it to name the field of a request that holds such a value.
+pub fn unstorable(value: &Value) -> Option<Unstorable> {
+    /// One step of the path, collected innermost first while unwinding, so that a document
+    /// without a problem (every append) costs no allocation.
+    enum Step<'a> {
+        Index(usize),
+        Key(&'a str),
+    }
+    fn walk<'a>(value: &'a Value, steps: &mut Vec<Step<'a>>) -> Option<String> {
+        match value {
+            Value::String(s) if s.contains('\0') => Some("contains a NUL character".into()),
+            Value::Number(n) => match n.as_f64() {
+                Some(x) if x == 0.0 || (x.abs() <= MAX_NUMBER && x.abs() >= 1.0 / MAX_NUMBER) => {
+                    None
+                }
+                _ if n.is_i64() || n.is_u64() => None,
+                _ => Some(format!("the number {n} is out of range")),
+            },
+            Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+                let reason = walk(item, steps)?;
+                steps.push(Step::Index(i));
+                Some(reason)
+            }),
+            Value::Object(map) => map.iter().find_map(|(key, item)| {
+                if key.contains('\0') {
+                    return Some("a key contains a NUL character".into());
+                }
+                let reason = walk(item, steps)?;
+                steps.push(Step::Key(key));
+                Some(reason)
+            }),
+            _ => None,
+        }
+    }
+    let mut steps = Vec::new();
+    let reason = walk(value, &mut steps)?;
+    let mut path = String::new();
+    for step in steps.iter().rev() {
+        match step {
+            Step::Index(i) => path.push_str(&format!("[{i}]")),
+            Step::Key(k) if path.is_empty() => path.push_str(k),
+            Step::Key(k) => {
+                path.push('.');
+                path.push_str(k);
+            }
+        }
+    }
+    Some(Unstorable { path, reason })
+}
+
+/// Whether a JSON document can be stored and read back unchanged (see [`unstorable`]).
 /// Checked for every append, so that an event the store cannot hold fails alone, before it
 /// joins a group commit.
 pub fn storable(value: &Value) -> Result<(), String> {
-    fn walk(value: &Value, path: &mut String) -> Result<(), String> {
-        match value {
-            Value::String(s) if s.contains('\0') => {
-                Err(format!("{path}: contains a NUL character"))
-            }
-            Value::Number(n) => match n.as_f64() {
-                Some(x) if x == 0.0 || (x.abs() <= MAX_NUMBER && x.abs() >= 1.0 / MAX_NUMBER) => {
-                    Ok(())
-                }
-                _ if n.is_i64() || n.is_u64() => Ok(()),
-                _ => Err(format!("{path}: the number {n} is out of range")),
-            },
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let len = path.len();
-                    path.push_str(&format!("[{i}]"));
-                    walk(item, path)?;
-                    path.truncate(len);
-                }
-                Ok(())
-            }
-            Value::Object(map) => {
-                for (key, item) in map {
-                    if key.contains('\0') {
-                        return Err(format!("{path}: a key contains a NUL character"));
-                    }
-                    let len = path.len();
-                    path.push('.');
-                    path.push_str(key);
-                    walk(item, path)?;
-                    path.truncate(len);
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
+    match unstorable(value) {
+        None => Ok(()),
+        Some(u) if u.path.is_empty() => Err(u.reason),
+        Some(u) => Err(format!("{}: {}", u.path, u.reason)),
     }
-    walk(value, &mut String::from("$"))
 }
 
 /// The contract of an event store backend.
@@ -267,4 +294,22 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Stops taking appends and waits until every accepted one is committed.
     async fn shutdown(&self);
+}
+
+#[cfg(test)]
+mod unstorable_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_first_value_that_cannot_be_stored_is_named_by_its_path() {
+        assert_eq!(unstorable(&json!({ "a": [1, { "b": "ok" }], "n": 1e12 })), None);
+        let nul = unstorable(&json!({ "readings": [{ "v": 1 }, { "name": "a\u{0}b" }] }));
+        assert_eq!(nul.unwrap().path, "readings[1].name");
+        let big: Value = serde_json::from_str(r#"{"x": {"y": 1e301}}"#).unwrap();
+        let big = unstorable(&big).unwrap();
+        assert_eq!(big.path, "x.y");
+        assert!(big.reason.contains("out of range"));
+        assert_eq!(storable(&json!("\u{0}")), Err("contains a NUL character".into()));
+    }
 }
