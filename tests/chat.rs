@@ -469,7 +469,7 @@ async fn a_client_that_reconnects_mid_reply_gets_the_rest_without_loss_or_doubli
     let (_, posted) = chat.post(&session, "count").await;
     let url = stream_url(&chat.app, &posted);
     let first = follow(&chat.client, &url, None, Some(2)).await;
-    let last_id = first.iter().filter_map(|e| e.1).last().unwrap();
+    let last_id = first.iter().filter_map(|e| e.1).next_back().unwrap();
     let have = text_of(&first);
     assert_eq!(have.chars().count() as u64, last_id);
     let rest = follow(&chat.client, &url, Some(last_id), None).await;
@@ -777,4 +777,128 @@ async fn a_reply_started_through_one_process_streams_through_another_and_an_idem
         "one provider call for the retried post"
     );
     assert_eq!(stored(&chat.app, &session, "ReplyStarted").await.len(), 1);
+}
+
+#[actix_web::test]
+async fn the_real_socket_io_client_follows_replies_on_flowmind_and_rejoins_mid_reply() {
+    let chat = start(|_| {}).await;
+    let member = common::add_member(&chat.app, "member").await;
+    enable_flowmind(
+        &chat.app,
+        &chat.app.client,
+        &chat.app.tenant.organization_id,
+    )
+    .await;
+    // The first reply is the default one; the second streams slowly.
+    chat.provider.then(Reply::Stream(Script::default()));
+    chat.provider.then(Reply::Stream(slow_script()));
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/socketio");
+    assert!(
+        dir.join("node_modules/socket.io-client").exists(),
+        "socket.io-client is not installed: run `npm ci` in tests/socketio (scripts/test does)"
+    );
+    let args = [
+        dir.join("flowmind.mjs").display().to_string(),
+        chat.app.base.clone(),
+        chat.app.tenant.access_token.clone(),
+        member.access_token.clone(),
+    ];
+    let output = actix_web::rt::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .args(args)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "node failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["joined"]["ok"], true);
+    assert_eq!(report["joined"]["streaming"], Value::Null);
+    assert_eq!(report["refused"]["ok"], false, "{report}");
+    assert_eq!(report["refused"]["error"], "chat session not found");
+    let seen = report["seen"].as_array().unwrap();
+    assert_eq!(seen[0], json!(["message:created", "Hello there"]));
+    assert_eq!(seen[1], json!(["ai:reply:started", report["reply_id"]]));
+    assert_eq!(seen.last().unwrap(), &json!(["ai:reply:completed", "stop"]));
+    assert_eq!(report["text"], "Hello, world!");
+    // The late socket got the text so far in its join ack, then exactly the rest.
+    let full: String = slow_script().pieces.concat();
+    assert!(report["ack_chars"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(
+        report["streaming_in_ack"]["reply_id"],
+        report["second_reply_id"]
+    );
+    assert_eq!(report["late_text"], full.as_str());
+}
+
+#[actix_web::test]
+async fn native_websocket_subscribers_of_a_session_stream_get_the_reply_and_others_are_refused() {
+    let chat = start(|_| {}).await;
+    let session = chat.session(json!({})).await;
+    let member = common::add_member(&chat.app, "member").await;
+    let ws_url = chat.app.url("/api/v1/ws").replace("http://", "ws://");
+    use futures_util::SinkExt;
+    let subscribe = |session: &str| {
+        json!({ "type": "subscribe", "id": "s", "target": { "stream": format!("conversation-{session}") }, "from": "now" })
+            .to_string()
+    };
+    enable_flowmind(
+        &chat.app,
+        &chat.app.client,
+        &chat.app.tenant.organization_id,
+    )
+    .await;
+    let (mut theirs, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    theirs
+        .send(
+            json!({ "type": "auth", "token": member.access_token })
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(common::recv(&mut theirs).await["type"], "authenticated");
+    theirs.send(subscribe(&session).into()).await.unwrap();
+    let refused = common::recv(&mut theirs).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "not_found");
+
+    let (mut mine, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    mine.send(
+        json!({ "type": "auth", "token": chat.app.tenant.access_token })
+            .to_string()
+            .into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(common::recv(&mut mine).await["type"], "authenticated");
+    mine.send(subscribe(&session).into()).await.unwrap();
+    assert_eq!(common::recv(&mut mine).await["type"], "subscribed");
+    let (_, posted) = chat.post(&session, "over the socket").await;
+    let mut types = Vec::new();
+    let mut text = String::new();
+    loop {
+        let event = common::recv(&mut mine).await;
+        if event["type"] != "event" {
+            continue;
+        }
+        let t = event["event_type"].as_str().unwrap_or_default().to_owned();
+        if t == "ReplyDeltaAppended" {
+            assert_eq!(event["data"]["reply_id"], posted["reply_id"]);
+            text.push_str(event["data"]["text"].as_str().unwrap());
+        }
+        types.push(t.clone());
+        if t == "ReplyCompleted" {
+            break;
+        }
+    }
+    assert_eq!(types[0], "UserMessagePosted");
+    assert_eq!(types[1], "ReplyStarted");
+    assert_eq!(text, "Hello, world!");
 }

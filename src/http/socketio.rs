@@ -417,6 +417,22 @@ async fn may_join(state: &AppState, ns: &Namespace, who: &Principal, id: Uuid) -
         })
 }
 
+/// For a chat session's room: the reply streaming now with its text so far (or null), so
+/// that a client joining or re-joining mid-reply shows it at once, then applies only the
+/// `ai:reply:delta` events that go beyond `chars` (each names its `offset`).
+async fn streaming_reply(state: &AppState, id: Uuid) -> Value {
+    let Ok((_, session)) = state.chat.sessions.inspect(id).await else {
+        return Value::Null;
+    };
+    session
+        .active_reply
+        .and_then(|r| session.index.get(&r).map(|&i| &session.messages[i]))
+        .map_or(
+            Value::Null,
+            |m| json!({ "reply_id": m.id, "text": m.text, "chars": m.chars }),
+        )
+}
+
 /// Handles one Socket.IO packet; returns the packets to send back.
 async fn on_packet(
     state: &AppState,
@@ -557,7 +573,11 @@ async fn on_packet(
                         }),
                         Ok(true) => {
                             j.rooms.insert(id);
-                            json!({ "ok": true, "room": id })
+                            let mut ok = json!({ "ok": true, "room": id });
+                            if ns.category == "conversation" {
+                                ok["streaming"] = streaming_reply(state, id).await;
+                            }
+                            ok
                         }
                         Ok(false) => {
                             json!({ "ok": false, "error": format!("{} not found", ns.noun) })
