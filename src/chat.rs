@@ -1,10 +1,11 @@
 //! FlowMind chat replies: the worker that runs a provider call for a chat session, off the
 //! session actor's mailbox, and reports what it gets back as commands that become events.
 //!
-//! - **Coalescing.** Text from the provider is gathered and written as one
+//! - **Coalescing.** The first piece of text is written at once (the time to the first
+//!   delta is what a user feels); after it, text is gathered and written as one
 //!   `ReplyDeltaAppended` every `CHAT_DELTA_FLUSH_MS` (80 ms) or every
 //!   `CHAT_DELTA_FLUSH_CHARS` characters, whichever comes first: a reply of a few hundred
-//!   tokens is a handful of events, not one per token.
+//!   tokens is a few dozen events, not one per token.
 //! - **Exactly once.** Each delta names its offset; the actor accepts it only if it continues
 //!   the reply. A delta whose answer was lost is recognised on retry by the offset the actor
 //!   reports.
@@ -253,7 +254,9 @@ impl Worker {
                         let text = clean(&text);
                         self.pending_chars += text.chars().count();
                         self.pending.push_str(&text);
-                        if self.pending_chars >= settings.flush_chars {
+                        // The first piece goes out at once (it is what the user waits
+                        // for); later ones are gathered.
+                        if self.offset == 0 || self.pending_chars >= settings.flush_chars {
                             if let Err(halt) = self.flush().await {
                                 return self.halted(halt).await;
                             }
