@@ -191,7 +191,8 @@ impl Application {
                 let mut every = tokio::time::interval(Duration::from_secs(30));
                 loop {
                     every.tick().await;
-                    if let Err(e) = crate::chat::sweep_interrupted(&chat, &pool).await {
+                    let margin = crate::chat::interrupted_after(&chat);
+                    if let Err(e) = crate::chat::sweep_interrupted(&chat, &pool, margin).await {
                         tracing::debug!(error = %e, "sweeping interrupted replies failed");
                     }
                 }
