@@ -34,6 +34,9 @@ pub struct AppState {
     pub buildings: Registry<Building>,
     pub users: Registry<User>,
     pub organizations: Registry<Organization>,
+    /// FluxStudio channels and direct conversations, and users' notification inboxes.
+    pub channels: Registry<crate::actors::channel::Channel>,
+    pub inboxes: Registry<crate::actors::channel::Inbox>,
     pub auth: AuthState,
     pub progress: Progress,
     /// The in-memory fan-out that live socket subscriptions follow.
@@ -205,6 +208,8 @@ impl Application {
             buildings: Registry::new(store.clone(), config.runtime()),
             users: Registry::new(store.clone(), config.runtime()),
             organizations: Registry::new(store.clone(), config.runtime()),
+            channels: Registry::new(store.clone(), config.runtime()),
+            inboxes: Registry::new(store.clone(), config.runtime()),
             auth,
             access,
             live,

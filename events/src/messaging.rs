@@ -204,3 +204,37 @@ pub const MESSAGING_EVENT_TYPES: [&str; 11] = [
     "ReactionRemoved",
     "ReadMarkMoved",
 ];
+
+/// Events of a user's notification inbox (stream category `inbox`, one stream per user).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", content = "data")]
+pub enum InboxEvent {
+    NotificationsRead(NotificationsRead),
+}
+
+/// The user read these notifications, or with `up_to`, every notification recorded at or
+/// before that log position.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct NotificationsRead {
+    pub notification_ids: Vec<Uuid>,
+    pub up_to: Option<i64>,
+    pub read_at: DateTime<Utc>,
+}
+
+impl EventFamily for InboxEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            InboxEvent::NotificationsRead(_) => "NotificationsRead",
+        }
+    }
+
+    fn decode_ref(event_type: &str, version: i32, data: &Value) -> Result<Self, DecodeError> {
+        if version != Self::schema_version(event_type) {
+            return Self::decode(event_type, version, data.clone());
+        }
+        match event_type {
+            "NotificationsRead" => Ok(InboxEvent::NotificationsRead(payload(event_type, data)?)),
+            other => Err(DecodeError::UnknownType(other.to_owned())),
+        }
+    }
+}

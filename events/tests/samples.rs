@@ -9,7 +9,7 @@ use serde_json::Value;
 use universal_events::building::EVENT_TYPES;
 use universal_events::conversation::CONVERSATION_EVENT_TYPES;
 use universal_events::identity::{ORGANIZATION_EVENT_TYPES, USER_EVENT_TYPES};
-use universal_events::messaging::{MessagingEvent, MESSAGING_EVENT_TYPES};
+use universal_events::messaging::{InboxEvent, MessagingEvent, MESSAGING_EVENT_TYPES};
 use universal_events::{
     BuildingEvent, ConversationEvent, EmailEvent, EventFamily, OrganizationEvent, UserEvent,
 };
@@ -64,6 +64,8 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
             check::<ConversationEvent>(&t, version, &data);
         } else if MESSAGING_EVENT_TYPES.contains(&t.as_str()) {
             check::<MessagingEvent>(&t, version, &data);
+        } else if t == "NotificationsRead" {
+            check::<InboxEvent>(&t, version, &data);
         } else if t == "EmailClaimed" {
             check::<EmailEvent>(&t, version, &data);
         } else {
@@ -78,7 +80,7 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
         .chain(ORGANIZATION_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(CONVERSATION_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(MESSAGING_EVENT_TYPES.iter().map(|t| (*t, 1)))
-        .chain([("EmailClaimed", 1)]);
+        .chain([("EmailClaimed", 1), ("NotificationsRead", 1)]);
     for (t, v) in current {
         assert!(
             covered.contains(&(t.to_owned(), v)),

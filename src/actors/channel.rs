@@ -1002,3 +1002,76 @@ mod tests {
         ));
     }
 }
+
+/// A user's notification inbox (stream `inbox-<user id>`): which notifications they read.
+/// The notifications themselves are a read model made from [`MessagePosted::notify`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Inbox {
+    /// The newest `up_to` of a "mark all read".
+    pub all_read_up_to: Option<i64>,
+}
+
+/// Most notifications one command marks read.
+pub const MAX_MARK: usize = 500;
+
+#[derive(Debug, Clone)]
+pub enum InboxCommand {
+    Read {
+        notification_ids: Vec<Uuid>,
+        at: DateTime<Utc>,
+    },
+    ReadAll {
+        up_to: i64,
+        at: DateTime<Utc>,
+    },
+}
+
+impl Entity for Inbox {
+    type Command = InboxCommand;
+    type Event = universal_events::messaging::InboxEvent;
+    type Error = ChannelError;
+
+    const CATEGORY: &'static str = "inbox";
+
+    fn decide(&self, cmd: &InboxCommand) -> Result<Vec<Self::Event>, ChannelError> {
+        use universal_events::messaging::{InboxEvent, NotificationsRead};
+        match cmd {
+            InboxCommand::Read {
+                notification_ids,
+                at,
+            } => {
+                if notification_ids.is_empty() || notification_ids.len() > MAX_MARK {
+                    return Err(invalid(
+                        "notification_ids",
+                        format!("give 1 to {MAX_MARK} ids"),
+                    ));
+                }
+                check_time("read_at", *at)?;
+                let ids: BTreeSet<Uuid> = notification_ids.iter().copied().collect();
+                Ok(vec![InboxEvent::NotificationsRead(NotificationsRead {
+                    notification_ids: ids.into_iter().collect(),
+                    up_to: None,
+                    read_at: *at,
+                })])
+            }
+            InboxCommand::ReadAll { up_to, at } => {
+                if self.all_read_up_to.is_some_and(|p| p >= *up_to) {
+                    return Ok(vec![]);
+                }
+                check_time("read_at", *at)?;
+                Ok(vec![InboxEvent::NotificationsRead(NotificationsRead {
+                    notification_ids: vec![],
+                    up_to: Some(*up_to),
+                    read_at: *at,
+                })])
+            }
+        }
+    }
+
+    fn evolve(&mut self, event: &Self::Event) {
+        let universal_events::messaging::InboxEvent::NotificationsRead(r) = event;
+        if let Some(p) = r.up_to {
+            self.all_read_up_to = Some(self.all_read_up_to.map_or(p, |q| q.max(p)));
+        }
+    }
+}
