@@ -10,6 +10,7 @@ pub mod error;
 pub mod guard;
 pub mod history;
 pub mod identity;
+pub mod messaging;
 pub mod openapi;
 pub mod ops;
 pub mod schema;
@@ -57,6 +58,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .route("/ws", web::get().to(ws::connect))
                 .configure(citypulse::configure)
                 .configure(ai::configure)
+                .configure(messaging::configure)
+                .configure(messaging::configure_shared)
                 .configure(history::configure)
                 .configure(admin::configure),
         );

@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, ai, chat, citypulse, history, identity, ops, schema};
+use super::{admin, ai, chat, citypulse, history, identity, messaging, ops, schema};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -89,6 +89,26 @@ use super::{admin, ai, chat, citypulse, history, identity, ops, schema};
         chat::regenerate,
         chat::cancel,
         chat::usage,
+        messaging::create_channel,
+        messaging::list_channels,
+        messaging::open_direct,
+        messaging::get_channel,
+        messaging::update_channel,
+        messaging::archive_channel,
+        messaging::add_member,
+        messaging::remove_member,
+        messaging::post_in_channel,
+        messaging::list_in_channel,
+        messaging::mark_read,
+        messaging::post_message_route,
+        messaging::list_messages_route,
+        messaging::edit_message_route,
+        messaging::delete_message_route,
+        messaging::add_reaction,
+        messaging::remove_reaction,
+        messaging::list_notifications,
+        messaging::read_notification,
+        messaging::read_all_notifications,
     ),
     components(schemas(schema::ErrorBody)),
     security(("bearer" = [])),
@@ -98,6 +118,7 @@ use super::{admin, ai, chat, citypulse, history, identity, ops, schema};
         (name = "citypulse", description = "Buildings, sensors, readings, thresholds, energy and alerts"),
         (name = "history", description = "The event log, for organization admins"),
         (name = "ai", description = "FlowMind: chat sessions with streamed AI replies, the models of the configured providers, their circuit breakers, and token usage"),
+        (name = "messaging", description = "FluxStudio: channels, direct conversations, messages, threads, reactions, read marks; every frontend's notifications"),
         (name = "live", description = "Live event streams (WebSocket upgrades)"),
         (name = "operations", description = "Health, metrics, service information and this contract"),
     ),
