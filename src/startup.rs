@@ -44,6 +44,9 @@ pub struct AppState {
     pub providers: crate::providers::Providers,
     /// The connection core shared by every socket endpoint (limits, timeouts).
     pub gateways: Gateways,
+    /// The Pusher Channels hub: `state.pusher.publish(channel, event, &data)` reaches the
+    /// subscribers of every process (see `gateways::pusher`).
+    pub pusher: Arc<crate::gateways::pusher::Hub>,
     pub started: Instant,
     pub config: Config,
 }
@@ -176,6 +179,13 @@ impl Application {
         let access = Access::new(auth.ended_sessions.clone());
         access.follow(store.clone(), live.clone());
 
+        let pusher = crate::gateways::pusher::Hub::start(
+            &config,
+            pool.clone(),
+            Duration::from_secs(config.ws_heartbeat_interval.max(1)),
+        )
+        .await?;
+
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             store: store.clone(),
@@ -187,6 +197,7 @@ impl Application {
             live,
             providers: crate::providers::Providers::from_config(&config),
             gateways: Gateways::new(&config),
+            pusher,
             progress,
             started: Instant::now(),
             config: config.clone(),

@@ -11,6 +11,7 @@ pub mod history;
 pub mod identity;
 pub mod openapi;
 pub mod ops;
+pub mod pusher;
 pub mod schema;
 pub mod socketio;
 pub mod ws;
@@ -47,6 +48,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .route("/metrics", web::get().to(ops::metrics))
         .route("/socket.io/", web::get().to(socketio::connect))
         .route("/socket.io/", web::post().to(socketio::post))
+        .configure(pusher::configure)
         .service(
             web::scope("/api/v1")
                 .route("/info", web::get().to(ops::info))
