@@ -266,7 +266,7 @@ async fn raw(base: &str, key: &str, query: &str) -> Socket {
 }
 
 async fn send(ws: &mut Socket, msg: Value) {
-    ws.send(Message::Text(msg.to_string().into()))
+    ws.send(Message::Text(msg.to_string()))
         .await
         .unwrap();
 }
@@ -391,7 +391,7 @@ async fn client_messages_over_the_per_connection_rate_are_refused_on_every_socke
         "40/citypulse,{}",
         json!({ "token": app.tenant.access_token })
     );
-    sio.send(Message::Text(connect.into())).await.unwrap();
+    sio.send(Message::Text(connect)).await.unwrap();
     for _ in 0..3 {
         sio.send(Message::Text("42/citypulse,[\"hello\"]".into()))
             .await
