@@ -266,9 +266,7 @@ async fn raw(base: &str, key: &str, query: &str) -> Socket {
 }
 
 async fn send(ws: &mut Socket, msg: Value) {
-    ws.send(Message::Text(msg.to_string()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(msg.to_string())).await.unwrap();
 }
 
 /// The data of a Pusher frame, decoded when it is a JSON string.
