@@ -722,3 +722,64 @@ async fn the_auth_endpoint_signs_only_the_callers_own_channels() {
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+
+#[actix_web::test]
+async fn presence_members_of_a_process_that_stopped_beating_are_swept_and_announced_gone() {
+    let app = common::spawn_app_with(|c| c.ws_heartbeat_interval = 1).await;
+    let channel = "presence-org-sweep";
+    let mut ws = raw(&app.base, KEY, "protocol=7").await;
+    let socket_id = established(&mut ws).await["socket_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Signed by server code with the secret (no grant from /pusher/auth).
+    let member = json!({ "user_id": "observer", "user_info": { "name": "O" } }).to_string();
+    let auth = settings().channel_auth(&socket_id, channel, Some(&member));
+    send(
+        &mut ws,
+        json!({ "event": "pusher:subscribe", "data": { "channel": channel, "auth": auth, "channel_data": member } }),
+    )
+    .await;
+    let ok = recv(&mut ws).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    assert_eq!(data(&ok)["presence"]["ids"], json!(["observer"]));
+
+    // A process that died a minute ago left a member behind.
+    let ghost_node = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO pusher_nodes (node, seen_at) VALUES ($1, now() - interval '1 minute')",
+    )
+    .bind(ghost_node)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO pusher_subscriptions (socket_id, channel, node, user_id, user_info) \
+         VALUES ('1.2', $1, $2, 'ghost', '{}')",
+    )
+    .bind(channel)
+    .bind(ghost_node)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // The next sweep (every heartbeat) removes it and tells the channel.
+    loop {
+        let m = recv(&mut ws).await;
+        if m["event"] == "pusher:ping" {
+            send(&mut ws, json!({ "event": "pusher:pong", "data": {} })).await;
+            continue;
+        }
+        assert_eq!(m["event"], "pusher_internal:member_removed", "{m}");
+        assert_eq!(data(&m), json!({ "user_id": "ghost" }));
+        break;
+    }
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pusher_subscriptions WHERE node = $1")
+        .bind(ghost_node)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}

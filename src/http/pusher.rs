@@ -450,11 +450,25 @@ impl Connection {
                         }
                     };
                 if let Some(g) = &grant {
-                    let still = g
-                        .principal()
-                        .refreshed(&self.state)
-                        .map_err(|e| e.message)
-                        .and_then(|p| may_join(&p, &channel));
+                    let check = |state: &AppState| {
+                        g.principal()
+                            .refreshed(state)
+                            .map_err(|e| e.message)
+                            .and_then(|p| may_join(&p, &channel))
+                    };
+                    let mut still = check(&self.state);
+                    // A refusal never rests on a stale view: the grant may come from another
+                    // process that has seen a change this one has not applied yet.
+                    if still.is_err()
+                        && self
+                            .state
+                            .access
+                            .sync(self.state.store.as_ref())
+                            .await
+                            .is_ok()
+                    {
+                        still = check(&self.state);
+                    }
                     if let Err(why) = still {
                         return vec![subscription_error(&channel, "AuthError", &why, 403)];
                     }
