@@ -783,3 +783,54 @@ async fn presence_members_of_a_process_that_stopped_beating_are_swept_and_announ
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[actix_web::test]
+async fn a_client_that_reads_nothing_is_closed_when_its_queue_fills_instead_of_being_buffered() {
+    let app = Application::build(common::test_config(common::fresh_database_url()))
+        .await
+        .unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state();
+    actix_web::rt::spawn(app.run_until_stopped());
+    let mut ws = raw(&base, KEY, "protocol=7").await;
+    established(&mut ws).await;
+    send(
+        &mut ws,
+        json!({ "event": "pusher:subscribe", "data": { "channel": "content-generation" } }),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut ws).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    // About 21 MB while the client reads nothing: far more than its queue (256 frames), the
+    // socket's channel and the kernel's buffers hold.
+    let pad = "x".repeat(7000);
+    let total = 3000;
+    for i in 0..total {
+        state
+            .pusher
+            .publish(
+                "content-generation",
+                "generation-progress",
+                &json!({ "i": i, "pad": pad }),
+            )
+            .await
+            .unwrap();
+    }
+    let mut received = 0;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("frames or the end in time");
+        match frame {
+            Some(Ok(Message::Text(_))) => received += 1,
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    assert!(
+        received < total,
+        "the server buffered {received} of {total} frames for a client that read nothing"
+    );
+}

@@ -54,6 +54,10 @@ const QUEUE: usize = 256;
 const MAX_SUBSCRIPTIONS: usize = 100;
 /// A client that takes no frame for this long is disconnected.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait to send a last error frame and the close frame to a closing socket.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Why a slow reader is closed.
+const TOO_SLOW: &str = "client too slow: its queue of messages is full";
 /// Longest wait for the hub while handling one client message.
 const HUB_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -264,16 +268,21 @@ impl Connection {
                     }
                 }
                 Some(frame) = rx.recv() => {
-                    match tokio::time::timeout(SEND_TIMEOUT, self.session.text(frame.to_string())).await {
+                    // While this send waits for a slow client, its queue may fill up: the
+                    // overflow bell ends the wait (and the connection) at once.
+                    let sent = tokio::select! {
+                        sent = tokio::time::timeout(SEND_TIMEOUT, self.session.text(frame.to_string())) => sent,
+                        _ = overflow.notified() => break close_with(4100, TOO_SLOW),
+                    };
+                    match sent {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => break None,
                         Err(_) => break close_with(4100, "client too slow: nothing read for 30 s"),
                     }
                 }
                 _ = overflow.notified() => {
-                    let why = "client too slow: its queue of messages is full";
-                    let _ = self.send(pusher_error(Some(4100), why)).await;
-                    break close_with(4100, why);
+                    let _ = self.send_within(pusher_error(Some(4100), TOO_SLOW), CLOSE_TIMEOUT).await;
+                    break close_with(4100, TOO_SLOW);
                 }
                 Ok(()) = changes.changed() => {
                     if let Next::Close(reason) = self.recheck().await {
@@ -283,7 +292,7 @@ impl Connection {
                 _ = &mut timer => {
                     if pinged {
                         let why = "Pong reply not received";
-                        let _ = self.send(pusher_error(Some(4201), why)).await;
+                        let _ = self.send_within(pusher_error(Some(4201), why), CLOSE_TIMEOUT).await;
                         break close_with(4201, why);
                     }
                     pinged = true;
@@ -295,7 +304,8 @@ impl Connection {
                 }
             }
         };
-        let _ = self.session.clone().close(reason).await;
+        // A client that reads nothing has a full pipe: the close frame gets a short bound.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.session.clone().close(reason)).await;
         let hub = self.state.pusher.clone();
         for (channel, sub) in self.subs.drain() {
             hub.leave(&self.socket_id, &channel, sub.user_id.as_deref())
@@ -304,8 +314,16 @@ impl Connection {
         hub.forget_socket(&self.socket_id).await;
     }
 
-    async fn send(&mut self, text: String) -> Result<(), actix_ws::Closed> {
-        self.session.text(text).await
+    /// Sends one frame; a client that takes nothing for [`SEND_TIMEOUT`] counts as gone.
+    async fn send(&mut self, text: String) -> Result<(), ()> {
+        self.send_within(text, SEND_TIMEOUT).await
+    }
+
+    async fn send_within(&mut self, text: String, limit: Duration) -> Result<(), ()> {
+        match tokio::time::timeout(limit, self.session.text(text)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
     }
 
     /// Sends frames; a closed socket ends the connection.
