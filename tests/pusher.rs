@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-use universal_backend::gateways::pusher::{Settings, DEV_SECRET};
+use universal_backend::gateways::pusher::{toolbox, Settings, DEV_SECRET};
 use universal_backend::Application;
 
 use common::{recv, Socket};
@@ -441,7 +441,11 @@ async fn server_code_publishes_through_the_hub_and_the_subscriber_of_another_pro
     let progress = json!({ "task_id": "t9", "progress": 75 });
     state
         .pusher
-        .publish("content-generation", "generation-progress", &progress)
+        .publish(
+            toolbox::CONTENT_GENERATION,
+            toolbox::GENERATION_PROGRESS,
+            &progress,
+        )
         .await
         .unwrap();
     let m = recv(&mut ws).await;

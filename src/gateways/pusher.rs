@@ -348,6 +348,19 @@ pub fn new_socket_id() -> String {
     )
 }
 
+/// The channel and event names the ToolboxAI dashboard listens to (the seed's kebab-case),
+/// for the code that publishes agent executions.
+pub mod toolbox {
+    /// The public channel of content generation.
+    pub const CONTENT_GENERATION: &str = "content-generation";
+    pub const GENERATION_STARTED: &str = "generation-started";
+    pub const GENERATION_PROGRESS: &str = "generation-progress";
+    pub const CONTENT_GENERATED: &str = "content-generated";
+    pub const GENERATION_FAILED: &str = "generation-failed";
+    /// On the organization's private channel, [`super::org_channel`].
+    pub const AGENT_STATUS_UPDATE: &str = "agent-status-update";
+}
+
 /// The private channel of one organization (e.g. for `agent-status-update`).
 pub fn org_channel(org: Uuid) -> String {
     format!("private-org-{org}")
