@@ -182,8 +182,10 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_BREAKER_OPEN_SECS", default_value_t = 30)]
     pub provider_breaker_open_secs: u64,
     /// Serve the Pusher Channels protocol (`/app/{key}`, `/pusher/auth`, `/apps/{app_id}/…`).
-    #[arg(long, env = "PUSHER_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
-    pub pusher_enabled: bool,
+    /// Unset: on, except in production without `PUSHER_SECRET` (off, with a warning);
+    /// `true` in production without `PUSHER_SECRET` refuses to start.
+    #[arg(long, env = "PUSHER_ENABLED", action = clap::ArgAction::Set)]
+    pub pusher_enabled: Option<bool>,
     /// The Pusher app id of the HTTP API (`/apps/{app_id}/events`).
     #[arg(long, env = "PUSHER_APP_ID", default_value = "universal-backend")]
     pub pusher_app_id: String,

@@ -94,27 +94,35 @@ impl std::fmt::Debug for Settings {
 }
 
 impl Settings {
-    /// From the configuration: without `PUSHER_SECRET` development uses [`DEV_SECRET`];
-    /// production refuses to start with the gateway enabled and no secret of its own.
+    /// From the configuration: without `PUSHER_SECRET` development uses [`DEV_SECRET`]; in
+    /// production the gateway needs a secret of its own, so without one it is off (or, when
+    /// `PUSHER_ENABLED=true` asks for it, the server refuses to start).
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let secret = match config.pusher_secret.as_deref().filter(|s| !s.is_empty()) {
-            Some(s) if config.is_production() && s == DEV_SECRET => {
-                anyhow::bail!("PUSHER_SECRET must not be the development secret in production")
+        let given = config.pusher_secret.as_deref().filter(|s| !s.is_empty());
+        let production = config.is_production();
+        let enabled = match (config.pusher_enabled, production, given) {
+            (Some(false), _, _) => false,
+            (Some(true), true, None) => anyhow::bail!(
+                "PUSHER_SECRET is required when NODE_ENV=production and PUSHER_ENABLED=true"
+            ),
+            (None, true, None) => {
+                tracing::warn!(
+                    "the Pusher gateway is off: NODE_ENV=production and PUSHER_SECRET is not set"
+                );
+                false
             }
-            Some(s) => s.to_owned(),
-            None if config.is_production() && config.pusher_enabled => {
-                anyhow::bail!(
-                    "PUSHER_SECRET is required when NODE_ENV=production and PUSHER_ENABLED=true"
-                )
-            }
-            None => DEV_SECRET.to_owned(),
+            _ => true,
         };
+        if production && enabled && given == Some(DEV_SECRET) {
+            anyhow::bail!("PUSHER_SECRET must not be the development secret in production");
+        }
+        let secret = given.unwrap_or(DEV_SECRET).to_owned();
         anyhow::ensure!(
             !config.pusher_key.is_empty() && !config.pusher_app_id.is_empty(),
             "PUSHER_KEY and PUSHER_APP_ID must not be empty"
         );
         Ok(Self {
-            enabled: config.pusher_enabled,
+            enabled,
             app_id: config.pusher_app_id.clone(),
             key: config.pusher_key.clone(),
             secret,
@@ -1075,6 +1083,34 @@ mod tests {
             other.check_request("POST", "/apps/3/events", &q, body, now),
             Err("invalid auth_signature".into())
         );
+    }
+
+    #[test]
+    fn production_needs_a_secret_of_its_own_and_is_off_without_one_unless_asked_for() {
+        let dev = Config::default();
+        let s = Settings::from_config(&dev).unwrap();
+        assert!(s.enabled);
+        assert_eq!(s.secret, DEV_SECRET);
+        let prod = Config {
+            node_env: "production".into(),
+            ..Config::default()
+        };
+        assert!(!Settings::from_config(&prod).unwrap().enabled);
+        let asked = Config {
+            pusher_enabled: Some(true),
+            ..prod.clone()
+        };
+        assert!(Settings::from_config(&asked).is_err());
+        let dev_secret = Config {
+            pusher_secret: Some(DEV_SECRET.into()),
+            ..prod.clone()
+        };
+        assert!(Settings::from_config(&dev_secret).is_err());
+        let own = Config {
+            pusher_secret: Some("a-real-secret".into()),
+            ..prod
+        };
+        assert!(Settings::from_config(&own).unwrap().enabled);
     }
 
     #[test]

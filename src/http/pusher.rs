@@ -506,10 +506,18 @@ impl Connection {
                 "{}".to_owned()
             }
             Some((user_id, info)) => {
-                match hub
-                    .presence_join(&self.socket_id, &channel, user_id, info)
-                    .await
-                {
+                // Subscribing again changes nothing: the members as they are, no announcement.
+                let joined = match already {
+                    true => hub
+                        .members(&channel)
+                        .await
+                        .map_err(|_| PresenceError::Unavailable),
+                    false => {
+                        hub.presence_join(&self.socket_id, &channel, user_id, info)
+                            .await
+                    }
+                };
+                match joined {
                     Ok(members) => json!({ "presence": members }).to_string(),
                     Err(e) => {
                         if !already {
@@ -524,13 +532,12 @@ impl Connection {
                 }
             }
         };
-        self.subs.insert(
-            channel.clone(),
-            Sub {
-                grant,
-                user_id: member.map(|(u, _)| u),
-            },
-        );
+        // A repeated subscription keeps the member it joined as.
+        let user_id = match self.subs.get(&channel) {
+            Some(before) => before.user_id.clone(),
+            None => member.map(|(u, _)| u),
+        };
+        self.subs.insert(channel.clone(), Sub { grant, user_id });
         vec![json!({
             "event": "pusher_internal:subscription_succeeded",
             "channel": channel,
