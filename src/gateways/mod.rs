@@ -1,6 +1,7 @@
 //! The connection core shared by every socket endpoint: the native event stream
-//! (`http::ws`) and the Socket.IO gateway (`http::socketio`, over the Engine.IO transports in
-//! [`engineio`]); Pusher will be one more codec on the same core.
+//! (`http::ws`), the Socket.IO gateway (`http::socketio`, over the Engine.IO transports in
+//! [`engineio`]) and the Pusher Channels gateway (`http::pusher`, with its cross-process hub
+//! in [`pusher`]).
 //!
 //! What every endpoint gets from here, so that none has to get it right on its own:
 //!
