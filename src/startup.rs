@@ -49,6 +49,9 @@ pub struct AppState {
     pub chat: crate::chat::Chat,
     /// The connection core shared by every socket endpoint (limits, timeouts).
     pub gateways: Gateways,
+    /// The Pusher Channels hub: `state.pusher.publish(channel, event, &data)` reaches the
+    /// subscribers of every process (see `gateways::pusher`).
+    pub pusher: Arc<crate::gateways::pusher::Hub>,
     pub started: Instant,
     pub config: Config,
 }
@@ -201,6 +204,12 @@ impl Application {
                 }
             });
         }
+        let pusher = crate::gateways::pusher::Hub::start(
+            &config,
+            pool.clone(),
+            Duration::from_secs(config.ws_heartbeat_interval.max(1)),
+        )
+        .await?;
 
         let state = web::Data::new(AppState {
             pool: pool.clone(),
@@ -216,6 +225,7 @@ impl Application {
             providers,
             chat,
             gateways: Gateways::new(&config),
+            pusher,
             progress,
             started: Instant::now(),
             config: config.clone(),

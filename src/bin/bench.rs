@@ -47,7 +47,8 @@ struct Args {
     keep: bool,
     /// Measure live delivery instead: `ws` runs 1,000 socket subscribers on one building,
     /// then 1,000 spread over 100 buildings; `chat` runs concurrent FlowMind chats against a
-    /// stand-in provider that streams at a fixed rate.
+    /// stand-in provider that streams at a fixed rate; `pusher` runs 1,000 Pusher subscribers on
+    /// `content-generation` while events are published through the signed HTTP API.
     #[arg(long, default_value = "commands")]
     mode: String,
     /// Socket subscribers (ws mode).
@@ -367,6 +368,130 @@ async fn ws_bench(args: &Args, base: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pusher delivery: subscribers on `content-generation` through the Pusher socket, events
+/// published at a steady rate through the signed HTTP API (as agent executions publish
+/// `generation-progress`), latency from sending each publish request to each receipt.
+async fn pusher_bench(args: &Args, base: &str) -> anyhow::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use universal_backend::gateways::pusher::{Settings, DEV_SECRET};
+
+    let defaults = Config::default();
+    let signer = Settings::new(&defaults.pusher_app_id, &defaults.pusher_key, DEV_SECRET);
+    let url = format!(
+        "{}/app/{}?protocol=7&client=bench",
+        base.replace("http", "ws"),
+        defaults.pusher_key
+    );
+    let mut sockets = Vec::with_capacity(args.subscribers);
+    for _ in 0..args.subscribers {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
+        let sub =
+            json!({ "event": "pusher:subscribe", "data": { "channel": "content-generation" } });
+        ws.send(Message::Text(sub.to_string())).await?;
+        // Established, then subscribed: the socket is ready before the load starts.
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(10), ws.next()).await?;
+        }
+        sockets.push(ws);
+    }
+    let sent: Arc<dashmap::DashMap<u64, Instant>> = Arc::new(dashmap::DashMap::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = tokio::task::JoinSet::new();
+    for mut ws in sockets {
+        let stop = stop.clone();
+        readers.spawn(async move {
+            let mut got: Vec<(u64, Instant)> = Vec::new();
+            loop {
+                match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        let now = Instant::now();
+                        let Ok(v) = serde_json::from_str::<Value>(&t) else {
+                            continue;
+                        };
+                        if v["event"] != "generation-progress" {
+                            continue;
+                        }
+                        let data: Value = v["data"]
+                            .as_str()
+                            .and_then(|d| serde_json::from_str(d).ok())
+                            .unwrap_or_default();
+                        got.push((data["seq"].as_u64().unwrap_or(u64::MAX), now));
+                    }
+                    Ok(Some(Ok(Message::Close(reason)))) => {
+                        eprintln!("socket closed by the server: {reason:?}");
+                        break;
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Ok(_) => break,
+                    Err(_) if stop.load(Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+            got
+        });
+    }
+    let client = reqwest::Client::new();
+    let path = format!("/apps/{}/events", defaults.pusher_app_id);
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate.max(1)));
+    let mut published = 0u64;
+    let mut errors = 0u64;
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        ticker.tick().await;
+        let data = json!({ "task_id": "bench", "seq": published, "progress": published % 100 });
+        let body = json!({ "name": "generation-progress", "channel": "content-generation", "data": data.to_string() })
+            .to_string();
+        let query = signer.sign_request(
+            "POST",
+            &path,
+            body.as_bytes(),
+            chrono::Utc::now().timestamp(),
+        );
+        sent.insert(published, Instant::now());
+        let res = client
+            .post(format!("{base}{path}?{query}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        if !matches!(res, Ok(r) if r.status().is_success()) {
+            errors += 1;
+        }
+        published += 1;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut lat = Vec::new();
+    let mut delivered = 0u64;
+    while let Some(r) = readers.join_next().await {
+        for (seq, at) in r.unwrap_or_default() {
+            delivered += 1;
+            if let Some(t) = sent.get(&seq) {
+                let us = at.saturating_duration_since(*t).as_micros();
+                lat.push(us.min(u32::MAX as u128) as u32);
+            }
+        }
+    }
+    lat.sort_unstable();
+    println!(
+        "pusher: {} subscribers on content-generation, {published} events (asked {}/s, sent {:.0}/s, {errors} failed), {delivered} deliveries (expected {}), {:.0} deliveries/s",
+        args.subscribers,
+        args.rate,
+        published as f64 / args.seconds.max(1) as f64,
+        (published - errors) * args.subscribers as u64,
+        delivered as f64 / elapsed
+    );
+    println!(
+        "pusher: publish-to-receipt latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    Ok(())
+}
+
 /// Runs the clients on two threads of their own, so that they do not share the server's,
 /// and waits for them without blocking this thread (the store writer and projections live
 /// here).
@@ -459,10 +584,14 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    if args.mode == "ws" {
+    if args.mode == "ws" || args.mode == "pusher" {
         let ws_args = args.clone();
         let ws_base = base.clone();
-        on_client_threads(async move { ws_bench(&ws_args, &ws_base).await }).await?;
+        if args.mode == "pusher" {
+            on_client_threads(async move { pusher_bench(&ws_args, &ws_base).await }).await?;
+        } else {
+            on_client_threads(async move { ws_bench(&ws_args, &ws_base).await }).await?;
+        }
         handle.stop(true).await;
         let _ = server.await;
         state.pool.close().await;

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod messaging;
 pub mod openapi;
 pub mod ops;
+pub mod pusher;
 pub mod schema;
 pub mod socketio;
 pub mod ws;
@@ -49,6 +50,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .route("/metrics", web::get().to(ops::metrics))
         .route("/socket.io/", web::get().to(socketio::connect))
         .route("/socket.io/", web::post().to(socketio::post))
+        .configure(pusher::configure)
         .service(
             web::scope("/api/v1")
                 .route("/info", web::get().to(ops::info))

@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, ai, chat, citypulse, history, identity, messaging, ops, schema};
+use super::{admin, ai, chat, citypulse, history, identity, messaging, ops, pusher, schema};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -109,6 +109,13 @@ use super::{admin, ai, chat, citypulse, history, identity, messaging, ops, schem
         messaging::list_notifications,
         messaging::read_notification,
         messaging::read_all_notifications,
+        pusher::connect,
+        pusher::auth,
+        pusher::events,
+        pusher::batch_events,
+        pusher::channels,
+        pusher::channel,
+        pusher::channel_users,
     ),
     components(schemas(schema::ErrorBody)),
     security(("bearer" = [])),
@@ -119,7 +126,7 @@ use super::{admin, ai, chat, citypulse, history, identity, messaging, ops, schem
         (name = "history", description = "The event log, for organization admins"),
         (name = "ai", description = "FlowMind: chat sessions with streamed AI replies, the models of the configured providers, their circuit breakers, and token usage"),
         (name = "messaging", description = "FluxStudio: channels, direct conversations, messages, threads, reactions, read marks; every frontend's notifications"),
-        (name = "live", description = "Live event streams (WebSocket upgrades)"),
+        (name = "live", description = "Live event streams (WebSocket upgrades), and the Pusher Channels gateway and HTTP API"),
         (name = "operations", description = "Health, metrics, service information and this contract"),
     ),
 )]
@@ -299,9 +306,11 @@ pub fn route_for(path: &str) -> Option<&'static Route> {
         .max_by_key(|r| r.segments.iter().filter(|s| s.is_some()).count())
 }
 
+/// Whether an operation takes JSON bodies only (one that also takes a form, as
+/// `/pusher/auth`, is not held to JSON).
 fn takes_json(op: &Operation) -> bool {
     op.request_body.as_ref().is_some_and(|b| match b {
-        RefOr::T(b) => b.content.keys().any(|c| c == "application/json"),
+        RefOr::T(b) => !b.content.is_empty() && b.content.keys().all(|c| c == "application/json"),
         RefOr::Ref(_) => false,
     })
 }

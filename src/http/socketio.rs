@@ -165,6 +165,7 @@ fn new_session(state: &web::Data<AppState>, slot: gateways::Slot, start: Start) 
             auth_timeout: state.gateways.auth_timeout,
             ping_interval: state.gateways.heartbeat,
             ping_timeout: state.gateways.heartbeat,
+            messages_per_minute: state.gateways.messages_per_minute,
         },
         Uuid::new_v4().simple().to_string(),
     );
