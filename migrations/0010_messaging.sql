@@ -72,3 +72,15 @@ CREATE TABLE notifications (
     position        bigint      NOT NULL
 );
 CREATE INDEX notifications_user ON notifications (user_id, position DESC);
+
+-- Who is connected to Socket.IO `/messaging`, per server process (ephemeral: rows of a
+-- process that stops beating are removed by the others).
+CREATE UNLOGGED TABLE messaging_presence (
+    process         uuid        NOT NULL,
+    user_id         uuid        NOT NULL,
+    organization_id uuid        NOT NULL,
+    connections     integer     NOT NULL,
+    seen_at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (process, user_id, organization_id)
+);
+CREATE INDEX messaging_presence_org ON messaging_presence (organization_id, user_id);

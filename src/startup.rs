@@ -52,6 +52,8 @@ pub struct AppState {
     /// The Pusher Channels hub: `state.pusher.publish(channel, event, &data)` reaches the
     /// subscribers of every process (see `gateways::pusher`).
     pub pusher: Arc<crate::gateways::pusher::Hub>,
+    /// Typing and presence of the messaging sockets, shared by every process.
+    pub signals: Arc<crate::gateways::signals::Signals>,
     pub started: Instant,
     pub config: Config,
 }
@@ -226,6 +228,7 @@ impl Application {
             chat,
             gateways: Gateways::new(&config),
             pusher,
+            signals: crate::gateways::signals::Signals::start(pool.clone()),
             progress,
             started: Instant::now(),
             config: config.clone(),

@@ -39,6 +39,7 @@ struct Team {
     ann: reqwest::Client,
     bob: reqwest::Client,
     bob_id: String,
+    bob_token: String,
     cy: reqwest::Client,
     cy_id: String,
     viewer: reqwest::Client,
@@ -64,6 +65,7 @@ async fn team() -> Team {
         ann: flux(&app.tenant.access_token),
         bob: flux(&bob.access_token),
         bob_id: bob.user_id,
+        bob_token: bob.access_token,
         cy: flux(&cy.access_token),
         cy_id: cy.user_id,
         viewer: flux(&viewer.access_token),
@@ -407,4 +409,77 @@ async fn the_permission_matrix_private_channels_direct_messages_authors_admins_a
     )
     .await;
     assert_eq!(status, 404);
+}
+
+#[actix_web::test]
+async fn the_real_socket_io_client_on_messaging_across_two_processes() {
+    let t = team().await;
+    let other = common::spawn_second_app(&t.app).await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/socketio");
+    assert!(
+        dir.join("node_modules/socket.io-client").exists(),
+        "socket.io-client is not installed: run `npm ci` in tests/socketio (scripts/test does)"
+    );
+    let bob_token = t.bob_token.clone();
+    let args = [
+        dir.join("messaging.mjs").display().to_string(),
+        t.app.base.clone(),
+        other.base.clone(),
+        t.app.tenant.access_token.clone(),
+        bob_token,
+        t.bob_id.clone(),
+    ];
+    let output = actix_web::rt::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .args(args)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "node failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let ann = t.app.tenant.user_id.as_str();
+    assert_eq!(r["bob_joined"]["ok"], true);
+    assert_eq!(r["ann_joined"]["ok"], true);
+    assert_eq!(
+        r["online"]["user_id"], ann,
+        "Ann came online on the other process"
+    );
+    let users = r["presence"]["users"].as_array().unwrap();
+    assert!(
+        users.contains(&json!(ann)) && users.contains(&json!(t.bob_id)),
+        "{r}"
+    );
+    assert_eq!(r["typed"]["user_id"], ann);
+    assert_eq!(r["typed"]["channel_id"], r["channel"]);
+    assert_eq!(r["throttled"]["throttled"], true);
+    assert_eq!(r["sent"]["ok"], true);
+    assert_eq!(r["received"]["message_id"], r["sent"]["message"]["id"]);
+    assert_eq!(r["received"]["text"], r["sent"]["message"]["text"]);
+    assert_eq!(r["notification"]["kind"], "mention");
+    assert_eq!(r["resent"]["message"]["id"], r["sent"]["message"]["id"]);
+    assert_eq!(r["resent"]["message"]["replayed"], true);
+    assert_eq!(r["reacted"]["ok"], true);
+    assert_eq!(r["reaction"]["emoji"], "🚀");
+    assert_eq!(
+        r["foreign"]["error"]["status"], 403,
+        "only the author edits"
+    );
+    assert_eq!(r["bad"]["error"]["status"], 422);
+    assert_eq!(r["gone"]["user_id"], ann);
+    // One message was stored, however often it was sent.
+    let posted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE stream_id = $1 AND event_type = 'MessagePosted'",
+    )
+    .bind(format!("channel-{}", r["channel"].as_str().unwrap()))
+    .fetch_one(&t.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(posted, 1);
 }

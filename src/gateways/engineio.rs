@@ -201,8 +201,8 @@ pub trait Handler: 'static {
     type Push: 'static;
     /// A message packet arrived.
     async fn on_message(&mut self, data: &str) -> Outcome;
-    /// An item pushed by the layer's tasks; returns message data to send, if any.
-    fn on_push(&mut self, item: Self::Push) -> Option<String>;
+    /// An item pushed by the layer's tasks; returns the message data to send (often none).
+    fn on_push(&mut self, item: Self::Push) -> Vec<String>;
     /// Rights may have been taken away (see `crate::access`).
     fn on_access_change(&mut self) -> Outcome;
     /// Whether the client has authenticated (connected a namespace).
@@ -585,10 +585,10 @@ async fn run<H: Handler>(
                 Some(c) => engine.on_control(c).await,
                 None => Flow::End(None),
             },
-            Some(item) = pushes.recv() => match engine.handler.on_push(item) {
-                Some(data) => engine.send(format!("4{data}")).await,
-                None => Flow::Go,
-            },
+            Some(item) = pushes.recv() => {
+                let messages = engine.handler.on_push(item);
+                engine.outcome(Outcome::Send(messages)).await
+            }
             Ok(()) = changes.changed() => {
                 let outcome = engine.handler.on_access_change();
                 engine.outcome(outcome).await

@@ -24,6 +24,7 @@
 
 pub mod engineio;
 pub mod pusher;
+pub mod signals;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};

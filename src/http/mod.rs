@@ -11,6 +11,7 @@ pub mod guard;
 pub mod history;
 pub mod identity;
 pub mod messaging;
+pub mod messaging_socket;
 pub mod openapi;
 pub mod ops;
 pub mod pusher;

@@ -153,7 +153,7 @@ async fn apply_channel(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Re
             .bind(e.version)
             .fetch_optional(&mut *conn)
             .await?;
-            let Some((org, kind, seq)) = row else {
+            let Some((org, _kind, seq)) = row else {
                 return Ok(());
             };
             sqlx::query(
@@ -185,12 +185,13 @@ async fn apply_channel(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Re
                 .await?;
             }
             for user in &p.notify {
+                // A user notified for several reasons gets the most specific one.
                 let kind = if p.mentions.contains(user) {
                     "mention"
-                } else if kind == "direct" {
-                    "direct_message"
-                } else {
+                } else if p.parent_id.is_some() {
                     "thread_reply"
+                } else {
+                    "direct_message"
                 };
                 sqlx::query(
                     "INSERT INTO notifications (id, user_id, organization_id, kind, channel_id, \
