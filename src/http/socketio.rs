@@ -392,7 +392,7 @@ impl SocketIo {
             '2',
             nsp,
             None,
-            &json!([name, payload(j.ns, room, &event)]),
+            &json!([name, payload(j.ns, room, event)]),
         ))
     }
 }
