@@ -84,3 +84,14 @@ CREATE UNLOGGED TABLE messaging_presence (
     PRIMARY KEY (process, user_id, organization_id)
 );
 CREATE INDEX messaging_presence_org ON messaging_presence (organization_id, user_id);
+
+-- Socket.IO connection state recovery of `/messaging`: the rooms of a connection, by its
+-- private id (`pid`), bound to the user and organization that opened it.
+CREATE UNLOGGED TABLE socket_recovery (
+    pid             uuid        PRIMARY KEY,
+    user_id         uuid        NOT NULL,
+    organization_id uuid        NOT NULL,
+    namespace       text        NOT NULL,
+    rooms           uuid[]      NOT NULL DEFAULT '{}',
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);

@@ -42,6 +42,7 @@ struct Team {
     bob_token: String,
     cy: reqwest::Client,
     cy_id: String,
+    cy_token: String,
     viewer: reqwest::Client,
 }
 
@@ -68,6 +69,7 @@ async fn team() -> Team {
         bob_token: bob.access_token,
         cy: flux(&cy.access_token),
         cy_id: cy.user_id,
+        cy_token: cy.access_token,
         viewer: flux(&viewer.access_token),
         app,
     }
@@ -482,4 +484,49 @@ async fn the_real_socket_io_client_on_messaging_across_two_processes() {
     .await
     .unwrap();
     assert_eq!(posted, 1);
+}
+
+#[actix_web::test]
+async fn a_dropped_socket_io_connection_is_recovered_with_the_messages_sent_meanwhile() {
+    let t = team().await;
+    let (_, created) = call(
+        &t.ann,
+        "POST",
+        t.url("/api/v1/channels"),
+        Some(json!({ "name": "recoverable" })),
+    )
+    .await;
+    let channel = created["id"].as_str().unwrap().to_owned();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/socketio");
+    let args = [
+        dir.join("recovery.mjs").display().to_string(),
+        t.app.base.clone(),
+        t.app.tenant.access_token.clone(),
+        t.bob_token.clone(),
+        t.cy_token.clone(),
+        channel,
+    ];
+    let output = actix_web::rt::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .args(args)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "node failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["recovered"], true, "{r}");
+    assert_eq!(r["same_pid"], true);
+    assert_eq!(
+        r["texts"],
+        json!(["before the drop", "missed one", "missed two"]),
+        "nothing lost, nothing doubled"
+    );
+    assert_eq!(r["cy_got_bobs_pid"], false, "a pid is bound to its user");
 }

@@ -252,6 +252,7 @@ pub fn notification(
     who: &Principal,
     rooms: &mut HashSet<Uuid>,
     event: &RecordedEvent,
+    with_offset: bool,
 ) -> Option<String> {
     let channel = event
         .stream_id
@@ -266,14 +267,18 @@ pub fn notification(
             } else {
                 "direct_message"
             };
-            Some(packet(
-                nsp,
-                "notification:new",
-                json!({
-                    "kind": kind, "channel_id": channel, "message_id": p.message_id,
-                    "actor_id": p.author_id, "position": event.position,
-                }),
-            ))
+            let data = json!({
+                "kind": kind, "channel_id": channel, "message_id": p.message_id,
+                "actor_id": p.author_id, "position": event.position,
+            });
+            Some(if with_offset {
+                format!(
+                    "2{nsp},{}",
+                    json!(["notification:new", data, event.position.to_string()])
+                )
+            } else {
+                packet(nsp, "notification:new", data)
+            })
         }
         MessagingEvent::ChannelMemberRemoved(m) if m.user_id == who.user_id => {
             rooms.remove(&channel);

@@ -17,6 +17,7 @@ pub mod ops;
 pub mod pusher;
 pub mod schema;
 pub mod socketio;
+pub mod socketio_recovery;
 pub mod ws;
 
 use std::sync::atomic::{AtomicBool, Ordering};

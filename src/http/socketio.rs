@@ -312,6 +312,8 @@ struct Joined {
     signals: Option<tokio::task::JoinHandle<()>>,
     /// `/messaging`: when this connection last said it types in each channel.
     typing: HashMap<Uuid, std::time::Instant>,
+    /// `/messaging`: the connection's private id, for connection state recovery.
+    pid: Option<Uuid>,
 }
 
 impl Joined {
@@ -319,6 +321,18 @@ impl Joined {
     /// for presence.
     fn end(&mut self, state: &AppState) {
         self.pump.abort();
+        if let Some(pid) = self.pid {
+            // The recovery window starts now.
+            let (pool, who, rooms, path) = (
+                state.pool.clone(),
+                self.principal.clone(),
+                self.rooms.iter().copied().collect(),
+                self.ns.path,
+            );
+            tokio::spawn(async move {
+                super::socketio_recovery::save(&pool, path, &who, pid, rooms).await
+            });
+        }
         if let Some(s) = self.signals.take() {
             s.abort();
             if let Some(org) = self.principal.organization_id {
@@ -388,12 +402,13 @@ impl SocketIo {
             return None;
         }
         let (_, name) = j.ns.emits.iter().find(|(t, _)| *t == event.event_type)?;
-        Some(packet(
-            '2',
-            nsp,
-            None,
-            &json!([name, payload(j.ns, room, event)]),
-        ))
+        let args = if j.pid.is_some() {
+            // The offset (the event's log position) for connection state recovery.
+            json!([name, payload(j.ns, room, event), event.position.to_string()])
+        } else {
+            json!([name, payload(j.ns, room, event)])
+        };
+        Some(packet('2', nsp, None, &args))
     }
 }
 
@@ -418,11 +433,13 @@ impl Handler for SocketIo {
         };
         let mut out = Vec::new();
         if nsp == "/messaging" {
+            let with_offset = j.pid.is_some();
             out.extend(super::messaging_socket::notification(
                 nsp,
                 &j.principal,
                 &mut j.rooms,
                 &event,
+                with_offset,
             ));
         }
         out.extend(self.room_packet(nsp, &event));
@@ -584,7 +601,48 @@ async fn on_packet(
                 organization: Some(org),
                 ..Filter::default()
             };
-            let after = *state.store.head_watch().borrow();
+            let head = *state.store.head_watch().borrow();
+            let mut after = head;
+            // `/messaging`: connection state recovery (see `socketio_recovery`).
+            let mut pid = None;
+            let mut rooms = HashSet::new();
+            if ns.path == "/messaging" {
+                let asked = data
+                    .as_ref()
+                    .and_then(|d| d.get("pid"))
+                    .and_then(Value::as_str)
+                    .and_then(|p| Uuid::parse_str(p).ok());
+                let offset = data
+                    .as_ref()
+                    .and_then(|d| d.get("offset"))
+                    .and_then(Value::as_str)
+                    .and_then(|o| o.parse::<i64>().ok())
+                    .filter(|o| (0..=head).contains(o));
+                let resumed = match (asked, offset) {
+                    (Some(p), Some(o)) => {
+                        super::socketio_recovery::resume(state, ns.path, &principal, p)
+                            .await
+                            .map(|r| (p, o, r))
+                    }
+                    _ => None,
+                };
+                match resumed {
+                    Some((p, o, saved)) => {
+                        for room in saved {
+                            if let Ok(true) = may_join(state, ns, &principal, room).await {
+                                rooms.insert(room);
+                            }
+                        }
+                        after = o;
+                        pid = Some(p);
+                    }
+                    None => pid = Some(Uuid::new_v4()),
+                }
+                if let Some(p) = pid {
+                    let list = rooms.iter().copied().collect();
+                    super::socketio_recovery::save(&state.pool, ns.path, &principal, p, list).await;
+                }
+            }
             let mut sub = Subscription::new(state.store.clone(), after, filter)
                 .with_live_feed(state.live.clone());
             let feed_tx = tx.clone();
@@ -634,18 +692,18 @@ async fn on_packet(
                 Joined {
                     ns,
                     principal,
-                    rooms: HashSet::new(),
+                    rooms,
                     pump,
                     signals,
                     typing: HashMap::new(),
+                    pid,
                 },
             );
-            vec![packet(
-                '0',
-                ns.path,
-                None,
-                &json!({ "sid": Uuid::new_v4().simple().to_string() }),
-            )]
+            let mut connected = json!({ "sid": Uuid::new_v4().simple().to_string() });
+            if let Some(p) = pid {
+                connected["pid"] = json!(p.simple().to_string());
+            }
+            vec![packet('0', ns.path, None, &connected)]
         }
         '1' => {
             if let Some(mut j) = joined.remove(ns.path) {
@@ -682,6 +740,17 @@ async fn on_packet(
                     }
                     Some(id) if name == ns.room_commands.1 => {
                         j.rooms.remove(&id);
+                        if let Some(pid) = j.pid {
+                            let list = j.rooms.iter().copied().collect();
+                            super::socketio_recovery::save(
+                                &state.pool,
+                                ns.path,
+                                &j.principal,
+                                pid,
+                                list,
+                            )
+                            .await;
+                        }
                         json!({ "ok": true })
                     }
                     Some(id) => match may_join(state, ns, &j.principal, id).await {
@@ -691,6 +760,17 @@ async fn on_packet(
                         }),
                         Ok(true) => {
                             j.rooms.insert(id);
+                            if let Some(pid) = j.pid {
+                                let list = j.rooms.iter().copied().collect();
+                                super::socketio_recovery::save(
+                                    &state.pool,
+                                    ns.path,
+                                    &j.principal,
+                                    pid,
+                                    list,
+                                )
+                                .await;
+                            }
                             let mut ok = json!({ "ok": true, "room": id });
                             if ns.category == "conversation" {
                                 ok["streaming"] = streaming_reply(state, id).await;
