@@ -81,5 +81,5 @@ pub async fn save(
 }
 
 fn rand_percent() -> u8 {
-    (Uuid::new_v4().as_bytes()[0] % 100) as u8
+    Uuid::new_v4().as_bytes()[0] % 100
 }
