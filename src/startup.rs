@@ -52,6 +52,8 @@ pub struct AppState {
     /// The Pusher Channels hub: `state.pusher.publish(channel, event, &data)` reaches the
     /// subscribers of every process (see `gateways::pusher`).
     pub pusher: Arc<crate::gateways::pusher::Hub>,
+    /// This process's recent HTTP traffic (Socket.IO `/auth` shows it).
+    pub traffic: crate::http::traffic::Traffic,
     /// Typing and presence of the messaging sockets, shared by every process.
     pub signals: Arc<crate::gateways::signals::Signals>,
     pub started: Instant,
@@ -229,6 +231,7 @@ impl Application {
             gateways: Gateways::new(&config),
             pusher,
             signals: crate::gateways::signals::Signals::start(pool.clone()),
+            traffic: Default::default(),
             progress,
             started: Instant::now(),
             config: config.clone(),
@@ -250,6 +253,7 @@ impl Application {
                 .wrap(http::cors(&origins))
                 .wrap(http::json_errors())
                 .wrap(actix_web::middleware::from_fn(http::body_deadline))
+                .wrap(actix_web::middleware::from_fn(http::traffic::record))
                 .app_data(data.clone())
                 .configure(http::configure)
         })

@@ -530,3 +530,50 @@ async fn a_dropped_socket_io_connection_is_recovered_with_the_messages_sent_mean
     );
     assert_eq!(r["cy_got_bobs_pid"], false, "a pid is bound to its user");
 }
+
+#[actix_web::test]
+async fn the_auth_namespace_streams_live_server_metrics_to_the_dashboard() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let t = team().await;
+    // Some traffic for the window (client errors count as requests, not server errors).
+    for _ in 0..5 {
+        t.fresh(&t.ann, "/api/v1/channels").await;
+    }
+    let url = t
+        .url("/socket.io/?EIO=4&transport=websocket")
+        .replace("http://", "ws://");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let open = tokio::time::timeout(Duration::from_secs(15), ws.next())
+        .await
+        .expect("a frame in time")
+        .unwrap()
+        .unwrap();
+    assert!(open.to_text().unwrap().starts_with('0'), "engine.io open");
+    let connect = format!("40/auth,{}", json!({ "token": t.app.tenant.access_token }));
+    ws.send(Message::Text(connect.into())).await.unwrap();
+    let mut metrics = None;
+    for _ in 0..10 {
+        let frame = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("a frame in time")
+            .unwrap()
+            .unwrap();
+        let Message::Text(text) = frame else { continue };
+        if let Some(rest) = text.strip_prefix("42/auth,") {
+            let args: Value = serde_json::from_str(rest).unwrap();
+            assert_eq!(args[0], "metrics:update");
+            metrics = Some(args[1].clone());
+            break;
+        }
+        if text.as_str() == "2" {
+            ws.send(Message::Text("3".into())).await.unwrap();
+        }
+    }
+    let m = metrics.expect("metrics:update arrived");
+    assert!(m["requests_per_second"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(m["p95_latency_ms"].as_f64().unwrap() > 0.0, "{m}");
+    assert_eq!(m["server_errors"], 0);
+    assert!(m["open_sockets"].as_u64().unwrap() >= 1);
+    assert!(m["projection_lag"]["messaging"].is_i64(), "{m}");
+}

@@ -18,6 +18,7 @@ pub mod pusher;
 pub mod schema;
 pub mod socketio;
 pub mod socketio_recovery;
+pub mod traffic;
 pub mod ws;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -127,7 +127,46 @@ pub const NAMESPACES: &[Namespace] = &[
             ("ChannelMemberRemoved", "channel:member_removed"),
         ],
     },
+    // FluxStudio's performance dashboard: no rooms and no stored events; once connected it
+    // receives `metrics:update` every few seconds (see `dashboard_metrics`).
+    Namespace {
+        path: "/auth",
+        frontend: Frontend::Fluxstudio,
+        category: "",
+        room_commands: ("", ""),
+        room_key: "",
+        noun: "dashboard",
+        rooms: RoomAccess::Organization,
+        emits: &[],
+    },
 ];
+
+/// How often `/auth` sends `metrics:update`.
+const DASHBOARD_EVERY: Duration = Duration::from_secs(3);
+
+/// The live figures of the performance dashboard: this process's HTTP traffic over the last
+/// ten seconds, the sockets open on it, and how far each projection is behind the log.
+async fn dashboard_metrics(state: &AppState) -> Value {
+    let traffic = state.traffic.figures();
+    let lag: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT c.projection, greatest(h.last_position - c.position, 0) FROM checkpoints c \
+         CROSS JOIN event_head h ORDER BY c.projection",
+    )
+    .fetch_all(&state.pool)
+    .await
+    .unwrap_or_default();
+    let lag: serde_json::Map<String, Value> = lag.into_iter().map(|(p, l)| (p, json!(l))).collect();
+    json!({
+        "type": "metrics",
+        "requests_per_second": traffic.requests_per_second,
+        "p95_latency_ms": traffic.p95_latency_ms,
+        "server_errors": traffic.server_errors,
+        "window_seconds": traffic.window_seconds,
+        "open_sockets": state.gateways.open(),
+        "projection_lag": lag,
+        "at": chrono::Utc::now(),
+    })
+}
 
 /// The payload a client receives: the event's data with the room entity and position.
 fn payload(ns: &Namespace, room: Uuid, e: &RecordedEvent) -> Value {
@@ -425,6 +464,9 @@ impl Handler for SocketIo {
         };
         let event = match push {
             Push::Event(e) => e,
+            Push::Signal(signal) if nsp == "/auth" => {
+                return vec![packet('2', nsp, None, &json!(["metrics:update", *signal]))];
+            }
             Push::Signal(signal) => {
                 return super::messaging_socket::signal(nsp, &j.principal, &j.rooms, &signal)
                     .into_iter()
@@ -535,7 +577,7 @@ async fn streaming_reply(state: &AppState, id: Uuid) -> Value {
 
 /// Handles one Socket.IO packet; returns the packets to send back.
 async fn on_packet(
-    state: &AppState,
+    state: &web::Data<AppState>,
     text: &str,
     joined: &mut HashMap<&'static str, Joined>,
     tx: &mpsc::Sender<(&'static str, Push)>,
@@ -643,26 +685,41 @@ async fn on_packet(
                     super::socketio_recovery::save(&state.pool, ns.path, &principal, p, list).await;
                 }
             }
-            let mut sub = Subscription::new(state.store.clone(), after, filter)
-                .with_live_feed(state.live.clone());
             let feed_tx = tx.clone();
             let path = ns.path;
-            let pump = actix_web::rt::spawn(async move {
-                let tx = feed_tx;
-                loop {
-                    match sub.next().await {
-                        Ok(e) => {
-                            if tx.send((path, Push::Event(e))).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "socket.io feed read failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
+            let pump = if ns.path == "/auth" {
+                let state = state.clone();
+                actix_web::rt::spawn(async move {
+                    let tx = feed_tx;
+                    let mut every = tokio::time::interval(DASHBOARD_EVERY);
+                    loop {
+                        every.tick().await;
+                        let figures = std::sync::Arc::new(dashboard_metrics(&state).await);
+                        if tx.send((path, Push::Signal(figures))).await.is_err() {
+                            return;
                         }
                     }
-                }
-            });
+                })
+            } else {
+                let mut sub = Subscription::new(state.store.clone(), after, filter)
+                    .with_live_feed(state.live.clone());
+                actix_web::rt::spawn(async move {
+                    let tx = feed_tx;
+                    loop {
+                        match sub.next().await {
+                            Ok(e) => {
+                                if tx.send((path, Push::Event(e))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "socket.io feed read failed; retrying");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                        }
+                    }
+                })
+            };
             // `/messaging`: typing and presence of the organization, from every process.
             let signals = (ns.path == "/messaging").then(|| {
                 let mut rx = state.signals.subscribe();
