@@ -551,7 +551,7 @@ async fn the_auth_namespace_streams_live_server_metrics_to_the_dashboard() {
         .unwrap();
     assert!(open.to_text().unwrap().starts_with('0'), "engine.io open");
     let connect = format!("40/auth,{}", json!({ "token": t.app.tenant.access_token }));
-    ws.send(Message::Text(connect.into())).await.unwrap();
+    ws.send(Message::Text(connect)).await.unwrap();
     let mut metrics = None;
     for _ in 0..10 {
         let frame = tokio::time::timeout(Duration::from_secs(15), ws.next())
