@@ -3,7 +3,9 @@
 pub mod building;
 pub mod conversation;
 pub mod organization;
+pub mod project;
 pub mod runtime;
+pub mod team;
 pub mod user;
 pub mod validate;
 

@@ -2,6 +2,7 @@
 
 pub mod citypulse;
 pub mod flowmind;
+pub mod fluxstudio;
 pub mod identity;
 pub mod parked;
 pub mod runner;
@@ -22,6 +23,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(citypulse::Energy),
         Arc::new(identity::Identity),
         Arc::new(flowmind::Flowmind),
+        Arc::new(fluxstudio::Fluxstudio),
     ]
 }
 
