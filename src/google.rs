@@ -103,10 +103,13 @@ impl GoogleVerifier {
 
     /// Verifies `token` and returns who it names.
     pub async fn verify(&self, token: &str) -> Result<GoogleIdentity, GoogleError> {
-        let client_id = self.client_id.as_deref().ok_or(GoogleError::NotConfigured)?;
+        let client_id = self
+            .client_id
+            .as_deref()
+            .ok_or(GoogleError::NotConfigured)?;
         let invalid = |why: &str| GoogleError::Invalid(why.to_owned());
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| invalid("the ID token is not a JWT"))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| invalid("the ID token is not a JWT"))?;
         if header.alg != Algorithm::RS256 {
             return Err(invalid("the ID token must be signed with RS256"));
         }
@@ -201,7 +204,10 @@ impl GoogleVerifier {
             .await
             .map_err(|e| unavailable(&e))?;
         if !res.status().is_success() {
-            return Err(unavailable(&format!("the JWKS URL answered {}", res.status())));
+            return Err(unavailable(&format!(
+                "the JWKS URL answered {}",
+                res.status()
+            )));
         }
         let mut body = Vec::new();
         while let Some(chunk) = res.chunk().await.map_err(|e| unavailable(&e))? {

@@ -37,10 +37,7 @@ async fn enable_fluxstudio(app: &TestApp, tenant: &Tenant, token: &str) {
 /// A client that authenticates as `token` from the FluxStudio frontend.
 fn flux_client(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        "authorization",
-        format!("Bearer {token}").parse().unwrap(),
-    );
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
     headers.insert("x-frontend-source", "fluxstudio".parse().unwrap());
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -74,9 +71,10 @@ async fn auth_users_and_organizations_answer_the_same_with_and_without_v1() {
     let http = &app.anonymous;
     let email = format!("flux-{}@example.org", Uuid::new_v4().simple());
 
-    let (status, signed) = send(http.post(app.url("/api/auth/signup")).json(
-        &json!({ "email": email, "password": PASSWORD, "display_name": "Flux" }),
-    ))
+    let (status, signed) = send(
+        http.post(app.url("/api/auth/signup"))
+            .json(&json!({ "email": email, "password": PASSWORD, "display_name": "Flux" })),
+    )
     .await;
     assert_eq!(status, 201, "{signed}");
     let user_id = signed["user"]["id"].as_str().unwrap().to_owned();
@@ -86,7 +84,10 @@ async fn auth_users_and_organizations_answer_the_same_with_and_without_v1() {
             &json!({ "email": email.to_uppercase(), "password": PASSWORD, "display_name": "X" }),
         ))
         .await;
-        assert_eq!((status, body["error"]["code"].clone()), (409, json!("email_taken")));
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (409, json!("email_taken"))
+        );
     }
     for path in ["/api/auth/login", "/api/v1/auth/login"] {
         let (status, body) = send(
@@ -383,10 +384,11 @@ async fn google_sign_in_makes_an_account_once_and_logs_known_addresses_in() {
     assert_eq!(status, 401);
 
     // The same address again (any case, the /v1 path, `id_token`) logs in to the same account.
-    let (status, again) = send(app.anonymous.post(app.url("/api/v1/auth/google")).json(
-        &json!({ "id_token": sign(one, &one.kid, &claims(&email.to_uppercase(), 600)) }),
-    ))
-    .await;
+    let (status, again) =
+        send(app.anonymous.post(app.url("/api/v1/auth/google")).json(
+            &json!({ "id_token": sign(one, &one.kid, &claims(&email.to_uppercase(), 600)) }),
+        ))
+        .await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["user"]["id"], user_id.as_str());
     assert!(again.get("position").is_none());
@@ -394,10 +396,14 @@ async fn google_sign_in_makes_an_account_once_and_logs_known_addresses_in() {
     // An account made with a password is logged in to by a Google token of its address,
     // and into its organization when asked.
     let tenant = &app.tenant;
-    let (status, known) = send(app.anonymous.post(app.url("/api/auth/google")).json(&json!({
-        "credential": sign(one, &one.kid, &claims(&tenant.email, 600)),
-        "organization_id": tenant.organization_id,
-    })))
+    let (status, known) = send(
+        app.anonymous
+            .post(app.url("/api/auth/google"))
+            .json(&json!({
+                "credential": sign(one, &one.kid, &claims(&tenant.email, 600)),
+                "organization_id": tenant.organization_id,
+            })),
+    )
     .await;
     assert_eq!(status, 200, "{known}");
     assert_eq!(known["user"]["id"], tenant.user_id.as_str());
@@ -421,7 +427,10 @@ async fn google_sign_in_makes_an_account_once_and_logs_known_addresses_in() {
         ("expired", sign(one, &one.kid, &claims(&stranger, -3600))),
         ("unverified e-mail", sign(one, &one.kid, &unverified)),
         // Signed with a key Google never published, under the published key's id.
-        ("bad signature", sign(two, &one.kid, &claims(&stranger, 600))),
+        (
+            "bad signature",
+            sign(two, &one.kid, &claims(&stranger, 600)),
+        ),
         ("unknown kid", sign(two, &two.kid, &claims(&stranger, 600))),
         ("not a JWT", "not-a-token".to_owned()),
     ];
@@ -496,7 +505,10 @@ async fn teams_are_made_and_managed_through_both_path_families() {
             .json(&json!({ "user_id": member.user_id })),
     )
     .await;
-    assert_eq!((status, again["error"]["code"].clone()), (409, json!("already_member")));
+    assert_eq!(
+        (status, again["error"]["code"].clone()),
+        (409, json!("already_member"))
+    );
     let (status, role) = send(
         f.admin
             .put(f.url(&format!("/api/teams/{id}/members/{}", member.user_id)))
@@ -518,7 +530,10 @@ async fn teams_are_made_and_managed_through_both_path_families() {
         assert_eq!(got["name"], "Design & Research");
         assert_eq!(got["description"], Value::Null);
         assert_eq!(got["member_count"], 2);
-        assert_eq!(got["organization_id"], f.app.tenant.organization_id.as_str());
+        assert_eq!(
+            got["organization_id"],
+            f.app.tenant.organization_id.as_str()
+        );
         let members = got["members"].as_array().unwrap();
         assert_eq!(members.len(), 2);
         assert!(members.iter().all(|m| m["role"] == "lead"));
@@ -540,21 +555,39 @@ async fn teams_are_made_and_managed_through_both_path_families() {
     assert_eq!(status, 404);
 
     // A list is paged by cursor, newest first, and filters archived teams.
-    let (_, second) = send(f.admin.post(f.url("/api/v1/teams")).json(&json!({ "name": "Ops" }))).await;
+    let (_, second) = send(
+        f.admin
+            .post(f.url("/api/v1/teams"))
+            .json(&json!({ "name": "Ops" })),
+    )
+    .await;
     let second_id = second["id"].as_str().unwrap().to_owned();
     let (status, archived) = send(f.admin.post(f.url(&format!("/api/teams/{id}/archive")))).await;
     assert_eq!(status, 200);
     let at = archived["position"].as_i64().unwrap();
-    let (status, page) = send(f.admin.get(f.url(&format!("/api/teams?limit=1&min_position={at}")))).await;
+    let (status, page) = send(
+        f.admin
+            .get(f.url(&format!("/api/teams?limit=1&min_position={at}"))),
+    )
+    .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["items"][0]["id"], second_id.as_str());
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
-    let (_, next) = send(f.admin.get(f.url(&format!("/api/v1/teams?limit=1&cursor={cursor}")))).await;
+    let (_, next) = send(
+        f.admin
+            .get(f.url(&format!("/api/v1/teams?limit=1&cursor={cursor}"))),
+    )
+    .await;
     assert_eq!(next["items"][0]["id"], id.as_str());
     assert!(next["items"][0]["archived_at"].is_string());
     assert_eq!(next["next_cursor"], Value::Null);
     let (_, active) = send(f.admin.get(f.url("/api/teams?archived=false"))).await;
-    let ids: Vec<&str> = active["items"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = active["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec![second_id.as_str()]);
     // An archived team takes no changes.
     let (status, body) = send(
@@ -563,7 +596,10 @@ async fn teams_are_made_and_managed_through_both_path_families() {
             .json(&json!({ "name": "Back" })),
     )
     .await;
-    assert_eq!((status, body["error"]["code"].clone()), (409, json!("team_archived")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (409, json!("team_archived"))
+    );
     f.app.handle.stop(false).await;
 }
 
@@ -571,7 +607,12 @@ async fn teams_are_made_and_managed_through_both_path_families() {
 async fn projects_carry_a_team_members_a_status_and_milestones() {
     let f = flux_app().await;
     let member = add_member(&f.app, "member").await;
-    let (_, team) = send(f.admin.post(f.url("/api/teams")).json(&json!({ "name": "Design" }))).await;
+    let (_, team) = send(
+        f.admin
+            .post(f.url("/api/teams"))
+            .json(&json!({ "name": "Design" })),
+    )
+    .await;
     let team_id = team["id"].as_str().unwrap().to_owned();
     let (status, project) = send(f.admin.post(f.url("/api/projects")).json(&json!({
         "name": "Spring campaign", "description": "Posters", "team_id": team_id,
@@ -604,7 +645,11 @@ async fn projects_carry_a_team_members_a_status_and_milestones() {
     )
     .await;
     let second = second["milestone_id"].as_str().unwrap().to_owned();
-    let (status, _) = send(f.admin.post(f.url(&format!("{base}/milestones/{first}/complete")))).await;
+    let (status, _) = send(
+        f.admin
+            .post(f.url(&format!("{base}/milestones/{first}/complete"))),
+    )
+    .await;
     assert_eq!(status, 200);
     let (status, _) = send(f.admin.delete(f.url(&format!("{v1}/milestones/{second}")))).await;
     assert_eq!(status, 200);
@@ -641,25 +686,44 @@ async fn projects_carry_a_team_members_a_status_and_milestones() {
         assert_eq!(milestones[0]["due_date"], "2027-02-01");
         assert_eq!(milestones[0]["completed"], true);
         let members = got["members"].as_array().unwrap();
-        assert!(members.iter().any(|m| m["user_id"] == member.user_id.as_str()));
+        assert!(members
+            .iter()
+            .any(|m| m["user_id"] == member.user_id.as_str()));
     }
     let (_, by_status) = send(f.admin.get(f.url("/api/projects?status=on_hold"))).await;
     assert_eq!(by_status["items"].as_array().unwrap().len(), 1);
-    let (_, by_member) = send(f.admin.get(f.url(&format!("/api/v1/projects?member={}", member.user_id)))).await;
+    let (_, by_member) = send(
+        f.admin
+            .get(f.url(&format!("/api/v1/projects?member={}", member.user_id))),
+    )
+    .await;
     assert_eq!(by_member["items"][0]["id"], id.as_str());
     let (_, none) = send(f.admin.get(f.url("/api/projects?status=completed"))).await;
     assert_eq!(none["items"], json!([]));
 
     // Archived: frozen until another status is set.
-    send(f.admin.put(f.url(&format!("{base}/status"))).json(&json!({ "status": "archived" }))).await;
+    send(
+        f.admin
+            .put(f.url(&format!("{base}/status")))
+            .json(&json!({ "status": "archived" })),
+    )
+    .await;
     let (status, body) = send(
         f.admin
             .post(f.url(&format!("{base}/milestones")))
             .json(&json!({ "title": "Late" })),
     )
     .await;
-    assert_eq!((status, body["error"]["code"].clone()), (409, json!("project_archived")));
-    let (status, _) = send(f.admin.put(f.url(&format!("{v1}/status"))).json(&json!({ "status": "active" }))).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (409, json!("project_archived"))
+    );
+    let (status, _) = send(
+        f.admin
+            .put(f.url(&format!("{v1}/status")))
+            .json(&json!({ "status": "active" })),
+    )
+    .await;
     assert_eq!(status, 200);
     f.app.handle.stop(false).await;
 }
@@ -667,14 +731,29 @@ async fn projects_carry_a_team_members_a_status_and_milestones() {
 #[actix_web::test]
 async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
     let f = flux_app().await;
-    let (_, team) = send(f.admin.post(f.url("/api/teams")).json(&json!({ "name": "Design" }))).await;
+    let (_, team) = send(
+        f.admin
+            .post(f.url("/api/teams"))
+            .json(&json!({ "name": "Design" })),
+    )
+    .await;
     let team_id = team["id"].as_str().unwrap().to_owned();
-    let (_, project) = send(f.admin.post(f.url("/api/projects")).json(&json!({ "name": "P" }))).await;
+    let (_, project) = send(
+        f.admin
+            .post(f.url("/api/projects"))
+            .json(&json!({ "name": "P" })),
+    )
+    .await;
     let project_id = project["id"].as_str().unwrap().to_owned();
     let outsider = create_tenant(&f.app.anonymous, &f.app.base, "outsider").await;
     let head = f.app.head().await;
 
-    let (status, body) = send(f.admin.post(f.url("/api/teams")).json(&json!({ "name": "  " }))).await;
+    let (status, body) = send(
+        f.admin
+            .post(f.url("/api/teams"))
+            .json(&json!({ "name": "  " })),
+    )
+    .await;
     assert_field(status, &body, "name");
     let (status, body) = send(
         f.admin
@@ -692,7 +771,10 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
     assert_field(status, &body, "user_id");
     let (status, body) = send(
         f.admin
-            .put(f.url(&format!("/api/teams/{team_id}/members/{}", f.app.tenant.user_id)))
+            .put(f.url(&format!(
+                "/api/teams/{team_id}/members/{}",
+                f.app.tenant.user_id
+            )))
             .json(&json!({ "role": "owner" })),
     )
     .await;
@@ -744,9 +826,19 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
 #[actix_web::test]
 async fn another_organization_sees_no_team_or_project_and_viewers_only_read() {
     let f = flux_app().await;
-    let (_, team) = send(f.admin.post(f.url("/api/teams")).json(&json!({ "name": "Design" }))).await;
+    let (_, team) = send(
+        f.admin
+            .post(f.url("/api/teams"))
+            .json(&json!({ "name": "Design" })),
+    )
+    .await;
     let team_id = team["id"].as_str().unwrap().to_owned();
-    let (_, project) = send(f.admin.post(f.url("/api/projects")).json(&json!({ "name": "P" }))).await;
+    let (_, project) = send(
+        f.admin
+            .post(f.url("/api/projects"))
+            .json(&json!({ "name": "P" })),
+    )
+    .await;
     let project_id = project["id"].as_str().unwrap().to_owned();
     let at = project["position"].as_i64().unwrap();
 
@@ -756,7 +848,8 @@ async fn another_organization_sees_no_team_or_project_and_viewers_only_read() {
     let theirs = flux_client(&other.access_token);
     let head = f.app.head().await;
     for prefix in ["/api", "/api/v1"] {
-        let (status, _) = send(theirs.get(f.url(&format!("{prefix}/teams/{team_id}?min_position={at}")))).await;
+        let (status, _) =
+            send(theirs.get(f.url(&format!("{prefix}/teams/{team_id}?min_position={at}")))).await;
         assert_eq!(status, 404);
         let (status, _) = send(theirs.get(f.url(&format!("{prefix}/projects/{project_id}")))).await;
         assert_eq!(status, 404);
@@ -767,7 +860,8 @@ async fn another_organization_sees_no_team_or_project_and_viewers_only_read() {
         )
         .await;
         assert_eq!(status, 404);
-        let (status, _) = send(theirs.post(f.url(&format!("{prefix}/teams/{team_id}/archive")))).await;
+        let (status, _) =
+            send(theirs.post(f.url(&format!("{prefix}/teams/{team_id}/archive")))).await;
         assert_eq!(status, 404);
         let (status, _) = send(
             theirs
@@ -797,8 +891,16 @@ async fn another_organization_sees_no_team_or_project_and_viewers_only_read() {
     let viewing = flux_client(&viewer.access_token);
     let (status, got) = send(viewing.get(f.url(&format!("/api/teams/{team_id}")))).await;
     assert_eq!(status, 200, "{got}");
-    let (status, body) = send(viewing.post(f.url("/api/teams")).json(&json!({ "name": "V" }))).await;
-    assert_eq!((status, body["error"]["code"].clone()), (403, json!("forbidden")));
+    let (status, body) = send(
+        viewing
+            .post(f.url("/api/teams"))
+            .json(&json!({ "name": "V" })),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (403, json!("forbidden"))
+    );
     let (status, _) = send(
         viewing
             .post(f.url(&format!("/api/v1/projects/{project_id}/milestones")))
@@ -813,7 +915,10 @@ async fn another_organization_sees_no_team_or_project_and_viewers_only_read() {
             .bearer_auth(&f.app.tenant.access_token),
     )
     .await;
-    assert_eq!((status, body["error"]["code"].clone()), (403, json!("frontend_access_denied")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (403, json!("frontend_access_denied"))
+    );
     let (status, _) = send(f.app.anonymous.get(f.url("/api/projects"))).await;
     assert_eq!(status, 401);
     f.app.handle.stop(false).await;

@@ -13,8 +13,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use universal_events::project::{
     MilestoneAdded, MilestoneCompleted, MilestoneRemoved, ProjectCreated, ProjectEvent,
-    ProjectMemberAdded, ProjectMemberRemoved, ProjectStatus, ProjectStatusChanged,
-    ProjectUpdated,
+    ProjectMemberAdded, ProjectMemberRemoved, ProjectStatus, ProjectStatusChanged, ProjectUpdated,
 };
 use uuid::Uuid;
 
@@ -201,8 +200,7 @@ impl Entity for Project {
                     None => self.description.clone(),
                 };
                 let team_id = team_id.unwrap_or(self.team_id);
-                if name == self.name && description == self.description && team_id == self.team_id
-                {
+                if name == self.name && description == self.description && team_id == self.team_id {
                     return Ok(vec![]);
                 }
                 Ok(vec![ProjectEvent::ProjectUpdated(ProjectUpdated {

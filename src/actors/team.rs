@@ -330,7 +330,10 @@ mod tests {
                     at: at("2026-11-21T10:00:00Z"),
                 }))
                 .unwrap_err();
-            assert!(matches!(err, TeamError::Invalid { field: "name", .. }), "{err:?}");
+            assert!(
+                matches!(err, TeamError::Invalid { field: "name", .. }),
+                "{err:?}"
+            );
         }
     }
 

@@ -88,9 +88,11 @@ fn team_error(e: TeamError) -> ApiError {
     match e {
         TeamError::NotFound => ApiError::not_found("team not found"),
         TeamError::AlreadyExists => ApiError::conflict("team already exists"),
-        TeamError::Archived => {
-            ApiError::new(StatusCode::CONFLICT, "team_archived", "the team is archived")
-        }
+        TeamError::Archived => ApiError::new(
+            StatusCode::CONFLICT,
+            "team_archived",
+            "the team is archived",
+        ),
         TeamError::AlreadyMember => ApiError::new(
             StatusCode::CONFLICT,
             "already_member",
@@ -453,7 +455,10 @@ async fn get_team(
     let mut body = serde_json::to_value(&team).map_err(ApiError::internal)?;
     body["members"] = json!(members);
     Ok(HttpResponse::Ok()
-        .insert_header((actix_web::http::header::ETAG, format!("\"{}\"", team.version)))
+        .insert_header((
+            actix_web::http::header::ETAG,
+            format!("\"{}\"", team.version),
+        ))
         .json(body))
 }
 
