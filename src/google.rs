@@ -183,7 +183,18 @@ impl GoogleVerifier {
                 return Ok(find(c));
             }
         }
-        let keys = self.fetch().await?;
+        let keys = match self.fetch().await {
+            Ok(keys) => keys,
+            Err(e) => {
+                // Keys past their time still beat refusing every sign-in while Google (or
+                // the way to it) is down; a key Google withdrew is not in use any more.
+                if let Some(key) = self.cache.read().await.as_ref().and_then(find) {
+                    tracing::warn!(error = %e, "using Google keys past their time");
+                    return Ok(Some(key));
+                }
+                return Err(e);
+            }
+        };
         let fresh = Cached {
             keys,
             fetched: Instant::now(),
