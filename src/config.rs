@@ -213,6 +213,27 @@ pub struct Config {
     /// Signing algorithm of access tokens: only `HS256` is supported (the seed's setting).
     #[arg(long, env = "JWT_ALGORITHM", default_value = "HS256")]
     pub jwt_algorithm: String,
+    /// The OAuth client id that Google ID tokens must be issued for (`aud`); without it,
+    /// `POST /api/auth/google` answers 503.
+    #[arg(long, env = "GOOGLE_CLIENT_ID")]
+    pub google_client_id: Option<String>,
+    /// Where Google's signing keys (a JWKS) are fetched from.
+    #[arg(
+        long,
+        env = "GOOGLE_JWKS_URL",
+        default_value = "https://www.googleapis.com/oauth2/v3/certs"
+    )]
+    pub google_jwks_url: String,
+    /// Seconds fetched Google keys are used before they are fetched again.
+    #[arg(long, env = "GOOGLE_JWKS_TTL_SECS", default_value_t = 3600)]
+    pub google_jwks_ttl_secs: u64,
+    /// Time limit of one JWKS fetch, in seconds.
+    #[arg(long, env = "GOOGLE_JWKS_TIMEOUT_SECS", default_value_t = 5)]
+    pub google_jwks_timeout_secs: u64,
+    /// A token with an unknown key id makes the keys be fetched again, at most this often
+    /// (seconds), so that made-up key ids cannot make this process hammer Google.
+    #[arg(long, env = "GOOGLE_JWKS_REFETCH_SECS", default_value_t = 10)]
+    pub google_jwks_refetch_secs: u64,
 }
 
 impl Default for Config {

@@ -14,6 +14,7 @@
 //!   trait, each wrapped in timeouts, retries before the first token and a circuit breaker.
 //! - [`chat`]: FlowMind chat replies: the worker that streams a provider's reply into a chat
 //!   session's events, coalesced, and stops it on request.
+//! - [`google`]: verification of Google ID tokens against Google's published keys (JWKS).
 //! - [`rt`]: dedicated threads for the serial hot spots (store writer, projections).
 //! - [`startup`]: builds the whole application (used by `main`, the tests and the benchmark).
 
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod gateways;
+pub mod google;
 pub mod http;
 pub mod projections;
 pub mod providers;

@@ -58,6 +58,11 @@ pub struct AppState {
     pub signals: Arc<crate::gateways::signals::Signals>,
     pub started: Instant,
     pub config: Config,
+    /// FluxStudio teams and projects.
+    pub teams: Registry<crate::actors::team::Team>,
+    pub projects: Registry<crate::actors::project::Project>,
+    /// Verifies Google ID tokens for `POST /api/auth/google`.
+    pub google: Arc<crate::google::GoogleVerifier>,
 }
 
 /// How every connection of this process talks to PostgreSQL: no statement runs and no lock
@@ -235,6 +240,9 @@ impl Application {
             progress,
             started: Instant::now(),
             config: config.clone(),
+            teams: Registry::new(store.clone(), config.runtime()),
+            projects: Registry::new(store.clone(), config.runtime()),
+            google: Arc::new(crate::google::GoogleVerifier::from_config(&config)),
         });
 
         let listener = TcpListener::bind((config.host.as_str(), config.port))

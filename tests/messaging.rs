@@ -212,6 +212,21 @@ async fn a_conversation_in_a_public_channel_with_a_thread_reactions_edits_and_a_
         (Some(0), Some(0))
     );
 
+    // The frontend's own paths, without `/v1`, serve the same.
+    let (status, aliased) = t
+        .fresh(&t.cy, &format!("/api/messages?channelId={channel}"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(aliased["items"].as_array().unwrap().len(), 2);
+    let (status, _) = call(
+        &t.viewer,
+        "POST",
+        t.url("/api/messages"),
+        Some(json!({ "channelId": channel, "content": "viewers cannot" })),
+    )
+    .await;
+    assert_eq!(status, 403);
+
     // Unread counts follow read marks.
     let (_, channels) = t.fresh(&t.cy, "/api/v1/channels").await;
     assert_eq!(channels["items"][0]["unread_count"], 2);

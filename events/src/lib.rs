@@ -17,6 +17,8 @@ pub mod building;
 pub mod conversation;
 pub mod identity;
 pub mod messaging;
+pub mod project;
+pub mod team;
 
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
@@ -24,6 +26,8 @@ use serde_json::Value;
 pub use building::BuildingEvent;
 pub use conversation::ConversationEvent;
 pub use identity::{EmailEvent, OrganizationEvent, UserEvent};
+pub use project::ProjectEvent;
+pub use team::TeamEvent;
 
 /// Deserializes one variant's payload from a borrowed JSON value.
 pub fn payload<T: DeserializeOwned>(event_type: &str, data: &Value) -> Result<T, DecodeError> {

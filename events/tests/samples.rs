@@ -10,8 +10,11 @@ use universal_events::building::EVENT_TYPES;
 use universal_events::conversation::CONVERSATION_EVENT_TYPES;
 use universal_events::identity::{ORGANIZATION_EVENT_TYPES, USER_EVENT_TYPES};
 use universal_events::messaging::{InboxEvent, MessagingEvent, MESSAGING_EVENT_TYPES};
+use universal_events::project::PROJECT_EVENT_TYPES;
+use universal_events::team::TEAM_EVENT_TYPES;
 use universal_events::{
-    BuildingEvent, ConversationEvent, EmailEvent, EventFamily, OrganizationEvent, UserEvent,
+    BuildingEvent, ConversationEvent, EmailEvent, EventFamily, OrganizationEvent, ProjectEvent,
+    TeamEvent, UserEvent,
 };
 
 fn samples() -> Vec<(String, i32, Value)> {
@@ -66,6 +69,10 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
             check::<MessagingEvent>(&t, version, &data);
         } else if t == "NotificationsRead" {
             check::<InboxEvent>(&t, version, &data);
+        } else if TEAM_EVENT_TYPES.contains(&t.as_str()) {
+            check::<TeamEvent>(&t, version, &data);
+        } else if PROJECT_EVENT_TYPES.contains(&t.as_str()) {
+            check::<ProjectEvent>(&t, version, &data);
         } else if t == "EmailClaimed" {
             check::<EmailEvent>(&t, version, &data);
         } else {
@@ -80,6 +87,8 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
         .chain(ORGANIZATION_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(CONVERSATION_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(MESSAGING_EVENT_TYPES.iter().map(|t| (*t, 1)))
+        .chain(TEAM_EVENT_TYPES.iter().map(|t| (*t, 1)))
+        .chain(PROJECT_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain([("EmailClaimed", 1), ("NotificationsRead", 1)]);
     for (t, v) in current {
         assert!(

@@ -4,7 +4,9 @@ pub mod building;
 pub mod channel;
 pub mod conversation;
 pub mod organization;
+pub mod project;
 pub mod runtime;
+pub mod team;
 pub mod user;
 pub mod validate;
 

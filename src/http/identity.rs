@@ -40,6 +40,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/auth")
             .route("/signup", web::post().to(signup))
             .route("/login", web::post().to(login))
+            .route("/google", web::post().to(google))
             .route("/refresh", web::post().to(refresh))
             .route("/logout", web::post().to(logout))
             .route("/me", web::get().to(me)),
@@ -52,6 +53,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/organizations", web::get().to(list_orgs))
     .route("/organizations/{id}", web::get().to(get_org))
     .route("/organizations/{id}", web::patch().to(rename_org))
+    .route("/organizations/{id}", web::put().to(update_org))
     .route("/organizations/{id}/members", web::get().to(list_members))
     .route("/organizations/{id}/members", web::post().to(set_member))
     .route(
@@ -876,6 +878,28 @@ async fn rename_org(
     .await
 }
 
+/// Updates an organization (admins): the same as `PATCH`, for FluxStudio, whose frontend
+/// sends `PUT /api/organizations/:id`.
+#[utoipa::path(
+    put,
+    path = "/api/v1/organizations/{id}",
+    tag = "identity",
+    request_body = OrgName,
+    params(("id" = Uuid, Path, description = "The organization"), super::schema::CommandHeaders),
+    responses(
+        (status = 200, description = "Updated", body = super::schema::CommandResult),
+    ),
+)]
+async fn update_org(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    rename_org(state, req, who, path, body).await
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -1167,4 +1191,174 @@ async fn set_frontend(
         StatusCode::OK,
     )
     .await
+}
+
+// ---- Google sign-in ----
+
+/// Longest ID token accepted (Google's are about 1 KiB).
+const MAX_ID_TOKEN: usize = 16 * 1024;
+
+/// Exactly one of `credential` (what Google Identity Services hands the page) and `id_token`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct GoogleSignIn {
+    /// A Google ID token (a JWT).
+    #[schema(max_length = 16384)]
+    credential: Option<String>,
+    /// The same, under the name other clients use.
+    #[schema(max_length = 16384)]
+    id_token: Option<String>,
+    /// The organization to log in to (default: the first one).
+    organization_id: Option<Uuid>,
+}
+
+fn google_error(e: crate::google::GoogleError) -> ApiError {
+    use crate::google::GoogleError as G;
+    match e {
+        G::NotConfigured => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "google_sign_in_unavailable",
+            e.to_string(),
+        ),
+        G::Invalid(why) => ApiError::unauthenticated("invalid_google_token", why),
+        G::Unavailable(_) => {
+            tracing::warn!(error = %e, "Google sign-in could not check a token");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "google_unavailable",
+                "Google's signing keys could not be fetched; retry",
+            )
+        }
+    }
+}
+
+/// A display name from Google's `name`, else the e-mail's local part: control characters
+/// dropped, cut to the longest name an account may have.
+fn google_display_name(name: Option<&str>, email: &str) -> String {
+    let pick = |text: &str| -> String {
+        text.chars()
+            .filter(|c| !c.is_control())
+            .take(crate::actors::user::MAX_DISPLAY_NAME)
+            .collect::<String>()
+            .trim()
+            .to_owned()
+    };
+    [name.unwrap_or(""), email.split('@').next().unwrap_or("")]
+        .into_iter()
+        .map(pick)
+        .find(|n| !n.is_empty())
+        .unwrap_or_else(|| "Google user".to_owned())
+}
+
+/// Signs in with a Google ID token: a new e-mail address makes an account (without a
+/// password), a known one logs in. Answers like login (201 with `position` when the account
+/// was made). 401 `invalid_google_token` for a token that is not Google's, not for this
+/// client, expired, or with an unverified e-mail; 503 when Google sign-in is not configured
+/// or Google's keys cannot be fetched.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/google",
+    tag = "identity",
+    security(()),
+    request_body = GoogleSignIn,
+    responses(
+        (status = 200, description = "Logged in", body = super::schema::Tokens),
+        (status = 201, description = "Account made and logged in", body = super::schema::Tokens),
+        (status = 401, description = "`invalid_google_token`, or `invalid_credentials` for a deactivated account", body = super::schema::ErrorBody),
+    ),
+)]
+async fn google(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.limit_ip(&req)?;
+    let input: GoogleSignIn = parse_json(&body)?;
+    let token = match (input.credential, input.id_token) {
+        (Some(t), None) | (None, Some(t)) => t,
+        _ => {
+            return Err(ApiError::validation(
+                "credential",
+                "give exactly one of credential and id_token",
+            ))
+        }
+    };
+    if token.len() > MAX_ID_TOKEN {
+        return Err(ApiError::validation(
+            "credential",
+            format!("must be at most {MAX_ID_TOKEN} bytes"),
+        ));
+    }
+    let identity = state.google.verify(&token).await.map_err(google_error)?;
+    let (email, email_lower) = auth::normalize_email(&identity.email).map_err(|_| {
+        ApiError::unauthenticated(
+            "invalid_google_token",
+            "the ID token's e-mail address is not usable here",
+        )
+    })?;
+    let mut made = None;
+    let mut found = user_of_email(&state, &email_lower).await?;
+    if found.is_none() {
+        let user_id = Uuid::new_v4();
+        match claim_email(&state, &email, &email_lower, user_id).await {
+            Ok(()) => {
+                let reply = state
+                    .users
+                    .execute(
+                        user_id,
+                        UserCommand::Register {
+                            user_id,
+                            email: email.clone(),
+                            display_name: google_display_name(identity.name.as_deref(), &email),
+                            // An empty hash never verifies: the account has no password.
+                            password_hash: String::new(),
+                            at: Utc::now(),
+                        },
+                        None,
+                        meta_for(&req, Some(user_id), None),
+                    )
+                    .await
+                    .map_err(|e| command_error(e, user_error))?;
+                made = Some(reply.position);
+                found = Some((user_id, 0, Utc::now()));
+            }
+            // Someone claimed the address at the same moment: log in to that account.
+            Err(e) if e.status == StatusCode::CONFLICT => {
+                found = user_of_email(&state, &email_lower).await?;
+                if found.is_none() {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some((user_id, _, _)) = found else {
+        return Err(ApiError::internal("an e-mail claim vanished"));
+    };
+    let (version, user) = load_user(&state, user_id).await?;
+    if version == 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "email_taken",
+            "this e-mail address is being registered; retry",
+        ));
+    }
+    if !user.active {
+        return Err(invalid_credentials());
+    }
+    let org = match membership(&state, user_id, input.organization_id).await? {
+        Some((org, _, _)) => Some(org),
+        None if input.organization_id.is_some() => {
+            return Err(ApiError::not_found("organization not found"))
+        }
+        None => None,
+    };
+    let mut body = start_session(&state, &req, user_id, version, org).await?;
+    Ok(match made {
+        Some(position) => {
+            body["position"] = json!(position);
+            HttpResponse::Created().json(body)
+        }
+        None => HttpResponse::Ok().json(body),
+    })
 }

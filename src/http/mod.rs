@@ -7,6 +7,7 @@ pub mod citypulse;
 pub mod command;
 pub mod contract;
 pub mod error;
+pub mod fluxstudio;
 pub mod guard;
 pub mod history;
 pub mod identity;
@@ -66,8 +67,19 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .configure(messaging::configure)
                 .configure(messaging::configure_shared)
                 .configure(history::configure)
-                .configure(admin::configure),
-        );
+                .configure(admin::configure)
+                .configure(fluxstudio::configure),
+        )
+        // FluxStudio's frontend calls these paths without `/v1`: the same handlers, mounted
+        // a second time (see `openapi::ALIASED`, which the contract middleware follows).
+        .service(web::scope("/api").configure(aliases));
+}
+
+/// The route groups also served under `/api` without `/v1`; see [`openapi::ALIASED`].
+fn aliases(cfg: &mut ServiceConfig) {
+    cfg.configure(identity::configure)
+        .configure(fluxstudio::configure)
+        .configure(messaging::configure);
 }
 
 /// CORS for the configured origins; other origins get no CORS headers at all.

@@ -19,7 +19,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, ai, chat, citypulse, history, identity, messaging, ops, pusher, schema};
+use super::{
+    admin, ai, chat, citypulse, fluxstudio, history, identity, messaging, ops, pusher, schema,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,7 +30,10 @@ use super::{admin, ai, chat, citypulse, history, identity, messaging, ops, pushe
         description = "One event-sourced backend for the FlowMind, Swarm, CityPulse, ToolboxAI \
             and FluxStudio frontends.\n\nErrors are always `{\"error\": {\"code\", \"message\", \
             \"details\"}}` with a 4xx/5xx status. Commands answer `{id, version, position}`; \
-            queries accept `min_position` to read your own writes.",
+            queries accept `min_position` to read your own writes.\n\nFor \
+            FluxStudio, the paths under `/api/v1/auth`, `/api/v1/users`, \
+            `/api/v1/organizations`, `/api/v1/teams` and `/api/v1/projects` are also served \
+            without `/v1` (`/api/auth/login`, ...), with the same behaviour and errors.",
         license(name = "MIT", identifier = "MIT"),
     ),
     paths(
@@ -116,6 +121,26 @@ use super::{admin, ai, chat, citypulse, history, identity, messaging, ops, pushe
         pusher::channels,
         pusher::channel,
         pusher::channel_users,
+        identity::google,
+        identity::update_org,
+        fluxstudio::create_team,
+        fluxstudio::list_teams,
+        fluxstudio::get_team,
+        fluxstudio::update_team,
+        fluxstudio::add_team_member,
+        fluxstudio::change_team_role,
+        fluxstudio::remove_team_member,
+        fluxstudio::archive_team,
+        fluxstudio::create_project,
+        fluxstudio::list_projects,
+        fluxstudio::get_project,
+        fluxstudio::update_project,
+        fluxstudio::set_project_status,
+        fluxstudio::add_project_member,
+        fluxstudio::remove_project_member,
+        fluxstudio::add_milestone,
+        fluxstudio::complete_milestone,
+        fluxstudio::remove_milestone,
     ),
     components(schemas(schema::ErrorBody)),
     security(("bearer" = [])),
@@ -126,6 +151,7 @@ use super::{admin, ai, chat, citypulse, history, identity, messaging, ops, pushe
         (name = "history", description = "The event log, for organization admins"),
         (name = "ai", description = "FlowMind: chat sessions with streamed AI replies, the models of the configured providers, their circuit breakers, and token usage"),
         (name = "messaging", description = "FluxStudio: channels, direct conversations, messages, threads, reactions, read marks; every frontend's notifications"),
+        (name = "fluxstudio", description = "FluxStudio teams (leads and members) and projects (team, members, status, milestones)"),
         (name = "live", description = "Live event streams (WebSocket upgrades), and the Pusher Channels gateway and HTTP API"),
         (name = "operations", description = "Health, metrics, service information and this contract"),
     ),
@@ -297,9 +323,39 @@ pub fn routes() -> &'static [Route] {
     })
 }
 
+/// The route groups served twice: at `/api/v1/<group>` and at `/api/<group>`, the paths
+/// FluxStudio's frontend calls. The document names only the `/api/v1` paths; an alias has
+/// the same operations, so the contract middleware treats it as its `/api/v1` path.
+pub const ALIASED: &[&str] = &[
+    "auth",
+    "users",
+    "organizations",
+    "teams",
+    "projects",
+    "channels",
+    "messages",
+];
+
+/// The documented path an aliased path stands for (`/api/teams/1` → `/api/v1/teams/1`), or
+/// the path itself.
+pub fn canonical(path: &str) -> std::borrow::Cow<'_, str> {
+    let aliased = path.strip_prefix("/api/").is_some_and(|rest| {
+        let group = rest.split('/').next().unwrap_or("");
+        ALIASED.contains(&group)
+    });
+    if aliased {
+        std::borrow::Cow::Owned(format!("/api/v1/{}", &path["/api/".len()..]))
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    }
+}
+
 /// The documented route a request path falls under, if any. Literal segments win over
-/// parameters, as in actix's router for this API's paths.
+/// parameters, as in actix's router for this API's paths. Aliases count as their `/api/v1`
+/// path (see [`ALIASED`]).
 pub fn route_for(path: &str) -> Option<&'static Route> {
+    let path = canonical(path);
+    let path = path.as_ref();
     routes()
         .iter()
         .filter(|r| r.matches(path))
@@ -659,6 +715,18 @@ mod tests {
         assert!(route_for("/api/v1/citypulse/buildings/abc/nothing").is_none());
         let me = route_for("/api/v1/users/me").unwrap();
         assert!(me.methods.iter().any(|(m, _)| *m == Method::DELETE));
+    }
+
+    #[test]
+    fn an_alias_without_v1_falls_under_its_documented_route() {
+        let alias = route_for("/api/organizations/abc").unwrap();
+        let documented = route_for("/api/v1/organizations/abc").unwrap();
+        assert!(std::ptr::eq(alias, documented));
+        assert!(alias.methods.iter().any(|(m, _)| *m == Method::PUT));
+        assert_eq!(canonical("/api/teams"), "/api/v1/teams");
+        assert_eq!(canonical("/api/v1/teams"), "/api/v1/teams");
+        // Only the aliased groups: CityPulse has no path without `/v1`.
+        assert!(route_for("/api/citypulse/buildings").is_none());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::telemetry;
         (status = 503, description = "The event store is unreachable", body = super::schema::Health),
     ),
 )]
-pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+pub async fn health(state: web::Data<AppState>, req: actix_web::HttpRequest) -> HttpResponse {
     let head = state.store.head_position().await;
     let mut projections_status = Vec::new();
     let mut warnings = Vec::new();
@@ -51,7 +51,13 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "status": if reachable { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
-        "memory": { "rss_bytes": telemetry::rss_bytes() },
+        "memory": memory_report(),
+        // The fields of FluxStudio's health check (see the README, "FluxStudio").
+        "service": "universal-backend",
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "services": SERVICES,
+        "port": req.app_config().local_addr().port(),
+        "uptime": state.started.elapsed().as_secs(),
         "event_store": {
             "reachable": reachable,
             "head_position": head.as_ref().ok(),
@@ -67,6 +73,45 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     HttpResponse::build(status).json(body)
+}
+
+/// What this process serves, for the `services` field of `/health`.
+const SERVICES: [&str; 8] = [
+    "auth",
+    "organizations",
+    "teams",
+    "projects",
+    "citypulse",
+    "flowmind",
+    "events",
+    "socket.io",
+];
+
+/// Memory of this process, from `/proc/self/status` (all `null` where there is none).
+/// Rust has no garbage-collected heap, so the Node.js names are mapped to what the kernel
+/// reports: `rss` = VmRSS (resident), `heapTotal` = VmData (the address space of heap and
+/// private anonymous mappings the allocator has reserved), `heapUsed` = RssAnon (of those,
+/// the pages resident now), `external` = RssFile + RssShmem (resident memory that is not
+/// heap: the binary, shared libraries, mapped files). `rss_bytes` is the older name of `rss`.
+fn memory_report() -> serde_json::Value {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line[name.len()..].split_whitespace().next()?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    let rss = field("VmRSS:");
+    let external = match (field("RssFile:"), field("RssShmem:")) {
+        (Some(f), Some(s)) => Some(f + s),
+        (f, s) => f.or(s),
+    };
+    json!({
+        "rss": rss,
+        "heapTotal": field("VmData:"),
+        "heapUsed": field("RssAnon:"),
+        "external": external,
+        "rss_bytes": rss.or_else(telemetry::rss_bytes),
+    })
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -361,12 +361,23 @@ pub struct Health {
     pub status: String,
     pub version: String,
     pub uptime_seconds: i64,
+    /// `rss`, `heapTotal`, `heapUsed`, `external` (bytes, see the README) and `rss_bytes`.
     #[schema(value_type = Object)]
     pub memory: Value,
     pub event_store: EventStoreStatus,
     pub projections: Vec<ProjectionStatus>,
     #[schema(value_type = Object)]
     pub live_actors: Value,
+    /// FluxStudio's fields: `universal-backend`.
+    pub service: String,
+    /// Now, RFC 3339.
+    pub timestamp: String,
+    /// The groups of routes this process serves.
+    pub services: Vec<String>,
+    /// The port this process listens on.
+    pub port: u16,
+    /// Seconds since start (the same as `uptime_seconds`).
+    pub uptime: i64,
 }
 
 /// What this service is and offers.

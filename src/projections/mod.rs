@@ -2,6 +2,7 @@
 
 pub mod citypulse;
 pub mod flowmind;
+pub mod fluxstudio;
 pub mod identity;
 pub mod messaging;
 pub mod parked;
@@ -24,6 +25,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(identity::Identity),
         Arc::new(flowmind::Flowmind),
         Arc::new(messaging::Messaging),
+        Arc::new(fluxstudio::Fluxstudio),
     ]
 }
 
