@@ -48,7 +48,9 @@ struct Args {
     /// Measure live delivery instead: `ws` runs 1,000 socket subscribers on one building,
     /// then 1,000 spread over 100 buildings; `chat` runs concurrent FlowMind chats against a
     /// stand-in provider that streams at a fixed rate; `pusher` runs 1,000 Pusher subscribers on
-    /// `content-generation` while events are published through the signed HTTP API.
+    /// `content-generation` while events are published through the signed HTTP API;
+    /// `messaging` runs `--users` Socket.IO users in `--channels` channels, sending
+    /// `--rate` messages per second in all.
     #[arg(long, default_value = "commands")]
     mode: String,
     /// Socket subscribers (ws mode).
@@ -69,6 +71,12 @@ struct Args {
     /// Tokens per second the stand-in provider streams each reply at (chat mode).
     #[arg(long, default_value_t = 100)]
     token_rate: u64,
+    /// Users, each with one Socket.IO connection (messaging mode).
+    #[arg(long, default_value_t = 500)]
+    users: usize,
+    /// Channels the users are spread over (messaging mode).
+    #[arg(long, default_value_t = 50)]
+    channels: usize,
     /// HTTP worker threads of the server under test.
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -584,6 +592,21 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    if args.mode == "messaging" {
+        let m_args = args.clone();
+        let m_base = base.clone();
+        on_client_threads(async move { messaging::run(&m_args, &m_base).await }).await?;
+        handle.stop(true).await;
+        let _ = server.await;
+        state.pool.close().await;
+        drop(state);
+        if !args.keep {
+            use sqlx::migrate::MigrateDatabase;
+            sqlx::Postgres::force_drop_database(&database_url).await?;
+        }
+        return Ok(());
+    }
+
     if args.mode == "ws" || args.mode == "pusher" {
         let ws_args = args.clone();
         let ws_base = base.clone();
@@ -890,5 +913,292 @@ mod chat {
             "server CPU per reply (this process, without PostgreSQL): {:.2} ms",
             cpu * 1000.0 / replies
         );
+    }
+}
+
+/// Messaging mode: users on Socket.IO `/messaging` (Engine.IO v4 over WebSocket, spoken
+/// here directly), spread over public channels, each sending messages at a fixed rate; every
+/// receiver in the channel's room measures the time from the send to its receipt.
+mod messaging {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const PASSWORD: &str = "Bench-Password-42";
+
+    async fn call(
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        url: String,
+        token: Option<&str>,
+        body: Value,
+    ) -> anyhow::Result<Value> {
+        let mut req = client.request(method, url).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t).header("x-frontend-source", "fluxstudio");
+        }
+        Ok(req.send().await?.error_for_status()?.json().await?)
+    }
+
+    /// The admin's token and organization, with FluxStudio enabled.
+    async fn admin(client: &reqwest::Client, base: &str) -> anyhow::Result<(String, String)> {
+        let email = format!("admin-{}@example.org", uuid::Uuid::new_v4().simple());
+        let post = reqwest::Method::POST;
+        let signed = call(
+            client,
+            post.clone(),
+            format!("{base}/api/v1/auth/signup"),
+            None,
+            json!({ "email": email, "password": PASSWORD, "display_name": "Admin" }),
+        )
+        .await?;
+        let token = signed["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let org = call(
+            client,
+            post.clone(),
+            format!("{base}/api/v1/organizations"),
+            Some(&token),
+            json!({ "name": "Bench Studio" }),
+        )
+        .await?;
+        let org = org["id"].as_str().unwrap_or_default().to_owned();
+        call(
+            client,
+            reqwest::Method::PUT,
+            format!("{base}/api/v1/organizations/{org}/frontends"),
+            Some(&token),
+            json!({ "frontend": "fluxstudio", "enabled": true }),
+        )
+        .await?;
+        let login = call(
+            client,
+            post,
+            format!("{base}/api/v1/auth/login"),
+            None,
+            json!({ "email": email, "password": PASSWORD, "organization_id": org }),
+        )
+        .await?;
+        Ok((
+            login["access_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            org,
+        ))
+    }
+
+    /// A member of `org`: signed up, added by the admin, logged in.
+    async fn member(
+        client: reqwest::Client,
+        base: String,
+        admin: String,
+        org: String,
+        i: usize,
+    ) -> anyhow::Result<String> {
+        let email = format!("user{i}-{}@example.org", uuid::Uuid::new_v4().simple());
+        let post = reqwest::Method::POST;
+        let signed = call(
+            &client,
+            post.clone(),
+            format!("{base}/api/v1/auth/signup"),
+            None,
+            json!({ "email": email, "password": PASSWORD, "display_name": format!("User {i}") }),
+        )
+        .await?;
+        let user = signed["user"]["id"].as_str().unwrap_or_default().to_owned();
+        call(
+            &client,
+            post.clone(),
+            format!("{base}/api/v1/organizations/{org}/members"),
+            Some(&admin),
+            json!({ "user_id": user, "role": "member" }),
+        )
+        .await?;
+        let login = call(
+            &client,
+            post,
+            format!("{base}/api/v1/auth/login"),
+            None,
+            json!({ "email": email, "password": PASSWORD, "organization_id": org }),
+        )
+        .await?;
+        Ok(login["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    /// The next text frame that starts with `prefix` (answering pings on the way).
+    async fn expect(ws: &mut Ws, prefix: &str) -> anyhow::Result<String> {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("socket closed"))??;
+            if let Message::Text(t) = frame {
+                if t.as_str() == "2" {
+                    ws.send(Message::Text("3".into())).await?;
+                } else if t.starts_with(prefix) {
+                    return Ok(t.to_string());
+                }
+            }
+        }
+    }
+
+    /// A connected `/messaging` socket in the room of `channel`.
+    async fn connect(base: &str, token: &str, channel: &str) -> anyhow::Result<Ws> {
+        let url = format!(
+            "{}/socket.io/?EIO=4&transport=websocket",
+            base.replace("http", "ws")
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        expect(&mut ws, "0").await?;
+        ws.send(Message::Text(
+            format!("40/messaging,{}", json!({ "token": token })).into(),
+        ))
+        .await?;
+        expect(&mut ws, "40/messaging,").await?;
+        ws.send(Message::Text(
+            format!("42/messaging,1{}", json!(["channel:join", channel])).into(),
+        ))
+        .await?;
+        let ack = expect(&mut ws, "43/messaging,1").await?;
+        anyhow::ensure!(ack.contains("\"ok\":true"), "join refused: {ack}");
+        Ok(ws)
+    }
+
+    pub async fn run(args: &Args, base: &str) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()?;
+        let t = Instant::now();
+        let (admin, org) = admin(&client, base).await?;
+        let mut channels = Vec::new();
+        for c in 0..args.channels.max(1) {
+            let ch = call(
+                &client,
+                reqwest::Method::POST,
+                format!("{base}/api/v1/channels"),
+                Some(&admin),
+                json!({ "name": format!("channel-{c}") }),
+            )
+            .await?;
+            channels.push(ch["id"].as_str().unwrap_or_default().to_owned());
+        }
+        let mut tokens = Vec::with_capacity(args.users);
+        let mut pending = tokio::task::JoinSet::new();
+        for i in 0..args.users {
+            pending.spawn(member(
+                client.clone(),
+                base.to_owned(),
+                admin.clone(),
+                org.clone(),
+                i,
+            ));
+            if pending.len() >= 8 {
+                if let Some(done) = pending.join_next().await {
+                    tokens.push(done??);
+                }
+            }
+        }
+        while let Some(done) = pending.join_next().await {
+            tokens.push(done??);
+        }
+        let mut sockets = Vec::with_capacity(tokens.len());
+        for (i, token) in tokens.iter().enumerate() {
+            sockets.push(connect(base, token, &channels[i % channels.len()]).await?);
+        }
+        println!(
+            "messaging: {} users in {} channels connected and joined in {:.1}s",
+            sockets.len(),
+            channels.len(),
+            t.elapsed().as_secs_f64()
+        );
+
+        let epoch = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        // Each user sends every `period`, offset so that sends spread evenly.
+        let per_user = args.rate.max(1) as f64 / sockets.len().max(1) as f64;
+        let period = Duration::from_secs_f64(1.0 / per_user);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, ws) in sockets.into_iter().enumerate() {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            let channel = channels[i % channels.len()].clone();
+            let offset = period.mul_f64(i as f64 / args.users.max(1) as f64);
+            tasks.spawn(async move {
+                let (mut tx, mut rx) = ws.split();
+                let mut latencies: Vec<u32> = Vec::new();
+                let mut next = tokio::time::Instant::now() + offset;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next) => {
+                            if stop.load(Ordering::Relaxed) { break; }
+                            next += period;
+                            let at = epoch.elapsed().as_micros() as u64;
+                            let msg = json!(["message:send", { "channel_id": channel, "text": format!("t={at}") }]);
+                            if tx.send(Message::Text(format!("42/messaging,{msg}").into())).await.is_err() { break; }
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        frame = rx.next() => match frame {
+                            Some(Ok(Message::Text(t))) => {
+                                if t.as_str() == "2" {
+                                    let _ = tx.send(Message::Text("3".into())).await;
+                                } else if t.starts_with("42/messaging,[\"message:new\"") {
+                                    if let Some(at) = t.split("t=").nth(1).and_then(|r| r.split('"').next()).and_then(|v| v.parse::<u64>().ok()) {
+                                        let now = epoch.elapsed().as_micros() as u64;
+                                        latencies.push(now.saturating_sub(at).min(u32::MAX as u64) as u32);
+                                    }
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            _ => break,
+                        },
+                    }
+                }
+                latencies
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+        // Let the last messages arrive.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let elapsed = epoch.elapsed().as_secs_f64();
+        tasks.abort_all();
+        let mut all = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(l) = done {
+                all.extend(l);
+            }
+        }
+        all.sort_unstable();
+        let sent = sent.load(Ordering::Relaxed);
+        let per_channel = args.users as f64 / channels.len() as f64;
+        println!(
+            "sent {} messages in {:.1}s ({:.0}/s); {} deliveries of {:.0} expected ({:.0}/s)",
+            sent,
+            args.seconds,
+            sent as f64 / args.seconds as f64,
+            all.len(),
+            sent as f64 * per_channel,
+            all.len() as f64 / elapsed
+        );
+        println!(
+            "send-to-receipt latency ms: p50 {:.1}  p99 {:.1}  max {:.1}",
+            percentile(&all, 0.50),
+            percentile(&all, 0.99),
+            percentile(&all, 1.0)
+        );
+        println!(
+            "RSS (server and clients): {:.0} MiB",
+            telemetry::rss_bytes().unwrap_or(0) as f64 / 1048576.0
+        );
+        Ok(())
     }
 }
