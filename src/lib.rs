@@ -13,6 +13,7 @@
 //! - [`providers`]: AI model providers (OpenAI-compatible, Anthropic, local-echo) behind one
 //!   trait, each wrapped in timeouts, retries before the first token and a circuit breaker.
 //! - [`rt`]: dedicated threads for the serial hot spots (store writer, projections).
+//! - [`swarm`]: the work of Quantum and Velocity swarm tasks (particle swarm runs, batches).
 //! - [`startup`]: builds the whole application (used by `main`, the tests and the benchmark).
 
 #![deny(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod providers;
 pub mod rt;
 pub mod startup;
 pub mod store;
+pub mod swarm;
 pub mod telemetry;
 
 pub use config::Config;

@@ -16,6 +16,7 @@
 pub mod building;
 pub mod conversation;
 pub mod identity;
+pub mod swarm;
 
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
@@ -23,6 +24,7 @@ use serde_json::Value;
 pub use building::BuildingEvent;
 pub use conversation::ConversationEvent;
 pub use identity::{EmailEvent, OrganizationEvent, UserEvent};
+pub use swarm::SwarmTaskEvent;
 
 /// Deserializes one variant's payload from a borrowed JSON value.
 pub fn payload<T: DeserializeOwned>(event_type: &str, data: &Value) -> Result<T, DecodeError> {

@@ -9,8 +9,10 @@ use serde_json::Value;
 use universal_events::building::EVENT_TYPES;
 use universal_events::conversation::CONVERSATION_EVENT_TYPES;
 use universal_events::identity::{ORGANIZATION_EVENT_TYPES, USER_EVENT_TYPES};
+use universal_events::swarm::SWARM_TASK_EVENT_TYPES;
 use universal_events::{
-    BuildingEvent, ConversationEvent, EmailEvent, EventFamily, OrganizationEvent, UserEvent,
+    BuildingEvent, ConversationEvent, EmailEvent, EventFamily, OrganizationEvent, SwarmTaskEvent,
+    UserEvent,
 };
 
 fn samples() -> Vec<(String, i32, Value)> {
@@ -61,6 +63,8 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
             check::<OrganizationEvent>(&t, version, &data);
         } else if CONVERSATION_EVENT_TYPES.contains(&t.as_str()) {
             check::<ConversationEvent>(&t, version, &data);
+        } else if SWARM_TASK_EVENT_TYPES.contains(&t.as_str()) {
+            check::<SwarmTaskEvent>(&t, version, &data);
         } else if t == "EmailClaimed" {
             check::<EmailEvent>(&t, version, &data);
         } else {
@@ -74,6 +78,7 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
         .chain(USER_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(ORGANIZATION_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(CONVERSATION_EVENT_TYPES.iter().map(|t| (*t, 1)))
+        .chain(SWARM_TASK_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain([("EmailClaimed", 1)]);
     for (t, v) in current {
         assert!(

@@ -4,6 +4,7 @@ pub mod building;
 pub mod conversation;
 pub mod organization;
 pub mod runtime;
+pub mod swarm_task;
 pub mod user;
 pub mod validate;
 
