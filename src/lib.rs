@@ -14,6 +14,7 @@
 //!   trait, each wrapped in timeouts, retries before the first token and a circuit breaker.
 //! - [`rt`]: dedicated threads for the serial hot spots (store writer, projections).
 //! - [`swarm`]: the work of Quantum and Velocity swarm tasks (particle swarm runs, batches).
+//! - [`tasks`]: the scheduler of long work (caps, one leader across processes, resume).
 //! - [`startup`]: builds the whole application (used by `main`, the tests and the benchmark).
 
 #![deny(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod rt;
 pub mod startup;
 pub mod store;
 pub mod swarm;
+pub mod tasks;
 pub mod telemetry;
 
 pub use config::Config;

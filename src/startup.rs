@@ -46,6 +46,10 @@ pub struct AppState {
     pub gateways: Gateways,
     pub started: Instant,
     pub config: Config,
+    /// The actors of swarm tasks (Quantum runs, Velocity batches).
+    pub swarm_tasks: Registry<crate::actors::swarm_task::SwarmTask>,
+    /// This process's part in running swarm tasks (see `tasks`).
+    pub swarm: crate::tasks::Scheduler,
 }
 
 /// How every connection of this process talks to PostgreSQL: no statement runs and no lock
@@ -190,7 +194,12 @@ impl Application {
             progress,
             started: Instant::now(),
             config: config.clone(),
+            swarm_tasks: Registry::new(store.clone(), config.runtime()),
+            swarm: crate::tasks::Scheduler::new(),
         });
+        if config.run_swarm_scheduler {
+            state.swarm.start(state.clone());
+        }
 
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
@@ -246,6 +255,7 @@ impl Application {
     /// flushes pending appends and stops the projections.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let result = self.server.await;
+        self.state.swarm.stop();
         self.state.store.shutdown().await;
         if let Some(runners) = self.runners {
             runners.stop();

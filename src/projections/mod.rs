@@ -4,6 +4,7 @@ pub mod citypulse;
 pub mod identity;
 pub mod parked;
 pub mod runner;
+pub mod swarm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(citypulse::Directory),
         Arc::new(citypulse::Energy),
         Arc::new(identity::Identity),
+        Arc::new(swarm::SwarmTasks),
     ]
 }
 
