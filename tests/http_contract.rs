@@ -66,6 +66,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/citypulse/buildings/{id}/alerts"),
     ("GET", "/api/v1/streams/{stream}"),
     ("GET", "/api/v1/events"),
+    ("POST", "/api/v1/swarm/tasks"),
+    ("GET", "/api/v1/swarm/tasks"),
+    ("GET", "/api/v1/swarm/tasks/{id}"),
+    ("GET", "/api/v1/swarm/tasks/{id}/progress"),
+    ("GET", "/api/v1/swarm/tasks/{id}/result"),
+    ("GET", "/api/v1/swarm/tasks/{id}/subtasks"),
+    ("POST", "/api/v1/swarm/tasks/{id}/cancel"),
 ];
 
 fn expected() -> BTreeSet<(String, String)> {

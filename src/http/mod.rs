@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod ops;
 pub mod schema;
 pub mod socketio;
+pub mod swarm;
 pub mod ws;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,7 +58,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .configure(citypulse::configure)
                 .configure(ai::configure)
                 .configure(history::configure)
-                .configure(admin::configure),
+                .configure(admin::configure)
+                .configure(swarm::configure),
         );
 }
 

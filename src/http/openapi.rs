@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, ai, citypulse, history, identity, ops, schema};
+use super::{admin, ai, citypulse, history, identity, ops, schema, swarm};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -76,6 +76,13 @@ use super::{admin, ai, citypulse, history, identity, ops, schema};
         socket_io_polling,
         ai::models,
         ai::providers,
+        swarm::create_task,
+        swarm::list_tasks,
+        swarm::get_task,
+        swarm::progress,
+        swarm::result,
+        swarm::subtasks,
+        swarm::cancel_task,
     ),
     components(schemas(schema::ErrorBody)),
     security(("bearer" = [])),
@@ -85,6 +92,7 @@ use super::{admin, ai, citypulse, history, identity, ops, schema};
         (name = "citypulse", description = "Buildings, sensors, readings, thresholds, energy and alerts"),
         (name = "history", description = "The event log, for organization admins"),
         (name = "ai", description = "FlowMind: models of the configured AI providers and their circuit breakers"),
+        (name = "swarm", description = "Quantum and Velocity Swarm: optimization runs and task batches, their progress and results"),
         (name = "live", description = "Live event streams (WebSocket upgrades)"),
         (name = "operations", description = "Health, metrics, service information and this contract"),
     ),
