@@ -26,7 +26,9 @@ async fn start(url: Option<String>, tune: impl FnOnce(&mut Config)) -> App {
     let url = url.unwrap_or_else(fresh_database_url);
     let mut config = test_config(url.clone());
     tune(&mut config);
-    let app = Application::build(config).await.expect("application starts");
+    let app = Application::build(config)
+        .await
+        .expect("application starts");
     let base = format!("http://127.0.0.1:{}", app.port());
     let pool = app.state().pool.clone();
     let handle = app.handle();
@@ -184,7 +186,15 @@ async fn a_ten_dimensional_rastrigin_run_reports_coalesced_progress_and_its_resu
         .get(&format!("/api/v1/swarm/tasks/{id}?min_position={position}"))
         .await;
     assert_eq!(status, 200, "{task}");
-    for field in ["id", "user_id", "type", "objective", "config", "status", "created_at"] {
+    for field in [
+        "id",
+        "user_id",
+        "type",
+        "objective",
+        "config",
+        "status",
+        "created_at",
+    ] {
         assert!(!task[field].is_null(), "legacy field {field} in {task}");
     }
     assert_eq!(task["type"], "quantum");
@@ -193,7 +203,9 @@ async fn a_ten_dimensional_rastrigin_run_reports_coalesced_progress_and_its_resu
 
     let done = quantum.finished(&id).await;
     assert_eq!(done["status"], "completed", "{done}");
-    let (_, result) = quantum.get(&format!("/api/v1/swarm/tasks/{id}/result")).await;
+    let (_, result) = quantum
+        .get(&format!("/api/v1/swarm/tasks/{id}/result"))
+        .await;
     let r = &result["result"];
     assert_eq!(r["kind"], "optimization");
     assert_eq!(r["iterations"], 1500);
@@ -214,7 +226,10 @@ async fn a_ten_dimensional_rastrigin_run_reports_coalesced_progress_and_its_resu
         .filter(|(_, t, _)| t == "OptimizationProgressed")
         .count();
     assert_eq!(points.len(), progressed);
-    assert!(progressed < 1500, "{progressed} progress events for 1500 iterations");
+    assert!(
+        progressed < 1500,
+        "{progressed} progress events for 1500 iterations"
+    );
     let iterations: Vec<i64> = points
         .iter()
         .map(|p| p["iteration"].as_i64().unwrap())
@@ -224,7 +239,10 @@ async fn a_ten_dimensional_rastrigin_run_reports_coalesced_progress_and_its_resu
         .iter()
         .map(|p| p["best_cost"].as_f64().unwrap())
         .collect();
-    assert!(costs.windows(2).all(|w| w[0] >= w[1]), "the best cost never rises");
+    assert!(
+        costs.windows(2).all(|w| w[0] >= w[1]),
+        "the best cost never rises"
+    );
     let kinds: Vec<&str> = events.iter().map(|(_, t, _)| t.as_str()).collect();
     assert_eq!(kinds.first(), Some(&"SwarmTaskCreated"));
     assert_eq!(kinds.get(1), Some(&"SwarmTaskStarted"));
@@ -246,7 +264,9 @@ async fn a_ten_dimensional_rastrigin_run_reports_coalesced_progress_and_its_resu
     assert_eq!(list["items"][0]["id"], again.as_str(), "newest first");
     let cursor = list["next_cursor"].as_str().unwrap();
     let (_, rest) = quantum
-        .get(&format!("/api/v1/swarm/tasks?type=quantum&limit=1&cursor={cursor}"))
+        .get(&format!(
+            "/api/v1/swarm/tasks?type=quantum&limit=1&cursor={cursor}"
+        ))
         .await;
     assert_eq!(rest["items"][0]["id"], id.as_str());
     assert!(rest["next_cursor"].is_null());
@@ -265,29 +285,89 @@ async fn bad_settings_are_refused_naming_the_field_and_write_nothing() {
     let velocity = Caller::new(&app.base, &tenant, "velocity");
     let before = task_events(&app.pool).await.len();
     let cases: Vec<(&Caller, Value, &str)> = vec![
-        (&quantum, json!({"type": "quantum", "objective": "rastrigin", "config": {"dimensions": 0}}), "config.dimensions"),
-        (&quantum, json!({"type": "quantum", "objective": "rastrigin", "config": {"dimensions": 101}}), "config.dimensions"),
-        (&quantum, json!({"type": "quantum", "objective": "x1 + y", "config": {"dimensions": 2}}), "objective"),
-        (&quantum, json!({"type": "quantum", "objective": "x1 +", "config": {"dimensions": 2}}), "objective"),
-        (&quantum, json!({"type": "quantum", "objective": "sphere", "config": {"dimensions": 2, "bounds": [[1, 0], [0, 1]]}}), "config.bounds[0]"),
-        (&quantum, json!({"type": "quantum", "objective": "sphere", "config": {"dimensions": 2, "bounds": [[0, 1]], "particles": 5}}), "config.bounds"),
-        (&quantum, json!({"type": "quantum", "objective": "sphere", "config": {"dimensions": 2, "inertia": -1}}), "config.inertia"),
-        (&quantum, json!({"type": "quantum", "objective": "sphere", "config": {"dimensions": 2, "colour": 1}}), "config"),
-        (&quantum, json!({"type": "velocity", "objective": "b", "config": {"subtasks": [{"kind": "prompt", "prompt": "hi"}]}}), "type"),
-        (&velocity, json!({"type": "velocity", "objective": "b", "config": {"subtasks": []}}), "config.subtasks"),
-        (&velocity, json!({"type": "velocity", "objective": "b", "config": {"subtasks": [{"kind": "prompt", "prompt": "hi", "count": 10001}]}}), "config.subtasks"),
-        (&velocity, json!({"type": "velocity", "objective": "b", "config": {"subtasks": [{"kind": "http", "url": "http://10.1.2.3/"}]}}), "config.subtasks[0].url"),
-        (&velocity, json!({"type": "velocity", "objective": "b", "config": {"subtasks": [{"kind": "prompt", "prompt": "hi"}], "concurrency": 0}}), "config.concurrency"),
+        (
+            &quantum,
+            json!({"type": "quantum", "objective": "rastrigin", "config": {"dimensions": 0}}),
+            "config.dimensions",
+        ),
+        (
+            &quantum,
+            json!({"type": "quantum", "objective": "rastrigin", "config": {"dimensions": 101}}),
+            "config.dimensions",
+        ),
+        (
+            &quantum,
+            json!({"type": "quantum", "objective": "x1 + y", "config": {"dimensions": 2}}),
+            "objective",
+        ),
+        (
+            &quantum,
+            json!({"type": "quantum", "objective": "x1 +", "config": {"dimensions": 2}}),
+            "objective",
+        ),
+        (
+            &quantum,
+            json!({"type": "quantum", "objective": "sphere", "config": {"dimensions": 2, "bounds": [[1, 0], [0, 1]]}}),
+            "config.bounds[0]",
+        ),
+        (
+            &quantum,
+            json!({"type": "quantum", "objective": "sphere", "config": {"dimensions": 2, "bounds": [[0, 1]], "particles": 5}}),
+            "config.bounds",
+        ),
+        (
+            &quantum,
+            json!({"type": "quantum", "objective": "sphere", "config": {"dimensions": 2, "inertia": -1}}),
+            "config.inertia",
+        ),
+        (
+            &quantum,
+            json!({"type": "quantum", "objective": "sphere", "config": {"dimensions": 2, "colour": 1}}),
+            "config",
+        ),
+        (
+            &quantum,
+            json!({"type": "velocity", "objective": "b", "config": {"subtasks": [{"kind": "prompt", "prompt": "hi"}]}}),
+            "type",
+        ),
+        (
+            &velocity,
+            json!({"type": "velocity", "objective": "b", "config": {"subtasks": []}}),
+            "config.subtasks",
+        ),
+        (
+            &velocity,
+            json!({"type": "velocity", "objective": "b", "config": {"subtasks": [{"kind": "prompt", "prompt": "hi", "count": 10001}]}}),
+            "config.subtasks",
+        ),
+        (
+            &velocity,
+            json!({"type": "velocity", "objective": "b", "config": {"subtasks": [{"kind": "http", "url": "http://10.1.2.3/"}]}}),
+            "config.subtasks[0].url",
+        ),
+        (
+            &velocity,
+            json!({"type": "velocity", "objective": "b", "config": {"subtasks": [{"kind": "prompt", "prompt": "hi"}], "concurrency": 0}}),
+            "config.concurrency",
+        ),
     ];
     for (caller, body, field) in cases {
         let (status, answer) = caller.post("/api/v1/swarm/tasks", body.clone()).await;
         assert_eq!(status, 422, "{body} → {answer}");
-        let named = answer["error"]["details"]["field"].as_str().unwrap_or_default();
+        let named = answer["error"]["details"]["field"]
+            .as_str()
+            .unwrap_or_default();
         assert_eq!(named, field, "{body} → {answer}");
     }
-    let (status, _) = quantum.post("/api/v1/swarm/tasks", json!({"type": "quantum"})).await;
+    let (status, _) = quantum
+        .post("/api/v1/swarm/tasks", json!({"type": "quantum"}))
+        .await;
     assert_eq!(status, 422);
-    assert_eq!(task_events(&app.pool).await.len(), before, "nothing was written");
+    assert_eq!(
+        task_events(&app.pool).await.len(),
+        before,
+        "nothing was written"
+    );
 
     // Another frontend, or one not enabled, is refused.
     let citypulse = client_for(&tenant);
@@ -307,7 +387,9 @@ async fn another_organizations_task_is_not_found_anywhere() {
     let (id, position) = owner.create(rastrigin(2, 10, 20)).await;
     for path in ["", "/progress", "/result", "/subtasks"] {
         let (status, answer) = stranger
-            .get(&format!("/api/v1/swarm/tasks/{id}{path}?min_position={position}"))
+            .get(&format!(
+                "/api/v1/swarm/tasks/{id}{path}?min_position={position}"
+            ))
             .await;
         assert_eq!(status, 404, "{path}: {answer}");
     }
@@ -342,7 +424,11 @@ async fn a_running_task_is_cancelled_and_records_nothing_after_the_cancel() {
     let (status, again) = quantum
         .post(&format!("/api/v1/swarm/tasks/{id}/cancel"), json!({}))
         .await;
-    assert_eq!((status, &again["version"]), (200, &answer["version"]), "a second cancel changes nothing");
+    assert_eq!(
+        (status, &again["version"]),
+        (200, &answer["version"]),
+        "a second cancel changes nothing"
+    );
 
     // A finished run cannot be cancelled.
     let (short, _) = quantum.create(rastrigin(2, 10, 10)).await;
@@ -466,7 +552,9 @@ async fn a_batch_runs_prompts_records_outcomes_in_chunks_and_reports_aggregate_p
     assert_eq!(done["progress"]["done"], 300);
     assert_eq!(done["progress"]["failed"], 1);
     assert!(done["progress"]["throughput"].as_f64().unwrap() > 0.0);
-    let (_, result) = velocity.get(&format!("/api/v1/swarm/tasks/{id}/result")).await;
+    let (_, result) = velocity
+        .get(&format!("/api/v1/swarm/tasks/{id}/result"))
+        .await;
     assert_eq!(result["result"]["kind"], "batch");
     assert_eq!(result["result"]["done"], 300);
 
@@ -481,7 +569,10 @@ async fn a_batch_runs_prompts_records_outcomes_in_chunks_and_reports_aggregate_p
         .get(&format!("/api/v1/swarm/tasks/{id}/subtasks?limit=2"))
         .await;
     assert_eq!(first["items"][0]["index"], 0);
-    assert!(first["items"][0]["output"]["text"].as_str().unwrap().len() > 0);
+    assert!(!first["items"][0]["output"]["text"]
+        .as_str()
+        .unwrap()
+        .is_empty());
     assert_eq!(first["next_cursor"], "2");
 
     // 301 subtasks, a handful of events: the log grows with chunks, not subtasks.

@@ -328,7 +328,9 @@ pub fn check_velocity(c: &VelocityConfig) -> Result<(), SwarmError> {
     if total == 0 || total > MAX_SUBTASKS {
         return Err(invalid(
             "config.subtasks",
-            format!("must hold 1 to {MAX_SUBTASKS} subtasks, repetitions counted; this holds {total}"),
+            format!(
+                "must hold 1 to {MAX_SUBTASKS} subtasks, repetitions counted; this holds {total}"
+            ),
         ));
     }
     for (i, spec) in c.subtasks.iter().enumerate() {
@@ -523,8 +525,8 @@ impl SwarmTask {
                     if let Some(e) = &o.error {
                         validate::text(e, MAX_ERROR).map_err(|m| invalid("outcomes.error", m))?;
                     }
-                    let seen = self.recorded.contains(o.index)
-                        || fresh.iter().any(|f| f.index == o.index);
+                    let seen =
+                        self.recorded.contains(o.index) || fresh.iter().any(|f| f.index == o.index);
                     if !seen {
                         fresh.push(o.clone());
                     }
@@ -552,11 +554,11 @@ impl SwarmTask {
                         evaluations,
                         elapsed_ms,
                     } => TaskResult::Optimization {
-                            best_position: storable_all(best_position),
-                            best_cost: storable(*best_cost),
-                            iterations: *iterations,
-                            evaluations: *evaluations,
-                            elapsed_ms: *elapsed_ms,
+                        best_position: storable_all(best_position),
+                        best_cost: storable(*best_cost),
+                        iterations: *iterations,
+                        evaluations: *evaluations,
+                        elapsed_ms: *elapsed_ms,
                     },
                     // The counts of a batch come from what was recorded, not from the worker.
                     TaskResult::Batch { elapsed_ms, .. } => TaskResult::Batch {
@@ -777,7 +779,10 @@ mod tests {
 
     fn created_batch(count: u32) -> SwarmTaskEvent {
         given(&[])
-            .decide_in(ORG, &create("greetings", TaskConfig::Velocity(batch(count))))
+            .decide_in(
+                ORG,
+                &create("greetings", TaskConfig::Velocity(batch(count))),
+            )
             .unwrap()
             .remove(0)
     }
@@ -821,11 +826,18 @@ mod tests {
 
     #[test]
     fn a_quantum_task_is_created_queued_with_the_legacy_fields() {
-        let events = when(&given(&[]), create("rastrigin", TaskConfig::Quantum(quantum()))).unwrap();
+        let events = when(
+            &given(&[]),
+            create("rastrigin", TaskConfig::Quantum(quantum())),
+        )
+        .unwrap();
         let SwarmTaskEvent::SwarmTaskCreated(c) = &events[0] else {
             panic!("{events:?}")
         };
-        assert_eq!((c.task_id, c.organization_id, c.user_id), (TASK, ORG, OWNER));
+        assert_eq!(
+            (c.task_id, c.organization_id, c.user_id),
+            (TASK, ORG, OWNER)
+        );
         let data = universal_events::EventFamily::to_data(&events[0]);
         for field in ["user_id", "type", "objective", "config", "created_at"] {
             assert!(data.get(field).is_some(), "{field} missing in {data}");
@@ -855,7 +867,10 @@ mod tests {
         let q = |f: fn(&mut QuantumConfig)| {
             let mut c = quantum();
             f(&mut c);
-            field_of(when(&given(&[]), create("rastrigin", TaskConfig::Quantum(c))))
+            field_of(when(
+                &given(&[]),
+                create("rastrigin", TaskConfig::Quantum(c)),
+            ))
         };
         assert_eq!(q(|c| c.dimensions = 0), "config.dimensions");
         assert_eq!(q(|c| c.dimensions = 101), "config.dimensions");
@@ -868,10 +883,16 @@ mod tests {
         assert_eq!(q(|c| c.social = f64::INFINITY), "config.social");
         assert_eq!(q(|c| c.seed = u64::MAX), "config.seed");
         for objective in ["x1 + x3", "x1 +", "velocity", "random()"] {
-            let result = when(&given(&[]), create(objective, TaskConfig::Quantum(quantum())));
+            let result = when(
+                &given(&[]),
+                create(objective, TaskConfig::Quantum(quantum())),
+            );
             assert_eq!(field_of(result), "objective", "{objective}");
         }
-        let ok = when(&given(&[]), create("x1^2 + math::sin(x2)", TaskConfig::Quantum(quantum())));
+        let ok = when(
+            &given(&[]),
+            create("x1^2 + math::sin(x2)", TaskConfig::Quantum(quantum())),
+        );
         assert!(ok.is_ok(), "{ok:?}");
     }
 
@@ -924,14 +945,17 @@ mod tests {
         assert_eq!(v(|c| c.timeout_ms = 0), "config.timeout_ms");
         assert_eq!(v(|c| c.retries = 11), "config.retries");
         assert_eq!(
-            field_of(when(&given(&[]), SwarmCommand::Create {
-                task_id: TASK,
-                user_id: OWNER,
-                task_type: TaskType::Quantum,
-                objective: "x".into(),
-                config: TaskConfig::Velocity(batch(1)),
-                at: now(),
-            })),
+            field_of(when(
+                &given(&[]),
+                SwarmCommand::Create {
+                    task_id: TASK,
+                    user_id: OWNER,
+                    task_type: TaskType::Quantum,
+                    objective: "x".into(),
+                    config: TaskConfig::Velocity(batch(1)),
+                    at: now(),
+                }
+            )),
             "config"
         );
     }
@@ -939,12 +963,25 @@ mod tests {
     #[test]
     fn a_queued_task_starts_its_first_attempt_and_cannot_start_twice() {
         let state = given(&[created()]);
-        let events = when(&state, SwarmCommand::Start { attempt: 1, at: now() }).unwrap();
+        let events = when(
+            &state,
+            SwarmCommand::Start {
+                attempt: 1,
+                at: now(),
+            },
+        )
+        .unwrap();
         assert_eq!(events, vec![started(1)]);
         let running = then_apply(state, &events);
         assert_eq!(running.status, TaskStatus::Running);
         assert_eq!(
-            when(&running, SwarmCommand::Start { attempt: 2, at: now() }),
+            when(
+                &running,
+                SwarmCommand::Start {
+                    attempt: 2,
+                    at: now()
+                }
+            ),
             Err(SwarmError::NotStartable("running"))
         );
     }
@@ -975,9 +1012,15 @@ mod tests {
     #[test]
     fn reports_of_another_attempt_or_of_a_task_not_running_are_refused() {
         let queued = given(&[created()]);
-        assert_eq!(when(&queued, progress(1, 1, 1.0)), Err(SwarmError::NotRunning(1)));
+        assert_eq!(
+            when(&queued, progress(1, 1, 1.0)),
+            Err(SwarmError::NotRunning(1))
+        );
         let running = given(&[created(), started(1)]);
-        assert_eq!(when(&running, progress(2, 1, 1.0)), Err(SwarmError::NotRunning(2)));
+        assert_eq!(
+            when(&running, progress(2, 1, 1.0)),
+            Err(SwarmError::NotRunning(2))
+        );
         let cancelled = then_apply(
             running.clone(),
             &when(&running, SwarmCommand::Cancel { at: now() }).unwrap(),
@@ -1055,15 +1098,35 @@ mod tests {
         let events = when(&state, interrupt.clone()).unwrap();
         let state = then_apply(state, &events);
         assert_eq!(state.status, TaskStatus::Interrupted);
-        assert_eq!(when(&state, interrupt), Ok(vec![]), "a second interrupt is a no-op");
         assert_eq!(
-            when(&state, SwarmCommand::Start { attempt: 1, at: now() }),
+            when(&state, interrupt),
+            Ok(vec![]),
+            "a second interrupt is a no-op"
+        );
+        assert_eq!(
+            when(
+                &state,
+                SwarmCommand::Start {
+                    attempt: 1,
+                    at: now()
+                }
+            ),
             Err(SwarmError::NotRunning(1))
         );
-        let events = when(&state, SwarmCommand::Start { attempt: 2, at: now() }).unwrap();
+        let events = when(
+            &state,
+            SwarmCommand::Start {
+                attempt: 2,
+                at: now(),
+            },
+        )
+        .unwrap();
         let state = then_apply(state, &events);
         assert_eq!((state.status, state.attempt), (TaskStatus::Running, 2));
-        assert_eq!(when(&state, progress(1, 3, 1.0)), Err(SwarmError::NotRunning(1)));
+        assert_eq!(
+            when(&state, progress(1, 3, 1.0)),
+            Err(SwarmError::NotRunning(1))
+        );
         assert_eq!(when(&state, progress(2, 3, 1.0)).unwrap().len(), 1);
     }
 
@@ -1083,11 +1146,19 @@ mod tests {
         let SwarmTaskEvent::SubtasksRecorded(r) = &events[0] else {
             panic!()
         };
-        assert_eq!(r.outcomes.len(), 2, "a duplicate inside the chunk is dropped");
+        assert_eq!(
+            r.outcomes.len(),
+            2,
+            "a duplicate inside the chunk is dropped"
+        );
         let state = then_apply(state, &events);
         assert_eq!((state.done, state.failed, state.total), (1, 1, 5));
         assert!(state.recorded.contains(3) && !state.recorded.contains(1));
-        assert_eq!(when(&state, chunk), Ok(vec![]), "a resent chunk records nothing");
+        assert_eq!(
+            when(&state, chunk),
+            Ok(vec![]),
+            "a resent chunk records nothing"
+        );
         let out_of_range = SwarmCommand::RecordSubtasks {
             attempt: 1,
             outcomes: vec![outcome(5, SubtaskStatus::Done)],
@@ -1097,9 +1168,23 @@ mod tests {
 
         let interrupted = then_apply(
             state.clone(),
-            &when(&state, SwarmCommand::Interrupt { attempt: 1, at: now() }).unwrap(),
+            &when(
+                &state,
+                SwarmCommand::Interrupt {
+                    attempt: 1,
+                    at: now(),
+                },
+            )
+            .unwrap(),
         );
-        let events = when(&interrupted, SwarmCommand::Start { attempt: 2, at: now() }).unwrap();
+        let events = when(
+            &interrupted,
+            SwarmCommand::Start {
+                attempt: 2,
+                at: now(),
+            },
+        )
+        .unwrap();
         let SwarmTaskEvent::SwarmTaskStarted(s) = &events[0] else {
             panic!()
         };
@@ -1115,7 +1200,10 @@ mod tests {
                 &state,
                 SwarmCommand::RecordSubtasks {
                     attempt: 1,
-                    outcomes: vec![outcome(0, SubtaskStatus::Done), outcome(1, SubtaskStatus::Failed)],
+                    outcomes: vec![
+                        outcome(0, SubtaskStatus::Done),
+                        outcome(1, SubtaskStatus::Failed),
+                    ],
                     at: now(),
                 },
             )

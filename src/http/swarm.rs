@@ -33,9 +33,8 @@ use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let enabled = actix_web::guard::fn_guard(|ctx| {
-        ctx.app_data::<web::Data<AppState>>().is_none_or(|s| {
-            s.config.quantum_swarm_enabled || s.config.velocity_swarm_enabled
-        })
+        ctx.app_data::<web::Data<AppState>>()
+            .is_none_or(|s| s.config.quantum_swarm_enabled || s.config.velocity_swarm_enabled)
     });
     cfg.service(
         web::scope("/swarm")
@@ -62,7 +61,11 @@ fn disabled(what: &str) -> ApiError {
 }
 
 /// The caller's organization and the swarm frontend it speaks for.
-fn caller(state: &AppState, who: &Principal, req: &HttpRequest) -> Result<(Uuid, TaskType), ApiError> {
+fn caller(
+    state: &AppState,
+    who: &Principal,
+    req: &HttpRequest,
+) -> Result<(Uuid, TaskType), ApiError> {
     let named = req
         .headers()
         .get("x-frontend-source")

@@ -303,13 +303,19 @@ mod unstorable_tests {
 
     #[test]
     fn the_first_value_that_cannot_be_stored_is_named_by_its_path() {
-        assert_eq!(unstorable(&json!({ "a": [1, { "b": "ok" }], "n": 1e12 })), None);
+        assert_eq!(
+            unstorable(&json!({ "a": [1, { "b": "ok" }], "n": 1e12 })),
+            None
+        );
         let nul = unstorable(&json!({ "readings": [{ "v": 1 }, { "name": "a\u{0}b" }] }));
         assert_eq!(nul.unwrap().path, "readings[1].name");
         let big: Value = serde_json::from_str(r#"{"x": {"y": 1e301}}"#).unwrap();
         let big = unstorable(&big).unwrap();
         assert_eq!(big.path, "x.y");
         assert!(big.reason.contains("out of range"));
-        assert_eq!(storable(&json!("\u{0}")), Err("contains a NUL character".into()));
+        assert_eq!(
+            storable(&json!("\u{0}")),
+            Err("contains a NUL character".into())
+        );
     }
 }

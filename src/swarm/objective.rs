@@ -192,7 +192,10 @@ mod tests {
                 vec![0.0; 3]
             };
             assert!(f.cost(&at).abs() < 1e-9, "{name}: {}", f.cost(&at));
-            assert!(f.cost(&[0.7, -1.3, 2.1]) > 0.0, "{name} is positive elsewhere");
+            assert!(
+                f.cost(&[0.7, -1.3, 2.1]) > 0.0,
+                "{name} is positive elsewhere"
+            );
         }
     }
 
@@ -208,9 +211,13 @@ mod tests {
         assert!(Objective::parse("x1 + x3", 2).unwrap_err().contains("`x3`"));
         assert!(Objective::parse("x1 + y", 2).unwrap_err().contains("`y`"));
         assert!(Objective::parse("x1 = 3; x1", 1).is_err());
-        assert!(Objective::parse("random()", 1).unwrap_err().contains("random"));
+        assert!(Objective::parse("random()", 1)
+            .unwrap_err()
+            .contains("random"));
         assert!(Objective::parse("str::trim(\"a\")", 1).is_err());
-        assert!(Objective::parse("(x1 + 2", 1).unwrap_err().contains("valid"));
+        assert!(Objective::parse("(x1 + 2", 1)
+            .unwrap_err()
+            .contains("valid"));
         assert!(Objective::parse("\"text\"", 1).is_err());
         assert!(Objective::parse("", 1).is_err());
         assert!(Objective::parse("rosenbrock", 1).is_err());

@@ -119,10 +119,7 @@ impl Observe<Swarm> for Watcher {
                 }));
             }
         }
-        let late = self
-            .control
-            .deadline
-            .is_some_and(|d| Instant::now() >= d);
+        let late = self.control.deadline.is_some_and(|d| Instant::now() >= d);
         if late || self.control.cancel.load(Ordering::Relaxed) {
             return Err(Stopped.into());
         }

@@ -270,10 +270,9 @@ async fn once(shared: &Shared, spec: &SubtaskSpec, timeout: Duration) -> Result<
                 temperature: None,
                 max_tokens: None,
             };
-            let mut stream =
-                crate::providers::ModelProvider::stream(provider.as_ref(), request)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let mut stream = crate::providers::ModelProvider::stream(provider.as_ref(), request)
+                .await
+                .map_err(|e| e.to_string())?;
             let mut text = String::new();
             while let Some(item) = stream.next().await {
                 match item.map_err(|e| e.to_string())? {
@@ -312,10 +311,11 @@ async fn once(shared: &Shared, spec: &SubtaskSpec, timeout: Duration) -> Result<
                 }
             }
             let _guard = CancelOnDrop(cancel);
-            let out = tokio::task::spawn_blocking(move || pso::optimize(&objective, &config, control))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            let out =
+                tokio::task::spawn_blocking(move || pso::optimize(&objective, &config, control))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
             let position: Vec<f64> = out.best_position.into_iter().map(storable).collect();
             Ok(json!({
                 "best_cost": storable(out.best_cost),
@@ -330,7 +330,8 @@ async fn once(shared: &Shared, spec: &SubtaskSpec, timeout: Duration) -> Result<
             if !shared.state.config.swarm_url_allowed(url) {
                 return Err(format!("{url} is not on the allow-list"));
             }
-            let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+            let method =
+                reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
             let mut request = shared.http.request(method, url);
             if let Some(body) = body {
                 request = request.json(body);
@@ -342,7 +343,11 @@ async fn once(shared: &Shared, spec: &SubtaskSpec, timeout: Duration) -> Result<
             let mut chunks = response.bytes_stream();
             while let Some(chunk) = chunks.next().await {
                 let chunk = chunk.map_err(|e| e.to_string())?;
-                body.extend_from_slice(&chunk[..chunk.len().min(4 * MAX_OUTPUT - body.len().min(4 * MAX_OUTPUT))]);
+                body.extend_from_slice(
+                    &chunk[..chunk
+                        .len()
+                        .min(4 * MAX_OUTPUT - body.len().min(4 * MAX_OUTPUT))],
+                );
                 if body.len() >= 4 * MAX_OUTPUT {
                     break;
                 }

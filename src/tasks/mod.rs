@@ -344,7 +344,9 @@ impl Run {
             Err(Finish::Stopped) => return,
         };
         match self.report(cmd).await {
-            Ok(()) => tracing::info!(task = %self.id, elapsed = ?started.elapsed(), "swarm task finished"),
+            Ok(()) => {
+                tracing::info!(task = %self.id, elapsed = ?started.elapsed(), "swarm task finished")
+            }
             Err(e) => tracing::warn!(task = %self.id, error = %e, "swarm task end not recorded"),
         }
     }
