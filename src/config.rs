@@ -181,6 +181,16 @@ pub struct Config {
     /// Seconds an open breaker fails calls at once before letting one probe through.
     #[arg(long, env = "PROVIDER_BREAKER_OPEN_SECS", default_value_t = 30)]
     pub provider_breaker_open_secs: u64,
+    /// Characters of a chat session's history sent with each reply (system prompt
+    /// included); the oldest messages are left out beyond it.
+    #[arg(long, env = "CHAT_PROMPT_BUDGET_CHARS", default_value_t = 24_000)]
+    pub chat_prompt_budget_chars: usize,
+    /// Milliseconds a reply's text is gathered before it is written as one delta event.
+    #[arg(long, env = "CHAT_DELTA_FLUSH_MS", default_value_t = 80)]
+    pub chat_delta_flush_ms: u64,
+    /// Characters that make a delta event without waiting for `CHAT_DELTA_FLUSH_MS`.
+    #[arg(long, env = "CHAT_DELTA_FLUSH_CHARS", default_value_t = 1024)]
+    pub chat_delta_flush_chars: usize,
     /// Most swarm tasks (optimizations, batches) running at once across the deployment.
     #[arg(long, env = "MAX_CONCURRENT_GENERATIONS", default_value_t = 10)]
     pub max_concurrent_generations: usize,

@@ -12,6 +12,8 @@
 //!   authorization of live streams, revocation) and the Engine.IO transports.
 //! - [`providers`]: AI model providers (OpenAI-compatible, Anthropic, local-echo) behind one
 //!   trait, each wrapped in timeouts, retries before the first token and a circuit breaker.
+//! - [`chat`]: FlowMind chat replies: the worker that streams a provider's reply into a chat
+//!   session's events, coalesced, and stops it on request.
 //! - [`rt`]: dedicated threads for the serial hot spots (store writer, projections).
 //! - [`swarm`]: the work of Quantum and Velocity swarm tasks (particle swarm runs, batches).
 //! - [`tasks`]: the scheduler of long work (caps, one leader across processes, resume).
@@ -22,6 +24,7 @@
 pub mod access;
 pub mod actors;
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod gateways;
 pub mod http;

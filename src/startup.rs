@@ -42,6 +42,8 @@ pub struct AppState {
     pub access: Arc<Access>,
     /// The AI model providers of this process, each behind timeouts, retries and a breaker.
     pub providers: crate::providers::Providers,
+    /// FlowMind chat sessions and the reply workers of this process.
+    pub chat: crate::chat::Chat,
     /// The connection core shared by every socket endpoint (limits, timeouts).
     pub gateways: Gateways,
     pub started: Instant,
@@ -180,6 +182,26 @@ impl Application {
         let access = Access::new(auth.ended_sessions.clone());
         access.follow(store.clone(), live.clone());
 
+        let providers = crate::providers::Providers::from_config(&config);
+        let chat = crate::chat::Chat::new(
+            Registry::new(store.clone(), config.runtime()),
+            providers.clone(),
+            crate::chat::ChatSettings::from_config(&config),
+        );
+        {
+            // Replies whose worker's process died are failed after the provider time limit.
+            let (chat, pool) = (chat.clone(), pool.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    every.tick().await;
+                    if let Err(e) = crate::chat::sweep_interrupted(&chat, &pool).await {
+                        tracing::debug!(error = %e, "sweeping interrupted replies failed");
+                    }
+                }
+            });
+        }
+
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             store: store.clone(),
@@ -189,7 +211,8 @@ impl Application {
             auth,
             access,
             live,
-            providers: crate::providers::Providers::from_config(&config),
+            providers,
+            chat,
             gateways: Gateways::new(&config),
             progress,
             started: Instant::now(),

@@ -151,10 +151,13 @@ pub enum ConversationCommand {
     },
 }
 
-/// A command on behalf of an organization: a session answers only to its own.
+/// A command on behalf of an organization, and of a user when `owner` is set: a session
+/// answers only to its own organization and, for a user's command, only to its owner.
+/// (The reply worker's reports carry no owner.)
 #[derive(Debug, Clone)]
 pub struct ScopedCommand {
     pub organization_id: Uuid,
+    pub owner: Option<Uuid>,
     pub cmd: ConversationCommand,
 }
 
@@ -430,6 +433,11 @@ impl Entity for Conversation {
     const CATEGORY: &'static str = "conversation";
 
     fn decide(&self, scoped: &ScopedCommand) -> Result<Vec<ConversationEvent>, ConversationError> {
+        if let (Some(owner), Some(user)) = (scoped.owner, self.user_id) {
+            if owner != user {
+                return Err(ConversationError::NotFound);
+            }
+        }
         self.decide_in(scoped.organization_id, &scoped.cmd)
     }
 
@@ -796,6 +804,7 @@ mod tests {
     ) -> Result<Vec<ConversationEvent>, ConversationError> {
         state.decide(&ScopedCommand {
             organization_id: ORG,
+            owner: Some(OWNER),
             cmd,
         })
     }
@@ -1032,6 +1041,7 @@ mod tests {
         assert_eq!(
             state.decide(&ScopedCommand {
                 organization_id: OTHER_ORG,
+                owner: Some(OWNER),
                 cmd: post(M2, R2, "Let me in"),
             }),
             Err(ConversationError::NotFound)
@@ -1039,10 +1049,41 @@ mod tests {
         assert_eq!(
             state.decide(&ScopedCommand {
                 organization_id: OTHER_ORG,
+                owner: None,
                 cmd: ConversationCommand::Rename { title: "x".into() },
             }),
             Err(ConversationError::NotFound)
         );
+    }
+
+    #[test]
+    fn another_members_command_on_a_session_is_not_found_but_the_workers_report_is_taken() {
+        let mut state = given(&one_exchange());
+        let other_member = Uuid::from_u128(0x99);
+        assert_eq!(
+            state.decide(&ScopedCommand {
+                organization_id: ORG,
+                owner: Some(other_member),
+                cmd: ConversationCommand::Rename {
+                    title: "mine".into()
+                },
+            }),
+            Err(ConversationError::NotFound)
+        );
+        let started = when(&state, post(M2, R2, "Next")).unwrap();
+        for e in &started {
+            state.evolve(e);
+        }
+        let report = state.decide(&ScopedCommand {
+            organization_id: ORG,
+            owner: None,
+            cmd: ConversationCommand::AppendDelta {
+                reply_id: R2,
+                offset: 0,
+                text: "ok".into(),
+            },
+        });
+        assert_eq!(report.map(|e| e.len()), Ok(1));
     }
 
     #[test]

@@ -251,7 +251,41 @@ pub enum LiveTarget {
 /// Stream categories whose entities belong to a frontend: a single stream of one of them
 /// is readable by every member of an organization with that frontend enabled, as the
 /// frontend's HTTP routes are.
-const FRONTEND_OF_CATEGORY: &[(&str, Frontend)] = &[("building", Frontend::Citypulse)];
+const FRONTEND_OF_CATEGORY: &[(&str, Frontend)] = &[
+    ("building", Frontend::Citypulse),
+    ("conversation", Frontend::Flowmind),
+];
+
+/// A stream that belongs to one user (a FlowMind chat session, whose first event names its
+/// owner): besides [`authorize`], a member who is not an organization admin may follow only
+/// their own, as with the chat routes. Another member's session answers `not_found`.
+pub async fn authorize_owned(
+    state: &crate::startup::AppState,
+    who: &Principal,
+    stream: &str,
+) -> Result<(), (&'static str, String)> {
+    if category_of(stream) != "conversation" || who.role == Some(Role::Admin) {
+        return Ok(());
+    }
+    let first = state
+        .store
+        .read_stream(stream, 1, crate::store::Direction::Forward, 1)
+        .await
+        .map_err(|_| ("unavailable", "the event store is unavailable".to_owned()))?;
+    let owner = first
+        .first()
+        .filter(|e| e.event_type == "ChatSessionCreated")
+        .and_then(|e| e.data.get("user_id"))
+        .and_then(|u| u.as_str())
+        .and_then(|u| Uuid::parse_str(u).ok());
+    match owner {
+        Some(owner) if owner != who.user_id => Err((
+            "not_found",
+            "no such stream in your organization".to_owned(),
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// Whether `who` may follow `target` live; `Ok` carries the organization whose events the
 /// subscription is limited to. The rules are those of HTTP: the history API (the whole log,

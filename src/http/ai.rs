@@ -21,7 +21,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/ai")
             .guard(enabled)
             .route("/models", web::get().to(models))
-            .route("/providers", web::get().to(providers)),
+            .route("/providers", web::get().to(providers))
+            .configure(super::chat::configure),
     )
     .service(web::scope("/ai").default_service(web::to(|| async {
         Err::<HttpResponse, _>(ApiError::new(

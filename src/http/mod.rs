@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod ai;
+pub mod chat;
 pub mod citypulse;
 pub mod command;
 pub mod contract;

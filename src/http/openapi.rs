@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, ai, citypulse, history, identity, ops, schema, swarm};
+use super::{admin, ai, chat, citypulse, history, identity, ops, schema, swarm};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -76,6 +76,19 @@ use super::{admin, ai, citypulse, history, identity, ops, schema, swarm};
         socket_io_polling,
         ai::models,
         ai::providers,
+        chat::create_session,
+        chat::list_sessions,
+        chat::get_session,
+        chat::update_session,
+        chat::delete_session,
+        chat::archive_session,
+        chat::post_message,
+        chat::list_messages,
+        chat::edit_message,
+        chat::stream_reply,
+        chat::regenerate,
+        chat::cancel,
+        chat::usage,
         swarm::create_task,
         swarm::list_tasks,
         swarm::get_task,
@@ -91,7 +104,7 @@ use super::{admin, ai, citypulse, history, identity, ops, schema, swarm};
         (name = "identity", description = "Accounts, sessions, organizations, members and frontends"),
         (name = "citypulse", description = "Buildings, sensors, readings, thresholds, energy and alerts"),
         (name = "history", description = "The event log, for organization admins"),
-        (name = "ai", description = "FlowMind: models of the configured AI providers and their circuit breakers"),
+        (name = "ai", description = "FlowMind: chat sessions with streamed AI replies, the models of the configured providers, their circuit breakers, and token usage"),
         (name = "swarm", description = "Quantum and Velocity Swarm: optimization runs and task batches, their progress and results"),
         (name = "live", description = "Live event streams (WebSocket upgrades)"),
         (name = "operations", description = "Health, metrics, service information and this contract"),

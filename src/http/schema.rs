@@ -530,3 +530,147 @@ pub struct ProviderState {
 pub struct ProviderStates {
     pub items: Vec<ProviderState>,
 }
+
+/// The session part of a creation answer (the legacy `chat_sessions` field names).
+#[derive(ToSchema)]
+pub struct ChatSessionSummary {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub organization_id: Uuid,
+    pub title: String,
+    pub model_id: String,
+    pub system_prompt: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(ToSchema)]
+pub struct ChatSessionCreated {
+    pub id: Uuid,
+    pub version: i64,
+    pub position: i64,
+    pub session: ChatSessionSummary,
+    /// Where the new session is read.
+    pub location: String,
+}
+
+/// A chat session with its activity (the legacy `chat_sessions` field names, and more).
+#[derive(ToSchema)]
+pub struct ChatSession {
+    pub id: Uuid,
+    /// The owner.
+    pub user_id: Uuid,
+    pub organization_id: Uuid,
+    pub title: String,
+    pub model_id: String,
+    pub system_prompt: Option<String>,
+    pub archived: bool,
+    pub archived_at: Option<DateTime<Utc>>,
+    /// User messages and replies, every branch.
+    pub message_count: i32,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    /// `prompt_tokens + completion_tokens` of the completed replies.
+    pub tokens_used: i64,
+    pub last_activity_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+#[derive(ToSchema)]
+pub struct ChatSessionPage {
+    pub items: Vec<ChatSession>,
+    pub next_cursor: Option<String>,
+}
+
+/// A posted (or edited) message, or a regeneration: the reply now streaming.
+#[derive(ToSchema)]
+pub struct MessagePosted {
+    /// The session.
+    pub id: Uuid,
+    pub version: i64,
+    pub position: i64,
+    /// The user message (absent for a regeneration).
+    pub message_id: Option<Uuid>,
+    pub reply_id: Uuid,
+    pub model_id: String,
+    /// The provider streaming the reply (`openai`, `groq`, `anthropic`, `local-echo`).
+    pub provider: String,
+    /// The reply as Server-Sent Events.
+    pub stream_url: String,
+}
+
+#[derive(ToSchema)]
+pub struct ReplyCancelled {
+    pub id: Uuid,
+    pub version: i64,
+    pub position: i64,
+    /// Whether a streaming reply was stopped.
+    pub cancelled: bool,
+    pub reply_id: Option<Uuid>,
+}
+
+/// Where a message stands.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum ChatMessageStatus {
+    Streaming,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+/// A message of a session: the user's (`role: user`) or a reply (`role: assistant`).
+#[derive(ToSchema)]
+pub struct ChatMessage {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    /// The message this one follows; a reply's parent is the user message it answers.
+    pub parent_id: Option<Uuid>,
+    /// `user` or `assistant`.
+    pub role: String,
+    /// The text; for a reply, all of it so far.
+    pub content: String,
+    pub status: ChatMessageStatus,
+    pub model_id: Option<String>,
+    pub provider: Option<String>,
+    pub finish_reason: Option<String>,
+    pub error_class: Option<String>,
+    pub error_message: Option<String>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Order within the session (a log position).
+    pub seq: i64,
+}
+
+#[derive(ToSchema)]
+pub struct ChatMessagePage {
+    pub items: Vec<ChatMessage>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct AiUsageDay {
+    pub day: chrono::NaiveDate,
+    pub model_id: String,
+    pub replies: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+#[derive(ToSchema)]
+pub struct AiUsageTotals {
+    pub replies: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+#[derive(ToSchema)]
+pub struct AiUsage {
+    pub organization_id: Uuid,
+    pub from: chrono::NaiveDate,
+    pub to: chrono::NaiveDate,
+    pub items: Vec<AiUsageDay>,
+    pub totals: AiUsageTotals,
+}

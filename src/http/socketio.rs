@@ -41,32 +41,70 @@ pub struct Namespace {
     pub category: &'static str,
     /// Client events that join and leave a room: (join, leave).
     pub room_commands: (&'static str, &'static str),
+    /// The payload field naming the room's entity (`building_id`, `session_id`, ...).
+    pub room_key: &'static str,
+    /// What a room is, for errors (`building`, `chat session`, ...).
+    pub noun: &'static str,
+    /// Who may join a room: members of the entity's organization, or its owner only.
+    pub rooms: RoomAccess,
     /// Stored event type → Socket.IO event name. The room is the entity id of the stream.
     pub emits: &'static [(&'static str, &'static str)],
+}
+
+/// Who may join the room of an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomAccess {
+    /// Any member of the organization the entity belongs to.
+    Organization,
+    /// Only the user who created the entity (its first event's `user_id`), in its
+    /// organization.
+    Owner,
 }
 
 /// Most rooms one connection may join in a namespace.
 const MAX_ROOMS: usize = 1000;
 
 /// The namespaces this gateway serves.
-pub const NAMESPACES: &[Namespace] = &[Namespace {
-    path: "/citypulse",
-    frontend: Frontend::Citypulse,
-    category: "building",
-    room_commands: ("join_building", "leave_building"),
-    emits: &[
-        ("ReadingsRecorded", "energy:update"),
-        ("AlertRaised", "alert:raised"),
-        ("AlertResolved", "alert:resolved"),
-        ("SensorRegistered", "sensor:registered"),
-        ("SensorDecommissioned", "building:updated"),
-        ("ThresholdSet", "building:updated"),
-    ],
-}];
+pub const NAMESPACES: &[Namespace] = &[
+    Namespace {
+        path: "/citypulse",
+        frontend: Frontend::Citypulse,
+        category: "building",
+        room_commands: ("join_building", "leave_building"),
+        room_key: "building_id",
+        noun: "building",
+        rooms: RoomAccess::Organization,
+        emits: &[
+            ("ReadingsRecorded", "energy:update"),
+            ("AlertRaised", "alert:raised"),
+            ("AlertResolved", "alert:resolved"),
+            ("SensorRegistered", "sensor:registered"),
+            ("SensorDecommissioned", "building:updated"),
+            ("ThresholdSet", "building:updated"),
+        ],
+    },
+    Namespace {
+        path: "/flowmind",
+        frontend: Frontend::Flowmind,
+        category: "conversation",
+        room_commands: ("join_session", "leave_session"),
+        room_key: "session_id",
+        noun: "chat session",
+        rooms: RoomAccess::Owner,
+        emits: &[
+            ("UserMessagePosted", "message:created"),
+            ("ReplyStarted", "ai:reply:started"),
+            ("ReplyDeltaAppended", "ai:reply:delta"),
+            ("ReplyCompleted", "ai:reply:completed"),
+            ("ReplyFailed", "ai:reply:failed"),
+            ("ReplyCancelled", "ai:reply:cancelled"),
+        ],
+    },
+];
 
 /// The payload a client receives: the event's data with the room entity and position.
-fn payload(room: Uuid, e: &RecordedEvent) -> Value {
-    let mut body = json!({ "building_id": room, "position": e.position, "event_type": e.event_type, "recorded_at": e.recorded_at });
+fn payload(ns: &Namespace, room: Uuid, e: &RecordedEvent) -> Value {
+    let mut body = json!({ ns.room_key: room, "position": e.position, "event_type": e.event_type, "recorded_at": e.recorded_at });
     if let (Value::Object(out), Value::Object(data)) = (&mut body, &e.data) {
         for (k, v) in data {
             out.entry(k.clone()).or_insert_with(|| v.clone());
@@ -311,7 +349,7 @@ impl Handler for SocketIo {
             '2',
             nsp,
             None,
-            &json!([name, payload(room, &event)]),
+            &json!([name, payload(j.ns, room, &event)]),
         ))
     }
 
@@ -351,21 +389,48 @@ impl Handler for SocketIo {
     }
 }
 
-/// Whether building `id` exists and belongs to `org`, read from the log (its first event),
-/// so that a client joining right after creating the building sees its own write, which
-/// the read model may not have yet.
-async fn owns_building(state: &AppState, org: Uuid, id: Uuid) -> Result<bool, ()> {
+/// Whether `who` may join the room of entity `id`, read from the log (the entity's first
+/// event), so that a client joining right after creating the entity sees its own write,
+/// which the read model may not have yet.
+async fn may_join(state: &AppState, ns: &Namespace, who: &Principal, id: Uuid) -> Result<bool, ()> {
     let first = state
         .store
-        .read_stream(&format!("building-{id}"), 1, Direction::Forward, 1)
+        .read_stream(&format!("{}-{id}", ns.category), 1, Direction::Forward, 1)
         .await
         .map_err(|_| ())?;
     let Some(e) = first.first() else {
         return Ok(false);
     };
-    let org = org.to_string();
-    let named = |v: &Value| v.get("organization_id").and_then(Value::as_str) == Some(&org);
-    Ok(named(&e.data) || named(&e.metadata))
+    let Some(org) = who.organization_id.map(|o| o.to_string()) else {
+        return Ok(false);
+    };
+    let named = |v: &Value, key: &str, want: &str| v.get(key).and_then(Value::as_str) == Some(want);
+    let in_org =
+        named(&e.data, "organization_id", &org) || named(&e.metadata, "organization_id", &org);
+    Ok(in_org
+        && match ns.rooms {
+            RoomAccess::Organization => true,
+            RoomAccess::Owner => {
+                let user = who.user_id.to_string();
+                named(&e.data, "user_id", &user)
+            }
+        })
+}
+
+/// For a chat session's room: the reply streaming now with its text so far (or null), so
+/// that a client joining or re-joining mid-reply shows it at once, then applies only the
+/// `ai:reply:delta` events that go beyond `chars` (each names its `offset`).
+async fn streaming_reply(state: &AppState, id: Uuid) -> Value {
+    let Ok((_, session)) = state.chat.sessions.inspect(id).await else {
+        return Value::Null;
+    };
+    session
+        .active_reply
+        .and_then(|r| session.index.get(&r).map(|&i| &session.messages[i]))
+        .map_or(
+            Value::Null,
+            |m| json!({ "reply_id": m.id, "text": m.text, "chars": m.chars }),
+        )
 }
 
 /// Handles one Socket.IO packet; returns the packets to send back.
@@ -494,26 +559,31 @@ async fn on_packet(
                 .and_then(|s| Uuid::parse_str(s).ok());
             let answer = if name == ns.room_commands.0 || name == ns.room_commands.1 {
                 match room {
-                    None => json!({ "ok": false, "error": "a building id is required" }),
+                    None => {
+                        json!({ "ok": false, "error": format!("a {} id is required", ns.noun) })
+                    }
                     Some(id) if name == ns.room_commands.1 => {
                         j.rooms.remove(&id);
                         json!({ "ok": true })
                     }
-                    Some(id) => {
-                        let org = j.principal.organization_id.unwrap_or_default();
-                        match owns_building(state, org, id).await {
-                            Ok(true) if j.rooms.len() >= MAX_ROOMS => json!({
-                                "ok": false,
-                                "error": format!("at most {MAX_ROOMS} rooms per connection"),
-                            }),
-                            Ok(true) => {
-                                j.rooms.insert(id);
-                                json!({ "ok": true, "room": id })
+                    Some(id) => match may_join(state, ns, &j.principal, id).await {
+                        Ok(true) if j.rooms.len() >= MAX_ROOMS => json!({
+                            "ok": false,
+                            "error": format!("at most {MAX_ROOMS} rooms per connection"),
+                        }),
+                        Ok(true) => {
+                            j.rooms.insert(id);
+                            let mut ok = json!({ "ok": true, "room": id });
+                            if ns.category == "conversation" {
+                                ok["streaming"] = streaming_reply(state, id).await;
                             }
-                            Ok(false) => json!({ "ok": false, "error": "building not found" }),
-                            Err(()) => json!({ "ok": false, "error": "temporarily unavailable" }),
+                            ok
                         }
-                    }
+                        Ok(false) => {
+                            json!({ "ok": false, "error": format!("{} not found", ns.noun) })
+                        }
+                        Err(()) => json!({ "ok": false, "error": "temporarily unavailable" }),
+                    },
                 }
             } else {
                 json!({ "ok": false, "error": format!("unknown event `{name}`") })

@@ -315,7 +315,13 @@ impl Connection {
                 None => error("unknown_subscription", "no such subscription", Some(&id)),
             },
             ClientMsg::Subscribe { id, target, from } => {
-                match self.subscribe(id.clone(), target, from, tx.clone()) {
+                let owned = match (&target, &self.principal) {
+                    (Target::Stream(s), Some(p)) => {
+                        crate::gateways::authorize_owned(&self.state, p, s).await
+                    }
+                    _ => Ok(()),
+                };
+                match owned.and_then(|()| self.subscribe(id.clone(), target, from, tx.clone())) {
                     Ok(after) => json!({ "type": "subscribed", "subscription": id, "from": after })
                         .to_string(),
                     Err((code, message)) => error(code, &message, Some(&id)),

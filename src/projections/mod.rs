@@ -1,6 +1,7 @@
 //! Read models built from the event log, and the read-your-writes wait used by queries.
 
 pub mod citypulse;
+pub mod flowmind;
 pub mod identity;
 pub mod parked;
 pub mod runner;
@@ -21,6 +22,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(citypulse::Directory),
         Arc::new(citypulse::Energy),
         Arc::new(identity::Identity),
+        Arc::new(flowmind::Flowmind),
         Arc::new(swarm::SwarmTasks),
     ]
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod stand_in;
+
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -236,8 +238,14 @@ impl OtherApp {
 }
 
 pub async fn spawn_second_app(app: &TestApp) -> OtherApp {
+    spawn_second_app_with(app, |_| {}).await
+}
+
+/// A second process on `app`'s database, with its own settings.
+pub async fn spawn_second_app_with(app: &TestApp, tune: impl FnOnce(&mut Config)) -> OtherApp {
     let mut config = test_config(app.database_url.clone());
     config.run_projections = false;
+    tune(&mut config);
     let second = Application::build(config)
         .await
         .expect("second application starts");
