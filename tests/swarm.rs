@@ -651,3 +651,64 @@ async fn an_interrupted_batch_is_resumed_by_a_second_process_after_the_first_sto
     assert_eq!(recorded, 400, "no subtask was recorded twice");
     let _ = first.pool;
 }
+
+#[actix_web::test]
+async fn the_real_socket_io_client_follows_a_run_on_quantum_and_a_batch_on_velocity() {
+    let app = start(None, |_| {}).await;
+    let tenant = swarm_tenant(&app, "live").await;
+    let stranger = swarm_tenant(&app, "stranger").await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/socketio");
+    assert!(
+        dir.join("node_modules/socket.io-client").exists(),
+        "socket.io-client is not installed: run `npm ci` in tests/socketio (scripts/test does)"
+    );
+    let args = [
+        dir.join("swarm.mjs").display().to_string(),
+        app.base.clone(),
+        tenant.access_token.clone(),
+        stranger.access_token.clone(),
+    ];
+    let output = actix_web::rt::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .args(args)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "node failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let task = report["task_id"].as_str().unwrap();
+    assert_eq!(report["joined"]["ok"], true, "{report}");
+    assert_eq!(report["refused"]["ok"], false, "{report}");
+    assert_eq!(report["refused"]["error"], "swarm task not found");
+    let progress = report["progress"].as_array().unwrap();
+    assert!(!progress.is_empty(), "{report}");
+    assert!(progress.iter().all(|p| p["task_id"] == task));
+    let iterations: Vec<i64> = progress
+        .iter()
+        .map(|p| p["iteration"].as_i64().unwrap())
+        .collect();
+    assert!(iterations.windows(2).all(|w| w[0] < w[1]), "{iterations:?}");
+    assert!(
+        progress.len() < 8000,
+        "coalesced: {} progress events for 8000 iterations",
+        progress.len()
+    );
+    assert_eq!(report["completed"]["task_id"], task);
+    assert_eq!(report["completed"]["result"]["iterations"], 8000);
+
+    let chunks: i64 = report["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_i64().unwrap())
+        .sum();
+    assert_eq!(chunks, 40, "every subtask arrived in a chunk: {report}");
+    assert_eq!(report["batch_completed"]["result"]["done"], 40);
+}

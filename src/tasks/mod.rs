@@ -187,9 +187,12 @@ async fn lead(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Result
     }
 }
 
-fn meta() -> CommandMeta {
+/// Metadata of the scheduler's and workers' reports: the task's organization (the history
+/// API and live subscriptions filter on it) and `scheduler` as the source.
+fn meta(org: Uuid) -> CommandMeta {
     CommandMeta {
         frontend: Some("scheduler".into()),
+        organization_id: Some(org),
         ..CommandMeta::new()
     }
 }
@@ -209,7 +212,7 @@ async fn command(
                 cmd,
             },
             None,
-            meta(),
+            meta(org),
         )
         .await
         .map(|_| ())
