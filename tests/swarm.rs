@@ -712,3 +712,66 @@ async fn the_real_socket_io_client_follows_a_run_on_quantum_and_a_batch_on_veloc
     assert_eq!(chunks, 40, "every subtask arrived in a chunk: {report}");
     assert_eq!(report["batch_completed"]["result"]["done"], 40);
 }
+
+#[actix_web::test]
+async fn a_member_follows_a_task_stream_on_the_native_socket_until_it_ends() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = start(None, |_| {}).await;
+    let admin = swarm_tenant(&app, "admin").await;
+    // A plain member (not an admin) may follow one task's stream, as the swarm routes allow.
+    let email = format!("member-{}@example.org", uuid::Uuid::new_v4().simple());
+    let res = app
+        .anonymous
+        .post(format!("{}/api/v1/auth/signup", app.base))
+        .json(&json!({ "email": email, "password": PASSWORD, "display_name": "member" }))
+        .send()
+        .await
+        .unwrap();
+    let user: Value = res.json().await.unwrap();
+    let res = app
+        .anonymous
+        .post(format!(
+            "{}/api/v1/organizations/{}/members",
+            app.base, admin.organization_id
+        ))
+        .bearer_auth(&admin.access_token)
+        .json(&json!({ "user_id": user["user"]["id"], "role": "member" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .anonymous
+        .post(format!("{}/api/v1/auth/login", app.base))
+        .json(&json!({ "email": email, "password": PASSWORD, "organization_id": admin.organization_id }))
+        .send()
+        .await
+        .unwrap();
+    let login: Value = res.json().await.unwrap();
+    let token = login["access_token"].as_str().unwrap();
+
+    let quantum = Caller::new(&app.base, &admin, "quantum");
+    let (id, _) = quantum.create(rastrigin(5, 30, 2000)).await;
+    let url = format!("{}/api/v1/ws?token={token}", app.base.replace("http", "ws"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let subscribe = json!({
+        "type": "subscribe", "id": "t", "target": { "stream": format!("swarm_task-{id}") }, "from": 0
+    });
+    ws.send(Message::Text(subscribe.to_string().into()))
+        .await
+        .unwrap();
+    let mut kinds = Vec::new();
+    while kinds.last().map(String::as_str) != Some("SwarmTaskCompleted") {
+        let m = common::recv(&mut ws).await;
+        match m["type"].as_str() {
+            Some("event") => kinds.push(m["event_type"].as_str().unwrap().to_owned()),
+            Some("subscribed" | "caught_up") => {}
+            other => panic!("unexpected {other:?}: {m}"),
+        }
+    }
+    assert_eq!(kinds[0], "SwarmTaskCreated");
+    assert_eq!(kinds[1], "SwarmTaskStarted");
+    ws.close(None).await.unwrap();
+}
