@@ -759,9 +759,7 @@ async fn a_member_follows_a_task_stream_on_the_native_socket_until_it_ends() {
     let subscribe = json!({
         "type": "subscribe", "id": "t", "target": { "stream": format!("swarm_task-{id}") }, "from": 0
     });
-    ws.send(Message::Text(subscribe.to_string().into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(subscribe.to_string())).await.unwrap();
     let mut kinds = Vec::new();
     while kinds.last().map(String::as_str) != Some("SwarmTaskCompleted") {
         let m = common::recv(&mut ws).await;

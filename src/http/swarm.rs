@@ -379,7 +379,7 @@ async fn create_task(
             .execute(id, cmd, None, meta)
             .await
             .map_err(|e| command_error(e, swarm_error))?;
-        state.swarm.wake();
+        state.swarm.created(reply.position);
         let mut answer = Answer::of(StatusCode::CREATED, id, &reply);
         answer.body["status"] = json!("queued");
         answer.body["location"] = json!(format!("/api/v1/swarm/tasks/{id}"));

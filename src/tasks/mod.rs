@@ -73,6 +73,9 @@ struct Running {
 #[derive(Default)]
 struct Inner {
     wake: Notify,
+    /// The log position of the newest task created in this process: before its next scan
+    /// the leader waits (briefly) for the read model to have it.
+    created: std::sync::atomic::AtomicI64,
     running: DashMap<Uuid, Running>,
     stopped: AtomicBool,
     stop: Notify,
@@ -90,8 +93,15 @@ impl Scheduler {
         Self::default()
     }
 
-    /// A task was created or finished: look for work now rather than at the next scan.
+    /// A task was finished: look for work now rather than at the next scan.
     pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// A task was created at log position `position`: look for work as soon as the read
+    /// model has it.
+    pub fn created(&self, position: i64) {
+        self.inner.created.fetch_max(position, Ordering::Relaxed);
         self.inner.wake.notify_one();
     }
 
@@ -178,6 +188,19 @@ async fn lead(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Result
         }
         // The lock lives as long as this connection: make sure it still does.
         sqlx::query("SELECT 1").execute(&mut conn).await?;
+        let created = inner.created.swap(0, Ordering::Relaxed);
+        if created > 0 {
+            // Read-your-writes for the scan; on a timeout the next scan finds it anyway.
+            let _ = state
+                .progress
+                .wait_for(
+                    &state.pool,
+                    crate::projections::swarm::NAME,
+                    created,
+                    Duration::from_secs(1),
+                )
+                .await;
+        }
         admit(state, inner).await?;
         tokio::select! {
             _ = inner.wake.notified() => {}
