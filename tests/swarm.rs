@@ -773,3 +773,57 @@ async fn a_member_follows_a_task_stream_on_the_native_socket_until_it_ends() {
     assert_eq!(kinds[1], "SwarmTaskStarted");
     ws.close(None).await.unwrap();
 }
+
+#[actix_web::test]
+async fn a_retried_create_with_the_same_idempotency_key_names_the_same_task_and_writes_once() {
+    let app = start(None, |_| {}).await;
+    let tenant = swarm_tenant(&app, "retry").await;
+    let client = client_for(&tenant);
+    let send = || {
+        client
+            .post(format!("{}/api/v1/swarm/tasks", app.base))
+            .header("x-frontend-source", "quantum")
+            .header("idempotency-key", "run-1")
+            .json(&rastrigin(2, 10, 10))
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    let created = task_events(&app.pool)
+        .await
+        .iter()
+        .filter(|(_, t, _)| t == "SwarmTaskCreated")
+        .count();
+    assert_eq!(created, 1);
+}
+
+#[actix_web::test]
+async fn a_disabled_swarm_frontend_answers_feature_disabled_and_the_other_keeps_working() {
+    let app = start(None, |c| c.quantum_swarm_enabled = false).await;
+    let tenant = swarm_tenant(&app, "flags").await;
+    let quantum = Caller::new(&app.base, &tenant, "quantum");
+    let (status, answer) = quantum
+        .post("/api/v1/swarm/tasks", rastrigin(2, 10, 10))
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(answer["error"]["code"], "feature_disabled");
+    let velocity = Caller::new(&app.base, &tenant, "velocity");
+    let (status, _) = velocity.get("/api/v1/swarm/tasks").await;
+    assert_eq!(status, 200);
+}
+
+#[actix_web::test]
+async fn a_task_past_its_wall_clock_limit_fails_with_the_reason() {
+    let app = start(None, |c| c.max_content_generation_time = 1).await;
+    let quantum = Caller::new(&app.base, &swarm_tenant(&app, "slow").await, "quantum");
+    let (id, _) = quantum.create(rastrigin(50, 200, 1_000_000)).await;
+    let done = quantum.finished(&id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"], "the task exceeded its time limit of 1 s");
+}
