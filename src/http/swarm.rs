@@ -189,8 +189,10 @@ struct VelocityBody {
     mode: Option<BatchMode>,
 }
 
-/// The settings of the task, by its type.
-#[derive(utoipa::ToSchema)]
+/// The settings of the task, by its type (documentation only: the body is parsed per
+/// `type`, so that errors name the field).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
 #[allow(dead_code)]
 enum ConfigBody {
     Quantum(QuantumBody),
