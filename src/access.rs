@@ -203,6 +203,11 @@ impl Access {
         })
     }
 
+    /// `user`'s role in `org` now, if they are a member (as far as the view knows).
+    pub fn role_of(&self, org: Uuid, user: Uuid) -> Option<Role> {
+        self.orgs.get(&org)?.members.get(&user).copied()
+    }
+
     /// The log position the view has applied.
     pub fn applied(&self) -> i64 {
         *self.applied.borrow()

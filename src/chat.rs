@@ -1,10 +1,11 @@
 //! FlowMind chat replies: the worker that runs a provider call for a chat session, off the
 //! session actor's mailbox, and reports what it gets back as commands that become events.
 //!
-//! - **Coalescing.** Text from the provider is gathered and written as one
+//! - **Coalescing.** The first piece of text is written at once (the time to the first
+//!   delta is what a user feels); after it, text is gathered and written as one
 //!   `ReplyDeltaAppended` every `CHAT_DELTA_FLUSH_MS` (80 ms) or every
 //!   `CHAT_DELTA_FLUSH_CHARS` characters, whichever comes first: a reply of a few hundred
-//!   tokens is a handful of events, not one per token.
+//!   tokens is a few dozen events, not one per token.
 //! - **Exactly once.** Each delta names its offset; the actor accepts it only if it continues
 //!   the reply. A delta whose answer was lost is recognised on retry by the offset the actor
 //!   reports.
@@ -120,10 +121,9 @@ impl Chat {
         self.running.insert(job.reply_id, stop_tx);
         let chat = self.clone();
         tokio::spawn(async move {
-            let reply_id = job.reply_id;
+            // Removed from `running` however the task ends, also when its runtime stops.
+            let _running = Running(chat.clone(), job.reply_id);
             Worker::new(&chat, job, provider).run(stop_rx).await;
-            chat.running.remove(&reply_id);
-            metrics::gauge!("ub_chat_replies_running").set(chat.running.len() as f64);
         });
         metrics::gauge!("ub_chat_replies_running").set(self.running.len() as f64);
     }
@@ -140,6 +140,16 @@ impl Chat {
         }
         let _ = tokio::time::timeout(limit, done_rx).await;
         true
+    }
+}
+
+/// A reply's place in [`Chat::running`], given up when its worker ends.
+struct Running(Chat, Uuid);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.remove(&self.1);
+        metrics::gauge!("ub_chat_replies_running").set(self.0.running.len() as f64);
     }
 }
 
@@ -253,7 +263,9 @@ impl Worker {
                         let text = clean(&text);
                         self.pending_chars += text.chars().count();
                         self.pending.push_str(&text);
-                        if self.pending_chars >= settings.flush_chars {
+                        // The first piece goes out at once (it is what the user waits
+                        // for); later ones are gathered.
+                        if self.offset == 0 || self.pending_chars >= settings.flush_chars {
                             if let Err(halt) = self.flush().await {
                                 return self.halted(halt).await;
                             }
@@ -422,11 +434,21 @@ impl Worker {
     }
 }
 
-/// Fails the replies that have been streaming for longer than any worker may take: their
-/// worker's process is gone. Runs in every process; a reply another process already ended
-/// is simply refused. Returns how many replies it failed.
-pub async fn sweep_interrupted(chat: &Chat, pool: &PgPool) -> anyhow::Result<usize> {
-    let margin = chat.settings.total_timeout + Duration::from_secs(60);
+/// How long a reply may stream before [`sweep_interrupted`] takes its worker for gone: the
+/// provider's total time limit plus a minute for the last writes.
+pub fn interrupted_after(chat: &Chat) -> Duration {
+    chat.settings.total_timeout + Duration::from_secs(60)
+}
+
+/// Fails the replies that have been streaming for longer than `margin` (see
+/// [`interrupted_after`]) and have no worker in this process: their worker's process is
+/// gone. Runs in every process; a reply another process already ended is simply refused.
+/// Returns how many replies it failed.
+pub async fn sweep_interrupted(
+    chat: &Chat,
+    pool: &PgPool,
+    margin: Duration,
+) -> anyhow::Result<usize> {
     let rows: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
         "SELECT m.id, m.session_id, m.organization_id FROM chat_messages m \
          WHERE m.status = 'streaming' AND m.created_at < now() - make_interval(secs => $1) \

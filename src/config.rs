@@ -191,6 +191,28 @@ pub struct Config {
     /// Characters that make a delta event without waiting for `CHAT_DELTA_FLUSH_MS`.
     #[arg(long, env = "CHAT_DELTA_FLUSH_CHARS", default_value_t = 1024)]
     pub chat_delta_flush_chars: usize,
+    /// Serve the Pusher Channels protocol (`/app/{key}`, `/pusher/auth`, `/apps/{app_id}/…`).
+    /// Unset: on, except in production without `PUSHER_SECRET` (off, with a warning);
+    /// `true` in production without `PUSHER_SECRET` refuses to start.
+    #[arg(long, env = "PUSHER_ENABLED", action = clap::ArgAction::Set)]
+    pub pusher_enabled: Option<bool>,
+    /// The Pusher app id of the HTTP API (`/apps/{app_id}/events`).
+    #[arg(long, env = "PUSHER_APP_ID", default_value = "universal-backend")]
+    pub pusher_app_id: String,
+    /// The Pusher app key clients connect with (`/app/{key}`).
+    #[arg(long, env = "PUSHER_KEY", default_value = "universal-backend-key")]
+    pub pusher_key: String,
+    /// The Pusher app secret (subscription and API signatures). Development uses
+    /// `universal-backend-dev-secret` when unset; required when NODE_ENV=production.
+    #[arg(long, env = "PUSHER_SECRET", hide_env_values = true)]
+    pub pusher_secret: Option<String>,
+    /// Messages a client may send per minute on one socket connection, on every socket
+    /// endpoint (0 = no limit).
+    #[arg(long, env = "WS_RATE_LIMIT_PER_MINUTE", default_value_t = 100)]
+    pub ws_rate_limit_per_minute: u32,
+    /// Signing algorithm of access tokens: only `HS256` is supported (the seed's setting).
+    #[arg(long, env = "JWT_ALGORITHM", default_value = "HS256")]
+    pub jwt_algorithm: String,
     /// Most swarm tasks (optimizations, batches) running at once across the deployment.
     #[arg(long, env = "MAX_CONCURRENT_GENERATIONS", default_value_t = 10)]
     pub max_concurrent_generations: usize,
@@ -243,6 +265,43 @@ impl Config {
                 || self.projections.split(',').any(|p| p.trim() == name))
     }
 
+    /// Applies the seed's names for settings this service calls otherwise, where ours are not
+    /// set: `JWT_SECRET_KEY` (→ `JWT_SECRET`), `JWT_ACCESS_TOKEN_EXPIRE_MINUTES` (→
+    /// `JWT_EXPIRES_IN`), `JWT_REFRESH_TOKEN_EXPIRE_DAYS` (→ `JWT_REFRESH_EXPIRES_IN`).
+    /// `var` reads the environment.
+    pub fn apply_seed_aliases(
+        &mut self,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<()> {
+        let unset = |ours: &str| var(ours).is_none_or(|v| v.is_empty());
+        if let Some(secret) = var("JWT_SECRET_KEY").filter(|_| unset("JWT_SECRET")) {
+            self.jwt_secret = Some(secret);
+        }
+        let number = |name: &str, v: String| {
+            v.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| anyhow::anyhow!("{name} must be a positive whole number"))
+        };
+        if let Some(v) = var("JWT_ACCESS_TOKEN_EXPIRE_MINUTES").filter(|_| unset("JWT_EXPIRES_IN"))
+        {
+            self.jwt_expires_in = format!("{}m", number("JWT_ACCESS_TOKEN_EXPIRE_MINUTES", v)?);
+        }
+        if let Some(v) =
+            var("JWT_REFRESH_TOKEN_EXPIRE_DAYS").filter(|_| unset("JWT_REFRESH_EXPIRES_IN"))
+        {
+            self.jwt_refresh_expires_in =
+                format!("{}d", number("JWT_REFRESH_TOKEN_EXPIRE_DAYS", v)?);
+        }
+        anyhow::ensure!(
+            self.jwt_algorithm.eq_ignore_ascii_case("HS256"),
+            "JWT_ALGORITHM {} is not supported: access tokens are signed with HS256",
+            self.jwt_algorithm
+        );
+        Ok(())
+    }
+
     pub fn is_production(&self) -> bool {
         self.node_env.eq_ignore_ascii_case("production")
     }
@@ -265,5 +324,59 @@ impl Config {
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .any(|prefix| url.starts_with(prefix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn the_seed_names_of_jwt_settings_apply_where_ours_are_not_set() {
+        let mut c = Config::default();
+        c.apply_seed_aliases(env(&[
+            ("JWT_SECRET_KEY", "seed-secret"),
+            ("JWT_ACCESS_TOKEN_EXPIRE_MINUTES", "30"),
+            ("JWT_REFRESH_TOKEN_EXPIRE_DAYS", "7"),
+        ]))
+        .unwrap();
+        assert_eq!(c.jwt_secret.as_deref(), Some("seed-secret"));
+        assert_eq!(c.jwt_expires_in, "30m");
+        assert_eq!(c.jwt_refresh_expires_in, "7d");
+
+        // Our own names win.
+        let mut c = Config {
+            jwt_expires_in: "1h".into(),
+            ..Config::default()
+        };
+        c.apply_seed_aliases(env(&[
+            ("JWT_EXPIRES_IN", "1h"),
+            ("JWT_ACCESS_TOKEN_EXPIRE_MINUTES", "30"),
+        ]))
+        .unwrap();
+        assert_eq!(c.jwt_expires_in, "1h");
+
+        let mut c = Config::default();
+        assert!(c
+            .apply_seed_aliases(env(&[("JWT_ACCESS_TOKEN_EXPIRE_MINUTES", "soon")]))
+            .is_err());
+        let mut c = Config {
+            jwt_algorithm: "RS256".into(),
+            ..Config::default()
+        };
+        assert!(c.apply_seed_aliases(env(&[])).is_err());
     }
 }

@@ -50,7 +50,9 @@ enum OperatorAction {
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.config
+        .apply_seed_aliases(|name| std::env::var(name).ok())?;
     telemetry::init_tracing(&cli.config.log_level);
     telemetry::metrics_handle();
     match cli.command.unwrap_or(Command::Serve) {

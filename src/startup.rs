@@ -34,6 +34,9 @@ pub struct AppState {
     pub buildings: Registry<Building>,
     pub users: Registry<User>,
     pub organizations: Registry<Organization>,
+    /// FluxStudio channels and direct conversations, and users' notification inboxes.
+    pub channels: Registry<crate::actors::channel::Channel>,
+    pub inboxes: Registry<crate::actors::channel::Inbox>,
     pub auth: AuthState,
     pub progress: Progress,
     /// The in-memory fan-out that live socket subscriptions follow.
@@ -46,6 +49,11 @@ pub struct AppState {
     pub chat: crate::chat::Chat,
     /// The connection core shared by every socket endpoint (limits, timeouts).
     pub gateways: Gateways,
+    /// The Pusher Channels hub: `state.pusher.publish(channel, event, &data)` reaches the
+    /// subscribers of every process (see `gateways::pusher`).
+    pub pusher: Arc<crate::gateways::pusher::Hub>,
+    /// Typing and presence of the messaging sockets, shared by every process.
+    pub signals: Arc<crate::gateways::signals::Signals>,
     pub started: Instant,
     pub config: Config,
     /// The actors of swarm tasks (Quantum runs, Velocity batches).
@@ -195,12 +203,19 @@ impl Application {
                 let mut every = tokio::time::interval(Duration::from_secs(30));
                 loop {
                     every.tick().await;
-                    if let Err(e) = crate::chat::sweep_interrupted(&chat, &pool).await {
+                    let margin = crate::chat::interrupted_after(&chat);
+                    if let Err(e) = crate::chat::sweep_interrupted(&chat, &pool, margin).await {
                         tracing::debug!(error = %e, "sweeping interrupted replies failed");
                     }
                 }
             });
         }
+        let pusher = crate::gateways::pusher::Hub::start(
+            &config,
+            pool.clone(),
+            Duration::from_secs(config.ws_heartbeat_interval.max(1)),
+        )
+        .await?;
 
         let state = web::Data::new(AppState {
             pool: pool.clone(),
@@ -208,12 +223,16 @@ impl Application {
             buildings: Registry::new(store.clone(), config.runtime()),
             users: Registry::new(store.clone(), config.runtime()),
             organizations: Registry::new(store.clone(), config.runtime()),
+            channels: Registry::new(store.clone(), config.runtime()),
+            inboxes: Registry::new(store.clone(), config.runtime()),
             auth,
             access,
             live,
             providers,
             chat,
             gateways: Gateways::new(&config),
+            pusher,
+            signals: crate::gateways::signals::Signals::start(pool.clone()),
             progress,
             started: Instant::now(),
             config: config.clone(),

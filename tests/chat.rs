@@ -902,3 +902,79 @@ async fn native_websocket_subscribers_of_a_session_stream_get_the_reply_and_othe
     assert_eq!(types[1], "ReplyStarted");
     assert_eq!(text, "Hello, world!");
 }
+
+#[actix_web::test]
+async fn a_reply_whose_process_stopped_is_failed_as_interrupted_and_the_session_takes_messages_again(
+) {
+    let chat = start(|_| {}).await;
+    let session = chat.session(json!({})).await;
+    chat.provider.then(Reply::Stream(Script {
+        stall: Duration::from_secs(60),
+        ..Script::default()
+    }));
+    let (_, posted) = chat.post(&session, "are you there?").await;
+    for _ in 0..100 {
+        if !chat.provider.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        chat.provider.requests().len(),
+        1,
+        "the worker called the provider"
+    );
+    // The process stops with its worker mid-reply.
+    chat.app.handle.stop(false).await;
+
+    // Another process finds the reply streaming with no worker, and fails it.
+    let provider = chat.provider.clone();
+    let mut config = common::test_config(chat.app.database_url.clone());
+    with_provider(&mut config, &provider);
+    let other = universal_backend::Application::build(config).await.unwrap();
+    let state = other.state();
+    let base = format!("http://127.0.0.1:{}", other.port());
+    actix_web::rt::spawn(other.run_until_stopped());
+    let reply_id = posted["reply_id"]
+        .as_str()
+        .unwrap()
+        .parse::<uuid::Uuid>()
+        .unwrap();
+    for _ in 0..100 {
+        let projected: Option<String> =
+            sqlx::query_scalar("SELECT status FROM chat_messages WHERE id = $1")
+                .bind(reply_id)
+                .fetch_optional(&state.pool)
+                .await
+                .unwrap();
+        if projected.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed =
+        universal_backend::chat::sweep_interrupted(&state.chat, &state.pool, Duration::ZERO)
+            .await
+            .unwrap();
+    assert_eq!(failed, 1);
+    let events = follow(
+        &chat.client,
+        &format!("{base}{}", posted["stream_url"].as_str().unwrap()),
+        None,
+        None,
+    )
+    .await;
+    let (ending, _, data) = events.last().unwrap();
+    assert_eq!(
+        (ending.as_str(), &data["error_class"]),
+        ("failed", &json!("interrupted"))
+    );
+    let (status, _) = send(
+        &chat.client,
+        &format!("{base}/api/v1/ai/sessions/{session}/messages"),
+        reqwest::Method::POST,
+        Some(json!({ "content": "again" })),
+    )
+    .await;
+    assert_eq!(status, 202);
+}

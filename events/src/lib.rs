@@ -16,6 +16,7 @@
 pub mod building;
 pub mod conversation;
 pub mod identity;
+pub mod messaging;
 pub mod swarm;
 
 use serde::{de::DeserializeOwned, Serialize};

@@ -9,6 +9,7 @@ use serde_json::Value;
 use universal_events::building::EVENT_TYPES;
 use universal_events::conversation::CONVERSATION_EVENT_TYPES;
 use universal_events::identity::{ORGANIZATION_EVENT_TYPES, USER_EVENT_TYPES};
+use universal_events::messaging::{InboxEvent, MessagingEvent, MESSAGING_EVENT_TYPES};
 use universal_events::swarm::SWARM_TASK_EVENT_TYPES;
 use universal_events::{
     BuildingEvent, ConversationEvent, EmailEvent, EventFamily, OrganizationEvent, SwarmTaskEvent,
@@ -63,6 +64,10 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
             check::<OrganizationEvent>(&t, version, &data);
         } else if CONVERSATION_EVENT_TYPES.contains(&t.as_str()) {
             check::<ConversationEvent>(&t, version, &data);
+        } else if MESSAGING_EVENT_TYPES.contains(&t.as_str()) {
+            check::<MessagingEvent>(&t, version, &data);
+        } else if t == "NotificationsRead" {
+            check::<InboxEvent>(&t, version, &data);
         } else if SWARM_TASK_EVENT_TYPES.contains(&t.as_str()) {
             check::<SwarmTaskEvent>(&t, version, &data);
         } else if t == "EmailClaimed" {
@@ -78,8 +83,9 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
         .chain(USER_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(ORGANIZATION_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(CONVERSATION_EVENT_TYPES.iter().map(|t| (*t, 1)))
+        .chain(MESSAGING_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(SWARM_TASK_EVENT_TYPES.iter().map(|t| (*t, 1)))
-        .chain([("EmailClaimed", 1)]);
+        .chain([("EmailClaimed", 1), ("NotificationsRead", 1)]);
     for (t, v) in current {
         assert!(
             covered.contains(&(t.to_owned(), v)),

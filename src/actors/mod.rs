@@ -1,6 +1,7 @@
 //! Entity actors: the generic runtime and one module per entity kind.
 
 pub mod building;
+pub mod channel;
 pub mod conversation;
 pub mod organization;
 pub mod runtime;

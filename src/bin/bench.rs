@@ -46,8 +46,11 @@ struct Args {
     #[arg(long)]
     keep: bool,
     /// Measure live delivery instead: `ws` runs 1,000 socket subscribers on one building,
-    /// then 1,000 spread over 100 buildings. `swarm` measures swarm tasks: a particle swarm
-    /// run through the whole stack against argmin alone, and a 10,000-subtask batch.
+    /// then 1,000 spread over 100 buildings; `chat` runs concurrent FlowMind chats against a
+    /// stand-in provider that streams at a fixed rate; `pusher` runs 1,000 Pusher subscribers on
+    /// `content-generation` while events are published through the signed HTTP API; `swarm`
+    /// measures swarm tasks: a particle swarm run through the whole stack against argmin
+    /// alone, and a 10,000-subtask batch.
     #[arg(long, default_value = "commands")]
     mode: String,
     /// Socket subscribers (ws mode).
@@ -56,6 +59,18 @@ struct Args {
     /// Readings posted per second (ws mode).
     #[arg(long, default_value_t = 100)]
     rate: u64,
+    /// Concurrent chats (chat mode).
+    #[arg(long, default_value_t = 50)]
+    chats: usize,
+    /// Replies each chat asks for, one after another (chat mode).
+    #[arg(long, default_value_t = 4)]
+    replies: usize,
+    /// Tokens the stand-in provider streams per reply (chat mode).
+    #[arg(long, default_value_t = 200)]
+    tokens: usize,
+    /// Tokens per second the stand-in provider streams each reply at (chat mode).
+    #[arg(long, default_value_t = 100)]
+    token_rate: u64,
     /// HTTP worker threads of the server under test.
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -76,7 +91,7 @@ struct Target {
 
 /// Signs up, creates an organization with CityPulse and logs in; returns a client that
 /// sends the token and `X-Frontend-Source` with every request.
-async fn tenant_client(base: &str, idle: usize) -> anyhow::Result<reqwest::Client> {
+async fn tenant_client(base: &str, idle: usize, frontend: &str) -> anyhow::Result<reqwest::Client> {
     let anon = reqwest::Client::new();
     let email = format!("bench-{}@example.org", uuid::Uuid::new_v4().simple());
     let password = "Bench-Password-42";
@@ -104,7 +119,7 @@ async fn tenant_client(base: &str, idle: usize) -> anyhow::Result<reqwest::Clien
     let org_id = org["id"].as_str().unwrap_or_default().to_owned();
     anon.put(format!("{base}/api/v1/organizations/{org_id}/frontends"))
         .bearer_auth(&token)
-        .json(&json!({ "frontend": "citypulse", "enabled": true }))
+        .json(&json!({ "frontend": frontend, "enabled": true }))
         .send()
         .await?
         .error_for_status()?;
@@ -123,7 +138,7 @@ async fn tenant_client(base: &str, idle: usize) -> anyhow::Result<reqwest::Clien
     let _ = BENCH_TOKEN.set(access.clone());
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("authorization", format!("Bearer {access}").parse()?);
-    headers.insert("x-frontend-source", "citypulse".parse()?);
+    headers.insert("x-frontend-source", frontend.parse()?);
     Ok(reqwest::Client::builder()
         .default_headers(headers)
         .pool_max_idle_per_host(idle)
@@ -247,7 +262,7 @@ async fn ws_bench(args: &Args, base: &str) -> anyhow::Result<()> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let client = tenant_client(base, 64).await?;
+    let client = tenant_client(base, 64, "citypulse").await?;
     let targets = setup(&client, base, 100).await?;
     let access = BENCH_TOKEN.get().cloned().unwrap_or_default();
     for (scenario, spread) in [("1 building", 1usize), ("100 buildings", 100usize)] {
@@ -355,6 +370,130 @@ async fn ws_bench(args: &Args, base: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pusher delivery: subscribers on `content-generation` through the Pusher socket, events
+/// published at a steady rate through the signed HTTP API (as agent executions publish
+/// `generation-progress`), latency from sending each publish request to each receipt.
+async fn pusher_bench(args: &Args, base: &str) -> anyhow::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use universal_backend::gateways::pusher::{Settings, DEV_SECRET};
+
+    let defaults = Config::default();
+    let signer = Settings::new(&defaults.pusher_app_id, &defaults.pusher_key, DEV_SECRET);
+    let url = format!(
+        "{}/app/{}?protocol=7&client=bench",
+        base.replace("http", "ws"),
+        defaults.pusher_key
+    );
+    let mut sockets = Vec::with_capacity(args.subscribers);
+    for _ in 0..args.subscribers {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
+        let sub =
+            json!({ "event": "pusher:subscribe", "data": { "channel": "content-generation" } });
+        ws.send(Message::Text(sub.to_string())).await?;
+        // Established, then subscribed: the socket is ready before the load starts.
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(10), ws.next()).await?;
+        }
+        sockets.push(ws);
+    }
+    let sent: Arc<dashmap::DashMap<u64, Instant>> = Arc::new(dashmap::DashMap::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = tokio::task::JoinSet::new();
+    for mut ws in sockets {
+        let stop = stop.clone();
+        readers.spawn(async move {
+            let mut got: Vec<(u64, Instant)> = Vec::new();
+            loop {
+                match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        let now = Instant::now();
+                        let Ok(v) = serde_json::from_str::<Value>(&t) else {
+                            continue;
+                        };
+                        if v["event"] != "generation-progress" {
+                            continue;
+                        }
+                        let data: Value = v["data"]
+                            .as_str()
+                            .and_then(|d| serde_json::from_str(d).ok())
+                            .unwrap_or_default();
+                        got.push((data["seq"].as_u64().unwrap_or(u64::MAX), now));
+                    }
+                    Ok(Some(Ok(Message::Close(reason)))) => {
+                        eprintln!("socket closed by the server: {reason:?}");
+                        break;
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Ok(_) => break,
+                    Err(_) if stop.load(Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+            got
+        });
+    }
+    let client = reqwest::Client::new();
+    let path = format!("/apps/{}/events", defaults.pusher_app_id);
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate.max(1)));
+    let mut published = 0u64;
+    let mut errors = 0u64;
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        ticker.tick().await;
+        let data = json!({ "task_id": "bench", "seq": published, "progress": published % 100 });
+        let body = json!({ "name": "generation-progress", "channel": "content-generation", "data": data.to_string() })
+            .to_string();
+        let query = signer.sign_request(
+            "POST",
+            &path,
+            body.as_bytes(),
+            chrono::Utc::now().timestamp(),
+        );
+        sent.insert(published, Instant::now());
+        let res = client
+            .post(format!("{base}{path}?{query}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        if !matches!(res, Ok(r) if r.status().is_success()) {
+            errors += 1;
+        }
+        published += 1;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut lat = Vec::new();
+    let mut delivered = 0u64;
+    while let Some(r) = readers.join_next().await {
+        for (seq, at) in r.unwrap_or_default() {
+            delivered += 1;
+            if let Some(t) = sent.get(&seq) {
+                let us = at.saturating_duration_since(*t).as_micros();
+                lat.push(us.min(u32::MAX as u128) as u32);
+            }
+        }
+    }
+    lat.sort_unstable();
+    println!(
+        "pusher: {} subscribers on content-generation, {published} events (asked {}/s, sent {:.0}/s, {errors} failed), {delivered} deliveries (expected {}), {:.0} deliveries/s",
+        args.subscribers,
+        args.rate,
+        published as f64 / args.seconds.max(1) as f64,
+        (published - errors) * args.subscribers as u64,
+        delivered as f64 / elapsed
+    );
+    println!(
+        "pusher: publish-to-receipt latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    Ok(())
+}
+
 /// Runs the clients on two threads of their own, so that they do not share the server's,
 /// and waits for them without blocking this thread (the store writer and projections live
 /// here).
@@ -366,6 +505,7 @@ where
     actix_web::rt::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .thread_name("bench-client")
             .enable_all()
             .build()?
             .block_on(work)
@@ -386,7 +526,22 @@ async fn main() -> anyhow::Result<()> {
         args.server.trim_end_matches('/'),
         chrono::Utc::now().format("%Y%m%d%H%M%S")
     );
+    // Chat mode: a stand-in OpenAI-compatible provider on a thread of its own.
+    let provider_url = if args.mode == "chat" {
+        Some(chat::start_provider(args.tokens, args.token_rate)?)
+    } else {
+        None
+    };
     let config = Config {
+        openai_api_key: provider_url.as_ref().map(|_| "sk-bench".to_owned()),
+        openai_base_url: provider_url
+            .clone()
+            .unwrap_or_else(|| Config::default().openai_base_url),
+        openai_model: if provider_url.is_some() {
+            "bench-model".into()
+        } else {
+            Config::default().openai_model
+        },
         port: 0,
         database_url: database_url.clone(),
         workers: args.workers,
@@ -419,10 +574,39 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    if args.mode == "ws" {
+    if args.mode == "chat" {
+        let chat_args = args.clone();
+        let chat_base = base.clone();
+        let cpu_before = chat::server_cpu();
+        let report =
+            on_client_threads(async move { chat::run(&chat_args, &chat_base).await }).await?;
+        let cpu = chat::server_cpu() - cpu_before;
+        let events: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT event_type, count(*) FROM events WHERE stream_category = 'conversation' \
+             GROUP BY event_type ORDER BY event_type",
+        )
+        .fetch_all(&state.pool)
+        .await?;
+        chat::print(&args, &report, &events, cpu);
+        handle.stop(true).await;
+        let _ = server.await;
+        state.pool.close().await;
+        drop(state);
+        if !args.keep {
+            use sqlx::migrate::MigrateDatabase;
+            sqlx::Postgres::force_drop_database(&database_url).await?;
+        }
+        return Ok(());
+    }
+
+    if args.mode == "ws" || args.mode == "pusher" {
         let ws_args = args.clone();
         let ws_base = base.clone();
-        on_client_threads(async move { ws_bench(&ws_args, &ws_base).await }).await?;
+        if args.mode == "pusher" {
+            on_client_threads(async move { pusher_bench(&ws_args, &ws_base).await }).await?;
+        } else {
+            on_client_threads(async move { ws_bench(&ws_args, &ws_base).await }).await?;
+        }
         handle.stop(true).await;
         let _ = server.await;
         state.pool.close().await;
@@ -437,7 +621,7 @@ async fn main() -> anyhow::Result<()> {
     let client_args = args.clone();
     let client_base = base.clone();
     let (setup_took, result) = on_client_threads(async move {
-        let client = tenant_client(&client_base, client_args.clients).await?;
+        let client = tenant_client(&client_base, client_args.clients, "citypulse").await?;
         let t = Instant::now();
         let targets = setup(&client, &client_base, client_args.buildings).await?;
         let setup_took = t.elapsed();
@@ -501,6 +685,227 @@ async fn main() -> anyhow::Result<()> {
         sqlx::Postgres::force_drop_database(&database_url).await?;
     }
     Ok(())
+}
+
+/// Chat mode: N concurrent FlowMind chats against a stand-in provider that streams T tokens
+/// at a fixed rate; measures the time to the first delta at the client (over SSE), the
+/// events written per reply and the server's CPU per reply.
+mod chat {
+    use super::*;
+
+    /// Starts the stand-in provider on a thread of its own; returns its base URL.
+    pub fn start_provider(tokens: usize, rate: u64) -> anyhow::Result<String> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://{}/v1", listener.local_addr()?);
+        std::thread::Builder::new()
+            .name("bench-provider".into())
+            .spawn(move || {
+                actix_web::rt::System::new().block_on(async move {
+                    let server = actix_web::HttpServer::new(move || {
+                        actix_web::App::new().route(
+                            "/v1/chat/completions",
+                            actix_web::web::post().to(move || reply(tokens, rate)),
+                        )
+                    })
+                    .workers(1)
+                    .listen(listener)
+                    .expect("the stand-in provider listens")
+                    .run();
+                    let _ = server.await;
+                })
+            })?;
+        Ok(url)
+    }
+
+    async fn reply(tokens: usize, rate: u64) -> actix_web::HttpResponse {
+        let period = Duration::from_micros(1_000_000 / rate.max(1));
+        let body = futures_util::stream::unfold(0usize, move |i| async move {
+            if i > tokens + 1 {
+                return None;
+            }
+            let event = if i < tokens {
+                tokio::time::sleep(period).await;
+                let chunk = json!({"choices": [{"index": 0, "delta": {"content": format!("t{i} ")}, "finish_reason": null}]});
+                format!("data: {chunk}\n\n")
+            } else if i == tokens {
+                let done = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": 20, "completion_tokens": tokens}});
+                format!("data: {done}\n\n")
+            } else {
+                "data: [DONE]\n\n".to_owned()
+            };
+            Some((
+                Ok::<_, actix_web::Error>(actix_web::web::Bytes::from(event)),
+                i + 1,
+            ))
+        });
+        actix_web::HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .streaming(body)
+    }
+
+    pub struct Report {
+        pub ttfd_us: Vec<u32>,
+        pub completed: usize,
+        pub failed: usize,
+        pub elapsed: Duration,
+    }
+
+    /// One chat: a session, then `replies` messages one after another, each followed over
+    /// SSE to its end. Returns the time to the first delta of each reply.
+    async fn one_chat(
+        client: reqwest::Client,
+        base: String,
+        replies: usize,
+    ) -> anyhow::Result<(Vec<u32>, usize)> {
+        use futures_util::StreamExt;
+        let session: Value = client
+            .post(format!("{base}/api/v1/ai/sessions"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let id = session["id"].as_str().unwrap_or_default().to_owned();
+        let mut firsts = Vec::new();
+        let mut failed = 0;
+        for n in 0..replies {
+            let sent = Instant::now();
+            let posted: Value = client
+                .post(format!("{base}/api/v1/ai/sessions/{id}/messages"))
+                .json(&json!({ "content": format!("question {n}") }))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let url = format!(
+                "{base}{}",
+                posted["stream_url"].as_str().unwrap_or_default()
+            );
+            let mut body = client
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes_stream();
+            let mut buf = String::new();
+            let mut first = None;
+            'read: while let Some(chunk) = body.next().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk?));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    if block.starts_with("event: delta") && first.is_none() {
+                        first = Some(sent.elapsed());
+                    } else if block.starts_with("event: completed") {
+                        break 'read;
+                    } else if block.starts_with("event: ") && !block.starts_with("event: delta") {
+                        failed += 1;
+                        break 'read;
+                    }
+                }
+            }
+            if let Some(f) = first {
+                firsts.push(f.as_micros().min(u32::MAX as u128) as u32);
+            }
+        }
+        Ok((firsts, failed))
+    }
+
+    pub async fn run(args: &Args, base: &str) -> anyhow::Result<Report> {
+        let client = tenant_client(base, args.chats, "flowmind").await?;
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..args.chats {
+            tasks.spawn(one_chat(client.clone(), base.to_owned(), args.replies));
+        }
+        let mut report = Report {
+            ttfd_us: Vec::new(),
+            completed: 0,
+            failed: 0,
+            elapsed: Duration::ZERO,
+        };
+        while let Some(done) = tasks.join_next().await {
+            match done? {
+                Ok((firsts, failed)) => {
+                    report.completed += args.replies - failed;
+                    report.failed += failed;
+                    report.ttfd_us.extend(firsts);
+                }
+                Err(e) => {
+                    eprintln!("a chat failed: {e}");
+                    report.failed += args.replies;
+                }
+            }
+        }
+        report.elapsed = started.elapsed();
+        report.ttfd_us.sort_unstable();
+        Ok(report)
+    }
+
+    /// CPU seconds of this process, less the benchmark's own client and provider threads.
+    pub fn server_cpu() -> f64 {
+        let ticks = |stat: &str| -> f64 {
+            // Fields after the command name (which may hold spaces): utime is the 12th.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (t(11) + t(12)) / 100.0
+        };
+        let total = std::fs::read_to_string("/proc/self/stat")
+            .map(|s| ticks(&s))
+            .unwrap_or(0.0);
+        let mut ours = 0.0;
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for task in tasks.flatten() {
+                let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                if comm.starts_with("bench-") {
+                    ours += std::fs::read_to_string(task.path().join("stat"))
+                        .map(|s| ticks(&s))
+                        .unwrap_or(0.0);
+                }
+            }
+        }
+        total - ours
+    }
+
+    pub fn print(args: &Args, r: &Report, events: &[(String, i64)], cpu: f64) {
+        let replies = r.completed.max(1) as f64;
+        println!(
+            "chat: {} chats x {} replies, {} tokens at {}/s each (a reply streams for {:.1}s)",
+            args.chats,
+            args.replies,
+            args.tokens,
+            args.token_rate,
+            args.tokens as f64 / args.token_rate.max(1) as f64
+        );
+        println!(
+            "replies: {} completed, {} failed in {:.1}s",
+            r.completed,
+            r.failed,
+            r.elapsed.as_secs_f64()
+        );
+        println!(
+            "time to first delta at the client ms: p50 {:.1}  p99 {:.1}  max {:.1}",
+            percentile(&r.ttfd_us, 0.50),
+            percentile(&r.ttfd_us, 0.99),
+            percentile(&r.ttfd_us, 1.0)
+        );
+        let total: i64 = events.iter().map(|(_, n)| n).sum();
+        let per: Vec<String> = events
+            .iter()
+            .map(|(t, n)| format!("{t} {:.1}", *n as f64 / replies))
+            .collect();
+        println!(
+            "events per reply: {:.1} ({})",
+            total as f64 / replies,
+            per.join(", ")
+        );
+        println!(
+            "server CPU per reply (this process, without PostgreSQL): {:.2} ms",
+            cpu * 1000.0 / replies
+        );
+    }
 }
 
 /// A client of a fresh tenant with Quantum and Velocity Swarm enabled.

@@ -201,8 +201,8 @@ pub trait Handler: 'static {
     type Push: 'static;
     /// A message packet arrived.
     async fn on_message(&mut self, data: &str) -> Outcome;
-    /// An item pushed by the layer's tasks; returns message data to send, if any.
-    fn on_push(&mut self, item: Self::Push) -> Option<String>;
+    /// An item pushed by the layer's tasks; returns the message data to send (often none).
+    fn on_push(&mut self, item: Self::Push) -> Vec<String>;
     /// Rights may have been taken away (see `crate::access`).
     fn on_access_change(&mut self) -> Outcome;
     /// Whether the client has authenticated (connected a namespace).
@@ -235,6 +235,9 @@ pub struct Limits {
     pub ping_interval: Duration,
     /// Time the client has to answer a ping (`pingTimeout`).
     pub ping_timeout: Duration,
+    /// Message packets the client may send per minute (`WS_RATE_LIMIT_PER_MINUTE`); a
+    /// session that sends more is closed.
+    pub messages_per_minute: u32,
 }
 
 /// A WebSocket of the session, through its bridge.
@@ -308,6 +311,7 @@ struct Engine<H: Handler> {
     probe: Option<Socket>,
     polling: Polling,
     last_pong: Instant,
+    limit: super::MessageLimit,
 }
 
 enum Flow {
@@ -365,6 +369,10 @@ impl<H: Handler> Engine<H> {
             // A client ping (an Engine.IO v3 habit): answer it.
             Some('2') => self.send("3".into()).await,
             Some('1') => Flow::End(None),
+            Some('4') if !self.limit.allow() => policy(&format!(
+                "too many messages: at most {} per minute",
+                self.limit.per_minute
+            )),
             Some('4') => {
                 let outcome = self.handler.on_message(&packet[1..]).await;
                 self.outcome(outcome).await
@@ -534,6 +542,7 @@ pub fn spawn<H: Handler>(
             probe: None,
             polling: Polling::default(),
             last_pong: Instant::now(),
+            limit: super::MessageLimit::per_minute(limits.messages_per_minute),
         };
         let ready = match first {
             Some(first) => first.send(Ok(open)).is_ok(),
@@ -576,10 +585,10 @@ async fn run<H: Handler>(
                 Some(c) => engine.on_control(c).await,
                 None => Flow::End(None),
             },
-            Some(item) = pushes.recv() => match engine.handler.on_push(item) {
-                Some(data) => engine.send(format!("4{data}")).await,
-                None => Flow::Go,
-            },
+            Some(item) = pushes.recv() => {
+                let messages = engine.handler.on_push(item);
+                engine.outcome(Outcome::Send(messages)).await
+            }
             Ok(()) = changes.changed() => {
                 let outcome = engine.handler.on_access_change();
                 engine.outcome(outcome).await

@@ -1,6 +1,7 @@
 //! The connection core shared by every socket endpoint: the native event stream
-//! (`http::ws`) and the Socket.IO gateway (`http::socketio`, over the Engine.IO transports in
-//! [`engineio`]); Pusher will be one more codec on the same core.
+//! (`http::ws`), the Socket.IO gateway (`http::socketio`, over the Engine.IO transports in
+//! [`engineio`]) and the Pusher Channels gateway (`http::pusher`, with its cross-process hub
+//! in [`pusher`]).
 //!
 //! What every endpoint gets from here, so that none has to get it right on its own:
 //!
@@ -18,8 +19,12 @@
 //!   frontend enabled (as its HTTP routes).
 //! - **Revocation**: sockets watch `Access::changes` and check their caller again on every
 //!   change (see `crate::access`).
+//! - **A message rate limit per connection** ([`Gateways::message_limit`],
+//!   `WS_RATE_LIMIT_PER_MINUTE`): what a client may send, whatever the protocol.
 
 pub mod engineio;
+pub mod pusher;
+pub mod signals;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,6 +57,8 @@ pub struct Gateways {
     pub heartbeat: Duration,
     /// Open Engine.IO sessions of this process (the Socket.IO gateway).
     pub engine: engineio::Sessions,
+    /// `WS_RATE_LIMIT_PER_MINUTE`: client messages per minute on one connection (0 = no limit).
+    pub messages_per_minute: u32,
 }
 
 impl Gateways {
@@ -62,7 +69,13 @@ impl Gateways {
             auth_timeout: Duration::from_secs(config.ws_auth_timeout.max(1)),
             heartbeat: Duration::from_secs(config.ws_heartbeat_interval.max(1)),
             engine: Default::default(),
+            messages_per_minute: config.ws_rate_limit_per_minute,
         }
+    }
+
+    /// A fresh message budget for one connection.
+    pub fn message_limit(&self) -> MessageLimit {
+        MessageLimit::per_minute(self.messages_per_minute)
     }
 
     /// Takes a connection slot, or refuses with 503 when every slot is taken.
@@ -82,6 +95,30 @@ impl Gateways {
     /// Sockets open now, over every endpoint.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+}
+
+/// The messages one connection may still send: `n` per minute, of which all `n` may come at
+/// once (governor's quota: the budget refills one message every `60/n` s).
+pub struct MessageLimit {
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+    pub per_minute: u32,
+}
+
+impl MessageLimit {
+    /// `n` messages per minute; 0 means no limit.
+    pub fn per_minute(n: u32) -> Self {
+        let limiter = std::num::NonZeroU32::new(n)
+            .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n)));
+        Self {
+            limiter,
+            per_minute: n,
+        }
+    }
+
+    /// Takes one message from the budget; `false` when it is spent (drop or refuse it).
+    pub fn allow(&self) -> bool {
+        self.limiter.as_ref().is_none_or(|l| l.check().is_ok())
     }
 }
 
@@ -360,6 +397,15 @@ mod tests {
             roles: vec![],
             frontends,
         }
+    }
+
+    #[test]
+    fn a_connection_may_send_its_budget_at_once_and_then_nothing_until_it_refills() {
+        let limit = MessageLimit::per_minute(3);
+        assert!(limit.allow() && limit.allow() && limit.allow());
+        assert!(!limit.allow());
+        let unlimited = MessageLimit::per_minute(0);
+        assert!((0..10_000).all(|_| unlimited.allow()));
     }
 
     #[test]

@@ -10,8 +10,11 @@ pub mod error;
 pub mod guard;
 pub mod history;
 pub mod identity;
+pub mod messaging;
+pub mod messaging_socket;
 pub mod openapi;
 pub mod ops;
+pub mod pusher;
 pub mod schema;
 pub mod socketio;
 pub mod swarm;
@@ -49,6 +52,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .route("/metrics", web::get().to(ops::metrics))
         .route("/socket.io/", web::get().to(socketio::connect))
         .route("/socket.io/", web::post().to(socketio::post))
+        .configure(pusher::configure)
         .service(
             web::scope("/api/v1")
                 .route("/info", web::get().to(ops::info))
@@ -58,6 +62,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .route("/ws", web::get().to(ws::connect))
                 .configure(citypulse::configure)
                 .configure(ai::configure)
+                .configure(messaging::configure)
+                .configure(messaging::configure_shared)
                 .configure(history::configure)
                 .configure(admin::configure)
                 .configure(swarm::configure),

@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, ai, chat, citypulse, history, identity, ops, schema, swarm};
+use super::{admin, ai, chat, citypulse, history, identity, messaging, ops, pusher, schema, swarm};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -89,6 +89,33 @@ use super::{admin, ai, chat, citypulse, history, identity, ops, schema, swarm};
         chat::regenerate,
         chat::cancel,
         chat::usage,
+        messaging::create_channel,
+        messaging::list_channels,
+        messaging::open_direct,
+        messaging::get_channel,
+        messaging::update_channel,
+        messaging::archive_channel,
+        messaging::add_member,
+        messaging::remove_member,
+        messaging::post_in_channel,
+        messaging::list_in_channel,
+        messaging::mark_read,
+        messaging::post_message_route,
+        messaging::list_messages_route,
+        messaging::edit_message_route,
+        messaging::delete_message_route,
+        messaging::add_reaction,
+        messaging::remove_reaction,
+        messaging::list_notifications,
+        messaging::read_notification,
+        messaging::read_all_notifications,
+        pusher::connect,
+        pusher::auth,
+        pusher::events,
+        pusher::batch_events,
+        pusher::channels,
+        pusher::channel,
+        pusher::channel_users,
         swarm::create_task,
         swarm::list_tasks,
         swarm::get_task,
@@ -106,7 +133,8 @@ use super::{admin, ai, chat, citypulse, history, identity, ops, schema, swarm};
         (name = "history", description = "The event log, for organization admins"),
         (name = "ai", description = "FlowMind: chat sessions with streamed AI replies, the models of the configured providers, their circuit breakers, and token usage"),
         (name = "swarm", description = "Quantum and Velocity Swarm: optimization runs and task batches, their progress and results"),
-        (name = "live", description = "Live event streams (WebSocket upgrades)"),
+        (name = "messaging", description = "FluxStudio: channels, direct conversations, messages, threads, reactions, read marks; every frontend's notifications"),
+        (name = "live", description = "Live event streams (WebSocket upgrades), and the Pusher Channels gateway and HTTP API"),
         (name = "operations", description = "Health, metrics, service information and this contract"),
     ),
 )]
@@ -286,9 +314,11 @@ pub fn route_for(path: &str) -> Option<&'static Route> {
         .max_by_key(|r| r.segments.iter().filter(|s| s.is_some()).count())
 }
 
+/// Whether an operation takes JSON bodies only (one that also takes a form, as
+/// `/pusher/auth`, is not held to JSON).
 fn takes_json(op: &Operation) -> bool {
     op.request_body.as_ref().is_some_and(|b| match b {
-        RefOr::T(b) => b.content.keys().any(|c| c == "application/json"),
+        RefOr::T(b) => !b.content.is_empty() && b.content.keys().all(|c| c == "application/json"),
         RefOr::Ref(_) => false,
     })
 }

@@ -674,3 +674,176 @@ pub struct AiUsage {
     pub items: Vec<AiUsageDay>,
     pub totals: AiUsageTotals,
 }
+
+/// The frontend the messaging routes belong to.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum FluxstudioSource {
+    Fluxstudio,
+}
+
+/// Sent with every messaging request.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct FluxstudioHeaders {
+    /// Names the frontend: `fluxstudio`, which must be enabled for the caller's organization
+    /// (otherwise 403 `frontend_access_denied`).
+    #[param(rename = "X-Frontend-Source", value_type = FluxstudioSource, inline)]
+    pub x_frontend_source: String,
+}
+
+#[derive(ToSchema)]
+pub struct ChannelCreated {
+    pub id: Uuid,
+    pub version: i64,
+    pub position: i64,
+    /// Where the channel is read.
+    pub location: String,
+}
+
+/// A channel or direct conversation the caller reads.
+#[derive(ToSchema)]
+pub struct Channel {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    /// `public`, `private` or `direct`.
+    pub kind: String,
+    /// None for a direct conversation.
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub archived_at: Option<DateTime<Utc>>,
+    pub message_count: i64,
+    pub last_message_at: Option<DateTime<Utc>>,
+    /// The caller's read mark (a message `seq`).
+    pub last_read_seq: i64,
+    /// Others' messages after the read mark, not deleted.
+    pub unread_count: i64,
+    pub version: i64,
+}
+
+#[derive(ToSchema)]
+pub struct ChannelPage {
+    pub items: Vec<Channel>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct ChannelDetail {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub kind: String,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub archived_at: Option<DateTime<Utc>>,
+    pub message_count: i64,
+    pub last_message_at: Option<DateTime<Utc>>,
+    pub last_read_seq: i64,
+    pub unread_count: i64,
+    pub version: i64,
+    /// Members of a private channel or direct conversation (empty for a public channel).
+    pub members: Vec<Uuid>,
+}
+
+/// An attachment's metadata (no file storage here).
+#[derive(ToSchema)]
+pub struct AttachmentBody {
+    #[schema(min_length = 1, max_length = 255, pattern = r"^[^\u0000]*$")]
+    pub name: String,
+    #[schema(minimum = 0, maximum = 100000000000_u64)]
+    pub size: u64,
+    #[schema(min_length = 1, max_length = 100, pattern = r"^[^\u0000]*$")]
+    pub content_type: String,
+    /// An http(s) URL.
+    #[schema(min_length = 1, max_length = 2000, pattern = r"^https?://[^\u0000]*$")]
+    pub url: String,
+}
+
+/// A stored message.
+#[derive(ToSchema)]
+pub struct StoredMessage {
+    pub id: Uuid,
+    pub channel_id: Uuid,
+    pub author_id: Uuid,
+    pub text: String,
+    pub parent_id: Option<Uuid>,
+    pub mentions: Vec<Uuid>,
+    pub attachments: Vec<AttachmentBody>,
+    pub client_message_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// The log position of the message.
+    pub position: i64,
+    pub version: i64,
+    /// Sent before with the same `client_message_id`.
+    pub replayed: bool,
+}
+
+#[derive(ToSchema)]
+pub struct MessageSent {
+    /// The message.
+    pub id: Uuid,
+    pub channel_id: Uuid,
+    pub version: i64,
+    pub position: i64,
+    pub message: StoredMessage,
+}
+
+#[derive(ToSchema)]
+pub struct ReactionCount {
+    pub emoji: String,
+    pub count: i64,
+    /// The caller reacted with it.
+    pub me: bool,
+}
+
+/// A message as listed; a deleted one has no text.
+#[derive(ToSchema)]
+pub struct ChannelMessage {
+    pub id: Uuid,
+    pub channel_id: Uuid,
+    /// Its number in the channel, from 1.
+    pub seq: i64,
+    pub author_id: Uuid,
+    pub text: Option<String>,
+    pub parent_id: Option<Uuid>,
+    pub reply_count: i32,
+    pub mentions: Vec<Uuid>,
+    pub attachments: Vec<AttachmentBody>,
+    pub client_message_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub edited_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub deleted: bool,
+    pub position: i64,
+    pub reactions: Vec<ReactionCount>,
+}
+
+#[derive(ToSchema)]
+pub struct ChannelMessagePage {
+    pub items: Vec<ChannelMessage>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct Notification {
+    pub id: Uuid,
+    /// `mention`, `direct_message` or `thread_reply`.
+    pub kind: String,
+    pub channel_id: Uuid,
+    pub message_id: Uuid,
+    /// Who wrote the message.
+    pub actor_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
+    pub position: i64,
+}
+
+#[derive(ToSchema)]
+pub struct NotificationPage {
+    pub items: Vec<Notification>,
+    pub unread_count: i64,
+    pub next_cursor: Option<String>,
+}

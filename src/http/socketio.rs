@@ -59,6 +59,16 @@ pub enum RoomAccess {
     /// Only the user who created the entity (its first event's `user_id`), in its
     /// organization.
     Owner,
+    /// Whoever may read the channel now (its actor decides: every member of the
+    /// organization for a public channel, its members for a private one or a DM).
+    ChannelReaders,
+}
+
+/// What the session's tasks push to it: a stored event of a namespace's category, or an
+/// ephemeral signal (typing, presence) from [`crate::gateways::signals`].
+pub enum Push {
+    Event(RecordedEvent),
+    Signal(std::sync::Arc<Value>),
 }
 
 /// Most rooms one connection may join in a namespace.
@@ -98,6 +108,23 @@ pub const NAMESPACES: &[Namespace] = &[
             ("ReplyCompleted", "ai:reply:completed"),
             ("ReplyFailed", "ai:reply:failed"),
             ("ReplyCancelled", "ai:reply:cancelled"),
+        ],
+    },
+    Namespace {
+        path: "/messaging",
+        frontend: Frontend::Fluxstudio,
+        category: "channel",
+        room_commands: ("channel:join", "channel:leave"),
+        room_key: "channel_id",
+        noun: "channel",
+        rooms: RoomAccess::ChannelReaders,
+        emits: &[
+            ("MessagePosted", "message:new"),
+            ("MessageEdited", "message:updated"),
+            ("MessageDeleted", "message:deleted"),
+            ("ReactionAdded", "reaction:updated"),
+            ("ReactionRemoved", "reaction:updated"),
+            ("ChannelMemberRemoved", "channel:member_removed"),
         ],
     },
     Namespace {
@@ -196,6 +223,7 @@ fn new_session(state: &web::Data<AppState>, slot: gateways::Slot, start: Start) 
             auth_timeout: state.gateways.auth_timeout,
             ping_interval: state.gateways.heartbeat,
             ping_timeout: state.gateways.heartbeat,
+            messages_per_minute: state.gateways.messages_per_minute,
         },
         Uuid::new_v4().simple().to_string(),
     );
@@ -311,6 +339,26 @@ struct Joined {
     principal: Principal,
     rooms: HashSet<Uuid>,
     pump: tokio::task::JoinHandle<()>,
+    /// `/messaging`: the task forwarding typing and presence signals.
+    signals: Option<tokio::task::JoinHandle<()>>,
+    /// `/messaging`: when this connection last said it types in each channel.
+    typing: HashMap<Uuid, std::time::Instant>,
+}
+
+impl Joined {
+    /// Stops the namespace's tasks; on `/messaging` the user's connection stops counting
+    /// for presence.
+    fn end(&mut self, state: &AppState) {
+        self.pump.abort();
+        if let Some(s) = self.signals.take() {
+            s.abort();
+            if let Some(org) = self.principal.organization_id {
+                let signals = state.signals.clone();
+                let user = self.principal.user_id;
+                tokio::spawn(async move { signals.disconnected(org, user).await });
+            }
+        }
+    }
 }
 
 /// Splits a Socket.IO packet `<type>[<nsp>,][<ack id>][<json>]`.
@@ -356,17 +404,12 @@ fn packet(kind: char, nsp: &str, ack: Option<u64>, data: &Value) -> String {
 struct SocketIo {
     state: web::Data<AppState>,
     joined: HashMap<&'static str, Joined>,
-    tx: mpsc::Sender<(&'static str, RecordedEvent)>,
+    tx: mpsc::Sender<(&'static str, Push)>,
 }
 
-impl Handler for SocketIo {
-    type Push = (&'static str, RecordedEvent);
-
-    async fn on_message(&mut self, data: &str) -> Outcome {
-        Outcome::Send(on_packet(&self.state, data, &mut self.joined, &self.tx).await)
-    }
-
-    fn on_push(&mut self, (nsp, event): Self::Push) -> Option<String> {
+impl SocketIo {
+    /// The packet of a stored event for the room it belongs to, if the client joined it.
+    fn room_packet(&self, nsp: &str, event: &RecordedEvent) -> Option<String> {
         let j = self.joined.get(nsp)?;
         let room = event
             .stream_id
@@ -380,8 +423,41 @@ impl Handler for SocketIo {
             '2',
             nsp,
             None,
-            &json!([name, payload(j.ns, room, &event)]),
+            &json!([name, payload(j.ns, room, event)]),
         ))
+    }
+}
+
+impl Handler for SocketIo {
+    type Push = (&'static str, Push);
+
+    async fn on_message(&mut self, data: &str) -> Outcome {
+        Outcome::Send(on_packet(&self.state, data, &mut self.joined, &self.tx).await)
+    }
+
+    fn on_push(&mut self, (nsp, push): Self::Push) -> Vec<String> {
+        let Some(j) = self.joined.get_mut(nsp) else {
+            return vec![];
+        };
+        let event = match push {
+            Push::Event(e) => e,
+            Push::Signal(signal) => {
+                return super::messaging_socket::signal(nsp, &j.principal, &j.rooms, &signal)
+                    .into_iter()
+                    .collect();
+            }
+        };
+        let mut out = Vec::new();
+        if nsp == "/messaging" {
+            out.extend(super::messaging_socket::notification(
+                nsp,
+                &j.principal,
+                &mut j.rooms,
+                &event,
+            ));
+        }
+        out.extend(self.room_packet(nsp, &event));
+        out
     }
 
     fn on_access_change(&mut self) -> Outcome {
@@ -399,7 +475,7 @@ impl Handler for SocketIo {
                     true
                 }
                 None => {
-                    j.pump.abort();
+                    j.end(state);
                     // A server-side disconnect: the client does not reconnect by itself.
                     out.push(format!("1{path},"));
                     false
@@ -414,8 +490,8 @@ impl Handler for SocketIo {
     }
 
     fn close(&mut self) {
-        for (_, j) in self.joined.drain() {
-            j.pump.abort();
+        for (_, mut j) in self.joined.drain() {
+            j.end(&self.state);
         }
     }
 }
@@ -424,6 +500,12 @@ impl Handler for SocketIo {
 /// event), so that a client joining right after creating the entity sees its own write,
 /// which the read model may not have yet.
 async fn may_join(state: &AppState, ns: &Namespace, who: &Principal, id: Uuid) -> Result<bool, ()> {
+    if ns.rooms == RoomAccess::ChannelReaders {
+        let (_, channel) = state.channels.inspect(id).await.map_err(|_| ())?;
+        return Ok(channel.id.is_some()
+            && channel.organization_id == who.organization_id
+            && channel.readable_by(who.user_id));
+    }
     let first = state
         .store
         .read_stream(&format!("{}-{id}", ns.category), 1, Direction::Forward, 1)
@@ -445,6 +527,7 @@ async fn may_join(state: &AppState, ns: &Namespace, who: &Principal, id: Uuid) -
                 let user = who.user_id.to_string();
                 named(&e.data, "user_id", &user)
             }
+            RoomAccess::ChannelReaders => false,
         })
 }
 
@@ -469,7 +552,7 @@ async fn on_packet(
     state: &AppState,
     text: &str,
     joined: &mut HashMap<&'static str, Joined>,
-    tx: &mpsc::Sender<(&'static str, RecordedEvent)>,
+    tx: &mpsc::Sender<(&'static str, Push)>,
 ) -> Vec<String> {
     let Some((kind, nsp, ack, data)) = parse(text) else {
         return vec![];
@@ -523,8 +606,8 @@ async fn on_packet(
                     )];
                 }
             };
-            if let Some(old) = joined.remove(ns.path) {
-                old.pump.abort();
+            if let Some(mut old) = joined.remove(ns.path) {
+                old.end(state);
             }
             let filter = Filter {
                 categories: Some(vec![ns.category.to_owned()]),
@@ -535,13 +618,14 @@ async fn on_packet(
             let after = *state.store.head_watch().borrow();
             let mut sub = Subscription::new(state.store.clone(), after, filter)
                 .with_live_feed(state.live.clone());
-            let tx = tx.clone();
+            let feed_tx = tx.clone();
             let path = ns.path;
             let pump = actix_web::rt::spawn(async move {
+                let tx = feed_tx;
                 loop {
                     match sub.next().await {
                         Ok(e) => {
-                            if tx.send((path, e)).await.is_err() {
+                            if tx.send((path, Push::Event(e))).await.is_err() {
                                 return;
                             }
                         }
@@ -552,6 +636,30 @@ async fn on_packet(
                     }
                 }
             });
+            // `/messaging`: typing and presence of the organization, from every process.
+            let signals = (ns.path == "/messaging").then(|| {
+                let mut rx = state.signals.subscribe();
+                let tx = tx.clone();
+                let org_id = org;
+                actix_web::rt::spawn(async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(v) => {
+                                let ours = v.get("organization_id").and_then(Value::as_str)
+                                    == Some(org_id.to_string().as_str());
+                                if ours && tx.send((path, Push::Signal(v))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(_) => return,
+                        }
+                    }
+                })
+            });
+            if signals.is_some() {
+                state.signals.connected(org, principal.user_id).await;
+            }
             joined.insert(
                 ns.path,
                 Joined {
@@ -559,6 +667,8 @@ async fn on_packet(
                     principal,
                     rooms: HashSet::new(),
                     pump,
+                    signals,
+                    typing: HashMap::new(),
                 },
             );
             vec![packet(
@@ -569,8 +679,8 @@ async fn on_packet(
             )]
         }
         '1' => {
-            if let Some(j) = joined.remove(ns.path) {
-                j.pump.abort();
+            if let Some(mut j) = joined.remove(ns.path) {
+                j.end(state);
             }
             vec![]
         }
@@ -584,9 +694,17 @@ async fn on_packet(
                 .cloned()
                 .unwrap_or_default();
             let name = args.first().and_then(Value::as_str).unwrap_or("");
+            // The entity id, as a string or as `{"<room_key>": id}` (also camelCase).
             let room = args
                 .get(1)
-                .and_then(Value::as_str)
+                .and_then(|v| {
+                    v.as_str().or_else(|| {
+                        v.get(ns.room_key)
+                            .or_else(|| v.get("channelId"))
+                            .or_else(|| v.get("sessionId"))
+                            .and_then(Value::as_str)
+                    })
+                })
                 .and_then(|s| Uuid::parse_str(s).ok());
             let answer = if name == ns.room_commands.0 || name == ns.room_commands.1 {
                 match room {
@@ -616,6 +734,18 @@ async fn on_packet(
                         Err(()) => json!({ "ok": false, "error": "temporarily unavailable" }),
                     },
                 }
+            } else if ns.path == "/messaging" {
+                let input = args.get(1).cloned().unwrap_or(Value::Null);
+                super::messaging_socket::on_event(
+                    state,
+                    j.ns,
+                    &j.principal,
+                    &j.rooms,
+                    &mut j.typing,
+                    name,
+                    input,
+                )
+                .await
             } else {
                 json!({ "ok": false, "error": format!("unknown event `{name}`") })
             };

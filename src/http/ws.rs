@@ -179,6 +179,7 @@ impl Connection {
         tokio::pin!(auth_deadline);
         let mut changes = self.state.access.changes();
         let mut last_heard = Instant::now();
+        let limit = self.state.gateways.message_limit();
 
         let reason = loop {
             tokio::select! {
@@ -186,6 +187,12 @@ impl Connection {
                     last_heard = Instant::now();
                     match incoming {
                         None => break None,
+                        Some(Ok(Message::Text(_))) if !limit.allow() => {
+                            let why = format!("at most {} messages per minute; this one was dropped", limit.per_minute);
+                            if self.send(error("rate_limited", &why, None)).await.is_err() {
+                                break None;
+                            }
+                        }
                         Some(Ok(Message::Text(text))) => {
                             if let Some(reason) = self.on_text(&text, &tx).await {
                                 break reason;

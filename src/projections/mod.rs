@@ -3,6 +3,7 @@
 pub mod citypulse;
 pub mod flowmind;
 pub mod identity;
+pub mod messaging;
 pub mod parked;
 pub mod runner;
 pub mod swarm;
@@ -23,6 +24,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(citypulse::Energy),
         Arc::new(identity::Identity),
         Arc::new(flowmind::Flowmind),
+        Arc::new(messaging::Messaging),
         Arc::new(swarm::SwarmTasks),
     ]
 }

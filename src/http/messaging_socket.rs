@@ -1,0 +1,284 @@
+//! The Socket.IO namespace `/messaging` beyond its rooms (`channel:join`/`channel:leave`,
+//! see `socketio`): commands sent over the socket, typing and presence, and notifications.
+//!
+//! - `message:send` (`{channel_id, text, parent_id?, mentions?, attachments?,
+//!   client_message_id?}`), `message:edit` (`{message_id, text}`), `message:delete`
+//!   (`{message_id}`) and `message:react` (`{message_id, emoji, add?}`) go through the same
+//!   functions as HTTP (validation, permissions, idempotency by `client_message_id`); the
+//!   ack is `{ok: true, message}` or `{ok: false, error: {code, message, status}}`.
+//! - `typing:start` / `typing:stop` (`{channel_id}`, a joined channel) reach the others in
+//!   the channel's room on every process, never stored; a connection sends at most one
+//!   `typing:start` per channel every [`TYPING_EVERY`], and receivers drop a typing state
+//!   after `ttl_ms` unless it is refreshed.
+//! - `presence:list` answers the organization's users connected now; `user:online` and
+//!   `user:offline` announce changes (a user's first and last connection, over all tabs and
+//!   processes).
+//! - `notification:new` reaches a user's sockets whether or not they joined the room: a
+//!   mention, a direct message, or a reply in their thread.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use universal_events::messaging::MessagingEvent;
+use universal_events::EventFamily;
+use uuid::Uuid;
+
+use super::guard::Principal;
+use super::messaging::{
+    caller, channel_of, delete_message, edit_message, post_message, react, NewMessage,
+};
+use super::socketio::Namespace;
+use super::ApiError;
+use crate::actors::CommandMeta;
+use crate::startup::AppState;
+use crate::store::RecordedEvent;
+
+/// A connection's `typing:start` for one channel goes out at most this often.
+pub const TYPING_EVERY: Duration = Duration::from_secs(2);
+/// How long receivers keep a typing state without a refresh.
+pub const TYPING_TTL: Duration = Duration::from_secs(5);
+
+fn failed(e: ApiError) -> Value {
+    json!({ "ok": false, "error": { "code": e.code, "message": e.message, "status": e.status.as_u16(), "details": e.details } })
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(input: Value) -> Result<T, ApiError> {
+    serde_json::from_value(input).map_err(|e| {
+        ApiError::new(
+            actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            e.to_string(),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Edit {
+    #[serde(alias = "messageId")]
+    message_id: Uuid,
+    #[serde(alias = "content")]
+    text: String,
+    #[serde(default)]
+    mentions: Vec<Uuid>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Target {
+    #[serde(alias = "messageId")]
+    message_id: Uuid,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct React {
+    #[serde(alias = "messageId")]
+    message_id: Uuid,
+    emoji: String,
+    #[serde(default = "yes")]
+    add: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct Typing {
+    #[serde(alias = "channelId")]
+    channel_id: Uuid,
+}
+
+/// Handles a client event of `/messaging`; returns the ack.
+pub async fn on_event(
+    state: &AppState,
+    _ns: &Namespace,
+    who: &Principal,
+    rooms: &HashSet<Uuid>,
+    typing: &mut HashMap<Uuid, Instant>,
+    name: &str,
+    input: Value,
+) -> Value {
+    match handle(state, who, rooms, typing, name, input).await {
+        Ok(v) => v,
+        Err(e) => failed(e),
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    who: &Principal,
+    rooms: &HashSet<Uuid>,
+    typing: &mut HashMap<Uuid, Instant>,
+    name: &str,
+    input: Value,
+) -> Result<Value, ApiError> {
+    let by = caller(who, None)?;
+    let meta = || {
+        let mut m = CommandMeta::new();
+        m.correlation_id = Some(format!("socket:{name}"));
+        m
+    };
+    match name {
+        "message:send" => {
+            let message: NewMessage = parse(input)?;
+            let channel = message
+                .channel_id
+                .ok_or_else(|| ApiError::validation("channel_id", "name the channel"))?;
+            let stored = post_message(state, by, channel, message, meta()).await?;
+            Ok(json!({ "ok": true, "message": stored }))
+        }
+        "message:edit" => {
+            let edit: Edit = parse(input)?;
+            let channel = channel_of(state, by, edit.message_id).await?;
+            let reply = edit_message(
+                state,
+                by,
+                channel,
+                edit.message_id,
+                edit.text,
+                edit.mentions,
+                meta(),
+            )
+            .await?;
+            Ok(
+                json!({ "ok": true, "id": edit.message_id, "channel_id": channel, "position": reply.position }),
+            )
+        }
+        "message:delete" => {
+            let target: Target = parse(input)?;
+            let channel = channel_of(state, by, target.message_id).await?;
+            let reply = delete_message(state, by, channel, target.message_id, meta()).await?;
+            Ok(
+                json!({ "ok": true, "id": target.message_id, "channel_id": channel, "position": reply.position }),
+            )
+        }
+        "message:react" => {
+            let r: React = parse(input)?;
+            let channel = channel_of(state, by, r.message_id).await?;
+            let reply = react(state, by, channel, r.message_id, r.emoji, r.add, meta()).await?;
+            Ok(
+                json!({ "ok": true, "id": r.message_id, "channel_id": channel, "position": reply.position }),
+            )
+        }
+        "typing:start" | "typing:stop" => {
+            let t: Typing = parse(input)?;
+            if !rooms.contains(&t.channel_id) {
+                return Err(ApiError::validation(
+                    "channel_id",
+                    "join the channel (channel:join) first",
+                ));
+            }
+            let start = name == "typing:start";
+            if start {
+                if typing
+                    .get(&t.channel_id)
+                    .is_some_and(|at| at.elapsed() < TYPING_EVERY)
+                {
+                    return Ok(json!({ "ok": true, "throttled": true }));
+                }
+                if typing.len() >= 1000 {
+                    typing.clear();
+                }
+                typing.insert(t.channel_id, Instant::now());
+            } else {
+                typing.remove(&t.channel_id);
+            }
+            state
+                .signals
+                .publish(&json!({
+                    "type": "typing", "organization_id": by.organization_id,
+                    "channel_id": t.channel_id, "user_id": by.user_id, "typing": start,
+                }))
+                .await;
+            Ok(json!({ "ok": true }))
+        }
+        "presence:list" => {
+            let users = state
+                .signals
+                .online(by.organization_id)
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            Ok(json!({ "ok": true, "users": users }))
+        }
+        other => Err(ApiError::bad_request(format!("unknown event `{other}`"))),
+    }
+}
+
+fn packet(nsp: &str, name: &str, data: Value) -> String {
+    format!("2{nsp},{}", json!([name, data]))
+}
+
+/// The packet of a typing or presence signal for this connection, if it concerns it.
+pub fn signal(nsp: &str, who: &Principal, rooms: &HashSet<Uuid>, signal: &Value) -> Option<String> {
+    let user = signal.get("user_id").and_then(Value::as_str)?;
+    match signal.get("type").and_then(Value::as_str)? {
+        "typing" => {
+            let channel = signal
+                .get("channel_id")
+                .and_then(Value::as_str)
+                .and_then(|c| Uuid::parse_str(c).ok())?;
+            if !rooms.contains(&channel) || user == who.user_id.to_string() {
+                return None;
+            }
+            let start = signal.get("typing").and_then(Value::as_bool) == Some(true);
+            let name = if start { "typing:start" } else { "typing:stop" };
+            Some(packet(
+                nsp,
+                name,
+                json!({ "channel_id": channel, "user_id": user, "ttl_ms": TYPING_TTL.as_millis() as u64 }),
+            ))
+        }
+        "presence" => {
+            let online = signal.get("online").and_then(Value::as_bool) == Some(true);
+            let name = if online {
+                "user:online"
+            } else {
+                "user:offline"
+            };
+            Some(packet(nsp, name, json!({ "user_id": user })))
+        }
+        _ => None,
+    }
+}
+
+/// For a stored event: `notification:new` when a message notifies this connection's user,
+/// and leaving the room of a private channel the user was removed from.
+pub fn notification(
+    nsp: &str,
+    who: &Principal,
+    rooms: &mut HashSet<Uuid>,
+    event: &RecordedEvent,
+) -> Option<String> {
+    let channel = event
+        .stream_id
+        .strip_prefix("channel-")
+        .and_then(|c| Uuid::parse_str(c).ok())?;
+    match MessagingEvent::decode_ref(&event.event_type, event.schema_version, &event.data).ok()? {
+        MessagingEvent::MessagePosted(p) if p.notify.contains(&who.user_id) => {
+            let kind = if p.mentions.contains(&who.user_id) {
+                "mention"
+            } else if p.parent_id.is_some() {
+                "thread_reply"
+            } else {
+                "direct_message"
+            };
+            Some(packet(
+                nsp,
+                "notification:new",
+                json!({
+                    "kind": kind, "channel_id": channel, "message_id": p.message_id,
+                    "actor_id": p.author_id, "position": event.position,
+                }),
+            ))
+        }
+        MessagingEvent::ChannelMemberRemoved(m) if m.user_id == who.user_id => {
+            rooms.remove(&channel);
+            None
+        }
+        _ => None,
+    }
+}
