@@ -234,6 +234,21 @@ pub struct Config {
     /// (seconds), so that made-up key ids cannot make this process hammer Google.
     #[arg(long, env = "GOOGLE_JWKS_REFETCH_SECS", default_value_t = 10)]
     pub google_jwks_refetch_secs: u64,
+    /// Most swarm tasks (optimizations, batches) running at once across the deployment.
+    #[arg(long, env = "MAX_CONCURRENT_GENERATIONS", default_value_t = 10)]
+    pub max_concurrent_generations: usize,
+    /// Most swarm tasks of one organization running at once.
+    #[arg(long, env = "SWARM_MAX_CONCURRENT_PER_ORG", default_value_t = 3)]
+    pub swarm_max_concurrent_per_org: usize,
+    /// Wall-clock limit of one swarm task, in seconds.
+    #[arg(long, env = "MAX_CONTENT_GENERATION_TIME", default_value_t = 300)]
+    pub max_content_generation_time: u64,
+    /// URL prefixes that batch HTTP subtasks may call, comma-separated (empty: none).
+    #[arg(long, env = "SWARM_HTTP_ALLOWLIST", default_value = "")]
+    pub swarm_http_allowlist: String,
+    /// Take part in leading the swarm task scheduler (one process leads at a time).
+    #[arg(long, env = "RUN_SWARM_SCHEDULER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_swarm_scheduler: bool,
 }
 
 impl Default for Config {
@@ -318,6 +333,18 @@ impl Config {
             live_linger: Duration::from_millis(self.projection_linger_ms),
             ..RunnerConfig::default()
         }
+    }
+}
+
+impl Config {
+    /// Whether a batch subtask may call `url`: it starts with one of the allow-listed
+    /// prefixes (compared as written, so `http://10.0.0.5:8080/` allows that service only).
+    pub fn swarm_url_allowed(&self, url: &str) -> bool {
+        self.swarm_http_allowlist
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .any(|prefix| url.starts_with(prefix))
     }
 }
 

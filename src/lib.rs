@@ -16,6 +16,8 @@
 //!   session's events, coalesced, and stops it on request.
 //! - [`google`]: verification of Google ID tokens against Google's published keys (JWKS).
 //! - [`rt`]: dedicated threads for the serial hot spots (store writer, projections).
+//! - [`swarm`]: the work of Quantum and Velocity swarm tasks (particle swarm runs, batches).
+//! - [`tasks`]: the scheduler of long work (caps, one leader across processes, resume).
 //! - [`startup`]: builds the whole application (used by `main`, the tests and the benchmark).
 
 #![deny(unsafe_code)]
@@ -33,6 +35,8 @@ pub mod providers;
 pub mod rt;
 pub mod startup;
 pub mod store;
+pub mod swarm;
+pub mod tasks;
 pub mod telemetry;
 
 pub use config::Config;

@@ -63,6 +63,10 @@ pub struct AppState {
     pub projects: Registry<crate::actors::project::Project>,
     /// Verifies Google ID tokens for `POST /api/auth/google`.
     pub google: Arc<crate::google::GoogleVerifier>,
+    /// The actors of swarm tasks (Quantum runs, Velocity batches).
+    pub swarm_tasks: Registry<crate::actors::swarm_task::SwarmTask>,
+    /// This process's part in running swarm tasks (see `tasks`).
+    pub swarm: crate::tasks::Scheduler,
 }
 
 /// How every connection of this process talks to PostgreSQL: no statement runs and no lock
@@ -243,7 +247,12 @@ impl Application {
             teams: Registry::new(store.clone(), config.runtime()),
             projects: Registry::new(store.clone(), config.runtime()),
             google: Arc::new(crate::google::GoogleVerifier::from_config(&config)),
+            swarm_tasks: Registry::new(store.clone(), config.runtime()),
+            swarm: crate::tasks::Scheduler::new(),
         });
+        if config.run_swarm_scheduler {
+            state.swarm.start(state.clone());
+        }
 
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
@@ -300,6 +309,7 @@ impl Application {
     /// flushes pending appends and stops the projections.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let result = self.server.await;
+        self.state.swarm.stop();
         self.state.store.shutdown().await;
         if let Some(runners) = self.runners {
             runners.stop();

@@ -129,6 +129,13 @@ const ROUTES: &[(&str, &str)] = &[
         "POST",
         "/api/v1/projects/{id}/milestones/{milestone_id}/complete",
     ),
+    ("POST", "/api/v1/swarm/tasks"),
+    ("GET", "/api/v1/swarm/tasks"),
+    ("GET", "/api/v1/swarm/tasks/{id}"),
+    ("GET", "/api/v1/swarm/tasks/{id}/progress"),
+    ("GET", "/api/v1/swarm/tasks/{id}/result"),
+    ("GET", "/api/v1/swarm/tasks/{id}/subtasks"),
+    ("POST", "/api/v1/swarm/tasks/{id}/cancel"),
 ];
 
 fn expected() -> BTreeSet<(String, String)> {

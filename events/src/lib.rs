@@ -18,6 +18,7 @@ pub mod conversation;
 pub mod identity;
 pub mod messaging;
 pub mod project;
+pub mod swarm;
 pub mod team;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -27,6 +28,7 @@ pub use building::BuildingEvent;
 pub use conversation::ConversationEvent;
 pub use identity::{EmailEvent, OrganizationEvent, UserEvent};
 pub use project::ProjectEvent;
+pub use swarm::SwarmTaskEvent;
 pub use team::TeamEvent;
 
 /// Deserializes one variant's payload from a borrowed JSON value.

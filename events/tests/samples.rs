@@ -11,10 +11,11 @@ use universal_events::conversation::CONVERSATION_EVENT_TYPES;
 use universal_events::identity::{ORGANIZATION_EVENT_TYPES, USER_EVENT_TYPES};
 use universal_events::messaging::{InboxEvent, MessagingEvent, MESSAGING_EVENT_TYPES};
 use universal_events::project::PROJECT_EVENT_TYPES;
+use universal_events::swarm::SWARM_TASK_EVENT_TYPES;
 use universal_events::team::TEAM_EVENT_TYPES;
 use universal_events::{
     BuildingEvent, ConversationEvent, EmailEvent, EventFamily, OrganizationEvent, ProjectEvent,
-    TeamEvent, UserEvent,
+    SwarmTaskEvent, TeamEvent, UserEvent,
 };
 
 fn samples() -> Vec<(String, i32, Value)> {
@@ -73,6 +74,8 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
             check::<TeamEvent>(&t, version, &data);
         } else if PROJECT_EVENT_TYPES.contains(&t.as_str()) {
             check::<ProjectEvent>(&t, version, &data);
+        } else if SWARM_TASK_EVENT_TYPES.contains(&t.as_str()) {
+            check::<SwarmTaskEvent>(&t, version, &data);
         } else if t == "EmailClaimed" {
             check::<EmailEvent>(&t, version, &data);
         } else {
@@ -89,6 +92,7 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
         .chain(MESSAGING_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(TEAM_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(PROJECT_EVENT_TYPES.iter().map(|t| (*t, 1)))
+        .chain(SWARM_TASK_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain([("EmailClaimed", 1), ("NotificationsRead", 1)]);
     for (t, v) in current {
         assert!(

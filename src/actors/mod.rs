@@ -6,6 +6,7 @@ pub mod conversation;
 pub mod organization;
 pub mod project;
 pub mod runtime;
+pub mod swarm_task;
 pub mod team;
 pub mod user;
 pub mod validate;

@@ -50,7 +50,8 @@ struct Args {
     /// stand-in provider that streams at a fixed rate; `pusher` runs 1,000 Pusher subscribers on
     /// `content-generation` while events are published through the signed HTTP API;
     /// `messaging` runs `--users` Socket.IO users in `--channels` channels, sending
-    /// `--rate` messages per second in all.
+    /// `--rate` messages per second in all; `swarm` measures swarm tasks: a particle swarm
+    /// run through the whole stack against argmin alone, and a 10,000-subtask batch.
     #[arg(long, default_value = "commands")]
     mode: String,
     /// Socket subscribers (ws mode).
@@ -566,6 +567,19 @@ async fn main() -> anyhow::Result<()> {
         "bench: database {database_url}, server {base}, {} workers",
         args.workers
     );
+
+    if args.mode == "swarm" {
+        swarm_bench(&base, &state.pool).await?;
+        handle.stop(true).await;
+        let _ = server.await;
+        state.pool.close().await;
+        drop(state);
+        if !args.keep {
+            use sqlx::migrate::MigrateDatabase;
+            sqlx::Postgres::force_drop_database(&database_url).await?;
+        }
+        return Ok(());
+    }
 
     if args.mode == "chat" {
         let chat_args = args.clone();
@@ -1201,4 +1215,197 @@ mod messaging {
         );
         Ok(())
     }
+}
+/// A client of a fresh tenant with Quantum and Velocity Swarm enabled.
+async fn swarm_client(base: &str, frontend: &str) -> anyhow::Result<(reqwest::Client, String)> {
+    let anon = reqwest::Client::new();
+    let email = format!("swarm-bench-{}@example.org", uuid::Uuid::new_v4().simple());
+    let password = "Bench-Password-42";
+    let signed: Value = anon
+        .post(format!("{base}/api/v1/auth/signup"))
+        .json(&json!({ "email": email, "password": password, "display_name": "Bench" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = signed["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let org: Value = anon
+        .post(format!("{base}/api/v1/organizations"))
+        .bearer_auth(&token)
+        .json(&json!({ "name": "Bench Swarm" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let org_id = org["id"].as_str().unwrap_or_default().to_owned();
+    for f in ["quantum", "velocity"] {
+        anon.put(format!("{base}/api/v1/organizations/{org_id}/frontends"))
+            .bearer_auth(&token)
+            .json(&json!({ "frontend": f, "enabled": true }))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    let login: Value = anon
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({ "email": email, "password": password, "organization_id": org_id }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let access = login["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {access}").parse()?);
+    headers.insert("x-frontend-source", frontend.parse()?);
+    Ok((
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?,
+        org_id,
+    ))
+}
+
+/// Submits a task and polls it (every 10 ms) until it ends; returns the task and the
+/// wall-clock time from the submission to the answer that showed the end.
+async fn submit_and_wait(
+    client: &reqwest::Client,
+    base: &str,
+    body: Value,
+) -> anyhow::Result<(Value, Duration)> {
+    let started = Instant::now();
+    let created: Value = client
+        .post(format!("{base}/api/v1/swarm/tasks"))
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    loop {
+        let task: Value = client
+            .get(format!("{base}/api/v1/swarm/tasks/{id}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if matches!(
+            task["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        ) {
+            return Ok((task, started.elapsed()));
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("task {id} did not end in 10 minutes: {task}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// PSO function evaluations per second through HTTP, the scheduler, the actor and the
+/// events, against argmin alone on the same problem; then a batch of 10,000 trivial
+/// subtasks (prompts to the local development provider): subtasks/s and events written per
+/// subtask.
+async fn swarm_bench(base: &str, pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    use universal_backend::swarm::{objective::Objective, pso};
+    use universal_events::swarm::QuantumConfig;
+
+    let (dimensions, particles, iterations) = (30u32, 200u32, 20_000u64);
+    let config = QuantumConfig {
+        dimensions,
+        bounds: vec![[-5.12, 5.12]; dimensions as usize],
+        particles,
+        iterations,
+        inertia: 1.0 / (2.0 * 2f64.ln()),
+        cognitive: 0.5 + 2f64.ln(),
+        social: 0.5 + 2f64.ln(),
+        seed: 1,
+    };
+    // The machine's speed drifts (other work shares its cores): alternate the two, three
+    // pairs, and report each pair's ratio and the median.
+    let (quantum, _) = swarm_client(base, "quantum").await?;
+    let mut ratios = Vec::new();
+    for round in 1..=3 {
+        let bare_config = config.clone();
+        let bare = actix_web::rt::task::spawn_blocking(move || {
+            let objective = Objective::parse("rastrigin", dimensions).expect("a test function");
+            pso::optimize_bare(&objective, &bare_config)
+        })
+        .await??;
+        let bare_rate = bare.evaluations as f64 / bare.elapsed.as_secs_f64();
+        let body = json!({
+            "type": "quantum", "objective": "rastrigin",
+            "config": { "dimensions": dimensions, "particles": particles, "iterations": iterations, "seed": 1 }
+        });
+        let (task, wall) = submit_and_wait(&quantum, base, body).await?;
+        let evaluations = task["result"]["evaluations"].as_u64().unwrap_or(0);
+        let worker_ms = task["result"]["elapsed_ms"].as_u64().unwrap_or(0);
+        let stack_rate = evaluations as f64 / wall.as_secs_f64();
+        let progress_events: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE stream_id = $1 \
+             AND event_type = 'OptimizationProgressed'",
+        )
+        .bind(format!(
+            "swarm_task-{}",
+            task["id"].as_str().unwrap_or_default()
+        ))
+        .fetch_one(pool)
+        .await?;
+        println!(
+            "pso round {round}: rastrigin {dimensions}-D, {particles} particles, {iterations} \
+             iterations; argmin alone {:.0} evaluations/s ({:.3} s); whole stack (HTTP submit \
+             to completed seen) {:.0} evaluations/s ({:.3} s, worker {:.3} s, \
+             {progress_events} progress events); stack/argmin = {:.3}; same result: {}",
+            bare_rate,
+            bare.elapsed.as_secs_f64(),
+            stack_rate,
+            wall.as_secs_f64(),
+            worker_ms as f64 / 1000.0,
+            stack_rate / bare_rate,
+            task["result"]["best_cost"].as_f64() == Some(bare.best_cost)
+        );
+        ratios.push(stack_rate / bare_rate);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "pso: median stack/argmin = {:.3} (overhead {:.1}%)",
+        ratios[1],
+        (1.0 - ratios[1]) * 100.0
+    );
+
+    let (velocity, _) = swarm_client(base, "velocity").await?;
+    let body = json!({
+        "type": "velocity", "objective": "bench",
+        "config": {
+            "subtasks": [{ "kind": "prompt", "prompt": "ping", "model": "local-echo", "count": 10000 }],
+            "concurrency": 64, "retries": 0
+        }
+    });
+    let (task, wall) = submit_and_wait(&velocity, base, body).await?;
+    let done = task["progress"]["done"].as_i64().unwrap_or(0);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = $1")
+        .bind(format!(
+            "swarm_task-{}",
+            task["id"].as_str().unwrap_or_default()
+        ))
+        .fetch_one(pool)
+        .await?;
+    println!(
+        "batch: {done} of 10000 subtasks done ({}) in {:.3} s = {:.0} subtasks/s; \
+         {events} events for the batch = {:.4} events per subtask",
+        task["status"].as_str().unwrap_or("?"),
+        wall.as_secs_f64(),
+        done as f64 / wall.as_secs_f64(),
+        events as f64 / 10000.0
+    );
+    Ok(())
 }

@@ -288,9 +288,13 @@ pub enum LiveTarget {
 /// Stream categories whose entities belong to a frontend: a single stream of one of them
 /// is readable by every member of an organization with that frontend enabled, as the
 /// frontend's HTTP routes are.
+/// A category listed more than once belongs to each of those frontends (swarm tasks are
+/// shared by Quantum and Velocity Swarm): any one of them enabled is enough.
 const FRONTEND_OF_CATEGORY: &[(&str, Frontend)] = &[
     ("building", Frontend::Citypulse),
     ("conversation", Frontend::Flowmind),
+    ("swarm_task", Frontend::Quantum),
+    ("swarm_task", Frontend::Velocity),
 ];
 
 /// A stream that belongs to one user (a FlowMind chat session, whose first event names its
@@ -334,15 +338,16 @@ pub fn authorize(who: &Principal, target: &LiveTarget) -> Result<Uuid, (&'static
         "the session belongs to no organization".to_owned(),
     ))?;
     let admin = who.role == Some(Role::Admin);
-    let stream_frontend = match target {
+    let stream_frontends: Vec<Frontend> = match target {
         LiveTarget::Stream(s) => FRONTEND_OF_CATEGORY
             .iter()
-            .find(|(c, _)| *c == category_of(s))
-            .map(|(_, f)| *f),
-        _ => None,
+            .filter(|(c, _)| *c == category_of(s))
+            .map(|(_, f)| *f)
+            .collect(),
+        _ => vec![],
     };
-    if let Some(frontend) = stream_frontend {
-        if !who.frontends.contains(&frontend) {
+    if let Some(&frontend) = stream_frontends.first() {
+        if !stream_frontends.iter().any(|f| who.frontends.contains(f)) {
             return Err((
                 "frontend_access_denied",
                 format!("{} is not enabled for your organization", frontend.as_str()),

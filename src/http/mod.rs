@@ -19,6 +19,7 @@ pub mod pusher;
 pub mod schema;
 pub mod socketio;
 pub mod socketio_recovery;
+pub mod swarm;
 pub mod traffic;
 pub mod ws;
 
@@ -68,7 +69,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .configure(messaging::configure_shared)
                 .configure(history::configure)
                 .configure(admin::configure)
-                .configure(fluxstudio::configure),
+                .configure(fluxstudio::configure)
+                .configure(swarm::configure),
         )
         // FluxStudio's frontend calls these paths without `/v1`: the same handlers, mounted
         // a second time (see `openapi::ALIASED`, which the contract middleware follows).

@@ -21,6 +21,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     admin, ai, chat, citypulse, fluxstudio, history, identity, messaging, ops, pusher, schema,
+    swarm,
 };
 
 #[derive(OpenApi)]
@@ -141,6 +142,13 @@ use super::{
         fluxstudio::add_milestone,
         fluxstudio::complete_milestone,
         fluxstudio::remove_milestone,
+        swarm::create_task,
+        swarm::list_tasks,
+        swarm::get_task,
+        swarm::progress,
+        swarm::result,
+        swarm::subtasks,
+        swarm::cancel_task,
     ),
     components(schemas(schema::ErrorBody)),
     security(("bearer" = [])),
@@ -150,6 +158,7 @@ use super::{
         (name = "citypulse", description = "Buildings, sensors, readings, thresholds, energy and alerts"),
         (name = "history", description = "The event log, for organization admins"),
         (name = "ai", description = "FlowMind: chat sessions with streamed AI replies, the models of the configured providers, their circuit breakers, and token usage"),
+        (name = "swarm", description = "Quantum and Velocity Swarm: optimization runs and task batches, their progress and results"),
         (name = "messaging", description = "FluxStudio: channels, direct conversations, messages, threads, reactions, read marks; every frontend's notifications"),
         (name = "fluxstudio", description = "FluxStudio teams (leads and members) and projects (team, members, status, milestones)"),
         (name = "live", description = "Live event streams (WebSocket upgrades), and the Pusher Channels gateway and HTTP API"),

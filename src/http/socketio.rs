@@ -139,6 +139,37 @@ pub const NAMESPACES: &[Namespace] = &[
         rooms: RoomAccess::Organization,
         emits: &[],
     },
+    Namespace {
+        path: "/quantum",
+        frontend: Frontend::Quantum,
+        category: "swarm_task",
+        room_commands: ("join_task", "leave_task"),
+        room_key: "task_id",
+        noun: "swarm task",
+        rooms: RoomAccess::Organization,
+        emits: SWARM_EMITS,
+    },
+    Namespace {
+        path: "/velocity",
+        frontend: Frontend::Velocity,
+        category: "swarm_task",
+        room_commands: ("join_task", "leave_task"),
+        room_key: "task_id",
+        noun: "swarm task",
+        rooms: RoomAccess::Organization,
+        emits: SWARM_EMITS,
+    },
+];
+
+/// What the rooms of swarm tasks receive (`/quantum` and `/velocity` alike): coalesced
+/// optimization progress, each chunk of a batch's subtask outcomes, and the task's end.
+const SWARM_EMITS: &[(&str, &str)] = &[
+    ("SwarmTaskStarted", "swarm:started"),
+    ("OptimizationProgressed", "swarm:progress"),
+    ("SubtasksRecorded", "swarm:subtask"),
+    ("SwarmTaskCompleted", "swarm:completed"),
+    ("SwarmTaskFailed", "swarm:failed"),
+    ("SwarmTaskCancelled", "swarm:cancelled"),
 ];
 
 /// How often `/auth` sends `metrics:update`.

@@ -7,6 +7,7 @@ pub mod identity;
 pub mod messaging;
 pub mod parked;
 pub mod runner;
+pub mod swarm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(flowmind::Flowmind),
         Arc::new(messaging::Messaging),
         Arc::new(fluxstudio::Fluxstudio),
+        Arc::new(swarm::SwarmTasks),
     ]
 }
 

@@ -1,0 +1,343 @@
+//! Events of a swarm task (entity kind `swarm_task`): a Quantum Swarm optimization run or a
+//! Velocity Swarm batch of subtasks.
+//!
+//! The lifecycle is `queued → running → completed | failed | cancelled`, with `interrupted`
+//! for a task that was running when its process died; the scheduler starts an interrupted
+//! task again as a new *attempt*. Every report of a worker names its attempt, so a worker of
+//! an older attempt can never record anything once a newer one started.
+//!
+//! The log stays proportional to the work, not to its speed: an optimization records its
+//! progress at most every few hundred milliseconds ([`OptimizationProgressed`]), and a batch
+//! records the outcomes of its subtasks in chunks ([`SubtasksRecorded`]), never one event per
+//! subtask per tick. The field names of the legacy `swarm_tasks` table (`user_id`, `type`,
+//! `objective`, `config`, `created_at`) are kept in [`SwarmTaskCreated`].
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{payload, DecodeError, EventFamily};
+
+/// Which frontend's kind of work a task is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskType {
+    /// A particle swarm optimization (Quantum Swarm).
+    Quantum,
+    /// A batch of subtasks (Velocity Swarm).
+    Velocity,
+}
+
+impl TaskType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskType::Quantum => "quantum",
+            TaskType::Velocity => "velocity",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskType> {
+        [TaskType::Quantum, TaskType::Velocity]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+/// The settings of one particle swarm run. The objective is named next to it (the task's
+/// `objective`, or a subtask's own).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct QuantumConfig {
+    /// Number of variables, `x1` to `xn`.
+    pub dimensions: u32,
+    /// `[lower, upper]` for each dimension, in order.
+    pub bounds: Vec<[f64; 2]>,
+    pub particles: u32,
+    pub iterations: u64,
+    pub inertia: f64,
+    pub cognitive: f64,
+    pub social: f64,
+    /// Seeds the swarm's random numbers: the same seed reproduces the run exactly.
+    pub seed: u64,
+}
+
+/// How a batch treats a failed subtask.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchMode {
+    /// The first subtask that fails (after its retries) fails the batch; the rest stop.
+    FailFast,
+    /// Every subtask runs; the batch completes with the failures counted.
+    BestEffort,
+}
+
+/// One kind of subtask, possibly repeated `count` times (so that a large batch of similar
+/// subtasks stays a small event). Subtasks are numbered in the order they are listed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SubtaskSpec {
+    /// A prompt through the AI provider layer.
+    Prompt {
+        prompt: String,
+        model: Option<String>,
+        count: u32,
+    },
+    /// A particle swarm optimization.
+    Optimize {
+        objective: String,
+        config: QuantumConfig,
+        count: u32,
+    },
+    /// A call to a URL on the server's allow-list.
+    Http {
+        method: String,
+        url: String,
+        body: Option<Value>,
+        count: u32,
+    },
+}
+
+impl SubtaskSpec {
+    pub fn count(&self) -> u32 {
+        match self {
+            SubtaskSpec::Prompt { count, .. }
+            | SubtaskSpec::Optimize { count, .. }
+            | SubtaskSpec::Http { count, .. } => *count,
+        }
+    }
+}
+
+/// The settings of a batch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct VelocityConfig {
+    pub subtasks: Vec<SubtaskSpec>,
+    /// Most subtasks of this batch running at once.
+    pub concurrency: u32,
+    /// Time limit of one try of a subtask.
+    pub timeout_ms: u64,
+    /// Tries after the first one, with doubling backoff from `backoff_ms`.
+    pub retries: u32,
+    pub backoff_ms: u64,
+    pub mode: BatchMode,
+}
+
+impl VelocityConfig {
+    /// Subtasks in the batch, repetitions counted.
+    pub fn total(&self) -> u64 {
+        self.subtasks.iter().map(|s| u64::from(s.count())).sum()
+    }
+}
+
+/// A task's settings, by type.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum TaskConfig {
+    Quantum(QuantumConfig),
+    Velocity(VelocityConfig),
+}
+
+/// A task was submitted; it waits in its organization's queue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SwarmTaskCreated {
+    pub task_id: Uuid,
+    pub organization_id: Uuid,
+    pub user_id: Uuid,
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
+    /// Quantum: a test function's name or an expression of `x1…xn`; Velocity: a label.
+    pub objective: String,
+    pub config: TaskConfig,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The scheduler started attempt `attempt` (1 for the first run). `resumed_from` is what
+/// the attempt starts from: for a batch, the subtasks already recorded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SwarmTaskStarted {
+    pub attempt: u32,
+    pub resumed_from: u64,
+    pub started_at: DateTime<Utc>,
+}
+
+/// The best point an optimization has found so far (coalesced: at most one every few
+/// hundred milliseconds, whatever the iteration rate).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct OptimizationProgressed {
+    pub attempt: u32,
+    pub iteration: u64,
+    pub best_cost: f64,
+    pub best_position: Vec<f64>,
+    pub evaluations: u64,
+    pub at: DateTime<Utc>,
+}
+
+/// How a subtask ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SubtaskStatus {
+    Done,
+    Failed,
+}
+
+/// The outcome of one subtask, after its retries.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SubtaskOutcome {
+    pub index: u32,
+    pub status: SubtaskStatus,
+    /// Tries made, the first included.
+    pub attempts: u32,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// A chunk of subtask outcomes of a batch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SubtasksRecorded {
+    pub attempt: u32,
+    pub outcomes: Vec<SubtaskOutcome>,
+    pub at: DateTime<Utc>,
+}
+
+/// What a finished task produced.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskResult {
+    Optimization {
+        best_position: Vec<f64>,
+        best_cost: f64,
+        iterations: u64,
+        evaluations: u64,
+        elapsed_ms: u64,
+    },
+    Batch {
+        total: u64,
+        done: u64,
+        failed: u64,
+        elapsed_ms: u64,
+    },
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SwarmTaskCompleted {
+    pub attempt: u32,
+    pub result: TaskResult,
+    pub completed_at: DateTime<Utc>,
+}
+
+/// The task stopped on an error (a failing subtask in fail-fast mode, the time limit, an
+/// objective that cannot be evaluated).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SwarmTaskFailed {
+    pub attempt: u32,
+    pub error: String,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// The task was cancelled by a user; what was recorded so far stays.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SwarmTaskCancelled {
+    pub cancelled_at: DateTime<Utc>,
+}
+
+/// Attempt `attempt` was running when the process that ran it died; the scheduler starts it
+/// again.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SwarmTaskInterrupted {
+    pub attempt: u32,
+    pub interrupted_at: DateTime<Utc>,
+}
+
+/// The swarm task enum: one variant per event type.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", content = "data")]
+pub enum SwarmTaskEvent {
+    SwarmTaskCreated(SwarmTaskCreated),
+    SwarmTaskStarted(SwarmTaskStarted),
+    OptimizationProgressed(OptimizationProgressed),
+    SubtasksRecorded(SubtasksRecorded),
+    SwarmTaskCompleted(SwarmTaskCompleted),
+    SwarmTaskFailed(SwarmTaskFailed),
+    SwarmTaskCancelled(SwarmTaskCancelled),
+    SwarmTaskInterrupted(SwarmTaskInterrupted),
+}
+
+impl EventFamily for SwarmTaskEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            SwarmTaskEvent::SwarmTaskCreated(_) => "SwarmTaskCreated",
+            SwarmTaskEvent::SwarmTaskStarted(_) => "SwarmTaskStarted",
+            SwarmTaskEvent::OptimizationProgressed(_) => "OptimizationProgressed",
+            SwarmTaskEvent::SubtasksRecorded(_) => "SubtasksRecorded",
+            SwarmTaskEvent::SwarmTaskCompleted(_) => "SwarmTaskCompleted",
+            SwarmTaskEvent::SwarmTaskFailed(_) => "SwarmTaskFailed",
+            SwarmTaskEvent::SwarmTaskCancelled(_) => "SwarmTaskCancelled",
+            SwarmTaskEvent::SwarmTaskInterrupted(_) => "SwarmTaskInterrupted",
+        }
+    }
+
+    fn decode_ref(event_type: &str, version: i32, data: &Value) -> Result<Self, DecodeError> {
+        if version != Self::schema_version(event_type) {
+            return Self::decode(event_type, version, data.clone());
+        }
+        let t = event_type;
+        use SwarmTaskEvent as E;
+        Ok(match t {
+            "SwarmTaskCreated" => E::SwarmTaskCreated(payload(t, data)?),
+            "SwarmTaskStarted" => E::SwarmTaskStarted(payload(t, data)?),
+            "OptimizationProgressed" => E::OptimizationProgressed(payload(t, data)?),
+            "SubtasksRecorded" => E::SubtasksRecorded(payload(t, data)?),
+            "SwarmTaskCompleted" => E::SwarmTaskCompleted(payload(t, data)?),
+            "SwarmTaskFailed" => E::SwarmTaskFailed(payload(t, data)?),
+            "SwarmTaskCancelled" => E::SwarmTaskCancelled(payload(t, data)?),
+            "SwarmTaskInterrupted" => E::SwarmTaskInterrupted(payload(t, data)?),
+            other => return Err(DecodeError::UnknownType(other.to_owned())),
+        })
+    }
+}
+
+/// Every swarm task event type, for filters and the sample tests.
+pub const SWARM_TASK_EVENT_TYPES: [&str; 8] = [
+    "SwarmTaskCreated",
+    "SwarmTaskStarted",
+    "OptimizationProgressed",
+    "SubtasksRecorded",
+    "SwarmTaskCompleted",
+    "SwarmTaskFailed",
+    "SwarmTaskCancelled",
+    "SwarmTaskInterrupted",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_config_round_trips_and_is_told_apart_from_an_optimization() {
+        let data = serde_json::json!({
+            "task_id": "0193a1b2-0000-7000-8000-0000000000f2",
+            "organization_id": "0193a1b2-0000-7000-8000-0000000000a1",
+            "user_id": "0193a1b2-0000-7000-8000-0000000000b1",
+            "type": "velocity",
+            "objective": "nightly checks",
+            "config": {
+                "subtasks": [
+                    {"kind": "prompt", "prompt": "Say hi", "model": null, "count": 3},
+                    {"kind": "http", "method": "GET", "url": "http://127.0.0.1:9/ok", "body": null, "count": 1}
+                ],
+                "concurrency": 8, "timeout_ms": 1000, "retries": 2, "backoff_ms": 50,
+                "mode": "fail_fast"
+            },
+            "created_at": "2026-11-21T09:00:00Z"
+        });
+        let event = SwarmTaskEvent::decode("SwarmTaskCreated", 1, data.clone()).unwrap();
+        let SwarmTaskEvent::SwarmTaskCreated(c) = &event else {
+            panic!("{event:?}")
+        };
+        let TaskConfig::Velocity(v) = &c.config else {
+            panic!("{:?}", c.config)
+        };
+        assert_eq!(v.total(), 4);
+        assert_eq!(event.to_data(), data);
+    }
+}
