@@ -1073,14 +1073,16 @@ mod messaging {
         );
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
         expect(&mut ws, "0").await?;
-        ws.send(Message::Text(
-            format!("40/messaging,{}", json!({ "token": token })).into(),
-        ))
+        ws.send(Message::Text(format!(
+            "40/messaging,{}",
+            json!({ "token": token })
+        )))
         .await?;
         expect(&mut ws, "40/messaging,").await?;
-        ws.send(Message::Text(
-            format!("42/messaging,1{}", json!(["channel:join", channel])).into(),
-        ))
+        ws.send(Message::Text(format!(
+            "42/messaging,1{}",
+            json!(["channel:join", channel])
+        )))
         .await?;
         let ack = expect(&mut ws, "43/messaging,1").await?;
         anyhow::ensure!(ack.contains("\"ok\":true"), "join refused: {ack}");
@@ -1157,7 +1159,7 @@ mod messaging {
                             next += period;
                             let at = epoch.elapsed().as_micros() as u64;
                             let msg = json!(["message:send", { "channel_id": channel, "text": format!("t={at}") }]);
-                            if tx.send(Message::Text(format!("42/messaging,{msg}").into())).await.is_err() { break; }
+                            if tx.send(Message::Text(format!("42/messaging,{msg}"))).await.is_err() { break; }
                             sent.fetch_add(1, Ordering::Relaxed);
                         }
                         frame = rx.next() => match frame {
