@@ -899,7 +899,7 @@ fn ending(e: &ConversationEvent, reply: Uuid) -> Option<(&'static str, Value)> {
         ("Last-Event-ID" = Option<String>, Header, description = "Characters already received (the last event's id)", pattern = "^[0-9]{1,12}$"),
         super::schema::FlowmindHeaders,
     ),
-    responses((status = 200, description = "An event stream (`text/event-stream`)", content_type = "text/event-stream", body = String)),
+    responses((status = 200, description = "An event stream (`text/event-stream`)", content_type = "text/event-stream", body = super::schema::ReplySseEvent)),
 )]
 async fn stream_reply(
     state: web::Data<AppState>,

@@ -858,3 +858,13 @@ pub struct NotificationPage {
     pub unread_count: i64,
     pub next_cursor: Option<String>,
 }
+
+/// One Server-Sent Event of a reply stream: `event` is `delta` (its `data` is
+/// `{reply_id, offset, text}` and its `id` the characters received so far), then one of
+/// `completed`, `failed`, `cancelled` (or `timeout`, `error`); `data` is JSON text.
+#[derive(ToSchema)]
+pub struct ReplySseEvent {
+    pub event: String,
+    pub data: String,
+    pub id: Option<String>,
+}
