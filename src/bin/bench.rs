@@ -1140,17 +1140,19 @@ mod messaging {
         let epoch = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
         // Each user sends every `period`, offset so that sends spread evenly.
         let per_user = args.rate.max(1) as f64 / sockets.len().max(1) as f64;
         let period = Duration::from_secs_f64(1.0 / per_user);
         let mut tasks = tokio::task::JoinSet::new();
         for (i, ws) in sockets.into_iter().enumerate() {
-            let (stop, sent) = (stop.clone(), sent.clone());
+            let (stop, sent, refused) = (stop.clone(), sent.clone(), refused.clone());
             let channel = channels[i % channels.len()].clone();
             let offset = period.mul_f64(i as f64 / args.users.max(1) as f64);
             tasks.spawn(async move {
                 let (mut tx, mut rx) = ws.split();
                 let mut latencies: Vec<u32> = Vec::new();
+                let mut closed = false;
                 let mut next = tokio::time::Instant::now() + offset;
                 loop {
                     tokio::select! {
@@ -1166,6 +1168,10 @@ mod messaging {
                             Some(Ok(Message::Text(t))) => {
                                 if t.as_str() == "2" {
                                     let _ = tx.send(Message::Text("3".into())).await;
+                                } else if t.starts_with("42/messaging,[\"error\"") {
+                                    if refused.fetch_add(1, Ordering::Relaxed) < 3 {
+                                        eprintln!("refused: {t}");
+                                    }
                                 } else if t.starts_with("42/messaging,[\"message:new\"") {
                                     if let Some(at) = t.split("t=").nth(1).and_then(|r| r.split('"').next()).and_then(|v| v.parse::<u64>().ok()) {
                                         let now = epoch.elapsed().as_micros() as u64;
@@ -1174,11 +1180,14 @@ mod messaging {
                                 }
                             }
                             Some(Ok(_)) => {}
-                            _ => break,
+                            _ => {
+                                closed = true;
+                                break;
+                            }
                         },
                     }
                 }
-                latencies
+                (latencies, closed)
             });
         }
         tokio::time::sleep(Duration::from_secs(args.seconds)).await;
@@ -1188,13 +1197,19 @@ mod messaging {
         let elapsed = epoch.elapsed().as_secs_f64();
         tasks.abort_all();
         let mut all = Vec::new();
+        let mut closed = 0;
         while let Some(done) = tasks.join_next().await {
-            if let Ok(l) = done {
+            if let Ok((l, c)) = done {
                 all.extend(l);
+                closed += usize::from(c);
             }
         }
         all.sort_unstable();
         let sent = sent.load(Ordering::Relaxed);
+        println!(
+            "sends the server refused: {}",
+            refused.load(Ordering::Relaxed)
+        );
         let per_channel = args.users as f64 / channels.len() as f64;
         println!(
             "sent {} messages in {:.1}s ({:.0}/s); {} deliveries of {:.0} expected ({:.0}/s)",
@@ -1204,6 +1219,10 @@ mod messaging {
             all.len(),
             sent as f64 * per_channel,
             all.len() as f64 / elapsed
+        );
+        println!(
+            "sockets the server closed during the run (slow readers, or timeouts): {closed} of {}",
+            args.users
         );
         println!(
             "send-to-receipt latency ms: p50 {:.1}  p99 {:.1}  max {:.1}",
