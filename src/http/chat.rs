@@ -21,7 +21,9 @@ use universal_events::identity::Frontend;
 use universal_events::EventFamily;
 use uuid::Uuid;
 
-use super::command::{idempotent, if_match, meta, parse_json, wait_for_projection as wait, Answer};
+use super::command::{
+    idempotent, if_match, meta, parse_json, wait_for_projection as wait, Answer, Page,
+};
 use super::error::command_error;
 use super::guard::Principal;
 use super::ApiError;
@@ -311,16 +313,7 @@ async fn list_sessions(
 ) -> Result<HttpResponse, ApiError> {
     let org = who.frontend(&req, Frontend::Flowmind)?;
     wait(&state, READ_MODEL, params.min_position).await?;
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 200"));
-    }
-    let before = match &params.cursor {
-        None => i64::MAX,
-        Some(c) => c
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request("cursor is not one this API handed out"))?,
-    };
+    let page = Page::parse(params.limit, (50, 200), &params.cursor, i64::MAX)?;
     let mut rows: Vec<SessionRow> = sqlx::query_as(&format!(
         "SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE organization_id = $1 AND user_id = $2 \
          AND created_position < $3 AND ($5::boolean IS NULL OR (archived_at IS NOT NULL) = $5) \
@@ -328,17 +321,12 @@ async fn list_sessions(
     ))
     .bind(org)
     .bind(who.user_id)
-    .bind(before)
-    .bind(limit + 1)
+    .bind(page.cursor)
+    .bind(page.fetch())
     .bind(params.archived)
     .fetch_all(&state.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.created_position.to_string())
-    } else {
-        None
-    };
+    let next_cursor = page.finish(&mut rows, |r| r.created_position);
     Ok(HttpResponse::Ok().json(json!({ "items": rows, "next_cursor": next_cursor })))
 }
 
@@ -820,16 +808,7 @@ async fn list_messages(
     let org = who.frontend(&req, Frontend::Flowmind)?;
     wait(&state, READ_MODEL, params.min_position).await?;
     let id = path.into_inner();
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 500"));
-    }
-    let after = match &params.cursor {
-        None => 0,
-        Some(c) => c
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request("cursor is not one this API handed out"))?,
-    };
+    let page = Page::parse(params.limit, (100, 500), &params.cursor, 0)?;
     find_session(&state, &who, org, id).await?;
     let mut rows: Vec<MessageRow> = sqlx::query_as(
         "SELECT id, session_id, parent_id, role, content, status, model_id, provider, \
@@ -838,16 +817,11 @@ async fn list_messages(
          WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
     )
     .bind(id)
-    .bind(after)
-    .bind(limit + 1)
+    .bind(page.cursor)
+    .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.seq.to_string())
-    } else {
-        None
-    };
+    let next_cursor = page.finish(&mut rows, |r| r.seq);
     Ok(HttpResponse::Ok().json(json!({ "items": rows, "next_cursor": next_cursor })))
 }
 

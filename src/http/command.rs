@@ -346,3 +346,70 @@ where
         Err(e) => Err(e),
     }
 }
+
+/// Keyset pagination of the list routes: a page size within bounds, a cursor this API handed
+/// out, and the cursor of the next page.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub limit: i64,
+    /// Where the page starts (exclusive), or `start` when the request names no cursor.
+    pub cursor: i64,
+}
+
+impl Page {
+    /// `limit` (`default` when absent, 1 to `max`) and `cursor` (`start` when absent).
+    pub fn parse(
+        limit: Option<i64>,
+        (default, max): (i64, i64),
+        cursor: &Option<String>,
+        start: i64,
+    ) -> Result<Self, ApiError> {
+        let limit = limit.unwrap_or(default);
+        if !(1..=max).contains(&limit) {
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and {max}"
+            )));
+        }
+        let cursor = match cursor {
+            None => start,
+            Some(c) => c
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request("cursor is not one this API handed out"))?,
+        };
+        Ok(Self { limit, cursor })
+    }
+
+    /// Rows to fetch: one more than the page, to tell whether another page follows.
+    pub fn fetch(&self) -> i64 {
+        self.limit + 1
+    }
+
+    /// Trims the extra row and names the cursor of the next page (`key` of the last row).
+    pub fn finish<T>(&self, rows: &mut Vec<T>, key: impl Fn(&T) -> i64) -> Option<String> {
+        if rows.len() as i64 > self.limit {
+            rows.truncate(self.limit as usize);
+            rows.last().map(|r| key(r).to_string())
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::Page;
+
+    #[test]
+    fn a_page_checks_its_bounds_and_names_the_next_cursor_only_when_more_follow() {
+        assert!(Page::parse(Some(0), (50, 200), &None, 0).is_err());
+        assert!(Page::parse(Some(201), (50, 200), &None, 0).is_err());
+        assert!(Page::parse(None, (50, 200), &Some("abc".into()), 0).is_err());
+        let page = Page::parse(Some(2), (50, 200), &None, 7).unwrap();
+        assert_eq!((page.limit, page.cursor, page.fetch()), (2, 7, 3));
+        let mut more = vec![10, 11, 12];
+        assert_eq!(page.finish(&mut more, |r| *r), Some("11".into()));
+        assert_eq!(more, vec![10, 11]);
+        let mut last = vec![10, 11];
+        assert_eq!(page.finish(&mut last, |r| *r), None);
+    }
+}

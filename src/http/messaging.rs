@@ -18,7 +18,7 @@ use universal_events::identity::{Frontend, Role};
 use universal_events::messaging::{Attachment, ChannelKind, MessagingEvent};
 use uuid::Uuid;
 
-use super::command::{idempotent, meta, parse_json, wait_for_projection as wait, Answer};
+use super::command::{idempotent, meta, parse_json, wait_for_projection as wait, Answer, Page};
 use super::error::command_error;
 use super::guard::Principal;
 use super::ApiError;
@@ -339,15 +339,6 @@ struct ListChannels {
     min_position: Option<i64>,
 }
 
-fn cursor(value: &Option<String>, default: i64) -> Result<i64, ApiError> {
-    match value {
-        None => Ok(default),
-        Some(c) => c
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request("cursor is not one this API handed out")),
-    }
-}
-
 /// The channels and direct conversations the caller reads, oldest first, with unread counts.
 #[utoipa::path(
     get,
@@ -364,26 +355,17 @@ async fn list_channels(
 ) -> Result<HttpResponse, ApiError> {
     let by = caller(&who, Some(&req))?;
     wait(&state, READ_MODEL, params.min_position).await?;
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 200"));
-    }
-    let after = cursor(&params.cursor, 0)?;
+    let page = Page::parse(params.limit, (50, 200), &params.cursor, 0)?;
     let mut rows: Vec<ChannelRow> = sqlx::query_as(&format!(
         "{CHANNEL_SELECT} AND c.created_position > $3 ORDER BY c.created_position LIMIT $4"
     ))
     .bind(by.organization_id)
     .bind(by.user_id)
-    .bind(after)
-    .bind(limit + 1)
+    .bind(page.cursor)
+    .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.created_position.to_string())
-    } else {
-        None
-    };
+    let next_cursor = page.finish(&mut rows, |r| r.created_position);
     Ok(HttpResponse::Ok().json(json!({ "items": rows, "next_cursor": next_cursor })))
 }
 
@@ -863,11 +845,7 @@ async fn list(
         .or(params.channel_id)
         .ok_or_else(|| ApiError::bad_request("channel_id is required"))?;
     wait(state, READ_MODEL, params.min_position).await?;
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 500"));
-    }
-    let after = cursor(&params.cursor, 0)?;
+    let page = Page::parse(params.limit, (100, 500), &params.cursor, 0)?;
     find_channel(state, by, channel).await?;
     let mut rows: Vec<MessageRow> = sqlx::query_as(
         "SELECT id, channel_id, seq, author_id, text, parent_id, reply_count, mentions, \
@@ -877,17 +855,12 @@ async fn list(
          ORDER BY seq LIMIT $3",
     )
     .bind(channel)
-    .bind(after)
-    .bind(limit + 1)
+    .bind(page.cursor)
+    .bind(page.fetch())
     .bind(params.thread)
     .fetch_all(&state.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.seq.to_string())
-    } else {
-        None
-    };
+    let next_cursor = page.finish(&mut rows, |r| r.seq);
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let reactions: Vec<(Uuid, String, i64, bool)> = sqlx::query_as(
         "SELECT message_id, emoji, count(*), bool_or(user_id = $2) FROM message_reactions \
@@ -1173,11 +1146,7 @@ async fn list_notifications(
 ) -> Result<HttpResponse, ApiError> {
     let org = org_of(&who)?;
     wait(&state, READ_MODEL, params.min_position).await?;
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 200"));
-    }
-    let before = cursor(&params.cursor, i64::MAX)?;
+    let page = Page::parse(params.limit, (50, 200), &params.cursor, i64::MAX)?;
     let mut rows: Vec<NotificationRow> = sqlx::query_as(
         "SELECT id, kind, channel_id, message_id, actor_id, created_at, read_at, position \
          FROM notifications WHERE user_id = $1 AND organization_id = $2 AND position < $3 \
@@ -1185,8 +1154,8 @@ async fn list_notifications(
     )
     .bind(who.user_id)
     .bind(org)
-    .bind(before)
-    .bind(limit + 1)
+    .bind(page.cursor)
+    .bind(page.fetch())
     .bind(params.unread)
     .fetch_all(&state.pool)
     .await?;
@@ -1198,12 +1167,7 @@ async fn list_notifications(
     .bind(org)
     .fetch_one(&state.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.position.to_string())
-    } else {
-        None
-    };
+    let next_cursor = page.finish(&mut rows, |r| r.position);
     Ok(HttpResponse::Ok()
         .json(json!({ "items": rows, "unread_count": unread, "next_cursor": next_cursor })))
 }
