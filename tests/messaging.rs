@@ -489,6 +489,8 @@ async fn the_real_socket_io_client_on_messaging_across_two_processes() {
         "only the author edits"
     );
     assert_eq!(r["bad"]["error"]["status"], 422);
+    assert_eq!(r["typing_stopped"]["user_id"], ann, "leaving ends typing");
+    assert_eq!(r["typing_stopped"]["channel_id"], r["channel"]);
     assert_eq!(r["gone"]["user_id"], ann);
     // One message was stored, however often it was sent.
     let posted: i64 = sqlx::query_scalar(

@@ -1138,15 +1138,20 @@ mod messaging {
         );
 
         let epoch = Instant::now();
-        let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
-        // Each user sends every `period`, offset so that sends spread evenly.
+        // Each user sends every `period`, offset so that sends spread evenly, until
+        // `sending_ends`. It keeps reading until its socket has been quiet for `QUIET` (at
+        // most until `reading_ends`) so that late messages are counted too, then hands back
+        // what it measured. No task is aborted: an aborted task's figures would be lost.
+        const QUIET: Duration = Duration::from_millis(1500);
         let per_user = args.rate.max(1) as f64 / sockets.len().max(1) as f64;
         let period = Duration::from_secs_f64(1.0 / per_user);
+        let sending_ends = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
+        let reading_ends = sending_ends + Duration::from_secs(30);
         let mut tasks = tokio::task::JoinSet::new();
         for (i, ws) in sockets.into_iter().enumerate() {
-            let (stop, sent, refused) = (stop.clone(), sent.clone(), refused.clone());
+            let (sent, refused) = (sent.clone(), refused.clone());
             let channel = channels[i % channels.len()].clone();
             let offset = period.mul_f64(i as f64 / args.users.max(1) as f64);
             tasks.spawn(async move {
@@ -1154,18 +1159,22 @@ mod messaging {
                 let mut latencies: Vec<u32> = Vec::new();
                 let mut closed = false;
                 let mut next = tokio::time::Instant::now() + offset;
+                let mut quiet_from = sending_ends;
                 loop {
+                    let sending = next < sending_ends;
+                    let done_at = (quiet_from + QUIET).min(reading_ends);
                     tokio::select! {
-                        _ = tokio::time::sleep_until(next) => {
-                            if stop.load(Ordering::Relaxed) { break; }
+                        _ = tokio::time::sleep_until(next), if sending => {
                             next += period;
                             let at = epoch.elapsed().as_micros() as u64;
                             let msg = json!(["message:send", { "channel_id": channel, "text": format!("t={at}") }]);
                             if tx.send(Message::Text(format!("42/messaging,{msg}"))).await.is_err() { break; }
                             sent.fetch_add(1, Ordering::Relaxed);
                         }
+                        _ = tokio::time::sleep_until(done_at), if !sending => break,
                         frame = rx.next() => match frame {
                             Some(Ok(Message::Text(t))) => {
+                                quiet_from = quiet_from.max(tokio::time::Instant::now());
                                 if t.as_str() == "2" {
                                     let _ = tx.send(Message::Text("3".into())).await;
                                 } else if t.starts_with("42/messaging,[\"error\"") {
@@ -1190,20 +1199,14 @@ mod messaging {
                 (latencies, closed)
             });
         }
-        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-        stop.store(true, Ordering::Relaxed);
-        // Let the last messages arrive.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let elapsed = epoch.elapsed().as_secs_f64();
-        tasks.abort_all();
         let mut all = Vec::new();
         let mut closed = 0;
         while let Some(done) = tasks.join_next().await {
-            if let Ok((l, c)) = done {
-                all.extend(l);
-                closed += usize::from(c);
-            }
+            let (l, c) = done?;
+            all.extend(l);
+            closed += usize::from(c);
         }
+        let elapsed = epoch.elapsed().as_secs_f64();
         all.sort_unstable();
         let sent = sent.load(Ordering::Relaxed);
         println!(

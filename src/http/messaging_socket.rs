@@ -187,13 +187,8 @@ async fn handle(
             } else {
                 typing.remove(&t.channel_id);
             }
-            state
-                .signals
-                .publish(&json!({
-                    "type": "typing", "organization_id": by.organization_id,
-                    "channel_id": t.channel_id, "user_id": by.user_id, "typing": start,
-                }))
-                .await;
+            let signal = typing_signal(by.organization_id, t.channel_id, by.user_id, start);
+            state.signals.publish(&signal).await;
             Ok(json!({ "ok": true }))
         }
         "presence:list" => {
@@ -206,6 +201,24 @@ async fn handle(
         }
         other => Err(ApiError::bad_request(format!("unknown event `{other}`"))),
     }
+}
+
+/// The signal of `user` starting or stopping to type in `channel`.
+pub fn typing_signal(org: Uuid, channel: Uuid, user: Uuid, typing: bool) -> Value {
+    json!({
+        "type": "typing", "organization_id": org, "channel_id": channel,
+        "user_id": user, "typing": typing,
+    })
+}
+
+/// The channels where a connection's last `typing:start` has not expired yet; empties
+/// `typing`.
+pub fn still_typing(typing: &mut HashMap<Uuid, Instant>) -> Vec<Uuid> {
+    typing
+        .drain()
+        .filter(|(_, at)| at.elapsed() < TYPING_TTL)
+        .map(|(channel, _)| channel)
+        .collect()
 }
 
 fn packet(nsp: &str, name: &str, data: Value) -> String {

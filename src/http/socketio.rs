@@ -408,7 +408,18 @@ impl Joined {
             if let Some(org) = self.principal.organization_id {
                 let signals = state.signals.clone();
                 let user = self.principal.user_id;
-                tokio::spawn(async move { signals.disconnected(org, user).await });
+                // Whoever was typing here stops now, not when the receivers' state expires.
+                let typing = super::messaging_socket::still_typing(&mut self.typing);
+                tokio::spawn(async move {
+                    for channel in typing {
+                        signals
+                            .publish(&super::messaging_socket::typing_signal(
+                                org, channel, user, false,
+                            ))
+                            .await;
+                    }
+                    signals.disconnected(org, user).await
+                });
             }
         }
     }

@@ -77,7 +77,10 @@ const foreign = await bob.emitWithAck('message:edit', { message_id: sent.message
 const bad = await bob.emitWithAck('message:send', { channel_id: channel, text: '' });
 
 const offline = waitFor(bob, 'user:offline', (d) => d.user_id === online.user_id);
+// Ann typed less than the typing TTL ago: her leaving ends it at once.
+const stoppedTyping = waitFor(bob, 'typing:stop');
 ann.close();
+const typingStopped = await stoppedTyping;
 const gone = await offline;
 bob.close();
 console.log(
@@ -98,6 +101,7 @@ console.log(
     reaction,
     foreign,
     bad,
+    typing_stopped: typingStopped,
     gone,
   }),
 );
