@@ -380,3 +380,67 @@ async fn a_live_feed_subscriber_sees_every_event_once_in_order_through_catch_up_
         .unwrap();
     assert_eq!(seen, (1..=total as i64).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_gated_subscription_skips_what_its_gate_turns_away_through_catch_up_and_live() {
+    let stores = stores(1).await;
+    let store: Arc<dyn EventStore> = stores[0].clone();
+    let feed = universal_backend::store::LiveFeed::start(store.clone());
+    let a = format!("room-{}", Uuid::new_v4());
+    let b = format!("room-{}", Uuid::new_v4());
+    // More than a page of events the gate turns away, then one it lets through.
+    for n in 0..12 {
+        let noise = (0..100).map(|i| event("Noise", n * 100 + i)).collect();
+        store.append(&b, ExpectedVersion::Any, noise).await.unwrap();
+    }
+    store
+        .append(&a, ExpectedVersion::Any, vec![event("Wanted", 0)])
+        .await
+        .unwrap();
+    let open = Arc::new(std::sync::RwLock::new(HashSet::from([a.clone()])));
+    let seen_by_gate = open.clone();
+    let mut sub = Subscription::new(store.clone(), 0, Filter::all())
+        .with_live_feed(feed)
+        .with_gate(Arc::new(move |e| {
+            seen_by_gate.read().unwrap().contains(&e.stream_id)
+        }));
+    let first = sub.try_next().await.unwrap();
+    assert_eq!(
+        first.map(|e| (e.stream_id, e.event_type)),
+        Some((a.clone(), "Wanted".to_owned())),
+        "found at once, past a whole page the gate turned away"
+    );
+    assert!(sub.try_next().await.unwrap().is_none());
+    assert!(sub.is_caught_up());
+
+    // Live: `b` stays out until it is let in.
+    store
+        .append(&b, ExpectedVersion::Any, vec![event("TurnedAway", 1)])
+        .await
+        .unwrap();
+    store
+        .append(&a, ExpectedVersion::Any, vec![event("Wanted", 1)])
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (next.stream_id.as_str(), next.event_type.as_str()),
+        (a.as_str(), "Wanted")
+    );
+    open.write().unwrap().insert(b.clone());
+    store
+        .append(&b, ExpectedVersion::Any, vec![event("LetIn", 2)])
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (next.stream_id.as_str(), next.event_type.as_str()),
+        (b.as_str(), "LetIn")
+    );
+}

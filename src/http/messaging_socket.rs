@@ -203,6 +203,22 @@ async fn handle(
     }
 }
 
+/// Whether a channel event concerns `user` (a user id) outside the rooms they joined: a
+/// message that notifies them, or their removal from the channel. Reads the event's JSON
+/// without decoding it, as every connection of the organization asks this of every event.
+pub fn concerns(event: &RecordedEvent, user: &str) -> bool {
+    let named = |v: &Value| v.as_str() == Some(user);
+    match event.event_type.as_str() {
+        "MessagePosted" => event
+            .data
+            .get("notify")
+            .and_then(Value::as_array)
+            .is_some_and(|n| n.iter().any(named)),
+        "ChannelMemberRemoved" => event.data.get("user_id").is_some_and(named),
+        _ => false,
+    }
+}
+
 /// The signal of `user` starting or stopping to type in `channel`.
 pub fn typing_signal(org: Uuid, channel: Uuid, user: Uuid, typing: bool) -> Value {
     json!({

@@ -14,6 +14,7 @@
 //! which room. Adding `/messaging` or `/swarm` is one more table.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -28,6 +29,7 @@ use super::ApiError;
 use crate::gateways::engineio::{self, Control, EngineError, Handler, Outcome, Start};
 use crate::gateways::{self, authorize_frontend};
 use crate::startup::AppState;
+use crate::store::subscription::Gate;
 use crate::store::{Direction, Filter, RecordedEvent, Subscription};
 
 /// Events waiting for a session, across its namespaces.
@@ -377,6 +379,9 @@ struct Joined {
     ns: &'static Namespace,
     principal: Principal,
     rooms: HashSet<Uuid>,
+    /// What the feed task lets through: a superset of `rooms` (a room leaves it on
+    /// `leave`; it may stay after a removal, which `rooms` still catches).
+    gate: Arc<RwLock<HashSet<Uuid>>>,
     pump: tokio::task::JoinHandle<()>,
     /// `/messaging`: the task forwarding typing and presence signals.
     signals: Option<tokio::task::JoinHandle<()>>,
@@ -566,6 +571,23 @@ impl Handler for SocketIo {
     }
 }
 
+/// The events a connection's feed task passes on: those of the rooms in `rooms` and, on
+/// `/messaging`, those that concern the user wherever they happen (see
+/// `messaging_socket::concerns`). The connection checks its rooms again; the gate only saves
+/// every connection from copying and decoding every event of its organization.
+fn room_gate(ns: &Namespace, who: &Principal, rooms: Arc<RwLock<HashSet<Uuid>>>) -> Gate {
+    let messaging = ns.path == "/messaging";
+    let user = who.user_id.to_string();
+    Arc::new(move |e: &RecordedEvent| {
+        let in_room = e
+            .stream_id
+            .split_once('-')
+            .and_then(|(_, id)| Uuid::parse_str(id).ok())
+            .is_some_and(|room| rooms.read().map_or(true, |r| r.contains(&room)));
+        in_room || (messaging && super::messaging_socket::concerns(e, &user))
+    })
+}
+
 /// Whether `who` may join the room of entity `id`, read from the log (the entity's first
 /// event), so that a client joining right after creating the entity sees its own write,
 /// which the read model may not have yet.
@@ -727,6 +749,7 @@ async fn on_packet(
                     super::socketio_recovery::save(&state.pool, ns.path, &principal, p, list).await;
                 }
             }
+            let gate = Arc::new(RwLock::new(rooms.clone()));
             let feed_tx = tx.clone();
             let path = ns.path;
             let pump = if ns.path == "/auth" {
@@ -744,7 +767,8 @@ async fn on_packet(
                 })
             } else {
                 let mut sub = Subscription::new(state.store.clone(), after, filter)
-                    .with_live_feed(state.live.clone());
+                    .with_live_feed(state.live.clone())
+                    .with_gate(room_gate(ns, &principal, gate.clone()));
                 actix_web::rt::spawn(async move {
                     let tx = feed_tx;
                     loop {
@@ -792,6 +816,7 @@ async fn on_packet(
                     ns,
                     principal,
                     rooms,
+                    gate,
                     pump,
                     signals,
                     typing: HashMap::new(),
@@ -839,6 +864,9 @@ async fn on_packet(
                     }
                     Some(id) if name == ns.room_commands.1 => {
                         j.rooms.remove(&id);
+                        if let Ok(mut g) = j.gate.write() {
+                            g.remove(&id);
+                        }
                         if let Some(pid) = j.pid {
                             let list = j.rooms.iter().copied().collect();
                             super::socketio_recovery::save(
@@ -858,6 +886,11 @@ async fn on_packet(
                             "error": format!("at most {MAX_ROOMS} rooms per connection"),
                         }),
                         Ok(true) => {
+                            // The gate first, so that no event of the room is turned away
+                            // once the room counts as joined.
+                            if let Ok(mut g) = j.gate.write() {
+                                g.insert(id);
+                            }
                             j.rooms.insert(id);
                             if let Some(pid) = j.pid {
                                 let list = j.rooms.iter().copied().collect();

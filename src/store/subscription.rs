@@ -72,7 +72,13 @@ pub struct Subscription {
     /// Set while following the feed (after catching up from the store).
     live: Option<broadcast::Receiver<Arc<RecordedEvent>>>,
     stash: Option<Arc<RecordedEvent>>,
+    gate: Option<Gate>,
 }
+
+/// A test that an event must pass besides the filter: one that depends on the subscriber's
+/// state (a socket's rooms, say) and can change while it runs. Events it turns away are
+/// skipped before they are copied out of the feed.
+pub type Gate = Arc<dyn Fn(&RecordedEvent) -> bool + Send + Sync>;
 
 impl Subscription {
     /// A subscription delivering events with positions greater than `after`.
@@ -88,12 +94,19 @@ impl Subscription {
             feed: None,
             live: None,
             stash: None,
+            gate: None,
         }
     }
 
     /// Once caught up, follow `feed` in memory instead of querying the store.
     pub fn with_live_feed(mut self, feed: Arc<LiveFeed>) -> Self {
         self.feed = Some(feed);
+        self
+    }
+
+    /// Hands out only the events that also pass `gate`.
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = Some(gate);
         self
     }
 
@@ -116,7 +129,7 @@ impl Subscription {
                 return Err(());
             }
             self.after = next.position;
-            if self.filter.matches(&next) {
+            if self.filter.matches(&next) && self.gate.as_ref().is_none_or(|g| g(&next)) {
                 return Ok(Some(next.as_ref().clone()));
             }
         }
@@ -180,26 +193,29 @@ impl Subscription {
     /// The next event if one is committed, or `None` once everything committed so far has
     /// been handed out (the subscription is caught up; call [`Subscription::wait`] to go live).
     pub async fn try_next(&mut self) -> Result<Option<RecordedEvent>, StoreError> {
-        if let Some(e) = self.buffer.pop_front() {
-            return Ok(Some(e));
-        }
-        if self.live.is_some() {
-            match self.next_from_feed() {
-                Ok(found) => return Ok(found),
-                Err(()) => {
-                    self.live = None;
-                    self.stash = None;
+        loop {
+            while let Some(e) = self.buffer.pop_front() {
+                if self.gate.as_ref().is_none_or(|g| g(&e)) {
+                    return Ok(Some(e));
                 }
             }
-        }
-        self.fill().await?;
-        if self.buffer.is_empty() {
-            // Caught up with the store: from here on the feed brings what comes next.
-            if let Some(feed) = &self.feed {
-                self.live = Some(feed.tx.subscribe());
+            if self.live.is_some() {
+                match self.next_from_feed() {
+                    Ok(found) => return Ok(found),
+                    Err(()) => {
+                        self.live = None;
+                        self.stash = None;
+                    }
+                }
+            }
+            if self.fill().await? == 0 {
+                // Caught up with the store: from here on the feed brings what comes next.
+                if let Some(feed) = &self.feed {
+                    self.live = Some(feed.tx.subscribe());
+                }
+                return Ok(None);
             }
         }
-        Ok(self.buffer.pop_front())
     }
 
     /// Waits until the head moves past this subscription (or the poll interval passes).
