@@ -521,6 +521,32 @@ where
     .map_err(|_| anyhow::anyhow!("client threads panicked"))?
 }
 
+/// Closes the server's pool. Background tasks (the store's writer, the listeners) hold
+/// connections until the process ends, so the wait is bounded: the database is dropped
+/// with `FORCE` afterwards anyway.
+async fn close_pool(pool: &sqlx::PgPool) {
+    let _ = tokio::time::timeout(Duration::from_secs(3), pool.close()).await;
+}
+
+/// Stops the server and drops the benchmark database unless it is to be kept.
+async fn finish(
+    handle: actix_web::dev::ServerHandle,
+    server: actix_web::rt::task::JoinHandle<anyhow::Result<()>>,
+    state: actix_web::web::Data<universal_backend::startup::AppState>,
+    keep: bool,
+    database_url: &str,
+) -> anyhow::Result<()> {
+    handle.stop(true).await;
+    let _ = server.await;
+    close_pool(&state.pool).await;
+    drop(state);
+    if !keep {
+        use sqlx::migrate::MigrateDatabase;
+        sqlx::Postgres::force_drop_database(database_url).await?;
+    }
+    Ok(())
+}
+
 /// The bench tenant's access token, for the sockets' query parameter.
 static BENCH_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -570,15 +596,7 @@ async fn main() -> anyhow::Result<()> {
 
     if args.mode == "swarm" {
         swarm_bench(&base, &state.pool).await?;
-        handle.stop(true).await;
-        let _ = server.await;
-        state.pool.close().await;
-        drop(state);
-        if !args.keep {
-            use sqlx::migrate::MigrateDatabase;
-            sqlx::Postgres::force_drop_database(&database_url).await?;
-        }
-        return Ok(());
+        return finish(handle, server, state, args.keep, &database_url).await;
     }
 
     if args.mode == "chat" {
@@ -595,30 +613,14 @@ async fn main() -> anyhow::Result<()> {
         .fetch_all(&state.pool)
         .await?;
         chat::print(&args, &report, &events, cpu);
-        handle.stop(true).await;
-        let _ = server.await;
-        state.pool.close().await;
-        drop(state);
-        if !args.keep {
-            use sqlx::migrate::MigrateDatabase;
-            sqlx::Postgres::force_drop_database(&database_url).await?;
-        }
-        return Ok(());
+        return finish(handle, server, state, args.keep, &database_url).await;
     }
 
     if args.mode == "messaging" {
         let m_args = args.clone();
         let m_base = base.clone();
         on_client_threads(async move { messaging::run(&m_args, &m_base).await }).await?;
-        handle.stop(true).await;
-        let _ = server.await;
-        state.pool.close().await;
-        drop(state);
-        if !args.keep {
-            use sqlx::migrate::MigrateDatabase;
-            sqlx::Postgres::force_drop_database(&database_url).await?;
-        }
-        return Ok(());
+        return finish(handle, server, state, args.keep, &database_url).await;
     }
 
     if args.mode == "ws" || args.mode == "pusher" {
@@ -629,15 +631,7 @@ async fn main() -> anyhow::Result<()> {
         } else {
             on_client_threads(async move { ws_bench(&ws_args, &ws_base).await }).await?;
         }
-        handle.stop(true).await;
-        let _ = server.await;
-        state.pool.close().await;
-        drop(state);
-        if !args.keep {
-            use sqlx::migrate::MigrateDatabase;
-            sqlx::Postgres::force_drop_database(&database_url).await?;
-        }
-        return Ok(());
+        return finish(handle, server, state, args.keep, &database_url).await;
     }
 
     let client_args = args.clone();
@@ -685,7 +679,7 @@ async fn main() -> anyhow::Result<()> {
     // Catch-up: let the live projections finish, then replay the whole log through each.
     handle.stop(true).await;
     let _ = server.await;
-    state.pool.close().await;
+    close_pool(&state.pool).await;
     drop(state);
     let pool = universal_backend::startup::connect_and_migrate(&config).await?;
     let store: Arc<dyn EventStore> = PgEventStore::start(pool.clone(), config.store()).await?;
