@@ -1138,7 +1138,7 @@ mod messaging {
         // `sending_ends`. It keeps reading until its socket has been quiet for `QUIET` (at
         // most until `reading_ends`) so that late messages are counted too, then hands back
         // what it measured. No task is aborted: an aborted task's figures would be lost.
-        const QUIET: Duration = Duration::from_millis(1500);
+        const QUIET: Duration = Duration::from_secs(5);
         let per_user = args.rate.max(1) as f64 / sockets.len().max(1) as f64;
         let period = Duration::from_secs_f64(1.0 / per_user);
         let sending_ends = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
@@ -1154,6 +1154,7 @@ mod messaging {
                 let mut closed = false;
                 let mut next = tokio::time::Instant::now() + offset;
                 let mut quiet_from = sending_ends;
+                let mut last_at = 0u64;
                 loop {
                     let sending = next < sending_ends;
                     let done_at = (quiet_from + QUIET).min(reading_ends);
@@ -1178,6 +1179,7 @@ mod messaging {
                                 } else if t.starts_with("42/messaging,[\"message:new\"") {
                                     if let Some(at) = t.split("t=").nth(1).and_then(|r| r.split('"').next()).and_then(|v| v.parse::<u64>().ok()) {
                                         let now = epoch.elapsed().as_micros() as u64;
+                                        last_at = last_at.max(now);
                                         latencies.push(now.saturating_sub(at).min(u32::MAX as u64) as u32);
                                     }
                                 }
@@ -1190,17 +1192,20 @@ mod messaging {
                         },
                     }
                 }
-                (latencies, closed)
+                (latencies, closed, last_at)
             });
         }
         let mut all = Vec::new();
         let mut closed = 0;
+        // Deliveries per second over the time from the first send to the last receipt.
+        let mut last_at = 0u64;
         while let Some(done) = tasks.join_next().await {
-            let (l, c) = done?;
+            let (l, c, at) = done?;
             all.extend(l);
             closed += usize::from(c);
+            last_at = last_at.max(at);
         }
-        let elapsed = epoch.elapsed().as_secs_f64();
+        let elapsed = (last_at as f64 / 1e6).max(1e-3);
         all.sort_unstable();
         let sent = sent.load(Ordering::Relaxed);
         println!(
