@@ -12,8 +12,9 @@
 //! refreshes its rows every [`BEAT`]; rows older than three beats belong to a process that
 //! died and are not counted (and are removed).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sqlx::postgres::PgListener;
@@ -33,7 +34,12 @@ pub struct Signals {
     pool: PgPool,
     process: Uuid,
     tx: broadcast::Sender<Arc<Value>>,
+    /// When each user last sent `typing:start` in each channel from this process.
+    typing: Mutex<HashMap<(Uuid, Uuid), Instant>>,
 }
+
+/// Most (user, channel) typing times a process keeps; older ones are forgotten beyond it.
+const TYPING_KEPT: usize = 10_000;
 
 impl Signals {
     /// Starts listening (and beating) on the current runtime.
@@ -43,6 +49,7 @@ impl Signals {
             pool,
             process: Uuid::new_v4(),
             tx,
+            typing: Mutex::new(HashMap::new()),
         });
         let listening = Arc::downgrade(&signals);
         tokio::spawn(async move {
@@ -77,6 +84,29 @@ impl Signals {
             }
         });
         signals
+    }
+
+    /// Whether `user`'s `typing:start` in `channel` should go out now: at most one every
+    /// `every` per user, whatever the number of their tabs on this process.
+    pub fn typing_due(&self, user: Uuid, channel: Uuid, every: Duration) -> bool {
+        let Ok(mut last) = self.typing.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        if last
+            .get(&(user, channel))
+            .is_some_and(|at| now.duration_since(*at) < every)
+        {
+            return false;
+        }
+        if last.len() >= TYPING_KEPT {
+            last.retain(|_, at| now.duration_since(*at) < every);
+            if last.len() >= TYPING_KEPT {
+                last.clear();
+            }
+        }
+        last.insert((user, channel), now);
+        true
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Value>> {

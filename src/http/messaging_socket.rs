@@ -7,9 +7,9 @@
 //!   functions as HTTP (validation, permissions, idempotency by `client_message_id`); the
 //!   ack is `{ok: true, message}` or `{ok: false, error: {code, message, status}}`.
 //! - `typing:start` / `typing:stop` (`{channel_id}`, a joined channel) reach the others in
-//!   the channel's room on every process, never stored; a connection sends at most one
-//!   `typing:start` per channel every [`TYPING_EVERY`], and receivers drop a typing state
-//!   after `ttl_ms` unless it is refreshed.
+//!   the channel's room on every process, never stored; a user's tabs on one process send
+//!   at most one `typing:start` per channel every [`TYPING_EVERY`], receivers drop a typing
+//!   state after `ttl_ms` unless it is refreshed, and a closing connection ends its typing.
 //! - `presence:list` answers the organization's users connected now; `user:online` and
 //!   `user:offline` announce changes (a user's first and last connection, over all tabs and
 //!   processes).
@@ -174,9 +174,9 @@ async fn handle(
             }
             let start = name == "typing:start";
             if start {
-                if typing
-                    .get(&t.channel_id)
-                    .is_some_and(|at| at.elapsed() < TYPING_EVERY)
+                if !state
+                    .signals
+                    .typing_due(by.user_id, t.channel_id, TYPING_EVERY)
                 {
                     return Ok(json!({ "ok": true, "throttled": true }));
                 }
