@@ -951,6 +951,7 @@ mod tests {
         let task_type = match config {
             TaskConfig::Quantum(_) => TaskType::Quantum,
             TaskConfig::Velocity(_) => TaskType::Velocity,
+            TaskConfig::Analysis(_) => TaskType::Analysis,
         };
         SwarmCommand::Create {
             task_id: TASK,
@@ -1464,5 +1465,93 @@ mod tests {
         let json = serde_json::to_value(&state).unwrap();
         let back: SwarmTask = serde_json::from_value(json).unwrap();
         assert_eq!(back, state);
+    }
+
+    fn analysis_config() -> AnalysisConfig {
+        AnalysisConfig {
+            title: "Feedback".into(),
+            documents: vec![universal_events::swarm::AnalysisDocument {
+                name: "a.txt".into(),
+                text: "Checkout is slow.".into(),
+            }],
+            questions: vec![],
+            model: None,
+        }
+    }
+
+    fn user_insight(id: u128, text: &str) -> SwarmCommand {
+        SwarmCommand::RecordInsight {
+            insight_id: Uuid::from_u128(id),
+            source: InsightSource::User,
+            user_id: Some(OWNER),
+            attempt: None,
+            model: None,
+            text: text.into(),
+            at: now(),
+        }
+    }
+
+    #[test]
+    fn an_analysis_records_progress_results_once_and_insights_by_id() {
+        let mut c = analysis_config();
+        c.documents.clear();
+        assert_eq!(
+            field_of(when(
+                &given(&[]),
+                create("Feedback", TaskConfig::Analysis(c))
+            )),
+            "documents"
+        );
+        let created = given(&[])
+            .decide_in(
+                ORG,
+                &create("Feedback", TaskConfig::Analysis(analysis_config())),
+            )
+            .unwrap();
+        let state = then_apply(given(&created), &[started(1)]);
+        assert_eq!(state.total, 1);
+        let progress = |done| SwarmCommand::RecordAnalysisProgress {
+            attempt: 1,
+            done,
+            total: 1,
+            document: "a.txt".into(),
+            at: now(),
+        };
+        let events = when(&state, progress(1)).unwrap();
+        assert_eq!(events.len(), 1);
+        let state = then_apply(state, &events);
+        assert!(when(&state, progress(1)).unwrap().is_empty(), "not forward");
+        let results = SwarmCommand::RecordAnalysisResults {
+            attempt: 1,
+            results: AnalysisResults {
+                documents: vec![],
+                words: 3,
+                sentences: 1,
+                top_terms: vec![],
+            },
+            at: now(),
+        };
+        let events = when(&state, results.clone()).unwrap();
+        let state = then_apply(state, &events);
+        assert!(
+            when(&state, results).unwrap().is_empty(),
+            "results are recorded once"
+        );
+        let events = when(&state, user_insight(7, "Speed it up")).unwrap();
+        let state = then_apply(state, &events);
+        assert!(when(&state, user_insight(7, "Speed it up"))
+            .unwrap()
+            .is_empty());
+        assert_eq!(field_of(when(&state, user_insight(8, "  "))), "text");
+        // An optimization takes no insight.
+        let quantum = given(&[created_quantum()]);
+        assert_eq!(
+            when(&quantum, user_insight(9, "hm")),
+            Err(SwarmError::NotAnalysis)
+        );
+    }
+
+    fn created_quantum() -> SwarmTaskEvent {
+        created()
     }
 }

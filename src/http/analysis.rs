@@ -309,7 +309,7 @@ pub(crate) async fn view(
     let org = organization(who)?;
     wait(state, PROJECTION, min_position).await?;
     let view = find(state, org, id).await?;
-    Ok(serde_json::to_value(view).map_err(ApiError::internal)?)
+    serde_json::to_value(view).map_err(ApiError::internal)
 }
 
 #[utoipa::path(
