@@ -847,3 +847,62 @@ async fn compare_mode_tells_matching_answers_from_differing_ones() {
         "{text}"
     );
 }
+
+#[actix_web::test]
+async fn the_real_socket_io_client_follows_an_analysis_on_its_namespace() {
+    let provider = StandIn::start().await;
+    // The AI step waits long enough for the client to join the room first.
+    provider.then(Reply::Stream(Script {
+        stall: Duration::from_millis(1500),
+        pieces: vec!["Checkout ".into(), "hurts most.".into()],
+        ..Script::default()
+    }));
+    let p = provider.clone();
+    let app = common::spawn_app_with(move |c| with_provider(c, &p)).await;
+    let stranger = common::create_tenant(&app.anonymous, &app.base, "stranger").await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/socketio");
+    assert!(
+        dir.join("node_modules/socket.io-client").exists(),
+        "socket.io-client is not installed: run `npm ci` in tests/socketio (scripts/test does)"
+    );
+    let args = [
+        dir.join("analysis.mjs").display().to_string(),
+        app.base.clone(),
+        app.tenant.access_token.clone(),
+        stranger.access_token.clone(),
+    ];
+    let output = actix_web::rt::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .args(args)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "node failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let id = report["id"].as_str().unwrap();
+    assert_eq!(report["joined"]["ok"], true, "{report}");
+    assert_eq!(report["refused"]["ok"], false, "{report}");
+    let steps = report["steps"].as_array().unwrap();
+    assert!(steps.iter().all(|s| s["analysis_id"] == id), "{report}");
+    let names: Vec<&str> = steps.iter().map(|s| s["event"].as_str().unwrap()).collect();
+    // The join may come after the first steps; from the AI step on, every step arrives.
+    let ai = names
+        .iter()
+        .position(|n| *n == "analysis:insight")
+        .expect("the AI insight arrives");
+    assert_eq!(steps[ai]["source"], "ai", "{report}");
+    assert_eq!(
+        &names[ai..],
+        ["analysis:insight", "analysis:completed", "analysis:insight"],
+        "{report}"
+    );
+    assert_eq!(report["user_insight"]["text"], "Seen live.");
+    assert_eq!(report["user_insight"]["source"], "user");
+}
