@@ -459,7 +459,7 @@ fn markdown(a: &AnalysisView) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# {}\n", inline(&a.title));
     let _ = writeln!(md, "- Status: {}", a.status);
-    let _ = writeln!(md, "- Started: {}", a.created_at.to_rfc3339());
+    let _ = writeln!(md, "- Created: {}", a.created_at.to_rfc3339());
     if let Some(f) = a.finished_at {
         let _ = writeln!(md, "- Finished: {}", f.to_rfc3339());
     }
