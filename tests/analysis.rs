@@ -340,6 +340,29 @@ async fn an_analysis_goes_from_start_to_a_report_with_results_and_insights() {
         "{report}"
     );
 
+    // The same report as an HTML page, by query or by Accept.
+    for (query, accept) in [("?format=html", "*/*"), ("", "text/html")] {
+        let res = app
+            .client
+            .get(app.url(&format!("/api/v1/analysis/{id}/report{query}")))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        let page = res.text().await.unwrap();
+        assert!(page.contains("<h1>Q3 customer feedback</h1>"), "{page}");
+        assert!(page.contains("<td>survey.txt</td>"), "{page}");
+        assert!(
+            page.contains("Fix the checkout page before the holidays."),
+            "{page}"
+        );
+    }
+
     // Every step is an event of the task's own stream.
     let types: Vec<String> =
         sqlx::query_scalar("SELECT event_type FROM events WHERE stream_id = $1 ORDER BY version")

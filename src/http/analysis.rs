@@ -416,8 +416,8 @@ pub(crate) async fn insight(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ReportParams {
-    /// `markdown` (the default).
-    #[param(pattern = "^markdown$")]
+    /// `markdown` (the default unless `Accept` prefers `text/html`) or `html`.
+    #[param(pattern = "^(markdown|html)$")]
     format: Option<String>,
     #[param(minimum = 0)]
     min_position: Option<i64>,
@@ -523,29 +523,112 @@ fn markdown(a: &AnalysisView) -> String {
     md
 }
 
-/// The report of an analysis as Markdown (`text/markdown`): its state, results per
-/// document and overall, and every insight with who wrote it. It can be read at any
-/// stage; a finished analysis's report no longer changes except for new insights.
+/// The Markdown report as an HTML page (pulldown-cmark). Links, images and raw HTML are
+/// rendered as their text: document and user text can carry no markup into the page.
+fn html(title: &str, md: &str) -> String {
+    use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
+    let events = Parser::new_ext(md, Options::ENABLE_TABLES).filter_map(|e| match e {
+        Event::Start(Tag::Link { .. } | Tag::Image { .. })
+        | Event::End(TagEnd::Link | TagEnd::Image) => None,
+        Event::Html(t) | Event::InlineHtml(t) => Some(Event::Text(t)),
+        e => Some(e),
+    });
+    let mut body = String::new();
+    pulldown_cmark::html::push_html(&mut body, events);
+    let title_html = title
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title_html}</title></head>\n<body>\n{body}</body></html>\n"
+    )
+}
+
+/// Whether the client asked for HTML: `?format=html`, or an `Accept` that names
+/// `text/html` and not `text/markdown`.
+fn wants_html(format: Option<&str>, accept: Option<&str>) -> bool {
+    match format {
+        Some(f) => f == "html",
+        None => accept.is_some_and(|a| a.contains("text/html") && !a.contains("text/markdown")),
+    }
+}
+
+/// The report of an analysis as Markdown (`text/markdown`), or HTML (`?format=html`, or
+/// `Accept: text/html`): its state, results per document and overall, and every insight
+/// with who wrote it. It can be read at any stage; a finished analysis's report no longer
+/// changes except for new insights.
 #[utoipa::path(
     get,
     path = "/api/v1/analysis/{id}/report",
     tag = "analysis",
     params(("id" = Uuid, Path, description = "The analysis"), ReportParams),
-    responses((status = 200, description = "The report, in Markdown", content_type = "text/markdown", body = String)),
+    responses((status = 200, description = "The report, in Markdown or HTML", content(
+        (String = "text/markdown"),
+        (String = "text/html"),
+    ))),
 )]
 pub(crate) async fn report(
     state: web::Data<AppState>,
+    req: HttpRequest,
     who: Principal,
     path: web::Path<Uuid>,
     params: web::Query<ReportParams>,
 ) -> Result<HttpResponse, ApiError> {
-    if params.format.as_deref().is_some_and(|f| f != "markdown") {
-        return Err(ApiError::bad_request("format must be markdown"));
+    if params
+        .format
+        .as_deref()
+        .is_some_and(|f| f != "markdown" && f != "html")
+    {
+        return Err(ApiError::bad_request("format must be markdown or html"));
     }
+    let accept = req
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let as_html = wants_html(params.format.as_deref(), accept);
     let org = organization(&who)?;
     wait(&state, PROJECTION, params.min_position).await?;
     let a = find(&state, org, path.into_inner()).await?;
+    let md = markdown(&a);
+    if as_html {
+        return Ok(HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .body(html(&a.title, &md)));
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/markdown; charset=utf-8")
-        .body(markdown(&a)))
+        .body(md))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_html_report_carries_no_markup_from_the_text() {
+        let md = format!(
+            "# {}\n\n> {}\n",
+            inline("<b>Title</b>"),
+            "[click](javascript:alert(1)) ![x](http://e.org/x.png)"
+        );
+        let page = html("<b>Title</b>", &md);
+        assert!(
+            page.contains("<title>&lt;b&gt;Title&lt;/b&gt;</title>"),
+            "{page}"
+        );
+        assert!(!page.contains("<b>"), "{page}");
+        assert!(!page.contains("href"), "{page}");
+        assert!(!page.contains("<img"), "{page}");
+        assert!(page.contains("click"), "{page}");
+    }
+
+    #[test]
+    fn html_is_chosen_by_format_or_accept() {
+        assert!(wants_html(Some("html"), None));
+        assert!(!wants_html(Some("markdown"), Some("text/html")));
+        assert!(wants_html(None, Some("text/html,application/xhtml+xml")));
+        assert!(!wants_html(None, Some("text/markdown, text/html;q=0.5")));
+        assert!(!wants_html(None, None));
+    }
 }
