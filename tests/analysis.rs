@@ -486,6 +486,21 @@ async fn bad_input_is_refused_and_another_organization_sees_no_analysis() {
     .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "legacy_unavailable", "{body}");
+
+    // A LEGACY_BACKEND_URL that leads back to this backend cannot loop: the proxied request
+    // carries no bearer token, so the second hop refuses it.
+    let base = app.base.clone();
+    let looping =
+        common::spawn_second_app_with(&app, move |c| c.legacy_backend_url = Some(base)).await;
+    let (status, body) = send(
+        &app.client,
+        reqwest::Method::GET,
+        looping.url(&format!("/api/getAnalysis?id={id}")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
 }
 
 #[actix_web::test]
