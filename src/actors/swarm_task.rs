@@ -277,6 +277,9 @@ pub struct SwarmTask {
     pub insights: u32,
     #[serde(default)]
     pub insight_ids: Vec<Uuid>,
+    /// Whether the AI step recorded its insight (a resumed attempt does not ask again).
+    #[serde(default)]
+    pub ai_insight: bool,
 }
 
 impl SwarmTask {
@@ -858,6 +861,7 @@ impl SwarmTask {
             E::InsightRecorded(i) => {
                 self.insights += 1;
                 self.insight_ids.push(i.insight_id);
+                self.ai_insight |= i.source == InsightSource::Ai;
             }
         }
     }
@@ -1543,6 +1547,20 @@ mod tests {
             .unwrap()
             .is_empty());
         assert_eq!(field_of(when(&state, user_insight(8, "  "))), "text");
+        assert!(!state.ai_insight);
+        let ai = SwarmCommand::RecordInsight {
+            insight_id: Uuid::from_u128(10),
+            source: InsightSource::Ai,
+            user_id: None,
+            attempt: Some(1),
+            model: Some("m".into()),
+            text: "Checkout first".into(),
+            at: now(),
+        };
+        let events = when(&state, ai).unwrap();
+        let state = then_apply(state, &events);
+        assert!(state.ai_insight, "a resumed attempt skips the AI step");
+        assert_eq!(state.insights, 2);
         // An optimization takes no insight.
         let quantum = given(&[created_quantum()]);
         assert_eq!(

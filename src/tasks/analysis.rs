@@ -10,8 +10,8 @@
 //!    `POST /api/v1/analysis/{id}/insights`.
 //! 4. The task completes; the report is rendered from the read model on request.
 //!
-//! A resumed attempt starts the documents over (the analysis is deterministic) and skips
-//! the results when they were recorded before. Every report names the attempt, so a worker
+//! A resumed attempt starts the documents over (the analysis is deterministic), keeps the
+//! results recorded before, and does not ask the AI again once its insight is recorded. Every report names the attempt, so a worker
 //! that lost its attempt records nothing more.
 
 use std::collections::HashMap;
@@ -171,6 +171,15 @@ pub(crate) async fn run(run: &Run, task: &SwarmTask) -> Result<TaskResult, Finis
             return Err(Finish::Stopped);
         }
         return Err(Finish::Fail(format!("the results were not recorded: {e}")));
+    }
+    if task.ai_insight {
+        // An earlier attempt got as far as the AI's answer: it is not asked twice.
+        return Ok(TaskResult::Analysis {
+            documents: 0,
+            words: 0,
+            insights: 0,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        });
     }
     let (text, model) = insight(run, &config, &results).await?;
     let cmd = SwarmCommand::RecordInsight {
