@@ -249,6 +249,25 @@ pub struct Config {
     /// Take part in leading the swarm task scheduler (one process leads at a time).
     #[arg(long, env = "RUN_SWARM_SCHEDULER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_swarm_scheduler: bool,
+    /// The legacy (Next.js) backend that flagged routes in `legacy` mode are proxied to, e.g.
+    /// `http://legacy.internal:3000` (unset: those routes answer 503 `legacy_unavailable`).
+    #[arg(long, env = "LEGACY_BACKEND_URL")]
+    pub legacy_backend_url: Option<String>,
+    /// Time limit of one proxied request, headers and body, in seconds.
+    #[arg(long, env = "LEGACY_TIMEOUT_SECS", default_value_t = 15)]
+    pub legacy_timeout_secs: u64,
+    /// Largest legacy answer passed on, in bytes (a larger one is 502).
+    #[arg(long, env = "LEGACY_MAX_RESPONSE_BYTES", default_value_t = 1_048_576)]
+    pub legacy_max_response_bytes: usize,
+    /// The sliding window over which a flagged route's error rate is measured, in seconds.
+    #[arg(long, env = "FLAG_ROLLBACK_WINDOW_SECS", default_value_t = 60)]
+    pub flag_rollback_window_secs: u64,
+    /// Fewest requests in the window before the error rate may trigger a rollback.
+    #[arg(long, env = "FLAG_ROLLBACK_MIN_REQUESTS", default_value_t = 20)]
+    pub flag_rollback_min_requests: u64,
+    /// Error rate (0 to 1) above which a route served here flips back to `legacy`.
+    #[arg(long, env = "FLAG_ROLLBACK_THRESHOLD", default_value_t = 0.05)]
+    pub flag_rollback_threshold: f64,
 }
 
 impl Default for Config {

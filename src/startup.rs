@@ -67,6 +67,10 @@ pub struct AppState {
     pub swarm_tasks: Registry<crate::actors::swarm_task::SwarmTask>,
     /// This process's part in running swarm tasks (see `tasks`).
     pub swarm: crate::tasks::Scheduler,
+    /// The migration feature flags of the legacy routes (one actor per route).
+    pub flags: Registry<crate::actors::flag::Flag>,
+    /// This process's proxy to the legacy backend and its error windows.
+    pub legacy: Arc<crate::http::legacy::Legacy>,
 }
 
 /// How every connection of this process talks to PostgreSQL: no statement runs and no lock
@@ -249,6 +253,8 @@ impl Application {
             google: Arc::new(crate::google::GoogleVerifier::from_config(&config)),
             swarm_tasks: Registry::new(store.clone(), config.runtime()),
             swarm: crate::tasks::Scheduler::new(),
+            flags: Registry::new(store.clone(), config.runtime()),
+            legacy: Arc::new(crate::http::legacy::Legacy::new(&config)),
         });
         if config.run_swarm_scheduler {
             state.swarm.start(state.clone());

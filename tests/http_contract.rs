@@ -136,6 +136,18 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/swarm/tasks/{id}/result"),
     ("GET", "/api/v1/swarm/tasks/{id}/subtasks"),
     ("POST", "/api/v1/swarm/tasks/{id}/cancel"),
+    ("POST", "/api/v1/analysis"),
+    ("GET", "/api/v1/analysis/{id}"),
+    ("POST", "/api/v1/analysis/{id}/insights"),
+    ("GET", "/api/v1/analysis/{id}/report"),
+    ("GET", "/api/v1/system/flags"),
+    ("PUT", "/api/v1/system/flags/{route}"),
+    ("POST", "/api/start-analysis"),
+    ("GET", "/api/process-updates"),
+    ("GET", "/api/process-results"),
+    ("POST", "/api/saveInsights"),
+    ("GET", "/api/getAnalysis"),
+    ("POST", "/api/openai"),
 ];
 
 fn expected() -> BTreeSet<(String, String)> {

@@ -15,6 +15,7 @@
 
 pub mod building;
 pub mod conversation;
+pub mod flag;
 pub mod identity;
 pub mod messaging;
 pub mod project;
@@ -26,6 +27,7 @@ use serde_json::Value;
 
 pub use building::BuildingEvent;
 pub use conversation::ConversationEvent;
+pub use flag::FlagEvent;
 pub use identity::{EmailEvent, OrganizationEvent, UserEvent};
 pub use project::ProjectEvent;
 pub use swarm::SwarmTaskEvent;

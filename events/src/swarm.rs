@@ -27,6 +27,8 @@ pub enum TaskType {
     Quantum,
     /// A batch of subtasks (Velocity Swarm).
     Velocity,
+    /// An analysis of documents with AI insights and a report (the analysis service).
+    Analysis,
 }
 
 impl TaskType {
@@ -34,11 +36,12 @@ impl TaskType {
         match self {
             TaskType::Quantum => "quantum",
             TaskType::Velocity => "velocity",
+            TaskType::Analysis => "analysis",
         }
     }
 
     pub fn parse(s: &str) -> Option<TaskType> {
-        [TaskType::Quantum, TaskType::Velocity]
+        [TaskType::Quantum, TaskType::Velocity, TaskType::Analysis]
             .into_iter()
             .find(|t| t.as_str() == s)
     }
@@ -134,6 +137,59 @@ impl VelocityConfig {
 pub enum TaskConfig {
     Quantum(QuantumConfig),
     Velocity(VelocityConfig),
+    Analysis(AnalysisConfig),
+}
+
+/// One document of an analysis.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AnalysisDocument {
+    pub name: String,
+    pub text: String,
+}
+
+/// The settings of an analysis: its documents, the questions its AI step answers, and the
+/// model of that step (the server's default when none is named).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AnalysisConfig {
+    pub title: String,
+    pub documents: Vec<AnalysisDocument>,
+    pub questions: Vec<String>,
+    pub model: Option<String>,
+}
+
+/// What the analysis found in one document.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DocumentFindings {
+    pub name: String,
+    pub words: u64,
+    pub sentences: u64,
+    /// The most frequent terms, most frequent first.
+    pub top_terms: Vec<TermCount>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TermCount {
+    pub term: String,
+    pub count: u64,
+}
+
+/// The results of an analysis: per document and over all of them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AnalysisResults {
+    pub documents: Vec<DocumentFindings>,
+    pub words: u64,
+    pub sentences: u64,
+    pub top_terms: Vec<TermCount>,
+}
+
+/// Who wrote an insight.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InsightSource {
+    /// The analysis's AI step.
+    Ai,
+    /// A user saved it.
+    User,
 }
 
 /// A task was submitted; it waits in its organization's queue.
@@ -216,6 +272,12 @@ pub enum TaskResult {
         failed: u64,
         elapsed_ms: u64,
     },
+    Analysis {
+        documents: u64,
+        words: u64,
+        insights: u64,
+        elapsed_ms: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -248,6 +310,38 @@ pub struct SwarmTaskInterrupted {
     pub interrupted_at: DateTime<Utc>,
 }
 
+/// An analysis went through `done` of its `total` documents (its `updates`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AnalysisProgressed {
+    pub attempt: u32,
+    pub done: u64,
+    pub total: u64,
+    /// The document just analysed.
+    pub document: String,
+    pub at: DateTime<Utc>,
+}
+
+/// An analysis recorded its results (once per task, whatever the attempts).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AnalysisResultsRecorded {
+    pub attempt: u32,
+    pub results: AnalysisResults,
+    pub at: DateTime<Utc>,
+}
+
+/// An insight on an analysis: produced by its AI step (`attempt` and `model` set) or saved
+/// by a user (`user_id` set).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct InsightRecorded {
+    pub insight_id: Uuid,
+    pub source: InsightSource,
+    pub user_id: Option<Uuid>,
+    pub attempt: Option<u32>,
+    pub model: Option<String>,
+    pub text: String,
+    pub at: DateTime<Utc>,
+}
+
 /// The swarm task enum: one variant per event type.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
@@ -260,6 +354,9 @@ pub enum SwarmTaskEvent {
     SwarmTaskFailed(SwarmTaskFailed),
     SwarmTaskCancelled(SwarmTaskCancelled),
     SwarmTaskInterrupted(SwarmTaskInterrupted),
+    AnalysisProgressed(AnalysisProgressed),
+    AnalysisResultsRecorded(AnalysisResultsRecorded),
+    InsightRecorded(InsightRecorded),
 }
 
 impl EventFamily for SwarmTaskEvent {
@@ -273,6 +370,9 @@ impl EventFamily for SwarmTaskEvent {
             SwarmTaskEvent::SwarmTaskFailed(_) => "SwarmTaskFailed",
             SwarmTaskEvent::SwarmTaskCancelled(_) => "SwarmTaskCancelled",
             SwarmTaskEvent::SwarmTaskInterrupted(_) => "SwarmTaskInterrupted",
+            SwarmTaskEvent::AnalysisProgressed(_) => "AnalysisProgressed",
+            SwarmTaskEvent::AnalysisResultsRecorded(_) => "AnalysisResultsRecorded",
+            SwarmTaskEvent::InsightRecorded(_) => "InsightRecorded",
         }
     }
 
@@ -291,6 +391,9 @@ impl EventFamily for SwarmTaskEvent {
             "SwarmTaskFailed" => E::SwarmTaskFailed(payload(t, data)?),
             "SwarmTaskCancelled" => E::SwarmTaskCancelled(payload(t, data)?),
             "SwarmTaskInterrupted" => E::SwarmTaskInterrupted(payload(t, data)?),
+            "AnalysisProgressed" => E::AnalysisProgressed(payload(t, data)?),
+            "AnalysisResultsRecorded" => E::AnalysisResultsRecorded(payload(t, data)?),
+            "InsightRecorded" => E::InsightRecorded(payload(t, data)?),
             other => return Err(DecodeError::UnknownType(other.to_owned())),
         })
     }
@@ -306,6 +409,13 @@ pub const SWARM_TASK_EVENT_TYPES: [&str; 8] = [
     "SwarmTaskFailed",
     "SwarmTaskCancelled",
     "SwarmTaskInterrupted",
+];
+
+/// The event types only analyses record (in the same `swarm_task` streams).
+pub const ANALYSIS_EVENT_TYPES: [&str; 3] = [
+    "AnalysisProgressed",
+    "AnalysisResultsRecorded",
+    "InsightRecorded",
 ];
 
 #[cfg(test)]

@@ -8,10 +8,11 @@ use std::path::Path;
 use serde_json::Value;
 use universal_events::building::EVENT_TYPES;
 use universal_events::conversation::CONVERSATION_EVENT_TYPES;
+use universal_events::flag::{FlagEvent, FLAG_EVENT_TYPES};
 use universal_events::identity::{ORGANIZATION_EVENT_TYPES, USER_EVENT_TYPES};
 use universal_events::messaging::{InboxEvent, MessagingEvent, MESSAGING_EVENT_TYPES};
 use universal_events::project::PROJECT_EVENT_TYPES;
-use universal_events::swarm::SWARM_TASK_EVENT_TYPES;
+use universal_events::swarm::{ANALYSIS_EVENT_TYPES, SWARM_TASK_EVENT_TYPES};
 use universal_events::team::TEAM_EVENT_TYPES;
 use universal_events::{
     BuildingEvent, ConversationEvent, EmailEvent, EventFamily, OrganizationEvent, ProjectEvent,
@@ -76,6 +77,10 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
             check::<ProjectEvent>(&t, version, &data);
         } else if SWARM_TASK_EVENT_TYPES.contains(&t.as_str()) {
             check::<SwarmTaskEvent>(&t, version, &data);
+        } else if ANALYSIS_EVENT_TYPES.contains(&t.as_str()) {
+            check::<SwarmTaskEvent>(&t, version, &data);
+        } else if FLAG_EVENT_TYPES.contains(&t.as_str()) {
+            check::<FlagEvent>(&t, version, &data);
         } else if t == "EmailClaimed" {
             check::<EmailEvent>(&t, version, &data);
         } else {
@@ -93,6 +98,8 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
         .chain(TEAM_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(PROJECT_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(SWARM_TASK_EVENT_TYPES.iter().map(|t| (*t, 1)))
+        .chain(ANALYSIS_EVENT_TYPES.iter().map(|t| (*t, 1)))
+        .chain(FLAG_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain([("EmailClaimed", 1), ("NotificationsRead", 1)]);
     for (t, v) in current {
         assert!(

@@ -24,10 +24,11 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use universal_events::swarm::{
-    OptimizationProgressed, QuantumConfig, SubtaskOutcome, SubtaskSpec, SubtaskStatus,
-    SubtasksRecorded, SwarmTaskCancelled, SwarmTaskCompleted, SwarmTaskCreated, SwarmTaskEvent,
-    SwarmTaskFailed, SwarmTaskInterrupted, SwarmTaskStarted, TaskConfig, TaskResult, TaskType,
-    VelocityConfig,
+    AnalysisConfig, AnalysisProgressed, AnalysisResults, AnalysisResultsRecorded, InsightRecorded,
+    InsightSource, OptimizationProgressed, QuantumConfig, SubtaskOutcome, SubtaskSpec,
+    SubtaskStatus, SubtasksRecorded, SwarmTaskCancelled, SwarmTaskCompleted, SwarmTaskCreated,
+    SwarmTaskEvent, SwarmTaskFailed, SwarmTaskInterrupted, SwarmTaskStarted, TaskConfig,
+    TaskResult, TaskType, VelocityConfig,
 };
 use uuid::Uuid;
 
@@ -66,6 +67,16 @@ pub const MAX_URL: usize = 2_000;
 pub const MAX_ERROR: usize = 2_000;
 /// Most outcomes in one chunk.
 pub const MAX_CHUNK: usize = 1_000;
+/// Most documents of an analysis, characters of one, and of all of them.
+pub const MAX_DOCUMENTS: usize = 50;
+pub const MAX_DOCUMENT_TEXT: usize = 100_000;
+pub const MAX_ANALYSIS_TEXT: usize = 400_000;
+/// Most questions of an analysis, and characters of one.
+pub const MAX_QUESTIONS: usize = 20;
+pub const MAX_QUESTION: usize = 1_000;
+/// Most insights on an analysis, and characters of one.
+pub const MAX_INSIGHTS: u32 = 200;
+pub const MAX_INSIGHT: usize = 8_000;
 
 /// Where a task stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -154,6 +165,30 @@ pub enum SwarmCommand {
     Cancel { at: DateTime<Utc> },
     /// From the scheduler: the attempt's process died.
     Interrupt { attempt: u32, at: DateTime<Utc> },
+    /// From an analysis worker: `done` of `total` documents are through.
+    RecordAnalysisProgress {
+        attempt: u32,
+        done: u64,
+        total: u64,
+        document: String,
+        at: DateTime<Utc>,
+    },
+    /// From an analysis worker: the results (recorded once per task).
+    RecordAnalysisResults {
+        attempt: u32,
+        results: AnalysisResults,
+        at: DateTime<Utc>,
+    },
+    /// An insight: from the analysis's AI step (`attempt` set) or from a user.
+    RecordInsight {
+        insight_id: Uuid,
+        source: InsightSource,
+        user_id: Option<Uuid>,
+        attempt: Option<u32>,
+        model: Option<String>,
+        text: String,
+        at: DateTime<Utc>,
+    },
 }
 
 /// A command on behalf of an organization: a task answers only to its own.
@@ -177,6 +212,8 @@ pub enum SwarmError {
     NotRunning(u32),
     #[error("the task has already {0}")]
     Finished(&'static str),
+    #[error("the task is not an analysis")]
+    NotAnalysis,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> SwarmError {
@@ -231,6 +268,18 @@ pub struct SwarmTask {
     pub recorded: Recorded,
     pub result: Option<TaskResult>,
     pub error: Option<String>,
+    /// Analysis progress: documents through in the current attempt.
+    #[serde(default)]
+    pub analysis_done: u64,
+    #[serde(default)]
+    pub analysis_results: Option<AnalysisResults>,
+    #[serde(default)]
+    pub insights: u32,
+    #[serde(default)]
+    pub insight_ids: Vec<Uuid>,
+    /// Whether the AI step recorded its insight (a resumed attempt does not ask again).
+    #[serde(default)]
+    pub ai_insight: bool,
 }
 
 impl SwarmTask {
@@ -249,6 +298,18 @@ impl SwarmTask {
             Some(TaskConfig::Velocity(v)) => Some(v),
             _ => None,
         }
+    }
+
+    /// The analysis settings, for an analysis.
+    pub fn analysis_config(&self) -> Option<&AnalysisConfig> {
+        match &self.config {
+            Some(TaskConfig::Analysis(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn analysis(&self) -> Result<&AnalysisConfig, SwarmError> {
+        self.analysis_config().ok_or(SwarmError::NotAnalysis)
     }
 
     /// Subtasks recorded so far (done or failed).
@@ -313,6 +374,44 @@ pub fn check_quantum(
         return Err(invalid(f("seed"), format!("must be 0 to {MAX_SEED}")));
     }
     Objective::parse(objective, c.dimensions).map_err(|m| invalid(objective_field, m))?;
+    Ok(())
+}
+
+/// Checks the settings of an analysis.
+pub fn check_analysis(c: &AnalysisConfig) -> Result<(), SwarmError> {
+    validate::name(&c.title, MAX_LABEL).map_err(|m| invalid("title", m))?;
+    if c.documents.is_empty() || c.documents.len() > MAX_DOCUMENTS {
+        return Err(invalid(
+            "documents",
+            format!("must list 1 to {MAX_DOCUMENTS} documents"),
+        ));
+    }
+    let mut all = 0usize;
+    for (i, d) in c.documents.iter().enumerate() {
+        validate::name(&d.name, MAX_LABEL)
+            .map_err(|m| invalid(format!("documents[{i}].name"), m))?;
+        validate::name(&d.text, MAX_DOCUMENT_TEXT)
+            .map_err(|m| invalid(format!("documents[{i}].text"), m))?;
+        all += d.text.chars().count();
+    }
+    if all > MAX_ANALYSIS_TEXT {
+        return Err(invalid(
+            "documents",
+            format!("must hold at most {MAX_ANALYSIS_TEXT} characters in all; these hold {all}"),
+        ));
+    }
+    if c.questions.len() > MAX_QUESTIONS {
+        return Err(invalid(
+            "questions",
+            format!("must list at most {MAX_QUESTIONS} questions"),
+        ));
+    }
+    for (i, q) in c.questions.iter().enumerate() {
+        validate::name(q, MAX_QUESTION).map_err(|m| invalid(format!("questions[{i}]"), m))?;
+    }
+    if let Some(model) = &c.model {
+        validate::name(model, MAX_LABEL).map_err(|m| invalid("model", m))?;
+    }
     Ok(())
 }
 
@@ -451,6 +550,11 @@ impl SwarmTask {
                             .map_err(|m| invalid("objective", m))?;
                         check_velocity(c)?
                     }
+                    (TaskType::Analysis, TaskConfig::Analysis(c)) => {
+                        validate::text(objective, MAX_OBJECTIVE)
+                            .map_err(|m| invalid("objective", m))?;
+                        check_analysis(c)?
+                    }
                     _ => {
                         return Err(invalid(
                             "config",
@@ -567,6 +671,13 @@ impl SwarmTask {
                         failed: self.failed,
                         elapsed_ms: *elapsed_ms,
                     },
+                    // So are an analysis's: from its recorded results and insights.
+                    TaskResult::Analysis { elapsed_ms, .. } => TaskResult::Analysis {
+                        documents: self.total,
+                        words: self.analysis_results.as_ref().map_or(0, |r| r.words),
+                        insights: u64::from(self.insights),
+                        elapsed_ms: *elapsed_ms,
+                    },
                 };
                 Ok(vec![E::SwarmTaskCompleted(SwarmTaskCompleted {
                     attempt: *attempt,
@@ -605,6 +716,81 @@ impl SwarmTask {
                     interrupted_at: *at,
                 })])
             }
+            C::RecordAnalysisProgress {
+                attempt,
+                done,
+                total,
+                document,
+                at,
+            } => {
+                self.analysis()?;
+                self.running(*attempt)?;
+                if *done <= self.analysis_done || *done > *total {
+                    return Ok(vec![]);
+                }
+                Ok(vec![E::AnalysisProgressed(AnalysisProgressed {
+                    attempt: *attempt,
+                    done: *done,
+                    total: *total,
+                    document: document.chars().take(MAX_LABEL).collect(),
+                    at: *at,
+                })])
+            }
+            C::RecordAnalysisResults {
+                attempt,
+                results,
+                at,
+            } => {
+                self.analysis()?;
+                self.running(*attempt)?;
+                if self.analysis_results.is_some() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![E::AnalysisResultsRecorded(AnalysisResultsRecorded {
+                    attempt: *attempt,
+                    results: results.clone(),
+                    at: *at,
+                })])
+            }
+            C::RecordInsight {
+                insight_id,
+                source,
+                user_id,
+                attempt,
+                model,
+                text,
+                at,
+            } => {
+                self.analysis()?;
+                if self.insight_ids.contains(insight_id) {
+                    return Ok(vec![]);
+                }
+                match (source, attempt) {
+                    (InsightSource::Ai, Some(a)) => self.running(*a)?,
+                    (InsightSource::User, None) if self.status != TaskStatus::Cancelled => {}
+                    (InsightSource::User, None) => {
+                        return Err(SwarmError::Finished(self.status.as_str()))
+                    }
+                    _ => return Err(invalid("source", "an AI insight names its attempt")),
+                }
+                if self.insights >= MAX_INSIGHTS {
+                    return Err(invalid(
+                        "text",
+                        format!("an analysis holds at most {MAX_INSIGHTS} insights"),
+                    ));
+                }
+                validate::name(text, MAX_INSIGHT).map_err(|m| invalid("text", m))?;
+                check_time("at", *at)?;
+                Ok(vec![E::InsightRecorded(InsightRecorded {
+                    insight_id: *insight_id,
+                    source: *source,
+                    user_id: *user_id,
+                    attempt: *attempt,
+                    model: model.clone(),
+                    text: text.trim().to_owned(),
+                    at: *at,
+                })])
+            }
         }
     }
 
@@ -620,6 +806,7 @@ impl SwarmTask {
                 self.total = match &c.config {
                     TaskConfig::Velocity(v) => v.total(),
                     TaskConfig::Quantum(_) => 0,
+                    TaskConfig::Analysis(a) => a.documents.len() as u64,
                 };
                 self.config = Some(c.config.clone());
                 self.created_at = Some(c.created_at);
@@ -629,8 +816,10 @@ impl SwarmTask {
                 self.status = TaskStatus::Running;
                 self.attempt = s.attempt;
                 self.started_at.get_or_insert(s.started_at);
-                // An optimization starts over (its seed makes it the same run again).
+                // An optimization starts over (its seed makes it the same run again), and so
+                // do the documents of an analysis.
                 self.iteration = 0;
+                self.analysis_done = 0;
             }
             E::OptimizationProgressed(p) => {
                 self.iteration = p.iteration;
@@ -666,6 +855,13 @@ impl SwarmTask {
             }
             E::SwarmTaskInterrupted(_) => {
                 self.status = TaskStatus::Interrupted;
+            }
+            E::AnalysisProgressed(p) => self.analysis_done = p.done,
+            E::AnalysisResultsRecorded(r) => self.analysis_results = Some(r.results.clone()),
+            E::InsightRecorded(i) => {
+                self.insights += 1;
+                self.insight_ids.push(i.insight_id);
+                self.ai_insight |= i.source == InsightSource::Ai;
             }
         }
     }
@@ -759,6 +955,7 @@ mod tests {
         let task_type = match config {
             TaskConfig::Quantum(_) => TaskType::Quantum,
             TaskConfig::Velocity(_) => TaskType::Velocity,
+            TaskConfig::Analysis(_) => TaskType::Analysis,
         };
         SwarmCommand::Create {
             task_id: TASK,
@@ -1272,5 +1469,107 @@ mod tests {
         let json = serde_json::to_value(&state).unwrap();
         let back: SwarmTask = serde_json::from_value(json).unwrap();
         assert_eq!(back, state);
+    }
+
+    fn analysis_config() -> AnalysisConfig {
+        AnalysisConfig {
+            title: "Feedback".into(),
+            documents: vec![universal_events::swarm::AnalysisDocument {
+                name: "a.txt".into(),
+                text: "Checkout is slow.".into(),
+            }],
+            questions: vec![],
+            model: None,
+        }
+    }
+
+    fn user_insight(id: u128, text: &str) -> SwarmCommand {
+        SwarmCommand::RecordInsight {
+            insight_id: Uuid::from_u128(id),
+            source: InsightSource::User,
+            user_id: Some(OWNER),
+            attempt: None,
+            model: None,
+            text: text.into(),
+            at: now(),
+        }
+    }
+
+    #[test]
+    fn an_analysis_records_progress_results_once_and_insights_by_id() {
+        let mut c = analysis_config();
+        c.documents.clear();
+        assert_eq!(
+            field_of(when(
+                &given(&[]),
+                create("Feedback", TaskConfig::Analysis(c))
+            )),
+            "documents"
+        );
+        let created = given(&[])
+            .decide_in(
+                ORG,
+                &create("Feedback", TaskConfig::Analysis(analysis_config())),
+            )
+            .unwrap();
+        let state = then_apply(given(&created), &[started(1)]);
+        assert_eq!(state.total, 1);
+        let progress = |done| SwarmCommand::RecordAnalysisProgress {
+            attempt: 1,
+            done,
+            total: 1,
+            document: "a.txt".into(),
+            at: now(),
+        };
+        let events = when(&state, progress(1)).unwrap();
+        assert_eq!(events.len(), 1);
+        let state = then_apply(state, &events);
+        assert!(when(&state, progress(1)).unwrap().is_empty(), "not forward");
+        let results = SwarmCommand::RecordAnalysisResults {
+            attempt: 1,
+            results: AnalysisResults {
+                documents: vec![],
+                words: 3,
+                sentences: 1,
+                top_terms: vec![],
+            },
+            at: now(),
+        };
+        let events = when(&state, results.clone()).unwrap();
+        let state = then_apply(state, &events);
+        assert!(
+            when(&state, results).unwrap().is_empty(),
+            "results are recorded once"
+        );
+        let events = when(&state, user_insight(7, "Speed it up")).unwrap();
+        let state = then_apply(state, &events);
+        assert!(when(&state, user_insight(7, "Speed it up"))
+            .unwrap()
+            .is_empty());
+        assert_eq!(field_of(when(&state, user_insight(8, "  "))), "text");
+        assert!(!state.ai_insight);
+        let ai = SwarmCommand::RecordInsight {
+            insight_id: Uuid::from_u128(10),
+            source: InsightSource::Ai,
+            user_id: None,
+            attempt: Some(1),
+            model: Some("m".into()),
+            text: "Checkout first".into(),
+            at: now(),
+        };
+        let events = when(&state, ai).unwrap();
+        let state = then_apply(state, &events);
+        assert!(state.ai_insight, "a resumed attempt skips the AI step");
+        assert_eq!(state.insights, 2);
+        // An optimization takes no insight.
+        let quantum = given(&[created_quantum()]);
+        assert_eq!(
+            when(&quantum, user_insight(9, "hm")),
+            Err(SwarmError::NotAnalysis)
+        );
+    }
+
+    fn created_quantum() -> SwarmTaskEvent {
+        created()
     }
 }

@@ -54,7 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The operator's id, or 403.
-async fn require_operator(state: &AppState, who: &Principal) -> Result<Uuid, ApiError> {
+pub(crate) async fn require_operator(state: &AppState, who: &Principal) -> Result<Uuid, ApiError> {
     let operator: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND active AND $2 = ANY(roles))",
     )

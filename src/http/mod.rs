@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod ai;
+pub mod analysis;
 pub mod chat;
 pub mod citypulse;
 pub mod command;
@@ -11,6 +12,7 @@ pub mod fluxstudio;
 pub mod guard;
 pub mod history;
 pub mod identity;
+pub mod legacy;
 pub mod messaging;
 pub mod messaging_socket;
 pub mod openapi;
@@ -70,8 +72,13 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .configure(history::configure)
                 .configure(admin::configure)
                 .configure(fluxstudio::configure)
-                .configure(swarm::configure),
+                .configure(swarm::configure)
+                .configure(analysis::configure)
+                .configure(legacy::configure_system),
         )
+        // The legacy Next.js paths of the analysis service, behind their flags (exact paths,
+        // before the aliases' `/api` scope; see `legacy`).
+        .configure(legacy::configure_legacy)
         // FluxStudio's frontend calls these paths without `/v1`: the same handlers, mounted
         // a second time (see `openapi::ALIASED`, which the contract middleware follows).
         .service(web::scope("/api").configure(aliases));

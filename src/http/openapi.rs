@@ -20,8 +20,8 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, ai, chat, citypulse, fluxstudio, history, identity, messaging, ops, pusher, schema,
-    swarm,
+    admin, ai, analysis, chat, citypulse, fluxstudio, history, identity, legacy, messaging, ops,
+    pusher, schema, swarm,
 };
 
 #[derive(OpenApi)]
@@ -149,6 +149,18 @@ use super::{
         swarm::result,
         swarm::subtasks,
         swarm::cancel_task,
+        analysis::start,
+        analysis::get_analysis,
+        analysis::save_insight,
+        analysis::report,
+        legacy::list_flags,
+        legacy::set_flag,
+        legacy::start_analysis,
+        legacy::process_updates,
+        legacy::process_results,
+        legacy::save_insights,
+        legacy::get_analysis,
+        legacy::openai,
     ),
     components(schemas(schema::ErrorBody)),
     security(("bearer" = [])),
@@ -158,6 +170,8 @@ use super::{
         (name = "citypulse", description = "Buildings, sensors, readings, thresholds, energy and alerts"),
         (name = "history", description = "The event log, for organization admins"),
         (name = "ai", description = "FlowMind: chat sessions with streamed AI replies, the models of the configured providers, their circuit breakers, and token usage"),
+        (name = "analysis", description = "The analysis service: analyses of documents with AI insights, their progress and Markdown reports"),
+        (name = "legacy", description = "Parallel running with the legacy Next.js backend: flagged legacy routes, the proxy, and the flags"),
         (name = "swarm", description = "Quantum and Velocity Swarm: optimization runs and task batches, their progress and results"),
         (name = "messaging", description = "FluxStudio: channels, direct conversations, messages, threads, reactions, read marks; every frontend's notifications"),
         (name = "fluxstudio", description = "FluxStudio teams (leads and members) and projects (team, members, status, milestones)"),

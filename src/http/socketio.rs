@@ -38,7 +38,9 @@ const QUEUE: usize = 256;
 /// One Socket.IO namespace.
 pub struct Namespace {
     pub path: &'static str,
-    pub frontend: Frontend,
+    /// The frontend the organization must have enabled; `None`: any member of an
+    /// organization (the analysis service, whose REST routes need no frontend either).
+    pub frontend: Option<Frontend>,
     /// Stream category whose events feed the namespace.
     pub category: &'static str,
     /// Client events that join and leave a room: (join, leave).
@@ -80,7 +82,7 @@ const MAX_ROOMS: usize = 1000;
 pub const NAMESPACES: &[Namespace] = &[
     Namespace {
         path: "/citypulse",
-        frontend: Frontend::Citypulse,
+        frontend: Some(Frontend::Citypulse),
         category: "building",
         room_commands: ("join_building", "leave_building"),
         room_key: "building_id",
@@ -97,7 +99,7 @@ pub const NAMESPACES: &[Namespace] = &[
     },
     Namespace {
         path: "/flowmind",
-        frontend: Frontend::Flowmind,
+        frontend: Some(Frontend::Flowmind),
         category: "conversation",
         room_commands: ("join_session", "leave_session"),
         room_key: "session_id",
@@ -114,7 +116,7 @@ pub const NAMESPACES: &[Namespace] = &[
     },
     Namespace {
         path: "/messaging",
-        frontend: Frontend::Fluxstudio,
+        frontend: Some(Frontend::Fluxstudio),
         category: "channel",
         room_commands: ("channel:join", "channel:leave"),
         room_key: "channel_id",
@@ -133,7 +135,7 @@ pub const NAMESPACES: &[Namespace] = &[
     // receives `metrics:update` every few seconds (see `dashboard_metrics`).
     Namespace {
         path: "/auth",
-        frontend: Frontend::Fluxstudio,
+        frontend: Some(Frontend::Fluxstudio),
         category: "",
         room_commands: ("", ""),
         room_key: "",
@@ -143,7 +145,7 @@ pub const NAMESPACES: &[Namespace] = &[
     },
     Namespace {
         path: "/quantum",
-        frontend: Frontend::Quantum,
+        frontend: Some(Frontend::Quantum),
         category: "swarm_task",
         room_commands: ("join_task", "leave_task"),
         room_key: "task_id",
@@ -153,7 +155,7 @@ pub const NAMESPACES: &[Namespace] = &[
     },
     Namespace {
         path: "/velocity",
-        frontend: Frontend::Velocity,
+        frontend: Some(Frontend::Velocity),
         category: "swarm_task",
         room_commands: ("join_task", "leave_task"),
         room_key: "task_id",
@@ -161,7 +163,37 @@ pub const NAMESPACES: &[Namespace] = &[
         rooms: RoomAccess::Organization,
         emits: SWARM_EMITS,
     },
+    // The analysis service: each step of an analysis (see `crate::tasks::analysis`).
+    Namespace {
+        path: "/analysis",
+        frontend: None,
+        category: "swarm_task",
+        room_commands: ("join_analysis", "leave_analysis"),
+        room_key: "analysis_id",
+        noun: "analysis",
+        rooms: RoomAccess::Organization,
+        emits: &[
+            ("SwarmTaskStarted", "analysis:started"),
+            ("AnalysisProgressed", "analysis:progress"),
+            ("AnalysisResultsRecorded", "analysis:results"),
+            ("InsightRecorded", "analysis:insight"),
+            ("SwarmTaskCompleted", "analysis:completed"),
+            ("SwarmTaskFailed", "analysis:failed"),
+            ("SwarmTaskCancelled", "analysis:cancelled"),
+        ],
+    },
 ];
+
+/// The caller's organization, if it may use namespace `ns`.
+fn admit(who: &Principal, ns: &Namespace) -> Result<Uuid, (&'static str, String)> {
+    match ns.frontend {
+        Some(frontend) => authorize_frontend(who, frontend),
+        None => who.organization_id.ok_or((
+            "frontend_access_denied",
+            "the session belongs to no organization; log in to one".to_owned(),
+        )),
+    }
+}
 
 /// What the rooms of swarm tasks receive (`/quantum` and `/velocity` alike): coalesced
 /// optimization progress, each chunk of a batch's subtask outcomes, and the task's end.
@@ -543,7 +575,7 @@ impl Handler for SocketIo {
                 .principal
                 .refreshed(state)
                 .ok()
-                .filter(|p| authorize_frontend(p, j.ns.frontend).is_ok());
+                .filter(|p| admit(p, j.ns).is_ok());
             match allowed {
                 Some(p) => {
                     j.principal = p;
@@ -687,7 +719,7 @@ async fn on_packet(
                     )]
                 }
             };
-            let org = match authorize_frontend(&principal, ns.frontend) {
+            let org = match admit(&principal, ns) {
                 Ok(org) => org,
                 Err((code, message)) => {
                     return vec![packet(

@@ -102,6 +102,7 @@ fn swarm_error(e: SwarmError) -> ApiError {
         e @ (SwarmError::NotStartable(_) | SwarmError::NotRunning(_)) => {
             ApiError::conflict(e.to_string())
         }
+        SwarmError::NotAnalysis => ApiError::not_found("analysis not found"),
     }
 }
 

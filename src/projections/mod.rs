@@ -1,6 +1,8 @@
 //! Read models built from the event log, and the read-your-writes wait used by queries.
 
+pub mod analysis;
 pub mod citypulse;
+pub mod flags;
 pub mod flowmind;
 pub mod fluxstudio;
 pub mod identity;
@@ -28,6 +30,8 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(messaging::Messaging),
         Arc::new(fluxstudio::Fluxstudio),
         Arc::new(swarm::SwarmTasks),
+        Arc::new(analysis::Analyses),
+        Arc::new(flags::Flags),
     ]
 }
 

@@ -8,9 +8,7 @@
 use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::PgConnection;
-use universal_events::swarm::{
-    SubtaskStatus, SwarmTaskEvent, TaskResult, TaskType, SWARM_TASK_EVENT_TYPES,
-};
+use universal_events::swarm::{SubtaskStatus, SwarmTaskEvent, TaskResult, SWARM_TASK_EVENT_TYPES};
 use universal_events::EventFamily;
 use uuid::Uuid;
 
@@ -63,6 +61,7 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
             let total = match &c.config {
                 universal_events::swarm::TaskConfig::Velocity(v) => v.total() as i64,
                 universal_events::swarm::TaskConfig::Quantum(_) => 0,
+                universal_events::swarm::TaskConfig::Analysis(a) => a.documents.len() as i64,
             };
             sqlx::query(
                 "INSERT INTO swarm_tasks (id, organization_id, user_id, type, objective, config, \
@@ -73,10 +72,7 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
             .bind(id)
             .bind(c.organization_id)
             .bind(c.user_id)
-            .bind(match c.task_type {
-                TaskType::Quantum => "quantum",
-                TaskType::Velocity => "velocity",
-            })
+            .bind(c.task_type.as_str())
             .bind(&c.objective)
             .bind(serde_json::to_value(&c.config)?)
             .bind(c.created_at)
@@ -201,7 +197,7 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
                     Some(*iterations as i64),
                     Some(*evaluations as i64),
                 ),
-                TaskResult::Batch { .. } => (None, None, None, None),
+                TaskResult::Batch { .. } | TaskResult::Analysis { .. } => (None, None, None, None),
             };
             sqlx::query(
                 "UPDATE swarm_tasks SET status = 'completed', result = $2, finished_at = $3, \
@@ -245,6 +241,10 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
+        }
+        // Not subscribed: the analysis projection (`super::analysis`) keeps what they say.
+        E::AnalysisProgressed(_) | E::AnalysisResultsRecorded(_) | E::InsightRecorded(_) => {
+            return Ok(());
         }
     }
     sqlx::query("UPDATE swarm_tasks SET version = $2, last_position = $3 WHERE id = $1")

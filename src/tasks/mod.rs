@@ -23,6 +23,7 @@
 //!   (from the user, or from losing the lead) stops it after the current iteration or
 //!   subtask try.
 
+pub mod analysis;
 pub mod batch;
 
 use std::collections::{HashMap, HashSet};
@@ -354,6 +355,7 @@ impl Run {
         let outcome = match &task.config {
             Some(TaskConfig::Quantum(_)) => self.optimize(&task).await,
             Some(TaskConfig::Velocity(_)) => batch::run(self, &task).await,
+            Some(TaskConfig::Analysis(_)) => analysis::run(self, &task).await,
             None => Err(Finish::Fail("the task has no settings".into())),
         };
         let cmd = match outcome {
