@@ -67,6 +67,8 @@ pub struct AppState {
     pub swarm_tasks: Registry<crate::actors::swarm_task::SwarmTask>,
     /// This process's part in running swarm tasks (see `tasks`).
     pub swarm: crate::tasks::Scheduler,
+    /// This process's provider breakers as the deployment sees them (`agents::breakers`).
+    pub breakers: Arc<crate::agents::breakers::BreakerSync>,
 }
 
 /// How every connection of this process talks to PostgreSQL: no statement runs and no lock
@@ -224,7 +226,10 @@ impl Application {
         )
         .await?;
 
+        let breakers =
+            crate::agents::breakers::BreakerSync::start(pool.clone(), providers.clone()).await?;
         let state = web::Data::new(AppState {
+            breakers,
             pool: pool.clone(),
             store: store.clone(),
             buildings: Registry::new(store.clone(), config.runtime()),
@@ -253,6 +258,7 @@ impl Application {
         if config.run_swarm_scheduler {
             state.swarm.start(state.clone());
         }
+        crate::agents::publish::start(state.clone());
 
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;

@@ -1,5 +1,6 @@
 //! Read models built from the event log, and the read-your-writes wait used by queries.
 
+pub mod agents;
 pub mod citypulse;
 pub mod flowmind;
 pub mod fluxstudio;
@@ -28,6 +29,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(messaging::Messaging),
         Arc::new(fluxstudio::Fluxstudio),
         Arc::new(swarm::SwarmTasks),
+        Arc::new(agents::Agents),
     ]
 }
 

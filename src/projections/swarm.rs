@@ -9,7 +9,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use universal_events::swarm::{
-    SubtaskStatus, SwarmTaskEvent, TaskResult, TaskType, SWARM_TASK_EVENT_TYPES,
+    SubtaskStatus, SwarmTaskEvent, TaskResult, SWARM_TASK_EVENT_TYPES,
 };
 use universal_events::EventFamily;
 use uuid::Uuid;
@@ -63,6 +63,7 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
             let total = match &c.config {
                 universal_events::swarm::TaskConfig::Velocity(v) => v.total() as i64,
                 universal_events::swarm::TaskConfig::Quantum(_) => 0,
+                universal_events::swarm::TaskConfig::Agent(_) => 0,
             };
             sqlx::query(
                 "INSERT INTO swarm_tasks (id, organization_id, user_id, type, objective, config, \
@@ -73,10 +74,7 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
             .bind(id)
             .bind(c.organization_id)
             .bind(c.user_id)
-            .bind(match c.task_type {
-                TaskType::Quantum => "quantum",
-                TaskType::Velocity => "velocity",
-            })
+            .bind(c.task_type.as_str())
             .bind(&c.objective)
             .bind(serde_json::to_value(&c.config)?)
             .bind(c.created_at)
@@ -202,6 +200,7 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
                     Some(*evaluations as i64),
                 ),
                 TaskResult::Batch { .. } => (None, None, None, None),
+                TaskResult::Agent { .. } => (None, None, None, None),
             };
             sqlx::query(
                 "UPDATE swarm_tasks SET status = 'completed', result = $2, finished_at = $3, \
@@ -246,6 +245,8 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
                 .execute(&mut *conn)
                 .await?;
         }
+        // An agent's calls are read from `task_executions` (`projections::agents`).
+        E::AgentCallRecorded(_) => {}
     }
     sqlx::query("UPDATE swarm_tasks SET version = $2, last_position = $3 WHERE id = $1")
         .bind(id)
