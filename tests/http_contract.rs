@@ -136,6 +136,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/swarm/tasks/{id}/result"),
     ("GET", "/api/v1/swarm/tasks/{id}/subtasks"),
     ("POST", "/api/v1/swarm/tasks/{id}/cancel"),
+    ("GET", "/health/agents"),
+    ("GET", "/api/v1/agents"),
+    ("POST", "/api/v1/agents/execute"),
+    ("GET", "/api/v1/agents/executions"),
+    ("GET", "/api/v1/agents/executions/{id}"),
+    ("GET", "/api/v1/agents/metrics"),
+    ("GET", "/api/v1/system/circuit-breakers"),
+    ("POST", "/api/v1/system/circuit-breakers/{name}/reset"),
 ];
 
 fn expected() -> BTreeSet<(String, String)> {

@@ -1,6 +1,7 @@
 //! The HTTP edge: one route table, one error type, one file per resource.
 
 pub mod admin;
+pub mod agents;
 pub mod ai;
 pub mod chat;
 pub mod citypulse;
@@ -52,6 +53,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .error_handler(|e, _| ApiError::bad_request(format!("invalid query: {e}")).into()),
         )
         .route("/health", web::get().to(ops::health))
+        .route("/health/agents", web::get().to(agents::health))
         .route("/metrics", web::get().to(ops::metrics))
         .route("/socket.io/", web::get().to(socketio::connect))
         .route("/socket.io/", web::post().to(socketio::post))
@@ -70,7 +72,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .configure(history::configure)
                 .configure(admin::configure)
                 .configure(fluxstudio::configure)
-                .configure(swarm::configure),
+                .configure(swarm::configure)
+                .configure(agents::configure),
         )
         // FluxStudio's frontend calls these paths without `/v1`: the same handlers, mounted
         // a second time (see `openapi::ALIASED`, which the contract middleware follows).

@@ -20,7 +20,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, ai, chat, citypulse, fluxstudio, history, identity, messaging, ops, pusher, schema,
+    admin, agents, ai, chat, citypulse, fluxstudio, history, identity, messaging, ops, pusher, schema,
     swarm,
 };
 
@@ -149,6 +149,14 @@ use super::{
         swarm::result,
         swarm::subtasks,
         swarm::cancel_task,
+        agents::execute,
+        agents::list_executions,
+        agents::get_execution,
+        agents::list_agents,
+        agents::metrics,
+        agents::health,
+        agents::breakers,
+        agents::reset_breaker,
     ),
     components(schemas(schema::ErrorBody)),
     security(("bearer" = [])),
@@ -159,6 +167,7 @@ use super::{
         (name = "history", description = "The event log, for organization admins"),
         (name = "ai", description = "FlowMind: chat sessions with streamed AI replies, the models of the configured providers, their circuit breakers, and token usage"),
         (name = "swarm", description = "Quantum and Velocity Swarm: optimization runs and task batches, their progress and results"),
+        (name = "agents", description = "ToolboxAI: agent executions (swarm tasks run through the provider layer), the agent registry and metrics, and the provider circuit breakers"),
         (name = "messaging", description = "FluxStudio: channels, direct conversations, messages, threads, reactions, read marks; every frontend's notifications"),
         (name = "fluxstudio", description = "FluxStudio teams (leads and members) and projects (team, members, status, milestones)"),
         (name = "live", description = "Live event streams (WebSocket upgrades), and the Pusher Channels gateway and HTTP API"),
