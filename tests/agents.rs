@@ -124,22 +124,24 @@ async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
     let res = req.send().await.unwrap();
     let status = res.status().as_u16();
     let text = res.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// Polls `path` until `done` holds (at most 20 s: a bound, not a timing claim).
-async fn until(
-    client: &reqwest::Client,
-    url: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
+async fn until(client: &reqwest::Client, url: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let (status, body) = send(client.get(url)).await;
         if status == 200 && done(&body) {
             return body;
         }
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting: {body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -163,9 +165,15 @@ async fn an_execution_answers_at_once_then_completes_with_output_valid_against_i
     assert_eq!(done["model"], "gpt-test");
     assert_eq!(done["output"]["title"], "Fractions");
     assert_eq!(done["output"]["sections"].as_array().unwrap().len(), 2);
-    assert_eq!((done["calls"].as_i64(), done["refusals"].as_i64()), (Some(1), Some(0)));
     assert_eq!(
-        (done["prompt_tokens"].as_i64(), done["completion_tokens"].as_i64()),
+        (done["calls"].as_i64(), done["refusals"].as_i64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(
+        (
+            done["prompt_tokens"].as_i64(),
+            done["completion_tokens"].as_i64()
+        ),
         (Some(120), Some(80))
     );
     assert_eq!(done["task_data"]["subject"], "Mathematics");
@@ -175,8 +183,14 @@ async fn an_execution_answers_at_once_then_completes_with_output_valid_against_i
     let system = sent["messages"][0]["content"].as_str().unwrap();
     assert!(system.contains("\"sections\""), "{system}");
     let user = sent["messages"][1]["content"].as_str().unwrap();
-    assert!(user.contains("Write a lesson on Mathematics for grade 5."), "{user}");
-    assert!(user.contains("Learning objectives: Learn fractions"), "{user}");
+    assert!(
+        user.contains("Write a lesson on Mathematics for grade 5."),
+        "{user}"
+    );
+    assert!(
+        user.contains("Learning objectives: Learn fractions"),
+        "{user}"
+    );
     // The execution is a swarm task of type agent.
     let (kind,): (String,) = sqlx::query_as("SELECT type FROM swarm_tasks WHERE id = $1::uuid")
         .bind(&id)
@@ -228,16 +242,26 @@ async fn an_output_refused_by_its_schema_is_retried_once_with_the_error_and_then
         .then(answer(&format!("```json\n{}\n```", lesson())));
     let done = t.execute_and_wait(content_request()).await;
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!((done["calls"].as_i64(), done["refusals"].as_i64()), (Some(2), Some(1)));
+    assert_eq!(
+        (done["calls"].as_i64(), done["refusals"].as_i64()),
+        (Some(2), Some(1))
+    );
     assert_eq!(done["last_refusal"], "output.sections: is required");
     assert_eq!(done["prompt_tokens"], 240);
     let requests = t.provider.requests();
     assert_eq!(requests.len(), 2);
     let retry = requests[1].body["messages"].as_array().unwrap();
-    assert_eq!(retry.len(), 4, "system, user, the refused answer, the refusal");
+    assert_eq!(
+        retry.len(),
+        4,
+        "system, user, the refused answer, the refusal"
+    );
     assert_eq!(retry[2]["role"], "assistant");
     let refusal = retry[3]["content"].as_str().unwrap();
-    assert!(refusal.contains("output.sections: is required"), "{refusal}");
+    assert!(
+        refusal.contains("output.sections: is required"),
+        "{refusal}"
+    );
 }
 
 #[actix_web::test]
@@ -250,10 +274,14 @@ async fn an_output_refused_twice_fails_the_execution_with_the_reason() {
     assert_eq!(done["status"], "failed", "{done}");
     let error = done["error"].as_str().unwrap();
     assert!(
-        error.contains("failed its schema 2 times") && error.contains("output.sections: must hold at least 1 items"),
+        error.contains("failed its schema 2 times")
+            && error.contains("output.sections: must hold at least 1 items"),
         "{error}"
     );
-    assert_eq!((done["calls"].as_i64(), done["refusals"].as_i64()), (Some(2), Some(2)));
+    assert_eq!(
+        (done["calls"].as_i64(), done["refusals"].as_i64()),
+        (Some(2), Some(2))
+    );
     assert!(done["output"].is_null());
     assert_eq!(t.provider.requests().len(), 2, "no third call");
 }
@@ -306,10 +334,16 @@ async fn bad_input_is_refused_with_400_naming_the_field_and_records_nothing() {
         assert_eq!(error["error"]["details"]["reason"], reason, "{error}");
     }
     let (status, error) = t
-        .post("/api/v1/agents/execute", json!({"agent_type": "content_generator"}))
+        .post(
+            "/api/v1/agents/execute",
+            json!({"agent_type": "content_generator"}),
+        )
         .await;
     assert_eq!(status, 400, "{error}");
-    assert!(error["error"]["message"].as_str().unwrap().contains("task_type"));
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("task_type"));
     assert_eq!(t.app.head().await, head, "nothing was recorded");
     assert!(t.provider.requests().is_empty());
 }
@@ -324,13 +358,19 @@ async fn another_organizations_execution_is_not_found_and_its_list_is_its_own() 
     let other_client = common::client_for(&other);
     enable_toolbox(&t.app, &other_client, &other.organization_id).await;
     let other_client = toolbox_client(&other.access_token);
-    let (status, _) = send(other_client.get(t.app.url(&format!("/api/v1/agents/executions/{id}")))).await;
+    let (status, _) =
+        send(other_client.get(t.app.url(&format!("/api/v1/agents/executions/{id}")))).await;
     assert_eq!(status, 404);
     let (status, list) = send(other_client.get(t.app.url("/api/v1/agents/executions"))).await;
     assert_eq!(status, 200);
     assert_eq!(list["items"], json!([]));
     // Without the toolbox frontend named, the routes are refused.
-    let (status, _) = send(t.app.client.get(t.app.url(&format!("/api/v1/agents/executions/{id}")))).await;
+    let (status, _) = send(
+        t.app
+            .client
+            .get(t.app.url(&format!("/api/v1/agents/executions/{id}"))),
+    )
+    .await;
     assert_eq!(status, 403);
 }
 
@@ -371,24 +411,34 @@ async fn the_list_filters_by_agent_status_and_time_and_pages_with_a_cursor() {
         ids(&all),
         [&quiz_done["id"], &failed["id"], &first["id"]].map(|v| v.as_str().unwrap().to_owned())
     );
-    let (_, content) = t.get("/api/v1/agents/executions?agent_type=content_generator").await;
+    let (_, content) = t
+        .get("/api/v1/agents/executions?agent_type=content_generator")
+        .await;
     assert_eq!(ids(&content).len(), 2);
     let (_, only_failed) = t.get("/api/v1/agents/executions?status=failed").await;
     assert_eq!(ids(&only_failed), [failed["id"].as_str().unwrap()]);
     let since = between.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let (_, recent) = t
-        .get(&format!("/api/v1/agents/executions?since={}", since.replace('+', "%2B")))
+        .get(&format!(
+            "/api/v1/agents/executions?since={}",
+            since.replace('+', "%2B")
+        ))
         .await;
     assert_eq!(ids(&recent), [quiz_done["id"].as_str().unwrap()]);
     let (_, earlier) = t
-        .get(&format!("/api/v1/agents/executions?until={}", since.replace('+', "%2B")))
+        .get(&format!(
+            "/api/v1/agents/executions?until={}",
+            since.replace('+', "%2B")
+        ))
         .await;
     assert_eq!(ids(&earlier).len(), 2);
     let (_, page1) = t.get("/api/v1/agents/executions?limit=2").await;
     assert_eq!(ids(&page1).len(), 2);
     let cursor = page1["next_cursor"].as_str().unwrap();
     let (_, page2) = t
-        .get(&format!("/api/v1/agents/executions?limit=2&cursor={cursor}"))
+        .get(&format!(
+            "/api/v1/agents/executions?limit=2&cursor={cursor}"
+        ))
         .await;
     assert_eq!(ids(&page2), [first["id"].as_str().unwrap()]);
     assert!(page2["next_cursor"].is_null());
@@ -415,7 +465,11 @@ async fn metrics_count_executions_tokens_and_refusals_per_agent_with_duration_pe
     let content = &metrics["agents"][0];
     assert_eq!(content["agent_type"], "content_generator");
     assert_eq!(
-        [&content["executions"], &content["completed"], &content["failed"]],
+        [
+            &content["executions"],
+            &content["completed"],
+            &content["failed"]
+        ],
         [&json!(3), &json!(2), &json!(1)]
     );
     assert_eq!(content["calls"], 5);
@@ -461,7 +515,10 @@ async fn a_breaker_opened_in_one_process_is_shown_and_reset_everywhere_by_an_adm
     );
     // Any process shows the breaker that opened in the process that ran the execution.
     let on_second = second.url("/api/v1/system/circuit-breakers");
-    let open = until(&t.client, &on_second, |b| b["breakers"][0]["state"] == "open").await;
+    let open = until(&t.client, &on_second, |b| {
+        b["breakers"][0]["state"] == "open"
+    })
+    .await;
     let breaker = &open["breakers"][0];
     assert_eq!(breaker["name"], "openai");
     assert_eq!(breaker["failure_count"], 1);
@@ -474,7 +531,10 @@ async fn a_breaker_opened_in_one_process_is_shown_and_reset_everywhere_by_an_adm
     let calls = t.provider.requests().len();
     let refused = t.execute_and_wait(content_request()).await;
     assert!(
-        refused["error"].as_str().unwrap().contains("circuit breaker open"),
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker open"),
         "{refused}"
     );
     assert_eq!(t.provider.requests().len(), calls);
@@ -482,11 +542,20 @@ async fn a_breaker_opened_in_one_process_is_shown_and_reset_everywhere_by_an_adm
     // A member may not reset; an admin may, through the other process.
     let member = common::add_member(&t.app, "member").await;
     let member_client = toolbox_client(&member.access_token);
-    let (status, error) = send(member_client.post(second.url("/api/v1/system/circuit-breakers/openai/reset"))).await;
+    let (status, error) =
+        send(member_client.post(second.url("/api/v1/system/circuit-breakers/openai/reset"))).await;
     assert_eq!(status, 403, "{error}");
-    let (status, _) = send(t.client.post(second.url("/api/v1/system/circuit-breakers/nothing/reset"))).await;
+    let (status, _) = send(
+        t.client
+            .post(second.url("/api/v1/system/circuit-breakers/nothing/reset")),
+    )
+    .await;
     assert_eq!(status, 404);
-    let (status, reset) = send(t.client.post(second.url("/api/v1/system/circuit-breakers/openai/reset"))).await;
+    let (status, reset) = send(
+        t.client
+            .post(second.url("/api/v1/system/circuit-breakers/openai/reset")),
+    )
+    .await;
     assert_eq!(status, 200, "{reset}");
     assert_eq!(reset["state"], "closed");
     // The first process, which runs executions, gets the reset too.
@@ -520,7 +589,10 @@ async fn health_shows_each_agent_its_task_types_and_load() {
     assert_eq!(agents[0]["name"], "content_generator");
     assert_eq!(agents[0]["task_types"], json!(["generate_content"]));
     assert_eq!(agents[0]["status"], "idle");
-    assert_eq!((agents[0]["running"].as_i64(), agents[0]["queued"].as_i64()), (Some(0), Some(0)));
+    assert_eq!(
+        (agents[0]["running"].as_i64(), agents[0]["queued"].as_i64()),
+        (Some(0), Some(0))
+    );
     // A slow execution shows as load while it runs, and is gone from it after.
     t.provider.then(Reply::Stream(Script {
         stall: Duration::from_secs(2),
@@ -530,16 +602,122 @@ async fn health_shows_each_agent_its_task_types_and_load() {
     let (status, accepted) = t.post("/api/v1/agents/execute", content_request()).await;
     assert_eq!(status, 202);
     let url = t.app.url("/health/agents");
-    let busy = until(&t.app.anonymous, &url, |h| h["agents"][0]["status"] == "busy").await;
+    let busy = until(&t.app.anonymous, &url, |h| {
+        h["agents"][0]["status"] == "busy"
+    })
+    .await;
     assert_eq!(busy["agents"][0]["running"], 1);
     let id = accepted["id"].as_str().unwrap();
     let exec_url = t.app.url(&format!("/api/v1/agents/executions/{id}"));
     until(&t.client, &exec_url, |e| e["status"] == "completed").await;
-    let idle = until(&t.app.anonymous, &url, |h| h["agents"][0]["status"] == "idle").await;
+    let idle = until(&t.app.anonymous, &url, |h| {
+        h["agents"][0]["status"] == "idle"
+    })
+    .await;
     assert_eq!(idle["agents"][0]["running"], 0);
     assert!(idle["agents"][0]["last_active_at"].is_string());
     let (status, registry) = t.get("/api/v1/agents").await;
     assert_eq!(status, 200);
     assert_eq!(registry["agents"][1]["name"], "quiz_generator");
     assert!(registry["agents"][0]["tasks"][0]["output_schema"]["required"].is_array());
+}
+
+/// Runs `node tests/pusher/<script> <config>` to its end and returns its JSON report.
+async fn node_report(script: &str, config: Value) -> Value {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pusher");
+    assert!(
+        dir.join("node_modules/pusher-js").exists(),
+        "pusher-js is not installed: run `npm ci --prefix tests/pusher` (scripts/test does)"
+    );
+    let script = dir.join(script);
+    let out = actix_web::rt::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(script)
+            .arg(config.to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "the script failed: {text}");
+    let report: Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| panic!("{text}"));
+    assert_eq!(report["ok"], true, "{report}");
+    report
+}
+
+#[actix_web::test]
+async fn pusher_js_watches_an_execution_from_started_to_content_generated_on_another_process() {
+    let t = start(|_| {}).await;
+    let second = common::spawn_second_app_with(&t.app, |c| {
+        with_provider(c, &t.provider);
+        c.run_swarm_scheduler = false;
+    })
+    .await;
+    t.provider
+        .then(answer(r#"{"title": "Fractions"}"#))
+        .then(answer(&lesson()));
+    let org = t.app.tenant.organization_id.clone();
+    // The socket is on the second process; the first one runs the execution.
+    let report = node_report(
+        "agents.mjs",
+        json!({
+            "socketBase": second.base, "authBase": second.base, "apiBase": t.app.base,
+            "key": "universal-backend-key", "token": t.app.tenant.access_token, "orgId": org,
+        }),
+    )
+    .await;
+    let id = report["id"].as_str().unwrap();
+    let events = |list: &str| -> Vec<String> {
+        report[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        events("public"),
+        [
+            "generation-started",
+            "generation-progress",
+            "generation-progress",
+            "content-generated"
+        ]
+    );
+    let public = report["public"].as_array().unwrap();
+    for e in public {
+        assert_eq!(e["data"]["task_id"], id);
+        assert_eq!(e["data"]["agent_type"], "content_generator");
+        assert!(
+            e["data"].get("output").is_none(),
+            "no content on the public channel"
+        );
+        assert!(
+            e["data"].get("error").is_none(),
+            "no details on the public channel"
+        );
+    }
+    assert_eq!(public[1]["data"]["accepted"], false);
+    assert_eq!(public[2]["data"]["accepted"], true);
+    assert_eq!(public[3]["data"]["status"], "completed");
+    assert_eq!(
+        events("private"),
+        [
+            "generation-started",
+            "agent-status-update",
+            "generation-progress",
+            "generation-progress",
+            "content-generated",
+            "agent-status-update"
+        ]
+    );
+    let private = report["private"].as_array().unwrap();
+    assert_eq!(private[1]["data"]["status"], "running");
+    assert_eq!(private[2]["data"]["error"], "output.summary: is required");
+    assert_eq!(private[4]["data"]["output"]["title"], "Fractions");
+    assert_eq!(private[4]["data"]["calls"], 2);
+    assert_eq!(private[5]["data"]["status"], "completed");
+    second.handle.stop(true).await;
 }

@@ -41,12 +41,8 @@ impl TaskType {
     }
 
     pub fn parse(s: &str) -> Option<TaskType> {
-        [
-            TaskType::Quantum,
-            TaskType::Velocity,
-            TaskType::Agent,
-        ]
-        .into_iter()
+        [TaskType::Quantum, TaskType::Velocity, TaskType::Agent]
+            .into_iter()
             .find(|t| t.as_str() == s)
     }
 }

@@ -24,10 +24,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use universal_events::swarm::{
-    AgentCallRecorded, AgentConfig, OptimizationProgressed, QuantumConfig, SubtaskOutcome, SubtaskSpec, SubtaskStatus,
-    SubtasksRecorded, SwarmTaskCancelled, SwarmTaskCompleted, SwarmTaskCreated, SwarmTaskEvent,
-    SwarmTaskFailed, SwarmTaskInterrupted, SwarmTaskStarted, TaskConfig, TaskResult, TaskType,
-    VelocityConfig,
+    AgentCallRecorded, AgentConfig, OptimizationProgressed, QuantumConfig, SubtaskOutcome,
+    SubtaskSpec, SubtaskStatus, SubtasksRecorded, SwarmTaskCancelled, SwarmTaskCompleted,
+    SwarmTaskCreated, SwarmTaskEvent, SwarmTaskFailed, SwarmTaskInterrupted, SwarmTaskStarted,
+    TaskConfig, TaskResult, TaskType, VelocityConfig,
 };
 use uuid::Uuid;
 
@@ -1401,7 +1401,10 @@ mod tests {
     fn created_agent() -> SwarmTaskEvent {
         let data = serde_json::json!({"subject": "Mathematics", "grade_level": 5});
         given(&[])
-            .decide_in(ORG, &create("content_generator.generate_content", agent(data)))
+            .decide_in(
+                ORG,
+                &create("content_generator.generate_content", agent(data)),
+            )
             .unwrap()
             .remove(0)
     }
@@ -1423,7 +1426,10 @@ mod tests {
     fn an_agent_execution_is_checked_against_the_registry_field_by_field() {
         let objective = "content_generator.generate_content";
         let cases = [
-            (serde_json::json!({"subject": "Math"}), "task_data.grade_level"),
+            (
+                serde_json::json!({"subject": "Math"}),
+                "task_data.grade_level",
+            ),
             (
                 serde_json::json!({"subject": "Math", "grade_level": 40}),
                 "task_data.grade_level",
@@ -1454,7 +1460,11 @@ mod tests {
         assert_eq!(when(&state, call(1, 1, None)), Ok(vec![]), "a resent call");
         assert_eq!(field_of(when(&state, call(1, 3, None))), "call");
         let state = then_apply(state.clone(), &when(&state, call(1, 2, None)).unwrap());
-        assert_eq!(field_of(when(&state, call(1, 3, None))), "call", "two calls at most");
+        assert_eq!(
+            field_of(when(&state, call(1, 3, None))),
+            "call",
+            "two calls at most"
+        );
         let events = when(
             &state,
             SwarmCommand::Complete {
@@ -1491,7 +1501,10 @@ mod tests {
             interrupted_at: now(),
         });
         let state = given(&[created_agent(), started(1), interrupted, started(2)]);
-        assert_eq!(when(&state, call(1, 1, None)), Err(SwarmError::NotRunning(1)));
+        assert_eq!(
+            when(&state, call(1, 1, None)),
+            Err(SwarmError::NotRunning(1))
+        );
         assert_eq!(when(&state, call(2, 1, None)).unwrap().len(), 1);
         let optimization = given(&[created(), started(1)]);
         assert_eq!(field_of(when(&optimization, call(1, 1, None))), "call");

@@ -169,7 +169,18 @@ fn rank(state: &str) -> u8 {
 
 /// Every breaker of the live processes, by name.
 pub async fn views(pool: &PgPool) -> anyhow::Result<Vec<BreakerView>> {
-    let rows: Vec<(String, ProcessBreaker)> = sqlx::query_as::<_, (String, Uuid, String, i32, Option<DateTime<Utc>>, Option<DateTime<Utc>>, DateTime<Utc>)>(
+    let rows: Vec<(String, ProcessBreaker)> = sqlx::query_as::<
+        _,
+        (
+            String,
+            Uuid,
+            String,
+            i32,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+            DateTime<Utc>,
+        ),
+    >(
         "SELECT name, process, state, failure_count, opened_at, next_probe_at, updated_at \
          FROM circuit_breaker_state \
          WHERE updated_at >= now() - make_interval(secs => $1) ORDER BY name, process",
@@ -178,19 +189,21 @@ pub async fn views(pool: &PgPool) -> anyhow::Result<Vec<BreakerView>> {
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(|(name, process, state, failure_count, opened_at, next_probe_at, updated_at)| {
-        (
-            name,
-            ProcessBreaker {
-                process,
-                state,
-                failure_count,
-                opened_at,
-                next_probe_at,
-                updated_at,
-            },
-        )
-    })
+    .map(
+        |(name, process, state, failure_count, opened_at, next_probe_at, updated_at)| {
+            (
+                name,
+                ProcessBreaker {
+                    process,
+                    state,
+                    failure_count,
+                    opened_at,
+                    next_probe_at,
+                    updated_at,
+                },
+            )
+        },
+    )
     .collect();
     let mut out: Vec<BreakerView> = Vec::new();
     for (name, p) in rows {

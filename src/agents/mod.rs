@@ -67,7 +67,9 @@ fn check_task(task: &TaskSpec) -> Result<(), String> {
         .ok_or("input_schema has no properties")?;
     for name in placeholders(&task.prompt) {
         if !fields.contains_key(name) {
-            return Err(format!("the prompt names `{name}`, which is not an input field"));
+            return Err(format!(
+                "the prompt names `{name}`, which is not an input field"
+            ));
         }
     }
     Ok(())

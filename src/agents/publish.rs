@@ -130,7 +130,12 @@ async fn on_event(
         }
         publish(&state.pusher, &private, m.event, &m.private);
         if let Some(status) = &m.status {
-            publish(&state.pusher, &private, toolbox::AGENT_STATUS_UPDATE, status);
+            publish(
+                &state.pusher,
+                &private,
+                toolbox::AGENT_STATUS_UPDATE,
+                status,
+            );
         }
     }
     Ok(())

@@ -87,7 +87,11 @@ pub fn validate(schema: &Value, value: &Value, path: &str) -> Result<(), String>
         _ => true,
     };
     if !fits {
-        return fail(format!("must be {ty_article} {ty}, not {}", type_name(value), ty_article = article(ty)));
+        return fail(format!(
+            "must be {ty_article} {ty}, not {}",
+            type_name(value),
+            ty_article = article(ty)
+        ));
     }
     if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
         if !allowed.contains(value) {
@@ -208,19 +212,50 @@ mod tests {
         let ok = json!({"title": "Fractions", "grade": 5, "sections": [{"heading": "Halves"}]});
         assert_eq!(validate(&s, &ok, "output"), Ok(()));
         let cases = [
-            (json!({"sections": [{"heading": "x"}]}), "output.title: is required"),
-            (json!({"title": 3, "sections": []}), "output.title: must be a string, not an integer"),
-            (json!({"title": "", "sections": []}), "output.title: must be at least 1 characters long"),
-            (json!({"title": "t", "sections": []}), "output.sections: must hold at least 1 items"),
-            (json!({"title": "t", "grade": 13, "sections": [{"heading": "h"}]}), "output.grade: must be at most 12"),
-            (json!({"title": "t", "grade": 2.5, "sections": [{"heading": "h"}]}), "output.grade: must be an integer, not a number"),
-            (json!({"title": "t", "level": "mid", "sections": [{"heading": "h"}]}), "output.level: must be one of \"easy\", \"hard\""),
-            (json!({"title": "t", "sections": [{}]}), "output.sections[0].heading: is required"),
-            (json!({"title": "t", "sections": [{"heading": "h"}], "x": 1}), "output.x: is not a known field (known: grade, level, sections, title)"),
+            (
+                json!({"sections": [{"heading": "x"}]}),
+                "output.title: is required",
+            ),
+            (
+                json!({"title": 3, "sections": []}),
+                "output.title: must be a string, not an integer",
+            ),
+            (
+                json!({"title": "", "sections": []}),
+                "output.title: must be at least 1 characters long",
+            ),
+            (
+                json!({"title": "t", "sections": []}),
+                "output.sections: must hold at least 1 items",
+            ),
+            (
+                json!({"title": "t", "grade": 13, "sections": [{"heading": "h"}]}),
+                "output.grade: must be at most 12",
+            ),
+            (
+                json!({"title": "t", "grade": 2.5, "sections": [{"heading": "h"}]}),
+                "output.grade: must be an integer, not a number",
+            ),
+            (
+                json!({"title": "t", "level": "mid", "sections": [{"heading": "h"}]}),
+                "output.level: must be one of \"easy\", \"hard\"",
+            ),
+            (
+                json!({"title": "t", "sections": [{}]}),
+                "output.sections[0].heading: is required",
+            ),
+            (
+                json!({"title": "t", "sections": [{"heading": "h"}], "x": 1}),
+                "output.x: is not a known field (known: grade, level, sections, title)",
+            ),
             (json!([1]), "output: must be an object, not an array"),
         ];
         for (value, error) in cases {
-            assert_eq!(validate(&s, &value, "output"), Err(error.to_owned()), "{value}");
+            assert_eq!(
+                validate(&s, &value, "output"),
+                Err(error.to_owned()),
+                "{value}"
+            );
         }
     }
 
@@ -228,10 +263,16 @@ mod tests {
     fn a_schema_outside_the_subset_is_refused() {
         assert_eq!(check_schema(&lesson(), "s"), Ok(()));
         let pattern = json!({"type": "string", "pattern": "^a"});
-        assert_eq!(check_schema(&pattern, "s"), Err("s: unsupported keyword `pattern`".into()));
+        assert_eq!(
+            check_schema(&pattern, "s"),
+            Err("s: unsupported keyword `pattern`".into())
+        );
         let open = json!({"type": "object", "additionalProperties": {"type": "string"}});
         assert!(check_schema(&open, "s").is_err());
         let nested = json!({"type": "array", "items": {"type": "null"}});
-        assert_eq!(check_schema(&nested, "s"), Err("s[]: unsupported type Some(\"null\")".into()));
+        assert_eq!(
+            check_schema(&nested, "s"),
+            Err("s[]: unsupported type Some(\"null\")".into())
+        );
     }
 }

@@ -168,7 +168,8 @@ async fn execute(
     who.require_writer()?;
     let waiting = wait_for(&state, &req, &params)?;
     let raw: Value = parse_json(&body)?;
-    let input: ExecuteBody = serde_json::from_value(raw).map_err(|e| invalid("body", e.to_string()))?;
+    let input: ExecuteBody =
+        serde_json::from_value(raw).map_err(|e| invalid("body", e.to_string()))?;
     let spec = crate::agents::task(&input.agent_type, &input.task_type).map_err(|e| match e {
         crate::agents::LookupError::UnknownAgent { .. } => invalid("agent_type", e.to_string()),
         crate::agents::LookupError::UnknownTask { .. } => invalid("task_type", e.to_string()),
@@ -452,7 +453,9 @@ async fn list_executions(
     }
     if let Some(a) = &params.agent_type {
         if crate::agents::agent(a).is_none() {
-            return Err(ApiError::bad_request(format!("agent_type `{a}` is not a registered agent")));
+            return Err(ApiError::bad_request(format!(
+                "agent_type `{a}` is not a registered agent"
+            )));
         }
     }
     if let (Some(since), Some(until)) = (params.since, params.until) {
@@ -624,11 +627,10 @@ struct AgentsHealth {
     responses((status = 200, description = "The agents", body = AgentsHealth)),
 )]
 pub async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let rows: Vec<(String, i32, i32, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT agent_type, running, queued, last_active_at FROM agent_instances",
-    )
-    .fetch_all(&state.pool)
-    .await?;
+    let rows: Vec<(String, i32, i32, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT agent_type, running, queued, last_active_at FROM agent_instances")
+            .fetch_all(&state.pool)
+            .await?;
     let available = !state.providers.is_empty();
     let open = crate::agents::breakers::views(&state.pool)
         .await
@@ -717,7 +719,9 @@ async fn reset_breaker(
         .await
         .map_err(ApiError::internal)?;
     if !done {
-        return Err(ApiError::not_found(format!("no circuit breaker named `{name}`")));
+        return Err(ApiError::not_found(format!(
+            "no circuit breaker named `{name}`"
+        )));
     }
     Ok(HttpResponse::Ok().json(ResetDone {
         name,

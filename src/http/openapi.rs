@@ -20,8 +20,8 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, agents, ai, chat, citypulse, fluxstudio, history, identity, messaging, ops, pusher, schema,
-    swarm,
+    admin, agents, ai, chat, citypulse, fluxstudio, history, identity, messaging, ops, pusher,
+    schema, swarm,
 };
 
 #[derive(OpenApi)]

@@ -156,9 +156,8 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
     let Some((org, agent, old, started_at)) = row else {
         return Ok(());
     };
-    let finished = |at: chrono::DateTime<chrono::Utc>| {
-        started_at.map(|s| (at - s).num_milliseconds().max(0))
-    };
+    let finished =
+        |at: chrono::DateTime<chrono::Utc>| started_at.map(|s| (at - s).num_milliseconds().max(0));
     let new_status: Option<(&str, chrono::DateTime<chrono::Utc>)> = match &event {
         E::SwarmTaskCreated(_) => None,
         E::SwarmTaskStarted(s) => {
@@ -192,7 +191,14 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
                 count(conn, org, &agent, "refusals", 1).await?;
             }
             count(conn, org, &agent, "prompt_tokens", c.prompt_tokens as i64).await?;
-            count(conn, org, &agent, "completion_tokens", c.completion_tokens as i64).await?;
+            count(
+                conn,
+                org,
+                &agent,
+                "completion_tokens",
+                c.completion_tokens as i64,
+            )
+            .await?;
             None
         }
         E::SwarmTaskCompleted(c) => {

@@ -8,9 +8,7 @@
 use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::PgConnection;
-use universal_events::swarm::{
-    SubtaskStatus, SwarmTaskEvent, TaskResult, SWARM_TASK_EVENT_TYPES,
-};
+use universal_events::swarm::{SubtaskStatus, SwarmTaskEvent, TaskResult, SWARM_TASK_EVENT_TYPES};
 use universal_events::EventFamily;
 use uuid::Uuid;
 
