@@ -217,11 +217,11 @@ mod tests {
                 "output.title: is required",
             ),
             (
-                json!({"title": 3, "sections": []}),
+                json!({"title": 3, "sections": [{"heading": "h"}]}),
                 "output.title: must be a string, not an integer",
             ),
             (
-                json!({"title": "", "sections": []}),
+                json!({"title": "", "sections": [{"heading": "h"}]}),
                 "output.title: must be at least 1 characters long",
             ),
             (

@@ -527,6 +527,19 @@ struct AgentMetrics {
     p95_duration_ms: Option<f64>,
 }
 
+/// A row of `agent_metrics`.
+#[derive(sqlx::FromRow, Default)]
+struct Counts {
+    executions: i64,
+    completed: i64,
+    failed: i64,
+    cancelled: i64,
+    calls: i64,
+    refusals: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+}
+
 /// Metrics of every agent.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
@@ -553,16 +566,15 @@ async fn metrics(
     wait(&state, PROJECTION, params.min_position).await?;
     let mut out = Vec::new();
     for agent in crate::agents::agents() {
-        let counts: Option<(i64, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        let c: Counts = sqlx::query_as(
             "SELECT executions, completed, failed, cancelled, calls, refusals, prompt_tokens, \
              completion_tokens FROM agent_metrics WHERE organization_id = $1 AND agent_type = $2",
         )
         .bind(org)
         .bind(&agent.name)
         .fetch_optional(&state.pool)
-        .await?;
-        let (executions, completed, failed, cancelled, calls, refusals, prompt, completion) =
-            counts.unwrap_or_default();
+        .await?
+        .unwrap_or_default();
         let (p50, p95): (Option<f64>, Option<f64>) = sqlx::query_as(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), \
              percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FROM ( \
@@ -575,18 +587,18 @@ async fn metrics(
         .bind(PERCENTILE_WINDOW)
         .fetch_one(&state.pool)
         .await?;
-        let finished = completed + failed;
+        let finished = c.completed + c.failed;
         out.push(AgentMetrics {
             agent_type: agent.name.clone(),
-            executions,
-            completed,
-            failed,
-            cancelled,
-            success_rate: (finished > 0).then(|| completed as f64 / finished as f64),
-            calls,
-            refusals,
-            prompt_tokens: prompt,
-            completion_tokens: completion,
+            executions: c.executions,
+            completed: c.completed,
+            failed: c.failed,
+            cancelled: c.cancelled,
+            success_rate: (finished > 0).then(|| c.completed as f64 / finished as f64),
+            calls: c.calls,
+            refusals: c.refusals,
+            prompt_tokens: c.prompt_tokens,
+            completion_tokens: c.completion_tokens,
             p50_duration_ms: p50,
             p95_duration_ms: p95,
         });
