@@ -585,23 +585,34 @@ async fn agents_bench(args: &Args, base: &str) -> anyhow::Result<()> {
     });
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate.max(1)));
-    let (mut submitted, mut refused) = (0u64, 0u64);
-    let mut ids = Vec::new();
+    // Each submission on a task of its own, so that a slow answer does not lower the rate.
+    let mut submissions = tokio::task::JoinSet::new();
     while started.elapsed() < Duration::from_secs(args.seconds) {
         ticker.tick().await;
-        match client
-            .post(format!("{base}/api/v1/agents/execute"))
-            .json(&request)
-            .send()
-            .await
-        {
-            Ok(r) if r.status().as_u16() == 202 => {
-                let body: Value = r.json().await?;
-                ids.push(body["id"].as_str().unwrap_or_default().to_owned());
+        let (client, request, url) = (
+            client.clone(),
+            request.clone(),
+            format!("{base}/api/v1/agents/execute"),
+        );
+        submissions.spawn(async move {
+            match client.post(url).json(&request).send().await {
+                Ok(r) if r.status().as_u16() == 202 => r
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|b| b["id"].as_str().map(str::to_owned)),
+                _ => None,
             }
-            _ => refused += 1,
-        }
+        });
+    }
+    let (mut submitted, mut refused) = (0u64, 0u64);
+    let mut ids = Vec::new();
+    while let Some(r) = submissions.join_next().await {
         submitted += 1;
+        match r.ok().flatten() {
+            Some(id) => ids.push(id),
+            None => refused += 1,
+        }
     }
     // Let the queue drain (bounded), then stop the readers.
     let drain = Instant::now();
