@@ -86,6 +86,11 @@ struct ToolboxHeaders {
 /// An execution to run.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "agent_type": "content_generator",
+    "task_type": "generate_content",
+    "task_data": {"subject": "Mathematics", "grade_level": 5, "objectives": ["Learn fractions"]}
+}))]
 struct ExecuteBody {
     /// A registered agent (`GET /api/v1/agents`), e.g. `content_generator`.
     agent_type: String,
