@@ -240,6 +240,10 @@ pub struct Config {
     /// Most swarm tasks of one organization running at once.
     #[arg(long, env = "SWARM_MAX_CONCURRENT_PER_ORG", default_value_t = 3)]
     pub swarm_max_concurrent_per_org: usize,
+    /// Longest wait of `POST /api/v1/agents/execute?wait=true` (or `Prefer: wait=N`), in
+    /// seconds; the execution goes on after it.
+    #[arg(long, env = "AGENT_EXECUTE_MAX_WAIT", default_value_t = 60)]
+    pub agent_execute_max_wait: u64,
     /// Wall-clock limit of one swarm task, in seconds.
     #[arg(long, env = "MAX_CONTENT_GENERATION_TIME", default_value_t = 300)]
     pub max_content_generation_time: u64,

@@ -24,6 +24,7 @@
 
 pub mod access;
 pub mod actors;
+pub mod agents;
 pub mod auth;
 pub mod chat;
 pub mod config;

@@ -71,6 +71,8 @@ pub struct AppState {
     pub flags: Registry<crate::actors::flag::Flag>,
     /// This process's proxy to the legacy backend and its error windows.
     pub legacy: Arc<crate::http::legacy::Legacy>,
+    /// This process's provider breakers as the deployment sees them (`agents::breakers`).
+    pub breakers: Arc<crate::agents::breakers::BreakerSync>,
 }
 
 /// How every connection of this process talks to PostgreSQL: no statement runs and no lock
@@ -228,7 +230,10 @@ impl Application {
         )
         .await?;
 
+        let breakers =
+            crate::agents::breakers::BreakerSync::start(pool.clone(), providers.clone()).await?;
         let state = web::Data::new(AppState {
+            breakers,
             pool: pool.clone(),
             store: store.clone(),
             buildings: Registry::new(store.clone(), config.runtime()),
@@ -259,6 +264,7 @@ impl Application {
         if config.run_swarm_scheduler {
             state.swarm.start(state.clone());
         }
+        crate::agents::publish::start(state.clone());
 
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;

@@ -148,6 +148,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/saveInsights"),
     ("GET", "/api/getAnalysis"),
     ("POST", "/api/openai"),
+    ("GET", "/health/agents"),
+    ("GET", "/api/v1/agents"),
+    ("POST", "/api/v1/agents/execute"),
+    ("GET", "/api/v1/agents/executions"),
+    ("GET", "/api/v1/agents/executions/{id}"),
+    ("GET", "/api/v1/agents/metrics"),
+    ("GET", "/api/v1/system/circuit-breakers"),
+    ("POST", "/api/v1/system/circuit-breakers/{name}/reset"),
 ];
 
 fn expected() -> BTreeSet<(String, String)> {

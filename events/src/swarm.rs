@@ -1,5 +1,5 @@
-//! Events of a swarm task (entity kind `swarm_task`): a Quantum Swarm optimization run or a
-//! Velocity Swarm batch of subtasks.
+//! Events of a swarm task (entity kind `swarm_task`): a Quantum Swarm optimization run, a
+//! Velocity Swarm batch of subtasks, or a ToolboxAI agent execution.
 //!
 //! The lifecycle is `queued → running → completed | failed | cancelled`, with `interrupted`
 //! for a task that was running when its process died; the scheduler starts an interrupted
@@ -29,6 +29,8 @@ pub enum TaskType {
     Velocity,
     /// An analysis of documents with AI insights and a report (the analysis service).
     Analysis,
+    /// A ToolboxAI agent execution (one registered agent, one of its task types).
+    Agent,
 }
 
 impl TaskType {
@@ -37,13 +39,19 @@ impl TaskType {
             TaskType::Quantum => "quantum",
             TaskType::Velocity => "velocity",
             TaskType::Analysis => "analysis",
+            TaskType::Agent => "agent",
         }
     }
 
     pub fn parse(s: &str) -> Option<TaskType> {
-        [TaskType::Quantum, TaskType::Velocity, TaskType::Analysis]
-            .into_iter()
-            .find(|t| t.as_str() == s)
+        [
+            TaskType::Quantum,
+            TaskType::Velocity,
+            TaskType::Analysis,
+            TaskType::Agent,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 }
 
@@ -131,12 +139,24 @@ impl VelocityConfig {
     }
 }
 
+/// The settings of an agent execution: which registered agent does which of its tasks,
+/// on what input (checked against the task's input schema before it is recorded).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AgentConfig {
+    pub agent_type: String,
+    pub task_type: String,
+    pub task_data: Value,
+    /// The model the execution asks, fixed when it is submitted.
+    pub model: String,
+}
+
 /// A task's settings, by type.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(untagged)]
 pub enum TaskConfig {
     Quantum(QuantumConfig),
     Velocity(VelocityConfig),
+    Agent(AgentConfig),
     Analysis(AnalysisConfig),
 }
 
@@ -255,6 +275,21 @@ pub struct SubtasksRecorded {
     pub at: DateTime<Utc>,
 }
 
+/// One provider call of an agent execution: what it cost, and why its output was refused
+/// (`error`), if it was. A refused output is retried once with the error in the prompt.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AgentCallRecorded {
+    pub attempt: u32,
+    /// 1 for the first call of the attempt.
+    pub call: u32,
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
 /// What a finished task produced.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -276,6 +311,16 @@ pub enum TaskResult {
         documents: u64,
         words: u64,
         insights: u64,
+        elapsed_ms: u64,
+    },
+    /// An agent's output, valid against its task's output schema.
+    Agent {
+        output: Value,
+        model: String,
+        /// Provider calls made, the schema retry included.
+        calls: u32,
+        prompt_tokens: u64,
+        completion_tokens: u64,
         elapsed_ms: u64,
     },
 }
@@ -357,6 +402,7 @@ pub enum SwarmTaskEvent {
     AnalysisProgressed(AnalysisProgressed),
     AnalysisResultsRecorded(AnalysisResultsRecorded),
     InsightRecorded(InsightRecorded),
+    AgentCallRecorded(AgentCallRecorded),
 }
 
 impl EventFamily for SwarmTaskEvent {
@@ -373,6 +419,7 @@ impl EventFamily for SwarmTaskEvent {
             SwarmTaskEvent::AnalysisProgressed(_) => "AnalysisProgressed",
             SwarmTaskEvent::AnalysisResultsRecorded(_) => "AnalysisResultsRecorded",
             SwarmTaskEvent::InsightRecorded(_) => "InsightRecorded",
+            SwarmTaskEvent::AgentCallRecorded(_) => "AgentCallRecorded",
         }
     }
 
@@ -394,13 +441,14 @@ impl EventFamily for SwarmTaskEvent {
             "AnalysisProgressed" => E::AnalysisProgressed(payload(t, data)?),
             "AnalysisResultsRecorded" => E::AnalysisResultsRecorded(payload(t, data)?),
             "InsightRecorded" => E::InsightRecorded(payload(t, data)?),
+            "AgentCallRecorded" => E::AgentCallRecorded(payload(t, data)?),
             other => return Err(DecodeError::UnknownType(other.to_owned())),
         })
     }
 }
 
 /// Every swarm task event type, for filters and the sample tests.
-pub const SWARM_TASK_EVENT_TYPES: [&str; 8] = [
+pub const SWARM_TASK_EVENT_TYPES: [&str; 9] = [
     "SwarmTaskCreated",
     "SwarmTaskStarted",
     "OptimizationProgressed",
@@ -409,6 +457,7 @@ pub const SWARM_TASK_EVENT_TYPES: [&str; 8] = [
     "SwarmTaskFailed",
     "SwarmTaskCancelled",
     "SwarmTaskInterrupted",
+    "AgentCallRecorded",
 ];
 
 /// The event types only analyses record (in the same `swarm_task` streams).

@@ -24,11 +24,11 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use universal_events::swarm::{
-    AnalysisConfig, AnalysisProgressed, AnalysisResults, AnalysisResultsRecorded, InsightRecorded,
-    InsightSource, OptimizationProgressed, QuantumConfig, SubtaskOutcome, SubtaskSpec,
-    SubtaskStatus, SubtasksRecorded, SwarmTaskCancelled, SwarmTaskCompleted, SwarmTaskCreated,
-    SwarmTaskEvent, SwarmTaskFailed, SwarmTaskInterrupted, SwarmTaskStarted, TaskConfig,
-    TaskResult, TaskType, VelocityConfig,
+    AgentCallRecorded, AgentConfig, AnalysisConfig, AnalysisProgressed, AnalysisResults,
+    AnalysisResultsRecorded, InsightRecorded, InsightSource, OptimizationProgressed, QuantumConfig,
+    SubtaskOutcome, SubtaskSpec, SubtaskStatus, SubtasksRecorded, SwarmTaskCancelled,
+    SwarmTaskCompleted, SwarmTaskCreated, SwarmTaskEvent, SwarmTaskFailed, SwarmTaskInterrupted,
+    SwarmTaskStarted, TaskConfig, TaskResult, TaskType, VelocityConfig,
 };
 use uuid::Uuid;
 
@@ -77,6 +77,10 @@ pub const MAX_QUESTION: usize = 1_000;
 /// Most insights on an analysis, and characters of one.
 pub const MAX_INSIGHTS: u32 = 200;
 pub const MAX_INSIGHT: usize = 8_000;
+/// Largest `task_data` of an agent execution, as JSON.
+pub const MAX_TASK_DATA: usize = 16 * 1024;
+/// Most provider calls of one attempt of an agent execution (the first and one retry).
+pub const MAX_AGENT_CALLS: u32 = 2;
 
 /// Where a task stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -189,6 +193,17 @@ pub enum SwarmCommand {
         text: String,
         at: DateTime<Utc>,
     },
+    /// From an agent worker: one provider call and, if its output was refused, why.
+    RecordCall {
+        attempt: u32,
+        call: u32,
+        model: String,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        duration_ms: u64,
+        error: Option<String>,
+        at: DateTime<Utc>,
+    },
 }
 
 /// A command on behalf of an organization: a task answers only to its own.
@@ -280,6 +295,16 @@ pub struct SwarmTask {
     /// Whether the AI step recorded its insight (a resumed attempt does not ask again).
     #[serde(default)]
     pub ai_insight: bool,
+    /// Agent executions: provider calls recorded (all attempts), the last call of the
+    /// current attempt, and the tokens spent.
+    #[serde(default)]
+    pub calls: u32,
+    #[serde(default)]
+    pub attempt_calls: u32,
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
 }
 
 impl SwarmTask {
@@ -493,6 +518,28 @@ pub fn check_velocity(c: &VelocityConfig) -> Result<(), SwarmError> {
     Ok(())
 }
 
+/// Checks an agent execution against the registry: a known agent and task type, and
+/// `task_data` valid against the task's input schema (the error names the field).
+pub fn check_agent(c: &AgentConfig) -> Result<(), SwarmError> {
+    let task = crate::agents::task(&c.agent_type, &c.task_type).map_err(|e| match e {
+        crate::agents::LookupError::UnknownAgent { .. } => invalid("agent_type", e.to_string()),
+        crate::agents::LookupError::UnknownTask { .. } => invalid("task_type", e.to_string()),
+    })?;
+    let size = serde_json::to_vec(&c.task_data).map_or(usize::MAX, |v| v.len());
+    if size > MAX_TASK_DATA {
+        return Err(invalid(
+            "task_data",
+            format!("must be at most {MAX_TASK_DATA} bytes of JSON"),
+        ));
+    }
+    crate::agents::check_input(task, &c.task_data).map_err(|m| match m.split_once(": ") {
+        Some((field, message)) => invalid(field, message),
+        None => invalid("task_data", m),
+    })?;
+    validate::name(&c.model, MAX_LABEL).map_err(|m| invalid("model", m))?;
+    Ok(())
+}
+
 fn check_time(field: &str, at: DateTime<Utc>) -> Result<(), SwarmError> {
     validate::time(at, at).map_err(|m| invalid(field, m))
 }
@@ -554,6 +601,11 @@ impl SwarmTask {
                         validate::text(objective, MAX_OBJECTIVE)
                             .map_err(|m| invalid("objective", m))?;
                         check_analysis(c)?
+                    }
+                    (TaskType::Agent, TaskConfig::Agent(c)) => {
+                        validate::text(objective, MAX_OBJECTIVE)
+                            .map_err(|m| invalid("objective", m))?;
+                        check_agent(c)?
                     }
                     _ => {
                         return Err(invalid(
@@ -678,6 +730,20 @@ impl SwarmTask {
                         insights: u64::from(self.insights),
                         elapsed_ms: *elapsed_ms,
                     },
+                    // So are the calls and tokens of an agent execution.
+                    TaskResult::Agent {
+                        output,
+                        model,
+                        elapsed_ms,
+                        ..
+                    } => TaskResult::Agent {
+                        output: output.clone(),
+                        model: model.clone(),
+                        calls: self.calls,
+                        prompt_tokens: self.prompt_tokens,
+                        completion_tokens: self.completion_tokens,
+                        elapsed_ms: *elapsed_ms,
+                    },
                 };
                 Ok(vec![E::SwarmTaskCompleted(SwarmTaskCompleted {
                     attempt: *attempt,
@@ -791,6 +857,46 @@ impl SwarmTask {
                     at: *at,
                 })])
             }
+            C::RecordCall {
+                attempt,
+                call,
+                model,
+                prompt_tokens,
+                completion_tokens,
+                duration_ms,
+                error,
+                at,
+            } => {
+                self.running(*attempt)?;
+                if self.task_type != Some(TaskType::Agent) {
+                    return Err(invalid("call", "only agent executions record calls"));
+                }
+                if *call <= self.attempt_calls {
+                    return Ok(vec![]);
+                }
+                if *call != self.attempt_calls + 1 || *call > MAX_AGENT_CALLS {
+                    return Err(invalid(
+                        "call",
+                        format!("call {call} does not follow call {}", self.attempt_calls),
+                    ));
+                }
+                let error = error.as_ref().map(|e| {
+                    e.chars()
+                        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+                        .take(MAX_ERROR)
+                        .collect::<String>()
+                });
+                Ok(vec![E::AgentCallRecorded(AgentCallRecorded {
+                    attempt: *attempt,
+                    call: *call,
+                    model: model.chars().take(MAX_LABEL).collect(),
+                    prompt_tokens: *prompt_tokens,
+                    completion_tokens: *completion_tokens,
+                    duration_ms: *duration_ms,
+                    error,
+                    at: *at,
+                })])
+            }
         }
     }
 
@@ -807,6 +913,7 @@ impl SwarmTask {
                     TaskConfig::Velocity(v) => v.total(),
                     TaskConfig::Quantum(_) => 0,
                     TaskConfig::Analysis(a) => a.documents.len() as u64,
+                    TaskConfig::Agent(_) => 0,
                 };
                 self.config = Some(c.config.clone());
                 self.created_at = Some(c.created_at);
@@ -820,6 +927,7 @@ impl SwarmTask {
                 // do the documents of an analysis.
                 self.iteration = 0;
                 self.analysis_done = 0;
+                self.attempt_calls = 0;
             }
             E::OptimizationProgressed(p) => {
                 self.iteration = p.iteration;
@@ -862,6 +970,12 @@ impl SwarmTask {
                 self.insights += 1;
                 self.insight_ids.push(i.insight_id);
                 self.ai_insight |= i.source == InsightSource::Ai;
+            }
+            E::AgentCallRecorded(c) => {
+                self.calls += 1;
+                self.attempt_calls = c.call;
+                self.prompt_tokens += c.prompt_tokens;
+                self.completion_tokens += c.completion_tokens;
             }
         }
     }
@@ -956,6 +1070,7 @@ mod tests {
             TaskConfig::Quantum(_) => TaskType::Quantum,
             TaskConfig::Velocity(_) => TaskType::Velocity,
             TaskConfig::Analysis(_) => TaskType::Analysis,
+            TaskConfig::Agent(_) => TaskType::Agent,
         };
         SwarmCommand::Create {
             task_id: TASK,
@@ -1495,6 +1610,39 @@ mod tests {
         }
     }
 
+    fn agent(task_data: serde_json::Value) -> TaskConfig {
+        TaskConfig::Agent(AgentConfig {
+            agent_type: "content_generator".into(),
+            task_type: "generate_content".into(),
+            task_data,
+            model: "gpt-test".into(),
+        })
+    }
+
+    fn created_agent() -> SwarmTaskEvent {
+        let data = serde_json::json!({"subject": "Mathematics", "grade_level": 5});
+        given(&[])
+            .decide_in(
+                ORG,
+                &create("content_generator.generate_content", agent(data)),
+            )
+            .unwrap()
+            .remove(0)
+    }
+
+    fn call(attempt: u32, call: u32, error: Option<&str>) -> SwarmCommand {
+        SwarmCommand::RecordCall {
+            attempt,
+            call,
+            model: "gpt-test".into(),
+            prompt_tokens: 100,
+            completion_tokens: 40,
+            duration_ms: 12,
+            error: error.map(str::to_owned),
+            at: now(),
+        }
+    }
+
     #[test]
     fn an_analysis_records_progress_results_once_and_insights_by_id() {
         let mut c = analysis_config();
@@ -1571,5 +1719,93 @@ mod tests {
 
     fn created_quantum() -> SwarmTaskEvent {
         created()
+    }
+
+    #[test]
+    fn an_agent_execution_is_checked_against_the_registry_field_by_field() {
+        let objective = "content_generator.generate_content";
+        let cases = [
+            (
+                serde_json::json!({"subject": "Math"}),
+                "task_data.grade_level",
+            ),
+            (
+                serde_json::json!({"subject": "Math", "grade_level": 40}),
+                "task_data.grade_level",
+            ),
+            (
+                serde_json::json!({"subject": "Math", "grade_level": 4, "mood": "x"}),
+                "task_data.mood",
+            ),
+        ];
+        for (data, field) in cases {
+            let result = given(&[]).decide_in(ORG, &create(objective, agent(data)));
+            assert_eq!(field_of(result), field);
+        }
+        let TaskConfig::Agent(mut unknown) = agent(serde_json::json!({})) else {
+            unreachable!()
+        };
+        unknown.agent_type = "poet".into();
+        let result = given(&[]).decide_in(ORG, &create(objective, TaskConfig::Agent(unknown)));
+        assert_eq!(field_of(result), "agent_type");
+    }
+
+    #[test]
+    fn an_agent_records_each_call_once_and_its_result_counts_the_recorded_tokens() {
+        let state = given(&[created_agent(), started(1)]);
+        let first = when(&state, call(1, 1, Some("output.sections: is required"))).unwrap();
+        assert_eq!(first.len(), 1);
+        let state = then_apply(state, &first);
+        assert_eq!(when(&state, call(1, 1, None)), Ok(vec![]), "a resent call");
+        assert_eq!(field_of(when(&state, call(1, 3, None))), "call");
+        let state = then_apply(state.clone(), &when(&state, call(1, 2, None)).unwrap());
+        assert_eq!(
+            field_of(when(&state, call(1, 3, None))),
+            "call",
+            "two calls at most"
+        );
+        let events = when(
+            &state,
+            SwarmCommand::Complete {
+                attempt: 1,
+                result: TaskResult::Agent {
+                    output: serde_json::json!({"title": "Fractions"}),
+                    model: "gpt-test".into(),
+                    calls: 99,
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                    elapsed_ms: 30,
+                },
+                at: now(),
+            },
+        )
+        .unwrap();
+        let done = then_apply(state, &events);
+        let Some(TaskResult::Agent {
+            calls,
+            prompt_tokens,
+            completion_tokens,
+            ..
+        }) = done.result
+        else {
+            panic!("{:?}", done.result)
+        };
+        assert_eq!((calls, prompt_tokens, completion_tokens), (2, 200, 80));
+    }
+
+    #[test]
+    fn a_call_of_an_old_attempt_or_of_another_kind_of_task_is_refused() {
+        let interrupted = SwarmTaskEvent::SwarmTaskInterrupted(SwarmTaskInterrupted {
+            attempt: 1,
+            interrupted_at: now(),
+        });
+        let state = given(&[created_agent(), started(1), interrupted, started(2)]);
+        assert_eq!(
+            when(&state, call(1, 1, None)),
+            Err(SwarmError::NotRunning(1))
+        );
+        assert_eq!(when(&state, call(2, 1, None)).unwrap().len(), 1);
+        let optimization = given(&[created(), started(1)]);
+        assert_eq!(field_of(when(&optimization, call(1, 1, None))), "call");
     }
 }

@@ -51,7 +51,9 @@ struct Args {
     /// `content-generation` while events are published through the signed HTTP API;
     /// `messaging` runs `--users` Socket.IO users in `--channels` channels, sending
     /// `--rate` messages per second in all; `swarm` measures swarm tasks: a particle swarm
-    /// run through the whole stack against argmin alone, and a 10,000-subtask batch.
+    /// run through the whole stack against argmin alone, and a 10,000-subtask batch; `agents`
+    /// runs `--subscribers` Pusher subscribers on `content-generation` while `--rate` agent
+    /// executions per second (against a stand-in provider) publish from the log.
     #[arg(long, default_value = "commands")]
     mode: String,
     /// Socket subscribers (ws mode).
@@ -381,65 +383,29 @@ async fn ws_bench(args: &Args, base: &str) -> anyhow::Result<()> {
 /// published at a steady rate through the signed HTTP API (as agent executions publish
 /// `generation-progress`), latency from sending each publish request to each receipt.
 async fn pusher_bench(args: &Args, base: &str) -> anyhow::Result<()> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     use universal_backend::gateways::pusher::{Settings, DEV_SECRET};
 
     let defaults = Config::default();
     let signer = Settings::new(&defaults.pusher_app_id, &defaults.pusher_key, DEV_SECRET);
-    let url = format!(
-        "{}/app/{}?protocol=7&client=bench",
-        base.replace("http", "ws"),
-        defaults.pusher_key
-    );
-    let mut sockets = Vec::with_capacity(args.subscribers);
-    for _ in 0..args.subscribers {
-        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
-        let sub =
-            json!({ "event": "pusher:subscribe", "data": { "channel": "content-generation" } });
-        ws.send(Message::Text(sub.to_string())).await?;
-        // Established, then subscribed: the socket is ready before the load starts.
-        for _ in 0..2 {
-            tokio::time::timeout(Duration::from_secs(10), ws.next()).await?;
-        }
-        sockets.push(ws);
-    }
+    let sockets = pusher_subscribers(args, base).await?;
     let sent: Arc<dashmap::DashMap<u64, Instant>> = Arc::new(dashmap::DashMap::new());
     let stop = Arc::new(AtomicBool::new(false));
-    let mut readers = tokio::task::JoinSet::new();
-    for mut ws in sockets {
-        let stop = stop.clone();
-        readers.spawn(async move {
-            let mut got: Vec<(u64, Instant)> = Vec::new();
-            loop {
-                match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
-                    Ok(Some(Ok(Message::Text(t)))) => {
-                        let now = Instant::now();
-                        let Ok(v) = serde_json::from_str::<Value>(&t) else {
-                            continue;
-                        };
-                        if v["event"] != "generation-progress" {
-                            continue;
-                        }
-                        let data: Value = v["data"]
-                            .as_str()
-                            .and_then(|d| serde_json::from_str(d).ok())
-                            .unwrap_or_default();
-                        got.push((data["seq"].as_u64().unwrap_or(u64::MAX), now));
-                    }
-                    Ok(Some(Ok(Message::Close(reason)))) => {
-                        eprintln!("socket closed by the server: {reason:?}");
-                        break;
-                    }
-                    Ok(Some(Ok(_))) => {}
-                    Ok(_) => break,
-                    Err(_) if stop.load(Ordering::Relaxed) => break,
-                    Err(_) => {}
-                }
+    let by_seq = sent.clone();
+    let readers = pusher_readers(
+        sockets,
+        stop.clone(),
+        Arc::new(move |event: &str, data: &Value, now: Instant| {
+            if event != "generation-progress" {
+                return None;
             }
-            got
-        });
-    }
+            let t = by_seq.get(&data["seq"].as_u64()?)?;
+            Some(
+                now.saturating_duration_since(*t)
+                    .as_micros()
+                    .min(u32::MAX as u128) as u32,
+            )
+        }),
+    );
     let client = reqwest::Client::new();
     let path = format!("/apps/{}/events", defaults.pusher_app_id);
     let started = Instant::now();
@@ -472,18 +438,7 @@ async fn pusher_bench(args: &Args, base: &str) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
-    let mut lat = Vec::new();
-    let mut delivered = 0u64;
-    while let Some(r) = readers.join_next().await {
-        for (seq, at) in r.unwrap_or_default() {
-            delivered += 1;
-            if let Some(t) = sent.get(&seq) {
-                let us = at.saturating_duration_since(*t).as_micros();
-                lat.push(us.min(u32::MAX as u128) as u32);
-            }
-        }
-    }
-    lat.sort_unstable();
+    let (delivered, lat) = collect(readers).await;
     println!(
         "pusher: {} subscribers on content-generation, {published} events (asked {}/s, sent {:.0}/s, {errors} failed), {delivered} deliveries (expected {}), {:.0} deliveries/s",
         args.subscribers,
@@ -494,6 +449,219 @@ async fn pusher_bench(args: &Args, base: &str) -> anyhow::Result<()> {
     );
     println!(
         "pusher: publish-to-receipt latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    Ok(())
+}
+
+type PusherSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Maps one received event (name, decoded data, time of receipt) to its delivery latency in
+/// µs, or `None` for an event the benchmark does not count.
+type Measure = Arc<dyn Fn(&str, &Value, Instant) -> Option<u32> + Send + Sync>;
+
+/// `--subscribers` Pusher sockets, each subscribed to `content-generation` and ready.
+async fn pusher_subscribers(args: &Args, base: &str) -> anyhow::Result<Vec<PusherSocket>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let defaults = Config::default();
+    let url = format!(
+        "{}/app/{}?protocol=7&client=bench",
+        base.replace("http", "ws"),
+        defaults.pusher_key
+    );
+    let mut sockets = Vec::with_capacity(args.subscribers);
+    for _ in 0..args.subscribers {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
+        let sub =
+            json!({ "event": "pusher:subscribe", "data": { "channel": "content-generation" } });
+        ws.send(Message::Text(sub.to_string())).await?;
+        // Established, then subscribed: the socket is ready before the load starts.
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(10), ws.next()).await?;
+        }
+        sockets.push(ws);
+    }
+    Ok(sockets)
+}
+
+/// One reader per socket until `stop`; each returns the latencies `measure` gave it (µs)
+/// and how many events it counted.
+fn pusher_readers(
+    sockets: Vec<PusherSocket>,
+    stop: Arc<AtomicBool>,
+    measure: Measure,
+) -> tokio::task::JoinSet<(u64, Vec<u32>)> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut readers = tokio::task::JoinSet::new();
+    for mut ws in sockets {
+        let stop = stop.clone();
+        let measure = measure.clone();
+        readers.spawn(async move {
+            let mut got = Vec::new();
+            let mut counted = 0u64;
+            loop {
+                match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        let now = Instant::now();
+                        let Ok(v) = serde_json::from_str::<Value>(&t) else {
+                            continue;
+                        };
+                        let event = v["event"].as_str().unwrap_or_default();
+                        let data: Value = v["data"]
+                            .as_str()
+                            .and_then(|d| serde_json::from_str(d).ok())
+                            .unwrap_or_default();
+                        if let Some(us) = measure(event, &data, now) {
+                            counted += 1;
+                            got.push(us);
+                        }
+                    }
+                    Ok(Some(Ok(Message::Close(reason)))) => {
+                        eprintln!("socket closed by the server: {reason:?}");
+                        break;
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Ok(_) => break,
+                    Err(_) if stop.load(Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+            (counted, got)
+        });
+    }
+    readers
+}
+
+/// Joins the readers: deliveries counted, and their latencies sorted.
+async fn collect(mut readers: tokio::task::JoinSet<(u64, Vec<u32>)>) -> (u64, Vec<u32>) {
+    let mut lat = Vec::new();
+    let mut delivered = 0u64;
+    while let Some(r) = readers.join_next().await {
+        let (n, mut l) = r.unwrap_or_default();
+        delivered += n;
+        lat.append(&mut l);
+    }
+    lat.sort_unstable();
+    (delivered, lat)
+}
+
+/// Agents mode: `--subscribers` Pusher sockets on `content-generation` while agent
+/// executions run against a stand-in provider and publish from the log. Latency is from the
+/// moment an event says it happened (its `at`, stamped by the worker or the scheduler) to
+/// its receipt, so it covers the append, the log follower and the fan-out.
+async fn agents_bench(args: &Args, base: &str) -> anyhow::Result<()> {
+    let sockets = pusher_subscribers(args, base).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Arc<dashmap::DashMap<String, u64>> = Arc::default();
+    let seen = counts.clone();
+    let readers = pusher_readers(
+        sockets,
+        stop.clone(),
+        Arc::new(move |event: &str, data: &Value, _now: Instant| {
+            if !event.starts_with("generation-") && event != "content-generated" {
+                return None;
+            }
+            let at = data["at"]
+                .as_str()
+                .and_then(|a| chrono::DateTime::parse_from_rfc3339(a).ok())?;
+            *seen.entry(event.to_owned()).or_default() += 1;
+            let us = (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+                .num_microseconds()
+                .unwrap_or(0)
+                .max(0);
+            Some(us.min(u32::MAX as i64) as u32)
+        }),
+    );
+    let client = tenant_client(base, 16, "toolbox").await?;
+    let request = json!({
+        "agent_type": "content_generator",
+        "task_type": "generate_content",
+        "task_data": {"subject": "Mathematics", "grade_level": 5, "objectives": ["Learn fractions"]}
+    });
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate.max(1)));
+    // Each submission on a task of its own, so that a slow answer does not lower the rate.
+    let mut submissions = tokio::task::JoinSet::new();
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        ticker.tick().await;
+        let (client, request, url) = (
+            client.clone(),
+            request.clone(),
+            format!("{base}/api/v1/agents/execute"),
+        );
+        submissions.spawn(async move {
+            match client.post(url).json(&request).send().await {
+                Ok(r) if r.status().as_u16() == 202 => r
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|b| b["id"].as_str().map(str::to_owned)),
+                _ => None,
+            }
+        });
+    }
+    let (mut submitted, mut refused) = (0u64, 0u64);
+    let mut ids = Vec::new();
+    while let Some(r) = submissions.join_next().await {
+        submitted += 1;
+        match r.ok().flatten() {
+            Some(id) => ids.push(id),
+            None => refused += 1,
+        }
+    }
+    // Let the queue drain (bounded), then stop the readers.
+    let drain = Instant::now();
+    let mut finished = 0usize;
+    while drain.elapsed() < Duration::from_secs(60) {
+        let page: Value = client
+            .get(format!(
+                "{base}/api/v1/agents/executions?limit=200&status=completed"
+            ))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let failed: Value = client
+            .get(format!(
+                "{base}/api/v1/agents/executions?limit=200&status=failed"
+            ))
+            .send()
+            .await?
+            .json()
+            .await?;
+        finished = page["items"].as_array().map_or(0, Vec::len)
+            + failed["items"].as_array().map_or(0, Vec::len);
+        if finished >= ids.len().min(200) && finished > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let (delivered, lat) = collect(readers).await;
+    let mut by_event: Vec<String> = counts
+        .iter()
+        .map(|e| format!("{} {}", e.key(), e.value()))
+        .collect();
+    by_event.sort();
+    println!(
+        "agents: {} subscribers on content-generation, {submitted} executions submitted ({} accepted, {refused} refused), {finished} seen finished (first 200 counted)",
+        args.subscribers,
+        ids.len()
+    );
+    println!(
+        "agents: {delivered} deliveries in {elapsed:.1}s = {:.0} deliveries/s ({})",
+        delivered as f64 / elapsed,
+        by_event.join(", ")
+    );
+    println!(
+        "agents: event-to-receipt latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
         percentile(&lat, 0.50),
         percentile(&lat, 0.99),
         percentile(&lat, 1.0)
@@ -561,7 +729,15 @@ async fn main() -> anyhow::Result<()> {
     );
     // Chat mode: a stand-in OpenAI-compatible provider on a thread of its own.
     let provider_url = if args.mode == "chat" {
-        Some(chat::start_provider(args.tokens, args.token_rate)?)
+        Some(chat::start_provider(args.tokens, args.token_rate, None)?)
+    } else if args.mode == "agents" {
+        // A lesson valid against the content generator's schema, in one piece.
+        let lesson = json!({
+            "title": "Fractions",
+            "summary": "What a fraction is and how to compare two.",
+            "sections": [{"heading": "Parts of a whole", "content": "A fraction names equal parts."}]
+        });
+        Some(chat::start_provider(1, 1000, Some(lesson.to_string()))?)
     } else {
         None
     };
@@ -582,6 +758,8 @@ async fn main() -> anyhow::Result<()> {
         // One user drives the whole load: per-user limits would measure the limiter.
         rate_limiting_enabled: false,
         ws_max_connections: args.subscribers * 2 + 10,
+        // Agents mode: one organization submits everything; the global cap still holds.
+        swarm_max_concurrent_per_org: Config::default().max_concurrent_generations,
         ..Config::default()
     };
     let app = Application::build(config.clone()).await?;
@@ -623,11 +801,13 @@ async fn main() -> anyhow::Result<()> {
         return finish(handle, server, state, args.keep, &database_url).await;
     }
 
-    if args.mode == "ws" || args.mode == "pusher" {
+    if args.mode == "ws" || args.mode == "pusher" || args.mode == "agents" {
         let ws_args = args.clone();
         let ws_base = base.clone();
         if args.mode == "pusher" {
             on_client_threads(async move { pusher_bench(&ws_args, &ws_base).await }).await?;
+        } else if args.mode == "agents" {
+            on_client_threads(async move { agents_bench(&ws_args, &ws_base).await }).await?;
         } else {
             on_client_threads(async move { ws_bench(&ws_args, &ws_base).await }).await?;
         }
@@ -710,7 +890,13 @@ mod chat {
     use super::*;
 
     /// Starts the stand-in provider on a thread of its own; returns its base URL.
-    pub fn start_provider(tokens: usize, rate: u64) -> anyhow::Result<String> {
+    /// `answer`: every reply is this text in one piece (else `tokens` made-up tokens).
+    pub fn start_provider(
+        tokens: usize,
+        rate: u64,
+        answer: Option<String>,
+    ) -> anyhow::Result<String> {
+        let answer: Option<std::sync::Arc<str>> = answer.map(Into::into);
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let url = format!("http://{}/v1", listener.local_addr()?);
         std::thread::Builder::new()
@@ -720,7 +906,10 @@ mod chat {
                     let server = actix_web::HttpServer::new(move || {
                         actix_web::App::new().route(
                             "/v1/chat/completions",
-                            actix_web::web::post().to(move || reply(tokens, rate)),
+                            actix_web::web::post().to({
+                                let answer = answer.clone();
+                                move || reply(tokens, rate, answer.clone())
+                            }),
                         )
                     })
                     .workers(1)
@@ -733,27 +922,37 @@ mod chat {
         Ok(url)
     }
 
-    async fn reply(tokens: usize, rate: u64) -> actix_web::HttpResponse {
+    async fn reply(
+        tokens: usize,
+        rate: u64,
+        answer: Option<std::sync::Arc<str>>,
+    ) -> actix_web::HttpResponse {
         let period = Duration::from_micros(1_000_000 / rate.max(1));
-        let body = futures_util::stream::unfold(0usize, move |i| async move {
-            if i > tokens + 1 {
-                return None;
-            }
-            let event = if i < tokens {
-                tokio::time::sleep(period).await;
-                let chunk = json!({"choices": [{"index": 0, "delta": {"content": format!("t{i} ")}, "finish_reason": null}]});
-                format!("data: {chunk}\n\n")
-            } else if i == tokens {
-                let done = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        let body = futures_util::stream::unfold(0usize, move |i| {
+            let answer = answer.clone();
+            async move {
+                if i > tokens + 1 {
+                    return None;
+                }
+                let event = if i < tokens {
+                    tokio::time::sleep(period).await;
+                    let content = answer
+                        .as_deref()
+                        .map_or_else(|| format!("t{i} "), str::to_owned);
+                    let chunk = json!({"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]});
+                    format!("data: {chunk}\n\n")
+                } else if i == tokens {
+                    let done = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
                                   "usage": {"prompt_tokens": 20, "completion_tokens": tokens}});
-                format!("data: {done}\n\n")
-            } else {
-                "data: [DONE]\n\n".to_owned()
-            };
-            Some((
-                Ok::<_, actix_web::Error>(actix_web::web::Bytes::from(event)),
-                i + 1,
-            ))
+                    format!("data: {done}\n\n")
+                } else {
+                    "data: [DONE]\n\n".to_owned()
+                };
+                Some((
+                    Ok::<_, actix_web::Error>(actix_web::web::Bytes::from(event)),
+                    i + 1,
+                ))
+            }
         });
         actix_web::HttpResponse::Ok()
             .content_type("text/event-stream")

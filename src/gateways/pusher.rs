@@ -525,6 +525,33 @@ impl Hub {
         .await
     }
 
+    /// Delivers `data` (serialized to a JSON string) as `event` on `channel` to this
+    /// process's subscribers only, without `NOTIFY`: for publishers that run in every process
+    /// and read the same source (the agent events follow the log in each process), where
+    /// [`Hub::publish`] would deliver each message once per process.
+    pub fn publish_local(
+        &self,
+        channel: &str,
+        event: &str,
+        data: &impl Serialize,
+    ) -> anyhow::Result<()> {
+        if !self.settings.enabled {
+            return Ok(());
+        }
+        anyhow::ensure!(valid_channel(channel), "invalid channel name {channel:?}");
+        anyhow::ensure!(valid_event(event), "invalid event name {event:?}");
+        let data = serde_json::to_string(data)?;
+        anyhow::ensure!(data.len() <= MAX_DATA, "event data over {MAX_DATA} bytes");
+        self.deliver(&Wire {
+            c: vec![channel.to_owned()],
+            e: event.to_owned(),
+            d: Value::String(data),
+            x: None,
+            u: None,
+        });
+        Ok(())
+    }
+
     /// Sends one event to the subscribers of `channels` on every process, except socket
     /// `except`. No-op when the gateway is disabled.
     pub async fn trigger(

@@ -1,6 +1,7 @@
 //! The HTTP edge: one route table, one error type, one file per resource.
 
 pub mod admin;
+pub mod agents;
 pub mod ai;
 pub mod analysis;
 pub mod chat;
@@ -54,6 +55,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .error_handler(|e, _| ApiError::bad_request(format!("invalid query: {e}")).into()),
         )
         .route("/health", web::get().to(ops::health))
+        .route("/health/agents", web::get().to(agents::health))
         .route("/metrics", web::get().to(ops::metrics))
         .route("/socket.io/", web::get().to(socketio::connect))
         .route("/socket.io/", web::post().to(socketio::post))
@@ -74,7 +76,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .configure(fluxstudio::configure)
                 .configure(swarm::configure)
                 .configure(analysis::configure)
-                .configure(legacy::configure_system),
+                .configure(legacy::configure_system)
+                .configure(agents::configure),
         )
         // The legacy Next.js paths of the analysis service, behind their flags (exact paths,
         // before the aliases' `/api` scope; see `legacy`).

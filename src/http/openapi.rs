@@ -20,8 +20,8 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, ai, analysis, chat, citypulse, fluxstudio, history, identity, legacy, messaging, ops,
-    pusher, schema, swarm,
+    admin, agents, ai, analysis, chat, citypulse, fluxstudio, history, identity, legacy, messaging,
+    ops, pusher, schema, swarm,
 };
 
 #[derive(OpenApi)]
@@ -161,6 +161,14 @@ use super::{
         legacy::save_insights,
         legacy::get_analysis,
         legacy::openai,
+        agents::execute,
+        agents::list_executions,
+        agents::get_execution,
+        agents::list_agents,
+        agents::metrics,
+        agents::health,
+        agents::breakers,
+        agents::reset_breaker,
     ),
     components(schemas(schema::ErrorBody)),
     security(("bearer" = [])),
@@ -173,6 +181,7 @@ use super::{
         (name = "analysis", description = "The analysis service: analyses of documents with AI insights, their progress and Markdown reports"),
         (name = "legacy", description = "Parallel running with the legacy Next.js backend: flagged legacy routes, the proxy, and the flags"),
         (name = "swarm", description = "Quantum and Velocity Swarm: optimization runs and task batches, their progress and results"),
+        (name = "agents", description = "ToolboxAI: agent executions (swarm tasks run through the provider layer), the agent registry and metrics, and the provider circuit breakers"),
         (name = "messaging", description = "FluxStudio: channels, direct conversations, messages, threads, reactions, read marks; every frontend's notifications"),
         (name = "fluxstudio", description = "FluxStudio teams (leads and members) and projects (team, members, status, milestones)"),
         (name = "live", description = "Live event streams (WebSocket upgrades), and the Pusher Channels gateway and HTTP API"),

@@ -177,7 +177,9 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
                 .execute(&mut *conn)
                 .await?;
         }
-        E::OptimizationProgressed(_) | E::SubtasksRecorded(_) => return Ok(()),
+        E::OptimizationProgressed(_) | E::SubtasksRecorded(_) | E::AgentCallRecorded(_) => {
+            return Ok(())
+        }
     }
     sqlx::query("UPDATE analyses SET version = $2, last_position = $3 WHERE id = $1")
         .bind(id)

@@ -1,5 +1,6 @@
 //! Read models built from the event log, and the read-your-writes wait used by queries.
 
+pub mod agents;
 pub mod analysis;
 pub mod citypulse;
 pub mod flags;
@@ -32,6 +33,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(swarm::SwarmTasks),
         Arc::new(analysis::Analyses),
         Arc::new(flags::Flags),
+        Arc::new(agents::Agents),
     ]
 }
 

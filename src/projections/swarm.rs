@@ -62,6 +62,7 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
                 universal_events::swarm::TaskConfig::Velocity(v) => v.total() as i64,
                 universal_events::swarm::TaskConfig::Quantum(_) => 0,
                 universal_events::swarm::TaskConfig::Analysis(a) => a.documents.len() as i64,
+                universal_events::swarm::TaskConfig::Agent(_) => 0,
             };
             sqlx::query(
                 "INSERT INTO swarm_tasks (id, organization_id, user_id, type, objective, config, \
@@ -198,6 +199,7 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
                     Some(*evaluations as i64),
                 ),
                 TaskResult::Batch { .. } | TaskResult::Analysis { .. } => (None, None, None, None),
+                TaskResult::Agent { .. } => (None, None, None, None),
             };
             sqlx::query(
                 "UPDATE swarm_tasks SET status = 'completed', result = $2, finished_at = $3, \
@@ -246,6 +248,8 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
         E::AnalysisProgressed(_) | E::AnalysisResultsRecorded(_) | E::InsightRecorded(_) => {
             return Ok(());
         }
+        // An agent's calls are read from `task_executions` (`projections::agents`).
+        E::AgentCallRecorded(_) => {}
     }
     sqlx::query("UPDATE swarm_tasks SET version = $2, last_position = $3 WHERE id = $1")
         .bind(id)

@@ -216,6 +216,25 @@ impl Breaker {
         }
     }
 
+    /// Closes the breaker and forgets its failures (an operator's reset).
+    fn reset(&self) {
+        self.machine.reset();
+        let mut m = self
+            .observer
+            .mirror
+            .lock()
+            .expect("breaker mirror poisoned");
+        m.consecutive_failures = 0;
+        m.state = BreakerState::Closed;
+        m.opened = None;
+        drop(m);
+        metrics::gauge!(
+            "ub_provider_breaker_consecutive_failures",
+            "provider" => self.observer.provider.to_string()
+        )
+        .set(0.0);
+    }
+
     fn snapshot(&self) -> BreakerSnapshot {
         let m = self
             .observer
@@ -305,6 +324,13 @@ impl Guarded {
     /// The breaker's state now.
     pub fn breaker_state(&self) -> BreakerSnapshot {
         self.breaker.snapshot()
+    }
+
+    /// Closes the breaker now, as if the provider had just answered (see
+    /// `agents::breakers` for how a reset reaches every process).
+    pub fn reset_breaker(&self) {
+        self.breaker.reset();
+        tracing::info!(provider = %self.inner.name(), "provider breaker reset");
     }
 
     pub fn policy(&self) -> &GuardPolicy {

@@ -1,4 +1,5 @@
-//! The scheduler of long work: swarm tasks (Quantum optimizations, Velocity batches).
+//! The scheduler of long work: swarm tasks (Quantum optimizations, Velocity batches,
+//! ToolboxAI agent executions).
 //!
 //! - **One leader across processes.** A process leads while it holds a session-level
 //!   advisory lock on a connection of its own (as the projection runners do). Only the leader
@@ -23,6 +24,7 @@
 //!   (from the user, or from losing the lead) stops it after the current iteration or
 //!   subtask try.
 
+pub mod agent;
 pub mod analysis;
 pub mod batch;
 
@@ -356,6 +358,7 @@ impl Run {
             Some(TaskConfig::Quantum(_)) => self.optimize(&task).await,
             Some(TaskConfig::Velocity(_)) => batch::run(self, &task).await,
             Some(TaskConfig::Analysis(_)) => analysis::run(self, &task).await,
+            Some(TaskConfig::Agent(_)) => agent::run(self, &task).await,
             None => Err(Finish::Fail("the task has no settings".into())),
         };
         let cmd = match outcome {
