@@ -595,7 +595,7 @@ struct TaskPage {
 struct ListParams {
     /// Only tasks of this type.
     #[serde(rename = "type")]
-    #[param(rename = "type", pattern = "^(quantum|velocity)$")]
+    #[param(rename = "type", pattern = "^(quantum|velocity|analysis|agent)$")]
     task_type: Option<String>,
     /// Only tasks in this state.
     #[param(pattern = "^(queued|running|completed|failed|cancelled|interrupted)$")]
@@ -643,8 +643,9 @@ async fn list_tasks(
 ) -> Result<HttpResponse, ApiError> {
     let (org, _) = caller(&state, &who, &req)?;
     if let Some(t) = &params.task_type {
-        TaskType::parse(t)
-            .ok_or_else(|| ApiError::bad_request("type must be quantum or velocity"))?;
+        TaskType::parse(t).ok_or_else(|| {
+            ApiError::bad_request("type must be quantum, velocity, analysis or agent")
+        })?;
     }
     if let Some(s) = &params.status {
         TaskStatus::parse(s).ok_or_else(|| {
