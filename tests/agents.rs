@@ -19,47 +19,8 @@ struct Toolbox {
     provider: StandIn,
 }
 
-fn toolbox_client(token: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
-    headers.insert("x-frontend-source", "toolbox".parse().unwrap());
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
-
-fn with_provider(c: &mut Config, provider: &StandIn) {
-    c.openai_api_key = Some("sk-stand-in".into());
-    c.openai_base_url = provider.base_url.clone();
-    c.openai_model = "gpt-test".into();
-    c.provider_max_retries = 0;
-    c.provider_retry_base_ms = 10;
-    c.provider_first_token_timeout_ms = 5_000;
-    c.provider_total_timeout_secs = 30;
-}
-
-async fn enable_toolbox(app: &common::TestApp, client: &reqwest::Client, org: &str) {
-    let res = client
-        .put(app.url(&format!("/api/v1/organizations/{org}/frontends")))
-        .json(&json!({ "frontend": "toolbox", "enabled": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "enable toolbox");
-}
-
 async fn start(tune: impl FnOnce(&mut Config)) -> Toolbox {
-    let provider = StandIn::start().await;
-    let p = provider.clone();
-    let app = common::spawn_app_with(move |c| {
-        with_provider(c, &p);
-        tune(c);
-    })
-    .await;
-    enable_toolbox(&app, &app.client, &app.tenant.organization_id).await;
-    let client = toolbox_client(&app.tenant.access_token);
+    let (app, client, provider) = common::spawn_with_stand_in("toolbox", tune).await;
     Toolbox {
         app,
         client,
@@ -356,8 +317,8 @@ async fn another_organizations_execution_is_not_found_and_its_list_is_its_own() 
     let id = done["id"].as_str().unwrap();
     let other = common::create_tenant(&t.app.anonymous, &t.app.base, "other").await;
     let other_client = common::client_for(&other);
-    enable_toolbox(&t.app, &other_client, &other.organization_id).await;
-    let other_client = toolbox_client(&other.access_token);
+    common::enable_frontend(&t.app, &other_client, &other.organization_id, "toolbox").await;
+    let other_client = common::frontend_client(&other.access_token, "toolbox");
     let (status, _) =
         send(other_client.get(t.app.url(&format!("/api/v1/agents/executions/{id}")))).await;
     assert_eq!(status, 404);
@@ -497,7 +458,7 @@ async fn a_breaker_opened_in_one_process_is_shown_and_reset_everywhere_by_an_adm
     })
     .await;
     let second = common::spawn_second_app_with(&t.app, |c| {
-        with_provider(c, &t.provider);
+        common::with_stand_in(c, &t.provider);
         c.provider_breaker_failures = 1;
         c.provider_breaker_open_secs = 600;
         c.run_swarm_scheduler = false;
@@ -541,7 +502,7 @@ async fn a_breaker_opened_in_one_process_is_shown_and_reset_everywhere_by_an_adm
 
     // A member may not reset; an admin may, through the other process.
     let member = common::add_member(&t.app, "member").await;
-    let member_client = toolbox_client(&member.access_token);
+    let member_client = common::frontend_client(&member.access_token, "toolbox");
     let (status, error) =
         send(member_client.post(second.url("/api/v1/system/circuit-breakers/openai/reset"))).await;
     assert_eq!(status, 403, "{error}");
@@ -651,7 +612,7 @@ async fn node_report(script: &str, config: Value) -> Value {
 async fn pusher_js_watches_an_execution_from_started_to_content_generated_on_another_process() {
     let t = start(|_| {}).await;
     let second = common::spawn_second_app_with(&t.app, |c| {
-        with_provider(c, &t.provider);
+        common::with_stand_in(c, &t.provider);
         c.run_swarm_scheduler = false;
     })
     .await;

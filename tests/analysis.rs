@@ -12,7 +12,6 @@ use common::stand_in::{Reply, Script, StandIn};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use universal_backend::config::Config;
 use universal_backend::http::admin::set_operator;
 use universal_backend::store::{PgEventStore, PgStoreConfig};
 
@@ -134,16 +133,6 @@ impl LegacyServer {
         let _ = socket.write_all(response.as_bytes()).await;
         let _ = socket.shutdown().await;
     }
-}
-
-fn with_provider(c: &mut Config, provider: &StandIn) {
-    c.openai_api_key = Some("sk-stand-in".into());
-    c.openai_base_url = provider.base_url.clone();
-    c.openai_model = "gpt-test".into();
-    c.provider_max_retries = 0;
-    c.provider_retry_base_ms = 10;
-    c.provider_first_token_timeout_ms = 5_000;
-    c.provider_total_timeout_secs = 30;
 }
 
 fn insight_script(text: &str) -> Reply {
@@ -273,7 +262,7 @@ async fn an_analysis_goes_from_start_to_a_report_with_results_and_insights() {
     let provider = StandIn::start().await;
     provider.then(insight_script("Checkout speed hurts customers most."));
     let p = provider.clone();
-    let app = common::spawn_app_with(move |c| with_provider(c, &p)).await;
+    let app = common::spawn_app_with(move |c| common::with_stand_in(c, &p)).await;
     let id = start_analysis(&app).await;
 
     let view = finished(&app, &id).await;
@@ -509,7 +498,7 @@ async fn legacy_routes_are_proxied_until_their_flag_moves_them_here() {
     let provider = StandIn::start().await;
     let (p, url) = (provider.clone(), legacy.url.clone());
     let app = common::spawn_app_with(move |c| {
-        with_provider(c, &p);
+        common::with_stand_in(c, &p);
         c.legacy_backend_url = Some(url);
     })
     .await;
@@ -704,7 +693,7 @@ async fn a_route_failing_here_rolls_back_to_legacy_by_itself() {
     }
     let (p, url) = (provider.clone(), legacy.url.clone());
     let app = common::spawn_app_with(move |c| {
-        with_provider(c, &p);
+        common::with_stand_in(c, &p);
         c.legacy_backend_url = Some(url);
         c.flag_rollback_min_requests = 4;
         c.flag_rollback_threshold = 0.05;
@@ -771,7 +760,7 @@ async fn a_route_failing_here_rolls_back_to_legacy_by_itself() {
     // A second process that measured the same failure records no second flip.
     let (p, url) = (provider.clone(), legacy.url.clone());
     let second = common::spawn_second_app_with(&app, move |c| {
-        with_provider(c, &p);
+        common::with_stand_in(c, &p);
         c.legacy_backend_url = Some(url);
         c.flag_rollback_min_requests = 4;
     })
@@ -841,7 +830,7 @@ async fn compare_mode_tells_matching_answers_from_differing_ones() {
     let provider = StandIn::start().await;
     let (p, url) = (provider.clone(), legacy.url.clone());
     let app = common::spawn_app_with(move |c| {
-        with_provider(c, &p);
+        common::with_stand_in(c, &p);
         c.legacy_backend_url = Some(url);
     })
     .await;
@@ -896,7 +885,7 @@ async fn the_real_socket_io_client_follows_an_analysis_on_its_namespace() {
         ..Script::default()
     }));
     let p = provider.clone();
-    let app = common::spawn_app_with(move |c| with_provider(c, &p)).await;
+    let app = common::spawn_app_with(move |c| common::with_stand_in(c, &p)).await;
     let stranger = common::create_tenant(&app.anonymous, &app.base, "stranger").await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/socketio");
     assert!(

@@ -20,47 +20,13 @@ struct Chat {
     provider: StandIn,
 }
 
-fn flowmind_client(token: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
-    headers.insert("x-frontend-source", "flowmind".parse().unwrap());
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
-
-fn with_provider(c: &mut Config, provider: &StandIn) {
-    c.openai_api_key = Some("sk-stand-in".into());
-    c.openai_base_url = provider.base_url.clone();
-    c.openai_model = "gpt-test".into();
-    c.provider_max_retries = 2;
-    c.provider_retry_base_ms = 10;
-    c.provider_first_token_timeout_ms = 5_000;
-    c.provider_total_timeout_secs = 30;
-}
-
-async fn enable_flowmind(app: &common::TestApp, client: &reqwest::Client, org: &str) {
-    let res = client
-        .put(app.url(&format!("/api/v1/organizations/{org}/frontends")))
-        .json(&json!({ "frontend": "flowmind", "enabled": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "enable flowmind");
-}
-
 async fn start(tune: impl FnOnce(&mut Config)) -> Chat {
-    let provider = StandIn::start().await;
-    let p = provider.clone();
-    let app = common::spawn_app_with(move |c| {
-        with_provider(c, &p);
+    // Chats retry before the first token (twice), as FlowMind's settings do.
+    let (app, client, provider) = common::spawn_with_stand_in("flowmind", |c| {
+        c.provider_max_retries = 2;
         tune(c);
     })
     .await;
-    enable_flowmind(&app, &app.client, &app.tenant.organization_id).await;
-    let client = flowmind_client(&app.tenant.access_token);
     Chat {
         app,
         client,
@@ -563,15 +529,16 @@ async fn another_organizations_or_another_members_session_answers_404() {
     let session = chat.session(json!({ "title": "Private" })).await;
 
     let outsider = common::create_tenant(&chat.app.anonymous, &chat.app.base, "outsider").await;
-    let admin = flowmind_client(&outsider.access_token);
-    enable_flowmind(
+    let admin = common::frontend_client(&outsider.access_token, "flowmind");
+    common::enable_frontend(
         &chat.app,
         &common::client_for(&outsider),
         &outsider.organization_id,
+        "flowmind",
     )
     .await;
     let member = common::add_member(&chat.app, "member").await;
-    let colleague = flowmind_client(&member.access_token);
+    let colleague = common::frontend_client(&member.access_token, "flowmind");
     for client in [&admin, &colleague] {
         let base = chat.app.url(&format!("/api/v1/ai/sessions/{session}"));
         let (status, body) = send(client, &base, reqwest::Method::GET, None).await;
@@ -655,8 +622,8 @@ async fn another_organizations_or_another_members_session_answers_404() {
 #[actix_web::test]
 async fn in_production_without_a_provider_key_posting_answers_503_and_writes_nothing() {
     let app = common::spawn_app_with(|c| c.node_env = "production".into()).await;
-    enable_flowmind(&app, &app.client, &app.tenant.organization_id).await;
-    let client = flowmind_client(&app.tenant.access_token);
+    common::enable_frontend(&app, &app.client, &app.tenant.organization_id, "flowmind").await;
+    let client = common::frontend_client(&app.tenant.access_token, "flowmind");
     let (_, models) = send(
         &client,
         &app.url("/api/v1/ai/models"),
@@ -690,8 +657,8 @@ async fn in_production_without_a_provider_key_posting_answers_503_and_writes_not
 #[actix_web::test]
 async fn development_without_keys_chats_with_the_labelled_local_echo_provider() {
     let app = common::spawn_app().await;
-    enable_flowmind(&app, &app.client, &app.tenant.organization_id).await;
-    let client = flowmind_client(&app.tenant.access_token);
+    common::enable_frontend(&app, &app.client, &app.tenant.organization_id, "flowmind").await;
+    let client = common::frontend_client(&app.tenant.access_token, "flowmind");
     let (_, created) = send(
         &client,
         &app.url("/api/v1/ai/sessions"),
@@ -721,7 +688,8 @@ async fn a_reply_started_through_one_process_streams_through_another_and_an_idem
     let chat = start(|_| {}).await;
     let provider = chat.provider.clone();
     let other =
-        common::spawn_second_app_with(&chat.app, move |c| with_provider(c, &provider)).await;
+        common::spawn_second_app_with(&chat.app, move |c| common::with_stand_in(c, &provider))
+            .await;
     let session = chat.session(json!({})).await;
     chat.provider.then(Reply::Stream(slow_script()));
     let key = uuid::Uuid::new_v4().to_string();
@@ -783,10 +751,11 @@ async fn a_reply_started_through_one_process_streams_through_another_and_an_idem
 async fn the_real_socket_io_client_follows_replies_on_flowmind_and_rejoins_mid_reply() {
     let chat = start(|_| {}).await;
     let member = common::add_member(&chat.app, "member").await;
-    enable_flowmind(
+    common::enable_frontend(
         &chat.app,
         &chat.app.client,
         &chat.app.tenant.organization_id,
+        "flowmind",
     )
     .await;
     // The first reply is the default one; the second streams slowly.
@@ -848,10 +817,11 @@ async fn native_websocket_subscribers_of_a_session_stream_get_the_reply_and_othe
         json!({ "type": "subscribe", "id": "s", "target": { "stream": format!("conversation-{session}") }, "from": "now" })
             .to_string()
     };
-    enable_flowmind(
+    common::enable_frontend(
         &chat.app,
         &chat.app.client,
         &chat.app.tenant.organization_id,
+        "flowmind",
     )
     .await;
     let (mut theirs, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
@@ -930,7 +900,8 @@ async fn a_reply_whose_process_stopped_is_failed_as_interrupted_and_the_session_
     // Another process finds the reply streaming with no worker, and fails it.
     let provider = chat.provider.clone();
     let mut config = common::test_config(chat.app.database_url.clone());
-    with_provider(&mut config, &provider);
+    common::with_stand_in(&mut config, &provider);
+    config.provider_max_retries = 2;
     let other = universal_backend::Application::build(config).await.unwrap();
     let state = other.state();
     let base = format!("http://127.0.0.1:{}", other.port());

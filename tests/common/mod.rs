@@ -327,3 +327,56 @@ pub async fn recv(ws: &mut Socket) -> serde_json::Value {
         }
     }
 }
+
+/// A client that calls as `frontend` does: the bearer `token` and `X-Frontend-Source`.
+pub fn frontend_client(token: &str, frontend: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    headers.insert("x-frontend-source", frontend.parse().unwrap());
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// The server's OpenAI-compatible provider is `provider` (model `gpt-test`), without
+/// retries and with short time limits.
+pub fn with_stand_in(c: &mut Config, provider: &stand_in::StandIn) {
+    c.openai_api_key = Some("sk-stand-in".into());
+    c.openai_base_url = provider.base_url.clone();
+    c.openai_model = "gpt-test".into();
+    c.provider_max_retries = 0;
+    c.provider_retry_base_ms = 10;
+    c.provider_first_token_timeout_ms = 5_000;
+    c.provider_total_timeout_secs = 30;
+}
+
+/// Turns `frontend` on for organization `org`, as its admin (`client`).
+pub async fn enable_frontend(app: &TestApp, client: &reqwest::Client, org: &str, frontend: &str) {
+    let res = client
+        .put(app.url(&format!("/api/v1/organizations/{org}/frontends")))
+        .json(&serde_json::json!({ "frontend": frontend, "enabled": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "enable {frontend}");
+}
+
+/// A server whose provider is a fresh stand-in, with `frontend` on for its tenant: the
+/// server, a client of the tenant calling as `frontend`, and the stand-in.
+pub async fn spawn_with_stand_in(
+    frontend: &str,
+    tune: impl FnOnce(&mut Config),
+) -> (TestApp, reqwest::Client, stand_in::StandIn) {
+    let provider = stand_in::StandIn::start().await;
+    let p = provider.clone();
+    let app = spawn_app_with(move |c| {
+        with_stand_in(c, &p);
+        tune(c);
+    })
+    .await;
+    enable_frontend(&app, &app.client, &app.tenant.organization_id, frontend).await;
+    let client = frontend_client(&app.tenant.access_token, frontend);
+    (app, client, provider)
+}
