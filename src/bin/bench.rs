@@ -98,9 +98,15 @@ struct Target {
     sensor: String,
 }
 
-/// Signs up, creates an organization with CityPulse and logs in; returns a client that
-/// sends the token and `X-Frontend-Source` with every request.
-async fn tenant_client(base: &str, idle: usize, frontend: &str) -> anyhow::Result<reqwest::Client> {
+/// Signs up, creates an organization with the `enable` frontends on and logs in; returns a
+/// client that sends the token and `X-Frontend-Source: frontend` with every request, and the
+/// organization's id.
+async fn tenant(
+    base: &str,
+    idle: usize,
+    enable: &[&str],
+    frontend: &str,
+) -> anyhow::Result<(reqwest::Client, String)> {
     let anon = reqwest::Client::new();
     let email = format!("bench-{}@example.org", uuid::Uuid::new_v4().simple());
     let password = "Bench-Password-42";
@@ -119,19 +125,21 @@ async fn tenant_client(base: &str, idle: usize, frontend: &str) -> anyhow::Resul
     let org: Value = anon
         .post(format!("{base}/api/v1/organizations"))
         .bearer_auth(&token)
-        .json(&json!({ "name": "Bench City" }))
+        .json(&json!({ "name": "Bench" }))
         .send()
         .await?
         .error_for_status()?
         .json()
         .await?;
     let org_id = org["id"].as_str().unwrap_or_default().to_owned();
-    anon.put(format!("{base}/api/v1/organizations/{org_id}/frontends"))
-        .bearer_auth(&token)
-        .json(&json!({ "frontend": frontend, "enabled": true }))
-        .send()
-        .await?
-        .error_for_status()?;
+    for f in enable {
+        anon.put(format!("{base}/api/v1/organizations/{org_id}/frontends"))
+            .bearer_auth(&token)
+            .json(&json!({ "frontend": f, "enabled": true }))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
     let login: Value = anon
         .post(format!("{base}/api/v1/auth/login"))
         .json(&json!({ "email": email, "password": password, "organization_id": org_id }))
@@ -148,10 +156,16 @@ async fn tenant_client(base: &str, idle: usize, frontend: &str) -> anyhow::Resul
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("authorization", format!("Bearer {access}").parse()?);
     headers.insert("x-frontend-source", frontend.parse()?);
-    Ok(reqwest::Client::builder()
+    let client = reqwest::Client::builder()
         .default_headers(headers)
         .pool_max_idle_per_host(idle)
-        .build()?)
+        .build()?;
+    Ok((client, org_id))
+}
+
+/// A client of a fresh tenant with `frontend` on, calling as `frontend`.
+async fn tenant_client(base: &str, idle: usize, frontend: &str) -> anyhow::Result<reqwest::Client> {
+    Ok(tenant(base, idle, &[frontend], frontend).await?.0)
 }
 
 /// Registers the buildings and their sensors.
@@ -1440,60 +1454,7 @@ mod messaging {
 }
 /// A client of a fresh tenant with Quantum and Velocity Swarm enabled.
 async fn swarm_client(base: &str, frontend: &str) -> anyhow::Result<(reqwest::Client, String)> {
-    let anon = reqwest::Client::new();
-    let email = format!("swarm-bench-{}@example.org", uuid::Uuid::new_v4().simple());
-    let password = "Bench-Password-42";
-    let signed: Value = anon
-        .post(format!("{base}/api/v1/auth/signup"))
-        .json(&json!({ "email": email, "password": password, "display_name": "Bench" }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token = signed["access_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let org: Value = anon
-        .post(format!("{base}/api/v1/organizations"))
-        .bearer_auth(&token)
-        .json(&json!({ "name": "Bench Swarm" }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let org_id = org["id"].as_str().unwrap_or_default().to_owned();
-    for f in ["quantum", "velocity"] {
-        anon.put(format!("{base}/api/v1/organizations/{org_id}/frontends"))
-            .bearer_auth(&token)
-            .json(&json!({ "frontend": f, "enabled": true }))
-            .send()
-            .await?
-            .error_for_status()?;
-    }
-    let login: Value = anon
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({ "email": email, "password": password, "organization_id": org_id }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let access = login["access_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {access}").parse()?);
-    headers.insert("x-frontend-source", frontend.parse()?);
-    Ok((
-        reqwest::Client::builder()
-            .default_headers(headers)
-            .build()?,
-        org_id,
-    ))
+    tenant(base, usize::MAX, &["quantum", "velocity"], frontend).await
 }
 
 /// Submits a task and polls it (every 10 ms) until it ends; returns the task and the
