@@ -14,7 +14,9 @@ use universal_events::building::SensorKind;
 use universal_events::identity::Frontend;
 use uuid::Uuid;
 
-use super::command::{idempotent, if_match, meta, parse_json, wait_for_projection as wait, Answer};
+use super::command::{
+    idempotent, if_match, meta, parse_json, wait_for_projection as wait, Answer, Page,
+};
 use super::error::command_error;
 use super::guard::Principal;
 use super::ApiError;
@@ -480,31 +482,17 @@ async fn list_buildings(
 ) -> Result<HttpResponse, ApiError> {
     let org = who.frontend(&req, Frontend::Citypulse)?;
     wait(&state, DIRECTORY, params.min_position).await?;
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 500"));
-    }
-    let after = match &params.cursor {
-        None => 0,
-        Some(c) => c
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request("cursor is not one this API handed out"))?,
-    };
+    let page = Page::parse(params.limit, (50, 500), &params.cursor, 0)?;
     let mut rows: Vec<BuildingRow> = sqlx::query_as(&format!(
         "SELECT {BUILDING_COLUMNS} FROM buildings WHERE organization_id = $3 \
          AND created_position > $1 ORDER BY created_position LIMIT $2"
     ))
-    .bind(after)
-    .bind(limit + 1)
+    .bind(page.cursor)
+    .bind(page.fetch())
     .bind(org)
     .fetch_all(&state.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.created_position.to_string())
-    } else {
-        None
-    };
+    let next_cursor = page.finish(&mut rows, |r| r.created_position);
     Ok(HttpResponse::Ok().json(json!({ "items": rows, "next_cursor": next_cursor })))
 }
 

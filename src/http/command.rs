@@ -370,12 +370,13 @@ impl Page {
                 "limit must be between 1 and {max}"
             )));
         }
-        let cursor = match cursor {
-            None => start,
-            Some(c) => c
-                .parse::<i64>()
-                .map_err(|_| ApiError::bad_request("cursor is not one this API handed out"))?,
-        };
+        let cursor =
+            match cursor {
+                None => start,
+                Some(c) => c.parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(|| {
+                    ApiError::bad_request("cursor is not one this API handed out")
+                })?,
+            };
         Ok(Self { limit, cursor })
     }
 
@@ -404,6 +405,7 @@ mod page_tests {
         assert!(Page::parse(Some(0), (50, 200), &None, 0).is_err());
         assert!(Page::parse(Some(201), (50, 200), &None, 0).is_err());
         assert!(Page::parse(None, (50, 200), &Some("abc".into()), 0).is_err());
+        assert!(Page::parse(None, (50, 200), &Some("-1".into()), 0).is_err());
         let page = Page::parse(Some(2), (50, 200), &None, 7).unwrap();
         assert_eq!((page.limit, page.cursor, page.fetch()), (2, 7, 3));
         let mut more = vec![10, 11, 12];

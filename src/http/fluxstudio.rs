@@ -20,7 +20,7 @@ use universal_events::project::ProjectStatus;
 use universal_events::team::TeamRole;
 use uuid::Uuid;
 
-use super::command::{idempotent, if_match, meta, parse_json, wait_for_projection, Answer};
+use super::command::{idempotent, if_match, meta, parse_json, wait_for_projection, Answer, Page};
 use super::error::command_error;
 use super::guard::Principal;
 use super::ApiError;
@@ -220,26 +220,6 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// A page cursor handed out by this API: a log position.
-fn cursor(text: &Option<String>) -> Result<i64, ApiError> {
-    match text {
-        None => Ok(i64::MAX),
-        Some(c) => c
-            .parse::<i64>()
-            .ok()
-            .filter(|p| *p >= 0)
-            .ok_or_else(|| ApiError::bad_request("cursor is not one this API handed out")),
-    }
-}
-
-fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
-    let limit = limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 200"));
-    }
-    Ok(limit)
-}
-
 // ---- teams ----
 
 /// A team as the read model has it.
@@ -383,8 +363,7 @@ async fn list_teams(
     q: web::Query<ListTeams>,
 ) -> Result<HttpResponse, ApiError> {
     let org = reader(&who, &req)?;
-    let limit = page_limit(q.limit)?;
-    let before = cursor(&q.cursor)?;
+    let page = Page::parse(q.limit, (50, 200), &q.cursor, i64::MAX)?;
     wait_for_projection(&state, READ_MODEL, q.min_position).await?;
     let mut rows: Vec<TeamSummary> = sqlx::query_as(&format!(
         "SELECT {TEAM_COLUMNS} FROM teams t WHERE organization_id = $1 AND created_position < $2 \
@@ -394,18 +373,13 @@ async fn list_teams(
          ORDER BY created_position DESC LIMIT $3"
     ))
     .bind(org)
-    .bind(before)
-    .bind(limit + 1)
+    .bind(page.cursor)
+    .bind(page.fetch())
     .bind(q.archived)
     .bind(q.member)
     .fetch_all(&state.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.created_position.to_string())
-    } else {
-        None
-    };
+    let next_cursor = page.finish(&mut rows, |r| r.created_position);
     Ok(HttpResponse::Ok().json(json!({ "items": rows, "next_cursor": next_cursor })))
 }
 
@@ -808,8 +782,7 @@ async fn list_projects(
     q: web::Query<ListProjects>,
 ) -> Result<HttpResponse, ApiError> {
     let org = reader(&who, &req)?;
-    let limit = page_limit(q.limit)?;
-    let before = cursor(&q.cursor)?;
+    let page = Page::parse(q.limit, (50, 200), &q.cursor, i64::MAX)?;
     wait_for_projection(&state, READ_MODEL, q.min_position).await?;
     let mut rows: Vec<ProjectSummary> = sqlx::query_as(&format!(
         "SELECT {PROJECT_COLUMNS} FROM projects p WHERE organization_id = $1 \
@@ -820,19 +793,14 @@ async fn list_projects(
          ORDER BY created_position DESC LIMIT $3"
     ))
     .bind(org)
-    .bind(before)
-    .bind(limit + 1)
+    .bind(page.cursor)
+    .bind(page.fetch())
     .bind(q.team_id)
     .bind(q.status.map(ProjectStatus::as_str))
     .bind(q.member)
     .fetch_all(&state.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.created_position.to_string())
-    } else {
-        None
-    };
+    let next_cursor = page.finish(&mut rows, |r| r.created_position);
     Ok(HttpResponse::Ok().json(json!({ "items": rows, "next_cursor": next_cursor })))
 }
 

@@ -21,7 +21,7 @@ use universal_events::swarm::{
 };
 use uuid::Uuid;
 
-use super::command::{idempotent, meta, parse_json, wait_for_projection as wait, Answer};
+use super::command::{idempotent, meta, parse_json, wait_for_projection as wait, Answer, Page};
 use super::error::command_error;
 use super::guard::Principal;
 use super::ApiError;
@@ -610,23 +610,6 @@ struct ListParams {
     min_position: Option<i64>,
 }
 
-fn page(limit: Option<i64>, cursor: &Option<String>) -> Result<(i64, Option<i64>), ApiError> {
-    let limit = limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 500"));
-    }
-    let after = match cursor {
-        None => None,
-        Some(c) => Some(
-            c.parse::<i64>()
-                .ok()
-                .filter(|c| *c >= 0)
-                .ok_or_else(|| ApiError::bad_request("cursor is not one this API handed out"))?,
-        ),
-    };
-    Ok((limit, after))
-}
-
 /// Lists the organization's swarm tasks, newest first; `next_cursor` continues.
 #[utoipa::path(
     get,
@@ -654,7 +637,7 @@ async fn list_tasks(
             )
         })?;
     }
-    let (limit, after) = page(params.limit, &params.cursor)?;
+    let page = Page::parse(params.limit, (50, 500), &params.cursor, i64::MAX)?;
     wait(&state, PROJECTION, params.min_position).await?;
     let mut rows: Vec<TaskRow> = sqlx::query_as(&format!(
         "SELECT {TASK_COLUMNS} FROM swarm_tasks WHERE organization_id = $1 \
@@ -664,16 +647,11 @@ async fn list_tasks(
     .bind(org)
     .bind(&params.task_type)
     .bind(&params.status)
-    .bind(after.unwrap_or(i64::MAX))
-    .bind(limit + 1)
+    .bind(page.cursor)
+    .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.created_position.to_string())
-    } else {
-        None
-    };
+    let next_cursor = page.finish(&mut rows, |r| r.created_position);
     let items: Vec<TaskView> = rows.into_iter().map(TaskRow::view).collect();
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next_cursor })))
 }
@@ -814,7 +792,7 @@ async fn progress(
     params: web::Query<SeriesParams>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, _) = caller(&state, &who, &req)?;
-    let (limit, after) = page(Some(params.limit.unwrap_or(100)), &params.cursor)?;
+    let page = Page::parse(params.limit, (100, 500), &params.cursor, 0)?;
     wait(&state, PROJECTION, params.min_position).await?;
     let id = path.into_inner();
     find_task(&state, org, id).await?;
@@ -823,16 +801,11 @@ async fn progress(
          FROM swarm_progress WHERE task_id = $1 AND position > $2 ORDER BY position LIMIT $3",
     )
     .bind(id)
-    .bind(after.unwrap_or(0))
-    .bind(limit + 1)
+    .bind(page.cursor)
+    .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.position.to_string())
-    } else {
-        None
-    };
+    let next_cursor = page.finish(&mut rows, |r| r.position);
     Ok(HttpResponse::Ok().json(json!({ "items": rows, "next_cursor": next_cursor })))
 }
 
@@ -894,7 +867,7 @@ async fn subtasks(
             return Err(ApiError::bad_request("status must be done or failed"));
         }
     }
-    let (limit, after) = page(Some(params.limit.unwrap_or(100)), &params.cursor)?;
+    let page = Page::parse(params.limit, (100, 500), &params.cursor, 0)?;
     wait(&state, PROJECTION, params.min_position).await?;
     let id = path.into_inner();
     find_task(&state, org, id).await?;
@@ -904,14 +877,15 @@ async fn subtasks(
          ORDER BY index LIMIT $4",
     )
     .bind(id)
-    .bind(after.map_or(0, |a| a.min(i64::from(i32::MAX)) as i32))
+    .bind(page.cursor.min(i64::from(i32::MAX)) as i32)
     .bind(&params.status)
-    .bind(limit + 1)
+    .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
+    // Subtask cursors name the first index of the next page (inclusive).
+    let next_cursor = if rows.len() as i64 > page.limit {
         let next = rows.pop().map(|r| r.index.to_string());
-        rows.truncate(limit as usize);
+        rows.truncate(page.limit as usize);
         next
     } else {
         None
