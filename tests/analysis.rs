@@ -195,6 +195,22 @@ async fn finished(app: &common::TestApp, id: &str) -> Value {
     panic!("analysis {id} did not finish");
 }
 
+/// A server proxying to a fresh legacy backend, with one analysis of its tenant finished:
+/// the legacy backend, the stand-in provider (kept alive), the server and the analysis id.
+async fn finished_beside_legacy() -> (LegacyServer, StandIn, common::TestApp, String) {
+    let legacy = LegacyServer::start().await;
+    let provider = StandIn::start().await;
+    let (p, url) = (provider.clone(), legacy.url.clone());
+    let app = common::spawn_app_with(move |c| {
+        common::with_stand_in(c, &p);
+        c.legacy_backend_url = Some(url);
+    })
+    .await;
+    let id = start_analysis(&app).await;
+    finished(&app, &id).await;
+    (legacy, provider, app, id)
+}
+
 async fn start_analysis(app: &common::TestApp) -> String {
     let (status, body) = send(
         &app.client,
@@ -494,16 +510,7 @@ async fn bad_input_is_refused_and_another_organization_sees_no_analysis() {
 
 #[actix_web::test]
 async fn legacy_routes_are_proxied_until_their_flag_moves_them_here() {
-    let legacy = LegacyServer::start().await;
-    let provider = StandIn::start().await;
-    let (p, url) = (provider.clone(), legacy.url.clone());
-    let app = common::spawn_app_with(move |c| {
-        common::with_stand_in(c, &p);
-        c.legacy_backend_url = Some(url);
-    })
-    .await;
-    let id = start_analysis(&app).await;
-    finished(&app, &id).await;
+    let (legacy, _provider, app, id) = finished_beside_legacy().await;
 
     // On `legacy` (a flag never set), the old backend answers, without our token.
     let res = app
@@ -826,16 +833,7 @@ async fn a_route_failing_here_rolls_back_to_legacy_by_itself() {
 
 #[actix_web::test]
 async fn compare_mode_tells_matching_answers_from_differing_ones() {
-    let legacy = LegacyServer::start().await;
-    let provider = StandIn::start().await;
-    let (p, url) = (provider.clone(), legacy.url.clone());
-    let app = common::spawn_app_with(move |c| {
-        common::with_stand_in(c, &p);
-        c.legacy_backend_url = Some(url);
-    })
-    .await;
-    let id = start_analysis(&app).await;
-    finished(&app, &id).await;
+    let (legacy, _provider, app, id) = finished_beside_legacy().await;
     become_operator(&app).await;
     set_flag(&app, "process-results", "compare").await;
 
