@@ -728,23 +728,29 @@ async fn projects_carry_a_team_members_a_status_and_milestones() {
     f.app.handle.stop(false).await;
 }
 
-#[actix_web::test]
-async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
-    let f = flux_app().await;
+/// A team "Design" and a project "P" made by the admin: their ids and the project's answer.
+async fn team_and_project(f: &Flux) -> (String, String, Value) {
     let (_, team) = send(
         f.admin
             .post(f.url("/api/teams"))
             .json(&json!({ "name": "Design" })),
     )
     .await;
-    let team_id = team["id"].as_str().unwrap().to_owned();
     let (_, project) = send(
         f.admin
             .post(f.url("/api/projects"))
             .json(&json!({ "name": "P" })),
     )
     .await;
+    let team_id = team["id"].as_str().unwrap().to_owned();
     let project_id = project["id"].as_str().unwrap().to_owned();
+    (team_id, project_id, project)
+}
+
+#[actix_web::test]
+async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
+    let f = flux_app().await;
+    let (team_id, project_id, _) = team_and_project(&f).await;
     let outsider = create_tenant(&f.app.anonymous, &f.app.base, "outsider").await;
     let head = f.app.head().await;
 
@@ -826,20 +832,7 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
 #[actix_web::test]
 async fn another_organization_sees_no_team_or_project_and_viewers_only_read() {
     let f = flux_app().await;
-    let (_, team) = send(
-        f.admin
-            .post(f.url("/api/teams"))
-            .json(&json!({ "name": "Design" })),
-    )
-    .await;
-    let team_id = team["id"].as_str().unwrap().to_owned();
-    let (_, project) = send(
-        f.admin
-            .post(f.url("/api/projects"))
-            .json(&json!({ "name": "P" })),
-    )
-    .await;
-    let project_id = project["id"].as_str().unwrap().to_owned();
+    let (team_id, project_id, project) = team_and_project(&f).await;
     let at = project["position"].as_i64().unwrap();
 
     // Another organization with FluxStudio enabled.
