@@ -14,9 +14,14 @@
 //!   ends. A worker of another process learns it at its next write (the actor answers that
 //!   the reply is no longer active) or, when the provider is silent, within
 //!   [`STALL_CHECK`]; text it gathered but had not written is then dropped.
-//! - **Crashed workers.** A reply whose process died stays `streaming` in the log. Any process
-//!   fails such a reply (error class `interrupted`) once it is older than the provider's total
-//!   time limit plus a margin ([`sweep_interrupted`]); the user may also cancel it at once.
+//! - **Crashed workers.** A reply whose process died stays `streaming` in the log. Each
+//!   worker holds a row in `chat_reply_workers` that its process refreshes every
+//!   [`WORKER_BEAT`]; every process sweeps every [`SWEEP_EVERY`] and fails (error class
+//!   `interrupted`) the streaming replies whose worker row is missing or older than
+//!   [`WORKER_STALE`] — within about 20 s of a `kill -9` — and, as a backstop, any reply
+//!   streaming longer than the provider's total time limit plus a minute
+//!   ([`sweep_interrupted`]). The user may also cancel it at once. The sweep runs on the
+//!   actix system (it may start a session's actor) under `crate::rt::supervise`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +43,13 @@ use crate::providers::{
 
 /// How often a worker whose provider is silent checks that its reply is still wanted.
 pub const STALL_CHECK: Duration = Duration::from_secs(1);
+/// How often a process refreshes the rows of the reply workers it runs.
+pub const WORKER_BEAT: Duration = Duration::from_secs(2);
+/// A worker row not refreshed for this long belongs to a process that is gone; a reply
+/// younger than this is never swept (its worker may be registering).
+pub const WORKER_STALE: Duration = Duration::from_secs(10);
+/// How often every process looks for replies whose worker is gone.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Attempts to write one report when the store does not answer.
 const WRITE_ATTEMPTS: u32 = 4;
 
@@ -85,6 +97,10 @@ pub struct Chat {
     /// Replies streaming in this process → how to stop them (the sender answers once the
     /// worker has written what it gathered).
     running: Arc<DashMap<Uuid, oneshot::Sender<oneshot::Sender<()>>>>,
+    pool: PgPool,
+    /// This process, as named in `chat_reply_workers`.
+    process: Uuid,
+    stopped: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Chat {
@@ -92,12 +108,89 @@ impl Chat {
         sessions: Registry<Conversation>,
         providers: Providers,
         settings: ChatSettings,
+        pool: PgPool,
     ) -> Self {
         Self {
             sessions: Arc::new(sessions),
             providers,
             settings: Arc::new(settings),
             running: Arc::new(DashMap::new()),
+            pool,
+            process: Uuid::new_v4(),
+            stopped: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    /// Refreshes this process's worker rows every [`WORKER_BEAT`] and sweeps for replies
+    /// whose worker is gone every [`SWEEP_EVERY`], until [`Chat::stop`]. Runs on the actix
+    /// system, supervised: a panic is logged and the loop starts again.
+    pub fn keep_watch(&self) {
+        let chat = self.clone();
+        crate::rt::supervise("chat-workers", move || {
+            let chat = chat.clone();
+            async move {
+                let mut stopped = chat.stopped.subscribe();
+                let mut beat = tokio::time::interval(WORKER_BEAT);
+                beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut sweep = tokio::time::interval(SWEEP_EVERY);
+                sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stopped.wait_for(|s| *s) => return,
+                        _ = beat.tick() => {
+                            if let Err(e) = chat.beat().await {
+                                tracing::warn!(error = %e, "refreshing the reply workers failed");
+                            }
+                        }
+                        _ = sweep.tick() => {
+                            let margin = interrupted_after(&chat);
+                            if let Err(e) = sweep_interrupted(&chat, &chat.pool, margin).await {
+                                tracing::warn!(error = %e, "sweeping interrupted replies failed");
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Stops refreshing this process's worker rows (its workers end with the process; other
+    /// processes then fail their replies as interrupted).
+    pub fn stop(&self) {
+        self.stopped.send_replace(true);
+    }
+
+    async fn beat(&self) -> Result<(), sqlx::Error> {
+        if self.running.is_empty() {
+            return Ok(());
+        }
+        tokio::time::timeout(
+            WORKER_BEAT * 2,
+            sqlx::query("UPDATE chat_reply_workers SET seen_at = now() WHERE process = $1")
+                .bind(self.process)
+                .execute(&self.pool),
+        )
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)?
+        .map(|_| ())
+    }
+
+    /// Registers (or, with `claim` false, removes) the worker row of `reply_id`. A failure is
+    /// only logged: at worst a live reply is failed as interrupted, never left streaming.
+    async fn register(&self, reply_id: Uuid, claim: bool) {
+        let query = if claim {
+            sqlx::query(
+                "INSERT INTO chat_reply_workers (reply_id, process) VALUES ($1, $2) \
+                 ON CONFLICT (reply_id) DO UPDATE SET process = $2, seen_at = now()",
+            )
+            .bind(reply_id)
+            .bind(self.process)
+        } else {
+            sqlx::query("DELETE FROM chat_reply_workers WHERE reply_id = $1").bind(reply_id)
+        };
+        let done = tokio::time::timeout(WORKER_BEAT * 2, query.execute(&self.pool)).await;
+        if !matches!(done, Ok(Ok(_))) {
+            tracing::warn!(reply = %reply_id, claim, "the reply's worker row was not written");
         }
     }
 
@@ -120,10 +213,16 @@ impl Chat {
         let (stop_tx, stop_rx) = oneshot::channel();
         self.running.insert(job.reply_id, stop_tx);
         let chat = self.clone();
-        tokio::spawn(async move {
-            // Removed from `running` however the task ends, also when its runtime stops.
-            let _running = Running(chat.clone(), job.reply_id);
-            Worker::new(&chat, job, provider).run(stop_rx).await;
+        // On the actix system: the worker's reports may start the session's actor.
+        actix_web::rt::spawn(async move {
+            let reply_id = job.reply_id;
+            chat.register(reply_id, true).await;
+            {
+                // Removed from `running` however the task ends, also when its runtime stops.
+                let _running = Running(chat.clone(), reply_id);
+                Worker::new(&chat, job, provider).run(stop_rx).await;
+            }
+            chat.register(reply_id, false).await;
         });
         metrics::gauge!("ub_chat_replies_running").set(self.running.len() as f64);
     }
@@ -440,20 +539,26 @@ pub fn interrupted_after(chat: &Chat) -> Duration {
     chat.settings.total_timeout + Duration::from_secs(60)
 }
 
-/// Fails the replies that have been streaming for longer than `margin` (see
-/// [`interrupted_after`]) and have no worker in this process: their worker's process is
-/// gone. Runs in every process; a reply another process already ended is simply refused.
-/// Returns how many replies it failed.
+/// Fails the streaming replies whose worker is gone: its row in `chat_reply_workers` is
+/// missing or stale (older than [`WORKER_STALE`]), or the reply has been streaming for
+/// longer than `margin` (see [`interrupted_after`]) whatever its row says. Replies with a
+/// worker in this process are left alone. Runs in every process; a reply another process
+/// already ended is simply refused. Returns how many replies it failed.
 pub async fn sweep_interrupted(
     chat: &Chat,
     pool: &PgPool,
     margin: Duration,
 ) -> anyhow::Result<usize> {
+    let grace = margin.min(WORKER_STALE);
     let rows: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
         "SELECT m.id, m.session_id, m.organization_id FROM chat_messages m \
+         LEFT JOIN chat_reply_workers w ON w.reply_id = m.id \
          WHERE m.status = 'streaming' AND m.created_at < now() - make_interval(secs => $1) \
+           AND (w.reply_id IS NULL OR w.seen_at < now() - make_interval(secs => $1) \
+                OR m.created_at < now() - make_interval(secs => $2)) \
          ORDER BY m.created_at LIMIT 100",
     )
+    .bind(grace.as_secs_f64())
     .bind(margin.as_secs_f64())
     .fetch_all(pool)
     .await?;
@@ -474,13 +579,16 @@ pub async fn sweep_interrupted(
         };
         let mut meta = CommandMeta::new();
         meta.organization_id = Some(organization_id);
-        if chat
-            .sessions
-            .execute(session_id, cmd, None, meta)
-            .await
-            .is_ok()
-        {
-            failed += 1;
+        match chat.sessions.execute(session_id, cmd, None, meta).await {
+            Ok(_) => {
+                failed += 1;
+                tracing::info!(reply = %reply_id, "a reply whose worker is gone was failed as interrupted");
+                let _ = sqlx::query("DELETE FROM chat_reply_workers WHERE reply_id = $1")
+                    .bind(reply_id)
+                    .execute(pool)
+                    .await;
+            }
+            Err(e) => tracing::debug!(reply = %reply_id, error = %e, "interrupted reply not failed"),
         }
     }
     Ok(failed)

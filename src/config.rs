@@ -250,6 +250,25 @@ pub struct Config {
     /// URL prefixes that batch HTTP subtasks may call, comma-separated (empty: none).
     #[arg(long, env = "SWARM_HTTP_ALLOWLIST", default_value = "")]
     pub swarm_http_allowlist: String,
+    /// Most swarm tasks of one user running at once, over all of their organizations.
+    #[arg(long, env = "SWARM_MAX_CONCURRENT_PER_USER", default_value_t = 3)]
+    pub swarm_max_concurrent_per_user: usize,
+    /// Most swarm tasks (of every kind) one organization may have waiting; a task over it is
+    /// refused with 429.
+    #[arg(long, env = "SWARM_MAX_QUEUED_PER_ORG", default_value_t = 100)]
+    pub swarm_max_queued_per_org: usize,
+    /// Memory, in MiB, that the swarm workers of one process may use at once. A task whose
+    /// smallest unit of work (one optimization) needs more is refused at admission (422);
+    /// below it, a batch runs as many subtasks at once as fit, whatever its `concurrency`.
+    #[arg(long, env = "WORKER_MEMORY_BUDGET_MB", default_value_t = 512)]
+    pub worker_memory_budget_mb: u64,
+    /// CPU-bound swarm work (optimizations) running at once in one process (0: one per core).
+    #[arg(long, env = "WORKER_CPU_SLOTS", default_value_t = 0)]
+    pub worker_cpu_slots: usize,
+    /// Attempts of a swarm task that may end with the death of their process; at this many
+    /// the task is failed as `abandoned` and never started again.
+    #[arg(long, env = "TASK_MAX_ATTEMPTS", default_value_t = 3)]
+    pub task_max_attempts: u32,
     /// Take part in leading the swarm task scheduler (one process leads at a time).
     #[arg(long, env = "RUN_SWARM_SCHEDULER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_swarm_scheduler: bool,

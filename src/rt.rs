@@ -65,3 +65,40 @@ impl Drop for ThreadTask {
         self.stop.take();
     }
 }
+
+/// Runs a background task of the server on the actix system (so that it may start entity
+/// actors) and keeps it running: when the future made by `make` panics, the panic is logged
+/// with the task's name and a fresh future is made after a pause that doubles from one
+/// second up to a minute (reset once a run lasted a minute). A future that returns ends
+/// the task for good (its owner is gone). Must be called on the actix system.
+pub fn supervise<M, F>(name: &'static str, mut make: M)
+where
+    M: FnMut() -> F + 'static,
+    F: Future<Output = ()> + 'static,
+{
+    actix_web::rt::spawn(async move {
+        let mut pause = std::time::Duration::from_secs(1);
+        loop {
+            let started = std::time::Instant::now();
+            match actix_web::rt::spawn(make()).await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    metrics::counter!("ub_background_task_restarts_total", "task" => name)
+                        .increment(1);
+                    if started.elapsed() >= std::time::Duration::from_secs(60) {
+                        pause = std::time::Duration::from_secs(1);
+                    }
+                    tracing::error!(
+                        task = name,
+                        restart_in = ?pause,
+                        "background task panicked; restarting it"
+                    );
+                    actix_web::rt::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(60));
+                }
+                // Cancelled: its runtime is stopping.
+                Err(_) => return,
+            }
+        }
+    });
+}

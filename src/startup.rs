@@ -208,21 +208,10 @@ impl Application {
             Registry::new(store.clone(), config.runtime()),
             providers.clone(),
             crate::chat::ChatSettings::from_config(&config),
+            pool.clone(),
         );
-        {
-            // Replies whose worker's process died are failed after the provider time limit.
-            let (chat, pool) = (chat.clone(), pool.clone());
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(30));
-                loop {
-                    every.tick().await;
-                    let margin = crate::chat::interrupted_after(&chat);
-                    if let Err(e) = crate::chat::sweep_interrupted(&chat, &pool, margin).await {
-                        tracing::debug!(error = %e, "sweeping interrupted replies failed");
-                    }
-                }
-            });
-        }
+        // Replies whose worker's process died are failed as interrupted by any process.
+        chat.keep_watch();
         let pusher = crate::gateways::pusher::Hub::start(
             &config,
             pool.clone(),
@@ -257,7 +246,9 @@ impl Application {
             projects: Registry::new(store.clone(), config.runtime()),
             google: Arc::new(crate::google::GoogleVerifier::from_config(&config)),
             swarm_tasks: Registry::new(store.clone(), config.runtime()),
-            swarm: crate::tasks::Scheduler::new(),
+            swarm: crate::tasks::Scheduler::new(crate::tasks::admission::WorkerBudget::from_config(
+                &config,
+            )),
             flags: Registry::new(store.clone(), config.runtime()),
             legacy: Arc::new(crate::http::legacy::Legacy::new(&config)),
         });
@@ -321,7 +312,8 @@ impl Application {
     /// flushes pending appends and stops the projections.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let result = self.server.await;
-        self.state.swarm.stop();
+        self.state.swarm.release(&self.state).await;
+        self.state.chat.stop();
         self.state.store.shutdown().await;
         if let Some(runners) = self.runners {
             runners.stop();

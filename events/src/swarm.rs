@@ -347,12 +347,15 @@ pub struct SwarmTaskCancelled {
     pub cancelled_at: DateTime<Utc>,
 }
 
-/// Attempt `attempt` was running when the process that ran it died; the scheduler starts it
-/// again.
+/// Attempt `attempt` was running when the process that ran it died, or (`released`) when
+/// that process let it go on a graceful shutdown; the scheduler starts it again. Deaths
+/// count towards the task's attempt limit, releases do not.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SwarmTaskInterrupted {
     pub attempt: u32,
     pub interrupted_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 /// An analysis went through `done` of its `total` documents (its `updates`).

@@ -143,6 +143,10 @@ pub enum CommandError<D: std::error::Error> {
     Store(String),
     #[error("the entity could not be reached")]
     Unavailable,
+    /// Other writers kept winning the race for the stream until the runtime's deadline
+    /// ([`CONTENTION_DEADLINE`]); nothing was written and the command may be retried.
+    #[error("the entity is too busy: {attempts} appends were beaten by other writers")]
+    Contended { attempts: u32 },
     /// The events cannot be stored as they are (the store's own limits); nothing was written.
     #[error("the command's events cannot be stored: {0}")]
     Invalid(String),
@@ -468,10 +472,15 @@ async fn run_command<E: Entity>(
             Err(e) => return store_error(&e),
         }
     }
-    // Each pass that finds the copy stale reads the tail and goes round again; the passes
-    // are bounded so that a stream written without pause cannot hold a command forever.
+    // A pass that finds the copy stale reads the tail and goes round again. A command that
+    // named no version (no `If-Match`) asked for no expectation: a conflict with another
+    // process's append is this runtime's business, retried after catching up (with a
+    // jittered pause once it repeats) until it succeeds or [`CONTENTION_DEADLINE`] passes.
+    // Only a command that named a version may end in `Conflict`.
+    let deadline = Instant::now() + CONTENTION_DEADLINE;
     let mut refreshed = false;
-    for _ in 0..3 {
+    let mut clashes = 0u32;
+    loop {
         if let Some(expected) = msg.expected {
             if expected != current.version {
                 if !refreshed {
@@ -523,6 +532,10 @@ async fn run_command<E: Entity>(
                 if snapshot_every > 0 && result.version / snapshot_every > before / snapshot_every {
                     save_snapshot_later(store.clone(), stream.clone(), &current);
                 }
+                if clashes > 0 {
+                    metrics::histogram!("ub_command_contention_retries", "kind" => E::CATEGORY)
+                        .record(f64::from(clashes));
+                }
                 let reply = CommandReply {
                     version: result.version,
                     position: result.position,
@@ -545,6 +558,7 @@ async fn run_command<E: Entity>(
             Err(AppendError::WrongVersion { actual, .. }) => {
                 // Another process wrote the stream: catch up and decide again.
                 refreshed = true;
+                clashes += 1;
                 if let Err(e) = catch_up(store.as_ref(), &stream, &mut current).await {
                     return store_error(&e);
                 }
@@ -556,14 +570,24 @@ async fn run_command<E: Entity>(
                         Err(e) => return store_error(&e),
                     }
                 }
-                if current.version < actual {
-                    return (
-                        Current::default(),
-                        Err(CommandError::Conflict {
-                            expected: before,
-                            actual,
-                        }),
-                    );
+                if let Some(expected) = msg.expected {
+                    // The caller's version was current when checked, and is not any more.
+                    let actual = actual.max(current.version);
+                    return (current, Err(CommandError::Conflict { expected, actual }));
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(stream, clashes, "command gave up on a contended stream");
+                    return (current, Err(CommandError::Contended { attempts: clashes }));
+                }
+                if current.version < actual || clashes > 1 {
+                    // The competing commit is not visible yet, or writers keep colliding:
+                    // step aside for a moment so that they stop meeting in lockstep.
+                    tokio::time::sleep(contention_pause(clashes)).await;
+                    if current.version < actual {
+                        if let Err(e) = catch_up(store.as_ref(), &stream, &mut current).await {
+                            return store_error(&e);
+                        }
+                    }
                 }
             }
             Err(AppendError::Invalid(why)) => {
@@ -572,14 +596,16 @@ async fn run_command<E: Entity>(
             Err(e) => return store_error(&e),
         }
     }
-    let actual = current.version;
-    (
-        current,
-        Err(CommandError::Conflict {
-            expected: msg.expected.unwrap_or(actual),
-            actual,
-        }),
-    )
+}
+
+/// How long a command without `If-Match` keeps retrying appends that other processes beat.
+pub const CONTENTION_DEADLINE: Duration = Duration::from_secs(2);
+
+/// A random pause of up to 2^clashes ms (at most 50 ms) before the next try.
+fn contention_pause(clashes: u32) -> Duration {
+    let ceiling = (1u64 << clashes.min(6)).min(50);
+    let jitter = (Uuid::new_v4().as_u128() as u64) % (ceiling + 1);
+    Duration::from_millis(jitter)
 }
 
 fn save_snapshot_later<E: Entity>(store: Arc<dyn EventStore>, stream: String, c: &Current<E>) {

@@ -79,6 +79,8 @@ pub const MAX_INSIGHTS: u32 = 200;
 pub const MAX_INSIGHT: usize = 8_000;
 /// Largest `task_data` of an agent execution, as JSON.
 pub const MAX_TASK_DATA: usize = 16 * 1024;
+/// How the error of an abandoned task begins.
+pub const ABANDONED: &str = "abandoned: ";
 /// Most provider calls of one attempt of an agent execution (the first and one retry).
 pub const MAX_AGENT_CALLS: u32 = 2;
 
@@ -167,8 +169,16 @@ pub enum SwarmCommand {
     },
     /// From a user.
     Cancel { at: DateTime<Utc> },
-    /// From the scheduler: the attempt's process died.
-    Interrupt { attempt: u32, at: DateTime<Utc> },
+    /// From the scheduler: the attempt's process died (or, `released`, let it go on a
+    /// graceful shutdown).
+    Interrupt {
+        attempt: u32,
+        released: bool,
+        at: DateTime<Utc>,
+    },
+    /// From the scheduler: the task's attempts killed their process too often; it is failed
+    /// and never started again.
+    Abandon { reason: String, at: DateTime<Utc> },
     /// From an analysis worker: `done` of `total` documents are through.
     RecordAnalysisProgress {
         attempt: u32,
@@ -305,6 +315,10 @@ pub struct SwarmTask {
     pub prompt_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
+    /// Attempts that ended with the death of their process (interruptions that were not a
+    /// graceful release): the scheduler abandons the task at `TASK_MAX_ATTEMPTS`.
+    #[serde(default)]
+    pub deaths: u32,
 }
 
 impl SwarmTask {
@@ -716,12 +730,18 @@ impl SwarmTask {
                         evaluations: *evaluations,
                         elapsed_ms: *elapsed_ms,
                     },
-                    // The counts of a batch come from what was recorded, not from the worker.
+                    // The counts of a batch come from what was recorded, not from the worker;
+                    // its time runs from the start of its first attempt, so that a resumed
+                    // batch counts every attempt, not only its last.
                     TaskResult::Batch { elapsed_ms, .. } => TaskResult::Batch {
                         total: self.total,
                         done: self.done,
                         failed: self.failed,
-                        elapsed_ms: *elapsed_ms,
+                        elapsed_ms: self
+                            .started_at
+                            .map(|first| (*at - first).num_milliseconds().max(0) as u64)
+                            .unwrap_or(0)
+                            .max(*elapsed_ms),
                     },
                     // So are an analysis's: from its recorded results and insights.
                     TaskResult::Analysis { elapsed_ms, .. } => TaskResult::Analysis {
@@ -773,13 +793,33 @@ impl SwarmTask {
                     cancelled_at: *at,
                 })]),
             },
-            C::Interrupt { attempt, at } => {
+            C::Interrupt {
+                attempt,
+                released,
+                at,
+            } => {
                 if self.status != TaskStatus::Running || self.attempt != *attempt {
                     return Ok(vec![]);
                 }
                 Ok(vec![E::SwarmTaskInterrupted(SwarmTaskInterrupted {
                     attempt: *attempt,
                     interrupted_at: *at,
+                    released: *released,
+                })])
+            }
+            C::Abandon { reason, at } => {
+                if !matches!(self.status, TaskStatus::Queued | TaskStatus::Interrupted) {
+                    return Err(SwarmError::NotStartable(self.status.as_str()));
+                }
+                let reason: String = reason
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_ERROR - ABANDONED.len())
+                    .collect();
+                Ok(vec![E::SwarmTaskFailed(SwarmTaskFailed {
+                    attempt: self.attempt,
+                    error: format!("{ABANDONED}{reason}"),
+                    failed_at: *at,
                 })])
             }
             C::RecordAnalysisProgress {
@@ -961,8 +1001,11 @@ impl SwarmTask {
                 self.status = TaskStatus::Cancelled;
                 self.finished_at = Some(c.cancelled_at);
             }
-            E::SwarmTaskInterrupted(_) => {
+            E::SwarmTaskInterrupted(i) => {
                 self.status = TaskStatus::Interrupted;
+                if !i.released {
+                    self.deaths += 1;
+                }
             }
             E::AnalysisProgressed(p) => self.analysis_done = p.done,
             E::AnalysisResultsRecorded(r) => self.analysis_results = Some(r.results.clone()),
@@ -1383,6 +1426,7 @@ mod tests {
         let interrupted = SwarmTaskEvent::SwarmTaskInterrupted(SwarmTaskInterrupted {
             attempt: 1,
             interrupted_at: now(),
+            released: false,
         });
         for history in [
             vec![created()],
@@ -1401,10 +1445,45 @@ mod tests {
     }
 
     #[test]
+    fn deaths_are_counted_releases_are_not_and_an_abandoned_task_is_failed_for_good() {
+        let mut state = given(&[created()]);
+        for (attempt, released) in [(1, true), (2, false), (3, false)] {
+            let start = SwarmCommand::Start { attempt, at: now() };
+            state = then_apply(state.clone(), &when(&state, start).unwrap());
+            let interrupt = SwarmCommand::Interrupt {
+                attempt,
+                released,
+                at: now(),
+            };
+            state = then_apply(state.clone(), &when(&state, interrupt).unwrap());
+        }
+        assert_eq!(state.deaths, 2);
+        let abandon = SwarmCommand::Abandon {
+            reason: "its process died twice".into(),
+            at: now(),
+        };
+        let state = then_apply(state.clone(), &when(&state, abandon.clone()).unwrap());
+        assert_eq!(state.status, TaskStatus::Failed);
+        assert_eq!(
+            state.error.as_deref(),
+            Some("abandoned: its process died twice")
+        );
+        assert!(matches!(
+            when(&state, SwarmCommand::Start { attempt: 4, at: now() }),
+            Err(SwarmError::NotStartable("failed"))
+        ));
+        assert!(matches!(
+            when(&state, abandon),
+            Err(SwarmError::NotStartable("failed"))
+        ));
+    }
+
+    #[test]
     fn an_interrupted_task_is_started_again_as_the_next_attempt_and_fences_the_old_one() {
         let state = given(&[created(), started(1)]);
         let interrupt = SwarmCommand::Interrupt {
             attempt: 1,
+            released: false,
             at: now(),
         };
         let events = when(&state, interrupt.clone()).unwrap();
@@ -1484,6 +1563,7 @@ mod tests {
                 &state,
                 SwarmCommand::Interrupt {
                     attempt: 1,
+                    released: false,
                     at: now(),
                 },
             )
@@ -1798,6 +1878,7 @@ mod tests {
         let interrupted = SwarmTaskEvent::SwarmTaskInterrupted(SwarmTaskInterrupted {
             attempt: 1,
             interrupted_at: now(),
+            released: false,
         });
         let state = given(&[created_agent(), started(1), interrupted, started(2)]);
         assert_eq!(

@@ -157,6 +157,9 @@ pub(crate) async fn start(
         },
     };
     idempotent(&state.pool, &req, &who, &body, || async {
+        if let SwarmCommand::Create { config, .. } = &cmd.cmd {
+            super::swarm::admit(&state, org, config).await?;
+        }
         let mut meta = meta.clone();
         meta.organization_id = Some(org);
         let reply = state

@@ -93,6 +93,12 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    /// Adds a `Retry-After` of `secs`.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
@@ -174,6 +180,13 @@ pub fn command_error<D: std::error::Error>(
             ApiError::unavailable("the event store is unavailable; the command may be retried")
         }
         CommandError::Unavailable => ApiError::unavailable("the entity could not be reached"),
+        CommandError::Contended { attempts } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "contended",
+            "the entity is written by many clients at once; retry the command",
+        )
+        .with_details(json!({ "attempts": attempts }))
+        .retry_after(1),
         CommandError::Invalid(why) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",

@@ -106,6 +106,32 @@ fn swarm_error(e: SwarmError) -> ApiError {
     }
 }
 
+/// Weighs a new task of `org` before it is recorded (see `crate::tasks::admission`): 422
+/// naming the field when no process could run it, 429 when the organization has too many
+/// tasks waiting. Every route that creates a swarm task (Quantum, Velocity, analyses,
+/// agent executions) calls it.
+pub(crate) async fn admit(state: &AppState, org: Uuid, config: &TaskConfig) -> Result<(), ApiError> {
+    use crate::tasks::admission::{check_cost, check_queue, Refusal};
+    let refusal = match check_cost(config, state.config.worker_memory_budget_mb) {
+        Ok(()) => check_queue(&state.pool, org, state.config.swarm_max_queued_per_org).await,
+        Err(r) => Err(r),
+    };
+    match refusal {
+        Ok(()) => Ok(()),
+        Err(Refusal::TooCostly { field, message }) => Err(ApiError::validation(&field, message)),
+        Err(Refusal::TooManyQueued { limit }) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_queued",
+            format!(
+                "the organization has {limit} tasks waiting to run (SWARM_MAX_QUEUED_PER_ORG); \
+                 wait for some to finish or cancel some"
+            ),
+        )
+        .with_details(json!({ "limit": limit }))
+        .retry_after(5)),
+    }
+}
+
 /// Which kind of work: `quantum` (an optimization) or `velocity` (a batch).
 #[derive(Deserialize, utoipa::ToSchema, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
@@ -375,6 +401,9 @@ async fn create_task(
         },
     };
     idempotent(&state.pool, &req, &who, &body, || async {
+        if let SwarmCommand::Create { config, .. } = &cmd.cmd {
+            admit(&state, org, config).await?;
+        }
         let mut meta = meta.clone();
         meta.organization_id = Some(org);
         let reply = state

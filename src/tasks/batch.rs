@@ -20,6 +20,7 @@ use universal_events::swarm::{
     BatchMode, SubtaskOutcome, SubtaskSpec, SubtaskStatus, TaskResult, VelocityConfig,
 };
 
+use super::admission::{self, Lease};
 use super::{Finish, Run};
 use crate::actors::swarm_task::{storable, SwarmCommand, SwarmTask, MAX_CHUNK, MAX_ERROR};
 use crate::providers::{ChatMessage, ChatRequest, ReplyEvent, Role};
@@ -205,6 +206,16 @@ fn spec_at(config: &VelocityConfig, index: u32) -> Option<&SubtaskSpec> {
 /// Runs subtask `index` with its retries; `None` when the batch stopped first.
 async fn subtask(shared: &Shared, index: u32) -> Option<SubtaskOutcome> {
     let spec = spec_at(&shared.config, index)?.clone();
+    // Its share of the process's worker budget, before its first try: a batch runs as many
+    // subtasks at once as the budget holds, whatever its `concurrency`. The time spent
+    // waiting here is not part of a try's timeout (the batch's own time limit still runs).
+    let (bytes, cpu) = admission::subtask_cost(&spec);
+    let lease = {
+        let stop = shared.stop.clone();
+        let never = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let budget = shared.state.swarm.budget();
+        Arc::new(budget.lease(bytes, cpu, never, move || *stop.borrow()).await?)
+    };
     let started = Instant::now();
     let timeout = Duration::from_millis(shared.config.timeout_ms);
     let mut stop = shared.stop.clone();
@@ -215,7 +226,7 @@ async fn subtask(shared: &Shared, index: u32) -> Option<SubtaskOutcome> {
             return None;
         }
         let result = tokio::select! {
-            r = tokio::time::timeout(timeout, once(shared, &spec, timeout)) => r,
+            r = tokio::time::timeout(timeout, once(shared, &spec, timeout, &lease)) => r,
             _ = stop.wait_for(|s| *s) => return None,
         };
         match result {
@@ -253,7 +264,12 @@ async fn subtask(shared: &Shared, index: u32) -> Option<SubtaskOutcome> {
 }
 
 /// One try of a subtask.
-async fn once(shared: &Shared, spec: &SubtaskSpec, timeout: Duration) -> Result<Value, String> {
+async fn once(
+    shared: &Shared,
+    spec: &SubtaskSpec,
+    timeout: Duration,
+    lease: &Arc<Lease>,
+) -> Result<Value, String> {
     match spec {
         SubtaskSpec::Prompt { prompt, model, .. } => {
             let providers = &shared.state.providers;
@@ -311,9 +327,14 @@ async fn once(shared: &Shared, spec: &SubtaskSpec, timeout: Duration) -> Result<
                 }
             }
             let _guard = CancelOnDrop(cancel);
-            let out =
-                tokio::task::spawn_blocking(move || pso::optimize(&objective, &config, control))
-                    .await
+            // The thread holds the lease too: the memory is the budget's again only when
+            // the run has really ended, not when a dropped try stops waiting for it.
+            let lease = lease.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                let _lease = lease;
+                pso::optimize(&objective, &config, control)
+            })
+            .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?;
             let position: Vec<f64> = out.best_position.into_iter().map(storable).collect();

@@ -5,11 +5,18 @@
 //!   advisory lock on a connection of its own (as the projection runners do). Only the leader
 //!   starts tasks, so no task runs twice at once; when the leader's process dies, PostgreSQL
 //!   releases the lock and a standby takes over within a second.
-//! - **Admission.** The leader scans the tasks that wait or run (`swarm_tasks` read model,
-//!   oldest first) and starts what the caps allow: at most `MAX_CONCURRENT_GENERATIONS`
-//!   running in all, at most `SWARM_MAX_CONCURRENT_PER_ORG` per organization. An
-//!   organization whose oldest waiting task cannot start starts none of its later ones, so
-//!   queued tasks keep their order per organization.
+//! - **Admission** ([`admission`]): a task is weighed before it is recorded (its memory
+//!   against `WORKER_MEMORY_BUDGET_MB`, its organization's queue against
+//!   `SWARM_MAX_QUEUED_PER_ORG`).
+//! - **Fair order.** The leader looks at the head of every organization's queue, not at the
+//!   oldest tasks overall: each organization's first `SWARM_MAX_CONCURRENT_PER_ORG` waiting
+//!   or running tasks, ranked round-robin (every organization's first before anyone's
+//!   second), oldest first within a rank. It starts what the caps allow: at most
+//!   `MAX_CONCURRENT_GENERATIONS` running in all, `SWARM_MAX_CONCURRENT_PER_ORG` per
+//!   organization and `SWARM_MAX_CONCURRENT_PER_USER` per user (whatever organizations the
+//!   user made). An organization whose oldest waiting task cannot start starts none of its
+//!   later ones, so queued tasks keep their order per organization; a flood from one
+//!   tenant delays another's task by at most the time a slot takes to free.
 //! - **Interrupted tasks.** A task that the log says is running but that no local worker
 //!   runs was started by a process that lost the lead (it died, or lost its database
 //!   connection): the leader records `SwarmTaskInterrupted` for that attempt and starts the
@@ -17,6 +24,11 @@
 //!   over (its seed makes it the same run). Every worker report names its attempt, and the
 //!   decider refuses reports of an attempt that is no longer current, so a worker of the old
 //!   process, should it still be alive, can record nothing and stops.
+//! - **Poison work is parked.** A task whose attempts ended with the death of their process
+//!   `TASK_MAX_ATTEMPTS` times is failed as `abandoned` with the reason, and never started
+//!   again: work that kills its process cannot follow the lead from process to process. A
+//!   graceful shutdown releases its tasks (`SwarmTaskInterrupted` with `released`), which
+//!   does not count.
 //! - **Workers never write events.** They run on the blocking pool (optimizations) or as
 //!   tasks (batch subtasks) and report to the task's actor with commands; progress is
 //!   coalesced to at most one report every [`REPORT_EVERY`].
@@ -24,6 +36,7 @@
 //!   (from the user, or from losing the lead) stops it after the current iteration or
 //!   subtask try.
 
+pub mod admission;
 pub mod agent;
 pub mod analysis;
 pub mod batch;
@@ -52,8 +65,8 @@ pub const REPORT_EVERY: Duration = Duration::from_millis(250);
 const SCAN_EVERY: Duration = Duration::from_millis(250);
 /// How often a standby tries to take the lead.
 const STANDBY_POLL: Duration = Duration::from_millis(500);
-/// Most waiting tasks looked at per scan.
-const SCAN_LIMIT: i64 = 500;
+/// Most queue heads looked at per scan (organizations × their per-organization cap).
+const SCAN_LIMIT: i64 = 2_000;
 
 /// The advisory-lock key of the scheduler's leader (FNV-1a of its name, like the
 /// projections' keys).
@@ -69,6 +82,8 @@ fn lock_key() -> i64 {
 /// A task this process runs.
 struct Running {
     organization_id: Uuid,
+    user_id: Uuid,
+    attempt: u32,
     /// Set to stop the worker without recording anything more.
     cancel: Arc<AtomicBool>,
 }
@@ -86,14 +101,23 @@ struct Inner {
 }
 
 /// A cheap handle to this process's scheduler.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Scheduler {
     inner: Arc<Inner>,
+    budget: admission::WorkerBudget,
 }
 
 impl Scheduler {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(budget: admission::WorkerBudget) -> Self {
+        Self {
+            inner: Arc::default(),
+            budget,
+        }
+    }
+
+    /// The memory and CPU that this process's workers may use.
+    pub fn budget(&self) -> &admission::WorkerBudget {
+        &self.budget
     }
 
     /// A task was finished: look for work now rather than at the next scan.
@@ -131,26 +155,38 @@ impl Scheduler {
     }
 
     /// Leads or stands by until [`Scheduler::stop`]. Must run on the actix system (the
-    /// task actors live there).
+    /// task actors live there); restarted with a log line should it ever panic.
     pub fn start(&self, state: web::Data<AppState>) {
         let inner = self.inner.clone();
-        actix_web::rt::spawn(async move {
-            while !inner.stopped.load(Ordering::Relaxed) {
-                if let Err(e) = lead(&state, &inner).await {
-                    tracing::warn!(error = %e, "swarm scheduler lost the lead");
-                }
-                inner.leading.store(false, Ordering::Relaxed);
-                // Whatever runs here now runs without the lead: stop it, without recording
-                // anything, so that the next leader resumes it.
-                for r in inner.running.iter() {
-                    r.cancel.store(true, Ordering::Relaxed);
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(STANDBY_POLL) => {}
-                    _ = inner.stop.notified() => {}
-                }
-            }
+        crate::rt::supervise("swarm-scheduler", move || {
+            let (state, inner) = (state.clone(), inner.clone());
+            async move { stand_or_lead(state, inner).await }
         });
+    }
+
+    /// Records a graceful release of every task this process runs (it does not count as a
+    /// death of their attempts), then stops them; the next leader resumes them.
+    pub async fn release(&self, state: &AppState) {
+        let held: Vec<(Uuid, Uuid, u32)> = self
+            .inner
+            .running
+            .iter()
+            .map(|r| (*r.key(), r.organization_id, r.attempt))
+            .collect();
+        for (id, org, attempt) in held {
+            let release = SwarmCommand::Interrupt {
+                attempt,
+                released: true,
+                at: Utc::now(),
+            };
+            let released =
+                tokio::time::timeout(Duration::from_secs(2), command(state, id, org, release))
+                    .await;
+            if !matches!(released, Ok(Ok(()))) {
+                tracing::warn!(task = %id, "release not recorded; the next leader counts a death");
+            }
+        }
+        self.stop();
     }
 
     /// Stops leading and stops the local workers without recording anything: the tasks stay
@@ -160,6 +196,25 @@ impl Scheduler {
         self.inner.stop.notify_waiters();
         for r in self.inner.running.iter() {
             r.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Leads when it can, stands by otherwise, until the scheduler is stopped.
+async fn stand_or_lead(state: web::Data<AppState>, inner: Arc<Inner>) {
+    while !inner.stopped.load(Ordering::Relaxed) {
+        if let Err(e) = lead(&state, &inner).await {
+            tracing::warn!(error = %e, "swarm scheduler lost the lead");
+        }
+        inner.leading.store(false, Ordering::Relaxed);
+        // Whatever runs here now runs without the lead: stop it, without recording
+        // anything, so that the next leader resumes it.
+        for r in inner.running.iter() {
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STANDBY_POLL) => {}
+            _ = inner.stop.notified() => {}
         }
     }
 }
@@ -244,34 +299,47 @@ async fn command(
         .map(|_| ())
 }
 
-/// Starts what the caps allow, oldest first.
+/// Starts what the caps allow, the heads of every organization's queue in turn.
 async fn admit(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Result<()> {
-    let global = state.config.max_concurrent_generations.max(1);
-    let per_org = state.config.swarm_max_concurrent_per_org.max(1);
+    let config = &state.config;
+    let global = config.max_concurrent_generations.max(1);
+    let per_org = config.swarm_max_concurrent_per_org.max(1);
+    let per_user = config.swarm_max_concurrent_per_user.max(1);
+    let max_deaths = config.task_max_attempts.max(1);
     if inner.running.len() >= global {
         return Ok(());
     }
-    let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT id, organization_id FROM swarm_tasks \
-         WHERE status IN ('queued', 'running', 'interrupted') \
-         ORDER BY created_position LIMIT $1",
+    // Each organization's first `per_org` tasks that wait or run, ranked so that every
+    // organization's first comes before anyone's second: one tenant's flood of waiting
+    // tasks never hides another tenant's task from the scan.
+    let rows: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+        "SELECT id, organization_id, user_id FROM ( \
+           SELECT id, organization_id, user_id, created_position, \
+                  row_number() OVER (PARTITION BY organization_id ORDER BY created_position) AS rank \
+           FROM swarm_tasks WHERE status IN ('queued', 'running', 'interrupted') \
+         ) heads WHERE rank <= $1 ORDER BY rank, created_position LIMIT $2",
     )
+    .bind(per_org as i64)
     .bind(SCAN_LIMIT)
     .fetch_all(&state.pool)
     .await?;
-    let mut counts: HashMap<Uuid, usize> = HashMap::new();
+    let mut orgs: HashMap<Uuid, usize> = HashMap::new();
+    let mut users: HashMap<Uuid, usize> = HashMap::new();
     for r in inner.running.iter() {
-        *counts.entry(r.organization_id).or_default() += 1;
+        *orgs.entry(r.organization_id).or_default() += 1;
+        *users.entry(r.user_id).or_default() += 1;
     }
     let mut blocked: HashSet<Uuid> = HashSet::new();
-    for (id, org) in rows {
+    for (id, org, user) in rows {
         if inner.running.len() >= global {
             break;
         }
         if inner.running.contains_key(&id) || blocked.contains(&org) {
             continue;
         }
-        if counts.get(&org).copied().unwrap_or(0) >= per_org {
+        if orgs.get(&org).copied().unwrap_or(0) >= per_org
+            || users.get(&user).copied().unwrap_or(0) >= per_user
+        {
             blocked.insert(org);
             continue;
         }
@@ -283,23 +351,46 @@ async fn admit(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Resul
                 continue;
             }
         };
-        let attempt = match task.status {
-            TaskStatus::Queued | TaskStatus::Interrupted => task.attempt + 1,
+        let deaths = match task.status {
+            TaskStatus::Queued | TaskStatus::Interrupted => task.deaths,
             TaskStatus::Running => {
                 // Running, but not here, and this process leads: its process lost the lead.
                 let fence = SwarmCommand::Interrupt {
                     attempt: task.attempt,
+                    released: false,
                     at: Utc::now(),
                 };
                 if let Err(e) = command(state, id, org, fence).await {
                     tracing::warn!(task = %id, error = %e, "interrupt not recorded");
                     continue;
                 }
-                tracing::info!(task = %id, attempt = task.attempt, "resuming an interrupted task");
-                task.attempt + 1
+                tracing::info!(task = %id, attempt = task.attempt, "found an interrupted task");
+                task.deaths + 1
             }
             _ => continue,
         };
+        if deaths >= max_deaths {
+            let reason = format!(
+                "{deaths} of its attempts ended with the death of the process running them \
+                 (TASK_MAX_ATTEMPTS is {max_deaths}); it is not started again"
+            );
+            let abandon = SwarmCommand::Abandon {
+                reason,
+                at: Utc::now(),
+            };
+            match command(state, id, org, abandon).await {
+                Ok(()) => {
+                    metrics::counter!("ub_swarm_tasks_abandoned_total").increment(1);
+                    tracing::error!(task = %id, deaths, "swarm task abandoned: it keeps killing its process");
+                }
+                Err(e) => tracing::warn!(task = %id, error = %e, "abandon not recorded"),
+            }
+            continue;
+        }
+        let attempt = task.attempt + 1;
+        if attempt > 1 {
+            tracing::info!(task = %id, attempt, "resuming an interrupted task");
+        }
         let start = SwarmCommand::Start {
             attempt,
             at: Utc::now(),
@@ -317,18 +408,20 @@ async fn admit(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Resul
             id,
             Running {
                 organization_id: org,
+                user_id: user,
+                attempt,
                 cancel: cancel.clone(),
             },
         );
-        *counts.entry(org).or_default() += 1;
+        *orgs.entry(org).or_default() += 1;
+        *users.entry(user).or_default() += 1;
         let run = Run {
             state: state.clone(),
             id,
             org,
             attempt,
             cancel,
-            deadline: Instant::now()
-                + Duration::from_secs(state.config.max_content_generation_time.max(1)),
+            deadline: Instant::now() + Duration::from_secs(config.max_content_generation_time.max(1)),
         };
         let inner = inner.clone();
         actix_web::rt::spawn(async move {
@@ -427,7 +520,29 @@ impl Run {
             deadline: Some(self.deadline),
             progress: Some(tx),
         };
-        let job = tokio::task::spawn_blocking(move || pso::optimize(&objective, &config, control));
+        // The run's memory and a CPU slot, held by the thread until the run really ends.
+        let cancel = self.cancel.clone();
+        let lease = self
+            .state
+            .swarm
+            .budget()
+            .lease(
+                admission::optimize_bytes(&config),
+                true,
+                self.deadline,
+                || cancel.load(Ordering::Relaxed),
+            )
+            .await;
+        let Some(lease) = lease else {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(Finish::Stopped);
+            }
+            return Err(Finish::Fail(self.time_limit()));
+        };
+        let job = tokio::task::spawn_blocking(move || {
+            let _lease = lease;
+            pso::optimize(&objective, &config, control)
+        });
         tokio::pin!(job);
         let mut tick = tokio::time::interval(REPORT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
