@@ -23,13 +23,13 @@ fn env_names(source: &str) -> Vec<String> {
     let mut rest = source;
     while let Some(at) = rest.find("env") {
         rest = &rest[at + 3..];
-        // A whole word `env`, not the tail of `hide_env_values` or `env!`.
-        let before = source.len() - rest.len() - 3;
-        let word_start = before == 0
-            || !source.as_bytes()[before - 1].is_ascii_alphanumeric()
-                && source.as_bytes()[before - 1] != b'_';
-        let tail = rest.trim_start();
-        let Some(tail) = tail.strip_prefix('=').filter(|_| word_start) else {
+        // A whole word `env` followed by `=`: not `hide_env_values`, `env!` or `env(`.
+        let start = source.len() - rest.len() - 3;
+        let whole_word = source[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        let Some(tail) = rest.trim_start().strip_prefix('=').filter(|_| whole_word) else {
             continue;
         };
         let Some(tail) = tail.trim_start().strip_prefix('"') else {
@@ -130,12 +130,19 @@ fn every_relative_link_in_the_readme_and_docs_points_at_a_file_that_exists() {
         let dir = file.parent().expect("a file has a folder");
         for link in relative_links(&read(&file)) {
             if !dir.join(&link).exists() {
-                let name = file.strip_prefix(root()).unwrap_or(&file).display().to_string();
+                let name = file
+                    .strip_prefix(root())
+                    .unwrap_or(&file)
+                    .display()
+                    .to_string();
                 broken.insert(format!("{name}: {link}"));
             }
         }
     }
-    assert!(broken.is_empty(), "links to files that do not exist: {broken:#?}");
+    assert!(
+        broken.is_empty(),
+        "links to files that do not exist: {broken:#?}"
+    );
 }
 
 #[test]
