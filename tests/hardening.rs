@@ -448,3 +448,81 @@ async fn a_request_body_sent_too_slowly_is_answered_408() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("request_timeout"), "{text}");
 }
+
+#[actix_web::test]
+async fn six_writers_on_one_building_through_three_processes_get_no_conflict_and_each_write_is_stored_once(
+) {
+    let app = common::spawn_app().await;
+    let second = common::spawn_second_app(&app).await;
+    let third = common::spawn_second_app(&app).await;
+    let (id, sensor, _) = app.building_with_sensor("electricity", "kWh").await;
+    let bases = [app.base.clone(), second.base.clone(), third.base.clone()];
+    const PER_WRITER: usize = 40;
+    let writers = (0..6).map(|w| {
+        let client = app.client.clone();
+        let url = on(
+            &bases[w % 3],
+            &format!("/api/v1/citypulse/buildings/{id}/readings"),
+        );
+        let sensor = sensor.clone();
+        async move {
+            let mut refused = Vec::new();
+            for i in 0..PER_WRITER {
+                // No If-Match: the writer asks for no expectation about the version.
+                let value = (w * 1000 + i) as f64;
+                let res = client
+                    .post(&url)
+                    .json(&json!({ "readings": [{ "sensor_id": sensor, "value": value }] }))
+                    .send()
+                    .await
+                    .unwrap();
+                if res.status() != StatusCode::CREATED {
+                    refused.push((res.status(), res.text().await.unwrap_or_default()));
+                }
+            }
+            refused
+        }
+    });
+    let refused: Vec<_> = futures_util::future::join_all(writers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(refused.is_empty(), "writes refused: {refused:?}");
+    let stored: Vec<f64> = sqlx::query_scalar(
+        "SELECT (r->>'value')::float8 FROM events, jsonb_array_elements(data->'readings') r \
+         WHERE stream_id = $1 AND event_type = 'ReadingsRecorded'",
+    )
+    .bind(format!("building-{id}"))
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let mut values = stored.clone();
+    values.sort_by(f64::total_cmp);
+    values.dedup();
+    assert_eq!(stored.len(), 6 * PER_WRITER, "every write stored");
+    assert_eq!(values.len(), 6 * PER_WRITER, "no write stored twice");
+    let _ = (second.handle, third.handle);
+}
+
+#[actix_web::test]
+async fn a_conflict_the_client_asked_for_names_the_versions_that_differed() {
+    let app = common::spawn_app().await;
+    let (id, sensor, _) = app.building_with_sensor("electricity", "kWh").await;
+    let res = app
+        .client
+        .post(app.url(&format!("/api/v1/citypulse/buildings/{id}/readings")))
+        .header("if-match", "\"1\"")
+        .json(&json!({ "readings": [{ "sensor_id": sensor, "value": 1.0 }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let body: Value = res.json().await.unwrap();
+    let (expected, actual) = (
+        body["error"]["details"]["expected_version"].as_i64().unwrap(),
+        body["error"]["details"]["actual_version"].as_i64().unwrap(),
+    );
+    assert_eq!(expected, 1, "{body}");
+    assert_ne!(expected, actual, "{body}");
+}

@@ -14,6 +14,7 @@ use universal_backend::Application;
 
 struct App {
     base: String,
+    state: actix_web::web::Data<universal_backend::startup::AppState>,
     pool: PgPool,
     database_url: String,
     handle: actix_web::dev::ServerHandle,
@@ -31,10 +32,12 @@ async fn start(url: Option<String>, tune: impl FnOnce(&mut Config)) -> App {
         .expect("application starts");
     let base = format!("http://127.0.0.1:{}", app.port());
     let pool = app.state().pool.clone();
+    let state = app.state();
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
     App {
         base,
+        state,
         pool,
         database_url: url,
         handle,
@@ -826,4 +829,187 @@ async fn a_task_past_its_wall_clock_limit_fails_with_the_reason() {
     let done = quantum.finished(&id).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"], "the task exceeded its time limit of 1 s");
+}
+
+/// The batch that exhausted memory on every process in turn: 10,000 optimizations of
+/// 10,000 particles in 100 dimensions, 256 at once.
+fn the_memory_bomb() -> Value {
+    json!({"type":"velocity","objective":"o","config":{"subtasks":[{"kind":"optimize",
+        "objective":"sphere","count":10000,
+        "config":{"dimensions":100,"particles":10000,"iterations":1000000}}],
+        "concurrency":256,"timeout_ms":600000,"retries":0}})
+}
+
+#[actix_web::test]
+async fn a_batch_one_process_cannot_hold_is_refused_and_one_at_the_limits_runs_within_the_budget()
+{
+    let app = start(None, |c| c.worker_memory_budget_mb = 16).await;
+    let velocity = Caller::new(&app.base, &swarm_tenant(&app, "budget").await, "velocity");
+    let (status, refused) = velocity.post("/api/v1/swarm/tasks", the_memory_bomb()).await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(
+        refused["error"]["details"]["field"],
+        "config.subtasks[0].config.particles",
+        "{refused}"
+    );
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("16 MiB"), "{message}");
+    assert!(task_events(&app.pool).await.is_empty(), "nothing written");
+
+    // 3,000 particles in 100 dimensions: about 10 MiB each, so one at a time fits in the
+    // 16 MiB budget, whatever the batch's concurrency of 64 asks.
+    let (id, _) = velocity
+        .create(json!({"type":"velocity","objective":"at the limits","config":{"subtasks":[
+            {"kind":"optimize","objective":"sphere","count":6,
+             "config":{"dimensions":100,"particles":3000,"iterations":3,"seed":1}}],
+            "concurrency":64,"timeout_ms":60000,"retries":0}}))
+        .await;
+    let done = velocity.finished(&id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["progress"]["done"], 6, "{done}");
+    let budget = app.state.swarm.budget();
+    assert!(budget.peak_mb() > 0, "the subtasks leased their memory");
+    assert!(
+        budget.peak_mb() <= 16,
+        "leased {} MiB of a 16 MiB budget",
+        budget.peak_mb()
+    );
+    assert_eq!(budget.leased_mb(), 0, "all of it given back");
+}
+
+#[actix_web::test]
+async fn a_task_whose_attempts_killed_their_process_three_times_is_abandoned_not_resumed() {
+    use universal_backend::actors::swarm_task::{ScopedCommand, SwarmCommand};
+    use universal_backend::actors::CommandMeta;
+    // The first process takes tasks but runs none (its scheduler is off).
+    let first = start(None, |c| c.run_swarm_scheduler = false).await;
+    let tenant = swarm_tenant(&first, "poison").await;
+    let quantum = Caller::new(&first.base, &tenant, "quantum");
+    let (id, _) = quantum.create(rastrigin(5, 40, 300)).await;
+    let task: uuid::Uuid = id.parse().unwrap();
+    let org: uuid::Uuid = tenant.organization_id.parse().unwrap();
+    // Three attempts start, and the process of each dies under it: the first two are found
+    // by a leader and fenced, the third is still `running` in the log, with no worker.
+    let send = |cmd: SwarmCommand| {
+        let state = first.state.clone();
+        async move {
+            state
+                .swarm_tasks
+                .execute(
+                    task,
+                    ScopedCommand {
+                        organization_id: org,
+                        cmd,
+                    },
+                    None,
+                    CommandMeta::new(),
+                )
+                .await
+                .expect("recorded");
+        }
+    };
+    let at = chrono::Utc::now();
+    for attempt in 1..=3 {
+        send(SwarmCommand::Start { attempt, at }).await;
+        if attempt < 3 {
+            send(SwarmCommand::Interrupt {
+                attempt,
+                released: false,
+                at,
+            })
+            .await;
+        }
+    }
+    // A process with a scheduler comes up and leads.
+    let leader = start(Some(first.database_url.clone()), |_| {}).await;
+    let quantum = Caller::new(&leader.base, &tenant, "quantum");
+    let done = quantum.finished(&id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(error.starts_with("abandoned: 3 of its attempts"), "{error}");
+    let starts = task_events(&leader.pool)
+        .await
+        .into_iter()
+        .filter(|(_, t, _)| t == "SwarmTaskStarted")
+        .count();
+    assert_eq!(starts, 3, "no fourth attempt");
+}
+
+#[actix_web::test]
+async fn a_flood_from_one_tenant_delays_another_tenants_task_by_at_most_one_task() {
+    let app = start(None, |c| {
+        c.max_concurrent_generations = 2;
+        c.swarm_max_concurrent_per_org = 1;
+        c.swarm_max_queued_per_org = 10_000;
+    })
+    .await;
+    let flood = Caller::new(&app.base, &swarm_tenant(&app, "flood").await, "quantum");
+    let victim = Caller::new(&app.base, &swarm_tenant(&app, "victim").await, "quantum");
+    // More waiting tasks than the old scan looked at (500), each long enough that only a
+    // few finish while the rest are queued.
+    let body = rastrigin(20, 200, 3000);
+    for chunk in 0..(540 / 20) {
+        let creates = (0..20).map(|_| flood.post("/api/v1/swarm/tasks", body.clone()));
+        for (status, created) in futures_util::future::join_all(creates).await {
+            assert_eq!(status, 201, "chunk {chunk}: {created}");
+        }
+    }
+    let (id, created_at) = victim.create(rastrigin(2, 10, 10)).await;
+    let done = victim.finished(&id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    // Replay the log: how many of the flood's tasks started between the victim's task's
+    // creation and its start.
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT stream_id, event_type, global_position FROM events \
+         WHERE stream_category = 'swarm_task' AND event_type = 'SwarmTaskStarted' \
+         ORDER BY global_position",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let victim_started = rows
+        .iter()
+        .find(|(s, _, _)| s.ends_with(&id))
+        .map(|(_, _, p)| *p)
+        .unwrap();
+    let flood_between = rows
+        .iter()
+        .filter(|(s, _, p)| !s.ends_with(&id) && *p > created_at && *p < victim_started)
+        .count();
+    assert!(
+        flood_between <= 1,
+        "{flood_between} of the flood's tasks started before the victim's"
+    );
+}
+
+#[actix_web::test]
+async fn an_organization_with_its_queue_full_gets_429_and_nothing_is_written() {
+    let app = start(None, |c| {
+        c.run_swarm_scheduler = false;
+        c.swarm_max_queued_per_org = 3;
+    })
+    .await;
+    let quantum = Caller::new(&app.base, &swarm_tenant(&app, "queue").await, "quantum");
+    for _ in 0..3 {
+        quantum.create(rastrigin(2, 10, 10)).await;
+    }
+    // The count comes from the read model: let it have the three.
+    for _ in 0..200 {
+        let (_, list) = quantum.get("/api/v1/swarm/tasks?status=queued").await;
+        if list["items"].as_array().map_or(0, |i| i.len()) == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, refused) = quantum
+        .post("/api/v1/swarm/tasks", rastrigin(2, 10, 10))
+        .await;
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["error"]["code"], "too_many_queued");
+    let created = task_events(&app.pool)
+        .await
+        .into_iter()
+        .filter(|(_, t, _)| t == "SwarmTaskCreated")
+        .count();
+    assert_eq!(created, 3);
 }

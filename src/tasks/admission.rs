@@ -121,6 +121,8 @@ pub struct WorkerBudget {
     total_kib: u32,
     cpu: Arc<Semaphore>,
     cpu_slots: usize,
+    /// The most MiB leased at once since the start.
+    peak_mb: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A unit of work's share of the budget; returned when dropped.
@@ -142,6 +144,7 @@ impl WorkerBudget {
             total_kib,
             cpu: Arc::new(Semaphore::new(cpu_slots)),
             cpu_slots,
+            peak_mb: Arc::default(),
         }
     }
 
@@ -152,6 +155,16 @@ impl WorkerBudget {
     /// MiB of the budget leased now.
     pub fn leased_mb(&self) -> u64 {
         u64::from(self.total_kib - self.memory.available_permits() as u32) / 1024
+    }
+
+    /// The most MiB leased at once since the process started.
+    pub fn peak_mb(&self) -> u64 {
+        self.peak_mb.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The whole budget, in MiB.
+    pub fn total_mb(&self) -> u64 {
+        u64::from(self.total_kib) / 1024
     }
 
     /// CPU slots in use now.
@@ -178,7 +191,10 @@ impl WorkerBudget {
         } else {
             None
         };
-        metrics::gauge!("ub_worker_memory_leased_mb").set(self.leased_mb() as f64);
+        let leased = self.leased_mb();
+        self.peak_mb
+            .fetch_max(leased, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("ub_worker_memory_leased_mb").set(leased as f64);
         Some(Lease {
             _memory: memory,
             _cpu: cpu,
