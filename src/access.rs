@@ -103,27 +103,33 @@ impl Access {
             event_types: Some(TYPES.iter().map(|t| t.to_string()).collect()),
             ..Filter::default()
         };
-        let mut sub = Subscription::new(store, 0, filter).with_live_feed(live);
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let next = sub.try_next().await;
-                let Some(access) = weak.upgrade() else { return };
-                match next {
-                    Ok(Some(e)) => access.apply(&e),
-                    Ok(None) => {
-                        access.applied.send_if_modified(|p| {
-                            let moved = sub.position() > *p;
-                            *p = (*p).max(sub.position());
-                            moved
-                        });
-                        drop(access);
-                        sub.wait().await;
-                    }
-                    Err(err) => {
-                        drop(access);
-                        tracing::warn!(error = %err, "following the access view; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+        crate::rt::supervise("access-view", move || {
+            // A restarted follower goes on from what the view has applied.
+            let from = weak.upgrade().map_or(0, |a| *a.applied.borrow());
+            let mut sub =
+                Subscription::new(store.clone(), from, filter.clone()).with_live_feed(live.clone());
+            let weak = weak.clone();
+            async move {
+                loop {
+                    let next = sub.try_next().await;
+                    let Some(access) = weak.upgrade() else { return };
+                    match next {
+                        Ok(Some(e)) => access.apply(&e),
+                        Ok(None) => {
+                            access.applied.send_if_modified(|p| {
+                                let moved = sub.position() > *p;
+                                *p = (*p).max(sub.position());
+                                moved
+                            });
+                            drop(access);
+                            sub.wait().await;
+                        }
+                        Err(err) => {
+                            drop(access);
+                            tracing::warn!(error = %err, "following the access view; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
                     }
                 }
             }

@@ -588,7 +588,9 @@ pub async fn sweep_interrupted(
                     .execute(pool)
                     .await;
             }
-            Err(e) => tracing::debug!(reply = %reply_id, error = %e, "interrupted reply not failed"),
+            Err(e) => {
+                tracing::debug!(reply = %reply_id, error = %e, "interrupted reply not failed")
+            }
         }
     }
     Ok(failed)

@@ -102,3 +102,35 @@ where
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    #[actix_web::test]
+    async fn a_supervised_task_that_panics_is_started_again() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<u32>();
+        let done_tx = std::cell::RefCell::new(Some(done_tx));
+        let counted = runs.clone();
+        super::supervise("test-task", move || {
+            let run = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            let done = if run == 2 {
+                done_tx.borrow_mut().take()
+            } else {
+                None
+            };
+            async move {
+                if run == 1 {
+                    panic!("the first run dies");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(run);
+                }
+            }
+        });
+        assert_eq!(done_rx.await.unwrap(), 2, "the second run came");
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "and ended the task for good");
+    }
+}

@@ -246,9 +246,9 @@ impl Application {
             projects: Registry::new(store.clone(), config.runtime()),
             google: Arc::new(crate::google::GoogleVerifier::from_config(&config)),
             swarm_tasks: Registry::new(store.clone(), config.runtime()),
-            swarm: crate::tasks::Scheduler::new(crate::tasks::admission::WorkerBudget::from_config(
-                &config,
-            )),
+            swarm: crate::tasks::Scheduler::new(
+                crate::tasks::admission::WorkerBudget::from_config(&config),
+            ),
             flags: Registry::new(store.clone(), config.runtime()),
             legacy: Arc::new(crate::http::legacy::Legacy::new(&config)),
         });

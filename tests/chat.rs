@@ -949,3 +949,52 @@ async fn a_reply_whose_process_stopped_is_failed_as_interrupted_and_the_session_
     .await;
     assert_eq!(status, 202);
 }
+
+#[actix_web::test]
+async fn a_reply_whose_process_died_is_failed_as_interrupted_by_a_surviving_process_on_its_own() {
+    // Default time limits: the provider's whole-call limit is five minutes, yet the reply
+    // is ended as soon as its worker's process is known to be gone.
+    let chat = start(|_| {}).await;
+    let session = chat.session(json!({})).await;
+    chat.provider.then(Reply::Stream(Script {
+        stall: Duration::from_secs(600),
+        ..Script::default()
+    }));
+    // The surviving process runs beside the first from the start.
+    let provider = chat.provider.clone();
+    let mut config = common::test_config(chat.app.database_url.clone());
+    common::with_stand_in(&mut config, &provider);
+    let survivor = universal_backend::Application::build(config).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", survivor.port());
+    actix_web::rt::spawn(survivor.run_until_stopped());
+
+    let (_, posted) = chat.post(&session, "are you there?").await;
+    for _ in 0..100 {
+        if !chat.provider.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        chat.provider.requests().len(),
+        1,
+        "the worker called the provider"
+    );
+    // The first process goes away with its worker mid-reply: it stops vouching for it.
+    chat.app.handle.stop(false).await;
+
+    // Nobody calls the sweep: the survivor's own watch fails the reply.
+    let events = follow(
+        &chat.client,
+        &format!("{base}{}", posted["stream_url"].as_str().unwrap()),
+        None,
+        None,
+    )
+    .await;
+    let (ending, _, data) = events.last().unwrap();
+    assert_eq!(
+        (ending.as_str(), &data["error_class"]),
+        ("failed", &json!("interrupted")),
+        "{events:?}"
+    );
+}

@@ -520,7 +520,9 @@ async fn a_conflict_the_client_asked_for_names_the_versions_that_differed() {
     assert_eq!(res.status(), StatusCode::CONFLICT);
     let body: Value = res.json().await.unwrap();
     let (expected, actual) = (
-        body["error"]["details"]["expected_version"].as_i64().unwrap(),
+        body["error"]["details"]["expected_version"]
+            .as_i64()
+            .unwrap(),
         body["error"]["details"]["actual_version"].as_i64().unwrap(),
     );
     assert_eq!(expected, 1, "{body}");

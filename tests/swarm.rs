@@ -841,15 +841,15 @@ fn the_memory_bomb() -> Value {
 }
 
 #[actix_web::test]
-async fn a_batch_one_process_cannot_hold_is_refused_and_one_at_the_limits_runs_within_the_budget()
-{
+async fn a_batch_one_process_cannot_hold_is_refused_and_one_at_the_limits_runs_within_the_budget() {
     let app = start(None, |c| c.worker_memory_budget_mb = 16).await;
     let velocity = Caller::new(&app.base, &swarm_tenant(&app, "budget").await, "velocity");
-    let (status, refused) = velocity.post("/api/v1/swarm/tasks", the_memory_bomb()).await;
+    let (status, refused) = velocity
+        .post("/api/v1/swarm/tasks", the_memory_bomb())
+        .await;
     assert_eq!(status, 422, "{refused}");
     assert_eq!(
-        refused["error"]["details"]["field"],
-        "config.subtasks[0].config.particles",
+        refused["error"]["details"]["field"], "config.subtasks[0].config.particles",
         "{refused}"
     );
     let message = refused["error"]["message"].as_str().unwrap();
@@ -859,10 +859,12 @@ async fn a_batch_one_process_cannot_hold_is_refused_and_one_at_the_limits_runs_w
     // 3,000 particles in 100 dimensions: about 10 MiB each, so one at a time fits in the
     // 16 MiB budget, whatever the batch's concurrency of 64 asks.
     let (id, _) = velocity
-        .create(json!({"type":"velocity","objective":"at the limits","config":{"subtasks":[
+        .create(
+            json!({"type":"velocity","objective":"at the limits","config":{"subtasks":[
             {"kind":"optimize","objective":"sphere","count":6,
              "config":{"dimensions":100,"particles":3000,"iterations":3,"seed":1}}],
-            "concurrency":64,"timeout_ms":60000,"retries":0}}))
+            "concurrency":64,"timeout_ms":60000,"retries":0}}),
+        )
         .await;
     let done = velocity.finished(&id).await;
     assert_eq!(done["status"], "completed", "{done}");

@@ -1469,7 +1469,13 @@ mod tests {
             Some("abandoned: its process died twice")
         );
         assert!(matches!(
-            when(&state, SwarmCommand::Start { attempt: 4, at: now() }),
+            when(
+                &state,
+                SwarmCommand::Start {
+                    attempt: 4,
+                    at: now()
+                }
+            ),
             Err(SwarmError::NotStartable("failed"))
         ));
         assert!(matches!(

@@ -48,14 +48,17 @@ impl BreakerSync {
             applied: tokio::sync::Mutex::new(applied),
         });
         let weak = Arc::downgrade(&sync);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(BEAT);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                let Some(sync) = weak.upgrade() else { return };
-                if let Err(e) = sync.beat().await {
-                    tracing::debug!(error = %e, "circuit breaker beat failed");
+        crate::rt::supervise("breaker-sync", move || {
+            let weak = weak.clone();
+            async move {
+                let mut every = tokio::time::interval(BEAT);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    let Some(sync) = weak.upgrade() else { return };
+                    if let Err(e) = sync.beat().await {
+                        tracing::debug!(error = %e, "circuit breaker beat failed");
+                    }
                 }
             }
         });

@@ -53,23 +53,31 @@ pub fn start(state: web::Data<AppState>) {
         categories: Some(vec!["swarm_task".into()]),
         ..Filter::default()
     };
-    let mut sub =
-        Subscription::new(state.store.clone(), after, filter).with_live_feed(state.live.clone());
+    // A restarted publisher goes on after the last event it handled.
+    let done = Arc::new(std::sync::atomic::AtomicI64::new(after));
     let known: Arc<DashMap<Uuid, Option<Known>>> = Arc::default();
     let weak = Arc::downgrade(&state.clone().into_inner());
-    actix_web::rt::spawn(async move {
-        loop {
-            let next = sub.next().await;
-            let Some(state) = weak.upgrade() else { return };
-            match next {
-                Ok(e) => {
-                    if let Err(err) = on_event(&state, &known, &e).await {
-                        tracing::debug!(error = %err, position = e.position, "agent event not published");
+    let (store, live) = (state.store.clone(), state.live.clone());
+    crate::rt::supervise("agent-publisher", move || {
+        let from = done.load(std::sync::atomic::Ordering::Relaxed);
+        let mut sub =
+            Subscription::new(store.clone(), from, filter.clone()).with_live_feed(live.clone());
+        let (weak, known, done) = (weak.clone(), known.clone(), done.clone());
+        async move {
+            loop {
+                let next = sub.next().await;
+                let Some(state) = weak.upgrade() else { return };
+                match next {
+                    Ok(e) => {
+                        done.store(e.position, std::sync::atomic::Ordering::Relaxed);
+                        if let Err(err) = on_event(&state, &known, &e).await {
+                            tracing::debug!(error = %err, position = e.position, "agent event not published");
+                        }
                     }
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "agent publisher read failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Err(err) => {
+                        tracing::warn!(error = %err, "agent publisher read failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 }
             }
         }

@@ -494,11 +494,34 @@ impl Hub {
             .listen(NOTIFY_CHANNEL)
             .await
             .context("LISTEN for Pusher messages failed")?;
-        tokio::spawn(listen(Arc::downgrade(&hub), listener));
-        tokio::spawn(beat(
-            Arc::downgrade(&hub),
-            heartbeat.max(Duration::from_secs(1)),
-        ));
+        let first = std::cell::RefCell::new(Some(listener));
+        let weak = Arc::downgrade(&hub);
+        crate::rt::supervise("pusher-listener", move || {
+            let ready = first.borrow_mut().take();
+            let weak = weak.clone();
+            async move {
+                let listener = match ready {
+                    Some(l) => l,
+                    // After a panic: a fresh connection (notifications meanwhile are lost,
+                    // as on any reconnect).
+                    None => loop {
+                        let Some(hub) = weak.upgrade() else { return };
+                        let pool = hub.pool.clone();
+                        drop(hub);
+                        if let Ok(mut l) = PgListener::connect_with(&pool).await {
+                            if l.listen(NOTIFY_CHANNEL).await.is_ok() {
+                                break l;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    },
+                };
+                listen(weak, listener).await
+            }
+        });
+        let weak = Arc::downgrade(&hub);
+        let every = heartbeat.max(Duration::from_secs(1));
+        crate::rt::supervise("pusher-heartbeat", move || beat(weak.clone(), every));
         Ok(hub)
     }
 

@@ -42,7 +42,7 @@ pub struct Signals {
 const TYPING_KEPT: usize = 10_000;
 
 impl Signals {
-    /// Starts listening (and beating) on the current runtime.
+    /// Starts listening (and beating) on the actix system, supervised.
     pub fn start(pool: PgPool) -> Arc<Self> {
         let (tx, _) = broadcast::channel(BUFFER);
         let signals = Arc::new(Self {
@@ -52,35 +52,43 @@ impl Signals {
             typing: Mutex::new(HashMap::new()),
         });
         let listening = Arc::downgrade(&signals);
-        tokio::spawn(async move {
-            loop {
-                let Some(s) = listening.upgrade() else { return };
-                let pool = s.pool.clone();
-                let tx = s.tx.clone();
-                drop(s);
-                if let Err(e) = listen(&pool, &tx).await {
-                    tracing::warn!(error = %e, "signal listener lost its connection; retrying");
+        crate::rt::supervise("signal-listener", move || {
+            let listening = listening.clone();
+            async move {
+                loop {
+                    let Some(s) = listening.upgrade() else { return };
+                    let pool = s.pool.clone();
+                    let tx = s.tx.clone();
+                    drop(s);
+                    if let Err(e) = listen(&pool, &tx).await {
+                        tracing::warn!(error = %e, "signal listener lost its connection; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
         let beating = Arc::downgrade(&signals);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(BEAT);
-            loop {
-                every.tick().await;
-                let Some(s) = beating.upgrade() else { return };
-                let _ =
-                    sqlx::query("UPDATE messaging_presence SET seen_at = now() WHERE process = $1")
-                        .bind(s.process)
-                        .execute(&s.pool)
-                        .await;
-                let _ = sqlx::query(
-                    "DELETE FROM messaging_presence WHERE seen_at < now() - make_interval(secs => $1)",
-                )
-                .bind((BEAT * 3).as_secs_f64())
-                .execute(&s.pool)
-                .await;
+        crate::rt::supervise("presence-heartbeat", move || {
+            let beating = beating.clone();
+            async move {
+                let mut every = tokio::time::interval(BEAT);
+                loop {
+                    every.tick().await;
+                    let Some(s) = beating.upgrade() else { return };
+                    let _ = sqlx::query(
+                        "UPDATE messaging_presence SET seen_at = now() WHERE process = $1",
+                    )
+                    .bind(s.process)
+                    .execute(&s.pool)
+                    .await;
+                    let _ = sqlx::query(
+                        "DELETE FROM messaging_presence \
+                         WHERE seen_at < now() - make_interval(secs => $1)",
+                    )
+                    .bind((BEAT * 3).as_secs_f64())
+                    .execute(&s.pool)
+                    .await;
+                }
             }
         });
         signals

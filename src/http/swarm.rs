@@ -110,7 +110,11 @@ fn swarm_error(e: SwarmError) -> ApiError {
 /// naming the field when no process could run it, 429 when the organization has too many
 /// tasks waiting. Every route that creates a swarm task (Quantum, Velocity, analyses,
 /// agent executions) calls it.
-pub(crate) async fn admit(state: &AppState, org: Uuid, config: &TaskConfig) -> Result<(), ApiError> {
+pub(crate) async fn admit(
+    state: &AppState,
+    org: Uuid,
+    config: &TaskConfig,
+) -> Result<(), ApiError> {
     use crate::tasks::admission::{check_cost, check_queue, Refusal};
     let refusal = match check_cost(config, state.config.worker_memory_budget_mb) {
         Ok(()) => check_queue(&state.pool, org, state.config.swarm_max_queued_per_org).await,

@@ -183,7 +183,11 @@ impl WorkerBudget {
         stop: impl Fn() -> bool,
     ) -> Option<Lease> {
         let kib = (bytes.div_ceil(1024)).clamp(1, u64::from(self.total_kib)) as u32;
-        let memory = self.wait(|| self.memory.clone().acquire_many_owned(kib), deadline, &stop);
+        let memory = self.wait(
+            || self.memory.clone().acquire_many_owned(kib),
+            deadline,
+            &stop,
+        );
         let memory = memory.await?;
         let cpu = if cpu {
             let slot = self.wait(|| self.cpu.clone().acquire_owned(), deadline, &stop);
@@ -209,9 +213,7 @@ impl WorkerBudget {
     ) -> Option<OwnedSemaphorePermit>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<
-            Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>,
-        >,
+        Fut: std::future::Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>>,
     {
         // One acquire future for the whole wait keeps this caller's place in the queue.
         let acquire = acquire();

@@ -214,7 +214,11 @@ async fn subtask(shared: &Shared, index: u32) -> Option<SubtaskOutcome> {
         let stop = shared.stop.clone();
         let never = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let budget = shared.state.swarm.budget();
-        Arc::new(budget.lease(bytes, cpu, never, move || *stop.borrow()).await?)
+        Arc::new(
+            budget
+                .lease(bytes, cpu, never, move || *stop.borrow())
+                .await?,
+        )
     };
     let started = Instant::now();
     let timeout = Duration::from_millis(shared.config.timeout_ms);
@@ -335,8 +339,8 @@ async fn once(
                 pso::optimize(&objective, &config, control)
             })
             .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
             let position: Vec<f64> = out.best_position.into_iter().map(storable).collect();
             Ok(json!({
                 "best_cost": storable(out.best_cost),

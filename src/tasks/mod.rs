@@ -421,7 +421,8 @@ async fn admit(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Resul
             org,
             attempt,
             cancel,
-            deadline: Instant::now() + Duration::from_secs(config.max_content_generation_time.max(1)),
+            deadline: Instant::now()
+                + Duration::from_secs(config.max_content_generation_time.max(1)),
         };
         let inner = inner.clone();
         actix_web::rt::spawn(async move {
