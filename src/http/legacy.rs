@@ -16,7 +16,9 @@
 //! - **The proxy** is a real HTTP client with a time limit (`LEGACY_TIMEOUT_SECS`), no
 //!   redirects, and a bound on the answer it passes on (`LEGACY_MAX_RESPONSE_BYTES`). The
 //!   caller must be signed in here; the legacy backend receives the caller as
-//!   `X-Forwarded-User` and `X-Forwarded-Organization`, never the bearer token.
+//!   `X-Forwarded-User` and `X-Forwarded-Organization`, never the bearer token. The target
+//!   URL is built under the configured origin (`crate::outbound::Origin`): it keeps the
+//!   scheme, host, port and path prefix of `LEGACY_BACKEND_URL` whatever the request holds.
 //! - **Automatic rollback.** Each process measures the routes it serves in `new` mode over
 //!   a sliding window (`FLAG_ROLLBACK_WINDOW_SECS`): with at least
 //!   `FLAG_ROLLBACK_MIN_REQUESTS` requests and an error rate (5xx answers) above
@@ -71,24 +73,35 @@ fn known(route: &str) -> Option<(&'static str, &'static str, bool)> {
     ROUTES.into_iter().find(|(name, _, _)| *name == route)
 }
 
-/// This process's part of parallel running: the proxy's client and the error windows.
+/// This process's part of parallel running: the proxy's client, the legacy origin and the
+/// error windows.
 pub struct Legacy {
     client: reqwest::Client,
+    origin: Option<crate::outbound::Origin>,
     windows: Mutex<HashMap<&'static str, VecDeque<(Instant, bool)>>>,
 }
 
 impl Legacy {
-    pub fn new(config: &crate::config::Config) -> Self {
+    pub fn new(config: &crate::config::Config) -> anyhow::Result<Self> {
+        let origin = config
+            .legacy_backend_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(crate::outbound::Origin::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("LEGACY_BACKEND_URL: {e}"))?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.legacy_timeout_secs.max(1)))
             .connect_timeout(Duration::from_secs(config.legacy_timeout_secs.clamp(1, 5)))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        Self {
+        Ok(Self {
             client,
+            origin,
             windows: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// Records one answer of `route` served here, and returns the window's (requests,
@@ -318,29 +331,19 @@ async fn proxy(
     route: &str,
     body: &web::Bytes,
 ) -> Result<Proxied, ApiError> {
-    let base = state
-        .config
-        .legacy_backend_url
-        .as_deref()
-        .map(str::trim)
-        .filter(|b| !b.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "legacy_unavailable",
-                format!(
-                    "`{route}` is served by the legacy backend, and LEGACY_BACKEND_URL is not set"
-                ),
-            )
-        })?;
-    let mut url = format!("{}/api/{route}", base.trim_end_matches('/'));
-    if !req.query_string().is_empty() {
-        url.push('?');
-        url.push_str(req.query_string());
-    }
+    let origin = state.legacy.origin.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "legacy_unavailable",
+            format!("`{route}` is served by the legacy backend, and LEGACY_BACKEND_URL is not set"),
+        )
+    })?;
+    let url = origin
+        .join(&format!("api/{route}"), req.query_string())
+        .map_err(|r| ApiError::validation("path", format!("the proxied URL {r}")))?;
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(ApiError::internal)?;
-    let mut out = state.legacy.client.request(method, &url);
+    let mut out = state.legacy.client.request(method, url);
     for name in [header::CONTENT_TYPE, header::ACCEPT] {
         if let Some(v) = req.headers().get(&name).and_then(|v| v.to_str().ok()) {
             out = out.header(name.as_str(), v);
@@ -708,7 +711,7 @@ async fn list_flags(state: web::Data<AppState>, who: Principal) -> Result<HttpRe
     }
     Ok(HttpResponse::Ok().json(json!({
         "items": items,
-        "legacy_backend_configured": state.config.legacy_backend_url.as_deref().is_some_and(|u| !u.trim().is_empty()),
+        "legacy_backend_configured": state.legacy.origin.is_some(),
     })))
 }
 
