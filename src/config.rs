@@ -275,6 +275,10 @@ pub struct Config {
     /// Error rate (0 to 1) above which a route served here flips back to `legacy`.
     #[arg(long, env = "FLAG_ROLLBACK_THRESHOLD", default_value_t = 0.05)]
     pub flag_rollback_threshold: f64,
+    /// Fewest distinct organizations with a failed request in the window before a rollback,
+    /// so that one tenant's traffic cannot flip a route for every tenant.
+    #[arg(long, env = "FLAG_ROLLBACK_MIN_TENANTS", default_value_t = 3)]
+    pub flag_rollback_min_tenants: u64,
 }
 
 impl Default for Config {
