@@ -842,3 +842,29 @@ async fn set_flag(
     .await?;
     Ok(HttpResponse::Ok().json(flag_view(&state, route).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_counts_the_distinct_organizations_of_failed_requests() {
+        let legacy = Legacy::new(&crate::config::Config::default()).unwrap();
+        let window = Duration::from_secs(60);
+        let (a, b) = (Some(Uuid::new_v4()), Some(Uuid::new_v4()));
+        for _ in 0..10 {
+            legacy.record("openai", true, a, window);
+        }
+        let w = legacy.record("openai", false, b, window);
+        assert_eq!(w.requests, 11);
+        assert_eq!(w.failing_organizations, 1, "b's request succeeded");
+        let w = legacy.record("openai", true, b, window);
+        assert_eq!(w.failing_organizations, 2);
+        assert!((w.rate - 11.0 / 12.0).abs() < 1e-9);
+        // Another route has its own window.
+        let w = legacy.record("getAnalysis", true, a, window);
+        assert_eq!((w.requests, w.failing_organizations), (1, 1));
+        legacy.reset("openai");
+        assert_eq!(legacy.measured("openai", window), (0, 0.0));
+    }
+}

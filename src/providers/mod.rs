@@ -263,3 +263,24 @@ pub(crate) fn http_client(settings: &HttpSettings) -> reqwest::Client {
         .build()
         .expect("a reqwest client with only a connect timeout always builds")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_of_the_requests_content_is_the_callers() {
+        let refused = |code: u16| {
+            classify_status(reqwest::StatusCode::from_u16(code).unwrap(), None, "no")
+                .caused_by_request()
+        };
+        for code in [400, 413, 422] {
+            assert!(refused(code), "{code}");
+        }
+        // Credentials, settings, rate limits and server trouble are not the caller's.
+        for code in [401, 403, 404, 429, 500, 503] {
+            assert!(!refused(code), "{code}");
+        }
+        assert!(!ProviderError::Unavailable.caused_by_request());
+    }
+}
