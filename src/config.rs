@@ -247,7 +247,10 @@ pub struct Config {
     /// Wall-clock limit of one swarm task, in seconds.
     #[arg(long, env = "MAX_CONTENT_GENERATION_TIME", default_value_t = 300)]
     pub max_content_generation_time: u64,
-    /// URL prefixes that batch HTTP subtasks may call, comma-separated (empty: none).
+    /// URLs that batch HTTP subtasks may call, comma-separated (empty: none). Scheme, host
+    /// and port must match an entry exactly, the path be the entry's or below it; a host
+    /// must resolve to public addresses unless the entry names the address (or `localhost`).
+    /// See `crate::outbound`.
     #[arg(long, env = "SWARM_HTTP_ALLOWLIST", default_value = "")]
     pub swarm_http_allowlist: String,
     /// Most swarm tasks of one user running at once, over all of their organizations.
@@ -291,6 +294,10 @@ pub struct Config {
     /// Error rate (0 to 1) above which a route served here flips back to `legacy`.
     #[arg(long, env = "FLAG_ROLLBACK_THRESHOLD", default_value_t = 0.05)]
     pub flag_rollback_threshold: f64,
+    /// Fewest distinct organizations with a failed request in the window before a rollback,
+    /// so that one tenant's traffic cannot flip a route for every tenant.
+    #[arg(long, env = "FLAG_ROLLBACK_MIN_TENANTS", default_value_t = 3)]
+    pub flag_rollback_min_tenants: u64,
 }
 
 impl Default for Config {
@@ -375,18 +382,6 @@ impl Config {
             live_linger: Duration::from_millis(self.projection_linger_ms),
             ..RunnerConfig::default()
         }
-    }
-}
-
-impl Config {
-    /// Whether a batch subtask may call `url`: it starts with one of the allow-listed
-    /// prefixes (compared as written, so `http://10.0.0.5:8080/` allows that service only).
-    pub fn swarm_url_allowed(&self, url: &str) -> bool {
-        self.swarm_http_allowlist
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .any(|prefix| url.starts_with(prefix))
     }
 }
 

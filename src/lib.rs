@@ -15,6 +15,7 @@
 //! - [`chat`]: FlowMind chat replies: the worker that streams a provider's reply into a chat
 //!   session's events, coalesced, and stops it on request.
 //! - [`google`]: verification of Google ID tokens against Google's published keys (JWKS).
+//! - [`outbound`]: where user-supplied URLs may lead (allow-list, address checks, pinning).
 //! - [`rt`]: dedicated threads for the serial hot spots (store writer, projections).
 //! - [`swarm`]: the work of Quantum and Velocity swarm tasks (particle swarm runs, batches).
 //! - [`tasks`]: the scheduler of long work (caps, one leader across processes, resume).
@@ -31,6 +32,7 @@ pub mod config;
 pub mod gateways;
 pub mod google;
 pub mod http;
+pub mod outbound;
 pub mod projections;
 pub mod providers;
 pub mod rt;

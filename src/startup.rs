@@ -73,6 +73,8 @@ pub struct AppState {
     pub legacy: Arc<crate::http::legacy::Legacy>,
     /// This process's provider breakers as the deployment sees them (`agents::breakers`).
     pub breakers: Arc<crate::agents::breakers::BreakerSync>,
+    /// Where user-supplied URLs may lead (`SWARM_HTTP_ALLOWLIST`, see `outbound`).
+    pub outbound: Arc<crate::outbound::AllowList>,
 }
 
 /// How every connection of this process talks to PostgreSQL: no statement runs and no lock
@@ -250,7 +252,11 @@ impl Application {
                 crate::tasks::admission::WorkerBudget::from_config(&config),
             ),
             flags: Registry::new(store.clone(), config.runtime()),
-            legacy: Arc::new(crate::http::legacy::Legacy::new(&config)),
+            legacy: Arc::new(crate::http::legacy::Legacy::new(&config)?),
+            outbound: Arc::new(
+                crate::outbound::AllowList::parse(&config.swarm_http_allowlist)
+                    .map_err(|e| anyhow::anyhow!("SWARM_HTTP_ALLOWLIST: {e}"))?,
+            ),
         });
         if config.run_swarm_scheduler {
             state.swarm.start(state.clone());

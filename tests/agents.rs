@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use universal_backend::http::admin::set_operator;
+use universal_backend::store::{PgEventStore, PgStoreConfig};
 use universal_backend::Config;
 
 use common::stand_in::{Reply, Script, StandIn};
@@ -451,7 +453,7 @@ async fn metrics_count_executions_tokens_and_refusals_per_agent_with_duration_pe
 }
 
 #[actix_web::test]
-async fn a_breaker_opened_in_one_process_is_shown_and_reset_everywhere_by_an_admin_only() {
+async fn a_breaker_opened_in_one_process_is_shown_and_reset_everywhere_by_an_operator_only() {
     let t = start(|c| {
         c.provider_breaker_failures = 1;
         c.provider_breaker_open_secs = 600;
@@ -500,12 +502,20 @@ async fn a_breaker_opened_in_one_process_is_shown_and_reset_everywhere_by_an_adm
     );
     assert_eq!(t.provider.requests().len(), calls);
 
-    // A member may not reset; an admin may, through the other process.
+    // A member may not reset, nor an organization's admin; an operator may, through the
+    // other process.
     let member = common::add_member(&t.app, "member").await;
     let member_client = common::frontend_client(&member.access_token, "toolbox");
     let (status, error) =
         send(member_client.post(second.url("/api/v1/system/circuit-breakers/openai/reset"))).await;
     assert_eq!(status, 403, "{error}");
+    let (status, error) = send(
+        t.client
+            .post(second.url("/api/v1/system/circuit-breakers/openai/reset")),
+    )
+    .await;
+    assert_eq!(status, 403, "{error}");
+    become_operator(&t).await;
     let (status, _) = send(
         t.client
             .post(second.url("/api/v1/system/circuit-breakers/nothing/reset")),
@@ -537,6 +547,59 @@ async fn a_breaker_opened_in_one_process_is_shown_and_reset_everywhere_by_an_adm
         .unwrap();
     assert_eq!(resets, 1);
     second.handle.stop(true).await;
+}
+
+/// Makes the tenant an operator (the account-wide admin role) and waits (bounded) until
+/// the read model that the operator check reads has it.
+async fn become_operator(t: &Toolbox) {
+    let store = PgEventStore::start(t.app.pool.clone(), PgStoreConfig::default())
+        .await
+        .unwrap();
+    let user = set_operator(&t.app.pool, store, &t.app.tenant.email, true)
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        let operator: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND 'admin' = ANY(roles))",
+        )
+        .bind(user)
+        .fetch_one(&t.app.pool)
+        .await
+        .unwrap();
+        if operator {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the grant did not reach the users read model");
+}
+
+#[actix_web::test]
+async fn an_organization_admin_may_read_the_breakers_but_not_reset_them() {
+    let t = start(|_| {}).await;
+    // The tenant created its organization: it is that organization's admin.
+    let (status, members) = send(t.app.client.get(t.app.url(&format!(
+        "/api/v1/organizations/{}/members",
+        t.app.tenant.organization_id
+    ))))
+    .await;
+    assert_eq!(status, 200, "{members}");
+    assert_eq!(members["items"][0]["role"], "admin", "{members}");
+    let (status, list) = t.get("/api/v1/system/circuit-breakers").await;
+    assert_eq!(status, 200, "{list}");
+    assert!(list["breakers"].is_array(), "{list}");
+    let (status, error) = send(
+        t.client
+            .post(t.app.url("/api/v1/system/circuit-breakers/openai/reset")),
+    )
+    .await;
+    assert_eq!(status, 403, "{error}");
+    assert_eq!(error["error"]["code"], "forbidden", "{error}");
+    let resets: i64 = sqlx::query_scalar("SELECT count(*) FROM circuit_breaker_resets")
+        .fetch_one(&t.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(resets, 0, "nothing recorded");
 }
 
 #[actix_web::test]

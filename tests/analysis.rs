@@ -704,6 +704,8 @@ async fn a_route_failing_here_rolls_back_to_legacy_by_itself() {
         c.legacy_backend_url = Some(url);
         c.flag_rollback_min_requests = 4;
         c.flag_rollback_threshold = 0.05;
+        // One tenant's failures are enough here (see the test of several tenants).
+        c.flag_rollback_min_tenants = 1;
     })
     .await;
     become_operator(&app).await;
@@ -770,6 +772,7 @@ async fn a_route_failing_here_rolls_back_to_legacy_by_itself() {
         common::with_stand_in(c, &p);
         c.legacy_backend_url = Some(url);
         c.flag_rollback_min_requests = 4;
+        c.flag_rollback_min_tenants = 1;
     })
     .await;
     let (status, _) = send(
@@ -828,6 +831,139 @@ async fn a_route_failing_here_rolls_back_to_legacy_by_itself() {
         rollbacks().await,
         2,
         "one flip, however many processes measured the failure"
+    );
+}
+
+/// The mode of `route`'s flag, as the flags route shows it.
+async fn flag_mode(app: &common::TestApp, route: &str) -> Value {
+    let (status, flags) = send(
+        &app.client,
+        reqwest::Method::GET,
+        app.url("/api/v1/system/flags"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{flags}");
+    flags["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["route"] == route)
+        .unwrap()["mode"]
+        .clone()
+}
+
+#[actix_web::test]
+async fn one_tenants_refused_or_failing_prompts_do_not_flip_a_flag_and_failures_of_several_do() {
+    let legacy = LegacyServer::start().await;
+    let provider = StandIn::start().await;
+    let (p, url) = (provider.clone(), legacy.url.clone());
+    let app = common::spawn_app_with(move |c| {
+        common::with_stand_in(c, &p);
+        c.legacy_backend_url = Some(url);
+        c.flag_rollback_min_requests = 4;
+        c.flag_rollback_threshold = 0.05;
+        // The default: failures from three organizations.
+        assert_eq!(c.flag_rollback_min_tenants, 3);
+        c.provider_breaker_failures = 1_000;
+    })
+    .await;
+    become_operator(&app).await;
+    set_flag(&app, "openai", "new").await;
+    let prompt = json!({ "prompt": "Summarise the feedback" });
+    let ask = |client: reqwest::Client| {
+        let url = app.url("/api/openai");
+        let prompt = prompt.clone();
+        async move {
+            let res = client.post(url).json(&prompt).send().await.unwrap();
+            let served = res
+                .headers()
+                .get("x-served-by")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            (status, served, body)
+        }
+    };
+
+    // Twenty prompts the provider refuses (400) are the caller's to fix: 422, not failures.
+    for _ in 0..20 {
+        provider.then(Reply::Status {
+            code: 400,
+            retry_after: None,
+        });
+    }
+    for i in 0..20 {
+        let (status, served, body) = ask(app.client.clone()).await;
+        assert_eq!(status, 422, "request {i}: {body}");
+        assert_eq!(body["error"]["code"], "provider_rejected", "{body}");
+        assert_eq!(served.as_deref(), Some("new"));
+    }
+    assert_eq!(flag_mode(&app, "openai").await, "new");
+
+    // One tenant's server-side failures (500) alone do not flip the route for everyone.
+    for _ in 0..10 {
+        provider.then(Reply::Status {
+            code: 500,
+            retry_after: None,
+        });
+    }
+    for i in 0..10 {
+        let (status, served, body) = ask(app.client.clone()).await;
+        assert_eq!(status, 502, "request {i}: {body}");
+        assert_eq!(served.as_deref(), Some("new"));
+    }
+    assert_eq!(flag_mode(&app, "openai").await, "new");
+
+    // A second organization failing too: still two of three.
+    let second =
+        common::client_for(&common::create_tenant(&app.anonymous, &app.base, "second").await);
+    provider.then(Reply::Status {
+        code: 500,
+        retry_after: None,
+    });
+    let (status, _, body) = ask(second).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(flag_mode(&app, "openai").await, "new");
+    assert!(legacy.requests().is_empty());
+
+    // The third organization's failure makes the failure broad: the flag rolls back.
+    let third =
+        common::client_for(&common::create_tenant(&app.anonymous, &app.base, "third").await);
+    provider.then(Reply::Status {
+        code: 500,
+        retry_after: None,
+    });
+    let (status, _, body) = ask(third.clone()).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(flag_mode(&app, "openai").await, "legacy");
+    let (status, served, _) = ask(third).await;
+    assert_eq!(status, 200);
+    assert_eq!(served.as_deref(), Some("legacy"));
+    assert_eq!(legacy.requests().len(), 1);
+    let (_, flags) = send(
+        &app.client,
+        reqwest::Method::GET,
+        app.url("/api/v1/system/flags"),
+        None,
+    )
+    .await;
+    let flag = flags["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["route"] == "openai")
+        .unwrap()
+        .clone();
+    let last = &flag["history"][0];
+    assert_eq!(last["actor"], "system", "{flag}");
+    assert_eq!(last["requests"], 32, "{flag}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("3 failing organizations"),
+        "{flag}"
     );
 }
 

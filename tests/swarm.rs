@@ -4,11 +4,14 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{client_for, create_tenant, fresh_database_url, test_config, Tenant, PASSWORD};
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use universal_backend::config::Config;
 use universal_backend::Application;
 
@@ -1014,4 +1017,126 @@ async fn an_organization_with_its_queue_full_gets_429_and_nothing_is_written() {
         .filter(|(_, t, _)| t == "SwarmTaskCreated")
         .count();
     assert_eq!(created, 3);
+}
+
+/// A loopback HTTP server that answers every request `200 pong`; counts the requests.
+async fn pong_server() -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong")
+                    .await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (port, hits)
+}
+
+fn http_batch(urls: &[String]) -> Value {
+    let subtasks: Vec<Value> = urls
+        .iter()
+        .map(|u| json!({"kind": "http", "url": u}))
+        .collect();
+    json!({
+        "type": "velocity",
+        "objective": "calls",
+        "config": {"subtasks": subtasks, "retries": 0, "timeout_ms": 10000}
+    })
+}
+
+#[actix_web::test]
+async fn a_batch_url_that_smuggles_another_host_or_address_is_refused_and_a_listed_one_is_called() {
+    let (pong, hits) = pong_server().await;
+    let app = start(None, |c| {
+        c.swarm_http_allowlist = format!("http://localhost:{pong}, http://127.0.0.1:{pong}/ping");
+    })
+    .await;
+    let own = app.base.rsplit(':').next().unwrap().to_owned();
+    let velocity = Caller::new(&app.base, &swarm_tenant(&app, "ssrf").await, "velocity");
+    let before = task_events(&app.pool).await.len();
+    for (url, why) in [
+        (
+            format!("http://localhost:{pong}@127.0.0.1:{own}/metrics"),
+            "user name or password",
+        ),
+        (
+            format!("http://localhost:{pong}:x@127.0.0.1:{own}/metrics"),
+            "user name or password",
+        ),
+        (format!("http://127.0.0.1:{own}/metrics"), "allow-list"),
+        (format!("http://2130706433:{own}/metrics"), "allow-list"),
+        (format!("http://0x7f.1:{own}/metrics"), "allow-list"),
+        (format!("http://[::1]:{pong}/ping"), "allow-list"),
+        (format!("http://127.0.0.1:{pong}/pingx"), "allow-list"),
+        (
+            format!("http://127.0.0.1:{pong}/ping/..%2fmetrics"),
+            "encoded slash",
+        ),
+        (
+            format!("http://localhost:{}/", u32::from(pong) + 1),
+            "allow-list",
+        ),
+    ] {
+        let (status, answer) = velocity
+            .post(
+                "/api/v1/swarm/tasks",
+                http_batch(std::slice::from_ref(&url)),
+            )
+            .await;
+        assert_eq!(status, 422, "{url} → {answer}");
+        assert_eq!(
+            answer["error"]["details"]["field"], "config.subtasks[0].url",
+            "{url} → {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{url} → {answer}");
+    }
+    assert_eq!(
+        task_events(&app.pool).await.len(),
+        before,
+        "nothing written"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+
+    // The listed loopback stand-in is reachable, by the address and by `localhost`, each
+    // of which the allow-list names explicitly.
+    let (id, _) = velocity
+        .create(http_batch(&[
+            format!("http://127.0.0.1:{pong}/ping"),
+            format!("http://127.1:{pong}/ping/deeper?x=1"),
+            format!("http://localhost:{pong}/anything"),
+        ]))
+        .await;
+    let done = velocity.finished(&id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, subtasks) = velocity
+        .get(&format!("/api/v1/swarm/tasks/{id}/subtasks"))
+        .await;
+    let items = subtasks["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{subtasks}");
+    for item in items {
+        assert_eq!(item["status"], "done", "{item}");
+        assert_eq!(
+            item["output"],
+            json!({"status": 200, "body": "pong"}),
+            "{item}"
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
 }

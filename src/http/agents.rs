@@ -22,7 +22,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use universal_events::identity::{Frontend, Role};
+use universal_events::identity::Frontend;
 use universal_events::swarm::{AgentConfig, TaskConfig, TaskType};
 use uuid::Uuid;
 
@@ -714,8 +714,9 @@ struct ResetDone {
     state: String,
 }
 
-/// Closes breaker `name` (a provider's name) in every process. Organization admins and
-/// system admins only (403 otherwise).
+/// Closes breaker `name` (a provider's name) in every process. Operators only (the
+/// account-wide admin role, 403 otherwise): a breaker is shared by every tenant, so an
+/// organization's admin may read the breakers but not reset them.
 #[utoipa::path(
     post,
     path = "/api/v1/system/circuit-breakers/{name}/reset",
@@ -728,10 +729,7 @@ async fn reset_breaker(
     who: Principal,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let system_admin = who.roles.contains(&Role::Admin);
-    if !system_admin {
-        who.require_admin()?;
-    }
+    super::admin::require_operator(&state, &who).await?;
     let name = path.into_inner();
     let done = state
         .breakers

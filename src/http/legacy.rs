@@ -16,14 +16,21 @@
 //! - **The proxy** is a real HTTP client with a time limit (`LEGACY_TIMEOUT_SECS`), no
 //!   redirects, and a bound on the answer it passes on (`LEGACY_MAX_RESPONSE_BYTES`). The
 //!   caller must be signed in here; the legacy backend receives the caller as
-//!   `X-Forwarded-User` and `X-Forwarded-Organization`, never the bearer token.
+//!   `X-Forwarded-User` and `X-Forwarded-Organization`, never the bearer token. The target
+//!   URL is built under the configured origin (`crate::outbound::Origin`): it keeps the
+//!   scheme, host, port and path prefix of `LEGACY_BACKEND_URL` whatever the request holds.
 //! - **Automatic rollback.** Each process measures the routes it serves in `new` mode over
 //!   a sliding window (`FLAG_ROLLBACK_WINDOW_SECS`): with at least
-//!   `FLAG_ROLLBACK_MIN_REQUESTS` requests and an error rate (5xx answers) above
-//!   `FLAG_ROLLBACK_THRESHOLD` (5%), it flips the flag back to `legacy` with a `Rollback`
+//!   `FLAG_ROLLBACK_MIN_REQUESTS` requests, an error rate (5xx answers) above
+//!   `FLAG_ROLLBACK_THRESHOLD` (5%), and failed requests from at least
+//!   `FLAG_ROLLBACK_MIN_TENANTS` distinct organizations (3), it flips the flag back to
+//!   `legacy` with a `Rollback`
 //!   command (actor `system`, the measured rate in the event). The flag's decider records
 //!   it only if the flag is still `new`, and appends with optimistic concurrency, so two
-//!   processes that roll back at once record one flip.
+//!   processes that roll back at once record one flip. Only failures of this server count:
+//!   a request the caller got wrong is a 4xx, and so is a prompt the AI provider refuses
+//!   for its content (422 `provider_rejected`), so a tenant's bad input cannot move a route
+//!   for everyone.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -71,45 +78,97 @@ fn known(route: &str) -> Option<(&'static str, &'static str, bool)> {
     ROUTES.into_iter().find(|(name, _, _)| *name == route)
 }
 
-/// This process's part of parallel running: the proxy's client and the error windows.
+/// One answer served here in `new` mode: when, whether it failed, and whose it was.
+struct Sample {
+    at: Instant,
+    error: bool,
+    organization: Option<Uuid>,
+}
+
+/// A route's window as measured: requests, error rate, and the distinct organizations
+/// among the failed requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Window {
+    requests: u64,
+    rate: f64,
+    failing_organizations: u64,
+}
+
+impl Window {
+    fn of<'a>(samples: impl Iterator<Item = &'a Sample>) -> Self {
+        let (mut requests, mut errors) = (0u64, 0u64);
+        let mut organizations = std::collections::HashSet::new();
+        for s in samples {
+            requests += 1;
+            if s.error {
+                errors += 1;
+                organizations.insert(s.organization);
+            }
+        }
+        Self {
+            requests,
+            rate: errors as f64 / requests.max(1) as f64,
+            failing_organizations: organizations.len() as u64,
+        }
+    }
+}
+
+/// This process's part of parallel running: the proxy's client, the legacy origin and the
+/// error windows.
 pub struct Legacy {
     client: reqwest::Client,
-    windows: Mutex<HashMap<&'static str, VecDeque<(Instant, bool)>>>,
+    origin: Option<crate::outbound::Origin>,
+    windows: Mutex<HashMap<&'static str, VecDeque<Sample>>>,
 }
 
 impl Legacy {
-    pub fn new(config: &crate::config::Config) -> Self {
+    pub fn new(config: &crate::config::Config) -> anyhow::Result<Self> {
+        let origin = config
+            .legacy_backend_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(crate::outbound::Origin::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("LEGACY_BACKEND_URL: {e}"))?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.legacy_timeout_secs.max(1)))
             .connect_timeout(Duration::from_secs(config.legacy_timeout_secs.clamp(1, 5)))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        Self {
+        Ok(Self {
             client,
+            origin,
             windows: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
-    /// Records one answer of `route` served here, and returns the window's (requests,
-    /// error rate).
-    fn record(&self, route: &'static str, error: bool, window: Duration) -> (u64, f64) {
+    /// Records one answer of `route` served here for `organization`, and returns the
+    /// window.
+    fn record(
+        &self,
+        route: &'static str,
+        error: bool,
+        organization: Option<Uuid>,
+        window: Duration,
+    ) -> Window {
         let now = Instant::now();
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let samples = windows.entry(route).or_default();
-        samples.push_back((now, error));
+        samples.push_back(Sample {
+            at: now,
+            error,
+            organization,
+        });
         while samples.len() > MAX_SAMPLES
             || samples
                 .front()
-                .is_some_and(|(at, _)| now.duration_since(*at) > window)
+                .is_some_and(|s| now.duration_since(s.at) > window)
         {
             samples.pop_front();
         }
-        let errors = samples.iter().filter(|(_, e)| *e).count();
-        (
-            samples.len() as u64,
-            errors as f64 / samples.len().max(1) as f64,
-        )
+        Window::of(samples.iter())
     }
 
     /// The window of `route` as this process measured it: (requests, error rate).
@@ -119,16 +178,12 @@ impl Legacy {
         let Some(samples) = windows.get(route) else {
             return (0, 0.0);
         };
-        let recent: Vec<bool> = samples
-            .iter()
-            .filter(|(at, _)| now.duration_since(*at) <= window)
-            .map(|(_, e)| *e)
-            .collect();
-        let errors = recent.iter().filter(|e| **e).count();
-        (
-            recent.len() as u64,
-            errors as f64 / recent.len().max(1) as f64,
-        )
+        let w = Window::of(
+            samples
+                .iter()
+                .filter(|s| now.duration_since(s.at) <= window),
+        );
+        (w.requests, w.rate)
     }
 
     /// Forgets the window of `route` (its flag changed: the new mode starts afresh).
@@ -266,13 +321,25 @@ async fn complete(state: &AppState, input: OpenAiBody) -> Result<Value, ApiError
         temperature: None,
         max_tokens: None,
     };
-    let failed = |e: String| ApiError::new(StatusCode::BAD_GATEWAY, "ai_provider_failed", e);
+    // A prompt the provider refuses for what it holds is the caller's to fix (422); any
+    // other failure is the provider's or this server's (502).
+    let failed = |e: crate::providers::ProviderError| {
+        if e.caused_by_request() {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "provider_rejected",
+                e.to_string(),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_GATEWAY, "ai_provider_failed", e.to_string())
+        }
+    };
     let mut stream = crate::providers::ModelProvider::stream(provider.as_ref(), request)
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(failed)?;
     let mut text = String::new();
     while let Some(item) = stream.next().await {
-        match item.map_err(|e| failed(e.to_string()))? {
+        match item.map_err(failed)? {
             ReplyEvent::Delta(d) => {
                 if text.len() < MAX_COMPLETION {
                     text.push_str(&d);
@@ -287,8 +354,10 @@ async fn complete(state: &AppState, input: OpenAiBody) -> Result<Value, ApiError
             }
         }
     }
-    Err(failed(
-        "the provider's reply ended without completing".into(),
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "ai_provider_failed",
+        "the provider's reply ended without completing",
     ))
 }
 
@@ -318,29 +387,19 @@ async fn proxy(
     route: &str,
     body: &web::Bytes,
 ) -> Result<Proxied, ApiError> {
-    let base = state
-        .config
-        .legacy_backend_url
-        .as_deref()
-        .map(str::trim)
-        .filter(|b| !b.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "legacy_unavailable",
-                format!(
-                    "`{route}` is served by the legacy backend, and LEGACY_BACKEND_URL is not set"
-                ),
-            )
-        })?;
-    let mut url = format!("{}/api/{route}", base.trim_end_matches('/'));
-    if !req.query_string().is_empty() {
-        url.push('?');
-        url.push_str(req.query_string());
-    }
+    let origin = state.legacy.origin.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "legacy_unavailable",
+            format!("`{route}` is served by the legacy backend, and LEGACY_BACKEND_URL is not set"),
+        )
+    })?;
+    let url = origin
+        .join(&format!("api/{route}"), req.query_string())
+        .map_err(|r| ApiError::validation("path", format!("the proxied URL {r}")))?;
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(ApiError::internal)?;
-    let mut out = state.legacy.client.request(method, &url);
+    let mut out = state.legacy.client.request(method, url);
     for name in [header::CONTENT_TYPE, header::ACCEPT] {
         if let Some(v) = req.headers().get(&name).and_then(|v| v.to_str().ok()) {
             out = out.header(name.as_str(), v);
@@ -472,7 +531,7 @@ async fn serve(
                     header::HeaderName::from_static("x-served-by"),
                     header::HeaderValue::from_static("new"),
                 );
-                watch(&state, route, error).await;
+                watch(&state, route, error, who.organization_id).await;
                 res
             }
         })
@@ -505,21 +564,29 @@ fn compare(old: &Proxied, new: &Result<Value, ApiError>) -> &'static str {
     }
 }
 
-/// Measures an answer served in `new` mode and rolls the flag back when the window's error
-/// rate exceeds the threshold.
-async fn watch(state: &AppState, route: &'static str, error: bool) {
+/// Measures an answer served in `new` mode for `organization` and rolls the flag back
+/// when the window's error rate exceeds the threshold, with failures from enough distinct
+/// organizations.
+async fn watch(state: &AppState, route: &'static str, error: bool, organization: Option<Uuid>) {
     let config = &state.config;
     let window = Duration::from_secs(config.flag_rollback_window_secs.max(1));
-    let (requests, rate) = state.legacy.record(route, error, window);
+    let Window {
+        requests,
+        rate,
+        failing_organizations,
+    } = state.legacy.record(route, error, organization, window);
     metrics::gauge!("ub_flag_error_rate", "route" => route).set(rate);
-    if requests < config.flag_rollback_min_requests.max(1) || rate <= config.flag_rollback_threshold
+    if requests < config.flag_rollback_min_requests.max(1)
+        || rate <= config.flag_rollback_threshold
+        || failing_organizations < config.flag_rollback_min_tenants.max(1)
     {
         return;
     }
     let reason = format!(
-        "error rate {:.1}% over {} requests in {} s exceeded {:.1}%",
+        "error rate {:.1}% over {} requests from {} failing organizations in {} s exceeded {:.1}%",
         rate * 100.0,
         requests,
+        failing_organizations,
         window.as_secs(),
         config.flag_rollback_threshold * 100.0
     );
@@ -708,7 +775,7 @@ async fn list_flags(state: web::Data<AppState>, who: Principal) -> Result<HttpRe
     }
     Ok(HttpResponse::Ok().json(json!({
         "items": items,
-        "legacy_backend_configured": state.config.legacy_backend_url.as_deref().is_some_and(|u| !u.trim().is_empty()),
+        "legacy_backend_configured": state.legacy.origin.is_some(),
     })))
 }
 
@@ -774,4 +841,30 @@ async fn set_flag(
     )
     .await?;
     Ok(HttpResponse::Ok().json(flag_view(&state, route).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_counts_the_distinct_organizations_of_failed_requests() {
+        let legacy = Legacy::new(&crate::config::Config::default()).unwrap();
+        let window = Duration::from_secs(60);
+        let (a, b) = (Some(Uuid::new_v4()), Some(Uuid::new_v4()));
+        for _ in 0..10 {
+            legacy.record("openai", true, a, window);
+        }
+        let w = legacy.record("openai", false, b, window);
+        assert_eq!(w.requests, 11);
+        assert_eq!(w.failing_organizations, 1, "b's request succeeded");
+        let w = legacy.record("openai", true, b, window);
+        assert_eq!(w.failing_organizations, 2);
+        assert!((w.rate - 11.0 / 12.0).abs() < 1e-9);
+        // Another route has its own window.
+        let w = legacy.record("getAnalysis", true, a, window);
+        assert_eq!((w.requests, w.failing_organizations), (1, 1));
+        legacy.reset("openai");
+        assert_eq!(legacy.measured("openai", window), (0, 0.0));
+    }
 }

@@ -315,10 +315,10 @@ fn velocity_config(
                 body,
                 count,
             } => {
-                if !state.config.swarm_url_allowed(&url) {
+                if let Err(refusal) = state.outbound.check(&url) {
                     return Err(ApiError::validation(
                         &format!("config.subtasks[{i}].url"),
-                        "is not on this server's allow-list (SWARM_HTTP_ALLOWLIST)",
+                        refusal.to_string(),
                     ));
                 }
                 SubtaskSpec::Http {

@@ -113,8 +113,10 @@ pub enum ProviderError {
     Network(String),
     #[error("the provider is unavailable (circuit breaker open)")]
     Unavailable,
-    #[error("the provider refused the request: {0}")]
-    BadRequest(String),
+    /// A 4xx other than 429: `status` tells whether the request's content was refused
+    /// ([`ProviderError::caused_by_request`]) or this server's credentials or settings.
+    #[error("the provider refused the request: {message}")]
+    BadRequest { status: u16, message: String },
     #[error("the provider sent a malformed stream: {0}")]
     Protocol(String),
     /// The caller stopped the reply. Dropping a [`ReplyStream`] is how a caller cancels (the
@@ -134,7 +136,7 @@ impl ProviderError {
             ProviderError::Timeout(TimeoutKind::Total) => "timeout_total",
             ProviderError::Network(_) => "network",
             ProviderError::Unavailable => "unavailable",
-            ProviderError::BadRequest(_) => "bad_request",
+            ProviderError::BadRequest { .. } => "bad_request",
             ProviderError::Protocol(_) => "protocol",
             ProviderError::Cancelled => "cancelled",
         }
@@ -156,7 +158,22 @@ impl ProviderError {
     pub fn counts_against_provider(&self) -> bool {
         !matches!(
             self,
-            ProviderError::BadRequest(_) | ProviderError::Cancelled | ProviderError::Unavailable
+            ProviderError::BadRequest { .. }
+                | ProviderError::Cancelled
+                | ProviderError::Unavailable
+        )
+    }
+
+    /// The provider refused what the request holds (400, 413, 422: a prompt too long, a
+    /// refused content, a bad parameter): the caller's input, not a failure of the provider
+    /// nor of this server. A 401, 403 or 404 is this server's credentials or settings.
+    pub fn caused_by_request(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::BadRequest {
+                status: 400 | 413 | 422,
+                ..
+            }
         )
     }
 
@@ -219,7 +236,10 @@ pub(crate) fn classify_status(
             } else {
                 text = format!("status {code}: {text}");
             }
-            ProviderError::BadRequest(text)
+            ProviderError::BadRequest {
+                status: code,
+                message: text,
+            }
         }
     }
 }
@@ -242,4 +262,25 @@ pub(crate) fn http_client(settings: &HttpSettings) -> reqwest::Client {
         .connect_timeout(settings.connect_timeout)
         .build()
         .expect("a reqwest client with only a connect timeout always builds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_of_the_requests_content_is_the_callers() {
+        let refused = |code: u16| {
+            classify_status(reqwest::StatusCode::from_u16(code).unwrap(), None, "no")
+                .caused_by_request()
+        };
+        for code in [400, 413, 422] {
+            assert!(refused(code), "{code}");
+        }
+        // Credentials, settings, rate limits and server trouble are not the caller's.
+        for code in [401, 403, 404, 429, 500, 503] {
+            assert!(!refused(code), "{code}");
+        }
+        assert!(!ProviderError::Unavailable.caused_by_request());
+    }
 }

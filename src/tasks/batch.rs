@@ -8,8 +8,9 @@
 //! the subtasks that run: their tries are dropped at the next await, and a running
 //! optimization stops after its current iteration.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -55,7 +56,9 @@ fn clean(text: &str, max: usize) -> String {
 struct Shared {
     state: actix_web::web::Data<crate::startup::AppState>,
     config: VelocityConfig,
-    http: reqwest::Client,
+    /// One client per origin called, pinned to the address checked when it was first
+    /// called (see `crate::outbound`).
+    clients: Mutex<HashMap<String, reqwest::Client>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -64,16 +67,11 @@ pub(crate) async fn run(run: &Run, task: &SwarmTask) -> Result<TaskResult, Finis
     let Some(config) = task.batch().cloned() else {
         return Err(Finish::Fail("not a batch".into()));
     };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(config.timeout_ms))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Finish::Fail(format!("no HTTP client: {e}")))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         state: run.state.clone(),
         config,
-        http,
+        clients: Mutex::new(HashMap::new()),
         stop: stop_rx,
     });
     let pending: Vec<u32> = subtasks(&shared.config)
@@ -267,6 +265,33 @@ async fn subtask(shared: &Shared, index: u32) -> Option<SubtaskOutcome> {
     })
 }
 
+/// The checked URL and the client of its origin: the allow-list is checked on every call,
+/// the host resolved and its addresses checked on the first call to the origin, and every
+/// call goes to the address checked then (a changed DNS answer changes nothing).
+async fn client_for(
+    shared: &Shared,
+    url: &str,
+    timeout: Duration,
+) -> Result<(reqwest::Url, reqwest::Client), String> {
+    let outbound = &shared.state.outbound;
+    let refused = |r: crate::outbound::Refusal| format!("{url} {r}");
+    let checked = outbound.check(url).map_err(refused)?;
+    let origin = checked.origin().ascii_serialization();
+    let cached = {
+        let clients = shared.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.get(&origin).cloned()
+    };
+    if let Some(client) = cached {
+        return Ok((checked, client));
+    }
+    let target = outbound.resolve(url).await.map_err(refused)?;
+    let client = crate::outbound::pinned_client(&target, timeout)
+        .map_err(|e| format!("no HTTP client: {e}"))?;
+    let mut clients = shared.clients.lock().unwrap_or_else(|p| p.into_inner());
+    clients.insert(origin, client.clone());
+    Ok((target.url, client))
+}
+
 /// One try of a subtask.
 async fn once(
     shared: &Shared,
@@ -352,12 +377,10 @@ async fn once(
         SubtaskSpec::Http {
             method, url, body, ..
         } => {
-            if !shared.state.config.swarm_url_allowed(url) {
-                return Err(format!("{url} is not on the allow-list"));
-            }
+            let (url, client) = client_for(shared, url, timeout).await?;
             let method =
                 reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
-            let mut request = shared.http.request(method, url);
+            let mut request = client.request(method, url);
             if let Some(body) = body {
                 request = request.json(body);
             }
