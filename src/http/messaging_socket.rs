@@ -40,11 +40,27 @@ pub const TYPING_EVERY: Duration = Duration::from_secs(2);
 /// How long receivers keep a typing state without a refresh.
 pub const TYPING_TTL: Duration = Duration::from_secs(5);
 
-fn failed(e: ApiError) -> Value {
+pub fn failed(e: ApiError) -> Value {
     json!({ "ok": false, "error": { "code": e.code, "message": e.message, "status": e.status.as_u16(), "details": e.details } })
 }
 
+/// The argument of a command: an object of the command's fields (a missing argument, a
+/// number or a list is refused by name, not by the decoder's wording).
 fn parse<T: for<'de> Deserialize<'de>>(input: Value) -> Result<T, ApiError> {
+    let kind = match &input {
+        Value::Object(_) => None,
+        Value::Null => Some("nothing"),
+        Value::Bool(_) => Some("a boolean"),
+        Value::Number(_) => Some("a number"),
+        Value::String(_) => Some("a string"),
+        Value::Array(_) => Some("an array"),
+    };
+    if let Some(kind) = kind {
+        return Err(ApiError::validation(
+            "argument",
+            format!("must be an object of the command's fields, not {kind}"),
+        ));
+    }
     serde_json::from_value(input).map_err(|e| {
         ApiError::new(
             actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
