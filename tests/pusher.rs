@@ -838,3 +838,49 @@ async fn a_client_that_reads_nothing_is_closed_when_its_queue_fills_instead_of_b
         "the server buffered {received} of {total} frames for a client that read nothing"
     );
 }
+
+#[actix_web::test]
+async fn without_pusher_secret_the_public_default_signs_nothing_and_processes_share_a_generated_one(
+) {
+    let a = common::spawn_app_with(|c| c.pusher_secret = None).await;
+    let b = common::spawn_second_app_with(&a, |c| c.pusher_secret = None).await;
+    let org = &a.tenant.organization_id;
+    let channel = format!("private-org-{org}");
+    let mut ws = raw(&b.base, KEY, "protocol=7").await;
+    let socket_id = established(&mut ws).await["socket_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Anyone could compute this signature: it is refused.
+    let forged = settings().channel_auth(&socket_id, &channel, None);
+    send(
+        &mut ws,
+        json!({ "event": "pusher:subscribe", "data": { "channel": channel, "auth": forged } }),
+    )
+    .await;
+    let m = recv(&mut ws).await;
+    assert_eq!(m["event"], "pusher:subscription_error", "{m}");
+    assert_eq!(m["channel"], channel.as_str(), "{m}");
+    assert_eq!(m["data"]["status"], 401, "{m}");
+
+    // The auth endpoint of one process signs with the secret the other checks.
+    let res = a
+        .client
+        .post(a.url("/pusher/auth"))
+        .json(&json!({ "socket_id": socket_id, "channel_name": channel }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let signed: Value = res.json().await.unwrap();
+    assert_ne!(signed["auth"], forged.as_str());
+    send(
+        &mut ws,
+        json!({ "event": "pusher:subscribe", "data": { "channel": channel, "auth": signed["auth"] } }),
+    )
+    .await;
+    let m = recv(&mut ws).await;
+    assert_eq!(m["event"], "pusher_internal:subscription_succeeded", "{m}");
+    assert_eq!(m["channel"], channel.as_str(), "{m}");
+}

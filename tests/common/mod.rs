@@ -32,6 +32,8 @@ pub fn test_config(database_url: String) -> Config {
         db_pool_size: 6,
         jwt_secret: Some("test-secret-test-secret-test-secret".into()),
         rate_limit_per_minute: 10_000,
+        // Known to the tests, which sign Pusher API calls and subscriptions with it.
+        pusher_secret: Some(universal_backend::gateways::pusher::DEV_SECRET.into()),
         ..Config::default()
     }
 }
