@@ -21,7 +21,7 @@ const KEY: &str = "universal-backend-key";
 const APP_ID: &str = "universal-backend";
 
 fn settings() -> Settings {
-    Settings::new(APP_ID, KEY, DEV_SECRET)
+    Settings::new(APP_ID, KEY, common::PUSHER_SECRET)
 }
 
 fn script_dir() -> std::path::PathBuf {
@@ -92,7 +92,7 @@ async fn pusher_js_on_one_process_receives_what_the_pusher_library_publishes_thr
         "e2e.mjs",
         json!({
             "socketBase": b.base, "authBase": a.base, "apiBase": a.base,
-            "appId": APP_ID, "key": KEY, "secret": DEV_SECRET,
+            "appId": APP_ID, "key": KEY, "secret": common::PUSHER_SECRET,
             "token": a.tenant.access_token, "otherToken": member.access_token,
             "orgId": org, "userId": a.tenant.user_id,
         }),
@@ -145,7 +145,7 @@ async fn presence_counts_users_not_tabs_even_when_the_tabs_are_on_two_processes(
     let report = report(
         "presence.mjs",
         json!({
-            "baseA": a.base, "baseB": b.base, "appId": APP_ID, "key": KEY, "secret": DEV_SECRET,
+            "baseA": a.base, "baseB": b.base, "appId": APP_ID, "key": KEY, "secret": common::PUSHER_SECRET,
             "observerToken": a.tenant.access_token, "userToken": member.access_token,
             "userId": member.user_id, "orgId": a.tenant.organization_id,
         }),
@@ -196,7 +196,7 @@ async fn a_logout_ends_the_private_subscriptions_it_authorized_and_leaves_the_co
     let member = common::add_member(&app, "member").await;
     let config = json!({
         "socketBase": app.base, "authBase": app.base, "apiBase": app.base,
-        "appId": APP_ID, "key": KEY, "secret": DEV_SECRET,
+        "appId": APP_ID, "key": KEY, "secret": common::PUSHER_SECRET,
         "token": member.access_token, "orgId": app.tenant.organization_id,
     });
     let report = revoked_subscription(config, async {
@@ -230,7 +230,7 @@ async fn a_member_removed_through_one_process_loses_the_private_channel_on_anoth
     let org = a.tenant.organization_id.clone();
     let config = json!({
         "socketBase": b.base, "authBase": b.base, "apiBase": a.base,
-        "appId": APP_ID, "key": KEY, "secret": DEV_SECRET,
+        "appId": APP_ID, "key": KEY, "secret": common::PUSHER_SECRET,
         "token": member.access_token, "orgId": org,
     });
     let report = revoked_subscription(config, async {
@@ -853,7 +853,7 @@ async fn without_pusher_secret_the_public_default_signs_nothing_and_processes_sh
         .to_owned();
 
     // Anyone could compute this signature: it is refused.
-    let forged = settings().channel_auth(&socket_id, &channel, None);
+    let forged = Settings::new(APP_ID, KEY, DEV_SECRET).channel_auth(&socket_id, &channel, None);
     send(
         &mut ws,
         json!({ "event": "pusher:subscribe", "data": { "channel": channel, "auth": forged } }),

@@ -98,7 +98,7 @@ impl std::fmt::Debug for Settings {
 impl Settings {
     /// From the configuration. Without `PUSHER_SECRET`, development signs with a random
     /// secret generated once for the database and shared by all its processes
-    /// ([`generated_secret`]), so that no one can sign a private channel with a known default;
+    /// (`generated_secret`), so that no one can sign a private channel with a known default;
     /// in production the gateway needs a secret of its own, so without one it is off (or,
     /// when `PUSHER_ENABLED=true` asks for it, the server refuses to start).
     pub async fn load(config: &Config, pool: &PgPool) -> anyhow::Result<Self> {

@@ -5,7 +5,9 @@
 //!   client_message_id?}`), `message:edit` (`{message_id, text}`), `message:delete`
 //!   (`{message_id}`) and `message:react` (`{message_id, emoji, add?}`) go through the same
 //!   functions as HTTP (validation, permissions, idempotency by `client_message_id`); the
-//!   ack is `{ok: true, message}` or `{ok: false, error: {code, message, status}}`.
+//!   ack is `{ok: true, message}` or `{ok: false, error: {code, message, status, details}}`;
+//!   an argument that is not an object is refused as `validation_failed` (422) on the field
+//!   `argument`, one with missing or mistyped fields as `validation_failed` too.
 //! - `typing:start` / `typing:stop` (`{channel_id}`, a joined channel) reach the others in
 //!   the channel's room on every process, never stored; a user's tabs on one process send
 //!   at most one `typing:start` per channel every [`TYPING_EVERY`], receivers drop a typing

@@ -9,6 +9,12 @@
 //! the server disconnects the namespace at once (`io server disconnect`). Binary packets
 //! are not supported.
 //!
+//! **Every event sent with an ack id is answered**, whatever is wrong with it (see
+//! `on_event`): a malformed packet, an argument of the wrong shape, an unknown event, a
+//! namespace the socket has not connected. A refusal is `{ok: false, error: "<message>"}` on
+//! the room namespaces and `{ok: false, error: {code, message, status, details}}` on
+//! `/messaging` (as its HTTP twin); without an ack id it comes as an `error` event.
+//!
 //! A namespace is a declarative table ([`Namespace`]): the frontend it belongs to, the room
 //! commands clients may send, and which stored event types become which Socket.IO events in
 //! which room. Adding `/messaging` or `/swarm` is one more table.
