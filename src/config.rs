@@ -202,8 +202,9 @@ pub struct Config {
     /// The Pusher app key clients connect with (`/app/{key}`).
     #[arg(long, env = "PUSHER_KEY", default_value = "universal-backend-key")]
     pub pusher_key: String,
-    /// The Pusher app secret (subscription and API signatures). Development uses
-    /// `universal-backend-dev-secret` when unset; required when NODE_ENV=production.
+    /// The Pusher app secret (subscription and API signatures). Required when
+    /// NODE_ENV=production. Unset in development: a random secret is generated once per
+    /// database and shared by its processes (then other servers cannot sign HTTP API calls).
     #[arg(long, env = "PUSHER_SECRET", hide_env_values = true)]
     pub pusher_secret: Option<String>,
     /// Messages a client may send per minute on one socket connection, on every socket

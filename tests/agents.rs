@@ -282,6 +282,26 @@ async fn bad_input_is_refused_with_400_naming_the_field_and_records_nothing() {
             "task_data.difficulty",
             "must be one of \"easy\", \"medium\", \"hard\"",
         ),
+        // The text rule of every other field holds inside task_data, at any depth.
+        (
+            json!({"agent_type": "content_generator", "task_type": "generate_content",
+                   "task_data": {"subject": "Math\u{7}", "grade_level": 5}}),
+            "task_data.subject",
+            "must not contain control characters (found U+0007)",
+        ),
+        (
+            json!({"agent_type": "content_generator", "task_type": "generate_content",
+                   "task_data": {"subject": "Math", "grade_level": 5,
+                                 "objectives": ["ok", "\u{1b}[31mred"]}}),
+            "task_data.objectives[1]",
+            "must not contain control characters (found U+001B)",
+        ),
+        (
+            json!({"agent_type": "content_generator", "task_type": "generate_content",
+                   "task_data": {"subject": "Math", "grade_level": 5, "notes": "del\u{7f}"}}),
+            "task_data.notes",
+            "must not contain control characters (found U+007F)",
+        ),
         (
             json!({"agent_type": "content_generator", "task_type": "generate_content",
                    "task_data": {"subject": "Math", "grade_level": 5}, "model": "gpt-nope"}),

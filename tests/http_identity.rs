@@ -606,3 +606,36 @@ async fn a_deactivated_account_can_no_longer_log_in() {
     .await;
     assert_eq!(status, 401);
 }
+
+#[actix_web::test]
+async fn a_name_with_a_bidirectional_override_is_refused_and_changes_nothing() {
+    let app = common::spawn_app().await;
+    let org = app.tenant.organization_id.clone();
+    let url = app.url(&format!("/api/v1/organizations/{org}"));
+    let (status, before) = json_of(app.client.get(&url).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{before}");
+    let head = app.head().await;
+    // Would display as "Acme Corpexe.pdf" while being another name.
+    for name in [
+        "Acme Corp\u{202E}fdp.exe",
+        "Acme\u{2066} Corp",
+        "\u{FEFF}Acme",
+    ] {
+        let (status, body) = json_of(
+            app.client
+                .patch(&url)
+                .json(&json!({ "name": name }))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(status.is_client_error(), "{status} {body}");
+        assert_eq!(body["error"]["code"], "validation_failed", "{body}");
+        assert_eq!(body["error"]["details"]["field"], "name", "{body}");
+    }
+    assert_eq!(app.head().await, head, "nothing was recorded");
+    let (status, after) = json_of(app.client.get(&url).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(after["name"], before["name"], "{after}");
+}

@@ -489,6 +489,31 @@ async fn the_real_socket_io_client_on_messaging_across_two_processes() {
         "only the author edits"
     );
     assert_eq!(r["bad"]["error"]["status"], 422);
+    for malformed in [
+        "not_an_object",
+        "missing_fields",
+        "wrong_types",
+        "no_argument",
+        "two_arguments",
+    ] {
+        let ack = &r[malformed];
+        assert_eq!(ack["ok"], false, "{malformed}: {ack}");
+        assert_eq!(
+            ack["error"]["code"], "validation_failed",
+            "{malformed}: {ack}"
+        );
+        assert_eq!(ack["error"]["status"], 422, "{malformed}: {ack}");
+        assert!(
+            ack["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{malformed}: {ack}"
+        );
+    }
+    assert_eq!(r["not_an_object"]["error"]["details"]["field"], "argument");
+    assert_eq!(r["no_argument"]["error"]["details"]["field"], "argument");
+    assert_eq!(r["unknown_event"]["ok"], false, "{r}");
+    assert_eq!(r["unknown_event"]["error"]["status"], 400, "{r}");
     assert_eq!(r["typing_stopped"]["user_id"], ann, "leaving ends typing");
     assert_eq!(r["typing_stopped"]["channel_id"], r["channel"]);
     assert_eq!(r["gone"]["user_id"], ann);

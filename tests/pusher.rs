@@ -21,7 +21,7 @@ const KEY: &str = "universal-backend-key";
 const APP_ID: &str = "universal-backend";
 
 fn settings() -> Settings {
-    Settings::new(APP_ID, KEY, DEV_SECRET)
+    Settings::new(APP_ID, KEY, common::PUSHER_SECRET)
 }
 
 fn script_dir() -> std::path::PathBuf {
@@ -92,7 +92,7 @@ async fn pusher_js_on_one_process_receives_what_the_pusher_library_publishes_thr
         "e2e.mjs",
         json!({
             "socketBase": b.base, "authBase": a.base, "apiBase": a.base,
-            "appId": APP_ID, "key": KEY, "secret": DEV_SECRET,
+            "appId": APP_ID, "key": KEY, "secret": common::PUSHER_SECRET,
             "token": a.tenant.access_token, "otherToken": member.access_token,
             "orgId": org, "userId": a.tenant.user_id,
         }),
@@ -145,7 +145,7 @@ async fn presence_counts_users_not_tabs_even_when_the_tabs_are_on_two_processes(
     let report = report(
         "presence.mjs",
         json!({
-            "baseA": a.base, "baseB": b.base, "appId": APP_ID, "key": KEY, "secret": DEV_SECRET,
+            "baseA": a.base, "baseB": b.base, "appId": APP_ID, "key": KEY, "secret": common::PUSHER_SECRET,
             "observerToken": a.tenant.access_token, "userToken": member.access_token,
             "userId": member.user_id, "orgId": a.tenant.organization_id,
         }),
@@ -196,7 +196,7 @@ async fn a_logout_ends_the_private_subscriptions_it_authorized_and_leaves_the_co
     let member = common::add_member(&app, "member").await;
     let config = json!({
         "socketBase": app.base, "authBase": app.base, "apiBase": app.base,
-        "appId": APP_ID, "key": KEY, "secret": DEV_SECRET,
+        "appId": APP_ID, "key": KEY, "secret": common::PUSHER_SECRET,
         "token": member.access_token, "orgId": app.tenant.organization_id,
     });
     let report = revoked_subscription(config, async {
@@ -230,7 +230,7 @@ async fn a_member_removed_through_one_process_loses_the_private_channel_on_anoth
     let org = a.tenant.organization_id.clone();
     let config = json!({
         "socketBase": b.base, "authBase": b.base, "apiBase": a.base,
-        "appId": APP_ID, "key": KEY, "secret": DEV_SECRET,
+        "appId": APP_ID, "key": KEY, "secret": common::PUSHER_SECRET,
         "token": member.access_token, "orgId": org,
     });
     let report = revoked_subscription(config, async {
@@ -837,4 +837,50 @@ async fn a_client_that_reads_nothing_is_closed_when_its_queue_fills_instead_of_b
         received < total,
         "the server buffered {received} of {total} frames for a client that read nothing"
     );
+}
+
+#[actix_web::test]
+async fn without_pusher_secret_the_public_default_signs_nothing_and_processes_share_a_generated_one(
+) {
+    let a = common::spawn_app_with(|c| c.pusher_secret = None).await;
+    let b = common::spawn_second_app_with(&a, |c| c.pusher_secret = None).await;
+    let org = &a.tenant.organization_id;
+    let channel = format!("private-org-{org}");
+    let mut ws = raw(&b.base, KEY, "protocol=7").await;
+    let socket_id = established(&mut ws).await["socket_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Anyone could compute this signature: it is refused.
+    let forged = Settings::new(APP_ID, KEY, DEV_SECRET).channel_auth(&socket_id, &channel, None);
+    send(
+        &mut ws,
+        json!({ "event": "pusher:subscribe", "data": { "channel": channel, "auth": forged } }),
+    )
+    .await;
+    let m = recv(&mut ws).await;
+    assert_eq!(m["event"], "pusher:subscription_error", "{m}");
+    assert_eq!(m["channel"], channel.as_str(), "{m}");
+    assert_eq!(m["data"]["status"], 401, "{m}");
+
+    // The auth endpoint of one process signs with the secret the other checks.
+    let res = a
+        .client
+        .post(a.url("/pusher/auth"))
+        .json(&json!({ "socket_id": socket_id, "channel_name": channel }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let signed: Value = res.json().await.unwrap();
+    assert_ne!(signed["auth"], forged.as_str());
+    send(
+        &mut ws,
+        json!({ "event": "pusher:subscribe", "data": { "channel": channel, "auth": signed["auth"] } }),
+    )
+    .await;
+    let m = recv(&mut ws).await;
+    assert_eq!(m["event"], "pusher_internal:subscription_succeeded", "{m}");
+    assert_eq!(m["channel"], channel.as_str(), "{m}");
 }

@@ -182,3 +182,80 @@ async fn a_polling_session_lives_on_pongs_over_polling_and_ends_when_they_stop()
     }
     assert!(ended, "a session without pongs was not closed");
 }
+
+#[actix_web::test]
+async fn every_event_sent_with_an_ack_id_is_answered_however_malformed() {
+    let app = common::spawn_app().await;
+    let (status, open) = poll(&app, "").await;
+    assert_eq!(status, 200, "{open}");
+    let open: Value = serde_json::from_str(&open[1..]).unwrap();
+    let sid = open["sid"].as_str().unwrap().to_owned();
+    let token = &app.tenant.access_token;
+    post(
+        &app,
+        &sid,
+        &format!("40/citypulse,{{\"token\":\"{token}\"}}"),
+    )
+    .await;
+    let events = [
+        "42/citypulse,1[broken",
+        "42/citypulse,2{\"not\":\"an array\"}",
+        "42/citypulse,3[7,\"x\"]",
+        "42/citypulse,4",
+        "42/citypulse,5[\"join_building\",42]",
+        "42/citypulse,6[\"no:such:event\"]",
+        "42/flowmind,7[\"join_session\",\"x\"]",
+        "42/nowhere,8[\"x\"]",
+    ];
+    post(&app, &sid, &events.join("\u{1e}")).await;
+
+    // Collect the acks (`43<nsp>,<id>[answer]`); each poll returns once packets are queued.
+    let mut acks = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        if acks.len() == events.len() {
+            break;
+        }
+        let (status, body) = poll(&app, &format!("&sid={sid}")).await;
+        assert_eq!(status, 200, "{body}");
+        for packet in body.split('\u{1e}') {
+            if packet == "2" {
+                post(&app, &sid, "3").await;
+            }
+            let Some(rest) = packet.strip_prefix("43/") else {
+                continue;
+            };
+            let (nsp, rest) = rest.split_once(',').unwrap();
+            let digits = rest.chars().take_while(char::is_ascii_digit).count();
+            let id: u64 = rest[..digits].parse().unwrap();
+            let answer: Value = serde_json::from_str(&rest[digits..]).unwrap();
+            acks.insert(id, (nsp.to_owned(), answer[0].clone()));
+        }
+    }
+    assert_eq!(
+        acks.keys().copied().collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>(),
+        "{acks:?}"
+    );
+    for (id, (nsp, answer)) in &acks {
+        assert_eq!(answer["ok"], false, "{id}: {answer}");
+        let error = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{id}: {answer}"));
+        let expected = match id {
+            1 => "not JSON",
+            2 | 4 => "an event is an array",
+            3 => "name must be a string",
+            5 => "a building id is required",
+            6 => "unknown event `no:such:event`",
+            7 => "not connected to /flowmind",
+            _ => "Invalid namespace",
+        };
+        assert!(error.contains(expected), "{id}: {answer}");
+        let want = match id {
+            7 => "flowmind",
+            8 => "nowhere",
+            _ => "citypulse",
+        };
+        assert_eq!(nsp, want, "{id}");
+    }
+}

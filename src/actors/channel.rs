@@ -209,7 +209,7 @@ impl Channel {
     }
 
     fn check_text(&self, text: &str) -> Result<(), ChannelError> {
-        validate::name(text, MAX_TEXT).map_err(|m| invalid("text", m))
+        validate::body(text, MAX_TEXT).map_err(|m| invalid("text", m))
     }
 
     fn check_mentions(&self, mentions: &[Uuid]) -> Result<Vec<Uuid>, ChannelError> {
@@ -885,6 +885,29 @@ mod tests {
             when(&state, by(CY, Role::Member), again),
             Err(ChannelError::NotFound)
         );
+    }
+
+    #[test]
+    fn bidirectional_controls_are_refused_in_reactions_and_kept_in_message_bodies() {
+        let state = given(&[created(ChannelKind::Public, &[ANN])]);
+        // A Hebrew sentence ending in a number needs its right-to-left mark.
+        let rtl = "המחיר הוא 5\u{200F}!";
+        let (state, p) = posted(&state, by(ANN, Role::Member), post(M1, rtl, None, &[]));
+        assert_eq!(p.text, rtl);
+        for emoji in ["\u{202E}🚀", "👍\u{2066}", "\u{FEFF}", "🚀\u{2028}"] {
+            let react = ChannelCommand::React {
+                message_id: M1,
+                emoji: emoji.into(),
+                add: true,
+            };
+            assert!(
+                matches!(
+                    when(&state, by(BOB, Role::Member), react),
+                    Err(ChannelError::Invalid { field: "emoji", .. })
+                ),
+                "{emoji:?}"
+            );
+        }
     }
 
     #[test]

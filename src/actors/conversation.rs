@@ -201,6 +201,10 @@ fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), Conver
     validate::name(value, max).map_err(|m| invalid(field, m))
 }
 
+fn check_body(field: &'static str, value: &str, max: usize) -> Result<(), ConversationError> {
+    validate::body(value, max).map_err(|m| invalid(field, m))
+}
+
 fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), ConversationError> {
     validate::text(value, max).map_err(|m| invalid(field, m))
 }
@@ -327,7 +331,7 @@ impl Conversation {
         provider: &str,
         at: DateTime<Utc>,
     ) -> Result<Vec<ConversationEvent>, ConversationError> {
-        check_name("content", content, MAX_CONTENT)?;
+        check_body("content", content, MAX_CONTENT)?;
         check_name("provider", provider, MAX_LABEL)?;
         check_time("posted_at", at)?;
         self.fresh_id(message_id)?;

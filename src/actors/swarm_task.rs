@@ -429,7 +429,7 @@ pub fn check_analysis(c: &AnalysisConfig) -> Result<(), SwarmError> {
     for (i, d) in c.documents.iter().enumerate() {
         validate::name(&d.name, MAX_LABEL)
             .map_err(|m| invalid(format!("documents[{i}].name"), m))?;
-        validate::name(&d.text, MAX_DOCUMENT_TEXT)
+        validate::body(&d.text, MAX_DOCUMENT_TEXT)
             .map_err(|m| invalid(format!("documents[{i}].text"), m))?;
         all += d.text.chars().count();
     }
@@ -446,7 +446,7 @@ pub fn check_analysis(c: &AnalysisConfig) -> Result<(), SwarmError> {
         ));
     }
     for (i, q) in c.questions.iter().enumerate() {
-        validate::name(q, MAX_QUESTION).map_err(|m| invalid(format!("questions[{i}]"), m))?;
+        validate::body(q, MAX_QUESTION).map_err(|m| invalid(format!("questions[{i}]"), m))?;
     }
     if let Some(model) = &c.model {
         validate::name(model, MAX_LABEL).map_err(|m| invalid("model", m))?;
@@ -478,7 +478,7 @@ pub fn check_velocity(c: &VelocityConfig) -> Result<(), SwarmError> {
         }
         match spec {
             SubtaskSpec::Prompt { prompt, model, .. } => {
-                validate::name(prompt, MAX_PROMPT).map_err(|m| invalid(at("prompt"), m))?;
+                validate::body(prompt, MAX_PROMPT).map_err(|m| invalid(at("prompt"), m))?;
                 if let Some(model) = model {
                     validate::name(model, MAX_LABEL).map_err(|m| invalid(at("model"), m))?;
                 }
@@ -885,7 +885,7 @@ impl SwarmTask {
                         format!("an analysis holds at most {MAX_INSIGHTS} insights"),
                     ));
                 }
-                validate::name(text, MAX_INSIGHT).map_err(|m| invalid("text", m))?;
+                validate::body(text, MAX_INSIGHT).map_err(|m| invalid("text", m))?;
                 check_time("at", *at)?;
                 Ok(vec![E::InsightRecorded(InsightRecorded {
                     insight_id: *insight_id,

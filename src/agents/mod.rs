@@ -107,10 +107,13 @@ pub enum LookupError {
     UnknownTask { agent: String, known: Vec<String> },
 }
 
-/// Checks an execution's input against its task's input schema (`Err` names the field as
-/// `task_data.<field>`).
+/// Checks an execution's input against its task's input schema, and every string in it
+/// (keys included, at any depth) against the text rule of every other field
+/// ([`crate::actors::validate::text`]: no control characters but tab and line breaks).
+/// `Err` names the field as `task_data.<field>`.
 pub fn check_input(task: &TaskSpec, data: &Value) -> Result<(), String> {
-    schema::validate(&task.input_schema, data, "task_data")
+    schema::validate(&task.input_schema, data, "task_data")?;
+    crate::actors::validate::json_text(data, "task_data")
 }
 
 /// The `{{name}}` placeholders of a template, in order.
@@ -265,5 +268,31 @@ mod tests {
             check_input(t, &json!({"subject": "Test", "grade_level": 5})),
             Ok(())
         );
+    }
+
+    #[test]
+    fn task_data_strings_follow_the_text_rule_of_every_other_field() {
+        let t = task("content_generator", "generate_content").unwrap();
+        for c in ['\u{7}', '\u{1B}', '\u{7F}'] {
+            let subject = json!({"subject": format!("Math{c}"), "grade_level": 5});
+            assert_eq!(
+                check_input(t, &subject),
+                Err(format!(
+                    "task_data.subject: must not contain control characters (found U+{:04X})",
+                    c as u32
+                ))
+            );
+            let nested =
+                json!({"subject": "Math", "grade_level": 5, "objectives": ["ok", format!("x{c}")]});
+            assert!(
+                check_input(t, &nested)
+                    .unwrap_err()
+                    .starts_with("task_data.objectives[1]: "),
+                "{nested}"
+            );
+        }
+        let rtl =
+            json!({"subject": "חשבון\u{200F} 5", "grade_level": 5, "notes": "line\nnext\ttab"});
+        assert_eq!(check_input(t, &rtl), Ok(()));
     }
 }

@@ -774,6 +774,8 @@ async fn main() -> anyhow::Result<()> {
         ws_max_connections: args.subscribers * 2 + 10,
         // Agents mode: one organization submits everything; the global cap still holds.
         swarm_max_concurrent_per_org: Config::default().max_concurrent_generations,
+        // The Pusher benchmark signs its API calls with it.
+        pusher_secret: Some(universal_backend::gateways::pusher::DEV_SECRET.into()),
         ..Config::default()
     };
     let app = Application::build(config.clone()).await?;

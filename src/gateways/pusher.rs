@@ -67,7 +67,9 @@ pub const MAX_BATCH: usize = 10;
 pub const TIMESTAMP_WINDOW: i64 = 600;
 /// Most distinct users of one presence channel (Pusher's limit).
 pub const MAX_PRESENCE_MEMBERS: i64 = 100;
-/// The development secret used when `PUSHER_SECRET` is unset (never in production).
+/// The former development default of `PUSHER_SECRET`, public in this source: never used
+/// unless set explicitly (tests do), and refused in production. Without `PUSHER_SECRET`,
+/// development uses a random secret of its database instead ([`Settings::load`]).
 pub const DEV_SECRET: &str = "universal-backend-dev-secret";
 /// Most rows the channels API lists.
 pub const MAX_LISTED_CHANNELS: i64 = 10_000;
@@ -94,10 +96,29 @@ impl std::fmt::Debug for Settings {
 }
 
 impl Settings {
-    /// From the configuration: without `PUSHER_SECRET` development uses [`DEV_SECRET`]; in
-    /// production the gateway needs a secret of its own, so without one it is off (or, when
-    /// `PUSHER_ENABLED=true` asks for it, the server refuses to start).
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+    /// From the configuration. Without `PUSHER_SECRET`, development signs with a random
+    /// secret generated once for the database and shared by all its processes
+    /// (`generated_secret`), so that no one can sign a private channel with a known default;
+    /// in production the gateway needs a secret of its own, so without one it is off (or,
+    /// when `PUSHER_ENABLED=true` asks for it, the server refuses to start).
+    pub async fn load(config: &Config, pool: &PgPool) -> anyhow::Result<Self> {
+        let (enabled, given) = Self::check_config(config)?;
+        let secret = match given {
+            Some(s) => s.to_owned(),
+            None if enabled => generated_secret(pool).await?,
+            // Off: nothing is signed or checked.
+            None => random_secret(),
+        };
+        Ok(Self {
+            enabled,
+            app_id: config.pusher_app_id.clone(),
+            key: config.pusher_key.clone(),
+            secret,
+        })
+    }
+
+    /// Whether the gateway is on, and the secret the configuration gives (`None`: none).
+    fn check_config(config: &Config) -> anyhow::Result<(bool, Option<&str>)> {
         let given = config.pusher_secret.as_deref().filter(|s| !s.is_empty());
         let production = config.is_production();
         let enabled = match (config.pusher_enabled, production, given) {
@@ -116,17 +137,11 @@ impl Settings {
         if production && enabled && given == Some(DEV_SECRET) {
             anyhow::bail!("PUSHER_SECRET must not be the development secret in production");
         }
-        let secret = given.unwrap_or(DEV_SECRET).to_owned();
         anyhow::ensure!(
             !config.pusher_key.is_empty() && !config.pusher_app_id.is_empty(),
             "PUSHER_KEY and PUSHER_APP_ID must not be empty"
         );
-        Ok(Self {
-            enabled,
-            app_id: config.pusher_app_id.clone(),
-            key: config.pusher_key.clone(),
-            secret,
-        })
+        Ok((enabled, given))
     }
 
     pub fn new(app_id: &str, key: &str, secret: &str) -> Self {
@@ -280,6 +295,52 @@ pub fn sign(secret: &str, message: &str) -> String {
     let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
     mac.update(message.as_bytes());
     hex::encode(mac.finalize().into_bytes())
+}
+
+/// 32 random bytes from the operating system, in hex.
+fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    argon2::password_hash::rand_core::RngCore::fill_bytes(
+        &mut argon2::password_hash::rand_core::OsRng,
+        &mut bytes,
+    );
+    hex::encode(bytes)
+}
+
+/// The random secret of a development deployment without `PUSHER_SECRET`: made by the first
+/// process that asks (`INSERT ... ON CONFLICT DO NOTHING`, so that processes starting
+/// together agree) and read back by every other, since a subscription is signed by the
+/// process that answers `POST /pusher/auth` and checked by the one holding the socket. It
+/// lasts as long as the database; other servers calling the HTTP API need `PUSHER_SECRET`.
+async fn generated_secret(pool: &PgPool) -> anyhow::Result<String> {
+    let made: Option<String> = sqlx::query_scalar(
+        "INSERT INTO pusher_generated_secret (secret) VALUES ($1) \
+         ON CONFLICT (only_row) DO NOTHING RETURNING secret",
+    )
+    .bind(random_secret())
+    .fetch_optional(pool)
+    .await
+    .context("storing the generated Pusher secret")?;
+    let secret = match made {
+        Some(s) => {
+            tracing::warn!(
+                "PUSHER_SECRET is not set: generated a random Pusher secret for this database \
+                 (its processes share it); set PUSHER_SECRET for other servers to use the HTTP API"
+            );
+            s
+        }
+        None => {
+            tracing::warn!(
+                "PUSHER_SECRET is not set: using the random Pusher secret generated earlier \
+                 for this database"
+            );
+            sqlx::query_scalar("SELECT secret FROM pusher_generated_secret")
+                .fetch_one(pool)
+                .await
+                .context("reading the generated Pusher secret")?
+        }
+    };
+    Ok(secret)
 }
 
 /// Whether `signature` (hex) is HMAC-SHA256(secret, message), compared in constant time.
@@ -478,7 +539,7 @@ impl Hub {
         heartbeat: Duration,
     ) -> anyhow::Result<Arc<Self>> {
         let hub = Arc::new(Self {
-            settings: Settings::from_config(config)?,
+            settings: Settings::load(config, &pool).await?,
             node: Uuid::new_v4(),
             pool,
             local: DashMap::new(),
@@ -1138,29 +1199,39 @@ mod tests {
     #[test]
     fn production_needs_a_secret_of_its_own_and_is_off_without_one_unless_asked_for() {
         let dev = Config::default();
-        let s = Settings::from_config(&dev).unwrap();
-        assert!(s.enabled);
-        assert_eq!(s.secret, DEV_SECRET);
+        // Development without a secret: on, with none given (a generated one is used).
+        assert_eq!(Settings::check_config(&dev).unwrap(), (true, None));
         let prod = Config {
             node_env: "production".into(),
             ..Config::default()
         };
-        assert!(!Settings::from_config(&prod).unwrap().enabled);
+        assert_eq!(Settings::check_config(&prod).unwrap(), (false, None));
         let asked = Config {
             pusher_enabled: Some(true),
             ..prod.clone()
         };
-        assert!(Settings::from_config(&asked).is_err());
+        assert!(Settings::check_config(&asked).is_err());
         let dev_secret = Config {
             pusher_secret: Some(DEV_SECRET.into()),
             ..prod.clone()
         };
-        assert!(Settings::from_config(&dev_secret).is_err());
+        assert!(Settings::check_config(&dev_secret).is_err());
         let own = Config {
             pusher_secret: Some("a-real-secret".into()),
             ..prod
         };
-        assert!(Settings::from_config(&own).unwrap().enabled);
+        assert_eq!(
+            Settings::check_config(&own).unwrap(),
+            (true, Some("a-real-secret"))
+        );
+    }
+
+    #[test]
+    fn random_secrets_are_long_and_differ() {
+        let (a, b) = (random_secret(), random_secret());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert_ne!(a, DEV_SECRET);
     }
 
     #[test]

@@ -1233,11 +1233,13 @@ fn google_error(e: crate::google::GoogleError) -> ApiError {
 }
 
 /// A display name from Google's `name`, else the e-mail's local part: control characters
-/// dropped, cut to the longest name an account may have.
+/// and the invisible layout characters names may not hold (bidirectional marks, which a
+/// right-to-left name from Google may carry, see `validate::name`) dropped, cut to the
+/// longest name an account may have.
 fn google_display_name(name: Option<&str>, email: &str) -> String {
     let pick = |text: &str| -> String {
         text.chars()
-            .filter(|c| !c.is_control())
+            .filter(|c| !c.is_control() && !crate::actors::validate::is_layout_control(*c))
             .take(crate::actors::user::MAX_DISPLAY_NAME)
             .collect::<String>()
             .trim()
@@ -1361,4 +1363,23 @@ async fn google(
         }
         None => HttpResponse::Ok().json(body),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_google_name_loses_what_a_display_name_may_not_hold() {
+        let name = google_display_name(Some("\u{200F}דנה\u{202B} כהן\u{7}"), "d@example.com");
+        assert_eq!(name, "דנה כהן");
+        assert_eq!(
+            crate::actors::validate::name(&name, crate::actors::user::MAX_DISPLAY_NAME),
+            Ok(())
+        );
+        assert_eq!(
+            google_display_name(Some("\u{202E}\u{FEFF}"), "dana@example.com"),
+            "dana"
+        );
+    }
 }

@@ -305,7 +305,7 @@ async fn read_new(
 
 /// The legacy `openai`: one prompt through the provider layer, answered whole.
 async fn complete(state: &AppState, input: OpenAiBody) -> Result<Value, ApiError> {
-    crate::actors::validate::name(&input.prompt, MAX_COMPLETION)
+    crate::actors::validate::body(&input.prompt, MAX_COMPLETION)
         .map_err(|m| ApiError::validation("prompt", m))?;
     let providers = &state.providers;
     let model = input

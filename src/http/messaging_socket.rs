@@ -5,7 +5,9 @@
 //!   client_message_id?}`), `message:edit` (`{message_id, text}`), `message:delete`
 //!   (`{message_id}`) and `message:react` (`{message_id, emoji, add?}`) go through the same
 //!   functions as HTTP (validation, permissions, idempotency by `client_message_id`); the
-//!   ack is `{ok: true, message}` or `{ok: false, error: {code, message, status}}`.
+//!   ack is `{ok: true, message}` or `{ok: false, error: {code, message, status, details}}`;
+//!   an argument that is not an object is refused as `validation_failed` (422) on the field
+//!   `argument`, one with missing or mistyped fields as `validation_failed` too.
 //! - `typing:start` / `typing:stop` (`{channel_id}`, a joined channel) reach the others in
 //!   the channel's room on every process, never stored; a user's tabs on one process send
 //!   at most one `typing:start` per channel every [`TYPING_EVERY`], receivers drop a typing
@@ -40,11 +42,27 @@ pub const TYPING_EVERY: Duration = Duration::from_secs(2);
 /// How long receivers keep a typing state without a refresh.
 pub const TYPING_TTL: Duration = Duration::from_secs(5);
 
-fn failed(e: ApiError) -> Value {
+pub fn failed(e: ApiError) -> Value {
     json!({ "ok": false, "error": { "code": e.code, "message": e.message, "status": e.status.as_u16(), "details": e.details } })
 }
 
+/// The argument of a command: an object of the command's fields (a missing argument, a
+/// number or a list is refused by name, not by the decoder's wording).
 fn parse<T: for<'de> Deserialize<'de>>(input: Value) -> Result<T, ApiError> {
+    let kind = match &input {
+        Value::Object(_) => None,
+        Value::Null => Some("nothing"),
+        Value::Bool(_) => Some("a boolean"),
+        Value::Number(_) => Some("a number"),
+        Value::String(_) => Some("a string"),
+        Value::Array(_) => Some("an array"),
+    };
+    if let Some(kind) = kind {
+        return Err(ApiError::validation(
+            "argument",
+            format!("must be an object of the command's fields, not {kind}"),
+        ));
+    }
     serde_json::from_value(input).map_err(|e| {
         ApiError::new(
             actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,

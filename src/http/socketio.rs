@@ -9,6 +9,12 @@
 //! the server disconnects the namespace at once (`io server disconnect`). Binary packets
 //! are not supported.
 //!
+//! **Every event sent with an ack id is answered**, whatever is wrong with it (see
+//! `on_event`): a malformed packet, an argument of the wrong shape, an unknown event, a
+//! namespace the socket has not connected. A refusal is `{ok: false, error: "<message>"}` on
+//! the room namespaces and `{ok: false, error: {code, message, status, details}}` on
+//! `/messaging` (as its HTTP twin); without an ack id it comes as an `error` event.
+//!
 //! A namespace is a declarative table ([`Namespace`]): the frontend it belongs to, the room
 //! commands clients may send, and which stored event types become which Socket.IO events in
 //! which room. Adding `/messaging` or `/swarm` is one more table.
@@ -462,8 +468,12 @@ impl Joined {
     }
 }
 
-/// Splits a Socket.IO packet `<type>[<nsp>,][<ack id>][<json>]`.
-fn parse(packet: &str) -> Option<(char, String, Option<u64>, Option<Value>)> {
+/// The data of a packet: none, JSON, or text that is not JSON (`Err`, why).
+type Data = Result<Option<Value>, String>;
+
+/// Splits a Socket.IO packet `<type>[<nsp>,][<ack id>][<json>]`. Data that is not JSON is
+/// `Err`, so that the ack id of a malformed event is still known and can be answered.
+fn parse(packet: &str) -> Option<(char, String, Option<u64>, Data)> {
     let mut chars = packet.chars();
     let kind = chars.next()?;
     let mut rest = chars.as_str();
@@ -483,9 +493,11 @@ fn parse(packet: &str) -> Option<(char, String, Option<u64>, Option<Value>)> {
     };
     rest = &rest[digits..];
     let data = if rest.is_empty() {
-        None
+        Ok(None)
     } else {
-        Some(serde_json::from_str(rest).ok()?)
+        serde_json::from_str(rest)
+            .map(Some)
+            .map_err(|e| format!("the packet's data is not JSON: {e}"))
     };
     Some((kind, nsp, ack, data))
 }
@@ -681,6 +693,10 @@ async fn on_packet(
     let Some((kind, nsp, ack, data)) = parse(text) else {
         return vec![];
     };
+    if kind == '2' {
+        return on_event(state, &nsp, ack, data, joined).await;
+    }
+    let data = data.ok().flatten();
     let Some(ns) = NAMESPACES.iter().find(|n| n.path == nsp) else {
         if kind == '0' {
             return vec![packet(
@@ -867,110 +883,153 @@ async fn on_packet(
             }
             vec![]
         }
-        '2' => {
-            let Some(j) = joined.get_mut(ns.path) else {
-                return vec![];
-            };
-            let args = data
-                .as_ref()
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let name = args.first().and_then(Value::as_str).unwrap_or("");
-            // The entity id, as a string or as `{"<room_key>": id}` (also camelCase).
-            let room = args
-                .get(1)
-                .and_then(|v| {
-                    v.as_str().or_else(|| {
-                        v.get(ns.room_key)
-                            .or_else(|| v.get("channelId"))
-                            .or_else(|| v.get("sessionId"))
-                            .and_then(Value::as_str)
-                    })
-                })
-                .and_then(|s| Uuid::parse_str(s).ok());
-            let answer = if name == ns.room_commands.0 || name == ns.room_commands.1 {
-                match room {
-                    None => {
-                        json!({ "ok": false, "error": format!("a {} id is required", ns.noun) })
-                    }
-                    Some(id) if name == ns.room_commands.1 => {
-                        j.rooms.remove(&id);
-                        if let Ok(mut g) = j.gate.write() {
-                            g.remove(&id);
-                        }
-                        if let Some(pid) = j.pid {
-                            let list = j.rooms.iter().copied().collect();
-                            super::socketio_recovery::save(
-                                &state.pool,
-                                ns.path,
-                                &j.principal,
-                                pid,
-                                list,
-                            )
-                            .await;
-                        }
-                        json!({ "ok": true })
-                    }
-                    Some(id) => match may_join(state, ns, &j.principal, id).await {
-                        Ok(true) if j.rooms.len() >= MAX_ROOMS => json!({
-                            "ok": false,
-                            "error": format!("at most {MAX_ROOMS} rooms per connection"),
-                        }),
-                        Ok(true) => {
-                            // The gate first, so that no event of the room is turned away
-                            // once the room counts as joined.
-                            if let Ok(mut g) = j.gate.write() {
-                                g.insert(id);
-                            }
-                            j.rooms.insert(id);
-                            if let Some(pid) = j.pid {
-                                let list = j.rooms.iter().copied().collect();
-                                super::socketio_recovery::save(
-                                    &state.pool,
-                                    ns.path,
-                                    &j.principal,
-                                    pid,
-                                    list,
-                                )
-                                .await;
-                            }
-                            let mut ok = json!({ "ok": true, "room": id });
-                            if ns.category == "conversation" {
-                                ok["streaming"] = streaming_reply(state, id).await;
-                            }
-                            ok
-                        }
-                        Ok(false) => {
-                            json!({ "ok": false, "error": format!("{} not found", ns.noun) })
-                        }
-                        Err(()) => json!({ "ok": false, "error": "temporarily unavailable" }),
-                    },
-                }
-            } else if ns.path == "/messaging" {
-                let input = args.get(1).cloned().unwrap_or(Value::Null);
-                super::messaging_socket::on_event(
-                    state,
-                    j.ns,
-                    &j.principal,
-                    &j.rooms,
-                    &mut j.typing,
-                    name,
-                    input,
-                )
-                .await
-            } else {
-                json!({ "ok": false, "error": format!("unknown event `{name}`") })
-            };
-            match ack {
-                Some(id) => vec![packet('3', ns.path, Some(id), &json!([answer]))],
-                None if answer["ok"] == false => {
-                    vec![packet('2', ns.path, None, &json!(["error", answer]))]
-                }
-                None => vec![],
-            }
-        }
         _ => vec![],
+    }
+}
+
+/// Answers an event packet (`2`). Every event the client sent with an ack id gets an
+/// answer, whatever is wrong with it (an unknown or unconnected namespace, data that is not
+/// JSON or not `[name, ...arguments]`, an argument of the wrong shape, an unknown event):
+/// the answer goes back as the ack, or, without an ack id, a refusal goes back as an `error`
+/// event of the namespace. Commands answer `{ok: true, ...}` or a refusal (see [`refusal`]).
+async fn on_event(
+    state: &web::Data<AppState>,
+    nsp: &str,
+    ack: Option<u64>,
+    data: Data,
+    joined: &mut HashMap<&'static str, Joined>,
+) -> Vec<String> {
+    let answer = match NAMESPACES.iter().find(|n| n.path == nsp) {
+        None => json!({ "ok": false, "error": "Invalid namespace" }),
+        Some(ns) => match joined.get_mut(ns.path) {
+            None => refusal(
+                ns,
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "not_connected",
+                    format!("not connected to {}", ns.path),
+                ),
+            ),
+            Some(j) => match event_args(data) {
+                Err(why) => refusal(
+                    ns,
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", why),
+                ),
+                Ok(args) => command(state, ns, j, &args).await,
+            },
+        },
+    };
+    match ack {
+        Some(id) => vec![packet('3', nsp, Some(id), &json!([answer]))],
+        None if answer["ok"] == false && joined.contains_key(nsp) => {
+            vec![packet('2', nsp, None, &json!(["error", answer]))]
+        }
+        None => vec![],
+    }
+}
+
+/// The arguments of an event, `[name, ...arguments]` with a string name.
+fn event_args(data: Data) -> Result<Vec<Value>, String> {
+    match data? {
+        Some(Value::Array(args)) if args.first().is_some_and(Value::is_string) => Ok(args),
+        Some(Value::Array(_)) => Err("the event name must be a string".into()),
+        _ => Err("an event is an array: [name, ...arguments]".into()),
+    }
+}
+
+/// A refusal in the ack shape of the namespace: `/messaging` answers as its HTTP twin does
+/// (`{ok: false, error: {code, message, status, details}}`), the room namespaces
+/// `{ok: false, error: "<message>"}`.
+fn refusal(ns: &Namespace, error: ApiError) -> Value {
+    if ns.path == "/messaging" {
+        super::messaging_socket::failed(error)
+    } else {
+        json!({ "ok": false, "error": error.message })
+    }
+}
+
+/// A client event of a connected namespace: its room commands, or (`/messaging`) the
+/// commands of [`super::messaging_socket`]; `args` is `[name, ...arguments]`.
+async fn command(state: &AppState, ns: &Namespace, j: &mut Joined, args: &[Value]) -> Value {
+    let name = args.first().and_then(Value::as_str).unwrap_or("");
+    // The entity id, as a string or as `{"<room_key>": id}` (also camelCase).
+    let room = args
+        .get(1)
+        .and_then(|v| {
+            v.as_str().or_else(|| {
+                v.get(ns.room_key)
+                    .or_else(|| v.get("channelId"))
+                    .or_else(|| v.get("sessionId"))
+                    .and_then(Value::as_str)
+            })
+        })
+        .and_then(|s| Uuid::parse_str(s).ok());
+    if name == ns.room_commands.0 || name == ns.room_commands.1 {
+        match room {
+            None => {
+                json!({ "ok": false, "error": format!("a {} id is required", ns.noun) })
+            }
+            Some(id) if name == ns.room_commands.1 => {
+                j.rooms.remove(&id);
+                if let Ok(mut g) = j.gate.write() {
+                    g.remove(&id);
+                }
+                if let Some(pid) = j.pid {
+                    let list = j.rooms.iter().copied().collect();
+                    super::socketio_recovery::save(&state.pool, ns.path, &j.principal, pid, list)
+                        .await;
+                }
+                json!({ "ok": true })
+            }
+            Some(id) => match may_join(state, ns, &j.principal, id).await {
+                Ok(true) if j.rooms.len() >= MAX_ROOMS => json!({
+                    "ok": false,
+                    "error": format!("at most {MAX_ROOMS} rooms per connection"),
+                }),
+                Ok(true) => {
+                    // The gate first, so that no event of the room is turned away
+                    // once the room counts as joined.
+                    if let Ok(mut g) = j.gate.write() {
+                        g.insert(id);
+                    }
+                    j.rooms.insert(id);
+                    if let Some(pid) = j.pid {
+                        let list = j.rooms.iter().copied().collect();
+                        super::socketio_recovery::save(
+                            &state.pool,
+                            ns.path,
+                            &j.principal,
+                            pid,
+                            list,
+                        )
+                        .await;
+                    }
+                    let mut ok = json!({ "ok": true, "room": id });
+                    if ns.category == "conversation" {
+                        ok["streaming"] = streaming_reply(state, id).await;
+                    }
+                    ok
+                }
+                Ok(false) => {
+                    json!({ "ok": false, "error": format!("{} not found", ns.noun) })
+                }
+                Err(()) => json!({ "ok": false, "error": "temporarily unavailable" }),
+            },
+        }
+    } else if ns.path == "/messaging" {
+        let input = args.get(1).cloned().unwrap_or(Value::Null);
+        super::messaging_socket::on_event(
+            state,
+            j.ns,
+            &j.principal,
+            &j.rooms,
+            &mut j.typing,
+            name,
+            input,
+        )
+        .await
+    } else {
+        json!({ "ok": false, "error": format!("unknown event `{name}`") })
     }
 }
 
@@ -982,17 +1041,51 @@ mod tests {
     fn packets_parse_with_and_without_namespace_and_ack() {
         let (k, n, a, d) = parse("2/citypulse,7[\"join_building\",\"x\"]").unwrap();
         assert_eq!((k, n.as_str(), a), ('2', "/citypulse", Some(7)));
-        assert_eq!(d.unwrap()[0], "join_building");
+        assert_eq!(d.unwrap().unwrap()[0], "join_building");
         let (k, n, a, d) = parse("0/citypulse,{\"token\":\"t\"}").unwrap();
         assert_eq!((k, n.as_str(), a), ('0', "/citypulse", None));
-        assert_eq!(d.unwrap()["token"], "t");
+        assert_eq!(d.unwrap().unwrap()["token"], "t");
         let (k, n, _, d) = parse("0").unwrap();
-        assert_eq!((k, n.as_str(), d), ('0', "/", None));
-        assert!(parse("2/citypulse,[broken").is_none());
+        assert_eq!((k, n.as_str(), d), ('0', "/", Ok(None)));
+        // Data that is not JSON keeps its ack id, so that the event can be answered.
+        let (k, n, a, d) = parse("2/citypulse,[broken").unwrap();
+        assert_eq!((k, n.as_str(), a), ('2', "/citypulse", None));
+        assert!(d.is_err());
+        let (_, _, a, d) = parse("2/messaging,12{broken").unwrap();
+        assert_eq!(a, Some(12));
+        assert!(d.unwrap_err().contains("not JSON"));
         assert_eq!(
             packet('3', "/citypulse", Some(7), &json!([1])),
             "3/citypulse,7[1]"
         );
         assert_eq!(packet('0', "/", None, &json!({})), "0{}");
+    }
+
+    #[test]
+    fn an_event_is_an_array_with_a_string_name() {
+        assert_eq!(
+            event_args(Ok(Some(json!(["message:send", 42])))),
+            Ok(vec![json!("message:send"), json!(42)])
+        );
+        assert!(event_args(Ok(Some(json!([42, {}])))).is_err());
+        assert!(event_args(Ok(Some(json!([])))).is_err());
+        assert!(event_args(Ok(Some(json!({"name": "x"})))).is_err());
+        assert!(event_args(Ok(None)).is_err());
+        assert!(event_args(Err("not JSON".into())).is_err());
+    }
+
+    #[test]
+    fn refusals_take_the_ack_shape_of_their_namespace() {
+        let ns = |path: &str| NAMESPACES.iter().find(|n| n.path == path).unwrap();
+        let error = || ApiError::validation("argument", "must be an object");
+        let messaging = refusal(ns("/messaging"), error());
+        assert_eq!(messaging["ok"], false);
+        assert_eq!(messaging["error"]["code"], "validation_failed");
+        assert_eq!(messaging["error"]["status"], 422);
+        let rooms = refusal(ns("/citypulse"), error());
+        assert_eq!(
+            rooms,
+            json!({ "ok": false, "error": "argument: must be an object" })
+        );
     }
 }

@@ -24,6 +24,10 @@ pub fn fresh_database_url() -> String {
     format!("{}/ub_test_{}", server_url(), Uuid::new_v4().simple())
 }
 
+/// The Pusher secret of test servers, with which the tests sign Pusher API calls and
+/// subscriptions (not the former public default, which production refuses).
+pub const PUSHER_SECRET: &str = "test-pusher-secret";
+
 pub fn test_config(database_url: String) -> Config {
     Config {
         port: 0,
@@ -32,6 +36,7 @@ pub fn test_config(database_url: String) -> Config {
         db_pool_size: 6,
         jwt_secret: Some("test-secret-test-secret-test-secret".into()),
         rate_limit_per_minute: 10_000,
+        pusher_secret: Some(PUSHER_SECRET.into()),
         ..Config::default()
     }
 }

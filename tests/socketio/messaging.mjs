@@ -75,6 +75,13 @@ const reacted = await bob.emitWithAck('message:react', { message_id: sent.messag
 const reaction = await reactionSeen;
 const foreign = await bob.emitWithAck('message:edit', { message_id: sent.message.id, text: 'mine now' });
 const bad = await bob.emitWithAck('message:send', { channel_id: channel, text: '' });
+// Malformed arguments are answered too, with the same error shape.
+const notAnObject = await bob.emitWithAck('message:send', 42);
+const missingFields = await bob.emitWithAck('message:send', {});
+const wrongTypes = await bob.emitWithAck('message:send', { channel_id: 7, text: ['x'] });
+const noArgument = await bob.emitWithAck('message:send');
+const twoArguments = await bob.emitWithAck('message:send', { channel_id: channel }, 'extra');
+const unknownEvent = await bob.emitWithAck('message:shout', { channel_id: channel });
 
 const offline = waitFor(bob, 'user:offline', (d) => d.user_id === online.user_id);
 // Ann typed less than the typing TTL ago: her leaving ends it at once.
@@ -101,6 +108,12 @@ console.log(
     reaction,
     foreign,
     bad,
+    not_an_object: notAnObject,
+    missing_fields: missingFields,
+    wrong_types: wrongTypes,
+    no_argument: noArgument,
+    two_arguments: twoArguments,
+    unknown_event: unknownEvent,
     typing_stopped: typingStopped,
     gone,
   }),
