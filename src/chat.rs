@@ -20,8 +20,8 @@
 //!   `interrupted`) the streaming replies whose worker row is missing or older than
 //!   [`WORKER_STALE`] — within about 20 s of a `kill -9` — and, as a backstop, any reply
 //!   streaming longer than the provider's total time limit plus a minute
-//!   ([`sweep_interrupted`]). The user may also cancel it at once. The sweep runs on the
-//!   actix system (it may start a session's actor) under `crate::rt::supervise`.
+//!   ([`sweep_interrupted`]). The user may also cancel it at once. The sweep runs under
+//!   `crate::rt::supervise`; the registry it calls starts actors from any task.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,8 +122,8 @@ impl Chat {
     }
 
     /// Refreshes this process's worker rows every [`WORKER_BEAT`] and sweeps for replies
-    /// whose worker is gone every [`SWEEP_EVERY`], until [`Chat::stop`]. Runs on the actix
-    /// system, supervised: a panic is logged and the loop starts again.
+    /// whose worker is gone every [`SWEEP_EVERY`], until [`Chat::stop`]. Supervised: a panic
+    /// is logged and the loop starts again.
     pub fn keep_watch(&self) {
         let chat = self.clone();
         crate::rt::supervise("chat-workers", move || {
@@ -136,7 +136,7 @@ impl Chat {
                 sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
-                        _ = stopped.wait_for(|s| *s) => return,
+                        _ = async { stopped.wait_for(|s| *s).await.map(|_| ()) } => return,
                         _ = beat.tick() => {
                             if let Err(e) = chat.beat().await {
                                 tracing::warn!(error = %e, "refreshing the reply workers failed");
@@ -213,8 +213,7 @@ impl Chat {
         let (stop_tx, stop_rx) = oneshot::channel();
         self.running.insert(job.reply_id, stop_tx);
         let chat = self.clone();
-        // On the actix system: the worker's reports may start the session's actor.
-        actix_web::rt::spawn(async move {
+        tokio::spawn(async move {
             let reply_id = job.reply_id;
             chat.register(reply_id, true).await;
             {

@@ -66,12 +66,50 @@ impl Drop for ThreadTask {
     }
 }
 
-/// Runs a background task of the server on the actix system (so that it may start entity
-/// actors) and keeps it running: when the future made by `make` panics, the panic is logged
-/// with the task's name and a fresh future is made after a pause that doubles from one
-/// second up to a minute (reset once a run lasted a minute). A future that returns ends
-/// the task for good (its owner is gone). Must be called on the actix system.
+/// Runs a background task of the server and keeps it running: when the future made by
+/// `make` panics, the panic is logged with the task's name and a fresh future is made after
+/// a pause that doubles from one second up to a minute (reset once a run lasted a minute).
+/// A future that returns ends the task for good (its owner is gone). The task runs on the
+/// tokio runtime, so what it holds (database connections, listeners) is dropped within it;
+/// entity registries may be called from it (they start actors on the thread's arbiter).
 pub fn supervise<M, F>(name: &'static str, mut make: M)
+where
+    M: FnMut() -> F + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut pause = std::time::Duration::from_secs(1);
+        loop {
+            let started = std::time::Instant::now();
+            match tokio::spawn(make()).await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    restarting(name, started, &mut pause).await;
+                }
+                // Cancelled: its runtime is stopping.
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+async fn restarting(
+    name: &'static str,
+    started: std::time::Instant,
+    pause: &mut std::time::Duration,
+) {
+    metrics::counter!("ub_background_task_restarts_total", "task" => name).increment(1);
+    if started.elapsed() >= std::time::Duration::from_secs(60) {
+        *pause = std::time::Duration::from_secs(1);
+    }
+    tracing::error!(task = name, restart_in = ?pause, "background task panicked; restarting it");
+    tokio::time::sleep(*pause).await;
+    *pause = (*pause * 2).min(std::time::Duration::from_secs(60));
+}
+
+/// [`supervise`] for a task that must run on the actix system itself (its futures are not
+/// `Send`, or it spawns actix tasks). Must be called on the actix system.
+pub fn supervise_local<M, F>(name: &'static str, mut make: M)
 where
     M: FnMut() -> F + 'static,
     F: Future<Output = ()> + 'static,
@@ -83,18 +121,7 @@ where
             match actix_web::rt::spawn(make()).await {
                 Ok(()) => return,
                 Err(e) if e.is_panic() => {
-                    metrics::counter!("ub_background_task_restarts_total", "task" => name)
-                        .increment(1);
-                    if started.elapsed() >= std::time::Duration::from_secs(60) {
-                        pause = std::time::Duration::from_secs(1);
-                    }
-                    tracing::error!(
-                        task = name,
-                        restart_in = ?pause,
-                        "background task panicked; restarting it"
-                    );
-                    actix_web::rt::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_secs(60));
+                    restarting(name, started, &mut pause).await;
                 }
                 // Cancelled: its runtime is stopping.
                 Err(_) => return,
@@ -112,12 +139,12 @@ mod tests {
     async fn a_supervised_task_that_panics_is_started_again() {
         let runs = Arc::new(AtomicU32::new(0));
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<u32>();
-        let done_tx = std::cell::RefCell::new(Some(done_tx));
+        let done_tx = std::sync::Mutex::new(Some(done_tx));
         let counted = runs.clone();
         super::supervise("test-task", move || {
             let run = counted.fetch_add(1, Ordering::SeqCst) + 1;
             let done = if run == 2 {
-                done_tx.borrow_mut().take()
+                done_tx.lock().unwrap().take()
             } else {
                 None
             };
@@ -131,6 +158,10 @@ mod tests {
             }
         });
         assert_eq!(done_rx.await.unwrap(), 2, "the second run came");
-        assert_eq!(runs.load(Ordering::SeqCst), 2, "and ended the task for good");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "and ended the task for good"
+        );
     }
 }

@@ -202,3 +202,50 @@ async fn snapshots_are_taken_every_n_events_and_used_on_load() {
         "the loaded state knows the threshold"
     );
 }
+
+#[actix_web::test]
+async fn a_registry_starts_actors_for_tasks_spawned_outside_the_actix_system_and_on_other_threads()
+{
+    let store = store().await;
+    let registry: Arc<Registry<Building>> =
+        Arc::new(Registry::new(store.clone(), RuntimeConfig::default()));
+    // A task of the tokio runtime, outside the actix system's local set: `Actor::start`
+    // would panic there ("spawn_local called from outside of a task::LocalSet").
+    let id = Uuid::new_v4();
+    let from_task = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            registry
+                .execute(id, register(id), None, CommandMeta::new())
+                .await
+                .map(|r| r.version)
+        })
+    };
+    assert_eq!(from_task.await.unwrap().unwrap(), 1);
+    // A thread with a runtime of its own and no arbiter: the registry's home arbiter runs it.
+    let other = Uuid::new_v4();
+    let from_thread = {
+        let registry = registry.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    registry
+                        .execute(other, register(other), None, CommandMeta::new())
+                        .await
+                        .map(|r| r.version)
+                })
+        })
+    };
+    let version = loop {
+        if from_thread.is_finished() {
+            break from_thread.join().unwrap().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(version, 1);
+    let (version, state) = registry.inspect(other).await.unwrap();
+    assert_eq!((version, state.name.as_str()), (1, "Depot"));
+}

@@ -634,6 +634,8 @@ pub struct Registry<E: Entity> {
     store: Arc<dyn EventStore>,
     config: RuntimeConfig,
     generations: AtomicU64,
+    /// The arbiter of the thread that made the registry, for calls from threads without one.
+    home: Option<actix::dev::ArbiterHandle>,
     _kind: PhantomData<fn() -> E>,
 }
 
@@ -644,6 +646,7 @@ impl<E: Entity> Registry<E> {
             store,
             config,
             generations: AtomicU64::new(1),
+            home: actix::Arbiter::try_current(),
             _kind: PhantomData,
         }
     }
@@ -669,10 +672,16 @@ impl<E: Entity> Registry<E> {
                 config: self.config.clone(),
                 last_active: Instant::now(),
             };
-            Slot {
-                addr: actor.start(),
-                generation,
-            }
+            // Started through the arbiter of this thread (or, on a thread without one, of
+            // the thread that made the registry): that works from any task, also one
+            // spawned outside the actix system's local set, where `Actor::start` cannot
+            // spawn. The actor runs on that arbiter; messages wait in its mailbox until it
+            // does.
+            let addr = match actix::Arbiter::try_current().or_else(|| self.home.clone()) {
+                Some(arbiter) => EntityActor::start_in_arbiter(&arbiter, move |_| actor),
+                None => actor.start(),
+            };
+            Slot { addr, generation }
         });
         (slot.addr.clone(), slot.generation)
     }

@@ -58,7 +58,7 @@ pub fn start(state: web::Data<AppState>) {
     let known: Arc<DashMap<Uuid, Option<Known>>> = Arc::default();
     let weak = Arc::downgrade(&state.clone().into_inner());
     let (store, live) = (state.store.clone(), state.live.clone());
-    crate::rt::supervise("agent-publisher", move || {
+    crate::rt::supervise_local("agent-publisher", move || {
         let from = done.load(std::sync::atomic::Ordering::Relaxed);
         let mut sub =
             Subscription::new(store.clone(), from, filter.clone()).with_live_feed(live.clone());

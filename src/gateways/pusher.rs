@@ -555,10 +555,10 @@ impl Hub {
             .listen(NOTIFY_CHANNEL)
             .await
             .context("LISTEN for Pusher messages failed")?;
-        let first = std::cell::RefCell::new(Some(listener));
+        let first = std::sync::Mutex::new(Some(listener));
         let weak = Arc::downgrade(&hub);
         crate::rt::supervise("pusher-listener", move || {
-            let ready = first.borrow_mut().take();
+            let ready = first.lock().ok().and_then(|mut l| l.take());
             let weak = weak.clone();
             async move {
                 let listener = match ready {

@@ -158,7 +158,7 @@ impl Scheduler {
     /// task actors live there); restarted with a log line should it ever panic.
     pub fn start(&self, state: web::Data<AppState>) {
         let inner = self.inner.clone();
-        crate::rt::supervise("swarm-scheduler", move || {
+        crate::rt::supervise_local("swarm-scheduler", move || {
             let (state, inner) = (state.clone(), inner.clone());
             async move { stand_or_lead(state, inner).await }
         });
