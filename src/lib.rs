@@ -1,42 +1,44 @@
 //! universal-backend: one event-sourced actor system behind every frontend.
 //!
 //! - [`config`]: typed settings from the environment.
-//! - [`access`]: who may do what now: memberships, roles, frontends and ended sessions,
-//!   kept current from the log and checked on every request and open socket.
-//! - [`auth`]: passwords (argon2id), access tokens (JWT) and refresh tokens.
+//! - [`identity`]: passwords and tokens (`auth`), who may do what now (`access`: memberships,
+//!   roles, frontends and ended sessions, kept current from the log and checked on every
+//!   request and open socket), and Google sign-in (`google`).
+//! - [`state`]: `AppState`, what every handler, gateway and worker reaches, with the actor
+//!   registries of every entity kind.
 //! - [`store`]: the event store (append with expected version, reads, subscriptions).
 //! - [`actors`]: the per-entity actor runtime and the entity deciders.
 //! - [`projections`]: the runner that builds Postgres read models, and the read models.
-//! - [`http`]: the route table, handlers and the one error type.
-//! - [`gateways`]: the connection core of the socket endpoints (limits, timeouts,
-//!   authorization of live streams, revocation) and the Engine.IO transports.
+//! - [`http`]: the route table, the REST resources and the one error type.
+//! - [`gateways`]: every socket protocol: the connection core (limits, timeouts,
+//!   authorization of live streams, revocation), the native WebSocket (`ws`), Engine.IO and
+//!   Socket.IO with its recovery and `/messaging` commands (`socketio`), the Pusher hub and
+//!   socket endpoint (`pusher`), and the typing and presence signals.
 //! - [`providers`]: AI model providers (OpenAI-compatible, Anthropic, local-echo) behind one
 //!   trait, each wrapped in timeouts, retries before the first token and a circuit breaker.
-//! - [`chat`]: FlowMind chat replies: the worker that streams a provider's reply into a chat
-//!   session's events, coalesced, and stops it on request.
-//! - [`google`]: verification of Google ID tokens against Google's published keys (JWKS).
 //! - [`outbound`]: where user-supplied URLs may lead (allow-list, address checks, pinning).
 //! - [`rt`]: dedicated threads for the serial hot spots (store writer, projections).
 //! - [`swarm`]: the work of Quantum and Velocity swarm tasks (particle swarm runs, batches).
-//! - [`tasks`]: the scheduler of long work (caps, one leader across processes, resume).
-//! - [`startup`]: builds the whole application (used by `main`, the tests and the benchmark).
+//! - [`tasks`]: every worker of long work: the scheduler of swarm tasks (admission, fair
+//!   order, one leader across processes, resume) with its batch, agent and analysis workers,
+//!   and the FlowMind chat reply workers (`tasks::chat`).
+//! - [`startup`]: the composition root: builds the whole application (used by `main`, the
+//!   tests and the benchmark); nothing else imports it.
 
 #![deny(unsafe_code)]
 
-pub mod access;
 pub mod actors;
 pub mod agents;
-pub mod auth;
-pub mod chat;
 pub mod config;
 pub mod gateways;
-pub mod google;
 pub mod http;
+pub mod identity;
 pub mod outbound;
 pub mod projections;
 pub mod providers;
 pub mod rt;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod swarm;
 pub mod tasks;

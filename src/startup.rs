@@ -1,5 +1,6 @@
-//! Builds the application: database, event store, actor registries, projection runners and
-//! the HTTP server. `main`, the black-box tests and the benchmark all start it this way.
+//! The composition root: builds the application (database, event store, actor registries,
+//! projection runners, background tasks and the HTTP server) into an [`AppState`]. `main`,
+//! the black-box tests and the benchmark all start it this way; nothing else imports it.
 
 use std::net::TcpListener;
 use std::str::FromStr;
@@ -13,69 +14,17 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use crate::access::Access;
-use crate::actors::building::Building;
-use crate::actors::organization::Organization;
-use crate::actors::user::User;
 use crate::actors::Registry;
-use crate::auth::{parse_duration, TokenKeys};
 use crate::config::Config;
 use crate::gateways::Gateways;
 use crate::http;
 use crate::http::guard::{AuthState, Limits};
+use crate::identity::access::Access;
+use crate::identity::auth::{parse_duration, TokenKeys};
 use crate::projections::{self, Progress, ProjectionRunner};
 use crate::rt::ThreadTask;
+use crate::state::{AppState, Registries};
 use crate::store::{EventStore, PgEventStore};
-
-/// What every handler can reach, behind cheap handles.
-pub struct AppState {
-    pub pool: PgPool,
-    pub store: Arc<dyn EventStore>,
-    pub buildings: Registry<Building>,
-    pub users: Registry<User>,
-    pub organizations: Registry<Organization>,
-    /// FluxStudio channels and direct conversations, and users' notification inboxes.
-    pub channels: Registry<crate::actors::channel::Channel>,
-    pub inboxes: Registry<crate::actors::channel::Inbox>,
-    pub auth: AuthState,
-    pub progress: Progress,
-    /// The in-memory fan-out that live socket subscriptions follow.
-    pub live: Arc<crate::store::LiveFeed>,
-    /// Who may do what now, kept current from the log (see `access`).
-    pub access: Arc<Access>,
-    /// The AI model providers of this process, each behind timeouts, retries and a breaker.
-    pub providers: crate::providers::Providers,
-    /// FlowMind chat sessions and the reply workers of this process.
-    pub chat: crate::chat::Chat,
-    /// The connection core shared by every socket endpoint (limits, timeouts).
-    pub gateways: Gateways,
-    /// The Pusher Channels hub: `state.pusher.publish(channel, event, &data)` reaches the
-    /// subscribers of every process (see `gateways::pusher`).
-    pub pusher: Arc<crate::gateways::pusher::Hub>,
-    /// This process's recent HTTP traffic (Socket.IO `/auth` shows it).
-    pub traffic: crate::http::traffic::Traffic,
-    /// Typing and presence of the messaging sockets, shared by every process.
-    pub signals: Arc<crate::gateways::signals::Signals>,
-    pub started: Instant,
-    pub config: Config,
-    /// FluxStudio teams and projects.
-    pub teams: Registry<crate::actors::team::Team>,
-    pub projects: Registry<crate::actors::project::Project>,
-    /// Verifies Google ID tokens for `POST /api/auth/google`.
-    pub google: Arc<crate::google::GoogleVerifier>,
-    /// The actors of swarm tasks (Quantum runs, Velocity batches).
-    pub swarm_tasks: Registry<crate::actors::swarm_task::SwarmTask>,
-    /// This process's part in running swarm tasks (see `tasks`).
-    pub swarm: crate::tasks::Scheduler,
-    /// The migration feature flags of the legacy routes (one actor per route).
-    pub flags: Registry<crate::actors::flag::Flag>,
-    /// This process's proxy to the legacy backend and its error windows.
-    pub legacy: Arc<crate::http::legacy::Legacy>,
-    /// This process's provider breakers as the deployment sees them (`agents::breakers`).
-    pub breakers: Arc<crate::agents::breakers::BreakerSync>,
-    /// Where user-supplied URLs may lead (`SWARM_HTTP_ALLOWLIST`, see `outbound`).
-    pub outbound: Arc<crate::outbound::AllowList>,
-}
 
 /// How every connection of this process talks to PostgreSQL: no statement runs and no lock
 /// is awaited without a time limit, and the server probes an idle connection with TCP
@@ -206,10 +155,10 @@ impl Application {
         access.follow(store.clone(), live.clone());
 
         let providers = crate::providers::Providers::from_config(&config);
-        let chat = crate::chat::Chat::new(
+        let chat = crate::tasks::chat::Chat::new(
             Registry::new(store.clone(), config.runtime()),
             providers.clone(),
-            crate::chat::ChatSettings::from_config(&config),
+            crate::tasks::chat::ChatSettings::from_config(&config),
             pool.clone(),
         );
         // Replies whose worker's process died are failed as interrupted by any process.
@@ -224,14 +173,10 @@ impl Application {
         let breakers =
             crate::agents::breakers::BreakerSync::start(pool.clone(), providers.clone()).await?;
         let state = web::Data::new(AppState {
+            registries: Registries::new(&store, &config.runtime()),
             breakers,
             pool: pool.clone(),
             store: store.clone(),
-            buildings: Registry::new(store.clone(), config.runtime()),
-            users: Registry::new(store.clone(), config.runtime()),
-            organizations: Registry::new(store.clone(), config.runtime()),
-            channels: Registry::new(store.clone(), config.runtime()),
-            inboxes: Registry::new(store.clone(), config.runtime()),
             auth,
             access,
             live,
@@ -244,14 +189,12 @@ impl Application {
             progress,
             started: Instant::now(),
             config: config.clone(),
-            teams: Registry::new(store.clone(), config.runtime()),
-            projects: Registry::new(store.clone(), config.runtime()),
-            google: Arc::new(crate::google::GoogleVerifier::from_config(&config)),
-            swarm_tasks: Registry::new(store.clone(), config.runtime()),
+            google: Arc::new(crate::identity::google::GoogleVerifier::from_config(
+                &config,
+            )),
             swarm: crate::tasks::Scheduler::new(
                 crate::tasks::admission::WorkerBudget::from_config(&config),
             ),
-            flags: Registry::new(store.clone(), config.runtime()),
             legacy: Arc::new(crate::http::legacy::Legacy::new(&config)?),
             outbound: Arc::new(
                 crate::outbound::AllowList::parse(&config.swarm_http_allowlist)

@@ -924,7 +924,7 @@ async fn a_reply_whose_process_stopped_is_failed_as_interrupted_and_the_session_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let failed =
-        universal_backend::chat::sweep_interrupted(&state.chat, &state.pool, Duration::ZERO)
+        universal_backend::tasks::chat::sweep_interrupted(&state.chat, &state.pool, Duration::ZERO)
             .await
             .unwrap();
     assert_eq!(failed, 1);

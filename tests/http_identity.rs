@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use universal_backend::auth::{Claims, TokenKeys};
+use universal_backend::identity::auth::{Claims, TokenKeys};
 
 const SECRET: &str = "test-secret-test-secret-test-secret";
 

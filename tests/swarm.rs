@@ -17,7 +17,7 @@ use universal_backend::Application;
 
 struct App {
     base: String,
-    state: actix_web::web::Data<universal_backend::startup::AppState>,
+    state: actix_web::web::Data<universal_backend::state::AppState>,
     pool: PgPool,
     database_url: String,
     handle: actix_web::dev::ServerHandle,
@@ -899,6 +899,7 @@ async fn a_task_whose_attempts_killed_their_process_three_times_is_abandoned_not
         let state = first.state.clone();
         async move {
             state
+                .registries
                 .swarm_tasks
                 .execute(
                     task,

@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::actors::swarm_task::MAX_AGENT_CALLS;
 use crate::gateways::pusher::{org_channel, toolbox, Hub, MAX_DATA};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::{Filter, RecordedEvent, Subscription};
 
 /// Most tasks whose kind is remembered; the memory is cleared beyond.
@@ -116,7 +116,7 @@ async fn on_event(
         Some(info) => info,
         None => {
             // Created before this process started following: ask the task itself.
-            let (_, task) = state.swarm_tasks.inspect(id).await?;
+            let (_, task) = state.registries.swarm_tasks.inspect(id).await?;
             let info = match (&task.config, task.organization_id) {
                 (Some(TaskConfig::Agent(a)), Some(org)) => Some(Known {
                     org,

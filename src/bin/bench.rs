@@ -714,7 +714,7 @@ async fn close_pool(pool: &sqlx::PgPool) {
 async fn finish(
     handle: actix_web::dev::ServerHandle,
     server: actix_web::rt::task::JoinHandle<anyhow::Result<()>>,
-    state: actix_web::web::Data<universal_backend::startup::AppState>,
+    state: actix_web::web::Data<universal_backend::state::AppState>,
     keep: bool,
     database_url: &str,
 ) -> anyhow::Result<()> {

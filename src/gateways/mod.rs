@@ -1,7 +1,12 @@
-//! The connection core shared by every socket endpoint: the native event stream
-//! (`http::ws`), the Socket.IO gateway (`http::socketio`, over the Engine.IO transports in
-//! [`engineio`]) and the Pusher Channels gateway (`http::pusher`, with its cross-process hub
-//! in [`pusher`]).
+//! Every socket protocol, one module each, and the connection core they share:
+//!
+//! - [`ws`]: the native event stream (`/api/v1/ws`);
+//! - [`socketio`]: the Socket.IO gateway over the Engine.IO transports
+//!   ([`socketio::engineio`]), with session recovery ([`socketio::recovery`]) and the
+//!   `/messaging` commands ([`socketio::messaging`]);
+//! - [`pusher`]: the Pusher Channels hub across processes, and its socket endpoint and HTTP
+//!   API ([`pusher::socket`]);
+//! - [`signals`]: typing and presence, shared by every process (never persisted).
 //!
 //! What every endpoint gets from here, so that none has to get it right on its own:
 //!
@@ -18,13 +23,14 @@
 //!   are for organization admins (as the history API), an entity's stream needs its
 //!   frontend enabled (as its HTTP routes).
 //! - **Revocation**: sockets watch `Access::changes` and check their caller again on every
-//!   change (see `crate::access`).
+//!   change (see `crate::identity::access`).
 //! - **A message rate limit per connection** ([`Gateways::message_limit`],
 //!   `WS_RATE_LIMIT_PER_MINUTE`): what a client may send, whatever the protocol.
 
-pub mod engineio;
 pub mod pusher;
 pub mod signals;
+pub mod socketio;
+pub mod ws;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,7 +62,7 @@ pub struct Gateways {
     /// `WS_HEARTBEAT_INTERVAL`: time between server pings.
     pub heartbeat: Duration,
     /// Open Engine.IO sessions of this process (the Socket.IO gateway).
-    pub engine: engineio::Sessions,
+    pub engine: socketio::engineio::Sessions,
     /// `WS_RATE_LIMIT_PER_MINUTE`: client messages per minute on one connection (0 = no limit).
     pub messages_per_minute: u32,
 }
@@ -301,7 +307,7 @@ const FRONTEND_OF_CATEGORY: &[(&str, Frontend)] = &[
 /// owner): besides [`authorize`], a member who is not an organization admin may follow only
 /// their own, as with the chat routes. Another member's session answers `not_found`.
 pub async fn authorize_owned(
-    state: &crate::startup::AppState,
+    state: &crate::state::AppState,
     who: &Principal,
     stream: &str,
 ) -> Result<(), (&'static str, String)> {

@@ -31,7 +31,7 @@ use crate::actors::user::{User, UserCommand};
 use crate::actors::{CommandMeta, Registry, RuntimeConfig};
 use crate::projections::parked::{self, ListQuery, ParkedEvent, ResolveError};
 use crate::projections::{self, Projection};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::EventStore;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

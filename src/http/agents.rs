@@ -32,7 +32,7 @@ use super::guard::Principal;
 use super::ApiError;
 use crate::actors::swarm_task::{check_agent, ScopedCommand, SwarmCommand, SwarmError};
 use crate::projections::agents::NAME as PROJECTION;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// How often a waiting request looks at its execution.
 const WAIT_POLL: Duration = Duration::from_millis(100);
@@ -222,6 +222,7 @@ async fn execute(
         let mut meta = meta.clone();
         meta.organization_id = Some(org);
         let reply = state
+            .registries
             .swarm_tasks
             .execute(id, cmd, None, meta)
             .await

@@ -10,7 +10,7 @@ use universal_events::identity::Frontend;
 
 use super::guard::Principal;
 use super::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let enabled = actix_web::guard::fn_guard(|ctx| {

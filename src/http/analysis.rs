@@ -28,7 +28,7 @@ use super::guard::Principal;
 use super::ApiError;
 use crate::actors::swarm_task::{ScopedCommand, SwarmCommand, SwarmError};
 use crate::projections::analysis::NAME as PROJECTION;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/analysis", web::post().to(start))
@@ -163,6 +163,7 @@ pub(crate) async fn start(
         let mut meta = meta.clone();
         meta.organization_id = Some(org);
         let reply = state
+            .registries
             .swarm_tasks
             .execute(id, cmd, None, meta)
             .await
@@ -404,6 +405,7 @@ pub(crate) async fn insight(
             },
         };
         let reply = state
+            .registries
             .swarm_tasks
             .execute(id, cmd, None, meta)
             .await

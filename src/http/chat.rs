@@ -31,10 +31,10 @@ use crate::actors::conversation::{
     Conversation, ConversationCommand, ConversationError, MessageKind, ReplyStatus, ScopedCommand,
 };
 use crate::actors::CommandReply;
-use crate::chat::ReplyJob;
 use crate::providers::ModelProvider;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::{Filter, Subscription};
+use crate::tasks::chat::ReplyJob;
 
 const READ_MODEL: &str = "flowmind";
 /// Title of a session created without one.

@@ -24,7 +24,7 @@ use crate::actors::building::{
     Building, BuildingCommand, BuildingError, ReadingInput, ScopedCommand,
 };
 use crate::actors::CommandReply;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const DIRECTORY: &str = "citypulse_directory";
 const ENERGY: &str = "citypulse_energy";
@@ -109,6 +109,7 @@ async fn run(
         cmd,
     };
     let reply = state
+        .registries
         .buildings
         .execute(id, cmd, expected, meta)
         .await

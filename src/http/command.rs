@@ -24,7 +24,7 @@ use super::guard::Principal;
 use super::ApiError;
 use crate::actors::CommandMeta;
 use crate::projections::WaitError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The longest a query waits for `min_position`.
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -27,7 +27,7 @@ use super::ApiError;
 use crate::actors::project::{Project, ProjectAction, ProjectCommand, ProjectError};
 use crate::actors::team::{Team, TeamAction, TeamCommand, TeamError};
 use crate::actors::{CommandMeta, CommandReply};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const READ_MODEL: &str = "fluxstudio";
 
@@ -152,6 +152,7 @@ async fn require_org_member(
     field: &str,
 ) -> Result<(), ApiError> {
     let (_, organization) = state
+        .registries
         .organizations
         .inspect(org)
         .await
@@ -169,6 +170,7 @@ async fn require_org_member(
 /// 422 naming `team_id` unless `team` is a team of `org` that is not archived.
 async fn require_team(state: &AppState, org: Uuid, team: Uuid) -> Result<(), ApiError> {
     let (_, t): (i64, Team) = state
+        .registries
         .teams
         .inspect(team)
         .await
@@ -193,6 +195,7 @@ async fn run_team(
     meta: CommandMeta,
 ) -> Result<CommandReply<Team>, ApiError> {
     state
+        .registries
         .teams
         .execute(id, cmd, if_match(req)?, meta)
         .await
@@ -207,6 +210,7 @@ async fn run_project(
     meta: CommandMeta,
 ) -> Result<CommandReply<Project>, ApiError> {
     state
+        .registries
         .projects
         .execute(id, cmd, if_match(req)?, meta)
         .await

@@ -7,7 +7,7 @@
 //! do not leak.
 //!
 //! The token proves who is calling; what the caller may do is read per request from the
-//! access view (`crate::access`), so a removed member, a demoted one or a disabled frontend
+//! access view (`crate::identity::access`), so a removed member, a demoted one or a disabled frontend
 //! is refused at once, although the token is still valid.
 
 use std::net::IpAddr;
@@ -23,16 +23,16 @@ use universal_events::identity::{Frontend, Role};
 use uuid::Uuid;
 
 use super::ApiError;
-use crate::access::{Denied, Rights};
-use crate::auth::TokenKeys;
-use crate::startup::AppState;
+use crate::identity::access::{Denied, Rights};
+use crate::identity::auth::TokenKeys;
+use crate::state::AppState;
 
 /// Token keys, ended sessions and rate limiters.
 pub struct AuthState {
     pub keys: TokenKeys,
     /// Sessions that ended (logout, reuse, password change): their access tokens are refused
     /// before they expire. Fed by this process's commands at once, and by the log through
-    /// the access view (`crate::access`), which shares this set.
+    /// the access view (`crate::identity::access`), which shares this set.
     pub ended_sessions: Arc<DashMap<Uuid, ()>>,
     pub limits: Option<Limits>,
 }
@@ -82,7 +82,7 @@ impl AuthState {
     }
 }
 
-/// An authenticated caller, with the rights it has *now* (see [`crate::access`]): role and
+/// An authenticated caller, with the rights it has *now* (see [`crate::identity::access`]): role and
 /// frontends come from the access view, not from the token's claims.
 #[derive(Debug, Clone)]
 pub struct Principal {

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::guard::Principal;
 use super::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::{Direction, Filter, RecordedEvent};
 
 /// Payload fields that never leave the server, even to an organization's admins.

@@ -27,8 +27,8 @@ use super::ApiError;
 use crate::actors::organization::{OrgAction, OrgCommand, OrgError};
 use crate::actors::user::{User, UserCommand, UserError};
 use crate::actors::CommandMeta;
-use crate::auth;
-use crate::startup::AppState;
+use crate::identity::auth;
+use crate::state::AppState;
 use crate::store::{AppendError, Direction, ExpectedVersion, NewEvent};
 
 const NAMESPACE: Uuid = Uuid::from_u128(0x2d0e_8a51_7c43_4b8e_9f10_6a2b_c3d4_e5f6);
@@ -88,6 +88,7 @@ fn user_error(e: UserError) -> ApiError {
 /// The current version and state of a user (version 0: no such user).
 async fn load_user(state: &AppState, user_id: Uuid) -> Result<(i64, User), ApiError> {
     state
+        .registries
         .users
         .inspect(user_id)
         .await
@@ -289,6 +290,7 @@ async fn start_session(
     let refresh_ttl =
         chrono::Duration::from_std(state.auth.keys.refresh_ttl).map_err(ApiError::internal)?;
     state
+        .registries
         .users
         .execute(
             user_id,
@@ -355,6 +357,7 @@ async fn signup(
     let user_id = Uuid::new_v4();
     claim_email(&state, &email, &email_lower, user_id).await?;
     let reply = state
+        .registries
         .users
         .execute(
             user_id,
@@ -478,6 +481,7 @@ async fn refresh(
     let refresh_ttl =
         chrono::Duration::from_std(state.auth.keys.refresh_ttl).map_err(ApiError::internal)?;
     let reply = state
+        .registries
         .users
         .execute(
             user_id,
@@ -525,6 +529,7 @@ async fn logout(
 ) -> Result<HttpResponse, ApiError> {
     idempotent(&state.pool, &req, &who, b"", || async {
         let reply = state
+            .registries
             .users
             .execute(
                 who.user_id,
@@ -607,6 +612,7 @@ async fn update_me(
     let input: UpdateMe = parse_json(&body)?;
     idempotent(&state.pool, &req, &who, &body, || async {
         let reply = state
+            .registries
             .users
             .execute(
                 who.user_id,
@@ -678,6 +684,7 @@ async fn change_password(
             .await?
             .map_err(ApiError::internal)?;
         let reply = state
+            .registries
             .users
             .execute(
                 who.user_id,
@@ -732,6 +739,7 @@ async fn deactivate_me(
             ));
         }
         let reply = state
+            .registries
             .users
             .execute(
                 who.user_id,
@@ -773,6 +781,7 @@ async fn org_command(
     command_meta.organization_id = Some(id);
     idempotent(&state.pool, req, who, body, || async {
         let reply = state
+            .registries
             .organizations
             .execute(
                 id,
@@ -789,7 +798,7 @@ async fn org_command(
         // a changed role or a disabled frontend, so answer once the access view has it.
         if !state
             .access
-            .wait_applied(reply.position, crate::access::SYNC_TIMEOUT)
+            .wait_applied(reply.position, crate::identity::access::SYNC_TIMEOUT)
             .await
         {
             tracing::warn!(
@@ -1212,8 +1221,8 @@ struct GoogleSignIn {
     organization_id: Option<Uuid>,
 }
 
-fn google_error(e: crate::google::GoogleError) -> ApiError {
-    use crate::google::GoogleError as G;
+fn google_error(e: crate::identity::google::GoogleError) -> ApiError {
+    use crate::identity::google::GoogleError as G;
     match e {
         G::NotConfigured => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -1305,6 +1314,7 @@ async fn google(
         match claim_email(&state, &email, &email_lower, user_id).await {
             Ok(()) => {
                 let reply = state
+                    .registries
                     .users
                     .execute(
                         user_id,

@@ -54,7 +54,7 @@ use super::ApiError;
 use crate::actors::flag::{flag_id, FlagCommand, FlagError};
 use crate::actors::CommandMeta;
 use crate::providers::{ChatMessage, ChatRequest, ReplyEvent, Role};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The flagged routes of the legacy API: name, method, and whether it only reads (only
 /// those are answered twice in `compare` mode).
@@ -602,7 +602,12 @@ async fn watch(state: &AppState, route: &'static str, error: bool, organization:
         frontend: Some("system".into()),
         ..CommandMeta::new()
     };
-    match state.flags.execute(flag_id(route), cmd, None, meta).await {
+    match state
+        .registries
+        .flags
+        .execute(flag_id(route), cmd, None, meta)
+        .await
+    {
         Ok(reply) if !reply.events.is_empty() => {
             state.legacy.reset(route);
             metrics::counter!("ub_flag_rollbacks_total", "route" => route).increment(1);
@@ -823,6 +828,7 @@ async fn set_flag(
         at: Utc::now(),
     };
     let reply = state
+        .registries
         .flags
         .execute(flag_id(route), cmd, None, meta)
         .await

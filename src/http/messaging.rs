@@ -26,7 +26,7 @@ use crate::actors::channel::{
     direct_id, Caller, Channel, ChannelCommand, ChannelError, InboxCommand, ScopedCommand,
 };
 use crate::actors::{CommandMeta, CommandReply};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const READ_MODEL: &str = "messaging";
 
@@ -123,6 +123,7 @@ pub async fn run(
     meta.user_id = Some(by.user_id);
     meta.frontend = Some("fluxstudio".into());
     state
+        .registries
         .channels
         .execute(channel, ScopedCommand { by, cmd }, None, meta)
         .await
@@ -277,6 +278,7 @@ async fn open_direct(
         Ok(reply) => Ok(channel_answer(StatusCode::CREATED, id, &reply).into_response()),
         Err(e) if e.code == "conflict" => {
             let (version, _) = state
+                .registries
                 .channels
                 .inspect(id)
                 .await
@@ -1180,6 +1182,7 @@ async fn inbox(
 ) -> Result<Answer, ApiError> {
     let meta = meta(req, who)?;
     let reply = state
+        .registries
         .inboxes
         .execute(who.user_id, cmd, None, meta)
         .await

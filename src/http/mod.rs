@@ -1,4 +1,5 @@
-//! The HTTP edge: one route table, one error type, one file per resource.
+//! The HTTP edge: one route table, one error type, one file per REST resource. The socket
+//! protocols are mounted here but live in `crate::gateways`.
 
 pub mod admin;
 pub mod agents;
@@ -15,16 +16,11 @@ pub mod history;
 pub mod identity;
 pub mod legacy;
 pub mod messaging;
-pub mod messaging_socket;
 pub mod openapi;
 pub mod ops;
-pub mod pusher;
 pub mod schema;
-pub mod socketio;
-pub mod socketio_recovery;
 pub mod swarm;
 pub mod traffic;
-pub mod ws;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -57,16 +53,22 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .route("/health", web::get().to(ops::health))
         .route("/health/agents", web::get().to(agents::health))
         .route("/metrics", web::get().to(ops::metrics))
-        .route("/socket.io/", web::get().to(socketio::connect))
-        .route("/socket.io/", web::post().to(socketio::post))
-        .configure(pusher::configure)
+        .route(
+            "/socket.io/",
+            web::get().to(crate::gateways::socketio::connect),
+        )
+        .route(
+            "/socket.io/",
+            web::post().to(crate::gateways::socketio::post),
+        )
+        .configure(crate::gateways::pusher::socket::configure)
         .service(
             web::scope("/api/v1")
                 .route("/info", web::get().to(ops::info))
                 .route("/openapi.json", web::get().to(openapi::openapi_json))
                 .route("/docs", web::get().to(openapi::docs))
                 .configure(identity::configure)
-                .route("/ws", web::get().to(ws::connect))
+                .route("/ws", web::get().to(crate::gateways::ws::connect))
                 .configure(citypulse::configure)
                 .configure(ai::configure)
                 .configure(messaging::configure)
@@ -137,7 +139,7 @@ pub async fn body_deadline(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody + 'static>>, actix_web::Error> {
     let limit = req
-        .app_data::<web::Data<crate::startup::AppState>>()
+        .app_data::<web::Data<crate::state::AppState>>()
         .map(|s| Duration::from_secs(s.config.http_body_timeout_secs.max(1)));
     let upgrade = req.headers().contains_key(actix_web::http::header::UPGRADE);
     let Some(limit) = limit.filter(|_| !upgrade) else {

@@ -21,8 +21,9 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     admin, agents, ai, analysis, chat, citypulse, fluxstudio, history, identity, legacy, messaging,
-    ops, pusher, schema, swarm,
+    ops, schema, swarm,
 };
+use crate::gateways::pusher::socket as pusher;
 
 #[derive(OpenApi)]
 #[openapi(

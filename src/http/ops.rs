@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::projections::{self, parked, runner};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::telemetry;
 
 /// `GET /health`: 200 when the event store answers, 503 otherwise. Parked events (events a
@@ -65,7 +65,7 @@ pub async fn health(state: web::Data<AppState>, req: actix_web::HttpRequest) -> 
         },
         "projections": projections_status,
         "warnings": warnings,
-        "live_actors": { "building": state.buildings.live() },
+        "live_actors": { "building": state.registries.buildings.live() },
     });
     let status = if reachable {
         StatusCode::OK

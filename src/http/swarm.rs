@@ -29,7 +29,7 @@ use crate::actors::swarm_task::{
     ScopedCommand, SwarmCommand, SwarmError, TaskStatus, MAX_DIMENSIONS, MAX_SEED,
 };
 use crate::projections::swarm::NAME as PROJECTION;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let enabled = actix_web::guard::fn_guard(|ctx| {
@@ -411,6 +411,7 @@ async fn create_task(
         let mut meta = meta.clone();
         meta.organization_id = Some(org);
         let reply = state
+            .registries
             .swarm_tasks
             .execute(id, cmd, None, meta)
             .await
@@ -455,6 +456,7 @@ async fn cancel_task(
             cmd: SwarmCommand::Cancel { at: Utc::now() },
         };
         let reply = state
+            .registries
             .swarm_tasks
             .execute(id, cmd, expected, meta)
             .await

@@ -54,7 +54,7 @@ fn clean(text: &str, max: usize) -> String {
 
 /// What the subtasks share.
 struct Shared {
-    state: actix_web::web::Data<crate::startup::AppState>,
+    state: actix_web::web::Data<crate::state::AppState>,
     config: VelocityConfig,
     /// One client per origin called, pinned to the address checked when it was first
     /// called (see `crate::outbound`).

@@ -40,6 +40,7 @@ pub mod admission;
 pub mod agent;
 pub mod analysis;
 pub mod batch;
+pub mod chat;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +56,7 @@ use uuid::Uuid;
 
 use crate::actors::swarm_task::{ScopedCommand, SwarmCommand, SwarmError, SwarmTask, TaskStatus};
 use crate::actors::{CommandError, CommandMeta};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::swarm::objective::Objective;
 use crate::swarm::pso::{self, Control, RunError};
 
@@ -285,6 +286,7 @@ async fn command(
     cmd: SwarmCommand,
 ) -> Result<(), CommandError<SwarmError>> {
     state
+        .registries
         .swarm_tasks
         .execute(
             id,
@@ -344,7 +346,7 @@ async fn admit(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Resul
             continue;
         }
         // The read model may lag: the task's own actor has the last word.
-        let (_, task) = match state.swarm_tasks.inspect(id).await {
+        let (_, task) = match state.registries.swarm_tasks.inspect(id).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(task = %id, error = %e, "swarm task could not be read");
@@ -492,7 +494,7 @@ impl Run {
         if self.cancel.load(Ordering::Relaxed) {
             return false;
         }
-        match self.state.swarm_tasks.inspect(self.id).await {
+        match self.state.registries.swarm_tasks.inspect(self.id).await {
             Ok((_, t)) if t.status == TaskStatus::Running && t.attempt == self.attempt => true,
             Ok(_) => {
                 self.cancel.store(true, Ordering::Relaxed);

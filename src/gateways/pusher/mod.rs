@@ -1,6 +1,6 @@
 //! The Pusher Channels hub: signatures, channel rules, and the fan-out of published messages
 //! to the sockets of every server process (the socket endpoint and the HTTP API are in
-//! `http::pusher`).
+//! `pusher::socket`).
 //!
 //! **Across processes.** A deployment runs several processes on one database, and a client
 //! may hold its socket on any of them. Every message, whether published through the HTTP
@@ -27,8 +27,10 @@
 //! the caller's session). The auth endpoint records the grant (socket, channel, user,
 //! session, organization) in `pusher_grants`; the process holding the socket reads it when
 //! the socket subscribes, keeps it, and checks it again on every change of the access view
-//! (`crate::access`), so that a logout or a removal from the organization, on any process,
+//! (`crate::identity::access`), so that a logout or a removal from the organization, on any process,
 //! cuts the subscription at once.
+
+pub mod socket;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};

@@ -36,11 +36,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::guard::{principal_from_token, Principal};
-use super::history::redact;
-use super::ApiError;
 use crate::gateways::{self, authorize, LiveTarget};
-use crate::startup::AppState;
+use crate::http::guard::{principal_from_token, Principal};
+use crate::http::history::redact;
+use crate::http::ApiError;
+use crate::state::AppState;
 use crate::store::{Filter, Subscription};
 
 /// Messages waiting for a connection's socket, across its subscriptions.

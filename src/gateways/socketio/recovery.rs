@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::guard::Principal;
-use crate::startup::AppState;
+use crate::http::guard::Principal;
+use crate::state::AppState;
 
 /// How long after its last change a connection's state can be recovered.
 pub const WINDOW: Duration = Duration::from_secs(120);

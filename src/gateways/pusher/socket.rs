@@ -37,14 +37,14 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
-use super::guard::Principal;
-use super::ApiError;
 use crate::gateways::pusher::{
     self as hub, may_join, valid_channel, valid_event, valid_socket_id, ChannelKind, Frame, Grant,
     Outlet, PresenceError, MAX_BATCH, MAX_CHANNELS_PER_EVENT, MAX_DATA,
 };
 use crate::gateways::{self, MessageLimit};
-use crate::startup::AppState;
+use crate::http::guard::Principal;
+use crate::http::ApiError;
+use crate::state::AppState;
 
 /// Largest frame a client may send.
 const MAX_FRAME: usize = 32 * 1024;
@@ -106,8 +106,8 @@ fn disabled() -> ApiError {
     ),
     responses(
         (status = 101, description = "Switching Protocols: the WebSocket is open"),
-        (status = 400, description = "Not a WebSocket handshake", body = super::schema::ErrorBody),
-        (status = 404, description = "The Pusher gateway is disabled on this server", body = super::schema::ErrorBody),
+        (status = 400, description = "Not a WebSocket handshake", body = crate::http::schema::ErrorBody),
+        (status = 404, description = "The Pusher gateway is disabled on this server", body = crate::http::schema::ErrorBody),
     ),
 )]
 pub async fn connect(
@@ -667,10 +667,10 @@ pub struct AuthAnswer {
     )),
     responses(
         (status = 200, description = "The signature for the subscription", body = AuthAnswer),
-        (status = 400, description = "A body that cannot be read", body = super::schema::ErrorBody),
-        (status = 403, description = "The user may not join this channel", body = super::schema::ErrorBody),
-        (status = 404, description = "The Pusher gateway is disabled on this server", body = super::schema::ErrorBody),
-        (status = 422, description = "A socket id or channel name that is not valid, or a public channel", body = super::schema::ErrorBody),
+        (status = 400, description = "A body that cannot be read", body = crate::http::schema::ErrorBody),
+        (status = 403, description = "The user may not join this channel", body = crate::http::schema::ErrorBody),
+        (status = 404, description = "The Pusher gateway is disabled on this server", body = crate::http::schema::ErrorBody),
+        (status = 422, description = "A socket id or channel name that is not valid, or a public channel", body = crate::http::schema::ErrorBody),
     ),
 )]
 pub async fn auth(
@@ -967,10 +967,10 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     request_body(content = EventIn, content_type = "application/json"),
     responses(
         (status = 200, description = "Published: `{}`, or the counts `info` asked for", body = EventsAnswer),
-        (status = 401, description = "A missing or wrong signature, key or `body_md5`, or a timestamp out of the window", body = super::schema::ErrorBody),
-        (status = 404, description = "Another app id, or the gateway is disabled", body = super::schema::ErrorBody),
-        (status = 413, description = "The event's data is over 10 KB (or the body over 1 MiB)", body = super::schema::ErrorBody),
-        (status = 422, description = "A bad channel or event name, too many channels, or a bad socket id", body = super::schema::ErrorBody),
+        (status = 401, description = "A missing or wrong signature, key or `body_md5`, or a timestamp out of the window", body = crate::http::schema::ErrorBody),
+        (status = 404, description = "Another app id, or the gateway is disabled", body = crate::http::schema::ErrorBody),
+        (status = 413, description = "The event's data is over 10 KB (or the body over 1 MiB)", body = crate::http::schema::ErrorBody),
+        (status = 422, description = "A bad channel or event name, too many channels, or a bad socket id", body = crate::http::schema::ErrorBody),
     ),
 )]
 pub async fn events(
@@ -1011,10 +1011,10 @@ pub async fn events(
     request_body(content = BatchIn, content_type = "application/json"),
     responses(
         (status = 200, description = "Published: `{}`, or per event the counts `info` asked for", body = BatchAnswer),
-        (status = 401, description = "A missing or wrong signature, key or `body_md5`, or a timestamp out of the window", body = super::schema::ErrorBody),
-        (status = 404, description = "Another app id, or the gateway is disabled", body = super::schema::ErrorBody),
-        (status = 413, description = "An event's data is over 10 KB (or the body over 1 MiB)", body = super::schema::ErrorBody),
-        (status = 422, description = "Not 1 to 10 events, or a bad channel or event name", body = super::schema::ErrorBody),
+        (status = 401, description = "A missing or wrong signature, key or `body_md5`, or a timestamp out of the window", body = crate::http::schema::ErrorBody),
+        (status = 404, description = "Another app id, or the gateway is disabled", body = crate::http::schema::ErrorBody),
+        (status = 413, description = "An event's data is over 10 KB (or the body over 1 MiB)", body = crate::http::schema::ErrorBody),
+        (status = 422, description = "Not 1 to 10 events, or a bad channel or event name", body = crate::http::schema::ErrorBody),
     ),
 )]
 pub async fn batch_events(
@@ -1088,9 +1088,9 @@ pub struct ChannelsQuery {
     params(("app_id" = String, Path, description = "`PUSHER_APP_ID`"), ChannelsQuery, Signed),
     responses(
         (status = 200, description = "Channel name → attributes", body = ChannelsAnswer),
-        (status = 401, description = "A missing or wrong signature or key, or a timestamp out of the window", body = super::schema::ErrorBody),
-        (status = 404, description = "Another app id, or the gateway is disabled", body = super::schema::ErrorBody),
-        (status = 422, description = "`info=user_count` without the `presence-` prefix, or an unknown attribute", body = super::schema::ErrorBody),
+        (status = 401, description = "A missing or wrong signature or key, or a timestamp out of the window", body = crate::http::schema::ErrorBody),
+        (status = 404, description = "Another app id, or the gateway is disabled", body = crate::http::schema::ErrorBody),
+        (status = 422, description = "`info=user_count` without the `presence-` prefix, or an unknown attribute", body = crate::http::schema::ErrorBody),
     ),
 )]
 pub async fn channels(
@@ -1151,9 +1151,9 @@ pub struct ChannelQuery {
     ),
     responses(
         (status = 200, description = "The channel", body = ChannelAnswer),
-        (status = 401, description = "A missing or wrong signature or key, or a timestamp out of the window", body = super::schema::ErrorBody),
-        (status = 404, description = "Another app id, or the gateway is disabled", body = super::schema::ErrorBody),
-        (status = 422, description = "Not a channel name, `user_count` of a channel that is not presence, or an unknown attribute", body = super::schema::ErrorBody),
+        (status = 401, description = "A missing or wrong signature or key, or a timestamp out of the window", body = crate::http::schema::ErrorBody),
+        (status = 404, description = "Another app id, or the gateway is disabled", body = crate::http::schema::ErrorBody),
+        (status = 422, description = "Not a channel name, `user_count` of a channel that is not presence, or an unknown attribute", body = crate::http::schema::ErrorBody),
     ),
 )]
 pub async fn channel(
@@ -1202,9 +1202,9 @@ pub async fn channel(
     ),
     responses(
         (status = 200, description = "The users", body = UsersAnswer),
-        (status = 401, description = "A missing or wrong signature or key, or a timestamp out of the window", body = super::schema::ErrorBody),
-        (status = 404, description = "Another app id, or the gateway is disabled", body = super::schema::ErrorBody),
-        (status = 422, description = "Not a presence channel", body = super::schema::ErrorBody),
+        (status = 401, description = "A missing or wrong signature or key, or a timestamp out of the window", body = crate::http::schema::ErrorBody),
+        (status = 404, description = "Another app id, or the gateway is disabled", body = crate::http::schema::ErrorBody),
+        (status = 422, description = "Not a presence channel", body = crate::http::schema::ErrorBody),
     ),
 )]
 pub async fn channel_users(

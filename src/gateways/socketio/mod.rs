@@ -19,6 +19,10 @@
 //! commands clients may send, and which stored event types become which Socket.IO events in
 //! which room. Adding `/messaging` or `/swarm` is one more table.
 
+pub mod engineio;
+pub mod messaging;
+pub mod recovery;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -30,13 +34,13 @@ use tokio::sync::{mpsc, oneshot};
 use universal_events::identity::Frontend;
 use uuid::Uuid;
 
-use super::guard::{principal_from_token, Principal};
-use super::ApiError;
-use crate::gateways::engineio::{self, Control, EngineError, Handler, Outcome, Start};
 use crate::gateways::{self, authorize_frontend};
-use crate::startup::AppState;
+use crate::http::guard::{principal_from_token, Principal};
+use crate::http::ApiError;
+use crate::state::AppState;
 use crate::store::subscription::Gate;
 use crate::store::{Direction, Filter, RecordedEvent, Subscription};
+use engineio::{Control, EngineError, Handler, Outcome, Start};
 
 /// Events waiting for a session, across its namespaces.
 const QUEUE: usize = 256;
@@ -443,7 +447,7 @@ impl Joined {
                 self.ns.path,
             );
             tokio::spawn(async move {
-                super::socketio_recovery::save(&pool, path, &who, pid, rooms).await
+                crate::gateways::socketio::recovery::save(&pool, path, &who, pid, rooms).await
             });
         }
         if let Some(s) = self.signals.take() {
@@ -452,11 +456,11 @@ impl Joined {
                 let signals = state.signals.clone();
                 let user = self.principal.user_id;
                 // Whoever was typing here stops now, not when the receivers' state expires.
-                let typing = super::messaging_socket::still_typing(&mut self.typing);
+                let typing = crate::gateways::socketio::messaging::still_typing(&mut self.typing);
                 tokio::spawn(async move {
                     for channel in typing {
                         signals
-                            .publish(&super::messaging_socket::typing_signal(
+                            .publish(&crate::gateways::socketio::messaging::typing_signal(
                                 org, channel, user, false,
                             ))
                             .await;
@@ -559,15 +563,20 @@ impl Handler for SocketIo {
                 return vec![packet('2', nsp, None, &json!(["metrics:update", *signal]))];
             }
             Push::Signal(signal) => {
-                return super::messaging_socket::signal(nsp, &j.principal, &j.rooms, &signal)
-                    .into_iter()
-                    .collect();
+                return crate::gateways::socketio::messaging::signal(
+                    nsp,
+                    &j.principal,
+                    &j.rooms,
+                    &signal,
+                )
+                .into_iter()
+                .collect();
             }
         };
         let mut out = Vec::new();
         if nsp == "/messaging" {
             let with_offset = j.pid.is_some();
-            out.extend(super::messaging_socket::notification(
+            out.extend(crate::gateways::socketio::messaging::notification(
                 nsp,
                 &j.principal,
                 &mut j.rooms,
@@ -628,7 +637,7 @@ fn room_gate(ns: &Namespace, who: &Principal, rooms: Arc<RwLock<HashSet<Uuid>>>)
             .split_once('-')
             .and_then(|(_, id)| Uuid::parse_str(id).ok())
             .is_some_and(|room| rooms.read().map_or(true, |r| r.contains(&room)));
-        in_room || (messaging && super::messaging_socket::concerns(e, &user))
+        in_room || (messaging && crate::gateways::socketio::messaging::concerns(e, &user))
     })
 }
 
@@ -637,7 +646,12 @@ fn room_gate(ns: &Namespace, who: &Principal, rooms: Arc<RwLock<HashSet<Uuid>>>)
 /// which the read model may not have yet.
 async fn may_join(state: &AppState, ns: &Namespace, who: &Principal, id: Uuid) -> Result<bool, ()> {
     if ns.rooms == RoomAccess::ChannelReaders {
-        let (_, channel) = state.channels.inspect(id).await.map_err(|_| ())?;
+        let (_, channel) = state
+            .registries
+            .channels
+            .inspect(id)
+            .await
+            .map_err(|_| ())?;
         return Ok(channel.id.is_some()
             && channel.organization_id == who.organization_id
             && channel.readable_by(who.user_id));
@@ -774,7 +788,7 @@ async fn on_packet(
                     .filter(|o| (0..=head).contains(o));
                 let resumed = match (asked, offset) {
                     (Some(p), Some(o)) => {
-                        super::socketio_recovery::resume(state, ns.path, &principal, p)
+                        crate::gateways::socketio::recovery::resume(state, ns.path, &principal, p)
                             .await
                             .map(|r| (p, o, r))
                     }
@@ -794,7 +808,14 @@ async fn on_packet(
                 }
                 if let Some(p) = pid {
                     let list = rooms.iter().copied().collect();
-                    super::socketio_recovery::save(&state.pool, ns.path, &principal, p, list).await;
+                    crate::gateways::socketio::recovery::save(
+                        &state.pool,
+                        ns.path,
+                        &principal,
+                        p,
+                        list,
+                    )
+                    .await;
                 }
             }
             let gate = Arc::new(RwLock::new(rooms.clone()));
@@ -942,14 +963,14 @@ fn event_args(data: Data) -> Result<Vec<Value>, String> {
 /// `{ok: false, error: "<message>"}`.
 fn refusal(ns: &Namespace, error: ApiError) -> Value {
     if ns.path == "/messaging" {
-        super::messaging_socket::failed(error)
+        crate::gateways::socketio::messaging::failed(error)
     } else {
         json!({ "ok": false, "error": error.message })
     }
 }
 
 /// A client event of a connected namespace: its room commands, or (`/messaging`) the
-/// commands of [`super::messaging_socket`]; `args` is `[name, ...arguments]`.
+/// commands of [`crate::gateways::socketio::messaging`]; `args` is `[name, ...arguments]`.
 async fn command(state: &AppState, ns: &Namespace, j: &mut Joined, args: &[Value]) -> Value {
     let name = args.first().and_then(Value::as_str).unwrap_or("");
     // The entity id, as a string or as `{"<room_key>": id}` (also camelCase).
@@ -976,8 +997,14 @@ async fn command(state: &AppState, ns: &Namespace, j: &mut Joined, args: &[Value
                 }
                 if let Some(pid) = j.pid {
                     let list = j.rooms.iter().copied().collect();
-                    super::socketio_recovery::save(&state.pool, ns.path, &j.principal, pid, list)
-                        .await;
+                    crate::gateways::socketio::recovery::save(
+                        &state.pool,
+                        ns.path,
+                        &j.principal,
+                        pid,
+                        list,
+                    )
+                    .await;
                 }
                 json!({ "ok": true })
             }
@@ -995,7 +1022,7 @@ async fn command(state: &AppState, ns: &Namespace, j: &mut Joined, args: &[Value
                     j.rooms.insert(id);
                     if let Some(pid) = j.pid {
                         let list = j.rooms.iter().copied().collect();
-                        super::socketio_recovery::save(
+                        crate::gateways::socketio::recovery::save(
                             &state.pool,
                             ns.path,
                             &j.principal,
@@ -1018,7 +1045,7 @@ async fn command(state: &AppState, ns: &Namespace, j: &mut Joined, args: &[Value
         }
     } else if ns.path == "/messaging" {
         let input = args.get(1).cloned().unwrap_or(Value::Null);
-        super::messaging_socket::on_event(
+        crate::gateways::socketio::messaging::on_event(
             state,
             j.ns,
             &j.principal,

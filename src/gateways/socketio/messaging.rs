@@ -27,14 +27,14 @@ use universal_events::messaging::MessagingEvent;
 use universal_events::EventFamily;
 use uuid::Uuid;
 
-use super::guard::Principal;
-use super::messaging::{
+use crate::actors::CommandMeta;
+use crate::gateways::socketio::Namespace;
+use crate::http::guard::Principal;
+use crate::http::messaging::{
     caller, channel_of, delete_message, edit_message, post_message, react, NewMessage,
 };
-use super::socketio::Namespace;
-use super::ApiError;
-use crate::actors::CommandMeta;
-use crate::startup::AppState;
+use crate::http::ApiError;
+use crate::state::AppState;
 use crate::store::RecordedEvent;
 
 /// A connection's `typing:start` for one channel goes out at most this often.

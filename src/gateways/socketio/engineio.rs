@@ -43,7 +43,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::Slot;
+use crate::gateways::Slot;
 
 /// Largest packet batch (poll answer, POST body) and WebSocket frame.
 pub const MAX_PAYLOAD: usize = 1_000_000;
@@ -135,7 +135,7 @@ pub fn bridge(
                     }),
                     Some(Ok(Message::Close(_))) | None => break None,
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => break Some(super::close_for(&e, MAX_PAYLOAD)),
+                    Some(Err(e)) => break Some(crate::gateways::close_for(&e, MAX_PAYLOAD)),
                 },
                 out = rx.recv() => match out {
                     Some(WsOut::Text(t)) => {
@@ -203,7 +203,7 @@ pub trait Handler: 'static {
     async fn on_message(&mut self, data: &str) -> Outcome;
     /// An item pushed by the layer's tasks; returns the message data to send (often none).
     fn on_push(&mut self, item: Self::Push) -> Vec<String>;
-    /// Rights may have been taken away (see `crate::access`).
+    /// Rights may have been taken away (see `crate::identity::access`).
     fn on_access_change(&mut self) -> Outcome;
     /// Whether the client has authenticated (connected a namespace).
     fn authenticated(&self) -> bool;
@@ -311,7 +311,7 @@ struct Engine<H: Handler> {
     probe: Option<Socket>,
     polling: Polling,
     last_pong: Instant,
-    limit: super::MessageLimit,
+    limit: crate::gateways::MessageLimit,
 }
 
 enum Flow {
@@ -542,7 +542,7 @@ pub fn spawn<H: Handler>(
             probe: None,
             polling: Polling::default(),
             last_pong: Instant::now(),
-            limit: super::MessageLimit::per_minute(limits.messages_per_minute),
+            limit: crate::gateways::MessageLimit::per_minute(limits.messages_per_minute),
         };
         let ready = match first {
             Some(first) => first.send(Ok(open)).is_ok(),
