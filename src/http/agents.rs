@@ -365,14 +365,14 @@ impl ExecutionRow {
 }
 
 async fn find(state: &AppState, org: Uuid, id: Uuid) -> Result<ExecutionRow, ApiError> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM task_executions WHERE id = $1 AND organization_id = $2"
-    ))
-    .bind(id)
-    .bind(org)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("execution not found"))
+    super::command::find_in_org(
+        &state.pool,
+        ("task_executions", COLUMNS),
+        org,
+        id,
+        "execution",
+    )
+    .await
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

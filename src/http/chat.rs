@@ -375,12 +375,7 @@ async fn get_session(
     let org = who.frontend(&req, Frontend::Flowmind)?;
     wait(&state, READ_MODEL, params.min_position).await?;
     let row = find_session(&state, &who, org, path.into_inner()).await?;
-    Ok(HttpResponse::Ok()
-        .insert_header((
-            actix_web::http::header::ETAG,
-            format!("\"{}\"", row.version),
-        ))
-        .json(row))
+    Ok(super::command::with_etag(row.version, &row))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -517,14 +517,14 @@ struct ThresholdRow {
 
 /// A building of the caller's organization; another organization's is "not found".
 async fn find_building(state: &AppState, org: Uuid, id: Uuid) -> Result<BuildingRow, ApiError> {
-    sqlx::query_as(&format!(
-        "SELECT {BUILDING_COLUMNS} FROM buildings WHERE id = $1 AND organization_id = $2"
-    ))
-    .bind(id)
-    .bind(org)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("building not found"))
+    super::command::find_in_org(
+        &state.pool,
+        ("buildings", BUILDING_COLUMNS),
+        org,
+        id,
+        "building",
+    )
+    .await
 }
 
 /// One building with its sensors and thresholds.
@@ -565,9 +565,7 @@ async fn get_building(
     let mut body = serde_json::to_value(&building).map_err(ApiError::internal)?;
     body["sensors"] = json!(sensors);
     body["thresholds"] = json!(thresholds);
-    Ok(HttpResponse::Ok()
-        .insert_header((actix_web::http::header::ETAG, format!("\"{version}\"")))
-        .json(body))
+    Ok(super::command::with_etag(version, &body))
 }
 
 /// The sensors of a building, with status and last reading.

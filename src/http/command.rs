@@ -415,3 +415,33 @@ mod page_tests {
         assert_eq!(page.finish(&mut last, |r| *r), None);
     }
 }
+
+/// The read-model row `id` of `table` (selecting `columns`) when it belongs to organization
+/// `org`; another organization's row, like a missing one, is 404 `<what> not found`. The one
+/// tenant check of every get-by-id.
+pub async fn find_in_org<T>(
+    pool: &PgPool,
+    (table, columns): (&str, &str),
+    org: Uuid,
+    id: Uuid,
+    what: &str,
+) -> Result<T, ApiError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(&format!(
+        "SELECT {columns} FROM {table} WHERE id = $1 AND organization_id = $2"
+    ))
+    .bind(id)
+    .bind(org)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("{what} not found")))
+}
+
+/// 200 with `body` and the entity's `version` as its `ETag` (what `If-Match` takes back).
+pub fn with_etag(version: i64, body: &impl serde::Serialize) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::ETAG, format!("\"{version}\"")))
+        .json(body)
+}

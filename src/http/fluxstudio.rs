@@ -414,14 +414,8 @@ async fn get_team(
     let org = reader(&who, &req)?;
     wait_for_projection(&state, READ_MODEL, q.min_position).await?;
     let id = path.into_inner();
-    let team: TeamSummary = sqlx::query_as(&format!(
-        "SELECT {TEAM_COLUMNS} FROM teams WHERE id = $1 AND organization_id = $2"
-    ))
-    .bind(id)
-    .bind(org)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("team not found"))?;
+    let team: TeamSummary =
+        super::command::find_in_org(&state.pool, ("teams", TEAM_COLUMNS), org, id, "team").await?;
     let members: Vec<TeamMemberView> = sqlx::query_as(
         "SELECT m.user_id, m.role, u.display_name, u.email FROM team_members m \
          LEFT JOIN users u ON u.id = m.user_id WHERE m.team_id = $1 \
@@ -432,12 +426,7 @@ async fn get_team(
     .await?;
     let mut body = serde_json::to_value(&team).map_err(ApiError::internal)?;
     body["members"] = json!(members);
-    Ok(HttpResponse::Ok()
-        .insert_header((
-            actix_web::http::header::ETAG,
-            format!("\"{}\"", team.version),
-        ))
-        .json(body))
+    Ok(super::command::with_etag(team.version, &body))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -826,14 +815,14 @@ async fn get_project(
     let org = reader(&who, &req)?;
     wait_for_projection(&state, READ_MODEL, q.min_position).await?;
     let id = path.into_inner();
-    let project: ProjectSummary = sqlx::query_as(&format!(
-        "SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1 AND organization_id = $2"
-    ))
-    .bind(id)
-    .bind(org)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("project not found"))?;
+    let project: ProjectSummary = super::command::find_in_org(
+        &state.pool,
+        ("projects", PROJECT_COLUMNS),
+        org,
+        id,
+        "project",
+    )
+    .await?;
     let members: Vec<ProjectMemberView> = sqlx::query_as(
         "SELECT m.user_id, u.display_name, u.email FROM project_members m \
          LEFT JOIN users u ON u.id = m.user_id WHERE m.project_id = $1 ORDER BY m.joined_position",
@@ -851,12 +840,7 @@ async fn get_project(
     let mut body = serde_json::to_value(&project).map_err(ApiError::internal)?;
     body["members"] = json!(members);
     body["milestones"] = json!(milestones);
-    Ok(HttpResponse::Ok()
-        .insert_header((
-            actix_web::http::header::ETAG,
-            format!("\"{}\"", project.version),
-        ))
-        .json(body))
+    Ok(super::command::with_etag(project.version, &body))
 }
 
 async fn project_command(

@@ -995,9 +995,10 @@ async fn get_org(
     .bind(id)
     .fetch_one(&state.pool)
     .await?;
-    Ok(HttpResponse::Ok()
-        .insert_header((actix_web::http::header::ETAG, format!("\"{version}\"")))
-        .json(json!({ "id": id, "name": name, "created_by": created_by, "created_at": created_at, "frontends": frontends, "version": version, "role": role })))
+    Ok(super::command::with_etag(
+        version,
+        &json!({ "id": id, "name": name, "created_by": created_by, "created_at": created_at, "frontends": frontends, "version": version, "role": role }),
+    ))
 }
 
 /// The members of an organization of the caller.

@@ -701,14 +701,14 @@ struct ReadParams {
 }
 
 async fn find_task(state: &AppState, org: Uuid, id: Uuid) -> Result<TaskRow, ApiError> {
-    sqlx::query_as(&format!(
-        "SELECT {TASK_COLUMNS} FROM swarm_tasks WHERE id = $1 AND organization_id = $2"
-    ))
-    .bind(id)
-    .bind(org)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("swarm task not found"))
+    super::command::find_in_org(
+        &state.pool,
+        ("swarm_tasks", TASK_COLUMNS),
+        org,
+        id,
+        "swarm task",
+    )
+    .await
 }
 
 /// One task of the caller's organization; another organization's is "not found".
@@ -730,9 +730,7 @@ async fn get_task(
     wait(&state, PROJECTION, params.min_position).await?;
     let row = find_task(&state, org, path.into_inner()).await?;
     let version = row.version;
-    Ok(HttpResponse::Ok()
-        .insert_header((actix_web::http::header::ETAG, format!("\"{version}\"")))
-        .json(row.view()))
+    Ok(super::command::with_etag(version, &row.view()))
 }
 
 /// What a finished task produced: for an optimization the best position, its cost, the
