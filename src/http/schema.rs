@@ -495,6 +495,26 @@ pub struct FlowmindHeaders {
     pub x_frontend_source: String,
 }
 
+/// Sent with a FlowMind event stream, unless the `frontend` query parameter stands in.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct FlowmindStreamHeaders {
+    /// Names the frontend: `flowmind`, which must be enabled for the caller's organization
+    /// (otherwise 403 `frontend_access_denied`). Required unless `frontend` is given.
+    #[param(rename = "X-Frontend-Source", value_type = Option<FlowmindSource>, inline)]
+    pub x_frontend_source: Option<String>,
+}
+
+/// What stands in for headers on an event stream, for a browser's `EventSource`, which
+/// cannot send any (the token's stand-in is the `access_token` security scheme).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FlowmindStreamQuery {
+    /// `flowmind`, when `X-Frontend-Source` is not sent (the header wins when both are).
+    #[param(value_type = Option<FlowmindSource>, inline)]
+    pub frontend: Option<String>,
+}
+
 /// A model a client may ask for.
 #[derive(ToSchema)]
 pub struct AiModel {
