@@ -756,6 +756,26 @@ mod tests {
     }
 
     #[test]
+    fn event_streams_alone_take_the_token_in_the_query() {
+        let doc: Value = serde_json::from_str(document_json()).unwrap();
+        let scheme = &doc["components"]["securitySchemes"]["access_token"];
+        assert_eq!(scheme["type"], "apiKey");
+        assert_eq!(scheme["in"], "query");
+        assert_eq!(scheme["name"], "access_token");
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let by_query = op["security"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|r| r.get("access_token").is_some()));
+                let streams = op["responses"]["200"]["content"]["text/event-stream"].is_object();
+                assert_eq!(by_query, streams, "{method} {path}");
+            }
+        }
+        let page = render_docs(document());
+        assert!(page.contains("or the <code>access_token</code> query parameter"));
+    }
+
+    #[test]
     fn a_path_with_parameters_matches_its_route_and_literals_win() {
         let route = route_for("/api/v1/citypulse/buildings/abc/sensors").unwrap();
         assert!(route
