@@ -449,6 +449,101 @@ async fn a_client_that_reconnects_mid_reply_gets_the_rest_without_loss_or_doubli
     }
 }
 
+/// The stream URL with query parameters added.
+fn with_query(url: &str, params: &[(&str, &str)]) -> String {
+    reqwest::Url::parse_with_params(url, params)
+        .unwrap()
+        .to_string()
+}
+
+#[actix_web::test]
+async fn an_event_source_without_headers_reads_the_stream_with_the_token_and_frontend_in_the_query()
+{
+    let chat = start(|_| {}).await;
+    let session = chat.session(json!({})).await;
+    let script = Script {
+        pieces: (0..20).map(|i| format!("q{i} ")).collect(),
+        delay: Duration::from_millis(10),
+        ..Script::default()
+    };
+    let full: String = script.pieces.concat();
+    chat.provider.then(Reply::Stream(script));
+    let (status, posted) = chat.post(&session, "count for me").await;
+    assert_eq!(status, 202, "{posted}");
+    let url = stream_url(&chat.app, &posted);
+    let token = chat.app.tenant.access_token.clone();
+    // As a browser's EventSource: no Authorization, no X-Frontend-Source, no other header of
+    // its own.
+    let bare = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let good = with_query(&url, &[("access_token", &token), ("frontend", "flowmind")]);
+    let events = follow(&bare, &good, None, None).await;
+    assert_eq!(events.last().unwrap().0, "completed");
+    assert_eq!(text_of(&events), full);
+
+    let refused = |res: reqwest::Response| async move {
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap();
+        (
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    let get = |u: String| {
+        let bare = bare.clone();
+        async move { bare.get(u).send().await.unwrap() }
+    };
+    // A bad token, an empty one, or none: 401.
+    let bad = with_query(
+        &url,
+        &[("access_token", "not-a-token"), ("frontend", "flowmind")],
+    );
+    assert_eq!(refused(get(bad).await).await, (401, "invalid_token".into()));
+    let mut forged = token.clone();
+    forged.push('x');
+    let bad = with_query(&url, &[("access_token", &forged), ("frontend", "flowmind")]);
+    assert_eq!(refused(get(bad).await).await, (401, "invalid_token".into()));
+    let none = with_query(&url, &[("access_token", ""), ("frontend", "flowmind")]);
+    assert_eq!(
+        refused(get(none).await).await,
+        (401, "unauthenticated".into())
+    );
+    // The token without the frontend, or with another one: 403.
+    let no_frontend = with_query(&url, &[("access_token", &token)]);
+    assert_eq!(
+        refused(get(no_frontend).await).await,
+        (403, "frontend_access_denied".into())
+    );
+    let other = with_query(&url, &[("access_token", &token), ("frontend", "citypulse")]);
+    assert_eq!(
+        refused(get(other).await).await,
+        (403, "frontend_access_denied".into())
+    );
+    // A header, when sent, wins over its parameter.
+    let res = bare
+        .get(&good)
+        .header("authorization", "Bearer not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused(res).await, (401, "invalid_token".into()));
+    // Only event streams take the token from the query.
+    let elsewhere = with_query(
+        &chat.app.url(&format!("/api/v1/ai/sessions/{session}")),
+        &[("access_token", &token), ("frontend", "flowmind")],
+    );
+    assert_eq!(
+        refused(get(elsewhere).await).await,
+        (401, "unauthenticated".into())
+    );
+    // The token is no metric label.
+    universal_backend::telemetry::metrics_handle();
+    let metrics = get(chat.app.url("/metrics")).await.text().await.unwrap();
+    assert!(!metrics.contains(&token));
+}
+
 #[actix_web::test]
 async fn regenerate_and_edit_add_new_events_and_the_prompt_follows_the_current_branch() {
     let chat = start(|_| {}).await;

@@ -177,6 +177,84 @@ async fn auth_users_and_organizations_answer_the_same_with_and_without_v1() {
     app.handle.stop(false).await;
 }
 
+// ---- signup ----
+
+#[actix_web::test]
+async fn signup_takes_the_name_as_name_or_display_name_and_refuses_two_different_ones() {
+    let app = spawn_app().await;
+    let email = |who: &str| format!("{who}-{}@example.org", Uuid::new_v4().simple());
+    // FluxStudio's form: `name`, on both path families.
+    for path in ["/api/auth/signup", "/api/v1/auth/signup"] {
+        let (status, body) = send(app.anonymous.post(app.url(path)).json(
+            &json!({ "email": email("ann"), "password": PASSWORD, "name": "  Ann Lovelace " }),
+        ))
+        .await;
+        assert_eq!(status, 201, "{path}: {body}");
+        assert_eq!(body["user"]["display_name"], "Ann Lovelace", "{path}");
+        let token = body["access_token"].as_str().unwrap();
+        let (status, me) = send(
+            app.anonymous
+                .get(app.url("/api/auth/me"))
+                .bearer_auth(token),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(me["display_name"], "Ann Lovelace", "{me}");
+    }
+    // Both, naming the same person: accepted.
+    let (status, body) = send(
+        app.anonymous
+            .post(app.url("/api/auth/signup"))
+            .json(&json!({
+                "email": email("bea"), "password": PASSWORD, "name": "Bea", "display_name": "Bea"
+            })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["user"]["display_name"], "Bea");
+    // Both, differing: refused, naming `name`, and the address stays free.
+    let taken = email("cy");
+    let (status, body) = send(
+        app.anonymous
+            .post(app.url("/api/auth/signup"))
+            .json(&json!({
+                "email": taken, "password": PASSWORD, "name": "Cy", "display_name": "Cyrus"
+            })),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "validation_failed");
+    assert_eq!(body["error"]["details"]["field"], "name");
+    // Neither: refused, naming `display_name`.
+    let (status, body) = send(
+        app.anonymous
+            .post(app.url("/api/auth/signup"))
+            .json(&json!({ "email": taken, "password": PASSWORD })),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["details"]["field"], "display_name");
+    // A blank `name` is refused like a blank `display_name`, naming the field sent.
+    let (status, body) = send(
+        app.anonymous
+            .post(app.url("/api/auth/signup"))
+            .json(&json!({ "email": taken, "password": PASSWORD, "name": "  " })),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["details"]["field"], "name");
+    let (status, _) = send(
+        app.anonymous
+            .post(app.url("/api/auth/signup"))
+            .json(&json!({
+                "email": taken, "password": PASSWORD, "name": "Cy"
+            })),
+    )
+    .await;
+    assert_eq!(status, 201, "the refused signups left the address free");
+    app.handle.stop(false).await;
+}
+
 // ---- health ----
 
 #[actix_web::test]

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use actix_web::{test, web, App, HttpResponse};
 use common::spawn_app;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Every route this API serves. A new route must be added here and documented, or this
@@ -497,5 +497,251 @@ async fn an_alias_without_v1_answers_405_and_415_like_its_documented_path() {
     let (status, _, body) = error_of(res).await;
     assert_eq!(status, 415);
     assert_eq!(body["error"]["code"], "unsupported_media_type");
+    app.handle.stop(false).await;
+}
+
+/// `schema` (a part of `doc`) resolved through `$ref`.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(r) => {
+            let name = r.trim_start_matches("#/components/schemas/");
+            resolve(doc, &doc["components"]["schemas"][name])
+        }
+        None => schema,
+    }
+}
+
+/// Whether `value` is what `schema` documents: its types, required properties, and the
+/// properties and items within, as far as they are given.
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let schema = resolve(doc, schema);
+    for key in ["oneOf", "anyOf"] {
+        if let Some(options) = schema[key].as_array() {
+            return match options.iter().any(|s| conforms(doc, s, value, at).is_ok()) {
+                true => Ok(()),
+                false => Err(format!("{at}: {value} is none of {key}")),
+            };
+        }
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for s in all {
+            conforms(doc, s, value, at)?;
+        }
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    let kind_ok = |t: &&str| match *t {
+        "null" => value.is_null(),
+        "boolean" => value.is_boolean(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        _ => true,
+    };
+    if !types.is_empty() && !types.iter().any(kind_ok) {
+        return Err(format!("{at}: {value} is not {types:?}"));
+    }
+    if let Some(object) = value.as_object() {
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let name = required.as_str().unwrap();
+            if !object.contains_key(name) {
+                return Err(format!("{at}: `{name}` is missing"));
+            }
+        }
+        for (name, property) in schema["properties"].as_object().into_iter().flatten() {
+            if let Some(v) = object.get(name) {
+                conforms(doc, property, v, &format!("{at}.{name}"))?;
+            }
+        }
+    }
+    if let (Some(items), Some(values)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in values.iter().enumerate() {
+            conforms(doc, items, v, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+const FRONTENDS: [&str; 6] = [
+    "citypulse",
+    "flowmind",
+    "quantum",
+    "velocity",
+    "toolbox",
+    "fluxstudio",
+];
+
+#[actix_web::test]
+async fn info_and_health_name_every_frontend_and_service_as_documented() {
+    let app = spawn_app().await;
+    let get = |path: &str| {
+        let req = app.anonymous.get(app.url(path));
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    };
+    let (_, doc) = get("/api/v1/openapi.json").await;
+    let (status, info) = get("/api/v1/info").await;
+    assert_eq!(status, 200);
+    // The answers are held to the schemas the document gives them.
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field) in [
+        ("Info", "frontends"),
+        ("InfoFrontends", "toolbox"),
+        ("FrontendInfo", "base_paths"),
+        ("Health", "services"),
+    ] {
+        let required = schemas[schema]["required"].as_array();
+        assert!(
+            required.is_some_and(|r| r.contains(&json!(field))),
+            "{schema} documents {field}"
+        );
+    }
+    let info_schema = json!({ "$ref": "#/components/schemas/Info" });
+    conforms(&doc, &info_schema, &info, "info").unwrap();
+    let frontends = info["frontends"].as_object().unwrap();
+    assert_eq!(
+        frontends
+            .keys()
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>(),
+        FRONTENDS.into_iter().collect::<BTreeSet<_>>()
+    );
+    let documented_paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    for (name, f) in frontends {
+        assert_eq!(f["enabled"], true, "{name}");
+        assert_eq!(f["available"], true, "{name}");
+        assert_eq!(f["frontend_source"], name.as_str());
+        assert_eq!(f["live_enabled"], true, "{name}");
+        let live = f["socketio_namespaces"].as_array().unwrap().len()
+            + f["pusher_channels"].as_array().unwrap().len();
+        assert!(live > 0, "{name} has no live updates: {f}");
+        // Every base path leads to documented routes (those without `/v1` are aliases).
+        for base in f["base_paths"].as_array().unwrap() {
+            let base = base.as_str().unwrap();
+            let canonical = match base.strip_prefix("/api/") {
+                Some(rest) if !rest.starts_with("v1/") => format!("/api/v1/{rest}"),
+                _ => base.to_owned(),
+            };
+            assert!(
+                documented_paths
+                    .iter()
+                    .any(|p| p.starts_with(&format!("{canonical}/")) || **p == canonical),
+                "{name}: {base} leads to no documented route"
+            );
+        }
+        for stream in f["event_streams"].as_array().unwrap() {
+            let op = &doc["paths"][stream.as_str().unwrap()]["get"];
+            assert!(op["responses"]["200"]["content"]["text/event-stream"].is_object());
+        }
+    }
+    assert_eq!(frontends["citypulse"]["base"], "/api/v1/citypulse");
+    assert_eq!(
+        frontends["flowmind"]["socketio_namespaces"],
+        json!(["/flowmind"])
+    );
+    assert!(frontends["toolbox"]["pusher_channels"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("content-generation")));
+    assert!(frontends["fluxstudio"]["socketio_namespaces"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("/messaging")));
+    assert_eq!(info["live"]["pusher"]["path"], "/app/universal-backend-key");
+
+    let (status, health) = get("/health").await;
+    assert_eq!(status, 200);
+    let health_schema = json!({ "$ref": "#/components/schemas/Health" });
+    conforms(&doc, &health_schema, &health, "health").unwrap();
+    let services = health["services"].as_array().unwrap();
+    for service in [
+        "auth",
+        "teams",
+        "projects",
+        "messaging",
+        "citypulse",
+        "flowmind",
+        "swarm",
+        "agents",
+        "analysis",
+        "pusher",
+        "socket.io",
+    ] {
+        assert!(
+            services.contains(&json!(service)),
+            "{service}: {services:?}"
+        );
+    }
+    app.handle.stop(false).await;
+}
+
+#[actix_web::test]
+async fn info_and_health_follow_the_route_group_switches() {
+    let app = common::spawn_app_with(|c| {
+        c.citypulse_enabled = false;
+        c.ai_models_enabled = false;
+        c.quantum_swarm_enabled = false;
+        c.websocket_enabled = false;
+        c.pusher_enabled = Some(false);
+    })
+    .await;
+    let info: Value = app
+        .anonymous
+        .get(app.url("/api/v1/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let f = &info["frontends"];
+    for (name, enabled) in [
+        ("citypulse", false),
+        ("flowmind", false),
+        ("quantum", false),
+        ("velocity", true),
+        ("toolbox", true),
+        ("fluxstudio", true),
+    ] {
+        assert_eq!(f[name]["enabled"], enabled, "{name}");
+        // Neither Socket.IO nor Pusher is served.
+        assert_eq!(f[name]["live_enabled"], false, "{name}");
+    }
+    assert_eq!(info["live"]["socketio"]["enabled"], false);
+    assert_eq!(info["live"]["pusher"]["enabled"], false);
+    // What info says is what the routes do.
+    let res = app
+        .client
+        .get(app.url("/api/v1/citypulse/buildings"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    let health: Value = app
+        .anonymous
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let services = health["services"].as_array().unwrap();
+    for off in ["citypulse", "flowmind", "socket.io", "ws", "pusher"] {
+        assert!(!services.contains(&json!(off)), "{off}: {services:?}");
+    }
+    // Velocity is still on, so the swarm routes are served.
+    for on in ["swarm", "messaging", "agents", "analysis", "auth"] {
+        assert!(services.contains(&json!(on)), "{on}: {services:?}");
+    }
     app.handle.stop(false).await;
 }

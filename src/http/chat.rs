@@ -25,7 +25,7 @@ use super::command::{
     idempotent, if_match, meta, parse_json, wait_for_projection as wait, Answer, Page,
 };
 use super::error::command_error;
-use super::guard::Principal;
+use super::guard::{Principal, StreamCaller};
 use super::ApiError;
 use crate::actors::conversation::{
     Conversation, ConversationCommand, ConversationError, MessageKind, ReplyStatus, ScopedCommand,
@@ -858,22 +858,28 @@ fn ending(e: &ConversationEvent, reply: Uuid) -> Option<(&'static str, Value)> {
 /// characters received so far, so a client that reconnects with `Last-Event-ID` gets only
 /// what it missed; the ending is `completed`, `failed` or `cancelled`. `mid` may also name
 /// a user message: its newest reply is streamed.
+///
+/// A browser's `EventSource` cannot send headers: it may give the access token as the
+/// `access_token` query parameter and the frontend as `frontend` instead (see
+/// [`StreamCaller`]); the headers win when both are sent.
 #[utoipa::path(
     get,
     path = "/api/v1/ai/sessions/{id}/messages/{mid}/stream",
     tag = "ai",
+    security(("bearer" = []), ("access_token" = [])),
     params(
         ("id" = Uuid, Path, description = "The session"),
         ("mid" = Uuid, Path, description = "The reply (or the user message it answers)"),
         ("Last-Event-ID" = Option<String>, Header, description = "Characters already received (the last event's id)", pattern = "^[0-9]{1,12}$"),
-        super::schema::FlowmindHeaders,
+        super::schema::FlowmindStreamHeaders,
+        super::schema::FlowmindStreamQuery,
     ),
     responses((status = 200, description = "An event stream (`text/event-stream`)", content_type = "text/event-stream", body = super::schema::ReplySseEvent)),
 )]
 async fn stream_reply(
     state: web::Data<AppState>,
     req: HttpRequest,
-    who: Principal,
+    who: StreamCaller,
     path: web::Path<(Uuid, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
     let org = who.frontend(&req, Frontend::Flowmind)?;

@@ -6,6 +6,10 @@
 //! `frontend_access_denied`. Data of another organization answers 404, never 403, so ids
 //! do not leak.
 //!
+//! Server-Sent-Events routes take the caller through [`StreamCaller`] instead of
+//! [`Principal`]: a browser's `EventSource` cannot send headers, so there (and only there)
+//! the token may come as the `access_token` query parameter and the frontend as `frontend`.
+//!
 //! The token proves who is calling; what the caller may do is read per request from the
 //! access view (`crate::identity::access`), so a removed member, a demoted one or a disabled frontend
 //! is refused at once, although the token is still valid.
@@ -101,6 +105,10 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
         .ok_or_else(|| {
             ApiError::unauthenticated("unauthenticated", "a Bearer token is required")
         })?;
+    bearer_of(header)
+}
+
+fn bearer_of(header: &actix_web::http::header::HeaderValue) -> Result<&str, ApiError> {
     header
         .to_str()
         .ok()
@@ -227,18 +235,24 @@ impl Principal {
     /// The caller's organization, if `X-Frontend-Source` names `frontend` and the
     /// organization has it enabled.
     pub fn frontend(&self, req: &HttpRequest, frontend: Frontend) -> Result<Uuid, ApiError> {
+        self.frontend_named(frontend_header(req), frontend, "send X-Frontend-Source")
+    }
+
+    /// The caller's organization, if `source` (the frontend the client names) is `frontend`
+    /// and the organization has it enabled; `missing` says what to send when it is `None`.
+    fn frontend_named(
+        &self,
+        source: Option<&str>,
+        frontend: Frontend,
+        missing: &str,
+    ) -> Result<Uuid, ApiError> {
         let denied = |why: String| {
             ApiError::forbidden(
                 "frontend_access_denied",
                 format!("Frontend access denied: {why}"),
             )
         };
-        let source = req
-            .headers()
-            .get("x-frontend-source")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .ok_or_else(|| denied("send X-Frontend-Source".into()))?;
+        let source = source.ok_or_else(|| denied(missing.into()))?;
         let named = Frontend::parse(&source.to_ascii_lowercase())
             .ok_or_else(|| denied(format!("`{source}` is not a known frontend")))?;
         if named != frontend {
@@ -280,5 +294,94 @@ impl Principal {
                 "only an organization admin may do this",
             )),
         }
+    }
+}
+
+fn frontend_header(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get("x-frontend-source")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// What stands in for the headers on a Server-Sent-Events route.
+#[derive(Debug, Default, serde::Deserialize)]
+struct StreamParams {
+    access_token: Option<String>,
+    frontend: Option<String>,
+}
+
+/// The caller of a Server-Sent-Events route (`text/event-stream`). A browser's
+/// `EventSource` sends no headers of its own choosing, so here, and only on these routes,
+/// the access token may come as the `access_token` query parameter instead of
+/// `Authorization: Bearer`, and the frontend as `frontend` instead of `X-Frontend-Source`.
+/// A header, when present, wins over its parameter (a malformed `Authorization` is refused,
+/// not passed over). The token is checked exactly as a bearer token is; no middleware logs
+/// the request target or labels a metric with it (see `traffic` and `contract`).
+#[derive(Debug, Clone)]
+pub struct StreamCaller {
+    pub principal: Principal,
+    /// The `frontend` query parameter, if given.
+    frontend_param: Option<String>,
+}
+
+impl std::ops::Deref for StreamCaller {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
+}
+
+impl FromRequest for StreamCaller {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or_else(|| ApiError::internal("application state missing"))?;
+            let params = web::Query::<StreamParams>::from_query(req.query_string())
+                .map(web::Query::into_inner)
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "the query parameters `access_token` and `frontend` may each be given once",
+                    )
+                })?;
+            let token = match req.headers().get(actix_web::http::header::AUTHORIZATION) {
+                Some(header) => bearer_of(header)?,
+                None => params
+                    .access_token
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::unauthenticated(
+                            "unauthenticated",
+                            "a Bearer token (or the access_token query parameter) is required",
+                        )
+                    })?,
+            };
+            let principal = principal_from_token(state, token).await?;
+            Ok(StreamCaller {
+                principal,
+                frontend_param: params.frontend,
+            })
+        })
+    }
+}
+
+impl StreamCaller {
+    /// [`Principal::frontend`], with the `frontend` query parameter standing in for a
+    /// missing `X-Frontend-Source`.
+    pub fn frontend(&self, req: &HttpRequest, frontend: Frontend) -> Result<Uuid, ApiError> {
+        let source = frontend_header(req).or(self.frontend_param.as_deref().map(str::trim));
+        self.principal.frontend_named(
+            source,
+            frontend,
+            "send X-Frontend-Source (or the frontend query parameter)",
+        )
     }
 }

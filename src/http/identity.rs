@@ -319,8 +319,32 @@ struct Signup {
     /// containing the e-mail's name.
     #[schema(min_length = 10, max_length = 128)]
     password: String,
+    /// The person's name; required unless `name` gives it.
     #[schema(min_length = 1, max_length = 100, pattern = r"^[^\u0000]*$")]
-    display_name: String,
+    display_name: Option<String>,
+    /// The same as `display_name`, as FluxStudio's signup form sends it. When both are given
+    /// they must be the same name (after trimming), otherwise 422 `validation_failed` on
+    /// `name`.
+    #[schema(min_length = 1, max_length = 100, pattern = r"^[^\u0000]*$")]
+    name: Option<String>,
+}
+
+impl Signup {
+    /// The display name, from `display_name` or its alias `name`.
+    fn display_name(&self) -> Result<String, ApiError> {
+        match (&self.display_name, &self.name) {
+            (Some(d), Some(n)) if d.trim() != n.trim() => Err(ApiError::validation(
+                "name",
+                "`name` and `display_name` name the same thing and differ; send one of them",
+            )),
+            (Some(d), _) => Ok(d.trim().to_owned()),
+            (None, Some(n)) => Ok(n.trim().to_owned()),
+            (None, None) => Err(ApiError::validation(
+                "display_name",
+                "is required (or `name`, its alias)",
+            )),
+        }
+    }
 }
 
 /// Creates an account (an e-mail is unique in any letter case: 409 `email_taken`) and logs in.
@@ -346,10 +370,14 @@ async fn signup(
     if let Some(why) = auth::password_weakness(&input.password, &email) {
         return Err(ApiError::validation("password", why));
     }
-    let name = input.display_name.trim().to_owned();
+    let name = input.display_name()?;
+    let field = match input.display_name {
+        Some(_) => "display_name",
+        None => "name",
+    };
     // Checked before the address is claimed, so that a refused signup leaves it free.
     crate::actors::validate::name(&name, crate::actors::user::MAX_DISPLAY_NAME)
-        .map_err(|m| ApiError::validation("display_name", m))?;
+        .map_err(|m| ApiError::validation(field, m))?;
     let password = input.password;
     let password_hash = blocking(move || auth::hash_password(&password))
         .await?

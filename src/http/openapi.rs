@@ -15,7 +15,9 @@ use actix_web::HttpResponse;
 use serde_json::Value;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
@@ -207,6 +209,14 @@ impl Modify for Conventions {
                     .description(Some("An access token from signup, login or refresh"))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "access_token",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "access_token",
+                "The access token as a query parameter, on event streams (`text/event-stream`) \
+                 only, for a browser's `EventSource`, which cannot send `Authorization`",
+            ))),
         );
         for item in api.paths.paths.values_mut() {
             for (method, op) in [
@@ -664,7 +674,15 @@ fn render_operation(method: &str, path: &str, op: &Value) -> String {
         s.iter()
             .all(|r| r.as_object().is_some_and(|o| o.is_empty()))
     });
-    if !public {
+    let by_query = op["security"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|r| r.get("access_token").is_some()));
+    if by_query {
+        html.push_str(
+            "<p>Needs <code>Authorization: Bearer &lt;access token&gt;</code>, or the \
+             <code>access_token</code> query parameter.</p>",
+        );
+    } else if !public {
         html.push_str("<p>Needs <code>Authorization: Bearer &lt;access token&gt;</code>.</p>");
     }
     if let Some(params) = op["parameters"].as_array().filter(|p| !p.is_empty()) {
@@ -736,6 +754,26 @@ mod tests {
             "bearer"
         );
         assert!(doc["components"]["schemas"]["Error"].is_object());
+    }
+
+    #[test]
+    fn event_streams_alone_take_the_token_in_the_query() {
+        let doc: Value = serde_json::from_str(document_json()).unwrap();
+        let scheme = &doc["components"]["securitySchemes"]["access_token"];
+        assert_eq!(scheme["type"], "apiKey");
+        assert_eq!(scheme["in"], "query");
+        assert_eq!(scheme["name"], "access_token");
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let by_query = op["security"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|r| r.get("access_token").is_some()));
+                let streams = op["responses"]["200"]["content"]["text/event-stream"].is_object();
+                assert_eq!(by_query, streams, "{method} {path}");
+            }
+        }
+        let page = render_docs(document());
+        assert!(page.contains("or the <code>access_token</code> query parameter"));
     }
 
     #[test]

@@ -4,6 +4,8 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use universal_events::identity::Frontend;
+
 use crate::projections::{self, parked, runner};
 use crate::state::AppState;
 use crate::telemetry;
@@ -55,7 +57,7 @@ pub async fn health(state: web::Data<AppState>, req: actix_web::HttpRequest) -> 
         // The fields of FluxStudio's health check (see the README, "FluxStudio").
         "service": "universal-backend",
         "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "services": SERVICES,
+        "services": services(&state),
         "port": req.app_config().local_addr().port(),
         "uptime": state.started.elapsed().as_secs(),
         "event_store": {
@@ -75,17 +77,33 @@ pub async fn health(state: web::Data<AppState>, req: actix_web::HttpRequest) -> 
     HttpResponse::build(status).json(body)
 }
 
-/// What this process serves, for the `services` field of `/health`.
-const SERVICES: [&str; 8] = [
-    "auth",
-    "organizations",
-    "teams",
-    "projects",
-    "citypulse",
-    "flowmind",
-    "events",
-    "socket.io",
-];
+/// What this process serves now, for the `services` field of `/health`: every group of
+/// routes and every live gateway, less those its settings turn off (`CITYPULSE_ENABLED`,
+/// `AI_MODELS_ENABLED`, `QUANTUM_SWARM_ENABLED` / `VELOCITY_SWARM_ENABLED`,
+/// `WEBSOCKET_ENABLED`, `PUSHER_ENABLED`).
+pub fn services(state: &AppState) -> Vec<&'static str> {
+    let c = &state.config;
+    [
+        ("auth", true),
+        ("organizations", true),
+        ("teams", true),
+        ("projects", true),
+        ("messaging", true),
+        ("notifications", true),
+        ("citypulse", c.citypulse_enabled),
+        ("flowmind", c.ai_models_enabled),
+        ("swarm", c.quantum_swarm_enabled || c.velocity_swarm_enabled),
+        ("agents", true),
+        ("analysis", true),
+        ("events", true),
+        ("socket.io", c.websocket_enabled),
+        ("ws", c.websocket_enabled),
+        ("pusher", state.pusher.settings.enabled),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect()
+}
 
 /// Memory of this process, from `/proc/self/status` (all `null` where there is none).
 /// Rust has no garbage-collected heap, so the Node.js names are mapped to what the kernel
@@ -147,17 +165,142 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     security(()),
     responses((status = 200, description = "Name, version, frontends and projections", body = super::schema::Info)),
 )]
-pub async fn info() -> HttpResponse {
+pub async fn info(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "name": "universal-backend",
         "version": env!("CARGO_PKG_VERSION"),
         "description": env!("CARGO_PKG_DESCRIPTION"),
         "event_store": "postgres",
-        "frontends": {
-            "citypulse": { "base": "/api/v1/citypulse", "available": true },
-        },
+        "frontends": frontends(&state),
         "projections": projections::all().iter().map(|p| p.name()).collect::<Vec<_>>(),
         "history": { "streams": "/api/v1/streams/{stream}", "events": "/api/v1/events" },
         "operations": { "health": "/health", "metrics": "/metrics" },
+        "live": {
+            "socketio": { "path": "/socket.io/", "enabled": state.config.websocket_enabled },
+            "ws": { "path": "/api/v1/ws", "enabled": state.config.websocket_enabled },
+            "pusher": {
+                "path": format!("/app/{}", state.pusher.settings.key),
+                "auth": "/pusher/auth",
+                "enabled": state.pusher.settings.enabled,
+            },
+        },
     }))
+}
+
+/// One frontend in `/api/v1/info` (see `schema::FrontendInfo`).
+struct Served {
+    frontend: Frontend,
+    /// Whether its routes are served, by its route-group setting.
+    enabled: bool,
+    /// The settings that turn its routes or its live updates off.
+    settings: &'static [&'static str],
+    base_paths: &'static [&'static str],
+    socketio_namespaces: &'static [&'static str],
+    pusher_channels: &'static [&'static str],
+    event_streams: &'static [&'static str],
+}
+
+/// Every frontend this service serves, keyed by its `X-Frontend-Source` name.
+fn frontends(state: &AppState) -> serde_json::Map<String, serde_json::Value> {
+    let c = &state.config;
+    let served = [
+        Served {
+            frontend: Frontend::Citypulse,
+            enabled: c.citypulse_enabled,
+            settings: &["CITYPULSE_ENABLED", "WEBSOCKET_ENABLED"],
+            base_paths: &["/api/v1/citypulse"],
+            socketio_namespaces: &["/citypulse"],
+            pusher_channels: &[],
+            event_streams: &[],
+        },
+        Served {
+            frontend: Frontend::Flowmind,
+            enabled: c.ai_models_enabled,
+            settings: &["AI_MODELS_ENABLED", "WEBSOCKET_ENABLED"],
+            base_paths: &["/api/v1/ai"],
+            socketio_namespaces: &["/flowmind"],
+            pusher_channels: &[],
+            event_streams: &["/api/v1/ai/sessions/{id}/messages/{mid}/stream"],
+        },
+        Served {
+            frontend: Frontend::Quantum,
+            enabled: c.quantum_swarm_enabled,
+            settings: &["QUANTUM_SWARM_ENABLED", "WEBSOCKET_ENABLED"],
+            base_paths: &["/api/v1/swarm"],
+            socketio_namespaces: &["/quantum"],
+            pusher_channels: &[],
+            event_streams: &[],
+        },
+        Served {
+            frontend: Frontend::Velocity,
+            enabled: c.velocity_swarm_enabled,
+            settings: &["VELOCITY_SWARM_ENABLED", "WEBSOCKET_ENABLED"],
+            base_paths: &["/api/v1/swarm"],
+            socketio_namespaces: &["/velocity"],
+            pusher_channels: &[],
+            event_streams: &[],
+        },
+        Served {
+            frontend: Frontend::Toolbox,
+            enabled: true,
+            settings: &["PUSHER_ENABLED"],
+            base_paths: &["/api/v1/agents", "/api/v1/system/circuit-breakers"],
+            socketio_namespaces: &[],
+            pusher_channels: &[
+                "content-generation",
+                "private-org-{organization_id}",
+                "private-user-{user_id}",
+                "presence-org-{organization_id}",
+            ],
+            event_streams: &[],
+        },
+        Served {
+            frontend: Frontend::Fluxstudio,
+            enabled: true,
+            settings: &["WEBSOCKET_ENABLED"],
+            base_paths: &[
+                "/api/v1/teams",
+                "/api/v1/projects",
+                "/api/v1/channels",
+                "/api/v1/messages",
+                "/api/auth",
+                "/api/users",
+                "/api/organizations",
+                "/api/teams",
+                "/api/projects",
+                "/api/channels",
+                "/api/messages",
+            ],
+            socketio_namespaces: &["/messaging", "/auth"],
+            pusher_channels: &[],
+            event_streams: &[],
+        },
+    ];
+    served
+        .into_iter()
+        .map(|f| {
+            let live_enabled = match (f.socketio_namespaces, f.pusher_channels) {
+                ([], []) => false,
+                ([], _) => state.pusher.settings.enabled,
+                (_, []) => c.websocket_enabled,
+                _ => c.websocket_enabled && state.pusher.settings.enabled,
+            };
+            let name = f.frontend.as_str();
+            (
+                name.to_owned(),
+                json!({
+                    "enabled": f.enabled,
+                    "available": f.enabled,
+                    "frontend_source": name,
+                    "base": f.base_paths[0],
+                    "base_paths": f.base_paths,
+                    "socketio_namespaces": f.socketio_namespaces,
+                    "pusher_channels": f.pusher_channels,
+                    "event_streams": f.event_streams,
+                    "live_enabled": live_enabled,
+                    "settings": f.settings,
+                }),
+            )
+        })
+        .collect()
 }

@@ -372,7 +372,9 @@ pub struct Health {
     pub service: String,
     /// Now, RFC 3339.
     pub timestamp: String,
-    /// The groups of routes this process serves.
+    /// What this process serves now: `auth`, `organizations`, `teams`, `projects`,
+    /// `messaging`, `notifications`, `citypulse`, `flowmind`, `swarm`, `agents`, `analysis`,
+    /// `events`, `socket.io`, `ws`, `pusher`, less those its settings turn off.
     pub services: Vec<String>,
     /// The port this process listens on.
     pub port: u16,
@@ -387,13 +389,80 @@ pub struct Info {
     pub version: String,
     pub description: String,
     pub event_store: String,
-    #[schema(value_type = Object)]
-    pub frontends: Value,
+    /// Every frontend served, keyed by its `X-Frontend-Source` name.
+    pub frontends: InfoFrontends,
     pub projections: Vec<String>,
     #[schema(value_type = Object)]
     pub history: Value,
     #[schema(value_type = Object)]
     pub operations: Value,
+    pub live: InfoLive,
+}
+
+/// The frontends of `/api/v1/info`.
+#[derive(ToSchema)]
+pub struct InfoFrontends {
+    pub citypulse: FrontendInfo,
+    pub flowmind: FrontendInfo,
+    pub quantum: FrontendInfo,
+    pub velocity: FrontendInfo,
+    pub toolbox: FrontendInfo,
+    pub fluxstudio: FrontendInfo,
+}
+
+/// A frontend this service serves, and how.
+#[derive(ToSchema)]
+pub struct FrontendInfo {
+    /// Whether its routes are served, by its route-group setting (`CITYPULSE_ENABLED`,
+    /// `AI_MODELS_ENABLED`, `QUANTUM_SWARM_ENABLED`, `VELOCITY_SWARM_ENABLED`; ToolboxAI and
+    /// FluxStudio have none: always).
+    pub enabled: bool,
+    /// The same as `enabled` (the older name).
+    pub available: bool,
+    /// What `X-Frontend-Source` (or an event stream's `frontend` parameter) must say.
+    pub frontend_source: String,
+    /// The first of `base_paths` (the older field).
+    pub base: String,
+    /// The path prefixes of its routes (FluxStudio's also without `/v1`).
+    pub base_paths: Vec<String>,
+    /// Its Socket.IO namespaces on `/socket.io/`.
+    pub socketio_namespaces: Vec<String>,
+    /// Its Pusher channels on `/app/{key}` (`{…}` stands for an id).
+    pub pusher_channels: Vec<String>,
+    /// Its Server-Sent-Events routes (`access_token` and `frontend` may be query parameters).
+    pub event_streams: Vec<String>,
+    /// Whether its namespaces (`WEBSOCKET_ENABLED`) and channels (`PUSHER_ENABLED`) are
+    /// served; `false` when it has none.
+    pub live_enabled: bool,
+    /// The settings that turn its routes or its live updates off.
+    pub settings: Vec<String>,
+}
+
+/// The live gateways of `/api/v1/info`.
+#[derive(ToSchema)]
+pub struct InfoLive {
+    pub socketio: LiveGateway,
+    pub ws: LiveGateway,
+    pub pusher: PusherGateway,
+}
+
+/// A socket endpoint.
+#[derive(ToSchema)]
+pub struct LiveGateway {
+    pub path: String,
+    /// `WEBSOCKET_ENABLED`.
+    pub enabled: bool,
+}
+
+/// The Pusher Channels gateway.
+#[derive(ToSchema)]
+pub struct PusherGateway {
+    /// `/app/{PUSHER_KEY}`.
+    pub path: String,
+    /// Where pusher-js asks for subscription signatures.
+    pub auth: String,
+    /// `PUSHER_ENABLED` (off in production without `PUSHER_SECRET`).
+    pub enabled: bool,
 }
 
 /// Which way a stream is read.
@@ -493,6 +562,26 @@ pub struct FlowmindHeaders {
     /// (otherwise 403 `frontend_access_denied`).
     #[param(rename = "X-Frontend-Source", value_type = FlowmindSource, inline)]
     pub x_frontend_source: String,
+}
+
+/// Sent with a FlowMind event stream, unless the `frontend` query parameter stands in.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct FlowmindStreamHeaders {
+    /// Names the frontend: `flowmind`, which must be enabled for the caller's organization
+    /// (otherwise 403 `frontend_access_denied`). Required unless `frontend` is given.
+    #[param(rename = "X-Frontend-Source", value_type = Option<FlowmindSource>, inline)]
+    pub x_frontend_source: Option<String>,
+}
+
+/// What stands in for headers on an event stream, for a browser's `EventSource`, which
+/// cannot send any (the token's stand-in is the `access_token` security scheme).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FlowmindStreamQuery {
+    /// `flowmind`, when `X-Frontend-Source` is not sent (the header wins when both are).
+    #[param(value_type = Option<FlowmindSource>, inline)]
+    pub frontend: Option<String>,
 }
 
 /// A model a client may ask for.
