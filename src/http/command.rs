@@ -396,26 +396,6 @@ impl Page {
     }
 }
 
-#[cfg(test)]
-mod page_tests {
-    use super::Page;
-
-    #[test]
-    fn a_page_checks_its_bounds_and_names_the_next_cursor_only_when_more_follow() {
-        assert!(Page::parse(Some(0), (50, 200), &None, 0).is_err());
-        assert!(Page::parse(Some(201), (50, 200), &None, 0).is_err());
-        assert!(Page::parse(None, (50, 200), &Some("abc".into()), 0).is_err());
-        assert!(Page::parse(None, (50, 200), &Some("-1".into()), 0).is_err());
-        let page = Page::parse(Some(2), (50, 200), &None, 7).unwrap();
-        assert_eq!((page.limit, page.cursor, page.fetch()), (2, 7, 3));
-        let mut more = vec![10, 11, 12];
-        assert_eq!(page.finish(&mut more, |r| *r), Some("11".into()));
-        assert_eq!(more, vec![10, 11]);
-        let mut last = vec![10, 11];
-        assert_eq!(page.finish(&mut last, |r| *r), None);
-    }
-}
-
 /// The read-model row `id` of `table` (selecting `columns`) when it belongs to organization
 /// `org`; another organization's row, like a missing one, is 404 `<what> not found`. The one
 /// tenant check of every get-by-id.
@@ -444,4 +424,24 @@ pub fn with_etag(version: i64, body: &impl serde::Serialize) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::ETAG, format!("\"{version}\"")))
         .json(body)
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::Page;
+
+    #[test]
+    fn a_page_checks_its_bounds_and_names_the_next_cursor_only_when_more_follow() {
+        assert!(Page::parse(Some(0), (50, 200), &None, 0).is_err());
+        assert!(Page::parse(Some(201), (50, 200), &None, 0).is_err());
+        assert!(Page::parse(None, (50, 200), &Some("abc".into()), 0).is_err());
+        assert!(Page::parse(None, (50, 200), &Some("-1".into()), 0).is_err());
+        let page = Page::parse(Some(2), (50, 200), &None, 7).unwrap();
+        assert_eq!((page.limit, page.cursor, page.fetch()), (2, 7, 3));
+        let mut more = vec![10, 11, 12];
+        assert_eq!(page.finish(&mut more, |r| *r), Some("11".into()));
+        assert_eq!(more, vec![10, 11]);
+        let mut last = vec![10, 11];
+        assert_eq!(page.finish(&mut last, |r| *r), None);
+    }
 }
