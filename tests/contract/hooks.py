@@ -30,7 +30,6 @@ import threading
 import time
 import urllib.request
 import uuid
-from urllib.parse import quote
 
 import schemathesis
 from schemathesis.core import NotSet
