@@ -560,7 +560,10 @@ struct TaskView {
 
 /// Progress: an optimization's best point so far, or a batch's counts with its
 /// throughput (subtasks per second since it started) and estimated seconds left.
+/// Named apart from the analysis service's `ProgressView`, which would take its place in the
+/// document.
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = SwarmProgress)]
 struct ProgressView {
     iteration: i64,
     best_cost: Option<f64>,
