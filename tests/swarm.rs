@@ -1141,3 +1141,81 @@ async fn a_batch_url_that_smuggles_another_host_or_address_is_refused_and_a_list
     }
     assert_eq!(hits.load(Ordering::SeqCst), 3);
 }
+
+#[actix_web::test]
+async fn one_user_with_two_organizations_runs_no_more_than_the_per_user_cap() {
+    let app = start(None, |c| {
+        c.max_concurrent_generations = 4;
+        c.swarm_max_concurrent_per_org = 2;
+        c.swarm_max_concurrent_per_user = 1;
+    })
+    .await;
+    let first = swarm_tenant(&app, "owner").await;
+    // The same person makes a second organization, enables Quantum there and logs in to it.
+    let res = app
+        .anonymous
+        .post(format!("{}/api/v1/organizations", app.base))
+        .bearer_auth(&first.access_token)
+        .json(&json!({ "name": "second city" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let second_org = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .anonymous
+        .put(format!(
+            "{}/api/v1/organizations/{second_org}/frontends",
+            app.base
+        ))
+        .bearer_auth(&first.access_token)
+        .json(&json!({ "frontend": "quantum", "enabled": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .anonymous
+        .post(format!("{}/api/v1/auth/login", app.base))
+        .json(&json!({ "email": first.email, "password": PASSWORD, "organization_id": second_org }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let second = Tenant {
+        organization_id: second_org,
+        access_token: res.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        ..first.clone()
+    };
+    let a = Caller::new(&app.base, &first, "quantum");
+    let b = Caller::new(&app.base, &second, "quantum");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(a.create(rastrigin(5, 40, 300)).await.0);
+        ids.push(b.create(rastrigin(5, 40, 300)).await.0);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let caller = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(caller.finished(id).await["status"], "completed");
+    }
+    // Replay the log: the user never had two tasks running at once, in either organization.
+    let mut running = 0;
+    let mut most = 0;
+    for (_, kind, _) in task_events(&app.pool).await {
+        match kind.as_str() {
+            "SwarmTaskStarted" => {
+                running += 1;
+                most = most.max(running);
+            }
+            "SwarmTaskCompleted" | "SwarmTaskFailed" | "SwarmTaskCancelled" => running -= 1,
+            _ => {}
+        }
+    }
+    assert_eq!(most, 1, "the user ran {most} tasks at once");
+}
