@@ -1445,6 +1445,48 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_batch_counts_the_time_of_every_attempt_not_only_its_last() {
+        let first = now();
+        let state = given(&[
+            created_batch(2),
+            SwarmTaskEvent::SwarmTaskStarted(SwarmTaskStarted {
+                attempt: 1,
+                resumed_from: 0,
+                started_at: first,
+            }),
+            SwarmTaskEvent::SwarmTaskInterrupted(SwarmTaskInterrupted {
+                attempt: 1,
+                interrupted_at: first + chrono::Duration::seconds(8),
+                released: false,
+            }),
+            SwarmTaskEvent::SwarmTaskStarted(SwarmTaskStarted {
+                attempt: 2,
+                resumed_from: 0,
+                started_at: first + chrono::Duration::seconds(10),
+            }),
+        ]);
+        // The second attempt's worker measured its own 2 s only.
+        let complete = SwarmCommand::Complete {
+            attempt: 2,
+            result: TaskResult::Batch {
+                total: 0,
+                done: 0,
+                failed: 0,
+                elapsed_ms: 2_000,
+            },
+            at: first + chrono::Duration::seconds(12),
+        };
+        let events = when(&state, complete).unwrap();
+        match &events[..] {
+            [SwarmTaskEvent::SwarmTaskCompleted(c)] => match &c.result {
+                TaskResult::Batch { elapsed_ms, .. } => assert_eq!(*elapsed_ms, 12_000),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn deaths_are_counted_releases_are_not_and_an_abandoned_task_is_failed_for_good() {
         let mut state = given(&[created()]);
         for (attempt, released) in [(1, true), (2, false), (3, false)] {
