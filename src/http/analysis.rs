@@ -157,9 +157,7 @@ pub(crate) async fn start(
         },
     };
     idempotent(&state.pool, &req, &who, &body, || async {
-        if let SwarmCommand::Create { config, .. } = &cmd.cmd {
-            super::swarm::admit(&state, org, config).await?;
-        }
+        super::swarm::admit(&state, &cmd).await?;
         let mut meta = meta.clone();
         meta.organization_id = Some(org);
         let reply = state

@@ -110,12 +110,12 @@ fn swarm_error(e: SwarmError) -> ApiError {
 /// naming the field when no process could run it, 429 when the organization has too many
 /// tasks waiting. Every route that creates a swarm task (Quantum, Velocity, analyses,
 /// agent executions) calls it.
-pub(crate) async fn admit(
-    state: &AppState,
-    org: Uuid,
-    config: &TaskConfig,
-) -> Result<(), ApiError> {
+pub(crate) async fn admit(state: &AppState, create: &ScopedCommand) -> Result<(), ApiError> {
     use crate::tasks::admission::{check_cost, check_queue, Refusal};
+    let SwarmCommand::Create { config, .. } = &create.cmd else {
+        return Ok(());
+    };
+    let org = create.organization_id;
     let refusal = match check_cost(config, state.config.worker_memory_budget_mb) {
         Ok(()) => check_queue(&state.pool, org, state.config.swarm_max_queued_per_org).await,
         Err(r) => Err(r),
@@ -405,9 +405,7 @@ async fn create_task(
         },
     };
     idempotent(&state.pool, &req, &who, &body, || async {
-        if let SwarmCommand::Create { config, .. } = &cmd.cmd {
-            admit(&state, org, config).await?;
-        }
+        admit(&state, &cmd).await?;
         let mut meta = meta.clone();
         meta.organization_id = Some(org);
         let reply = state

@@ -106,7 +106,11 @@ pub async fn check_queue(pool: &PgPool, org: Uuid, limit: usize) -> Result<(), R
     .bind(org)
     .fetch_one(pool)
     .await
-    .unwrap_or(0);
+    .unwrap_or_else(|e| {
+        // The creation itself needs the database: it fails there if this was not a blip.
+        tracing::warn!(error = %e, "waiting tasks could not be counted");
+        0
+    });
     if waiting >= limit.max(1) as i64 {
         return Err(Refusal::TooManyQueued { limit });
     }
@@ -183,15 +187,9 @@ impl WorkerBudget {
         stop: impl Fn() -> bool,
     ) -> Option<Lease> {
         let kib = (bytes.div_ceil(1024)).clamp(1, u64::from(self.total_kib)) as u32;
-        let memory = self.wait(
-            || self.memory.clone().acquire_many_owned(kib),
-            deadline,
-            &stop,
-        );
-        let memory = memory.await?;
+        let memory = wait(self.memory.clone().acquire_many_owned(kib), deadline, &stop).await?;
         let cpu = if cpu {
-            let slot = self.wait(|| self.cpu.clone().acquire_owned(), deadline, &stop);
-            Some(slot.await?)
+            Some(wait(self.cpu.clone().acquire_owned(), deadline, &stop).await?)
         } else {
             None
         };
@@ -204,28 +202,23 @@ impl WorkerBudget {
             _cpu: cpu,
         })
     }
+}
 
-    async fn wait<F, Fut>(
-        &self,
-        acquire: F,
-        deadline: Instant,
-        stop: &impl Fn() -> bool,
-    ) -> Option<OwnedSemaphorePermit>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>>,
-    {
-        // One acquire future for the whole wait keeps this caller's place in the queue.
-        let acquire = acquire();
-        tokio::pin!(acquire);
-        loop {
-            if stop() || Instant::now() >= deadline {
-                return None;
-            }
-            tokio::select! {
-                permit = &mut acquire => return permit.ok(),
-                _ = tokio::time::sleep(LEASE_POLL) => {}
-            }
+/// Waits for `acquire` (one future for the whole wait keeps the caller's place in the
+/// queue), giving up once `stop()` says so (checked every [`LEASE_POLL`]) or at `deadline`.
+async fn wait(
+    acquire: impl std::future::Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>>,
+    deadline: Instant,
+    stop: &impl Fn() -> bool,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::pin!(acquire);
+    loop {
+        if stop() || Instant::now() >= deadline {
+            return None;
+        }
+        tokio::select! {
+            permit = &mut acquire => return permit.ok(),
+            _ = tokio::time::sleep(LEASE_POLL) => {}
         }
     }
 }

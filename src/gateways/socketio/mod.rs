@@ -971,6 +971,14 @@ fn refusal(ns: &Namespace, error: ApiError) -> Value {
 
 /// A client event of a connected namespace: its room commands, or (`/messaging`) the
 /// commands of [`crate::gateways::socketio::messaging`]; `args` is `[name, ...arguments]`.
+/// Keeps a recoverable session's rooms for its recovery window (see `recovery`).
+async fn save_rooms(state: &AppState, ns: &Namespace, j: &Joined) {
+    if let Some(pid) = j.pid {
+        let rooms = j.rooms.iter().copied().collect();
+        recovery::save(&state.pool, ns.path, &j.principal, pid, rooms).await;
+    }
+}
+
 async fn command(state: &AppState, ns: &Namespace, j: &mut Joined, args: &[Value]) -> Value {
     let name = args.first().and_then(Value::as_str).unwrap_or("");
     // The entity id, as a string or as `{"<room_key>": id}` (also camelCase).
@@ -995,17 +1003,7 @@ async fn command(state: &AppState, ns: &Namespace, j: &mut Joined, args: &[Value
                 if let Ok(mut g) = j.gate.write() {
                     g.remove(&id);
                 }
-                if let Some(pid) = j.pid {
-                    let list = j.rooms.iter().copied().collect();
-                    crate::gateways::socketio::recovery::save(
-                        &state.pool,
-                        ns.path,
-                        &j.principal,
-                        pid,
-                        list,
-                    )
-                    .await;
-                }
+                save_rooms(state, ns, j).await;
                 json!({ "ok": true })
             }
             Some(id) => match may_join(state, ns, &j.principal, id).await {
@@ -1020,17 +1018,7 @@ async fn command(state: &AppState, ns: &Namespace, j: &mut Joined, args: &[Value
                         g.insert(id);
                     }
                     j.rooms.insert(id);
-                    if let Some(pid) = j.pid {
-                        let list = j.rooms.iter().copied().collect();
-                        crate::gateways::socketio::recovery::save(
-                            &state.pool,
-                            ns.path,
-                            &j.principal,
-                            pid,
-                            list,
-                        )
-                        .await;
-                    }
+                    save_rooms(state, ns, j).await;
                     let mut ok = json!({ "ok": true, "room": id });
                     if ns.category == "conversation" {
                         ok["streaming"] = streaming_reply(state, id).await;
