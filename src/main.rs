@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use universal_backend::{
-    config::Config, http, projections, startup, store, telemetry, Application,
+    config::Config, http, import, projections, startup, store, telemetry, Application,
 };
 
 #[derive(Parser)]
@@ -32,6 +32,9 @@ enum Command {
     },
     /// List the projections with their checkpoints and parked events.
     Projections,
+    /// Import a frontend's legacy data as events, then verify it against the read models
+    /// (see docs/migration.md).
+    Import(import::ImportArgs),
     /// Grant or revoke the account-wide admin role that lets a user call the operator
     /// endpoints (`/api/v1/admin/...`).
     Operator {
@@ -102,6 +105,13 @@ async fn main() -> anyhow::Result<()> {
                 let c = projections::runner::checkpoint(&pool, p.name()).await?;
                 let n = parked.get(p.name()).copied().unwrap_or(0);
                 println!("{}\t{}\t{}", p.name(), c, n);
+            }
+            Ok(())
+        }
+        Command::Import(args) => {
+            if !import::run(&cli.config, args).await? {
+                // The report names the rows that differ.
+                std::process::exit(2);
             }
             Ok(())
         }

@@ -1,6 +1,8 @@
 //! Events of users, their e-mail claims, and organizations.
 //!
-//! Secrets never appear in clear: `password_hash` is an argon2id PHC string and
+//! Secrets never appear in clear: `password_hash` is an argon2id PHC string (or, for a user
+//! brought by a legacy import until their first login, the old bcrypt hash), empty for a user
+//! without a password, and
 //! `refresh_hash` a SHA-256 of the refresh token. The history API redacts both.
 
 use chrono::{DateTime, Utc};
@@ -77,6 +79,9 @@ impl Frontend {
 pub enum UserEvent {
     UserRegistered(UserRegistered),
     PasswordChanged(PasswordChanged),
+    /// A hash of an older scheme (bcrypt, from an import) was replaced by argon2id at a
+    /// successful login. The password is the same, so no session ends.
+    PasswordRehashed(PasswordRehashed),
     ProfileUpdated(ProfileUpdated),
     RoleAssigned(RoleChanged),
     RoleRevoked(RoleChanged),
@@ -100,6 +105,12 @@ pub struct UserRegistered {
 pub struct PasswordChanged {
     pub password_hash: String,
     pub changed_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PasswordRehashed {
+    pub password_hash: String,
+    pub rehashed_at: DateTime<Utc>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -157,6 +168,7 @@ impl EventFamily for UserEvent {
         match self {
             UserEvent::UserRegistered(_) => "UserRegistered",
             UserEvent::PasswordChanged(_) => "PasswordChanged",
+            UserEvent::PasswordRehashed(_) => "PasswordRehashed",
             UserEvent::ProfileUpdated(_) => "ProfileUpdated",
             UserEvent::RoleAssigned(_) => "RoleAssigned",
             UserEvent::RoleRevoked(_) => "RoleRevoked",
@@ -174,6 +186,7 @@ impl EventFamily for UserEvent {
         Ok(match t {
             "UserRegistered" => UserEvent::UserRegistered(payload(t, data)?),
             "PasswordChanged" => UserEvent::PasswordChanged(payload(t, data)?),
+            "PasswordRehashed" => UserEvent::PasswordRehashed(payload(t, data)?),
             "ProfileUpdated" => UserEvent::ProfileUpdated(payload(t, data)?),
             "RoleAssigned" => UserEvent::RoleAssigned(payload(t, data)?),
             "RoleRevoked" => UserEvent::RoleRevoked(payload(t, data)?),
@@ -260,9 +273,10 @@ impl EventFamily for OrganizationEvent {
     }
 }
 
-pub const USER_EVENT_TYPES: [&str; 9] = [
+pub const USER_EVENT_TYPES: [&str; 10] = [
     "UserRegistered",
     "PasswordChanged",
+    "PasswordRehashed",
     "ProfileUpdated",
     "RoleAssigned",
     "RoleRevoked",

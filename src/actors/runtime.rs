@@ -298,6 +298,13 @@ impl<E: Entity> Handler<Inspect<E>> for EntityActor<E> {
     }
 }
 
+/// The state and version of entity `id`, folded from its snapshot and log (for tools that
+/// work beside the actors, such as the legacy import).
+pub async fn state_of<E: Entity>(store: &dyn EventStore, id: Uuid) -> Result<(i64, E), StoreError> {
+    let current = load::<E>(store, &stream_name::<E>(id)).await?;
+    Ok((current.version, current.state))
+}
+
 /// Loads snapshot + tail of a stream into a fresh state.
 async fn load<E: Entity>(store: &dyn EventStore, stream: &str) -> Result<Current<E>, StoreError> {
     let mut current = Current::<E>::default();

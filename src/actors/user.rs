@@ -12,8 +12,8 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use universal_events::identity::{
-    EndReason, PasswordChanged, ProfileUpdated, Role, RoleChanged, SessionEnded, SessionRefreshed,
-    SessionStarted, UserDeactivated, UserEvent, UserRegistered,
+    EndReason, PasswordChanged, PasswordRehashed, ProfileUpdated, Role, RoleChanged, SessionEnded,
+    SessionRefreshed, SessionStarted, UserDeactivated, UserEvent, UserRegistered,
 };
 use uuid::Uuid;
 
@@ -36,6 +36,14 @@ pub enum UserCommand {
     },
     /// The handler has verified the current password against `Session::password_hash`.
     ChangePassword {
+        password_hash: String,
+        at: DateTime<Utc>,
+    },
+    /// At a successful login, after the handler verified the password against a hash of an
+    /// older scheme (`replaces`): the same password, hashed with argon2id. Nothing happens when
+    /// the hash is no longer `replaces` (a concurrent login upgraded it first).
+    RehashPassword {
+        replaces: String,
         password_hash: String,
         at: DateTime<Utc>,
     },
@@ -190,6 +198,20 @@ impl Entity for User {
                 events.extend(self.end_all(EndReason::PasswordChanged, *at));
                 Ok(events)
             }
+            C::RehashPassword {
+                replaces,
+                password_hash,
+                at,
+            } => {
+                self.active()?;
+                if *replaces != self.password_hash {
+                    return Ok(vec![]);
+                }
+                Ok(vec![UserEvent::PasswordRehashed(PasswordRehashed {
+                    password_hash: password_hash.clone(),
+                    rehashed_at: *at,
+                })])
+            }
             C::UpdateProfile { display_name } => {
                 self.active()?;
                 check_display_name(display_name)?;
@@ -300,6 +322,7 @@ impl Entity for User {
                 self.active = true;
             }
             UserEvent::PasswordChanged(e) => self.password_hash = e.password_hash.clone(),
+            UserEvent::PasswordRehashed(e) => self.password_hash = e.password_hash.clone(),
             UserEvent::ProfileUpdated(e) => self.display_name = e.display_name.clone(),
             UserEvent::RoleAssigned(e) => {
                 self.roles.insert(e.role);

@@ -451,6 +451,7 @@ async fn login(
         |(_, _, u)| u.password_hash.clone(),
     );
     let password = input.password;
+    let password_again = password.clone();
     let ok = blocking(move || auth::verify_password(&password, &hash)).await?;
     let Some((user_id, version, user)) = account.filter(|_| ok) else {
         return Err(invalid_credentials());
@@ -458,6 +459,19 @@ async fn login(
     if !user.active {
         return Err(invalid_credentials());
     }
+    let version = if auth::is_legacy_hash(&user.password_hash) {
+        rehash(
+            &state,
+            &req,
+            user_id,
+            version,
+            user.password_hash,
+            password_again,
+        )
+        .await?
+    } else {
+        version
+    };
     let org = match membership(&state, user_id, input.organization_id).await? {
         Some((org, _, _)) => Some(org),
         None if input.organization_id.is_some() => {
@@ -467,6 +481,37 @@ async fn login(
     };
     let body = start_session(&state, &req, user_id, version, org).await?;
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// Replaces an imported bcrypt hash with argon2id of the password that just matched it, as a
+/// `PasswordRehashed` event; answers the user's version after it.
+async fn rehash(
+    state: &AppState,
+    req: &HttpRequest,
+    user_id: Uuid,
+    version: i64,
+    replaces: String,
+    password: String,
+) -> Result<i64, ApiError> {
+    let password_hash = blocking(move || auth::hash_password(&password))
+        .await?
+        .map_err(ApiError::internal)?;
+    let reply = state
+        .registries
+        .users
+        .execute(
+            user_id,
+            UserCommand::RehashPassword {
+                replaces,
+                password_hash,
+                at: Utc::now(),
+            },
+            None,
+            meta_for(req, Some(user_id), None),
+        )
+        .await
+        .map_err(|e| command_error(e, user_error))?;
+    Ok(reply.version.max(version))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -288,6 +288,44 @@ fn velocity_config(
     body: VelocityBody,
     task_id: Uuid,
 ) -> Result<VelocityConfig, ApiError> {
+    velocity_config_checked(body, task_id, |url| {
+        state
+            .outbound
+            .check(url)
+            .map(|_| ())
+            .map_err(|r| r.to_string())
+    })
+}
+
+/// The configuration of a task in the shape the Quantum and Velocity frontends send it
+/// (defaults filled in as for a new task), for the legacy import. URLs are not checked: an
+/// imported task is history and never runs.
+pub fn legacy_config(
+    task_type: TaskType,
+    objective: &str,
+    config: Value,
+    task_id: Uuid,
+) -> Result<TaskConfig, String> {
+    match task_type {
+        TaskType::Quantum => {
+            let q: QuantumBody = serde_json::from_value(config).map_err(|e| e.to_string())?;
+            Ok(TaskConfig::Quantum(quantum_config(objective, q, task_id)))
+        }
+        TaskType::Velocity => {
+            let v: VelocityBody = serde_json::from_value(config).map_err(|e| e.to_string())?;
+            velocity_config_checked(v, task_id, |_| Ok(()))
+                .map(TaskConfig::Velocity)
+                .map_err(|e| e.to_string())
+        }
+        other => Err(format!("{} tasks have no legacy form", other.as_str())),
+    }
+}
+
+fn velocity_config_checked(
+    body: VelocityBody,
+    task_id: Uuid,
+    check: impl Fn(&str) -> Result<(), String>,
+) -> Result<VelocityConfig, ApiError> {
     let mut subtasks = Vec::with_capacity(body.subtasks.len());
     for (i, s) in body.subtasks.into_iter().enumerate() {
         subtasks.push(match s {
@@ -315,10 +353,10 @@ fn velocity_config(
                 body,
                 count,
             } => {
-                if let Err(refusal) = state.outbound.check(&url) {
+                if let Err(refusal) = check(&url) {
                     return Err(ApiError::validation(
                         &format!("config.subtasks[{i}].url"),
-                        refusal.to_string(),
+                        refusal,
                     ));
                 }
                 SubtaskSpec::Http {

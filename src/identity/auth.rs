@@ -36,8 +36,18 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("password hashing failed: {e}"))
 }
 
-/// Whether `password` matches the PHC string `hash`.
+/// Whether `hash` is a bcrypt hash (`$2a$`, `$2b$`, `$2y$`, any cost), as legacy imports
+/// bring them. Login accepts it and replaces it with argon2id.
+pub fn is_legacy_hash(hash: &str) -> bool {
+    ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
+}
+
+/// Whether `password` matches `hash`: an argon2 PHC string, or a bcrypt hash of an import.
+/// An empty hash (a user who signs in only with Google) matches nothing.
 pub fn verify_password(password: &str, hash: &str) -> bool {
+    if is_legacy_hash(hash) {
+        return bcrypt::verify(password, hash).unwrap_or(false);
+    }
     PasswordHash::new(hash)
         .map(|parsed| {
             Argon2::default()

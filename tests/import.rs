@@ -1,0 +1,539 @@
+//! Legacy imports end to end: a second PostgreSQL database made from the legacy schema and
+//! filled by the test, imported, then used through the frontends' own routes.
+
+mod common;
+
+use std::path::PathBuf;
+
+use chrono::{Duration, TimeZone, Utc};
+use common::*;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use universal_backend::import::{self, ImportArgs, Source};
+use uuid::Uuid;
+
+const OLD_PASSWORD: &str = "the old password 1";
+
+/// A new legacy database of `schema` (one of `src/import/legacy/*.sql`).
+async fn legacy_database(schema: &str) -> (PgPool, String) {
+    let url = format!("{}/ub_legacy_{}", server_url(), Uuid::new_v4().simple());
+    let (base, name) = url.rsplit_once('/').unwrap();
+    let admin = PgPool::connect(&format!("{base}/postgres")).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let pool = PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(schema).execute(&pool).await.unwrap();
+    (pool, url)
+}
+
+fn args(source: Source, from: &str, report: &PathBuf) -> ImportArgs {
+    ImportArgs {
+        source,
+        from: from.to_owned(),
+        dry_run: false,
+        verify_only: false,
+        report: Some(report.clone()),
+        organization: None,
+        assign_orphans_to: None,
+        users_from: None,
+    }
+}
+
+fn report_path() -> PathBuf {
+    std::env::temp_dir().join(format!("ub-import-{}.json", Uuid::new_v4().simple()))
+}
+
+fn read_report(path: &PathBuf) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn table<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == name)
+        .unwrap_or_else(|| panic!("no figures for {name} in {report}"))
+}
+
+fn skipped(report: &Value, table: &str, legacy_id: &str) -> Option<String> {
+    report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["table"] == table && s["legacy_id"] == legacy_id)
+        .map(|s| s["reason"].as_str().unwrap().to_owned())
+}
+
+struct Flowmind {
+    ada: Uuid,
+    org: Uuid,
+    building: Uuid,
+    orphan_building: Uuid,
+    orphan_sensor: Uuid,
+    meter: Uuid,
+    huge_reading: i64,
+    ancient_reading: i64,
+    session: Uuid,
+    reply: Uuid,
+    done_task: Uuid,
+    running_task: Uuid,
+    twin: Uuid,
+    bob: Uuid,
+}
+
+/// A small FlowMind database with one of each kind of row, and the hostile ones.
+async fn fill_flowmind(src: &PgPool) -> Flowmind {
+    let org = Uuid::new_v4();
+    let (ada, bob, twin, google) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    let t0 = Utc.with_ymd_and_hms(2024, 3, 1, 8, 0, 0).unwrap();
+    // Cost 4 and cost 5 hashes, `$2b$` and `$2a$`: any cost and prefix is accepted.
+    let ada_hash = bcrypt::hash(OLD_PASSWORD, 4).unwrap();
+    let bob_hash = bcrypt::hash(OLD_PASSWORD, 5)
+        .unwrap()
+        .replacen("$2b$", "$2a$", 1);
+    sqlx::query("INSERT INTO organizations (id, name, features, created_at) VALUES ($1, 'Stadtwerke', $2, $3)")
+        .bind(org)
+        .bind(json!({"citypulse": true, "flowmind": true, "quantum": true, "velocity": true, "unknown": true}))
+        .bind(t0)
+        .execute(src)
+        .await
+        .unwrap();
+    for (id, email, hash, name, at) in [
+        (ada, "Ada@Example.org", Some(ada_hash), "Ada Lovelace", t0),
+        (
+            bob,
+            "bob@example.org",
+            Some(bob_hash),
+            "Bob",
+            t0 + Duration::minutes(1),
+        ),
+        // Differs from Ada's only in case: the first one wins.
+        (
+            twin,
+            "ada@example.ORG",
+            None,
+            "Ada's twin",
+            t0 + Duration::minutes(2),
+        ),
+        // Signed in with Google only: no password.
+        (
+            google,
+            "gina@example.org",
+            None,
+            "Gina",
+            t0 + Duration::minutes(3),
+        ),
+    ] {
+        sqlx::query(
+            "INSERT INTO auth.users (id, email, encrypted_password, raw_user_meta_data, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(email)
+        .bind(hash)
+        .bind(json!({"full_name": name}))
+        .bind(at)
+        .execute(src)
+        .await
+        .unwrap();
+    }
+    for (id, role) in [(ada, "admin"), (bob, "viewer"), (google, "member")] {
+        sqlx::query("INSERT INTO user_profiles (id, organization_id, role, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(org)
+            .bind(role)
+            .bind(t0)
+            .execute(src)
+            .await
+            .unwrap();
+    }
+    let (building, orphan_building) = (Uuid::new_v4(), Uuid::new_v4());
+    sqlx::query("INSERT INTO buildings (id, user_id, name, address, floor_area, created_at) VALUES ($1, $2, 'Rathaus', 'Marktplatz 1', 1200.5, $3), ($4, NULL, 'Old depot', NULL, NULL, $3)")
+        .bind(building)
+        .bind(ada)
+        .bind(t0)
+        .bind(orphan_building)
+        .execute(src)
+        .await
+        .unwrap();
+    let (meter, gas, orphan_sensor) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    sqlx::query("INSERT INTO sensors (id, building_id, name, type, unit, status) VALUES ($1, $2, 'Main meter', 'electricity', 'kWh', 'active'), ($3, $2, 'Boiler', 'gas', 'm3', 'inactive'), ($4, $5, 'Depot meter', 'electricity', 'kWh', NULL)")
+        .bind(meter)
+        .bind(building)
+        .bind(gas)
+        .bind(orphan_sensor)
+        .bind(orphan_building)
+        .execute(src)
+        .await
+        .unwrap();
+    for h in 0..48 {
+        sqlx::query(
+            "INSERT INTO energy_readings (sensor_id, \"timestamp\", value) VALUES ($1, $2, $3)",
+        )
+        .bind(meter)
+        .bind(t0 + Duration::hours(h))
+        .bind(10.0 + h as f64 * 0.5)
+        .execute(src)
+        .await
+        .unwrap();
+    }
+    for h in 0..5 {
+        sqlx::query(
+            "INSERT INTO energy_readings (sensor_id, \"timestamp\", value) VALUES ($1, $2, 2.25)",
+        )
+        .bind(gas)
+        .bind(t0 + Duration::hours(h))
+        .execute(src)
+        .await
+        .unwrap();
+    }
+    sqlx::query("INSERT INTO energy_readings (sensor_id, \"timestamp\", value) VALUES ($1, $2, 5)")
+        .bind(orphan_sensor)
+        .bind(t0)
+        .execute(src)
+        .await
+        .unwrap();
+    let huge_reading: i64 = sqlx::query_scalar("INSERT INTO energy_readings (sensor_id, \"timestamp\", value) VALUES ($1, $2, 1e308) RETURNING id")
+        .bind(meter)
+        .bind(t0 + Duration::minutes(30))
+        .fetch_one(src)
+        .await
+        .unwrap();
+    let ancient_reading: i64 = sqlx::query_scalar("INSERT INTO energy_readings (sensor_id, \"timestamp\", value) VALUES ($1, '1500-06-01T00:00:00Z', 1) RETURNING id")
+        .bind(meter)
+        .fetch_one(src)
+        .await
+        .unwrap();
+    let session = Uuid::new_v4();
+    sqlx::query("INSERT INTO old_chat_sessions (id, user_id, title, model_id, created_at) VALUES ($1, $2, 'Energy questions', 'gpt-4o-mini', $3)")
+        .bind(session)
+        .bind(ada)
+        .bind(t0)
+        .execute(src)
+        .await
+        .unwrap();
+    let reply = Uuid::new_v4();
+    for (i, (id, role, content)) in [
+        (Uuid::new_v4(), "system", "You answer about energy."),
+        (Uuid::new_v4(), "user", "How much did the town hall use?"),
+        (reply, "assistant", "About 1,200 kWh last week."),
+        (Uuid::new_v4(), "user", "Thanks!"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        sqlx::query("INSERT INTO old_chat_messages (id, session_id, role, content, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id)
+            .bind(session)
+            .bind(role)
+            .bind(content)
+            .bind(t0 + Duration::seconds(i as i64))
+            .execute(src)
+            .await
+            .unwrap();
+    }
+    let (done_task, running_task, bad_task) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for (id, kind, config, status, result) in [
+        (
+            done_task,
+            "quantum",
+            json!({"dimensions": 2, "particles": 20, "iterations": 50, "seed": 7}),
+            "completed",
+            Some(
+                json!({"best_position": [0.01, -0.02], "best_cost": 0.0005, "iterations": 50, "evaluations": 1000}),
+            ),
+        ),
+        (
+            running_task,
+            "velocity",
+            json!({"subtasks": [{"kind": "prompt", "prompt": "hello"}]}),
+            "running",
+            None,
+        ),
+        (
+            bad_task,
+            "quantum",
+            json!({"dimensions": "two"}),
+            "completed",
+            None,
+        ),
+    ] {
+        sqlx::query("INSERT INTO old_swarm_tasks (id, user_id, type, objective, config, status, result, created_at) VALUES ($1, $2, $3, 'sphere', $4, $5, $6, $7)")
+            .bind(id)
+            .bind(ada)
+            .bind(kind)
+            .bind(config)
+            .bind(status)
+            .bind(result)
+            .bind(t0)
+            .execute(src)
+            .await
+            .unwrap();
+    }
+    Flowmind {
+        ada,
+        org,
+        building,
+        orphan_building,
+        orphan_sensor,
+        meter,
+        huge_reading,
+        ancient_reading,
+        session,
+        reply,
+        done_task,
+        running_task,
+        twin,
+        bob,
+    }
+}
+
+async fn data_events(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_category <> 'import'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn a_flowmind_database_comes_in_as_events_and_its_users_log_in_with_their_old_passwords() {
+    let app = spawn_app().await;
+    let (src, src_url) = legacy_database(include_str!("../src/import/legacy/flowmind.sql")).await;
+    let f = fill_flowmind(&src).await;
+    let config = test_config(app.database_url.clone());
+    let path = report_path();
+
+    assert!(
+        import::run(&config, args(Source::Flowmind, &src_url, &path))
+            .await
+            .unwrap()
+    );
+    let report = read_report(&path);
+    assert_eq!(report["verified"], true, "{report}");
+    let users = table(&report, "auth.users");
+    assert_eq!(
+        (users["read"].as_u64(), users["imported"].as_u64()),
+        (Some(4), Some(3))
+    );
+    assert_eq!(
+        skipped(&report, "auth.users", &f.twin.to_string()).as_deref(),
+        Some("duplicate")
+    );
+    assert_eq!(
+        skipped(&report, "buildings", &f.orphan_building.to_string()).as_deref(),
+        Some("orphan")
+    );
+    assert_eq!(
+        skipped(&report, "sensors", &f.orphan_sensor.to_string()).as_deref(),
+        Some("orphan")
+    );
+    assert_eq!(
+        skipped(&report, "energy_readings", &f.huge_reading.to_string()).as_deref(),
+        Some("invalid")
+    );
+    assert_eq!(
+        skipped(&report, "energy_readings", &f.ancient_reading.to_string()).as_deref(),
+        Some("invalid")
+    );
+    let readings = table(&report, "energy_readings");
+    assert_eq!(readings["read"], 56);
+    assert_eq!(readings["imported"], 53);
+    assert!(report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["mismatched"] == 0));
+    // Where every event came from, in its metadata.
+    let meta: Value =
+        sqlx::query_scalar("SELECT metadata FROM events WHERE stream_id = $1 AND version = 1")
+            .bind(format!("building-{}", f.building))
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(meta["imported_from"]["table"], "buildings");
+    assert_eq!(meta["imported_from"]["legacy_id"], f.building.to_string());
+    assert_eq!(meta["organization_id"], f.org.to_string());
+    // No hash is logged or reported.
+    assert!(!std::fs::read_to_string(&path).unwrap().contains("$2"));
+
+    // Ada logs in with her old password, over the frontend's own path.
+    let anon = reqwest::Client::new();
+    let login = |email: &'static str| {
+        let anon = anon.clone();
+        let url = app.url("/api/v1/auth/login");
+        async move {
+            anon.post(url)
+                .json(&json!({"email": email, "password": OLD_PASSWORD}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let res = login("ada@example.org").await;
+    assert_eq!(res.status(), 200);
+    let tokens: Value = res.json().await.unwrap();
+    // The bcrypt hash was replaced with argon2id, as an event; the password still works.
+    let rehashed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE stream_id = $1 AND event_type = 'PasswordRehashed'",
+    )
+    .bind(format!("user-{}", f.ada))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rehashed, 1);
+    assert_eq!(login("ada@example.org").await.status(), 200);
+    assert_eq!(login("bob@example.org").await.status(), 200);
+    // Gina had no password: none was invented.
+    assert_eq!(login("gina@example.org").await.status(), 401);
+
+    // Her data, through the frontends' routes.
+    let token = tokens["access_token"].as_str().unwrap();
+    let flowmind = frontend_client(token, "flowmind");
+    let sessions: Value = flowmind
+        .get(app.url("/api/v1/ai/sessions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        sessions.to_string().contains(&f.session.to_string()),
+        "{sessions}"
+    );
+    let session: Value = flowmind
+        .get(app.url(&format!("/api/v1/ai/sessions/{}", f.session)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["system_prompt"], "You answer about energy.");
+    let messages: Value = flowmind
+        .get(app.url(&format!("/api/v1/ai/sessions/{}/messages", f.session)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = messages.to_string();
+    assert!(text.contains("About 1,200 kWh last week."), "{text}");
+    assert!(text.contains("How much did the town hall use?"), "{text}");
+    let citypulse = frontend_client(token, "citypulse");
+    let energy: Value = citypulse
+        .get(app.url(&format!(
+            "/api/v1/citypulse/buildings/{}/energy?from=2024-03-01T00:00:00Z&to=2024-03-04T00:00:00Z&bucket=day",
+            f.building
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        energy.to_string().contains(&f.meter.to_string()),
+        "{energy}"
+    );
+    let quantum = frontend_client(token, "quantum");
+    let done: Value = quantum
+        .get(app.url(&format!("/api/v1/swarm/tasks/{}", f.done_task)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    let velocity = frontend_client(token, "velocity");
+    let running: Value = velocity
+        .get(app.url(&format!("/api/v1/swarm/tasks/{}", f.running_task)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(running["status"], "failed", "{running}");
+    assert!(running.to_string().contains("interrupted"), "{running}");
+
+    // A second run writes no data event, only its run record.
+    let before = data_events(&app.pool).await;
+    let again = report_path();
+    assert!(
+        import::run(&config, args(Source::Flowmind, &src_url, &again))
+            .await
+            .unwrap()
+    );
+    let report = read_report(&again);
+    assert_eq!(report["events_written"], 0, "{report}");
+    assert_eq!(data_events(&app.pool).await, before + 1 - 1);
+    assert_eq!(table(&report, "energy_readings")["unchanged"], 53);
+
+    // The run records, listed for operators.
+    let runs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'ImportCompleted'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(runs, 2);
+
+    // Verification catches a read model that no longer says what the source says.
+    sqlx::query("UPDATE chat_messages SET content = 'tampered' WHERE id = $1")
+        .bind(f.reply)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let verify = report_path();
+    let mut a = args(Source::Flowmind, &src_url, &verify);
+    a.verify_only = true;
+    assert!(!import::run(&config, a).await.unwrap());
+    let report = read_report(&verify);
+    let differences = report["differences"].as_array().unwrap();
+    assert_eq!(differences.len(), 1, "{report}");
+    assert_eq!(differences[0]["legacy_id"], f.reply.to_string());
+    assert_eq!(differences[0]["table"], "old_chat_messages");
+    let _ = f.bob;
+}
+
+#[actix_web::test]
+async fn a_dry_run_writes_no_data_and_orphans_go_where_they_are_told() {
+    let app = spawn_app().await;
+    let (src, src_url) = legacy_database(include_str!("../src/import/legacy/flowmind.sql")).await;
+    let f = fill_flowmind(&src).await;
+    let config = test_config(app.database_url.clone());
+    let path = report_path();
+    let mut a = args(Source::Flowmind, &src_url, &path);
+    a.dry_run = true;
+    let before = data_events(&app.pool).await;
+    assert!(import::run(&config, a).await.unwrap());
+    assert_eq!(data_events(&app.pool).await, before);
+    let report = read_report(&path);
+    assert_eq!(table(&report, "auth.users")["imported"], 3, "{report}");
+
+    let mut a = args(Source::Flowmind, &src_url, &path);
+    a.assign_orphans_to = Some("ADA@example.org".into());
+    assert!(import::run(&config, a).await.unwrap());
+    let report = read_report(&path);
+    assert_eq!(
+        skipped(&report, "buildings", &f.orphan_building.to_string()),
+        None,
+        "{report}"
+    );
+    let org: Uuid = sqlx::query_scalar("SELECT organization_id FROM buildings WHERE id = $1")
+        .bind(f.orphan_building)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(org, f.org);
+}
