@@ -537,3 +537,188 @@ async fn a_dry_run_writes_no_data_and_orphans_go_where_they_are_told() {
         .unwrap();
     assert_eq!(org, f.org);
 }
+
+/// A FluxStudio export directory with string ids, epoch-millisecond times and hostile rows.
+fn write_fluxstudio_export() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ub-flux-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(dir.join("uploads")).unwrap();
+    let hash = bcrypt::hash(OLD_PASSWORD, 4).unwrap();
+    let write = |table: &str, rows: Value| {
+        std::fs::write(dir.join(format!("{table}.json")), rows.to_string()).unwrap()
+    };
+    write(
+        "users",
+        json!([
+            {"id": "u_1", "email": "lena@studio.example", "name": "Lena", "password": hash, "userType": "designer", "createdAt": "2023-01-05T10:00:00Z"},
+            {"id": "u_2", "email": "kai@studio.example", "name": "Kai", "googleId": "g-2", "userType": "client", "createdAt": 1_672_914_000_000i64},
+            {"id": "u_3", "email": "nul@studio.example", "name": "Bad\u{0}Name", "createdAt": "2023-01-05T10:00:00Z"},
+            {"id": "u_4", "email": "LENA@studio.example", "name": "Lena again", "createdAt": "2023-01-06T10:00:00Z"}
+        ]),
+    );
+    write(
+        "organizations",
+        json!([{"id": "o_1", "name": "Studio Nord", "ownerId": "u_1", "createdAt": "2023-01-05T10:00:00Z"}]),
+    );
+    write(
+        "organization_members",
+        json!([
+            {"organizationId": "o_1", "userId": "u_1", "role": "owner", "joinedAt": "2023-01-05T10:00:00Z"},
+            {"organizationId": "o_1", "userId": "u_2", "role": "member", "joinedAt": 1_672_914_000_000i64},
+            {"organizationId": "o_1", "userId": "u_9", "role": "member", "joinedAt": 1_672_914_000_000i64}
+        ]),
+    );
+    write(
+        "teams",
+        json!([{"id": "t_1", "organizationId": "o_1", "name": "Design", "createdAt": "2023-01-05T10:00:00Z"}]),
+    );
+    write(
+        "team_members",
+        json!([{"teamId": "t_1", "userId": "u_1", "role": "lead"}, {"teamId": "t_1", "userId": "u_2", "role": "member"}]),
+    );
+    write(
+        "projects",
+        json!([{"id": "p_1", "organizationId": "o_1", "teamId": "t_1", "name": "Rebrand", "status": "active", "createdBy": "u_1", "createdAt": "2023-02-01T09:00:00Z"}]),
+    );
+    write(
+        "project_members",
+        json!([{"projectId": "p_1", "userId": "u_2", "role": "member"}]),
+    );
+    write(
+        "project_milestones",
+        json!([{"id": "ms_1", "projectId": "p_1", "title": "Logo", "dueDate": "2023-03-01", "completedAt": "2023-02-20T12:00:00Z"}]),
+    );
+    write(
+        "conversations",
+        json!([
+            {"id": "c_1", "organizationId": "o_1", "type": "channel", "name": "general", "isPrivate": false, "createdBy": "u_1", "createdAt": "2023-01-05T10:00:00Z"},
+            {"id": "c_2", "organizationId": "o_404", "type": "channel", "name": "lost", "isPrivate": false, "createdBy": "u_1", "createdAt": "2023-01-05T10:00:00Z"}
+        ]),
+    );
+    write(
+        "conversation_participants",
+        json!([{"conversationId": "c_1", "userId": "u_1"}, {"conversationId": "c_1", "userId": "u_2"}]),
+    );
+    write(
+        "messages",
+        json!([
+            {"id": "m_1", "conversationId": "c_1", "authorId": "u_1", "content": "Kick-off at ten", "createdAt": "2023-01-05T10:01:00Z"},
+            {"id": "m_2", "conversationId": "c_1", "authorId": "u_2", "content": "On my way", "parentId": "m_1", "createdAt": 1_672_913_000_000i64 + 60_000},
+            {"id": "m_3", "conversationId": "c_1", "authorId": "u_2", "content": "oops", "deletedAt": "2023-01-05T11:00:00Z", "createdAt": "2023-01-05T10:59:00Z"},
+            {"id": "m_4", "conversationId": "c_2", "authorId": "u_1", "content": "nobody reads this", "createdAt": "2023-01-05T10:01:00Z"}
+        ]),
+    );
+    write(
+        "message_reactions",
+        json!([{"messageId": "m_1", "userId": "u_2", "emoji": "👍", "createdAt": "2023-01-05T10:02:00Z"}]),
+    );
+    write(
+        "invoices",
+        json!([{"id": "inv_1", "organizationId": "o_1", "number": "2023-001", "clientName": "ACME", "currency": "EUR", "lines": [], "status": "paid"}]),
+    );
+    dir
+}
+
+#[actix_web::test]
+async fn a_fluxstudio_export_comes_in_with_mapped_ids_and_its_channels_answer_on_the_old_paths() {
+    let app = spawn_app().await;
+    let dir = write_fluxstudio_export();
+    let config = test_config(app.database_url.clone());
+    let path = report_path();
+    let from = dir.to_str().unwrap();
+    assert!(import::run(&config, args(Source::Fluxstudio, from, &path))
+        .await
+        .unwrap());
+    let report = read_report(&path);
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(
+        skipped(&report, "users", "u_3").as_deref(),
+        Some("invalid"),
+        "{report}"
+    );
+    assert_eq!(
+        skipped(&report, "users", "u_4").as_deref(),
+        Some("duplicate")
+    );
+    assert_eq!(
+        skipped(&report, "organization_members", "o_1/u_9").as_deref(),
+        Some("orphan")
+    );
+    assert_eq!(
+        skipped(&report, "conversations", "c_2").as_deref(),
+        Some("orphan")
+    );
+    assert_eq!(
+        skipped(&report, "messages", "m_4").as_deref(),
+        Some("orphan")
+    );
+    assert_eq!(
+        skipped(&report, "invoices", "inv_1").as_deref(),
+        Some("unsupported")
+    );
+    assert_eq!(table(&report, "messages")["imported"], 3);
+    assert_eq!(table(&report, "message_reactions")["imported"], 1);
+
+    // The mapping is readable: which id did legacy u_1 become.
+    let lena = import::fluxstudio::id_of("user", "u_1");
+    let kai = import::fluxstudio::id_of("user", "u_2");
+    let registered: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT registered_at FROM users WHERE id = $1")
+            .bind(kai)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    // An epoch-millisecond time kept its value.
+    assert_eq!(
+        registered,
+        Utc.timestamp_millis_opt(1_672_914_000_000).unwrap()
+    );
+
+    // Lena logs in with her old password on FluxStudio's path and reads #general.
+    let res = reqwest::Client::new()
+        .post(app.url("/api/auth/login"))
+        .json(&json!({"email": "lena@studio.example", "password": OLD_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let tokens: Value = res.json().await.unwrap();
+    let flux = frontend_client(tokens["access_token"].as_str().unwrap(), "fluxstudio");
+    let channels: Value = flux
+        .get(app.url("/api/channels"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let general = import::fluxstudio::id_of("conversation", "c_1");
+    assert!(
+        channels.to_string().contains(&general.to_string()),
+        "{channels}"
+    );
+    let history: Value = flux
+        .get(app.url(&format!("/api/channels/{general}/messages")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = history.to_string();
+    assert!(text.contains("Kick-off at ten"), "{text}");
+    assert!(
+        !text.contains("oops"),
+        "a deleted message shows no text: {text}"
+    );
+    let _ = lena;
+
+    // Idempotent: the second run writes no data event.
+    let before = data_events(&app.pool).await;
+    let again = report_path();
+    assert!(import::run(&config, args(Source::Fluxstudio, from, &again))
+        .await
+        .unwrap());
+    assert_eq!(read_report(&again)["events_written"], 0);
+    assert_eq!(data_events(&app.pool).await, before);
+    std::fs::remove_dir_all(dir).ok();
+}

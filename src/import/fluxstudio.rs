@@ -1,6 +1,1152 @@
-//! placeholder
-use super::Ctx;
+//! `import fluxstudio`: an export directory of FluxStudio's file-based store
+//! (`legacy/fluxstudio.md`): one JSON array per table, read one file at a time.
+//!
+//! Ids are strings; UUIDs stay, others (`"u_17"`) map to a UUID v5 ([`super::mapped_id`]).
+//! Times are ISO 8601 or epoch milliseconds. Carried: users, organizations and their members,
+//! teams and members, projects with members and milestones, conversations (channels and
+//! direct conversations) with participants, messages (threads, deletions) and reactions.
+//! Tables this backend has no entity for (notifications, which it derives from mentions;
+//! invoices, time entries, service packages, client requests, portfolios; files until the
+//! file service holds them) are read, counted and reported as `unsupported`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
-pub async fn run(_ctx: &Arc<Ctx>) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use serde_json::Value;
+use universal_events::identity::Role;
+use universal_events::messaging::ChannelKind;
+use universal_events::project::ProjectStatus;
+use universal_events::team::TeamRole;
+use uuid::Uuid;
+
+use super::{mapped_id, Ctx, Entry, Expectation, Origin, Reason, Writer};
+use crate::actors::channel::{Caller, Channel, ChannelCommand, ScopedCommand as ChannelScoped};
+use crate::actors::organization::{OrgAction, OrgCommand, Organization};
+use crate::actors::project::{Project, ProjectAction, ProjectCommand};
+use crate::actors::team::{Team, TeamAction, TeamCommand};
+
+const SOURCE: &str = "fluxstudio";
+/// Largest table file read (each is read whole, one at a time).
+const MAX_FILE_BYTES: u64 = 2 << 30;
+
+/// The tables this backend has no entity for.
+const UNSUPPORTED: [(&str, &str); 9] = [
+    (
+        "notifications",
+        "notifications here are derived from mentions, not stored",
+    ),
+    ("files", "files are not held by this backend yet"),
+    ("file_permissions", "files are not held by this backend yet"),
+    ("invoices", "this backend has no invoices"),
+    ("time_entries", "this backend has no time entries"),
+    ("service_packages", "this backend has no service packages"),
+    ("client_requests", "this backend has no client requests"),
+    ("portfolios", "this backend has no portfolios"),
+    ("portfolio_items", "this backend has no portfolios"),
+];
+
+/// The UUID of a FluxStudio id of `kind` (`user`, `organization`, ...).
+pub fn id_of(kind: &str, legacy: &str) -> Uuid {
+    mapped_id(SOURCE, kind, legacy)
+}
+
+/// Reads `<dir>/<table>.json` (an array of objects; a missing file is an empty table).
+fn load(dir: &Path, table: &str) -> anyhow::Result<Vec<Value>> {
+    let path = dir.join(format!("{table}.json"));
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+    };
+    let size = file.metadata()?.len();
+    anyhow::ensure!(
+        size <= MAX_FILE_BYTES,
+        "{}: {size} bytes is more than the {MAX_FILE_BYTES} read at once",
+        path.display()
+    );
+    let rows: Value = serde_json::from_reader(std::io::BufReader::new(file))
+        .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", path.display()))?;
+    match rows {
+        Value::Array(rows) => Ok(rows),
+        _ => anyhow::bail!("{}: not a JSON array", path.display()),
+    }
+}
+
+fn text(row: &Value, key: &str) -> Option<String> {
+    match row.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A time as FluxStudio wrote it: ISO 8601, or epoch milliseconds in older rows.
+pub fn time(row: &Value, key: &str) -> Option<DateTime<Utc>> {
+    match row.get(key)? {
+        Value::String(s) => DateTime::parse_from_rfc3339(s.trim())
+            .map(|t| t.with_timezone(&Utc))
+            .ok()
+            .or_else(|| {
+                s.trim()
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+            }),
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+        _ => None,
+    }
+}
+
+fn date(row: &Value, key: &str) -> Option<NaiveDate> {
+    let s = text(row, key)?;
+    NaiveDate::parse_from_str(s.get(..10).unwrap_or(&s), "%Y-%m-%d")
+        .ok()
+        .or_else(|| time(row, key).map(|t| t.date_naive()))
+}
+
+/// A row's id, or a skip when it has none.
+fn id_or_skip(ctx: &Ctx, table: &'static str, i: usize, row: &Value) -> Option<String> {
+    match text(row, "id").filter(|s| !s.trim().is_empty()) {
+        Some(id) => Some(id),
+        None => {
+            ctx.skip(
+                table,
+                &format!("#{i}"),
+                Reason::Invalid,
+                "id: missing".into(),
+            );
+            None
+        }
+    }
+}
+
+fn org_role(s: Option<&str>) -> Role {
+    match s.map(str::trim) {
+        Some("owner") | Some("admin") => Role::Admin,
+        Some("viewer") => Role::Viewer,
+        _ => Role::Member,
+    }
+}
+
+struct State {
+    /// Imported users: legacy id -> id.
+    users: HashMap<String, Uuid>,
+    /// Imported organizations: id -> (its admin, members' roles).
+    orgs: HashMap<Uuid, (Uuid, HashMap<Uuid, Role>)>,
+    teams: HashSet<Uuid>,
+}
+
+pub async fn run(ctx: &Arc<Ctx>) -> anyhow::Result<()> {
+    let dir = Path::new(&ctx.args.from).to_path_buf();
+    anyhow::ensure!(
+        dir.is_dir(),
+        "--from {}: not a directory (an export has one JSON file per table)",
+        dir.display()
+    );
+    let mut st = State {
+        users: HashMap::new(),
+        orgs: HashMap::new(),
+        teams: HashSet::new(),
+    };
+    users(ctx, &dir, &mut st).await?;
+    organizations(ctx, &dir, &mut st).await?;
+    teams(ctx, &dir, &mut st).await?;
+    projects(ctx, &dir, &st).await?;
+    conversations(ctx, &dir, &st).await?;
+    for (table, why) in UNSUPPORTED {
+        let rows = load(&dir, table)?;
+        if rows.is_empty() {
+            continue;
+        }
+        ctx.begin(table, Some(rows.len() as u64));
+        for (i, row) in rows.iter().enumerate() {
+            ctx.read(table, 1);
+            let legacy = text(row, "id").unwrap_or_else(|| format!("#{i}"));
+            ctx.skip(table, &legacy, Reason::Unsupported, why.into());
+        }
+        ctx.end(table);
+    }
+    Ok(())
+}
+
+async fn users(ctx: &Arc<Ctx>, dir: &Path, st: &mut State) -> anyhow::Result<()> {
+    const T: &str = "users";
+    let rows = load(dir, T)?;
+    ctx.begin(T, Some(rows.len() as u64));
+    let mut exp = Expectation::new(
+        T,
+        "SELECT id::text, concat_ws('|', email_lower, display_name, active::text) FROM users \
+         WHERE id::text = ANY($1)",
+    );
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut writer = Writer::default();
+    let done: Arc<std::sync::Mutex<Vec<(String, Uuid, bool)>>> = Arc::default();
+    for (i, row) in rows.iter().enumerate() {
+        ctx.read(T, 1);
+        let Some(legacy) = id_or_skip(ctx, T, i, row) else {
+            continue;
+        };
+        let Some(email) = text(row, "email").filter(|e| !e.trim().is_empty()) else {
+            ctx.skip(T, &legacy, Reason::Invalid, "email: missing".into());
+            continue;
+        };
+        let lower = email.trim().to_lowercase();
+        if let Some(first) = seen.get(&lower) {
+            ctx.skip(
+                T,
+                &legacy,
+                Reason::Duplicate,
+                format!("the e-mail address differs only in case from user {first}'s"),
+            );
+            continue;
+        }
+        seen.insert(lower.clone(), legacy.clone());
+        let hash = text(row, "password").unwrap_or_default();
+        if !hash.is_empty() && !crate::identity::auth::is_legacy_hash(&hash) {
+            ctx.skip(
+                T,
+                &legacy,
+                Reason::Invalid,
+                "password: not a bcrypt hash".into(),
+            );
+            continue;
+        }
+        let Some(at) = time(row, "createdAt") else {
+            ctx.skip(T, &legacy, Reason::Invalid, "createdAt: not a time".into());
+            continue;
+        };
+        let name = text(row, "name")
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| lower.split('@').next().unwrap_or("user").to_owned());
+        let id = id_of("user", &legacy);
+        exp.expect(&legacy, id, format!("{lower}|{}|true", name.trim()));
+        let ctx2 = ctx.clone();
+        let done = done.clone();
+        writer
+            .submit(format!("user-{id}"), async move {
+                let ok = super::flowmind::register_user(
+                    ctx2,
+                    T,
+                    legacy.clone(),
+                    id,
+                    email,
+                    name,
+                    hash,
+                    at,
+                    true,
+                )
+                .await?;
+                done.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((legacy, id, ok));
+                Ok(())
+            })
+            .await?;
+    }
+    writer.drain().await?;
+    ctx.end(T);
+    for (legacy, id, ok) in done.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        if ok {
+            st.users.insert(legacy, id);
+        } else {
+            exp.forget(&legacy);
+        }
+    }
+    ctx.expect(exp);
+    Ok(())
+}
+
+async fn organizations(ctx: &Arc<Ctx>, dir: &Path, st: &mut State) -> anyhow::Result<()> {
+    const T: &str = "organizations";
+    const M: &str = "organization_members";
+    let rows = load(dir, T)?;
+    let members = load(dir, M)?;
+    ctx.begin(T, Some(rows.len() as u64));
+    let mut by_org: HashMap<String, Vec<(String, Uuid, Role)>> = HashMap::new();
+    for (i, m) in members.iter().enumerate() {
+        ctx.read(M, 1);
+        let (Some(org), Some(user)) = (text(m, "organizationId"), text(m, "userId")) else {
+            ctx.skip(
+                M,
+                &format!("#{i}"),
+                Reason::Invalid,
+                "organizationId and userId are required".into(),
+            );
+            continue;
+        };
+        let key = format!("{org}/{user}");
+        match st.users.get(&user) {
+            Some(uid) => by_org.entry(org).or_default().push((
+                key,
+                *uid,
+                org_role(text(m, "role").as_deref()),
+            )),
+            None => ctx.skip(
+                M,
+                &key,
+                Reason::Orphan,
+                format!("user {user} was not imported"),
+            ),
+        }
+    }
+    let mut o_exp = Expectation::new(
+        T,
+        "SELECT id::text, name FROM organizations WHERE id::text = ANY($1)",
+    );
+    let mut m_exp = Expectation::new(
+        M,
+        "SELECT organization_id::text || '/' || user_id::text, role FROM memberships \
+         WHERE organization_id::text || '/' || user_id::text = ANY($1)",
+    );
+    let mut writer = Writer::default();
+    let failed: Arc<std::sync::Mutex<Vec<Uuid>>> = Arc::default();
+    for (i, row) in rows.iter().enumerate() {
+        ctx.read(T, 1);
+        let Some(legacy) = id_or_skip(ctx, T, i, row) else {
+            continue;
+        };
+        let list = by_org.remove(&legacy).unwrap_or_default();
+        let owner = text(row, "ownerId").and_then(|o| st.users.get(&o).copied());
+        let Some(owner) = owner.or_else(|| {
+            list.iter()
+                .find(|(_, _, r)| *r == Role::Admin)
+                .map(|(_, u, _)| *u)
+        }) else {
+            ctx.skip(
+                T,
+                &legacy,
+                Reason::Orphan,
+                "its owner was not imported".into(),
+            );
+            for (key, ..) in &list {
+                ctx.skip(
+                    M,
+                    key,
+                    Reason::Orphan,
+                    "its organization was not imported".into(),
+                );
+            }
+            continue;
+        };
+        let id = id_of("organization", &legacy);
+        let origin = Origin::new(T, &legacy);
+        let name = text(row, "name").unwrap_or_default();
+        let mut org = Entry::<Organization>::new(id, Some(id), Some(owner));
+        let at = time(row, "createdAt").unwrap_or_else(Utc::now);
+        if let Err(why) = org.apply(
+            ctx,
+            &origin,
+            "create",
+            OrgCommand {
+                actor: owner,
+                action: OrgAction::Create {
+                    organization_id: id,
+                    name: name.clone(),
+                    at,
+                },
+            },
+        ) {
+            ctx.skip(T, &legacy, Reason::Invalid, why);
+            for (key, ..) in &list {
+                ctx.skip(
+                    M,
+                    key,
+                    Reason::Orphan,
+                    "its organization was not imported".into(),
+                );
+            }
+            continue;
+        }
+        // FluxStudio's data lives under the FluxStudio frontend.
+        let _ = org.apply(
+            ctx,
+            &origin,
+            "frontend",
+            OrgCommand {
+                actor: owner,
+                action: OrgAction::SetFrontend {
+                    frontend: universal_events::identity::Frontend::Fluxstudio,
+                    enabled: true,
+                },
+            },
+        );
+        o_exp.expect(&legacy, id, name.trim().to_owned());
+        let mut roles = HashMap::from([(owner, Role::Admin)]);
+        let (org_id, mut n) = (id, 0u64);
+        for (key, user, role) in list {
+            let o = Origin::new(M, &key);
+            if user == owner {
+                m_exp.expect(&key, format!("{org_id}/{user}"), "admin".into());
+                n += 1;
+                continue;
+            }
+            match org.try_apply(
+                ctx,
+                &o,
+                "member",
+                OrgCommand {
+                    actor: owner,
+                    action: OrgAction::SetMember {
+                        user_id: user,
+                        role,
+                    },
+                },
+            ) {
+                Ok(()) => {
+                    roles.insert(user, role);
+                    m_exp.expect(&key, format!("{org_id}/{user}"), role.as_str().into());
+                    n += 1;
+                }
+                Err(why) => ctx.skip(M, &key, Reason::Invalid, why),
+            }
+        }
+        st.orgs.insert(id, (owner, roles));
+        let stream = org.stream();
+        let events = org.take();
+        let ctx2 = ctx.clone();
+        let failed = failed.clone();
+        writer
+            .submit(stream.clone(), async move {
+                let ok = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
+                ctx2.count_with(M, ok, n);
+                if !ok {
+                    failed.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    writer.drain().await?;
+    ctx.end(T);
+    for id in failed.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        st.orgs.remove(&id);
+    }
+    for list in by_org.into_values() {
+        for (key, ..) in list {
+            ctx.skip(
+                M,
+                &key,
+                Reason::Orphan,
+                "its organization is missing".into(),
+            );
+        }
+    }
+    ctx.expect(o_exp);
+    ctx.expect(m_exp);
+    Ok(())
+}
+
+/// The organization of a row (`organizationId`), when it was imported.
+fn org_of<'a>(st: &'a State, row: &Value) -> Option<(Uuid, &'a (Uuid, HashMap<Uuid, Role>))> {
+    let id = id_of("organization", &text(row, "organizationId")?);
+    st.orgs.get(&id).map(|o| (id, o))
+}
+
+async fn teams(ctx: &Arc<Ctx>, dir: &Path, st: &mut State) -> anyhow::Result<()> {
+    const T: &str = "teams";
+    const M: &str = "team_members";
+    let rows = load(dir, T)?;
+    let members = load(dir, M)?;
+    ctx.begin(T, Some(rows.len() as u64));
+    let mut by_team: HashMap<String, Vec<(String, Uuid, TeamRole)>> = HashMap::new();
+    for (i, m) in members.iter().enumerate() {
+        ctx.read(M, 1);
+        let (Some(team), Some(user)) = (text(m, "teamId"), text(m, "userId")) else {
+            ctx.skip(
+                M,
+                &format!("#{i}"),
+                Reason::Invalid,
+                "teamId and userId are required".into(),
+            );
+            continue;
+        };
+        let key = format!("{team}/{user}");
+        let role = match text(m, "role").as_deref().map(str::trim) {
+            Some("lead") => TeamRole::Lead,
+            _ => TeamRole::Member,
+        };
+        match st.users.get(&user) {
+            Some(uid) => by_team.entry(team).or_default().push((key, *uid, role)),
+            None => ctx.skip(
+                M,
+                &key,
+                Reason::Orphan,
+                format!("user {user} was not imported"),
+            ),
+        }
+    }
+    let mut exp = Expectation::new(
+        T,
+        "SELECT id::text, concat_ws('|', organization_id::text, name) FROM teams WHERE id::text = ANY($1)",
+    );
+    let mut m_exp = Expectation::new(
+        M,
+        "SELECT team_id::text || '/' || user_id::text, role FROM team_members \
+         WHERE team_id::text || '/' || user_id::text = ANY($1)",
+    );
+    let mut writer = Writer::default();
+    for (i, row) in rows.iter().enumerate() {
+        ctx.read(T, 1);
+        let Some(legacy) = id_or_skip(ctx, T, i, row) else {
+            continue;
+        };
+        let list = by_team.remove(&legacy).unwrap_or_default();
+        let Some((org, (owner, _))) = org_of(st, row) else {
+            ctx.skip(
+                T,
+                &legacy,
+                Reason::Orphan,
+                "its organization was not imported".into(),
+            );
+            for (key, ..) in list {
+                ctx.skip(M, &key, Reason::Orphan, "its team was not imported".into());
+            }
+            continue;
+        };
+        let id = id_of("team", &legacy);
+        let origin = Origin::new(T, &legacy);
+        let name = text(row, "name").unwrap_or_default();
+        let mut team = Entry::<Team>::new(id, Some(org), Some(*owner));
+        let cmd = |action| TeamCommand {
+            organization_id: org,
+            action,
+        };
+        if let Err(why) = team.apply(
+            ctx,
+            &origin,
+            "create",
+            cmd(TeamAction::Create {
+                team_id: id,
+                name: name.clone(),
+                description: text(row, "description"),
+                created_by: *owner,
+                at: time(row, "createdAt").unwrap_or_else(Utc::now),
+            }),
+        ) {
+            ctx.skip(T, &legacy, Reason::Invalid, why);
+            for (key, ..) in list {
+                ctx.skip(M, &key, Reason::Orphan, "its team was not imported".into());
+            }
+            continue;
+        }
+        exp.expect(&legacy, id, format!("{org}|{}", name.trim()));
+        let mut n = 0;
+        for (key, user, role) in list {
+            // The creator joined as the team's lead when it was created.
+            let action = if user == *owner {
+                if role == TeamRole::Lead {
+                    m_exp.expect(&key, format!("{id}/{user}"), role.as_str().into());
+                    n += 1;
+                    continue;
+                }
+                TeamAction::ChangeRole {
+                    user_id: user,
+                    role,
+                }
+            } else {
+                TeamAction::AddMember {
+                    user_id: user,
+                    role,
+                }
+            };
+            match team.try_apply(ctx, &Origin::new(M, &key), "member", cmd(action)) {
+                Ok(()) => {
+                    m_exp.expect(&key, format!("{id}/{user}"), role.as_str().into());
+                    n += 1;
+                }
+                Err(why) => ctx.skip(M, &key, Reason::Invalid, why),
+            }
+        }
+        st.teams.insert(id);
+        let stream = team.stream();
+        let events = team.take();
+        let ctx2 = ctx.clone();
+        writer
+            .submit(stream.clone(), async move {
+                let ok = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
+                ctx2.count_with(M, ok, n);
+                Ok(())
+            })
+            .await?;
+    }
+    writer.drain().await?;
+    ctx.end(T);
+    for list in by_team.into_values() {
+        for (key, ..) in list {
+            ctx.skip(M, &key, Reason::Orphan, "its team is missing".into());
+        }
+    }
+    ctx.expect(exp);
+    ctx.expect(m_exp);
+    Ok(())
+}
+
+async fn projects(ctx: &Arc<Ctx>, dir: &Path, st: &State) -> anyhow::Result<()> {
+    const T: &str = "projects";
+    const M: &str = "project_members";
+    const S: &str = "project_milestones";
+    let rows = load(dir, T)?;
+    ctx.begin(T, Some(rows.len() as u64));
+    let mut members: HashMap<String, Vec<(String, Uuid)>> = HashMap::new();
+    for (i, m) in load(dir, M)?.iter().enumerate() {
+        ctx.read(M, 1);
+        let (Some(project), Some(user)) = (text(m, "projectId"), text(m, "userId")) else {
+            ctx.skip(
+                M,
+                &format!("#{i}"),
+                Reason::Invalid,
+                "projectId and userId are required".into(),
+            );
+            continue;
+        };
+        let key = format!("{project}/{user}");
+        match st.users.get(&user) {
+            Some(uid) => members.entry(project).or_default().push((key, *uid)),
+            None => ctx.skip(
+                M,
+                &key,
+                Reason::Orphan,
+                format!("user {user} was not imported"),
+            ),
+        }
+    }
+    let mut milestones: HashMap<String, Vec<Value>> = HashMap::new();
+    for (i, m) in load(dir, S)?.into_iter().enumerate() {
+        ctx.read(S, 1);
+        match (text(&m, "projectId"), text(&m, "id")) {
+            (Some(p), Some(_)) => milestones.entry(p).or_default().push(m),
+            _ => ctx.skip(
+                S,
+                &format!("#{i}"),
+                Reason::Invalid,
+                "id and projectId are required".into(),
+            ),
+        }
+    }
+    let mut exp = Expectation::new(
+        T,
+        "SELECT id::text, concat_ws('|', organization_id::text, name, status) FROM projects \
+         WHERE id::text = ANY($1)",
+    );
+    let mut s_exp = Expectation::new(
+        S,
+        "SELECT id::text, concat_ws('|', project_id::text, title, (completed_at IS NOT NULL)::text) \
+         FROM project_milestones WHERE id::text = ANY($1)",
+    );
+    let mut writer = Writer::default();
+    for (i, row) in rows.iter().enumerate() {
+        ctx.read(T, 1);
+        let Some(legacy) = id_or_skip(ctx, T, i, row) else {
+            continue;
+        };
+        let its_members = members.remove(&legacy).unwrap_or_default();
+        let its_milestones = milestones.remove(&legacy).unwrap_or_default();
+        let orphans = |why: &str| {
+            for (key, _) in &its_members {
+                ctx.skip(M, key, Reason::Orphan, why.into());
+            }
+            for m in &its_milestones {
+                ctx.skip(
+                    S,
+                    &text(m, "id").unwrap_or_default(),
+                    Reason::Orphan,
+                    why.into(),
+                );
+            }
+        };
+        let Some((org, (owner, roles))) = org_of(st, row) else {
+            ctx.skip(
+                T,
+                &legacy,
+                Reason::Orphan,
+                "its organization was not imported".into(),
+            );
+            orphans("its project was not imported");
+            continue;
+        };
+        let creator = text(row, "createdBy")
+            .and_then(|c| st.users.get(&c).copied())
+            .filter(|c| roles.contains_key(c))
+            .unwrap_or(*owner);
+        let status_text = text(row, "status").unwrap_or_else(|| "active".into());
+        let Some(status) = ProjectStatus::parse(status_text.trim()) else {
+            ctx.skip(
+                T,
+                &legacy,
+                Reason::Invalid,
+                format!("status: unknown status {status_text:?}"),
+            );
+            orphans("its project was not imported");
+            continue;
+        };
+        let team = text(row, "teamId")
+            .map(|t| id_of("team", &t))
+            .filter(|t| st.teams.contains(t));
+        let id = id_of("project", &legacy);
+        let origin = Origin::new(T, &legacy);
+        let name = text(row, "name").unwrap_or_default();
+        let mut project = Entry::<Project>::new(id, Some(org), Some(creator));
+        let cmd = |action| ProjectCommand {
+            organization_id: org,
+            action,
+        };
+        if let Err(why) = project.apply(
+            ctx,
+            &origin,
+            "create",
+            cmd(ProjectAction::Create {
+                project_id: id,
+                name: name.clone(),
+                description: text(row, "description"),
+                team_id: team,
+                status,
+                created_by: creator,
+                at: time(row, "createdAt").unwrap_or_else(Utc::now),
+            }),
+        ) {
+            ctx.skip(T, &legacy, Reason::Invalid, why);
+            orphans("its project was not imported");
+            continue;
+        }
+        exp.expect(
+            &legacy,
+            id,
+            format!("{org}|{}|{}", name.trim(), status.as_str()),
+        );
+        let (mut n_members, mut n_milestones) = (0u64, 0u64);
+        for (key, user) in its_members {
+            if user == creator {
+                n_members += 1;
+                continue;
+            }
+            match project.try_apply(
+                ctx,
+                &Origin::new(M, &key),
+                "member",
+                cmd(ProjectAction::AddMember { user_id: user }),
+            ) {
+                Ok(()) => n_members += 1,
+                Err(why) => ctx.skip(M, &key, Reason::Invalid, why),
+            }
+        }
+        for m in its_milestones {
+            let mlegacy = text(&m, "id").unwrap_or_default();
+            let mid = id_of("milestone", &mlegacy);
+            let mo = Origin::new(S, &mlegacy);
+            let saved = project.checkpoint();
+            let title = text(&m, "title").unwrap_or_default();
+            let mut r = project.apply(
+                ctx,
+                &mo,
+                "add",
+                cmd(ProjectAction::AddMilestone {
+                    milestone_id: mid,
+                    title: title.clone(),
+                    due_date: date(&m, "dueDate"),
+                }),
+            );
+            let completed = time(&m, "completedAt");
+            if let (Ok(()), Some(at)) = (&r, completed) {
+                r = project.apply(
+                    ctx,
+                    &mo,
+                    "complete",
+                    cmd(ProjectAction::CompleteMilestone {
+                        milestone_id: mid,
+                        at,
+                    }),
+                );
+            }
+            match r {
+                Ok(()) => {
+                    s_exp.expect(
+                        &mlegacy,
+                        mid,
+                        format!("{id}|{}|{}", title.trim(), completed.is_some()),
+                    );
+                    n_milestones += 1;
+                }
+                Err(why) => {
+                    project.rollback(saved);
+                    ctx.skip(S, &mlegacy, Reason::Invalid, why);
+                }
+            }
+        }
+        let stream = project.stream();
+        let events = project.take();
+        let ctx2 = ctx.clone();
+        writer
+            .submit(stream.clone(), async move {
+                let ok = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
+                ctx2.count_with(M, ok, n_members);
+                ctx2.count_with(S, ok, n_milestones);
+                Ok(())
+            })
+            .await?;
+    }
+    writer.drain().await?;
+    ctx.end(T);
+    for (project, list) in members {
+        for (key, _) in list {
+            ctx.skip(
+                M,
+                &key,
+                Reason::Orphan,
+                format!("project {project} is missing"),
+            );
+        }
+    }
+    for list in milestones.into_values() {
+        for m in list {
+            ctx.skip(
+                S,
+                &text(&m, "id").unwrap_or_default(),
+                Reason::Orphan,
+                "its project is missing".into(),
+            );
+        }
+    }
+    ctx.expect(exp);
+    ctx.expect(s_exp);
+    Ok(())
+}
+
+async fn conversations(ctx: &Arc<Ctx>, dir: &Path, st: &State) -> anyhow::Result<()> {
+    const T: &str = "conversations";
+    const P: &str = "conversation_participants";
+    const M: &str = "messages";
+    const R: &str = "message_reactions";
+    let rows = load(dir, T)?;
+    ctx.begin(T, Some(rows.len() as u64));
+    let mut participants: HashMap<String, Vec<Uuid>> = HashMap::new();
+    for (i, p) in load(dir, P)?.iter().enumerate() {
+        ctx.read(P, 1);
+        let (Some(c), Some(user)) = (text(p, "conversationId"), text(p, "userId")) else {
+            ctx.skip(
+                P,
+                &format!("#{i}"),
+                Reason::Invalid,
+                "conversationId and userId are required".into(),
+            );
+            continue;
+        };
+        match st.users.get(&user) {
+            Some(uid) => participants.entry(c).or_default().push(*uid),
+            None => ctx.skip(
+                P,
+                &format!("{c}/{user}"),
+                Reason::Orphan,
+                format!("user {user} was not imported"),
+            ),
+        }
+    }
+    // Messages and reactions of each conversation, in time order.
+    let mut messages: HashMap<String, Vec<Value>> = HashMap::new();
+    for (i, m) in load(dir, M)?.into_iter().enumerate() {
+        ctx.read(M, 1);
+        match (text(&m, "conversationId"), text(&m, "id")) {
+            (Some(c), Some(_)) => messages.entry(c).or_default().push(m),
+            _ => ctx.skip(
+                M,
+                &format!("#{i}"),
+                Reason::Invalid,
+                "id and conversationId are required".into(),
+            ),
+        }
+    }
+    let mut reactions: HashMap<String, Vec<Value>> = HashMap::new();
+    for r in load(dir, R)? {
+        ctx.read(R, 1);
+        if let Some(m) = text(&r, "messageId") {
+            reactions.entry(m).or_default().push(r);
+        }
+    }
+    let mut exp = Expectation::new(
+        T,
+        "SELECT id::text, concat_ws('|', organization_id::text, kind, coalesce(name, '')) FROM channels \
+         WHERE id::text = ANY($1)",
+    );
+    let mut m_exp = Expectation::new(
+        M,
+        "SELECT id::text, concat_ws('|', author_id::text, coalesce(text, ''), (deleted_at IS NOT NULL)::text) \
+         FROM channel_messages WHERE id::text = ANY($1)",
+    );
+    let mut writer = Writer::default();
+    for (i, row) in rows.iter().enumerate() {
+        ctx.read(T, 1);
+        let Some(legacy) = id_or_skip(ctx, T, i, row) else {
+            continue;
+        };
+        let mut its_messages = messages.remove(&legacy).unwrap_or_default();
+        let people = participants.remove(&legacy).unwrap_or_default();
+        let orphans = |msgs: &[Value], why: &str| {
+            for m in msgs {
+                ctx.skip(
+                    M,
+                    &text(m, "id").unwrap_or_default(),
+                    Reason::Orphan,
+                    why.into(),
+                );
+            }
+        };
+        let Some((org, (owner, roles))) = org_of(st, row) else {
+            ctx.skip(
+                T,
+                &legacy,
+                Reason::Orphan,
+                "its organization was not imported".into(),
+            );
+            orphans(&its_messages, "its conversation was not imported");
+            continue;
+        };
+        let creator = text(row, "createdBy")
+            .and_then(|c| st.users.get(&c).copied())
+            .filter(|c| roles.contains_key(c))
+            .unwrap_or(*owner);
+        let caller = |user: Uuid| Caller {
+            organization_id: org,
+            user_id: user,
+            role: roles.get(&user).copied().unwrap_or(Role::Viewer),
+        };
+        let kind = match (
+            text(row, "type").as_deref(),
+            row.get("isPrivate").and_then(Value::as_bool),
+        ) {
+            (Some("direct"), _) => ChannelKind::Direct,
+            (_, Some(true)) => ChannelKind::Private,
+            _ => ChannelKind::Public,
+        };
+        let name = match kind {
+            ChannelKind::Direct => None,
+            _ => Some(text(row, "name").unwrap_or_else(|| "imported".into())),
+        };
+        let id = id_of("conversation", &legacy);
+        let origin = Origin::new(T, &legacy);
+        let mut channel = Entry::<Channel>::new(id, Some(org), Some(creator));
+        // Everyone in the organization reads a public channel: it has no member list.
+        let members: Vec<Uuid> = match kind {
+            ChannelKind::Public => Vec::new(),
+            _ => people
+                .iter()
+                .copied()
+                .filter(|u| *u != creator && roles.contains_key(u))
+                .collect(),
+        };
+        if let Err(why) = channel.apply(
+            ctx,
+            &origin,
+            "create",
+            ChannelScoped {
+                by: caller(creator),
+                cmd: ChannelCommand::Create {
+                    channel_id: id,
+                    kind,
+                    name: name.clone(),
+                    topic: None,
+                    members,
+                    at: time(row, "createdAt").unwrap_or_else(Utc::now),
+                },
+            },
+        ) {
+            ctx.skip(T, &legacy, Reason::Invalid, why);
+            orphans(&its_messages, "its conversation was not imported");
+            continue;
+        }
+        exp.expect(
+            &legacy,
+            id,
+            format!(
+                "{org}|{}|{}",
+                kind.as_str(),
+                name.as_deref().map(str::trim).unwrap_or("")
+            ),
+        );
+        its_messages.sort_by_key(|m| time(m, "createdAt"));
+        let mut imported: HashSet<String> = HashSet::new();
+        let (mut n, mut n_reactions) = (0u64, 0u64);
+        for m in &its_messages {
+            let mlegacy = text(m, "id").unwrap_or_default();
+            let mid = id_of("message", &mlegacy);
+            let mo = Origin::new(M, &mlegacy);
+            let Some(author) = text(m, "authorId").and_then(|a| st.users.get(&a).copied()) else {
+                ctx.skip(
+                    M,
+                    &mlegacy,
+                    Reason::Orphan,
+                    "its author was not imported".into(),
+                );
+                continue;
+            };
+            let parent = match text(m, "parentId") {
+                Some(p) if imported.contains(&p) => Some(id_of("message", &p)),
+                Some(_) => {
+                    ctx.skip(
+                        M,
+                        &mlegacy,
+                        Reason::Orphan,
+                        "its thread's first message was not imported".into(),
+                    );
+                    continue;
+                }
+                None => None,
+            };
+            let Some(at) = time(m, "createdAt") else {
+                ctx.skip(M, &mlegacy, Reason::Invalid, "createdAt: not a time".into());
+                continue;
+            };
+            let content = text(m, "content").unwrap_or_default();
+            let saved = channel.checkpoint();
+            let mut r = channel.apply(
+                ctx,
+                &mo,
+                "post",
+                ChannelScoped {
+                    by: caller(author),
+                    cmd: ChannelCommand::Post {
+                        message_id: mid,
+                        text: content.clone(),
+                        parent_id: parent,
+                        mentions: vec![],
+                        attachments: vec![],
+                        client_message_id: None,
+                        at,
+                    },
+                },
+            );
+            let deleted = time(m, "deletedAt");
+            if let (Ok(()), Some(when)) = (&r, deleted) {
+                r = channel.apply(
+                    ctx,
+                    &mo,
+                    "delete",
+                    ChannelScoped {
+                        by: caller(author),
+                        cmd: ChannelCommand::Delete {
+                            message_id: mid,
+                            at: when,
+                        },
+                    },
+                );
+            }
+            match r {
+                Ok(()) => {
+                    n += 1;
+                    imported.insert(mlegacy.clone());
+                    let shown = if deleted.is_some() {
+                        String::new()
+                    } else {
+                        content.trim().to_owned()
+                    };
+                    m_exp.expect(
+                        &mlegacy,
+                        mid,
+                        format!("{author}|{shown}|{}", deleted.is_some()),
+                    );
+                }
+                Err(why) => {
+                    channel.rollback(saved);
+                    ctx.skip(M, &mlegacy, Reason::Invalid, why);
+                    continue;
+                }
+            }
+            for (k, r) in reactions
+                .remove(&mlegacy)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                let key = format!("{mlegacy}/{k}");
+                let (Some(user), Some(emoji)) = (
+                    text(r, "userId").and_then(|u| st.users.get(&u).copied()),
+                    text(r, "emoji"),
+                ) else {
+                    ctx.skip(R, &key, Reason::Orphan, "its user was not imported".into());
+                    continue;
+                };
+                match channel.try_apply(
+                    ctx,
+                    &Origin::new(R, &key),
+                    "react",
+                    ChannelScoped {
+                        by: caller(user),
+                        cmd: ChannelCommand::React {
+                            message_id: mid,
+                            emoji,
+                            add: true,
+                        },
+                    },
+                ) {
+                    Ok(()) => n_reactions += 1,
+                    Err(why) => ctx.skip(R, &key, Reason::Invalid, why),
+                }
+            }
+        }
+        let stream = channel.stream();
+        let events = channel.take();
+        let ctx2 = ctx.clone();
+        let n_people = people.len() as u64;
+        writer
+            .submit(stream.clone(), async move {
+                let ok = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
+                ctx2.count_with(M, ok, n);
+                ctx2.count_with(R, ok, n_reactions);
+                ctx2.count_with(P, ok, n_people);
+                Ok(())
+            })
+            .await?;
+    }
+    writer.drain().await?;
+    ctx.end(T);
+    for list in messages.into_values() {
+        for m in list {
+            ctx.skip(
+                M,
+                &text(&m, "id").unwrap_or_default(),
+                Reason::Orphan,
+                "its conversation is missing".into(),
+            );
+        }
+    }
+    for (m, list) in reactions {
+        for (k, _) in list.iter().enumerate() {
+            ctx.skip(
+                R,
+                &format!("{m}/{k}"),
+                Reason::Orphan,
+                "its message is missing".into(),
+            );
+        }
+    }
+    ctx.expect(exp);
+    ctx.expect(m_exp);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn times_come_as_iso_strings_or_epoch_milliseconds() {
+        let iso = json!({"t": "2023-05-01T10:00:00Z"});
+        let ms = json!({"t": 1_682_935_200_000i64});
+        let ms_text = json!({"t": "1682935200000"});
+        assert_eq!(time(&iso, "t"), time(&ms, "t"));
+        assert_eq!(time(&ms, "t"), time(&ms_text, "t"));
+        assert_eq!(time(&json!({"t": "yesterday"}), "t"), None);
+    }
+
+    #[test]
+    fn legacy_ids_map_to_the_same_uuid_every_time_and_uuids_stay() {
+        assert_eq!(id_of("user", "u_17"), id_of("user", "u_17"));
+        assert_ne!(id_of("user", "u_17"), id_of("user", "u_18"));
+        assert_ne!(id_of("user", "u_17"), id_of("team", "u_17"));
+        let u = Uuid::new_v4();
+        assert_eq!(id_of("user", &u.to_string()), u);
+    }
 }
