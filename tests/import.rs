@@ -28,6 +28,13 @@ async fn legacy_database(schema: &str) -> (PgPool, String) {
     (pool, url)
 }
 
+/// The import's settings beside a running server: the server runs the projections.
+fn import_config(app: &TestApp) -> universal_backend::Config {
+    let mut config = test_config(app.database_url.clone());
+    config.run_projections = false;
+    config
+}
+
 fn args(source: Source, from: &str, report: &PathBuf) -> ImportArgs {
     ImportArgs {
         source,
@@ -308,7 +315,7 @@ async fn a_flowmind_database_comes_in_as_events_and_its_users_log_in_with_their_
     let app = spawn_app().await;
     let (src, src_url) = legacy_database(include_str!("../src/import/legacy/flowmind.sql")).await;
     let f = fill_flowmind(&src).await;
-    let config = test_config(app.database_url.clone());
+    let config = import_config(&app);
     let path = report_path();
 
     assert!(
@@ -511,7 +518,7 @@ async fn a_dry_run_writes_no_data_and_orphans_go_where_they_are_told() {
     let app = spawn_app().await;
     let (src, src_url) = legacy_database(include_str!("../src/import/legacy/flowmind.sql")).await;
     let f = fill_flowmind(&src).await;
-    let config = test_config(app.database_url.clone());
+    let config = import_config(&app);
     let path = report_path();
     let mut a = args(Source::Flowmind, &src_url, &path);
     a.dry_run = true;
@@ -622,7 +629,7 @@ fn write_fluxstudio_export() -> PathBuf {
 async fn a_fluxstudio_export_comes_in_with_mapped_ids_and_its_channels_answer_on_the_old_paths() {
     let app = spawn_app().await;
     let dir = write_fluxstudio_export();
-    let config = test_config(app.database_url.clone());
+    let config = import_config(&app);
     let path = report_path();
     let from = dir.to_str().unwrap();
     assert!(import::run(&config, args(Source::Fluxstudio, from, &path))
@@ -721,4 +728,182 @@ async fn a_fluxstudio_export_comes_in_with_mapped_ids_and_its_channels_answer_on
     assert_eq!(read_report(&again)["events_written"], 0);
     assert_eq!(data_events(&app.pool).await, before);
     std::fs::remove_dir_all(dir).ok();
+}
+
+#[actix_web::test]
+async fn toolboxai_users_executions_and_content_then_the_analyses_of_those_users() {
+    let app = spawn_app().await;
+    let (src, src_url) = legacy_database(include_str!("../src/import/legacy/toolboxai.sql")).await;
+    let (teacher, student) = (Uuid::new_v4(), Uuid::new_v4());
+    let t0 = Utc.with_ymd_and_hms(2025, 9, 1, 8, 0, 0).unwrap();
+    for (id, email, role, hash) in [
+        (
+            teacher,
+            "teacher@school.example",
+            "admin",
+            Some(bcrypt::hash(OLD_PASSWORD, 4).unwrap()),
+        ),
+        (student, "student@school.example", "student", None),
+    ] {
+        sqlx::query("INSERT INTO users (id, email, username, hashed_password, role, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(id)
+            .bind(email)
+            .bind(email.split('@').next().unwrap())
+            .bind(hash)
+            .bind(role)
+            .bind(t0)
+            .execute(&src)
+            .await
+            .unwrap();
+    }
+    let lesson = json!({"title": "Fractions", "summary": "Halves and quarters.", "sections": [{"heading": "Halves", "content": "One of two equal parts."}]});
+    let content = Uuid::new_v4();
+    sqlx::query("INSERT INTO educational_content (id, title, subject, grade_level, content, created_by, created_at) VALUES ($1, 'Fractions', 'maths', 4, $2, $3, $4)")
+        .bind(content)
+        .bind(&lesson)
+        .bind(teacher)
+        .bind(t0)
+        .execute(&src)
+        .await
+        .unwrap();
+    let (done, running, unknown) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for (id, agent, task, status, result) in [
+        (
+            done,
+            "content_generator",
+            "generate_content",
+            "completed",
+            Some(lesson.clone()),
+        ),
+        (
+            running,
+            "content_generator",
+            "generate_content",
+            "running",
+            None,
+        ),
+        (
+            unknown,
+            "essay_grader",
+            "grade",
+            "completed",
+            Some(json!({})),
+        ),
+    ] {
+        sqlx::query("INSERT INTO task_executions (id, agent_type, task_type, task_data, status, result, user_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(id)
+            .bind(agent)
+            .bind(task)
+            .bind(json!({"subject": "maths", "grade_level": 4}))
+            .bind(status)
+            .bind(result)
+            .bind(teacher)
+            .bind(t0)
+            .execute(&src)
+            .await
+            .unwrap();
+    }
+    let config = import_config(&app);
+    let path = report_path();
+    assert!(
+        import::run(&config, args(Source::Toolboxai, &src_url, &path))
+            .await
+            .unwrap()
+    );
+    let report = read_report(&path);
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(table(&report, "task_executions")["imported"], 2, "{report}");
+    assert_eq!(
+        skipped(&report, "task_executions", &unknown.to_string()).as_deref(),
+        Some("invalid")
+    );
+    assert_eq!(
+        table(&report, "educational_content")["imported"],
+        1,
+        "{report}"
+    );
+
+    // The teacher logs in with the old password and reads the executions.
+    let res = reqwest::Client::new()
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"email": "teacher@school.example", "password": OLD_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let tokens: Value = res.json().await.unwrap();
+    let toolbox = frontend_client(tokens["access_token"].as_str().unwrap(), "toolbox");
+    let (status, execution) = {
+        let res = toolbox
+            .get(app.url(&format!("/api/v1/agents/executions/{done}")))
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 200, "{execution}");
+    assert!(
+        execution.to_string().contains("One of two equal parts."),
+        "{execution}"
+    );
+
+    // The analyses of the same users.
+    let (asrc, asrc_url) = legacy_database(include_str!("../src/import/legacy/analysis.sql")).await;
+    let (analysis, orphan) = (Uuid::new_v4(), Uuid::new_v4());
+    for (id, user) in [(analysis, teacher), (orphan, Uuid::new_v4())] {
+        sqlx::query("INSERT INTO analyses (id, user_id, title, status, documents, questions, ai_insight, created_at) VALUES ($1, $2, 'Reading test', 'completed', $3, $4, 'Most pupils read fluently.', $5)")
+            .bind(id)
+            .bind(user)
+            .bind(json!([{"name": "class-4a.txt", "text": "Pupils read twenty pages a week."}]))
+            .bind(json!(["How much do pupils read?"]))
+            .bind(t0)
+            .execute(&asrc)
+            .await
+            .unwrap();
+    }
+    sqlx::query("INSERT INTO insights (id, analysis_id, user_id, text, created_at) VALUES ($1, $2, $3, 'Check class 4b too.', $4)")
+        .bind(Uuid::new_v4())
+        .bind(analysis)
+        .bind(teacher)
+        .bind(t0)
+        .execute(&asrc)
+        .await
+        .unwrap();
+    let path = report_path();
+    let mut a = args(Source::Analysis, &asrc_url, &path);
+    a.users_from = Some("toolboxai".into());
+    assert!(import::run(&config, a).await.unwrap());
+    let report = read_report(&path);
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(table(&report, "analyses")["imported"], 1, "{report}");
+    assert_eq!(table(&report, "insights")["imported"], 1, "{report}");
+    assert_eq!(
+        skipped(&report, "analyses", &orphan.to_string()).as_deref(),
+        Some("orphan")
+    );
+    // The teacher reads it, with both insights, on the analysis service's path.
+    let teacher_client = client_for_token(tokens["access_token"].as_str().unwrap());
+    let res = teacher_client
+        .get(app.url(&format!("/api/v1/analysis/{analysis}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains("Check class 4b too.") && text.contains("Most pupils read fluently."),
+        "{text}"
+    );
+    // The test app's own tenant, another organization, does not see it.
+    let (status, body) = app.get_json(&format!("/api/v1/analysis/{analysis}")).await;
+    assert_eq!(status, 404, "{body}");
+}
+
+fn client_for_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }

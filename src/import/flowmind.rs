@@ -303,11 +303,7 @@ async fn import_organizations(
         T,
         "SELECT id::text, name FROM organizations WHERE id::text = ANY($1)",
     );
-    let mut members_exp = Expectation::new(
-        P,
-        "SELECT m.user_id::text, concat_ws('|', m.organization_id::text, m.role) \
-         FROM memberships m WHERE m.user_id::text = ANY($1)",
-    );
+    let mut members_exp = Expectation::new(P, super::MEMBERSHIPS_SQL);
     // The members of each organization, oldest first; admins lead.
     let mut members: HashMap<Uuid, Vec<(Uuid, &Profile)>> = HashMap::new();
     let mut homeless = Vec::new();
@@ -433,7 +429,11 @@ async fn import_organizations(
                     continue;
                 }
             }
-            members_exp.expect(&legacy, user, format!("{id}|{}", p.role.as_str()));
+            members_exp.expect(
+                &legacy,
+                format!("{id}/{user}"),
+                format!("{id}|{}", p.role.as_str()),
+            );
             joined.push(*user);
         }
         for user in &joined {
@@ -475,7 +475,13 @@ async fn import_organizations(
                 let Some(org) = super::organization(ctx, target, first).await? else {
                     anyhow::bail!("--organization {target}: not found");
                 };
-                join(ctx, org, &homeless, users, &mut members_exp).await?;
+                let rows: Vec<_> = homeless
+                    .iter()
+                    .map(|(u, p)| (u.to_string(), *u, p.role))
+                    .collect();
+                for user in join(ctx, P, org, &rows, &mut members_exp).await? {
+                    users.org_of.insert(user, Some(org));
+                }
             }
             None => {
                 for (user, _) in &homeless {
@@ -495,33 +501,46 @@ async fn import_organizations(
     Ok(())
 }
 
-/// Adds users without an organization to `org` (one append on its stream).
-async fn join(
+/// Adds users to organization `org` (one append on its stream), as its first admin. Rows
+/// are `(legacy id, user, role)` of `table`; answers the users who joined.
+pub async fn join(
     ctx: &Arc<Ctx>,
+    table: &'static str,
     org: Uuid,
-    homeless: &[(Uuid, &Profile)],
-    users: &mut Users,
+    members: &[(String, Uuid, Role)],
     exp: &mut Expectation,
-) -> anyhow::Result<()> {
-    const P: &str = "user_profiles";
+) -> anyhow::Result<Vec<Uuid>> {
     // The organization's state, from the log, so that the decider sees its admins.
-    let state = crate::actors::runtime::state_of::<Organization>(ctx.store.as_ref(), org).await?;
+    let (_, state) =
+        crate::actors::runtime::state_of::<Organization>(ctx.store.as_ref(), org).await?;
+    if state.members.is_empty() && ctx.args.read_only() {
+        // A dry run did not create the organization: every member would join it.
+        ctx.count_with(table, true, members.len() as u64);
+        return Ok(members.iter().map(|(_, u, _)| *u).collect());
+    }
     let Some(admin) = state
-        .1
         .members
         .iter()
-        .find(|(_, r)| **r == Role::Admin)
+        .filter(|(_, r)| **r == Role::Admin)
         .map(|(u, _)| *u)
+        .min()
     else {
         anyhow::bail!("--organization: organization {org} has no admin");
     };
     let mut entry = Entry::<Organization>::new(org, Some(org), Some(admin));
-    entry.state = state.1;
-    let origin = Origin::new(P, format!("--organization/{org}"));
+    entry.state = state;
     let mut joined = Vec::new();
-    for (user, p) in homeless {
-        let legacy = user.to_string();
-        let o = Origin::new(P, &legacy);
+    for (legacy, user, role) in members {
+        let o = Origin::new(table, legacy);
+        if entry.state.members.get(user) == Some(role) {
+            exp.expect(
+                legacy,
+                format!("{org}/{user}"),
+                format!("{org}|{}", role.as_str()),
+            );
+            joined.push(*user);
+            continue;
+        }
         match entry.try_apply(
             ctx,
             &o,
@@ -530,40 +549,35 @@ async fn join(
                 actor: admin,
                 action: OrgAction::SetMember {
                     user_id: *user,
-                    role: p.role,
+                    role: *role,
                 },
             },
         ) {
             Ok(()) => {
-                exp.expect(&legacy, user, format!("{org}|{}", p.role.as_str()));
+                exp.expect(
+                    legacy,
+                    format!("{org}/{user}"),
+                    format!("{org}|{}", role.as_str()),
+                );
                 joined.push(*user);
             }
-            Err(why) => ctx.skip(P, &legacy, Reason::Invalid, why),
+            Err(why) => ctx.skip(table, legacy, Reason::Invalid, why),
         }
     }
     let events = entry.take();
-    let ok = if events.is_empty() {
-        true
-    } else {
-        ctx.commit(&entry.stream(), false, events).await?.is_ok()
-    };
-    if ok {
-        ctx.count_with(P, true, joined.len() as u64);
-        for user in joined {
-            users.org_of.insert(user, Some(org));
-        }
-    } else {
-        for user in joined {
+    if !events.is_empty() && ctx.commit(&entry.stream(), false, events).await?.is_err() {
+        for user in &joined {
             ctx.skip(
-                P,
+                table,
                 &user.to_string(),
                 Reason::Conflict,
                 "could not join --organization".into(),
             );
         }
+        return Ok(Vec::new());
     }
-    let _ = origin;
-    Ok(())
+    ctx.count_with(table, true, joined.len() as u64);
+    Ok(joined)
 }
 
 fn sensor_kind(s: &str) -> Option<SensorKind> {
@@ -1428,22 +1442,55 @@ fn task(
             at,
         }),
     )?;
-    let status = status.as_deref().map(str::trim).unwrap_or("pending");
+    let status = status
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or("pending")
+        .to_owned();
+    let error = result
+        .as_ref()
+        .and_then(|r| r.get("error"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let outcome = settle(ctx, &mut entry, &origin, org, &status, error, at, || {
+        legacy_result(task_type, result.as_ref())
+    })?;
+    Ok((entry, outcome))
+}
+
+/// Ends an imported task's history as its legacy status says: completed with its result,
+/// failed with its error, cancelled, or, when it was pending or running when the old backend
+/// stopped, failed as interrupted (never run again). Answers the status it ends in.
+#[allow(clippy::too_many_arguments)]
+pub fn settle(
+    ctx: &Ctx,
+    entry: &mut Entry<SwarmTask>,
+    origin: &Origin,
+    org: Uuid,
+    status: &str,
+    error: Option<String>,
+    at: DateTime<Utc>,
+    result: impl FnOnce() -> Result<TaskResult, String>,
+) -> Result<&'static str, String> {
+    let scoped = |cmd| TaskScoped {
+        organization_id: org,
+        cmd,
+    };
     let start = |entry: &mut Entry<SwarmTask>| {
         entry.apply(
             ctx,
-            &origin,
+            origin,
             "start",
             scoped(SwarmCommand::Start { attempt: 1, at }),
         )
     };
-    let outcome = match status {
+    Ok(match status {
         "completed" => {
-            start(&mut entry)?;
-            let result = legacy_result(task_type, result.as_ref())?;
+            start(entry)?;
+            let result = result()?;
             entry.apply(
                 ctx,
-                &origin,
+                origin,
                 "complete",
                 scoped(SwarmCommand::Complete {
                     attempt: 1,
@@ -1454,16 +1501,11 @@ fn task(
             "completed"
         }
         "failed" => {
-            start(&mut entry)?;
-            let error = result
-                .as_ref()
-                .and_then(|r| r.get("error"))
-                .and_then(Value::as_str)
-                .unwrap_or("failed in the legacy backend")
-                .to_owned();
+            start(entry)?;
+            let error = error.unwrap_or_else(|| "failed in the legacy backend".into());
             entry.apply(
                 ctx,
-                &origin,
+                origin,
                 "fail",
                 scoped(SwarmCommand::Fail {
                     attempt: 1,
@@ -1474,13 +1516,13 @@ fn task(
             "failed"
         }
         "cancelled" => {
-            entry.apply(ctx, &origin, "cancel", scoped(SwarmCommand::Cancel { at }))?;
+            entry.apply(ctx, origin, "cancel", scoped(SwarmCommand::Cancel { at }))?;
             "cancelled"
         }
-        "pending" | "running" => {
+        "pending" | "running" | "started" | "processing" => {
             entry.apply(
                 ctx,
-                &origin,
+                origin,
                 "interrupt",
                 scoped(SwarmCommand::Abandon {
                     reason: format!(
@@ -1493,8 +1535,7 @@ fn task(
             "failed"
         }
         other => return Err(format!("status: unknown status {other:?}")),
-    };
-    Ok((entry, outcome))
+    })
 }
 
 fn legacy_result(task_type: TaskType, result: Option<&Value>) -> Result<TaskResult, String> {

@@ -57,6 +57,11 @@ const MAX_DIFFERENCES: usize = 1_000;
 /// How long the verification waits for the projections to pass the import.
 const CATCH_UP_DEADLINE: Duration = Duration::from_secs(600);
 
+/// Memberships, keyed `organization/user`, signed `organization|role`.
+pub const MEMBERSHIPS_SQL: &str = "SELECT organization_id::text || '/' || user_id::text, \
+     concat_ws('|', organization_id::text, role) FROM memberships \
+     WHERE organization_id::text || '/' || user_id::text = ANY($1)";
+
 /// Which legacy backend the data comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -923,7 +928,7 @@ fn print_report(r: &Report) {
 }
 
 /// Finds an organization by id or name, for `--organization`; creates one named so when
-/// none exists (its first admin is `creator`).
+/// none exists (its first admin is `creator`), with the source's frontend enabled.
 pub async fn organization(
     ctx: &Ctx,
     name_or_id: &str,
@@ -970,6 +975,27 @@ pub async fn organization(
         },
     )
     .map_err(|e| anyhow::anyhow!("--organization {name_or_id}: {e}"))?;
+    // The frontend whose data comes in is enabled in the organization made for it.
+    let frontend = match ctx.source {
+        Source::Toolboxai => Some(universal_events::identity::Frontend::Toolbox),
+        Source::Fluxstudio => Some(universal_events::identity::Frontend::Fluxstudio),
+        Source::Flowmind | Source::Analysis => Some(universal_events::identity::Frontend::Flowmind),
+    };
+    if let Some(frontend) = frontend {
+        org.apply(
+            ctx,
+            &origin,
+            "frontend",
+            crate::actors::organization::OrgCommand {
+                actor: creator,
+                action: crate::actors::organization::OrgAction::SetFrontend {
+                    frontend,
+                    enabled: true,
+                },
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("--organization {name_or_id}: {e}"))?;
+    }
     let events = org.take();
     if let Err(why) = ctx.commit(&org.stream(), true, events).await? {
         anyhow::bail!("--organization {name_or_id}: {why}");
