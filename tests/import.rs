@@ -907,3 +907,84 @@ fn client_for_token(token: &str) -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+#[actix_web::test]
+async fn an_import_killed_mid_run_completes_on_the_next_run_with_nothing_doubled() {
+    let app = spawn_app().await;
+    let (src, src_url) = legacy_database(include_str!("../src/import/legacy/flowmind.sql")).await;
+    let scale = import::flowmind::Scale {
+        organizations: 5,
+        users: 200,
+        buildings: 40,
+        sensors_per_building: 2,
+        readings: 100_000,
+        sessions: 300,
+        messages: 1_500,
+        tasks: 100,
+    };
+    import::flowmind::generate(&src, scale, OLD_PASSWORD)
+        .await
+        .unwrap();
+
+    // The real command, killed with SIGKILL once it is writing buildings.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_universal-backend"))
+        .args(["import", "flowmind", "--from", &src_url])
+        .env("DATABASE_URL", &app.database_url)
+        .env("RUN_PROJECTIONS", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        let buildings: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE stream_category = 'building' AND event_type = 'ReadingsRecorded'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the import ended before it could be killed"
+        );
+        if buildings > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = data_events(&app.pool).await;
+
+    let config = import_config(&app);
+    let path = report_path();
+    assert!(
+        import::run(&config, args(Source::Flowmind, &src_url, &path))
+            .await
+            .unwrap()
+    );
+    let report = read_report(&path);
+    assert_eq!(report["verified"], true, "{report}");
+    let readings = table(&report, "energy_readings");
+    // Every reading is here exactly once: some from the killed run, the rest from this one,
+    // and the verification compared the counts per sensor and day with the source.
+    assert_eq!(readings["read"], 100_000);
+    assert_eq!(
+        readings["imported"].as_u64().unwrap() + readings["unchanged"].as_u64().unwrap(),
+        100_000
+    );
+    assert!(readings["unchanged"].as_u64().unwrap() > 0 || partial > 0);
+    let sum: f64 = sqlx::query_scalar("SELECT sum(samples)::float8 FROM energy_daily")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sum, 100_000.0);
+    // And a third run finds everything in place.
+    let again = report_path();
+    assert!(
+        import::run(&config, args(Source::Flowmind, &src_url, &again))
+            .await
+            .unwrap()
+    );
+    assert_eq!(read_report(&again)["events_written"], 0);
+}

@@ -1612,3 +1612,124 @@ mod tests {
         assert!(legacy_result(TaskType::Quantum, Some(&serde_json::json!({}))).is_err());
     }
 }
+
+/// The size of a generated FlowMind database ([`generate`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Scale {
+    pub organizations: u32,
+    pub users: u32,
+    pub buildings: u32,
+    pub sensors_per_building: u32,
+    pub readings: u32,
+    pub sessions: u32,
+    pub messages: u32,
+    pub tasks: u32,
+}
+
+impl Scale {
+    /// The benchmark's size: 10,000 users, 1,000,000 readings, 20,000 chats with 200,000
+    /// messages and 5,000 swarm tasks.
+    pub const BENCH: Scale = Scale {
+        organizations: 100,
+        users: 10_000,
+        buildings: 1_000,
+        sensors_per_building: 4,
+        readings: 1_000_000,
+        sessions: 20_000,
+        messages: 200_000,
+        tasks: 5_000,
+    };
+}
+
+/// Fills an empty database of the FlowMind legacy shape with generated rows, server-side
+/// (for the benchmark and the tests that need volume). Every user's password is `password`.
+pub async fn generate(pool: &PgPool, scale: Scale, password: &str) -> anyhow::Result<()> {
+    let hash = bcrypt::hash(password, 4)?;
+    let s = scale;
+    let statements = [
+        format!(
+            "INSERT INTO organizations (id, name, features, created_at) \
+             SELECT md5('org' || i)::uuid, 'Organization ' || i, \
+                    '{{\"citypulse\": true, \"flowmind\": true, \"quantum\": true}}', \
+                    '2024-01-01'::timestamptz + i * interval '1 minute' \
+             FROM generate_series(1, {}) i",
+            s.organizations
+        ),
+        format!(
+            "INSERT INTO auth.users (id, email, encrypted_password, raw_user_meta_data, created_at) \
+             SELECT md5('user' || i)::uuid, 'user' || i || '@example.org', $1, \
+                    jsonb_build_object('full_name', 'User ' || i), \
+                    '2024-01-01'::timestamptz + i * interval '1 second' \
+             FROM generate_series(1, {}) i",
+            s.users
+        ),
+        format!(
+            "INSERT INTO user_profiles (id, organization_id, role, created_at) \
+             SELECT md5('user' || i)::uuid, md5('org' || (1 + i % {orgs}))::uuid, \
+                    CASE WHEN i <= {orgs} THEN 'admin' ELSE 'member' END, \
+                    '2024-01-01'::timestamptz + i * interval '1 second' \
+             FROM generate_series(1, {users}) i",
+            orgs = s.organizations,
+            users = s.users
+        ),
+        format!(
+            "INSERT INTO buildings (id, user_id, name, address, floor_area, created_at) \
+             SELECT md5('building' || i)::uuid, md5('user' || (1 + i % {})::text)::uuid, \
+                    'Building ' || i, 'Street ' || i, 100 + i, '2024-01-01' \
+             FROM generate_series(1, {}) i",
+            s.organizations.max(1),
+            s.buildings
+        ),
+        format!(
+            "INSERT INTO sensors (id, building_id, name, type, unit, status) \
+             SELECT md5('sensor' || b || '/' || k)::uuid, md5('building' || b)::uuid, \
+                    'Meter ' || k, 'electricity', 'kWh', 'active' \
+             FROM generate_series(1, {}) b, generate_series(1, {}) k",
+            s.buildings, s.sensors_per_building
+        ),
+        format!(
+            "INSERT INTO energy_readings (sensor_id, \"timestamp\", value) \
+             SELECT md5('sensor' || (1 + i % {b}) || '/' || (1 + (i / {b}) % {k}))::uuid, \
+                    '2025-01-01'::timestamptz + (i / ({b} * {k})) * interval '15 minutes', \
+                    (i % 1000) / 10.0 \
+             FROM generate_series(0, {} - 1) i",
+            s.readings,
+            b = s.buildings,
+            k = s.sensors_per_building
+        ),
+        format!(
+            "INSERT INTO old_chat_sessions (id, user_id, title, model_id, created_at) \
+             SELECT md5('session' || i)::uuid, md5('user' || (1 + i % {}))::uuid, \
+                    'Chat ' || i, 'gpt-4o-mini', '2024-06-01'::timestamptz + i * interval '1 second' \
+             FROM generate_series(1, {}) i",
+            s.users, s.sessions
+        ),
+        format!(
+            "INSERT INTO old_chat_messages (id, session_id, role, content, created_at) \
+             SELECT md5('message' || i)::uuid, md5('session' || (1 + i % {sessions}))::uuid, \
+                    CASE WHEN (i / {sessions}) % 2 = 0 THEN 'user' ELSE 'assistant' END, \
+                    'Message ' || i || ' about energy use in the building', \
+                    '2024-06-01'::timestamptz + (i / {sessions}) * interval '1 minute' \
+             FROM generate_series(0, {} - 1) i",
+            s.messages,
+            sessions = s.sessions.max(1)
+        ),
+        format!(
+            "INSERT INTO old_swarm_tasks (id, user_id, type, objective, config, status, result, created_at) \
+             SELECT md5('task' || i)::uuid, md5('user' || (1 + i % {}))::uuid, 'quantum', 'sphere', \
+                    '{{\"dimensions\": 2, \"particles\": 20, \"iterations\": 50}}', \
+                    CASE WHEN i % 10 = 0 THEN 'running' ELSE 'completed' END, \
+                    '{{\"best_position\": [0.0, 0.0], \"best_cost\": 0.001, \"iterations\": 50}}', \
+                    '2024-07-01'::timestamptz + i * interval '1 minute' \
+             FROM generate_series(1, {}) i",
+            s.users, s.tasks
+        ),
+    ];
+    for (i, sql) in statements.iter().enumerate() {
+        let q = sqlx::query(sql);
+        let q = if i == 1 { q.bind(&hash) } else { q };
+        q.execute(pool).await?;
+    }
+    sqlx::query("ANALYZE").execute(pool).await?;
+    Ok(())
+}
