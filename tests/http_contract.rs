@@ -69,6 +69,8 @@ const ROUTES: &[(&str, &str)] = &[
         "POST",
         "/api/v1/admin/parked-events/{projection}/{position}/skip",
     ),
+    ("GET", "/api/v1/admin/imports"),
+    ("GET", "/api/v1/admin/imports/ids"),
     ("GET", "/api/v1/info"),
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/api/v1/docs"),

@@ -717,7 +717,37 @@ async fn a_fluxstudio_export_comes_in_with_mapped_ids_and_its_channels_answer_on
         !text.contains("oops"),
         "a deleted message shows no text: {text}"
     );
-    let _ = lena;
+    // Operators read which id a legacy id became, and the runs; others may not.
+    let ids = "/api/v1/admin/imports/ids?source=fluxstudio&kind=user&legacy_id=u_1";
+    assert_eq!(app.get_json(ids).await.0, 403);
+    let store = universal_backend::store::PgEventStore::start(app.pool.clone(), Default::default())
+        .await
+        .unwrap();
+    universal_backend::http::admin::set_operator(&app.pool, store, &app.tenant.email, true)
+        .await
+        .unwrap();
+    let mut answer = (0, Value::Null);
+    for _ in 0..200 {
+        answer = app.get_json(ids).await;
+        if answer.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    assert_eq!(answer.1["id"], lena.to_string());
+    assert_eq!(answer.1["exists"], true);
+    let (status, body) = app
+        .get_json("/api/v1/admin/imports/ids?source=legacy&kind=user&legacy_id=u_1")
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, runs) = app.get_json("/api/v1/admin/imports").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        runs["items"][0]["started"]["source"], "fluxstudio",
+        "{runs}"
+    );
+    assert_eq!(runs["items"][0]["completed"]["verified"], true, "{runs}");
 
     // Idempotent: the second run writes no data event.
     let before = data_events(&app.pool).await;

@@ -1,4 +1,5 @@
-//! Operator actions across tenants: the events projections have parked.
+//! Operator actions across tenants: the events projections have parked, and the runs of the
+//! legacy import.
 //!
 //! **Who is an operator.** A user whose *account-wide* roles (`RoleAssigned` on the user's
 //! stream, the `roles` claim of the access token, [`Principal::roles`]) include `admin`. This
@@ -16,6 +17,8 @@
 //! | `GET /admin/parked-events/{projection}/{position}` | one row |
 //! | `POST /admin/parked-events/{projection}/{position}/retry` | apply it now |
 //! | `POST /admin/parked-events/{projection}/{position}/skip` | leave it out, `{reason?}` |
+//! | `GET /admin/imports?limit&before` | legacy import runs, newest first, with their figures |
+//! | `GET /admin/imports/ids?source&kind&legacy_id` | the id a legacy id became |
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -49,8 +52,159 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(
                 "/parked-events/{projection}/{position}/skip",
                 web::post().to(skip_parked),
-            ),
+            )
+            .route("/imports", web::get().to(list_imports))
+            .route("/imports/ids", web::get().to(import_id)),
     );
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ImportListParams {
+    /// Runs per page, 1 to 100 (default 20).
+    limit: Option<i64>,
+    /// `next_before` of the previous page.
+    before: Option<i64>,
+}
+
+/// `GET /api/v1/admin/imports`: the legacy import runs, newest first, each with its
+/// `ImportStarted` and, once it ended, its `ImportCompleted` figures.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/imports",
+    tag = "operations",
+    params(ImportListParams),
+    responses((status = 200, description = "Import runs, newest first (operators only)", body = super::schema::ImportRunPage)),
+)]
+pub(crate) async fn list_imports(
+    state: web::Data<AppState>,
+    who: Principal,
+    params: web::Query<ImportListParams>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&state, &who).await?;
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 100"));
+    }
+    let before = params.before.unwrap_or(i64::MAX);
+    let started: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT global_position, stream_id, data FROM events \
+         WHERE stream_category = 'import' AND event_type = 'ImportStarted' \
+         AND global_position < $1 ORDER BY global_position DESC LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    let more = started.len() as i64 > limit;
+    let started = &started[..started.len().min(limit as usize)];
+    let streams: Vec<String> = started.iter().map(|(_, s, _)| s.clone()).collect();
+    let completed: std::collections::HashMap<String, serde_json::Value> = sqlx::query_as(
+        "SELECT stream_id, data FROM events WHERE stream_id = ANY($1) \
+         AND event_type = 'ImportCompleted'",
+    )
+    .bind(&streams)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(ApiError::internal)?
+    .into_iter()
+    .collect();
+    let items: Vec<_> = started
+        .iter()
+        .map(|(position, stream, data)| {
+            json!({
+                "position": position,
+                "started": data,
+                "completed": completed.get(stream),
+            })
+        })
+        .collect();
+    let next_before = if more {
+        started.last().map(|(p, ..)| *p)
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "next_before": next_before })))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ImportIdParams {
+    /// `flowmind`, `toolboxai`, `analysis` or `fluxstudio`.
+    source: String,
+    /// `user`, `organization`, `team`, `project`, `milestone`, `conversation` or `message`.
+    kind: String,
+    /// The id as the legacy data wrote it (`u_17`).
+    legacy_id: String,
+}
+
+/// The kinds of legacy ids, with the stream category of their entity where they have one.
+const ID_KINDS: [(&str, Option<&str>); 7] = [
+    ("user", Some("user")),
+    ("organization", Some("organization")),
+    ("team", Some("team")),
+    ("project", Some("project")),
+    ("conversation", Some("channel")),
+    ("milestone", None),
+    ("message", None),
+];
+
+/// `GET /api/v1/admin/imports/ids`: which id a legacy id became (a UUID stays itself; any
+/// other id maps to the same UUID on every run), and whether that entity is here.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/imports/ids",
+    tag = "operations",
+    params(ImportIdParams),
+    responses(
+        (status = 200, description = "The id (operators only)", body = super::schema::ImportedId),
+        (status = 400, description = "Unknown source or kind", body = super::schema::ErrorBody),
+    ),
+)]
+pub(crate) async fn import_id(
+    state: web::Data<AppState>,
+    who: Principal,
+    params: web::Query<ImportIdParams>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&state, &who).await?;
+    let p = params.into_inner();
+    if !["flowmind", "toolboxai", "analysis", "fluxstudio"].contains(&p.source.as_str()) {
+        return Err(ApiError::validation(
+            "source",
+            "one of flowmind, toolboxai, analysis, fluxstudio",
+        ));
+    }
+    let Some((_, category)) = ID_KINDS.iter().find(|(k, _)| *k == p.kind) else {
+        return Err(ApiError::validation(
+            "kind",
+            "one of user, organization, team, project, milestone, conversation, message",
+        ));
+    };
+    if p.legacy_id.is_empty() || p.legacy_id.len() > 200 {
+        return Err(ApiError::validation("legacy_id", "1 to 200 characters"));
+    }
+    let id = crate::import::mapped_id(&p.source, &p.kind, &p.legacy_id);
+    let stream = category.map(|c| format!("{c}-{id}"));
+    let exists = match &stream {
+        Some(s) => Some(
+            !state
+                .store
+                .read_stream(s, 1, crate::store::Direction::Forward, 1)
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?
+                .is_empty(),
+        ),
+        None => None,
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "source": p.source,
+        "kind": p.kind,
+        "legacy_id": p.legacy_id,
+        "id": id,
+        "stream": stream,
+        "exists": exists,
+    })))
 }
 
 /// The operator's id, or 403.

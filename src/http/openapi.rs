@@ -82,6 +82,8 @@ use crate::gateways::pusher::socket as pusher;
         admin::get_parked,
         admin::retry_parked,
         admin::skip_parked,
+        admin::list_imports,
+        admin::import_id,
         socket_io_polling,
         ai::models,
         ai::providers,

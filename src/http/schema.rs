@@ -532,6 +532,40 @@ pub struct ParkedEventPage {
     pub next_cursor: Option<String>,
 }
 
+/// One legacy import run: its `ImportStarted` data and, once it ended, its `ImportCompleted`
+/// data (figures per table, events written, verification).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ImportRun {
+    pub position: i64,
+    #[schema(value_type = Object)]
+    pub started: serde_json::Value,
+    #[schema(value_type = Option<Object>)]
+    pub completed: Option<serde_json::Value>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ImportRunPage {
+    pub items: Vec<ImportRun>,
+    /// Pass as `before` for the next page; absent on the last.
+    pub next_before: Option<i64>,
+}
+
+/// The id a legacy id became.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ImportedId {
+    pub source: String,
+    pub kind: String,
+    pub legacy_id: String,
+    pub id: uuid::Uuid,
+    /// The entity's stream, for kinds that have one.
+    pub stream: Option<String>,
+    /// Whether that stream holds events (absent for kinds without a stream).
+    pub exists: Option<bool>,
+}
+
 /// The optional header of a command that takes no `If-Match`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
