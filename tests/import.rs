@@ -486,6 +486,12 @@ async fn a_flowmind_database_comes_in_as_events_and_its_users_log_in_with_their_
     assert_eq!(report["events_written"], 0, "{report}");
     assert_eq!(data_events(&app.pool).await, before + 1 - 1);
     assert_eq!(table(&report, "energy_readings")["unchanged"], 53);
+    assert_eq!(table(&report, "user_profiles")["unchanged"], 3, "{report}");
+    assert_eq!(
+        table(&report, "old_chat_messages")["imported"],
+        0,
+        "{report}"
+    );
 
     // The run records, listed for operators.
     let runs: i64 =
@@ -717,6 +723,37 @@ async fn a_fluxstudio_export_comes_in_with_mapped_ids_and_its_channels_answer_on
         !text.contains("oops"),
         "a deleted message shows no text: {text}"
     );
+    // And on the socket: she joins the imported channel and answers in its imported thread.
+    let node_args = vec![
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/socketio/imported.mjs").to_owned(),
+        app.base.clone(),
+        tokens["access_token"].as_str().unwrap().to_owned(),
+        general.to_string(),
+        import::fluxstudio::id_of("message", "m_1").to_string(),
+    ];
+    let output = actix_web::rt::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .args(node_args)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "node failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["joined"]["ok"], true, "{r}");
+    assert_eq!(r["message"]["author_id"], lena.to_string(), "{r}");
+    assert_eq!(
+        r["message"]["parent_id"],
+        import::fluxstudio::id_of("message", "m_1").to_string(),
+        "{r}"
+    );
+
     // Operators read which id a legacy id became, and the runs; others may not.
     let ids = "/api/v1/admin/imports/ids?source=fluxstudio&kind=user&legacy_id=u_1";
     assert_eq!(app.get_json(ids).await.0, 403);

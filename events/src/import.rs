@@ -47,6 +47,9 @@ pub struct TableFigures {
     pub skipped: BTreeMap<String, u64>,
     /// Rows whose checksum differs between the source and the read models.
     pub mismatched: u64,
+    /// Time spent reading and writing the table.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+#[path = "bench/import.rs"]
+mod import_bench;
+
 /// mimalloc: the service allocates many short-lived buffers per request (JSON, events);
 /// it measured faster than the system allocator under the benchmark.
 #[global_allocator]
@@ -45,6 +48,9 @@ struct Args {
     /// Keep the benchmark database afterwards (it is dropped by default).
     #[arg(long)]
     keep: bool,
+    /// Size of the generated legacy database in import mode (1 = 1,000,000 readings).
+    #[arg(long, default_value_t = 1.0)]
+    import_scale: f64,
     /// Measure live delivery instead: `ws` runs 1,000 socket subscribers on one building,
     /// then 1,000 spread over 100 buildings; `chat` runs concurrent FlowMind chats against a
     /// stand-in provider that streams at a fixed rate; `pusher` runs 1,000 Pusher subscribers on
@@ -53,7 +59,8 @@ struct Args {
     /// `--rate` messages per second in all; `swarm` measures swarm tasks: a particle swarm
     /// run through the whole stack against argmin alone, and a 10,000-subtask batch; `agents`
     /// runs `--subscribers` Pusher subscribers on `content-generation` while `--rate` agent
-    /// executions per second (against a stand-in provider) publish from the log.
+    /// executions per second (against a stand-in provider) publish from the log; `import`
+    /// generates a FlowMind legacy database and imports it (`--import-scale`).
     #[arg(long, default_value = "commands")]
     mode: String,
     /// Socket subscribers (ws mode).
@@ -741,6 +748,9 @@ async fn main() -> anyhow::Result<()> {
         args.server.trim_end_matches('/'),
         chrono::Utc::now().format("%Y%m%d%H%M%S")
     );
+    if args.mode == "import" {
+        return import_bench::run(&args.server, &database_url, args.import_scale, args.keep).await;
+    }
     // Chat mode: a stand-in OpenAI-compatible provider on a thread of its own.
     let provider_url = if args.mode == "chat" {
         Some(chat::start_provider(args.tokens, args.token_rate, None)?)

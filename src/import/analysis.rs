@@ -141,8 +141,8 @@ pub async fn run(ctx: &Arc<Ctx>) -> anyhow::Result<()> {
                 let ctx2 = ctx.clone();
                 writer
                     .submit(stream.clone(), async move {
-                        let ok = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
-                        ctx2.count_with(I, ok, n as u64);
+                        let outcome = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
+                        ctx2.count_with(I, outcome, n as u64);
                         Ok(())
                     })
                     .await?;

@@ -185,8 +185,10 @@ pub async fn register_user(
             return Ok(false);
         }
     }
-    ctx.commit_rows(&user.stream(), true, user.take(), &origin, 1)
-        .await
+    Ok(ctx
+        .commit_rows(&user.stream(), true, user.take(), &origin, 1)
+        .await?
+        .is_some())
 }
 
 async fn import_users(
@@ -445,8 +447,8 @@ async fn import_organizations(
         let events = org.take();
         writer
             .submit(stream.clone(), async move {
-                let ok = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
-                ctx2.count_with(P, ok, n);
+                let outcome = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
+                ctx2.count_with(P, outcome, n);
                 Ok(())
             })
             .await?;
@@ -515,7 +517,7 @@ pub async fn join(
         crate::actors::runtime::state_of::<Organization>(ctx.store.as_ref(), org).await?;
     if state.members.is_empty() && ctx.args.read_only() {
         // A dry run did not create the organization: every member would join it.
-        ctx.count_with(table, true, members.len() as u64);
+        ctx.count_with(table, Some(super::Commit::Written), members.len() as u64);
         return Ok(members.iter().map(|(_, u, _)| *u).collect());
     }
     let Some(admin) = state
@@ -565,7 +567,12 @@ pub async fn join(
         }
     }
     let events = entry.take();
-    if !events.is_empty() && ctx.commit(&entry.stream(), false, events).await?.is_err() {
+    let outcome = if events.is_empty() {
+        Ok(super::Commit::Unchanged)
+    } else {
+        ctx.commit(&entry.stream(), false, events).await?
+    };
+    let Ok(outcome) = outcome else {
         for user in &joined {
             ctx.skip(
                 table,
@@ -575,8 +582,8 @@ pub async fn join(
             );
         }
         return Ok(Vec::new());
-    }
-    ctx.count_with(table, true, joined.len() as u64);
+    };
+    ctx.count_with(table, Some(outcome), joined.len() as u64);
     Ok(joined)
 }
 
@@ -791,9 +798,9 @@ async fn import_buildings(
         let failed = failed.clone();
         writer
             .submit(stream.clone(), async move {
-                let ok = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
-                ctx2.count_with(S, ok, n_sensors);
-                if !ok {
+                let outcome = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
+                ctx2.count_with(S, outcome, n_sensors);
+                if outcome.is_none() {
                     failed.lock().unwrap_or_else(|e| e.into_inner()).push(id);
                 }
                 Ok(())
@@ -1298,8 +1305,8 @@ async fn import_chats(ctx: &Arc<Ctx>, src: &PgPool, users: &Users) -> anyhow::Re
         let ctx2 = ctx.clone();
         writer
             .submit(stream.clone(), async move {
-                let ok = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
-                ctx2.count_with(M, ok, n);
+                let outcome = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
+                ctx2.count_with(M, outcome, n);
                 Ok(())
             })
             .await?;

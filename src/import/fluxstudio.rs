@@ -411,9 +411,9 @@ async fn organizations(ctx: &Arc<Ctx>, dir: &Path, st: &mut State) -> anyhow::Re
         let failed = failed.clone();
         writer
             .submit(stream.clone(), async move {
-                let ok = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
-                ctx2.count_with(M, ok, n);
-                if !ok {
+                let outcome = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
+                ctx2.count_with(M, outcome, n);
+                if outcome.is_none() {
                     failed.lock().unwrap_or_else(|e| e.into_inner()).push(id);
                 }
                 Ok(())
@@ -567,8 +567,8 @@ async fn teams(ctx: &Arc<Ctx>, dir: &Path, st: &mut State) -> anyhow::Result<()>
         let ctx2 = ctx.clone();
         writer
             .submit(stream.clone(), async move {
-                let ok = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
-                ctx2.count_with(M, ok, n);
+                let outcome = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
+                ctx2.count_with(M, outcome, n);
                 Ok(())
             })
             .await?;
@@ -781,9 +781,9 @@ async fn projects(ctx: &Arc<Ctx>, dir: &Path, st: &State) -> anyhow::Result<()> 
         let ctx2 = ctx.clone();
         writer
             .submit(stream.clone(), async move {
-                let ok = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
-                ctx2.count_with(M, ok, n_members);
-                ctx2.count_with(S, ok, n_milestones);
+                let outcome = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
+                ctx2.count_with(M, outcome, n_members);
+                ctx2.count_with(S, outcome, n_milestones);
                 Ok(())
             })
             .await?;
@@ -1091,10 +1091,10 @@ async fn conversations(ctx: &Arc<Ctx>, dir: &Path, st: &State) -> anyhow::Result
         let n_people = people.len() as u64;
         writer
             .submit(stream.clone(), async move {
-                let ok = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
-                ctx2.count_with(M, ok, n);
-                ctx2.count_with(R, ok, n_reactions);
-                ctx2.count_with(P, ok, n_people);
+                let outcome = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
+                ctx2.count_with(M, outcome, n);
+                ctx2.count_with(R, outcome, n_reactions);
+                ctx2.count_with(P, outcome, n_people);
                 Ok(())
             })
             .await?;

@@ -204,6 +204,8 @@ pub struct Report {
     pub verified: bool,
     pub differences: Vec<Difference>,
     pub differences_total: u64,
+    /// Seconds the projections took to pass the import after its last write.
+    pub catch_up_seconds: Option<f64>,
     pub seconds: f64,
 }
 
@@ -254,7 +256,7 @@ pub struct Ctx {
     skipped_keys: Mutex<HashMap<&'static str, HashSet<String>>>,
     written: AtomicU64,
     expectations: Mutex<Vec<Expectation>>,
-    progress: Mutex<HashMap<&'static str, crate::progress::Progress>>,
+    progress: Mutex<HashMap<&'static str, (crate::progress::Progress, Instant)>>,
 }
 
 impl Ctx {
@@ -295,25 +297,32 @@ impl Ctx {
         self.progress
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(table, crate::progress::Progress::new(&label, total));
+            .insert(
+                table,
+                (
+                    crate::progress::Progress::new(&label, total),
+                    Instant::now(),
+                ),
+            );
     }
 
     /// Ends the progress bar of `table`.
     pub fn end(&self, table: &'static str) {
-        if let Some(p) = self
+        let ended = self
             .progress
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(table)
-        {
+            .remove(table);
+        if let Some((p, started)) = ended {
             p.finish();
+            self.with_table(table, |t| t.seconds += started.elapsed().as_secs_f64());
         }
     }
 
     /// Counts `n` rows read from `table`.
     pub fn read(&self, table: &'static str, n: u64) {
         self.with_table(table, |t| t.read += n);
-        if let Some(p) = self
+        if let Some((p, _)) = self
             .progress
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -443,6 +452,7 @@ impl Ctx {
     }
 
     /// Appends and counts the outcome for `rows` rows of `origin.table`: a conflict skips them.
+    /// Answers the outcome (`None` for a conflict).
     pub async fn commit_rows(
         &self,
         stream: &str,
@@ -450,23 +460,23 @@ impl Ctx {
         events: Vec<NewEvent>,
         origin: &Origin,
         rows: u64,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<Commit>> {
         match self.commit(stream, first, events).await? {
             Ok(outcome) => {
                 self.count(origin.table, outcome, rows);
-                Ok(true)
+                Ok(Some(outcome))
             }
             Err(why) => {
                 self.skip(origin.table, &origin.legacy_id, Reason::Conflict, why);
-                Ok(false)
+                Ok(None)
             }
         }
     }
 
-    /// Counts rows whose events went out with another row's append.
-    pub fn count_with(&self, table: &'static str, ok: bool, rows: u64) {
-        if ok {
-            self.with_table(table, |t| t.imported += rows);
+    /// Counts rows whose events went out with another row's append, as that append went.
+    pub fn count_with(&self, table: &'static str, outcome: Option<Commit>, rows: u64) {
+        if let Some(outcome) = outcome {
+            self.count(table, outcome, rows);
         }
     }
 
@@ -769,6 +779,13 @@ fn describe_from(from: &str) -> String {
 /// Runs an import (or its dry run or verification) to the end and prints its report; answers
 /// whether the verification found the read models equal to the source.
 pub async fn run(config: &Config, args: ImportArgs) -> anyhow::Result<bool> {
+    let dry_run = args.dry_run;
+    let report = run_with_report(config, args).await?;
+    Ok(dry_run || report.differences_total == 0)
+}
+
+/// Like [`run`], answering the whole report.
+pub async fn run_with_report(config: &Config, args: ImportArgs) -> anyhow::Result<Report> {
     let started = Instant::now();
     let pool = crate::startup::connect_and_migrate(config).await?;
     let store = crate::store::PgEventStore::start(pool.clone(), config.store()).await?;
@@ -813,11 +830,13 @@ pub async fn run(config: &Config, args: ImportArgs) -> anyhow::Result<bool> {
         Source::Analysis => analysis::run(&ctx).await?,
         Source::Fluxstudio => fluxstudio::run(&ctx).await?,
     }
+    let mut catch_up_seconds = None;
     let (differences, total, verified) = if args.dry_run {
         (Vec::new(), 0, false)
     } else {
         let head = store.head_position().await?;
         let waited = catch_up(&pool, head).await?;
+        catch_up_seconds = Some(waited.as_secs_f64());
         eprintln!(
             "projections caught up with position {head} in {:.1}s",
             waited.as_secs_f64()
@@ -861,6 +880,7 @@ pub async fn run(config: &Config, args: ImportArgs) -> anyhow::Result<bool> {
         verified: verified && total == 0,
         differences,
         differences_total: total,
+        catch_up_seconds,
         seconds: started.elapsed().as_secs_f64(),
     };
     print_report(&report);
@@ -868,7 +888,7 @@ pub async fn run(config: &Config, args: ImportArgs) -> anyhow::Result<bool> {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     }
     store.shutdown().await;
-    Ok(args.dry_run || total == 0)
+    Ok(report)
 }
 
 fn print_report(r: &Report) {
@@ -881,20 +901,26 @@ fn print_report(r: &Report) {
     };
     println!("import {} run {}{mode}", r.source.as_str(), r.run_id);
     println!(
-        "{:<32} {:>10} {:>10} {:>10} {:>10} {:>10}  skipped by reason",
-        "table", "read", "imported", "unchanged", "skipped", "mismatched"
+        "{:<28} {:>9} {:>9} {:>9} {:>8} {:>10} {:>9}  skipped by reason",
+        "table", "read", "imported", "unchanged", "skipped", "mismatched", "rows/s"
     );
     for t in &r.tables {
         let skipped: u64 = t.skipped.values().sum();
         let reasons: Vec<_> = t.skipped.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let rate = if t.seconds > 0.0 {
+            format!("{:.0}", t.read as f64 / t.seconds)
+        } else {
+            "-".into()
+        };
         println!(
-            "{:<32} {:>10} {:>10} {:>10} {:>10} {:>10}  {}",
+            "{:<28} {:>9} {:>9} {:>9} {:>8} {:>10} {:>9}  {}",
             t.table,
             t.read,
             t.imported,
             t.unchanged,
             skipped,
             t.mismatched,
+            rate,
             reasons.join(", ")
         );
     }
