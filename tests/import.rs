@@ -35,13 +35,13 @@ fn import_config(app: &TestApp) -> universal_backend::Config {
     config
 }
 
-fn args(source: Source, from: &str, report: &PathBuf) -> ImportArgs {
+fn args(source: Source, from: &str, report: &std::path::Path) -> ImportArgs {
     ImportArgs {
         source,
         from: from.to_owned(),
         dry_run: false,
         verify_only: false,
-        report: Some(report.clone()),
+        report: Some(report.to_path_buf()),
         organization: None,
         assign_orphans_to: None,
         users_from: None,
@@ -52,7 +52,7 @@ fn report_path() -> PathBuf {
     std::env::temp_dir().join(format!("ub-import-{}.json", Uuid::new_v4().simple()))
 }
 
-fn read_report(path: &PathBuf) -> Value {
+fn read_report(path: &std::path::Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 

@@ -58,6 +58,9 @@ async fn organizations(ctx: &Ctx) -> anyhow::Result<HashMap<Uuid, Uuid>> {
     Ok(out)
 }
 
+/// A user's insight on an analysis: id, author, text, time.
+type Insight = (Uuid, Uuid, String, DateTime<Utc>);
+
 fn words(documents: &[AnalysisDocument]) -> u64 {
     documents
         .iter()
@@ -77,7 +80,7 @@ pub async fn run(ctx: &Arc<Ctx>) -> anyhow::Result<()> {
          WHERE id::text = ANY($1)",
     );
     // Insights by analysis (they are few next to the analyses' documents).
-    let mut insights: HashMap<Uuid, Vec<(Uuid, Uuid, String, DateTime<Utc>)>> = HashMap::new();
+    let mut insights: HashMap<Uuid, Vec<Insight>> = HashMap::new();
     let mut rows = sqlx::query(
         "SELECT id, analysis_id, user_id, text, created_at FROM insights ORDER BY created_at, id",
     )
@@ -184,7 +187,7 @@ fn analysis(
     id: Uuid,
     org: Uuid,
     user: Uuid,
-    insights: &[(Uuid, Uuid, String, DateTime<Utc>)],
+    insights: &[Insight],
 ) -> Result<(Entry<SwarmTask>, &'static str, usize), String> {
     let get = |e: sqlx::Error| e.to_string();
     let title: Option<String> = r.try_get("title").map_err(get)?;

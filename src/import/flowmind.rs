@@ -587,6 +587,9 @@ pub async fn join(
     Ok(joined)
 }
 
+/// A legacy sensor row: id, name, type, unit, status.
+type LegacySensor = (Uuid, Option<String>, String, Option<String>, Option<String>);
+
 fn sensor_kind(s: &str) -> Option<SensorKind> {
     SensorKind::ALL
         .into_iter()
@@ -643,10 +646,7 @@ async fn import_buildings(
         None => None,
     };
     // Sensors of every building (small next to the readings).
-    let mut sensors: HashMap<
-        Uuid,
-        Vec<(Uuid, Option<String>, String, Option<String>, Option<String>)>,
-    > = HashMap::new();
+    let mut sensors: HashMap<Uuid, Vec<LegacySensor>> = HashMap::new();
     let mut rows =
         sqlx::query("SELECT id, building_id, name, type, unit, status FROM sensors ORDER BY building_id, created_at, id")
             .fetch(src);

@@ -132,11 +132,14 @@ fn org_role(s: Option<&str>) -> Role {
     }
 }
 
+/// An imported organization: its owner and its members' roles.
+type Org = (Uuid, HashMap<Uuid, Role>);
+
 struct State {
     /// Imported users: legacy id -> id.
     users: HashMap<String, Uuid>,
-    /// Imported organizations: id -> (its admin, members' roles).
-    orgs: HashMap<Uuid, (Uuid, HashMap<Uuid, Role>)>,
+    /// Imported organizations by id.
+    orgs: HashMap<Uuid, Org>,
     teams: HashSet<Uuid>,
 }
 
@@ -441,7 +444,7 @@ async fn organizations(ctx: &Arc<Ctx>, dir: &Path, st: &mut State) -> anyhow::Re
 }
 
 /// The organization of a row (`organizationId`), when it was imported.
-fn org_of<'a>(st: &'a State, row: &Value) -> Option<(Uuid, &'a (Uuid, HashMap<Uuid, Role>))> {
+fn org_of<'a>(st: &'a State, row: &Value) -> Option<(Uuid, &'a Org)> {
     let id = id_of("organization", &text(row, "organizationId")?);
     st.orgs.get(&id).map(|o| (id, o))
 }
