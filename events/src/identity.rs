@@ -4,6 +4,7 @@
 //! `refresh_hash` a SHA-256 of the refresh token. The history API redacts both.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -11,7 +12,7 @@ use uuid::Uuid;
 use crate::{payload, DecodeError, EventFamily};
 
 /// A role, within an organization (and on a user account).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Admin,
@@ -35,7 +36,7 @@ impl Role {
 }
 
 /// A frontend that an organization may enable.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Frontend {
     Flowmind,
@@ -72,7 +73,7 @@ impl Frontend {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum UserEvent {
     UserRegistered(UserRegistered),
@@ -86,7 +87,7 @@ pub enum UserEvent {
     SessionEnded(SessionEnded),
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct UserRegistered {
     pub user_id: Uuid,
     /// As typed (trimmed); uniqueness is on the lowercase form.
@@ -96,28 +97,28 @@ pub struct UserRegistered {
     pub registered_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct PasswordChanged {
     pub password_hash: String,
     pub changed_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ProfileUpdated {
     pub display_name: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct RoleChanged {
     pub role: Role,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct UserDeactivated {
     pub deactivated_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SessionStarted {
     pub session_id: Uuid,
     pub organization_id: Option<Uuid>,
@@ -127,7 +128,7 @@ pub struct SessionStarted {
 }
 
 /// The refresh token was rotated: the previous one is now spent.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SessionRefreshed {
     pub session_id: Uuid,
     pub refresh_hash: String,
@@ -135,7 +136,7 @@ pub struct SessionRefreshed {
 }
 
 /// Why a session ended.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     Logout,
@@ -145,7 +146,7 @@ pub enum EndReason {
     Deactivated,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SessionEnded {
     pub session_id: Uuid,
     pub reason: EndReason,
@@ -188,13 +189,13 @@ impl EventFamily for UserEvent {
 
 /// The claim of an e-mail address, in the stream `email-<uuid v5 of the lowercase address>`.
 /// Appended with expected version "no stream", so exactly one signup wins an address.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum EmailEvent {
     EmailClaimed(EmailClaimed),
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct EmailClaimed {
     pub user_id: Uuid,
     pub email: String,
@@ -206,7 +207,7 @@ impl EventFamily for EmailEvent {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum OrganizationEvent {
     OrganizationCreated(OrganizationCreated),
@@ -217,7 +218,7 @@ pub enum OrganizationEvent {
     FrontendDisabled(FrontendChanged),
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct OrganizationCreated {
     pub organization_id: Uuid,
     pub name: String,
@@ -225,24 +226,24 @@ pub struct OrganizationCreated {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct OrganizationRenamed {
     pub name: String,
 }
 
 /// A member joined, or an existing member's role changed.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct MemberAdded {
     pub user_id: Uuid,
     pub role: Role,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct MemberRemoved {
     pub user_id: Uuid,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct FrontendChanged {
     pub frontend: Frontend,
 }
