@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use universal_backend::{
-    config::Config, http, projections, startup, store, telemetry, Application,
+    config::Config, history, http, projections, startup, store, telemetry, Application,
 };
 
 #[derive(Parser)]
@@ -38,6 +38,16 @@ enum Command {
         #[command(subcommand)]
         action: OperatorAction,
     },
+    /// Show an entity's state at a version or time (history for analysts).
+    State(history::cli::StateArgs),
+    /// Write the event log, or part of it, to an NDJSON file (`.zst`: compressed).
+    Export(history::cli::ExportArgs),
+    /// Import an export file into an empty store (or `--append`), then rebuild projections.
+    ImportEvents(history::cli::ImportArgs),
+    /// List every event type with its schema versions, consumers and counts.
+    Catalog(history::cli::CatalogArgs),
+    /// Replay a projection up to a position or time into a schema of its own.
+    Replay(history::cli::ReplayArgs),
 }
 
 #[derive(Subcommand)]
@@ -121,5 +131,10 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::State(args) => history::cli::state(&cli.config, args).await,
+        Command::Export(args) => history::cli::export(&cli.config, args).await,
+        Command::ImportEvents(args) => history::cli::import_events(&cli.config, args).await,
+        Command::Catalog(args) => history::cli::catalog(&cli.config, args).await,
+        Command::Replay(args) => history::cli::replay(&cli.config, args).await,
     }
 }

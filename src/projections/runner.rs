@@ -87,7 +87,7 @@ fn lock_key(projection: &str) -> i64 {
 }
 
 /// What a projection reads of the log: its event types, payloads only.
-fn reads_of(projection: &dyn Projection) -> Filter {
+pub(crate) fn reads_of(projection: &dyn Projection) -> Filter {
     Filter {
         event_types: Some(
             projection
@@ -290,14 +290,14 @@ impl ProjectionRunner {
 }
 
 /// A page of events: the events of positions `(from, to]` that the projection reads.
-struct Page {
+pub(crate) struct Page {
     from: i64,
     /// Where the checkpoint goes once the page is applied.
-    to: i64,
-    events: Vec<RecordedEvent>,
+    pub(crate) to: i64,
+    pub(crate) events: Vec<RecordedEvent>,
     /// An event whose payload could not be read, to be parked; then `events` is empty and
     /// `to` is its position.
-    unreadable: Option<Parked>,
+    pub(crate) unreadable: Option<Parked>,
 }
 
 impl Page {
@@ -322,7 +322,7 @@ impl Page {
 /// not decode), finds the longest readable prefix by halving; when even the first event
 /// cannot be read, the page is that event alone, to be parked, named by what the log says
 /// of it without its payload.
-async fn read_page(
+pub(crate) async fn read_page(
     store: &dyn EventStore,
     pool: &PgPool,
     filter: &Filter,
