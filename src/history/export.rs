@@ -71,7 +71,8 @@ pub async fn page(
     up_to: i64,
     limit: i64,
 ) -> Result<Page, sqlx::Error> {
-    // `to_char` writes times as RFC 3339 in UTC with microseconds, as stored.
+    // `to_char` writes times as RFC 3339 in UTC with the sub-second digits that are not
+    // zero (none, milliseconds or microseconds), as the JSON of `/api/v1/events` does.
     const SQL: &str = "SELECT global_position, json_build_object( \
         'position', global_position, 'stream_id', stream_id, 'category', stream_category, \
         'version', version, 'event_id', event_id, 'event_type', event_type, \
@@ -80,7 +81,12 @@ pub async fn page(
             (SELECT jsonb_object_agg(key, CASE WHEN key = ANY($10) THEN '\"[redacted]\"'::jsonb \
              ELSE value END) FROM jsonb_each(data)) ELSE data END, \
         'metadata', metadata, \
-        'recorded_at', to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+        'recorded_at', to_char(recorded_at AT TIME ZONE 'UTC', CASE \
+            WHEN date_part('microseconds', recorded_at)::bigint % 1000000 = 0 \
+                THEN 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"' \
+            WHEN date_part('microseconds', recorded_at)::bigint % 1000 = 0 \
+                THEN 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"' \
+            ELSE 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"' END) \
         )::text FROM events \
         WHERE global_position > $1 AND global_position <= $2 \
         AND ($3::text[] IS NULL OR stream_category = ANY($3)) \

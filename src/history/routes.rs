@@ -15,7 +15,6 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use universal_events::identity::Role;
 
 use super::export::{self, ExportFilter};
 use super::state::{self, FoldOptions, Point};
@@ -47,10 +46,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Operators (account-wide admin role, checked against the log's read model) see all;
 /// organization admins their organization; anyone else is refused.
 async fn scope(state: &AppState, who: &Principal) -> Result<Scope, ApiError> {
-    if who.roles.contains(&Role::Admin)
-        && crate::http::admin::require_operator(state, who)
-            .await
-            .is_ok()
+    // The read model, not the token's claims: a grant or a revocation counts at once.
+    if crate::http::admin::require_operator(state, who)
+        .await
+        .is_ok()
     {
         return Ok(Scope::All);
     }
