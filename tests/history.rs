@@ -575,3 +575,95 @@ async fn export_then_import_into_a_fresh_database_gives_equal_events_and_read_mo
     copy_handle.stop(true).await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[actix_web::test]
+async fn a_replay_rebuilds_a_read_model_as_it_was_into_its_own_schema() {
+    use universal_backend::history::replay::{drop_schema, replay, Until};
+    let app = spawn_app().await;
+    let first = building(&app).await;
+    let cut = app.head().await;
+    let second = building(&app).await;
+    let store = PgEventStore::start(app.pool.clone(), PgStoreConfig::default())
+        .await
+        .unwrap();
+    let directory = universal_backend::projections::by_name("citypulse_directory").unwrap();
+    let schema = format!("replay_{}", Uuid::new_v4().simple());
+    let report = replay(
+        &app.pool,
+        store.as_ref(),
+        directory.as_ref(),
+        Until::Position(cut),
+        &schema,
+        1000,
+        &Progress::hidden(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.position, cut);
+    let then: Vec<Uuid> = sqlx::query_scalar(&format!("SELECT id FROM {schema}.buildings"))
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(then, [first.parse::<Uuid>().unwrap()], "only what existed at the cut");
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM buildings")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(live >= 2, "the live read model is untouched");
+    let (status, _) = get(
+        &app.client,
+        app.url(&format!("/api/v1/citypulse/buildings/{second}")),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // By time: everything so far; then replacing the replay, and dropping it.
+    let now = chrono::Utc::now();
+    let report = replay(
+        &app.pool,
+        store.as_ref(),
+        directory.as_ref(),
+        Until::Time(now),
+        &schema,
+        1000,
+        &Progress::hidden(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.position, app.head().await);
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.buildings"))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+    let info: (String, i64) = sqlx::query_as(&format!(
+        "SELECT projection, to_position FROM {schema}.replay_info"
+    ))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(info.0, "citypulse_directory");
+    assert!(drop_schema(&app.pool, &schema).await.unwrap());
+    assert!(!drop_schema(&app.pool, &schema).await.unwrap());
+
+    // Never into a schema of the service, or one a replay did not make.
+    for bad in ["public", "Robert'); DROP", "pg_catalog"] {
+        assert!(replay(
+            &app.pool,
+            store.as_ref(),
+            directory.as_ref(),
+            Until::Position(1),
+            bad,
+            1000,
+            &Progress::hidden()
+        )
+        .await
+        .is_err());
+    }
+    sqlx::query("CREATE SCHEMA analyst_own")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert!(drop_schema(&app.pool, "analyst_own").await.is_err());
+    store.shutdown().await;
+}
