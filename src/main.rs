@@ -85,13 +85,21 @@ async fn main() -> anyhow::Result<()> {
             };
             let pool = startup::connect_and_migrate(&cli.config).await?;
             let store = store::PgEventStore::start(pool.clone(), cli.config.store()).await?;
-            let report = projections::runner::rebuild(
+            let head = store::EventStore::head_position(store.as_ref()).await?;
+            let progress = universal_backend::progress::Progress::new(
+                &format!("rebuild {projection}"),
+                Some(head.max(0) as u64),
+            );
+            let report = projections::runner::rebuild_with_progress(
                 &pool,
                 store.as_ref(),
                 p.as_ref(),
                 cli.config.projection_batch_size,
+                &progress,
             )
-            .await?;
+            .await;
+            progress.finish();
+            let report = report?;
             let secs = report.elapsed.as_secs_f64();
             println!(
                 "rebuilt {} up to position {}: {} events in {:.2}s ({:.0} events/s), {} parked",

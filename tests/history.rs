@@ -11,14 +11,19 @@ use common::{add_member, create_tenant, spawn_app, spawn_second_app, test_config
 use serde_json::{json, Value};
 use universal_backend::history::{export, import};
 use universal_backend::progress::Progress;
-use universal_backend::store::{EventStore, ExpectedVersion, NewEvent, PgEventStore, PgStoreConfig};
+use universal_backend::store::{
+    EventStore, ExpectedVersion, NewEvent, PgEventStore, PgStoreConfig,
+};
 use uuid::Uuid;
 
 async fn get(client: &reqwest::Client, url: String) -> (u16, Value) {
     let res = client.get(url).send().await.unwrap();
     let status = res.status().as_u16();
     let text = res.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// A building with a sensor, a threshold and two batches of readings: versions 1 to 5.
@@ -91,16 +96,15 @@ async fn an_entity_is_shown_at_any_version_or_time_to_its_tenant_only() {
     assert_eq!(second["state"]["active_sensors"], 1);
     let (_, now) = get(&app.client, url("")).await;
     assert!(now["version"].as_i64().unwrap() >= 5, "{now}");
-    assert_eq!(now["state"]["open_alerts"], 1, "the 42 kWh reading breached 10");
+    assert_eq!(
+        now["state"]["open_alerts"], 1,
+        "the 42 kWh reading breached 10"
+    );
     assert_eq!(now["state"]["thresholds"][0]["max_value"], 10.0);
 
     // By time: the last event at or before it.
     let at = second["recorded_at"].as_str().unwrap();
-    let (status, by_time) = get(
-        &app.client,
-        url(&format!("?at={}", urlencode(at))),
-    )
-    .await;
+    let (status, by_time) = get(&app.client, url(&format!("?at={}", urlencode(at)))).await;
     assert_eq!(status, 200, "{by_time}");
     assert_eq!(by_time["version"], 2);
     let (status, _) = get(&app.client, url("?at=2000-01-01T00:00:00Z")).await;
@@ -130,7 +134,10 @@ async fn an_entity_is_shown_at_any_version_or_time_to_its_tenant_only() {
     }
     let (status, body) = get(
         &app.client,
-        app.url(&format!("/api/v1/streams/building-{}/state", Uuid::new_v4())),
+        app.url(&format!(
+            "/api/v1/streams/building-{}/state",
+            Uuid::new_v4()
+        )),
     )
     .await;
     assert_eq!(status, 404, "{body}");
@@ -198,7 +205,9 @@ async fn export_text(client: &reqwest::Client, url: String) -> (u16, String) {
 }
 
 fn lines(text: &str) -> Vec<Value> {
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[actix_web::test]
@@ -211,7 +220,11 @@ async fn the_export_streams_the_log_as_events_shows_it_with_filters_resumption_a
     let (status, all) = export_text(&app.client, app.url("/api/v1/events/export")).await;
     assert_eq!(status, 200, "{all}");
     let exported = lines(&all);
-    assert_eq!(Value::Array(exported.clone()), page["events"], "the same events, shaped alike");
+    assert_eq!(
+        Value::Array(exported.clone()),
+        page["events"],
+        "the same events, shaped alike"
+    );
     assert!(exported.len() >= 10);
 
     // Resume from a position: exactly the tail.
@@ -236,10 +249,16 @@ async fn the_export_streams_the_log_as_events_shows_it_with_filters_resumption_a
         .all(|e| e["event_type"] == "SensorRegistered" || e["event_type"] == "ThresholdSet"));
     let (_, one) = export_text(
         &app.client,
-        app.url(&format!("/api/v1/events/export?stream=building-{id}&category=building")),
+        app.url(&format!(
+            "/api/v1/events/export?stream=building-{id}&category=building"
+        )),
     )
     .await;
-    assert_eq!(lines(&one).len(), 6, "registered, sensor, threshold, 2 readings, alert");
+    assert_eq!(
+        lines(&one).len(),
+        6,
+        "registered, sensor, threshold, 2 readings, alert"
+    );
     let (_, none) = export_text(
         &app.client,
         app.url("/api/v1/events/export?until=2000-01-01T00:00:00Z"),
@@ -302,7 +321,9 @@ async fn the_export_streams_the_log_as_events_shows_it_with_filters_resumption_a
     assert!(theirs
         .iter()
         .all(|e| e["metadata"]["organization_id"] == stranger.organization_id.as_str()));
-    assert!(!theirs.iter().any(|e| e["stream_id"] == format!("building-{id}")));
+    assert!(!theirs
+        .iter()
+        .any(|e| e["stream_id"] == format!("building-{id}")));
     become_operator(&app).await;
     let (_, everything) = export_text(&app.client, app.url("/api/v1/events/export")).await;
     let everything = lines(&everything);
@@ -481,7 +502,10 @@ async fn export_then_import_into_a_fresh_database_gives_equal_events_and_read_mo
         .unwrap();
 
     // The events, as stored and as served.
-    let (before, after) = (rows(&app.pool, "events").await, rows(&fresh, "events").await);
+    let (before, after) = (
+        rows(&app.pool, "events").await,
+        rows(&fresh, "events").await,
+    );
     assert_eq!(before.len(), after.len());
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(b, a);
@@ -566,7 +590,10 @@ async fn export_then_import_into_a_fresh_database_gives_equal_events_and_read_mo
         &Progress::hidden(),
     )
     .await;
-    assert!(matches!(failed, Err(import::ImportError::Line { line: 1, .. })));
+    assert!(matches!(
+        failed,
+        Err(import::ImportError::Line { line: 1, .. })
+    ));
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&empty)
         .await
@@ -604,7 +631,11 @@ async fn a_replay_rebuilds_a_read_model_as_it_was_into_its_own_schema() {
         .fetch_all(&app.pool)
         .await
         .unwrap();
-    assert_eq!(then, [first.parse::<Uuid>().unwrap()], "only what existed at the cut");
+    assert_eq!(
+        then,
+        [first.parse::<Uuid>().unwrap()],
+        "only what existed at the cut"
+    );
     let live: i64 = sqlx::query_scalar("SELECT count(*) FROM buildings")
         .fetch_one(&app.pool)
         .await

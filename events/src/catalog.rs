@@ -44,7 +44,11 @@ fn family<F: EventFamily + JsonSchema>(
         name,
         category,
         types,
-        schema: || SchemaGenerator::default().into_root_schema_for::<F>().to_value(),
+        schema: || {
+            SchemaGenerator::default()
+                .into_root_schema_for::<F>()
+                .to_value()
+        },
         current: F::schema_version,
     }
 }

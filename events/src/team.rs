@@ -9,7 +9,9 @@ use uuid::Uuid;
 use crate::{payload, DecodeError, EventFamily};
 
 /// A member's role in a team.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TeamRole {
     Lead,

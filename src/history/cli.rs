@@ -169,14 +169,19 @@ pub async fn import_events(config: &Config, args: ImportArgs) -> anyhow::Result<
 /// Rebuilds every projection from the log (after an import).
 pub async fn rebuild_all(config: &Config, pool: &sqlx::PgPool) -> anyhow::Result<()> {
     let store = PgEventStore::start(pool.clone(), config.store()).await?;
+    let head = store.head_position().await?;
     for p in projections::all() {
-        let report = projections::runner::rebuild(
+        let progress = Progress::new(&format!("rebuild {}", p.name()), Some(head.max(0) as u64));
+        let report = projections::runner::rebuild_with_progress(
             pool,
             store.as_ref(),
             p.as_ref(),
             config.projection_batch_size,
+            &progress,
         )
-        .await?;
+        .await;
+        progress.finish();
+        let report = report?;
         println!(
             "rebuilt {} up to position {}: {} events in {:.2}s, {} parked",
             report.projection,

@@ -196,7 +196,9 @@ pub async fn expected_total(
 pub fn create_file(path: &std::path::Path) -> anyhow::Result<Box<dyn Write + Send>> {
     let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     if path.extension().is_some_and(|e| e == "zst") {
-        Ok(Box::new(zstd::stream::write::Encoder::new(file, 3)?.auto_finish()))
+        Ok(Box::new(
+            zstd::stream::write::Encoder::new(file, 3)?.auto_finish(),
+        ))
     } else {
         Ok(Box::new(file))
     }

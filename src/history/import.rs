@@ -87,7 +87,10 @@ pub fn open_file(path: &std::path::Path) -> std::io::Result<Box<dyn BufRead + Se
     let zstd_magic = file.fill_buf()?.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
     if zstd_magic {
         let decoder = zstd::stream::read::Decoder::with_buffer(file)?;
-        Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, decoder)))
+        Ok(Box::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            decoder,
+        )))
     } else {
         Ok(Box::new(file))
     }

@@ -100,12 +100,14 @@ pub async fn resolve(pool: &PgPool, until: Until) -> Result<i64, sqlx::Error> {
         .await?;
     match until {
         Until::Position(p) => Ok(p.clamp(0, head)),
-        Until::Time(t) => sqlx::query_scalar(
-            "SELECT coalesce(max(global_position), 0) FROM events WHERE recorded_at <= $1",
-        )
-        .bind(t)
-        .fetch_one(pool)
-        .await,
+        Until::Time(t) => {
+            sqlx::query_scalar(
+                "SELECT coalesce(max(global_position), 0) FROM events WHERE recorded_at <= $1",
+            )
+            .bind(t)
+            .fetch_one(pool)
+            .await
+        }
     }
 }
 

@@ -94,11 +94,7 @@ async fn visible(state: &AppState, stream: &str, scope: Scope) -> Result<(), Api
     }
 }
 
-async fn fold(
-    state: &AppState,
-    stream: &str,
-    point: Point,
-) -> Result<state::StateAt, ApiError> {
+async fn fold(state: &AppState, stream: &str, point: Point) -> Result<state::StateAt, ApiError> {
     let options = FoldOptions {
         use_snapshots: true,
         snapshot_every: state.config.history_snapshot_every,
@@ -434,10 +430,7 @@ pub(crate) async fn export_log(
                 std::io::Error::other(e)
             })?;
             let next = page.next_after;
-            Ok::<_, std::io::Error>(Some((
-                web::Bytes::from(page.bytes),
-                (next, pool, filter),
-            )))
+            Ok::<_, std::io::Error>(Some((web::Bytes::from(page.bytes), (next, pool, filter))))
         },
     );
     Ok(HttpResponse::Ok()

@@ -332,7 +332,8 @@ mod tests {
     #[test]
     fn changes_name_each_differing_field_by_its_path() {
         let a = json!({"name": "A", "progress": {"done": 1, "total": 5}, "members": [1]});
-        let b = json!({"name": "A", "progress": {"done": 3, "total": 5}, "members": [1, 2], "x": true});
+        let b =
+            json!({"name": "A", "progress": {"done": 3, "total": 5}, "members": [1, 2], "x": true});
         let c = changes(&a, &b);
         let fields: Vec<_> = c.iter().map(|c| c.field.as_str()).collect();
         assert_eq!(fields, ["members", "progress.done", "x"]);

@@ -546,6 +546,24 @@ pub async fn rebuild(
     projection: &dyn Projection,
     batch_size: i64,
 ) -> anyhow::Result<RebuildReport> {
+    rebuild_with_progress(
+        pool,
+        store,
+        projection,
+        batch_size,
+        &crate::progress::Progress::hidden(),
+    )
+    .await
+}
+
+/// [`rebuild`], counting the positions it passes into `progress` (the command line's bar).
+pub async fn rebuild_with_progress(
+    pool: &PgPool,
+    store: &dyn EventStore,
+    projection: &dyn Projection,
+    batch_size: i64,
+    progress: &crate::progress::Progress,
+) -> anyhow::Result<RebuildReport> {
     let name = projection.name();
     let scratch = format!("rebuild_{name}");
     let started = std::time::Instant::now();
@@ -613,6 +631,7 @@ pub async fn rebuild(
         parked.extend(applied?);
         parked.extend(page.unreadable.take());
         events_read += page.events.len() as u64;
+        progress.inc((to - position).max(0) as u64);
         position = to;
         match next? {
             Some(next) => page = next,

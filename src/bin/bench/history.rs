@@ -91,12 +91,19 @@ pub async fn run(server: &str, database_url: &str, keep: bool) -> anyhow::Result
     // Export, plain and compressed.
     let dir = std::env::temp_dir();
     let plain = dir.join(format!("ub-bench-history-{}.ndjson", std::process::id()));
-    let packed = dir.join(format!("ub-bench-history-{}.ndjson.zst", std::process::id()));
+    let packed = dir.join(format!(
+        "ub-bench-history-{}.ndjson.zst",
+        std::process::id()
+    ));
     for file in [&plain, &packed] {
         let mut out = export::create_file(file)?;
-        let report =
-            export::write_to(&pool, &ExportFilter::default(), &mut out, &Progress::hidden())
-                .await?;
+        let report = export::write_to(
+            &pool,
+            &ExportFilter::default(),
+            &mut out,
+            &Progress::hidden(),
+        )
+        .await?;
         drop(out);
         let secs = report.elapsed.as_secs_f64();
         let size = std::fs::metadata(file)?.len();
