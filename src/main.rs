@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
                 store.as_ref(),
                 p.as_ref(),
                 cli.config.projection_batch_size,
-                &progress,
+                Some(&progress),
             )
             .await;
             progress.finish();

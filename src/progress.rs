@@ -64,20 +64,6 @@ impl Progress {
         }
     }
 
-    /// A counter that shows nothing (library callers and tests).
-    pub fn hidden() -> Progress {
-        Progress {
-            inner: Arc::new(Inner {
-                label: String::new(),
-                total: None,
-                bar: None,
-                done: AtomicU64::new(0),
-                started: Instant::now(),
-                last_line: Mutex::new(Instant::now() + Duration::from_secs(u32::MAX as u64)),
-            }),
-        }
-    }
-
     /// Counts `n` more units of work done.
     pub fn inc(&self, n: u64) {
         let done = self.inner.done.fetch_add(n, Ordering::Relaxed) + n;
@@ -98,7 +84,7 @@ impl Progress {
     }
 
     /// Units counted so far.
-    pub fn position(&self) -> u64 {
+    fn position(&self) -> u64 {
         self.inner.done.load(Ordering::Relaxed)
     }
 
@@ -106,7 +92,6 @@ impl Progress {
     pub fn finish(&self) {
         match &self.inner.bar {
             Some(bar) => bar.finish(),
-            None if self.inner.label.is_empty() => {}
             None => self.line(self.position(), true),
         }
     }

@@ -475,7 +475,7 @@ async fn export_then_import_into_a_fresh_database_gives_equal_events_and_read_mo
         &app.pool,
         &export::ExportFilter::default(),
         &mut out,
-        &Progress::hidden(),
+        &Progress::new("test", None),
     )
     .await
     .unwrap();
@@ -489,7 +489,7 @@ async fn export_then_import_into_a_fresh_database_gives_equal_events_and_read_mo
         &fresh,
         &mut input,
         &import::ImportOptions::default(),
-        &Progress::hidden(),
+        &Progress::new("test", None),
     )
     .await
     .unwrap();
@@ -562,7 +562,7 @@ async fn export_then_import_into_a_fresh_database_gives_equal_events_and_read_mo
         &fresh,
         &mut input,
         &import::ImportOptions::default(),
-        &Progress::hidden(),
+        &Progress::new("test", None),
     )
     .await;
     assert!(matches!(refused, Err(import::ImportError::NotEmpty(_))));
@@ -574,7 +574,7 @@ async fn export_then_import_into_a_fresh_database_gives_equal_events_and_read_mo
             append: true,
             ..Default::default()
         },
-        &Progress::hidden(),
+        &Progress::new("test", None),
     )
     .await
     .unwrap();
@@ -587,7 +587,7 @@ async fn export_then_import_into_a_fresh_database_gives_equal_events_and_read_mo
         &empty,
         &mut &bad[..],
         &import::ImportOptions::default(),
-        &Progress::hidden(),
+        &Progress::new("test", None),
     )
     .await;
     assert!(matches!(
@@ -622,7 +622,7 @@ async fn a_replay_rebuilds_a_read_model_as_it_was_into_its_own_schema() {
         Until::Position(cut),
         &schema,
         1000,
-        &Progress::hidden(),
+        &Progress::new("test", None),
     )
     .await
     .unwrap();
@@ -657,7 +657,7 @@ async fn a_replay_rebuilds_a_read_model_as_it_was_into_its_own_schema() {
         Until::Time(now),
         &schema,
         1000,
-        &Progress::hidden(),
+        &Progress::new("test", None),
     )
     .await
     .unwrap();
@@ -686,7 +686,7 @@ async fn a_replay_rebuilds_a_read_model_as_it_was_into_its_own_schema() {
             Until::Position(1),
             bad,
             1000,
-            &Progress::hidden()
+            &Progress::new("test", None)
         )
         .await
         .is_err());

@@ -177,7 +177,7 @@ pub async fn rebuild_all(config: &Config, pool: &sqlx::PgPool) -> anyhow::Result
             store.as_ref(),
             p.as_ref(),
             config.projection_batch_size,
-            &progress,
+            Some(&progress),
         )
         .await;
         progress.finish();

@@ -546,14 +546,7 @@ pub async fn rebuild(
     projection: &dyn Projection,
     batch_size: i64,
 ) -> anyhow::Result<RebuildReport> {
-    rebuild_with_progress(
-        pool,
-        store,
-        projection,
-        batch_size,
-        &crate::progress::Progress::hidden(),
-    )
-    .await
+    rebuild_with_progress(pool, store, projection, batch_size, None).await
 }
 
 /// [`rebuild`], counting the positions it passes into `progress` (the command line's bar).
@@ -562,7 +555,7 @@ pub async fn rebuild_with_progress(
     store: &dyn EventStore,
     projection: &dyn Projection,
     batch_size: i64,
-    progress: &crate::progress::Progress,
+    progress: Option<&crate::progress::Progress>,
 ) -> anyhow::Result<RebuildReport> {
     let name = projection.name();
     let scratch = format!("rebuild_{name}");
@@ -631,7 +624,9 @@ pub async fn rebuild_with_progress(
         parked.extend(applied?);
         parked.extend(page.unreadable.take());
         events_read += page.events.len() as u64;
-        progress.inc((to - position).max(0) as u64);
+        if let Some(p) = progress {
+            p.inc((to - position).max(0) as u64);
+        }
         position = to;
         match next? {
             Some(next) => page = next,
