@@ -299,6 +299,11 @@ pub struct Config {
     /// so that one tenant's traffic cannot flip a route for every tenant.
     #[arg(long, env = "FLAG_ROLLBACK_MIN_TENANTS", default_value_t = 3)]
     pub flag_rollback_min_tenants: u64,
+    /// History for analysts: a time-travel fold leaves a history snapshot every this many
+    /// versions it passes, so that the next look at the same stream starts near its point
+    /// (0 = none).
+    #[arg(long, env = "HISTORY_SNAPSHOT_EVERY", default_value_t = 1000)]
+    pub history_snapshot_every: i64,
 }
 
 impl Default for Config {

@@ -22,6 +22,9 @@
 //! - [`tasks`]: every worker of long work: the scheduler of swarm tasks (admission, fair
 //!   order, one leader across processes, resume) with its batch, agent and analysis workers,
 //!   and the FlowMind chat reply workers (`tasks::chat`).
+//! - [`history`]: history for analysts: any entity at any version or time, the log out as
+//!   NDJSON and back in, the catalogue of event types, the replay of a read model to a moment.
+//! - [`progress`]: progress bars of long command-line work (plain lines off a terminal).
 //! - [`startup`]: the composition root: builds the whole application (used by `main`, the
 //!   tests and the benchmark); nothing else imports it.
 
@@ -31,6 +34,7 @@ pub mod actors;
 pub mod agents;
 pub mod config;
 pub mod gateways;
+pub mod history;
 pub mod http;
 pub mod identity;
 pub mod import;

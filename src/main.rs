@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use universal_backend::{
-    config::Config, http, import, projections, startup, store, telemetry, Application,
+    config::Config, history, http, import, projections, startup, store, telemetry, Application,
 };
 
 #[derive(Parser)]
@@ -41,6 +41,16 @@ enum Command {
         #[command(subcommand)]
         action: OperatorAction,
     },
+    /// Show an entity's state at a version or time (history for analysts).
+    State(history::cli::StateArgs),
+    /// Write the event log, or part of it, to an NDJSON file (`.zst`: compressed).
+    Export(history::cli::ExportArgs),
+    /// Import an export file into an empty store (or `--append`), then rebuild projections.
+    ImportEvents(history::cli::ImportArgs),
+    /// List every event type with its schema versions, consumers and counts.
+    Catalog(history::cli::CatalogArgs),
+    /// Replay a projection up to a position or time into a schema of its own.
+    Replay(history::cli::ReplayArgs),
 }
 
 #[derive(Subcommand)]
@@ -78,13 +88,21 @@ async fn main() -> anyhow::Result<()> {
             };
             let pool = startup::connect_and_migrate(&cli.config).await?;
             let store = store::PgEventStore::start(pool.clone(), cli.config.store()).await?;
-            let report = projections::runner::rebuild(
+            let head = store::EventStore::head_position(store.as_ref()).await?;
+            let progress = universal_backend::progress::Progress::new(
+                &format!("rebuild {projection}"),
+                Some(head.max(0) as u64),
+            );
+            let report = projections::runner::rebuild_with_progress(
                 &pool,
                 store.as_ref(),
                 p.as_ref(),
                 cli.config.projection_batch_size,
+                Some(&progress),
             )
-            .await?;
+            .await;
+            progress.finish();
+            let report = report?;
             let secs = report.elapsed.as_secs_f64();
             println!(
                 "rebuilt {} up to position {}: {} events in {:.2}s ({:.0} events/s), {} parked",
@@ -131,5 +149,10 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::State(args) => history::cli::state(&cli.config, args).await,
+        Command::Export(args) => history::cli::export(&cli.config, args).await,
+        Command::ImportEvents(args) => history::cli::import_events(&cli.config, args).await,
+        Command::Catalog(args) => history::cli::catalog(&cli.config, args).await,
+        Command::Replay(args) => history::cli::replay(&cli.config, args).await,
     }
 }

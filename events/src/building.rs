@@ -1,6 +1,7 @@
 //! Events of a CityPulse building: its sensors, their readings, thresholds and alerts.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -9,7 +10,7 @@ use serde_json::Value;
 use crate::{payload, DecodeError, EventFamily};
 
 /// What a sensor measures. Consumption kinds add up over time; temperature is averaged.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum SensorKind {
     Electricity,
@@ -53,7 +54,7 @@ impl SensorKind {
 }
 
 /// The building enum: one variant per event type.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum BuildingEvent {
     BuildingRegistered(BuildingRegistered),
@@ -65,7 +66,7 @@ pub enum BuildingEvent {
     AlertResolved(AlertResolved),
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct BuildingRegistered {
     pub building_id: Uuid,
     /// The owning organization (schema version 2; version 1 had none).
@@ -76,7 +77,19 @@ pub struct BuildingRegistered {
     pub registered_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// `BuildingRegistered` as schema version 1 stored it, before organizations existed. Never
+/// written any more; it documents the stored shape that the upcaster lifts (the catalogue
+/// shows its schema).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+pub struct BuildingRegisteredV1 {
+    pub building_id: Uuid,
+    pub name: String,
+    pub address: Option<String>,
+    pub floor_area_m2: Option<f64>,
+    pub registered_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SensorRegistered {
     pub sensor_id: Uuid,
     pub kind: SensorKind,
@@ -84,7 +97,7 @@ pub struct SensorRegistered {
     pub name: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SensorDecommissioned {
     pub sensor_id: Uuid,
     pub reason: Option<String>,
@@ -92,7 +105,7 @@ pub struct SensorDecommissioned {
 
 /// One measurement. For consumption kinds `value` is what was consumed since the sensor's
 /// previous reading (an interval amount, not a meter total).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct Reading {
     pub sensor_id: Uuid,
     pub kind: SensorKind,
@@ -101,13 +114,13 @@ pub struct Reading {
     pub measured_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ReadingsRecorded {
     pub readings: Vec<Reading>,
 }
 
 /// Limits for every sensor of one kind. A reading above `max` or below `min` is a breach.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ThresholdSet {
     pub kind: SensorKind,
     pub min: Option<f64>,
@@ -115,7 +128,7 @@ pub struct ThresholdSet {
 }
 
 /// Which limit a reading crossed.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Bound {
     Min,
@@ -123,7 +136,7 @@ pub enum Bound {
 }
 
 /// A sensor went from within its limits to outside them.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct AlertRaised {
     pub alert_id: Uuid,
     pub sensor_id: Uuid,
@@ -135,7 +148,7 @@ pub struct AlertRaised {
 }
 
 /// A sensor in breach reported a reading within its limits again.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct AlertResolved {
     pub alert_id: Uuid,
     pub sensor_id: Uuid,

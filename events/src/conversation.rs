@@ -9,6 +9,7 @@
 //! `chat_sessions` table (`user_id`, `title`, `model_id`, `created_at`) are kept.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -16,7 +17,7 @@ use uuid::Uuid;
 use crate::{payload, DecodeError, EventFamily};
 
 /// The conversation enum: one variant per event type.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum ConversationEvent {
     ChatSessionCreated(ChatSessionCreated),
@@ -33,7 +34,7 @@ pub enum ConversationEvent {
 }
 
 /// A chat session was opened by `user_id` (its owner) in an organization.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ChatSessionCreated {
     pub session_id: Uuid,
     pub organization_id: Uuid,
@@ -44,32 +45,32 @@ pub struct ChatSessionCreated {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ChatSessionRenamed {
     pub title: String,
 }
 
 /// The system prompt sent first with every reply; `None` removes it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SystemPromptSet {
     pub system_prompt: Option<String>,
 }
 
 /// The session is read-only from now on: no new messages or replies.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ChatSessionArchived {
     pub at: DateTime<Utc>,
 }
 
 /// Tombstone: the session is gone for every reader. It carries no text on purpose.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ChatSessionDeleted {
     pub at: DateTime<Utc>,
 }
 
 /// A user message. `parent_id` is the message it follows (`None` at the root); a message
 /// whose parent already has a follower starts a new branch (an edit).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct UserMessagePosted {
     pub message_id: Uuid,
     pub parent_id: Option<Uuid>,
@@ -78,7 +79,7 @@ pub struct UserMessagePosted {
 }
 
 /// An assistant reply to the user message `in_reply_to` began streaming.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ReplyStarted {
     pub reply_id: Uuid,
     pub in_reply_to: Uuid,
@@ -89,7 +90,7 @@ pub struct ReplyStarted {
 
 /// A coalesced piece of a reply. `offset` counts the characters (Unicode scalar values) of
 /// the reply before this piece.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ReplyDeltaAppended {
     pub reply_id: Uuid,
     pub offset: u64,
@@ -98,7 +99,7 @@ pub struct ReplyDeltaAppended {
 
 /// A reply finished. `finish_reason` is the provider's word (`stop`, `length`, ...);
 /// `estimated` is true when the provider reported no usage and the counts were estimated.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ReplyCompleted {
     pub reply_id: Uuid,
     pub finish_reason: String,
@@ -110,7 +111,7 @@ pub struct ReplyCompleted {
 
 /// A reply stopped on a provider error; `error_class` is the provider layer's classification
 /// (`timeout`, `rate_limited`, `server_error`, ...).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ReplyFailed {
     pub reply_id: Uuid,
     pub error_class: String,
@@ -119,7 +120,7 @@ pub struct ReplyFailed {
 }
 
 /// The user stopped a reply. What was produced so far stays in its deltas.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ReplyCancelled {
     pub reply_id: Uuid,
     pub at: DateTime<Utc>,

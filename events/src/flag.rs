@@ -6,6 +6,7 @@
 //! The stream is the flag's history.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -13,7 +14,7 @@ use uuid::Uuid;
 use crate::{payload, DecodeError, EventFamily};
 
 /// Who serves a flagged route.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum FlagMode {
     /// The route is proxied to the legacy backend (the state of a flag never changed).
@@ -43,7 +44,7 @@ impl FlagMode {
 }
 
 /// Who changed a flag.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum FlagActor {
     /// An organization admin (`user_id` set).
@@ -53,7 +54,7 @@ pub enum FlagActor {
 }
 
 /// A flag changed mode.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct FlagChanged {
     pub route: String,
     pub from: FlagMode,
@@ -67,7 +68,7 @@ pub struct FlagChanged {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum FlagEvent {
     FlagChanged(FlagChanged),

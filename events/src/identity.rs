@@ -6,6 +6,7 @@
 //! `refresh_hash` a SHA-256 of the refresh token. The history API redacts both.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -13,7 +14,9 @@ use uuid::Uuid;
 use crate::{payload, DecodeError, EventFamily};
 
 /// A role, within an organization (and on a user account).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Admin,
@@ -37,7 +40,9 @@ impl Role {
 }
 
 /// A frontend that an organization may enable.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Frontend {
     Flowmind,
@@ -74,7 +79,7 @@ impl Frontend {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum UserEvent {
     UserRegistered(UserRegistered),
@@ -91,7 +96,7 @@ pub enum UserEvent {
     SessionEnded(SessionEnded),
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct UserRegistered {
     pub user_id: Uuid,
     /// As typed (trimmed); uniqueness is on the lowercase form.
@@ -101,34 +106,34 @@ pub struct UserRegistered {
     pub registered_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct PasswordChanged {
     pub password_hash: String,
     pub changed_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct PasswordRehashed {
     pub password_hash: String,
     pub rehashed_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ProfileUpdated {
     pub display_name: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct RoleChanged {
     pub role: Role,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct UserDeactivated {
     pub deactivated_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SessionStarted {
     pub session_id: Uuid,
     pub organization_id: Option<Uuid>,
@@ -138,7 +143,7 @@ pub struct SessionStarted {
 }
 
 /// The refresh token was rotated: the previous one is now spent.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SessionRefreshed {
     pub session_id: Uuid,
     pub refresh_hash: String,
@@ -146,7 +151,7 @@ pub struct SessionRefreshed {
 }
 
 /// Why a session ended.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     Logout,
@@ -156,7 +161,7 @@ pub enum EndReason {
     Deactivated,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SessionEnded {
     pub session_id: Uuid,
     pub reason: EndReason,
@@ -201,13 +206,13 @@ impl EventFamily for UserEvent {
 
 /// The claim of an e-mail address, in the stream `email-<uuid v5 of the lowercase address>`.
 /// Appended with expected version "no stream", so exactly one signup wins an address.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum EmailEvent {
     EmailClaimed(EmailClaimed),
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct EmailClaimed {
     pub user_id: Uuid,
     pub email: String,
@@ -219,7 +224,7 @@ impl EventFamily for EmailEvent {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum OrganizationEvent {
     OrganizationCreated(OrganizationCreated),
@@ -230,7 +235,7 @@ pub enum OrganizationEvent {
     FrontendDisabled(FrontendChanged),
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct OrganizationCreated {
     pub organization_id: Uuid,
     pub name: String,
@@ -238,24 +243,24 @@ pub struct OrganizationCreated {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct OrganizationRenamed {
     pub name: String,
 }
 
 /// A member joined, or an existing member's role changed.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct MemberAdded {
     pub user_id: Uuid,
     pub role: Role,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct MemberRemoved {
     pub user_id: Uuid,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct FrontendChanged {
     pub frontend: Frontend,
 }

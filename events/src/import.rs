@@ -7,19 +7,20 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::EventFamily;
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum ImportEvent {
     ImportStarted(ImportStarted),
     ImportCompleted(ImportCompleted),
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ImportStarted {
     pub run_id: Uuid,
     /// `flowmind`, `toolboxai`, `analysis` or `fluxstudio`.
@@ -34,7 +35,7 @@ pub struct ImportStarted {
 }
 
 /// The figures of one legacy table.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
 pub struct TableFigures {
     pub table: String,
     /// Rows read from the source.
@@ -52,7 +53,7 @@ pub struct TableFigures {
     pub seconds: f64,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ImportCompleted {
     pub run_id: Uuid,
     pub tables: Vec<TableFigures>,

@@ -14,6 +14,7 @@
 #![deny(unsafe_code)]
 
 pub mod building;
+pub mod catalog;
 pub mod conversation;
 pub mod flag;
 pub mod identity;

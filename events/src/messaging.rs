@@ -8,6 +8,7 @@
 //! first message), as the decision made it, so that notifications are a plain projection.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use crate::{payload, DecodeError, EventFamily};
 
 /// Who may read a channel.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum ChannelKind {
     /// Every member of the organization reads it; writers post.
@@ -36,7 +37,7 @@ impl ChannelKind {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum MessagingEvent {
     ChannelCreated(ChannelCreated),
@@ -53,7 +54,7 @@ pub enum MessagingEvent {
 }
 
 /// A channel or direct conversation began. `name` is `None` for a direct conversation.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ChannelCreated {
     pub channel_id: Uuid,
     pub organization_id: Uuid,
@@ -67,33 +68,33 @@ pub struct ChannelCreated {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ChannelUpdated {
     pub name: Option<String>,
     pub topic: Option<String>,
     pub updated_by: Uuid,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ChannelArchived {
     pub archived_by: Uuid,
     pub at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ChannelMemberAdded {
     pub user_id: Uuid,
     pub added_by: Uuid,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ChannelMemberRemoved {
     pub user_id: Uuid,
     pub removed_by: Uuid,
 }
 
 /// What an attachment is; the file itself lives elsewhere (`url`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct Attachment {
     pub name: String,
     pub size: u64,
@@ -103,7 +104,7 @@ pub struct Attachment {
 
 /// A message. `parent_id` makes it a reply in that message's thread. `client_message_id` is
 /// the sender's own id for it (a socket's idempotency key).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct MessagePosted {
     pub message_id: Uuid,
     pub author_id: Uuid,
@@ -117,7 +118,7 @@ pub struct MessagePosted {
 }
 
 /// A new text for a message; earlier texts stay in the log as the edit history.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct MessageEdited {
     pub message_id: Uuid,
     pub text: String,
@@ -127,7 +128,7 @@ pub struct MessageEdited {
 }
 
 /// Tombstone: the message is gone for every reader. It carries no text on purpose.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct MessageDeleted {
     pub message_id: Uuid,
     pub deleted_by: Uuid,
@@ -135,7 +136,7 @@ pub struct MessageDeleted {
 }
 
 /// A user's reaction with one emoji, added or taken back.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ReactionChanged {
     pub message_id: Uuid,
     pub user_id: Uuid,
@@ -144,7 +145,7 @@ pub struct ReactionChanged {
 
 /// A user has read the channel up to and including its message number `seq` (messages
 /// are numbered from 1 in the order they were posted).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ReadMarkMoved {
     pub user_id: Uuid,
     pub seq: u64,
@@ -206,7 +207,7 @@ pub const MESSAGING_EVENT_TYPES: [&str; 11] = [
 ];
 
 /// Events of a user's notification inbox (stream category `inbox`, one stream per user).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum InboxEvent {
     NotificationsRead(NotificationsRead),
@@ -214,7 +215,7 @@ pub enum InboxEvent {
 
 /// The user read these notifications, or with `up_to`, every notification recorded at or
 /// before that log position.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct NotificationsRead {
     pub notification_ids: Vec<Uuid>,
     pub up_to: Option<i64>,

@@ -1,6 +1,7 @@
 //! Events of a FluxStudio project: its details, team, members, status and milestones.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -8,7 +9,7 @@ use uuid::Uuid;
 use crate::{payload, DecodeError, EventFamily};
 
 /// Where a project stands.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum ProjectStatus {
     Planning,
@@ -44,7 +45,7 @@ impl ProjectStatus {
 }
 
 /// The project enum: one variant per event type.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum ProjectEvent {
     ProjectCreated(ProjectCreated),
@@ -57,7 +58,7 @@ pub enum ProjectEvent {
     MilestoneRemoved(MilestoneRemoved),
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ProjectCreated {
     pub project_id: Uuid,
     pub organization_id: Uuid,
@@ -70,42 +71,42 @@ pub struct ProjectCreated {
 }
 
 /// The details as they are now (all of them, so that a reader needs no history).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ProjectUpdated {
     pub name: String,
     pub description: Option<String>,
     pub team_id: Option<Uuid>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ProjectStatusChanged {
     pub status: ProjectStatus,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ProjectMemberAdded {
     pub user_id: Uuid,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ProjectMemberRemoved {
     pub user_id: Uuid,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct MilestoneAdded {
     pub milestone_id: Uuid,
     pub title: String,
     pub due_date: Option<NaiveDate>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct MilestoneCompleted {
     pub milestone_id: Uuid,
     pub completed_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct MilestoneRemoved {
     pub milestone_id: Uuid,
 }

@@ -13,6 +13,7 @@
 //! `objective`, `config`, `created_at`) are kept in [`SwarmTaskCreated`].
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -20,7 +21,7 @@ use uuid::Uuid;
 use crate::{payload, DecodeError, EventFamily};
 
 /// Which frontend's kind of work a task is.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskType {
     /// A particle swarm optimization (Quantum Swarm).
@@ -57,7 +58,7 @@ impl TaskType {
 
 /// The settings of one particle swarm run. The objective is named next to it (the task's
 /// `objective`, or a subtask's own).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct QuantumConfig {
     /// Number of variables, `x1` to `xn`.
     pub dimensions: u32,
@@ -73,7 +74,7 @@ pub struct QuantumConfig {
 }
 
 /// How a batch treats a failed subtask.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchMode {
     /// The first subtask that fails (after its retries) fails the batch; the rest stop.
@@ -84,7 +85,7 @@ pub enum BatchMode {
 
 /// One kind of subtask, possibly repeated `count` times (so that a large batch of similar
 /// subtasks stays a small event). Subtasks are numbered in the order they are listed.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SubtaskSpec {
     /// A prompt through the AI provider layer.
@@ -119,7 +120,7 @@ impl SubtaskSpec {
 }
 
 /// The settings of a batch.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct VelocityConfig {
     pub subtasks: Vec<SubtaskSpec>,
     /// Most subtasks of this batch running at once.
@@ -141,7 +142,7 @@ impl VelocityConfig {
 
 /// The settings of an agent execution: which registered agent does which of its tasks,
 /// on what input (checked against the task's input schema before it is recorded).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct AgentConfig {
     pub agent_type: String,
     pub task_type: String,
@@ -151,7 +152,7 @@ pub struct AgentConfig {
 }
 
 /// A task's settings, by type.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(untagged)]
 pub enum TaskConfig {
     Quantum(QuantumConfig),
@@ -161,7 +162,7 @@ pub enum TaskConfig {
 }
 
 /// One document of an analysis.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct AnalysisDocument {
     pub name: String,
     pub text: String,
@@ -169,7 +170,7 @@ pub struct AnalysisDocument {
 
 /// The settings of an analysis: its documents, the questions its AI step answers, and the
 /// model of that step (the server's default when none is named).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct AnalysisConfig {
     pub title: String,
     pub documents: Vec<AnalysisDocument>,
@@ -178,7 +179,7 @@ pub struct AnalysisConfig {
 }
 
 /// What the analysis found in one document.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct DocumentFindings {
     pub name: String,
     pub words: u64,
@@ -187,14 +188,14 @@ pub struct DocumentFindings {
     pub top_terms: Vec<TermCount>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct TermCount {
     pub term: String,
     pub count: u64,
 }
 
 /// The results of an analysis: per document and over all of them.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct AnalysisResults {
     pub documents: Vec<DocumentFindings>,
     pub words: u64,
@@ -203,7 +204,7 @@ pub struct AnalysisResults {
 }
 
 /// Who wrote an insight.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum InsightSource {
     /// The analysis's AI step.
@@ -213,7 +214,7 @@ pub enum InsightSource {
 }
 
 /// A task was submitted; it waits in its organization's queue.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SwarmTaskCreated {
     pub task_id: Uuid,
     pub organization_id: Uuid,
@@ -228,7 +229,7 @@ pub struct SwarmTaskCreated {
 
 /// The scheduler started attempt `attempt` (1 for the first run). `resumed_from` is what
 /// the attempt starts from: for a batch, the subtasks already recorded.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SwarmTaskStarted {
     pub attempt: u32,
     pub resumed_from: u64,
@@ -237,7 +238,7 @@ pub struct SwarmTaskStarted {
 
 /// The best point an optimization has found so far (coalesced: at most one every few
 /// hundred milliseconds, whatever the iteration rate).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct OptimizationProgressed {
     pub attempt: u32,
     pub iteration: u64,
@@ -248,7 +249,7 @@ pub struct OptimizationProgressed {
 }
 
 /// How a subtask ended.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SubtaskStatus {
     Done,
@@ -256,7 +257,7 @@ pub enum SubtaskStatus {
 }
 
 /// The outcome of one subtask, after its retries.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SubtaskOutcome {
     pub index: u32,
     pub status: SubtaskStatus,
@@ -268,7 +269,7 @@ pub struct SubtaskOutcome {
 }
 
 /// A chunk of subtask outcomes of a batch.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SubtasksRecorded {
     pub attempt: u32,
     pub outcomes: Vec<SubtaskOutcome>,
@@ -277,7 +278,7 @@ pub struct SubtasksRecorded {
 
 /// One provider call of an agent execution: what it cost, and why its output was refused
 /// (`error`), if it was. A refused output is retried once with the error in the prompt.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct AgentCallRecorded {
     pub attempt: u32,
     /// 1 for the first call of the attempt.
@@ -291,7 +292,7 @@ pub struct AgentCallRecorded {
 }
 
 /// What a finished task produced.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TaskResult {
     Optimization {
@@ -325,7 +326,7 @@ pub enum TaskResult {
     },
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SwarmTaskCompleted {
     pub attempt: u32,
     pub result: TaskResult,
@@ -334,7 +335,7 @@ pub struct SwarmTaskCompleted {
 
 /// The task stopped on an error (a failing subtask in fail-fast mode, the time limit, an
 /// objective that cannot be evaluated).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SwarmTaskFailed {
     pub attempt: u32,
     pub error: String,
@@ -342,7 +343,7 @@ pub struct SwarmTaskFailed {
 }
 
 /// The task was cancelled by a user; what was recorded so far stays.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SwarmTaskCancelled {
     pub cancelled_at: DateTime<Utc>,
 }
@@ -350,7 +351,7 @@ pub struct SwarmTaskCancelled {
 /// Attempt `attempt` was running when the process that ran it died, or (`released`) when
 /// that process let it go on a graceful shutdown; the scheduler starts it again. Deaths
 /// count towards the task's attempt limit, releases do not.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SwarmTaskInterrupted {
     pub attempt: u32,
     pub interrupted_at: DateTime<Utc>,
@@ -359,7 +360,7 @@ pub struct SwarmTaskInterrupted {
 }
 
 /// An analysis went through `done` of its `total` documents (its `updates`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct AnalysisProgressed {
     pub attempt: u32,
     pub done: u64,
@@ -370,7 +371,7 @@ pub struct AnalysisProgressed {
 }
 
 /// An analysis recorded its results (once per task, whatever the attempts).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct AnalysisResultsRecorded {
     pub attempt: u32,
     pub results: AnalysisResults,
@@ -379,7 +380,7 @@ pub struct AnalysisResultsRecorded {
 
 /// An insight on an analysis: produced by its AI step (`attempt` and `model` set) or saved
 /// by a user (`user_id` set).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct InsightRecorded {
     pub insight_id: Uuid,
     pub source: InsightSource,
@@ -391,7 +392,7 @@ pub struct InsightRecorded {
 }
 
 /// The swarm task enum: one variant per event type.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum SwarmTaskEvent {
     SwarmTaskCreated(SwarmTaskCreated),

@@ -1,6 +1,7 @@
 //! Events of a FluxStudio team: an organization's group of people, each a lead or a member.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -8,7 +9,9 @@ use uuid::Uuid;
 use crate::{payload, DecodeError, EventFamily};
 
 /// A member's role in a team.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TeamRole {
     Lead,
@@ -26,7 +29,7 @@ impl TeamRole {
 }
 
 /// The team enum: one variant per event type.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum TeamEvent {
     TeamCreated(TeamCreated),
@@ -37,7 +40,7 @@ pub enum TeamEvent {
     TeamArchived(TeamArchived),
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct TeamCreated {
     pub team_id: Uuid,
     pub organization_id: Uuid,
@@ -48,30 +51,30 @@ pub struct TeamCreated {
 }
 
 /// The name and the description as they are now (both, so that a reader needs no history).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct TeamUpdated {
     pub name: String,
     pub description: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct TeamMemberAdded {
     pub user_id: Uuid,
     pub role: TeamRole,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct TeamMemberRoleChanged {
     pub user_id: Uuid,
     pub role: TeamRole,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct TeamMemberRemoved {
     pub user_id: Uuid,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct TeamArchived {
     pub archived_at: DateTime<Utc>,
 }

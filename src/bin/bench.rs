@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+#[path = "bench/history.rs"]
+mod history;
 #[path = "bench/import.rs"]
 mod import_bench;
 
@@ -60,7 +62,9 @@ struct Args {
     /// run through the whole stack against argmin alone, and a 10,000-subtask batch; `agents`
     /// runs `--subscribers` Pusher subscribers on `content-generation` while `--rate` agent
     /// executions per second (against a stand-in provider) publish from the log; `import`
-    /// generates a FlowMind legacy database and imports it (`--import-scale`).
+    /// generates a FlowMind legacy database and imports it (`--import-scale`); `history`
+    /// exports 1,000,000 events, imports them into an empty store and times time travel on
+    /// a 100,000-event stream (see src/bin/bench/history.rs).
     #[arg(long, default_value = "commands")]
     mode: String,
     /// Socket subscribers (ws mode).
@@ -788,6 +792,10 @@ async fn main() -> anyhow::Result<()> {
         pusher_secret: Some(universal_backend::gateways::pusher::DEV_SECRET.into()),
         ..Config::default()
     };
+    // History mode: no server, the command line's work on fresh databases.
+    if args.mode == "history" {
+        return history::run(&args.server, &database_url, args.keep).await;
+    }
     let app = Application::build(config.clone()).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();

@@ -74,6 +74,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .configure(messaging::configure)
                 .configure(messaging::configure_shared)
                 .configure(history::configure)
+                .configure(crate::history::routes::configure)
                 .configure(admin::configure)
                 .configure(fluxstudio::configure)
                 .configure(swarm::configure)

@@ -87,7 +87,7 @@ fn lock_key(projection: &str) -> i64 {
 }
 
 /// What a projection reads of the log: its event types, payloads only.
-fn reads_of(projection: &dyn Projection) -> Filter {
+pub(crate) fn reads_of(projection: &dyn Projection) -> Filter {
     Filter {
         event_types: Some(
             projection
@@ -290,14 +290,14 @@ impl ProjectionRunner {
 }
 
 /// A page of events: the events of positions `(from, to]` that the projection reads.
-struct Page {
+pub(crate) struct Page {
     from: i64,
     /// Where the checkpoint goes once the page is applied.
-    to: i64,
-    events: Vec<RecordedEvent>,
+    pub(crate) to: i64,
+    pub(crate) events: Vec<RecordedEvent>,
     /// An event whose payload could not be read, to be parked; then `events` is empty and
     /// `to` is its position.
-    unreadable: Option<Parked>,
+    pub(crate) unreadable: Option<Parked>,
 }
 
 impl Page {
@@ -322,7 +322,7 @@ impl Page {
 /// not decode), finds the longest readable prefix by halving; when even the first event
 /// cannot be read, the page is that event alone, to be parked, named by what the log says
 /// of it without its payload.
-async fn read_page(
+pub(crate) async fn read_page(
     store: &dyn EventStore,
     pool: &PgPool,
     filter: &Filter,
@@ -546,6 +546,17 @@ pub async fn rebuild(
     projection: &dyn Projection,
     batch_size: i64,
 ) -> anyhow::Result<RebuildReport> {
+    rebuild_with_progress(pool, store, projection, batch_size, None).await
+}
+
+/// [`rebuild`], counting the positions it passes into `progress` (the command line's bar).
+pub async fn rebuild_with_progress(
+    pool: &PgPool,
+    store: &dyn EventStore,
+    projection: &dyn Projection,
+    batch_size: i64,
+    progress: Option<&crate::progress::Progress>,
+) -> anyhow::Result<RebuildReport> {
     let name = projection.name();
     let scratch = format!("rebuild_{name}");
     let started = std::time::Instant::now();
@@ -613,6 +624,9 @@ pub async fn rebuild(
         parked.extend(applied?);
         parked.extend(page.unreadable.take());
         events_read += page.events.len() as u64;
+        if let Some(p) = progress {
+            p.inc((to - position).max(0) as u64);
+        }
         position = to;
         match next? {
             Some(next) => page = next,
