@@ -826,10 +826,16 @@ struct Connection {
     told_read_only: bool,
 }
 
+/// A close frame; its reason is cut to the 123 bytes a close frame can carry (the full
+/// reason goes before it in the `[2,0,reason]` message).
 fn close(code: CloseCode, description: &str) -> Option<CloseReason> {
+    let mut end = description.len().min(123);
+    while !description.is_char_boundary(end) {
+        end -= 1;
+    }
     Some(CloseReason {
         code,
-        description: Some(description.to_owned()),
+        description: Some(description[..end].to_owned()),
     })
 }
 
