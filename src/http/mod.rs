@@ -79,6 +79,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
                     web::get().to(crate::gateways::collab::connect),
                 )
                 .configure(documents::configure)
+                .configure(documents::configure_projects)
                 .configure(citypulse::configure)
                 .configure(ai::configure)
                 .configure(messaging::configure)
@@ -103,6 +104,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
 fn aliases(cfg: &mut ServiceConfig) {
     cfg.configure(identity::configure)
         .configure(fluxstudio::configure)
+        .configure(documents::configure_projects)
         .configure(messaging::configure);
 }
 
