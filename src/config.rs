@@ -227,7 +227,11 @@ pub struct Config {
     #[arg(long, env = "COLLAB_MAX_FRAME_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub collab_max_frame_bytes: usize,
     /// Most connections to one collaborative document on one process.
-    #[arg(long, env = "COLLAB_MAX_CONNECTIONS_PER_DOCUMENT", default_value_t = 200)]
+    #[arg(
+        long,
+        env = "COLLAB_MAX_CONNECTIONS_PER_DOCUMENT",
+        default_value_t = 200
+    )]
     pub collab_max_connections_per_document: usize,
     /// Messages a collaboration client may send per minute on one connection (keystrokes
     /// and cursor moves; 0 = no limit). Over it the connection is closed (1008) and the

@@ -166,7 +166,10 @@ async fn documents_are_listed_per_project_and_bad_input_is_refused() {
     assert_eq!(list["items"][0]["id"], s.doc.as_str());
     assert_eq!(list["items"][0]["name"], "Brief");
     let res = admin
-        .post(s.app.url(&format!("/api/v1/projects/{}/documents", s.project)))
+        .post(
+            s.app
+                .url(&format!("/api/v1/projects/{}/documents", s.project)),
+        )
         .json(&json!({ "name": "" }))
         .send()
         .await
@@ -190,7 +193,10 @@ async fn documents_are_listed_per_project_and_bad_input_is_refused() {
         .unwrap();
     assert_eq!(res.status(), 403);
     let res = admin
-        .get(s.app.url(&format!("/api/v1/documents/{}?version=99", s.doc)))
+        .get(
+            s.app
+                .url(&format!("/api/v1/documents/{}?version=99", s.doc)),
+        )
         .send()
         .await
         .unwrap();

@@ -266,7 +266,13 @@ mod tests {
             merged: 1,
             restored_from: None,
         }));
-        assert!(matches!(bad, Err(DocumentError::Invalid { field: "update", .. })));
+        assert!(matches!(
+            bad,
+            Err(DocumentError::Invalid {
+                field: "update",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -53,7 +53,9 @@ struct Args {
     /// `--rate` messages per second in all; `swarm` measures swarm tasks: a particle swarm
     /// run through the whole stack against argmin alone, and a 10,000-subtask batch; `agents`
     /// runs `--subscribers` Pusher subscribers on `content-generation` while `--rate` agent
-    /// executions per second (against a stand-in provider) publish from the log.
+    /// executions per second (against a stand-in provider) publish from the log; `collab`
+    /// runs `--documents` Yjs documents with `--editors` y-websocket editors each over two
+    /// server processes (see `bench/collab.rs`).
     #[arg(long, default_value = "commands")]
     mode: String,
     /// Socket subscribers (ws mode).
@@ -83,6 +85,21 @@ struct Args {
     /// HTTP worker threads of the server under test.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Documents (collab mode).
+    #[arg(long, default_value_t = 50)]
+    documents: usize,
+    /// Editors of each document, spread over two server processes (collab mode).
+    #[arg(long, default_value_t = 10)]
+    editors: usize,
+    /// Characters each editor types per second (collab mode).
+    #[arg(long, default_value_t = 5)]
+    keys_per_second: u64,
+    /// Seconds the editors type (collab mode).
+    #[arg(long, default_value_t = 30)]
+    typing_seconds: u64,
+    /// Updates of the document whose load time is measured (collab mode).
+    #[arg(long, default_value_t = 100_000)]
+    load_updates: usize,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -741,6 +758,15 @@ async fn main() -> anyhow::Result<()> {
         args.server.trim_end_matches('/'),
         chrono::Utc::now().format("%Y%m%d%H%M%S")
     );
+    // Collab mode: two server processes of their own (see `collab`).
+    if args.mode == "collab" {
+        let result = collab::run(&args, &database_url).await;
+        if !args.keep {
+            use sqlx::migrate::MigrateDatabase;
+            let _ = sqlx::Postgres::force_drop_database(&database_url).await;
+        }
+        return result;
+    }
     // Chat mode: a stand-in OpenAI-compatible provider on a thread of its own.
     let provider_url = if args.mode == "chat" {
         Some(chat::start_provider(args.tokens, args.token_rate, None)?)
@@ -898,6 +924,9 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[path = "bench/collab.rs"]
+mod collab;
 
 /// Chat mode: N concurrent FlowMind chats against a stand-in provider that streams T tokens
 /// at a fixed rate; measures the time to the first delta at the client (over SSE), the

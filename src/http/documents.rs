@@ -35,20 +35,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/documents/{id}/versions", web::get().to(list_versions))
         .route("/documents/{id}/restore", web::post().to(restore))
         .route("/documents/{id}/grants", web::post().to(grant))
-        .route(
-            "/documents/{id}/grants/{user_id}",
-            web::delete().to(revoke),
-        );
+        .route("/documents/{id}/grants/{user_id}", web::delete().to(revoke));
 }
 
 /// A project's documents (`/projects/{id}/documents`), also served under `/api/projects`
 /// with the other project routes.
 pub fn configure_projects(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/projects/{id}/documents",
-        web::post().to(create_document),
-    )
-    .route("/projects/{id}/documents", web::get().to(list_documents));
+    cfg.route("/projects/{id}/documents", web::post().to(create_document))
+        .route("/projects/{id}/documents", web::get().to(list_documents));
 }
 
 fn document_error(e: DocumentError) -> ApiError {

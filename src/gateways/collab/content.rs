@@ -98,7 +98,12 @@ pub async fn load(
     let mut tail = 0;
     loop {
         let page = store
-            .read_stream(&name, version + 1, Direction::Forward, PAGE.min(limit - version))
+            .read_stream(
+                &name,
+                version + 1,
+                Direction::Forward,
+                PAGE.min(limit - version),
+            )
             .await
             .map_err(|e| LoadError::Store(e.to_string()))?;
         let last = page.len() as i64;

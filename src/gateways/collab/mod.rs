@@ -68,10 +68,10 @@ use universal_events::identity::{Frontend, Role};
 use universal_events::project::ProjectEvent;
 use universal_events::EventFamily;
 use uuid::Uuid;
+use yrs::block::ClientID;
 use yrs::sync::{Awareness, AwarenessUpdate, Message, MessageReader, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
-use yrs::block::ClientID;
 use yrs::{ReadTxn, Transact};
 
 use crate::actors::document::{Document, DocumentAction, DocumentCommand};
@@ -668,7 +668,11 @@ impl Room {
 
     fn step2(&self, sv: &yrs::StateVector) -> Option<Bytes> {
         let inner = self.inner.lock().ok()?;
-        let diff = inner.awareness.doc().transact().encode_state_as_update_v1(sv);
+        let diff = inner
+            .awareness
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(sv);
         Some(encode(&Message::Sync(SyncMessage::SyncStep2(diff))))
     }
 
@@ -876,7 +880,12 @@ impl Connection {
         };
         let principal = principal_from_token(&self.state, &token)
             .await
-            .map_err(|e| (Some(denied(&e.message)), close(CloseCode::Policy, &e.message)))?;
+            .map_err(|e| {
+                (
+                    Some(denied(&e.message)),
+                    close(CloseCode::Policy, &e.message),
+                )
+            })?;
         // What the document is, without loading its content: a caller of another
         // organization must not make this process load anything.
         let meta = match self.state.registries.documents.inspect(self.id).await {
