@@ -225,6 +225,7 @@ async fn concurrent_edits_on_two_processes_converge_to_identical_text_and_are_st
     let second = common::spawn_second_app(&s.app).await;
     let report = e2e("converge", s.config(&[&s.app.base, &second.base])).await;
     assert_eq!(report["text_a"], report["text_b"], "{report}");
+    assert_eq!(report["awareness_across"], true, "{report}");
     let text = report["text_a"].as_str().unwrap();
     assert_eq!(text.matches('A').count(), 40, "{report}");
     assert_eq!(text.matches('B').count(), 40, "{report}");
@@ -366,6 +367,45 @@ async fn the_document_size_limit_refuses_updates_with_a_reason() {
         "{report}"
     );
     assert!(report["stored_len"].as_u64().unwrap() < 2_000, "{report}");
+}
+
+#[actix_web::test]
+async fn the_python_pycrdt_client_and_the_js_client_edit_one_document() {
+    let s = setup(|_| {}).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv-collab/bin/python");
+    assert!(
+        python.exists(),
+        "pycrdt is not installed: scripts/test makes .venv-collab from tests/collab/requirements.txt"
+    );
+    let mut config = s.config(&[&s.app.base]);
+    config["text"] = json!("from-js");
+    e2e("write", config.clone()).await;
+    let args = [
+        root.join("tests/collab/pycrdt_client.py").display().to_string(),
+        s.app.base.clone(),
+        s.doc.clone(),
+        s.tokens["editor2"].as_str().unwrap().to_owned(),
+        "from-js".to_owned(),
+        " and py".to_owned(),
+    ];
+    let output = actix_web::rt::task::spawn_blocking(move || {
+        Command::new(python).args(args).output().expect("python runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "pycrdt client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["seen"], "from-js", "{report}");
+    assert_eq!(report["stored"], "from-js and py", "{report}");
+    config["text"] = json!("from-js and py");
+    let read = e2e("expect", config).await;
+    assert_eq!(read["text"], "from-js and py", "{read}");
 }
 
 /// A `universal-backend` process on `database_url`, started from the built binary with

@@ -152,6 +152,7 @@ pub struct DocumentSummary {
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
     #[serde(skip)]
+    #[schema(ignore)]
     pub created_position: i64,
 }
 

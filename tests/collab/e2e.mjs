@@ -18,13 +18,17 @@ async function converge () {
   const b = watched(client(cfg.bases[1], doc, cfg.tokens.editor2))
   await synced(a, 'a sync')
   await synced(b, 'b sync')
+  // Awareness (a cursor's owner) crosses processes without being stored.
+  a.provider.awareness.setLocalStateField('user', { name: 'Ann' })
+  await until(() => [...b.provider.awareness.getStates().values()].some((s) => s.user?.name === 'Ann'),
+    'b sees a\'s awareness')
   await Promise.all([type(a, 'A'.repeat(40), 3), type(b, 'B'.repeat(40), 3)])
   await until(() => a.text.toString() === b.text.toString() && a.text.length === 80, 'convergence')
   const text = a.text.toString()
   await until(async () => (await stored(cfg.bases[1])) === text, 'the stored text')
   const other = await stored(cfg.bases[0])
   a.provider.destroy(); b.provider.destroy()
-  done({ ok: true, text_a: text, text_b: b.text.toString(), stored_second: text, stored_first: other })
+  done({ ok: true, awareness_across: true, text_a: text, text_b: b.text.toString(), stored_second: text, stored_first: other })
 }
 
 async function offline () {
@@ -209,7 +213,25 @@ async function toolarge () {
   done({ ok: true, denied: e.denied[0], stored_len: storedLen })
 }
 
-const modes = { toolarge, converge, offline, viewer, revoke, timetravel, malformed, failedload, kill }
+// Interoperability with another implementation: write, then expect what it appended.
+async function write () {
+  const e = watched(client(cfg.bases[0], doc, cfg.tokens.editor))
+  await synced(e)
+  await type(e, cfg.text)
+  await until(async () => (await stored()) === cfg.text, 'the text stored')
+  e.provider.destroy()
+  done({ ok: true })
+}
+
+async function expect () {
+  const e = watched(client(cfg.bases[0], doc, cfg.tokens.editor))
+  await synced(e)
+  await until(() => e.text.toString() === cfg.text, 'the other implementation\'s text')
+  e.provider.destroy()
+  done({ ok: true, text: e.text.toString() })
+}
+
+const modes = { write, expect, toolarge, converge, offline, viewer, revoke, timetravel, malformed, failedload, kill }
 if (!modes[mode]) throw new Error(`unknown mode ${mode}`)
 const watchdog = setTimeout(() => { console.error('e2e timed out'); process.exit(2) }, 60000)
 watchdog.unref()
