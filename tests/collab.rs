@@ -382,7 +382,9 @@ async fn the_python_pycrdt_client_and_the_js_client_edit_one_document() {
     config["text"] = json!("from-js");
     e2e("write", config.clone()).await;
     let args = [
-        root.join("tests/collab/pycrdt_client.py").display().to_string(),
+        root.join("tests/collab/pycrdt_client.py")
+            .display()
+            .to_string(),
         s.app.base.clone(),
         s.doc.clone(),
         s.tokens["editor2"].as_str().unwrap().to_owned(),
@@ -390,7 +392,10 @@ async fn the_python_pycrdt_client_and_the_js_client_edit_one_document() {
         " and py".to_owned(),
     ];
     let output = actix_web::rt::task::spawn_blocking(move || {
-        Command::new(python).args(args).output().expect("python runs")
+        Command::new(python)
+            .args(args)
+            .output()
+            .expect("python runs")
     })
     .await
     .unwrap();
