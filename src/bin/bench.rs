@@ -760,7 +760,8 @@ async fn main() -> anyhow::Result<()> {
     );
     // Collab mode: two server processes of their own (see `collab`).
     if args.mode == "collab" {
-        let result = collab::run(&args, &database_url).await;
+        let (c_args, c_url) = (args.clone(), database_url.clone());
+        let result = on_client_threads(async move { collab::run(&c_args, &c_url).await }).await;
         if !args.keep {
             use sqlx::migrate::MigrateDatabase;
             let _ = sqlx::Postgres::force_drop_database(&database_url).await;
