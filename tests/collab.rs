@@ -449,11 +449,15 @@ async fn start_process(database_url: &str, env: &[(&str, &str)]) -> Process {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("the server binary starts");
+    let mut child = cmd.spawn().expect("the server binary starts");
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let mut up = false;
-    for _ in 0..300 {
+    // Generous: on a loaded machine a fresh process may take a while to migrate and listen.
+    for _ in 0..1200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the server process exited at start: {status}");
+        }
         if let Ok(r) = client.get(format!("{base}/health")).send().await {
             if r.status() == 200 {
                 up = true;
