@@ -211,6 +211,33 @@ pub struct Config {
     /// endpoint (0 = no limit).
     #[arg(long, env = "WS_RATE_LIMIT_PER_MINUTE", default_value_t = 100)]
     pub ws_rate_limit_per_minute: u32,
+    /// Milliseconds during which the updates of a collaborative document are merged into one
+    /// `DocumentUpdated` event (a process killed with `kill -9` loses at most this window,
+    /// which its clients give back when they reconnect).
+    #[arg(long, env = "COLLAB_FLUSH_MS", default_value_t = 100)]
+    pub collab_flush_ms: u64,
+    /// A snapshot of a collaborative document's state is saved every this many versions of
+    /// its stream (0 = never).
+    #[arg(long, env = "COLLAB_SNAPSHOT_EVERY", default_value_t = 100)]
+    pub collab_snapshot_every: i64,
+    /// Largest state of a collaborative document, in bytes; updates past it are refused.
+    #[arg(long, env = "COLLAB_MAX_DOCUMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub collab_max_document_bytes: usize,
+    /// Largest frame a collaboration client may send, in bytes (checked at the frame header).
+    #[arg(long, env = "COLLAB_MAX_FRAME_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub collab_max_frame_bytes: usize,
+    /// Most connections to one collaborative document on one process.
+    #[arg(
+        long,
+        env = "COLLAB_MAX_CONNECTIONS_PER_DOCUMENT",
+        default_value_t = 200
+    )]
+    pub collab_max_connections_per_document: usize,
+    /// Messages a collaboration client may send per minute on one connection (keystrokes
+    /// and cursor moves; 0 = no limit). Over it the connection is closed (1008) and the
+    /// client reconnects and resyncs.
+    #[arg(long, env = "COLLAB_RATE_LIMIT_PER_MINUTE", default_value_t = 3000)]
+    pub collab_rate_limit_per_minute: u32,
     /// Signing algorithm of access tokens: only `HS256` is supported (the seed's setting).
     #[arg(long, env = "JWT_ALGORITHM", default_value = "HS256")]
     pub jwt_algorithm: String,

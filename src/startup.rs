@@ -200,6 +200,7 @@ impl Application {
                 crate::outbound::AllowList::parse(&config.swarm_http_allowlist)
                     .map_err(|e| anyhow::anyhow!("SWARM_HTTP_ALLOWLIST: {e}"))?,
             ),
+            collab: crate::gateways::collab::Collab::new(&config),
         });
         if config.run_swarm_scheduler {
             state.swarm.start(state.clone());
@@ -263,6 +264,7 @@ impl Application {
         let result = self.server.await;
         self.state.swarm.release(&self.state).await;
         self.state.chat.stop();
+        self.state.collab.flush_all(&self.state).await;
         self.state.store.shutdown().await;
         if let Some(runners) = self.runners {
             runners.stop();

@@ -50,6 +50,8 @@ registries! {
     swarm_tasks: crate::actors::swarm_task::SwarmTask,
     /// The migration feature flags of the legacy routes (one actor per route).
     flags: crate::actors::flag::Flag,
+    /// FluxStudio collaborative documents (Yjs), their grants and updates.
+    documents: crate::actors::document::Document,
 }
 
 /// What every handler can reach, behind cheap handles.
@@ -89,4 +91,6 @@ pub struct AppState {
     pub breakers: Arc<crate::agents::breakers::BreakerSync>,
     /// Where user-supplied URLs may lead (`SWARM_HTTP_ALLOWLIST`, see `outbound`).
     pub outbound: Arc<crate::outbound::AllowList>,
+    /// The collaborative documents open on this process (y-websocket, see `gateways::collab`).
+    pub collab: Arc<crate::gateways::collab::Collab>,
 }

@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::building::{BuildingRegisteredV1, EVENT_TYPES as BUILDING_EVENT_TYPES};
 use crate::conversation::CONVERSATION_EVENT_TYPES;
+use crate::document::{DocumentEvent, DOCUMENT_EVENT_TYPES};
 use crate::flag::FLAG_EVENT_TYPES;
 use crate::identity::{ORGANIZATION_EVENT_TYPES, USER_EVENT_TYPES};
 use crate::import::{ImportEvent, IMPORT_EVENT_TYPES};
@@ -78,6 +79,7 @@ pub fn families() -> Vec<Family> {
         family::<SwarmTaskEvent>("SwarmTaskEvent", "swarm_task", &ANALYSIS_EVENT_TYPES),
         family::<FlagEvent>("FlagEvent", "flag", &FLAG_EVENT_TYPES),
         family::<ImportEvent>("ImportEvent", "import", &IMPORT_EVENT_TYPES),
+        family::<DocumentEvent>("DocumentEvent", "document", &DOCUMENT_EVENT_TYPES),
     ]
 }
 

@@ -16,6 +16,7 @@
 pub mod building;
 pub mod catalog;
 pub mod conversation;
+pub mod document;
 pub mod flag;
 pub mod identity;
 pub mod import;
@@ -29,6 +30,7 @@ use serde_json::Value;
 
 pub use building::BuildingEvent;
 pub use conversation::ConversationEvent;
+pub use document::DocumentEvent;
 pub use flag::FlagEvent;
 pub use identity::{EmailEvent, OrganizationEvent, UserEvent};
 pub use import::ImportEvent;

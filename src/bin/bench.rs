@@ -64,7 +64,9 @@ struct Args {
     /// executions per second (against a stand-in provider) publish from the log; `import`
     /// generates a FlowMind legacy database and imports it (`--import-scale`); `history`
     /// exports 1,000,000 events, imports them into an empty store and times time travel on
-    /// a 100,000-event stream (see src/bin/bench/history.rs).
+    /// a 100,000-event stream (see src/bin/bench/history.rs); `collab`
+    /// runs `--documents` Yjs documents with `--editors` y-websocket editors each over two
+    /// server processes (see `bench/collab.rs`).
     #[arg(long, default_value = "commands")]
     mode: String,
     /// Socket subscribers (ws mode).
@@ -94,6 +96,21 @@ struct Args {
     /// HTTP worker threads of the server under test.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Documents (collab mode).
+    #[arg(long, default_value_t = 50)]
+    documents: usize,
+    /// Editors of each document, spread over two server processes (collab mode).
+    #[arg(long, default_value_t = 10)]
+    editors: usize,
+    /// Characters each editor types per second (collab mode).
+    #[arg(long, default_value_t = 5)]
+    keys_per_second: u64,
+    /// Seconds the editors type (collab mode).
+    #[arg(long, default_value_t = 30)]
+    typing_seconds: u64,
+    /// Updates of the document whose load time is measured (collab mode).
+    #[arg(long, default_value_t = 100_000)]
+    load_updates: usize,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -755,6 +772,16 @@ async fn main() -> anyhow::Result<()> {
     if args.mode == "import" {
         return import_bench::run(&args.server, &database_url, args.import_scale, args.keep).await;
     }
+    // Collab mode: two server processes of their own (see `collab`).
+    if args.mode == "collab" {
+        let (c_args, c_url) = (args.clone(), database_url.clone());
+        let result = on_client_threads(async move { collab::run(&c_args, &c_url).await }).await;
+        if !args.keep {
+            use sqlx::migrate::MigrateDatabase;
+            let _ = sqlx::Postgres::force_drop_database(&database_url).await;
+        }
+        return result;
+    }
     // Chat mode: a stand-in OpenAI-compatible provider on a thread of its own.
     let provider_url = if args.mode == "chat" {
         Some(chat::start_provider(args.tokens, args.token_rate, None)?)
@@ -916,6 +943,9 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[path = "bench/collab.rs"]
+mod collab;
 
 /// Chat mode: N concurrent FlowMind chats against a stand-in provider that streams T tokens
 /// at a fixed rate; measures the time to the first delta at the client (over SSE), the

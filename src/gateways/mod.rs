@@ -6,6 +6,7 @@
 //!   `/messaging` commands ([`socketio::messaging`]);
 //! - [`pusher`]: the Pusher Channels hub across processes, and its socket endpoint and HTTP
 //!   API ([`pusher::socket`]);
+//! - [`collab`]: FluxStudio's collaborative documents over the y-websocket protocol;
 //! - [`signals`]: typing and presence, shared by every process (never persisted).
 //!
 //! What every endpoint gets from here, so that none has to get it right on its own:
@@ -27,6 +28,7 @@
 //! - **A message rate limit per connection** ([`Gateways::message_limit`],
 //!   `WS_RATE_LIMIT_PER_MINUTE`): what a client may send, whatever the protocol.
 
+pub mod collab;
 pub mod pusher;
 pub mod signals;
 pub mod socketio;

@@ -114,6 +114,7 @@ pub fn kinds() -> Vec<Box<dyn Kind>> {
         kind::<project::Project>(views::project),
         kind::<swarm_task::SwarmTask>(views::swarm_task),
         kind::<flag::Flag>(views::flag),
+        kind::<document::Document>(views::document),
     ]
 }
 

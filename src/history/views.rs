@@ -176,3 +176,23 @@ pub fn flag(f: &Flag) -> Value {
         "changes": f.changes,
     })
 }
+
+/// A collaborative document's metadata (its content is the Yjs state, served by
+/// `GET /api/v1/documents/{id}?version=N`).
+pub fn document(d: &crate::actors::document::Document) -> Value {
+    let grants: serde_json::Map<String, Value> = d
+        .grants
+        .iter()
+        .map(|(user, access)| (user.to_string(), json!(access.as_str())))
+        .collect();
+    json!({
+        "id": d.id,
+        "organization_id": d.organization_id,
+        "project_id": d.project_id,
+        "name": d.name,
+        "created_by": d.created_by,
+        "created_at": d.created_at,
+        "grants": grants,
+        "updates": d.updates,
+    })
+}

@@ -9,6 +9,7 @@ pub mod chat;
 pub mod citypulse;
 pub mod command;
 pub mod contract;
+pub mod documents;
 pub mod error;
 pub mod fluxstudio;
 pub mod guard;
@@ -62,6 +63,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
             web::post().to(crate::gateways::socketio::post),
         )
         .configure(crate::gateways::pusher::socket::configure)
+        .route(
+            "/collab/{document}",
+            web::get().to(crate::gateways::collab::connect),
+        )
         .service(
             web::scope("/api/v1")
                 .route("/info", web::get().to(ops::info))
@@ -69,6 +74,12 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .route("/docs", web::get().to(openapi::docs))
                 .configure(identity::configure)
                 .route("/ws", web::get().to(crate::gateways::ws::connect))
+                .route(
+                    "/collab/{document}",
+                    web::get().to(crate::gateways::collab::connect),
+                )
+                .configure(documents::configure)
+                .configure(documents::configure_projects)
                 .configure(citypulse::configure)
                 .configure(ai::configure)
                 .configure(messaging::configure)
@@ -94,6 +105,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
 fn aliases(cfg: &mut ServiceConfig) {
     cfg.configure(identity::configure)
         .configure(fluxstudio::configure)
+        .configure(documents::configure_projects)
         .configure(messaging::configure);
 }
 

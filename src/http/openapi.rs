@@ -22,8 +22,8 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, agents, ai, analysis, chat, citypulse, fluxstudio, history, identity, legacy, messaging,
-    ops, schema, swarm,
+    admin, agents, ai, analysis, chat, citypulse, documents, fluxstudio, history, identity, legacy,
+    messaging, ops, schema, swarm,
 };
 use crate::gateways::pusher::socket as pusher;
 
@@ -151,6 +151,15 @@ use crate::gateways::pusher::socket as pusher;
         fluxstudio::add_milestone,
         fluxstudio::complete_milestone,
         fluxstudio::remove_milestone,
+        documents::create_document,
+        documents::list_documents,
+        documents::get_document,
+        documents::list_versions,
+        documents::restore,
+        documents::grant,
+        documents::revoke,
+        collab_socket,
+        collab_socket_v1,
         swarm::create_task,
         swarm::list_tasks,
         swarm::get_task,
@@ -192,7 +201,7 @@ use crate::gateways::pusher::socket as pusher;
         (name = "swarm", description = "Quantum and Velocity Swarm: optimization runs and task batches, their progress and results"),
         (name = "agents", description = "ToolboxAI: agent executions (swarm tasks run through the provider layer), the agent registry and metrics, and the provider circuit breakers"),
         (name = "messaging", description = "FluxStudio: channels, direct conversations, messages, threads, reactions, read marks; every frontend's notifications"),
-        (name = "fluxstudio", description = "FluxStudio teams (leads and members) and projects (team, members, status, milestones)"),
+        (name = "fluxstudio", description = "FluxStudio teams (leads and members), projects (team, members, status, milestones) and collaborative documents (Yjs: versions, time travel, restore, grants)"),
         (name = "live", description = "Live event streams (WebSocket upgrades), and the Pusher Channels gateway and HTTP API"),
         (name = "operations", description = "Health, metrics, service information and this contract"),
     ),
@@ -497,6 +506,50 @@ async fn users_me() {}
 )]
 #[allow(dead_code)]
 async fn websocket() {}
+
+/// FluxStudio's collaborative documents over the y-websocket protocol (Yjs), room name = a
+/// document id: `new WebsocketProvider(url + '/collab', documentId, ydoc, { params: { token } })`.
+///
+/// Binary frames of y-protocols messages (sync, awareness, auth). A caller who may not open
+/// the document gets `[2,0,"permission denied"]` and a close; see docs/fluxstudio.md.
+#[utoipa::path(
+    get,
+    path = "/collab/{document}",
+    tag = "live",
+    security(()),
+    params(
+        ("document" = Uuid, Path, description = "The document (the y-websocket room name)"),
+        ("token" = Option<String>, Query, description = "An access token (or a first text frame `{\"type\":\"auth\",\"token\"}`)"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the y-websocket connection is open"),
+        (status = 400, description = "Not a WebSocket handshake", body = schema::ErrorBody),
+        (status = 404, description = "Not a document id, or WebSockets are disabled", body = schema::ErrorBody),
+        (status = 503, description = "The server holds its maximum of connections", body = schema::ErrorBody),
+    ),
+)]
+#[allow(dead_code)]
+async fn collab_socket() {}
+
+/// The collaborative document socket under `/api/v1` (the same as `/collab/{document}`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/collab/{document}",
+    tag = "live",
+    security(()),
+    params(
+        ("document" = Uuid, Path, description = "The document (the y-websocket room name)"),
+        ("token" = Option<String>, Query, description = "An access token (or a first text frame `{\"type\":\"auth\",\"token\"}`)"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the y-websocket connection is open"),
+        (status = 400, description = "Not a WebSocket handshake", body = schema::ErrorBody),
+        (status = 404, description = "Not a document id, or WebSockets are disabled", body = schema::ErrorBody),
+        (status = 503, description = "The server holds its maximum of connections", body = schema::ErrorBody),
+    ),
+)]
+#[allow(dead_code)]
+async fn collab_socket_v1() {}
 
 /// The Socket.IO gateway (Engine.IO v4, namespace `/citypulse`).
 ///

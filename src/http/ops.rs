@@ -68,6 +68,10 @@ pub async fn health(state: web::Data<AppState>, req: actix_web::HttpRequest) -> 
         "projections": projections_status,
         "warnings": warnings,
         "live_actors": { "building": state.registries.buildings.live() },
+        "collab": {
+            "connections": state.collab.open_connections(),
+            "loaded_documents": state.collab.loaded_documents(),
+        },
     });
     let status = if reachable {
         StatusCode::OK
