@@ -22,6 +22,8 @@
 //! - [`tasks`]: every worker of long work: the scheduler of swarm tasks (admission, fair
 //!   order, one leader across processes, resume) with its batch, agent and analysis workers,
 //!   and the FlowMind chat reply workers (`tasks::chat`).
+//! - [`files`]: FluxStudio file content (object_store, content-addressed), tus uploads,
+//!   share links, serving rules and the retention sweep.
 //! - [`startup`]: the composition root: builds the whole application (used by `main`, the
 //!   tests and the benchmark); nothing else imports it.
 
@@ -30,6 +32,7 @@
 pub mod actors;
 pub mod agents;
 pub mod config;
+pub mod files;
 pub mod gateways;
 pub mod http;
 pub mod identity;

@@ -50,6 +50,8 @@ registries! {
     swarm_tasks: crate::actors::swarm_task::SwarmTask,
     /// The migration feature flags of the legacy routes (one actor per route).
     flags: crate::actors::flag::Flag,
+    /// FluxStudio files: versions, grants and share links (content is in `files::Storage`).
+    files: crate::actors::file::File,
 }
 
 /// What every handler can reach, behind cheap handles.
@@ -89,4 +91,6 @@ pub struct AppState {
     pub breakers: Arc<crate::agents::breakers::BreakerSync>,
     /// Where user-supplied URLs may lead (`SWARM_HTTP_ALLOWLIST`, see `outbound`).
     pub outbound: Arc<crate::outbound::AllowList>,
+    /// FluxStudio file content, share-link key and limits (see `files`).
+    pub files: crate::files::Files,
 }

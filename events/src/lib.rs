@@ -15,6 +15,7 @@
 
 pub mod building;
 pub mod conversation;
+pub mod file;
 pub mod flag;
 pub mod identity;
 pub mod messaging;
@@ -27,6 +28,7 @@ use serde_json::Value;
 
 pub use building::BuildingEvent;
 pub use conversation::ConversationEvent;
+pub use file::FileEvent;
 pub use flag::FlagEvent;
 pub use identity::{EmailEvent, OrganizationEvent, UserEvent};
 pub use project::ProjectEvent;

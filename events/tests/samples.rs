@@ -8,6 +8,7 @@ use std::path::Path;
 use serde_json::Value;
 use universal_events::building::EVENT_TYPES;
 use universal_events::conversation::CONVERSATION_EVENT_TYPES;
+use universal_events::file::{FileEvent, FILE_EVENT_TYPES};
 use universal_events::flag::{FlagEvent, FLAG_EVENT_TYPES};
 use universal_events::identity::{ORGANIZATION_EVENT_TYPES, USER_EVENT_TYPES};
 use universal_events::messaging::{InboxEvent, MessagingEvent, MESSAGING_EVENT_TYPES};
@@ -81,6 +82,8 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
             check::<SwarmTaskEvent>(&t, version, &data);
         } else if FLAG_EVENT_TYPES.contains(&t.as_str()) {
             check::<FlagEvent>(&t, version, &data);
+        } else if FILE_EVENT_TYPES.contains(&t.as_str()) {
+            check::<FileEvent>(&t, version, &data);
         } else if t == "EmailClaimed" {
             check::<EmailEvent>(&t, version, &data);
         } else {
@@ -100,6 +103,7 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
         .chain(SWARM_TASK_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(ANALYSIS_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(FLAG_EVENT_TYPES.iter().map(|t| (*t, 1)))
+        .chain(FILE_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain([("EmailClaimed", 1), ("NotificationsRead", 1)]);
     for (t, v) in current {
         assert!(

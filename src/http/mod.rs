@@ -10,6 +10,7 @@ pub mod citypulse;
 pub mod command;
 pub mod contract;
 pub mod error;
+pub mod files;
 pub mod fluxstudio;
 pub mod guard;
 pub mod history;
@@ -79,8 +80,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .configure(swarm::configure)
                 .configure(analysis::configure)
                 .configure(legacy::configure_system)
-                .configure(agents::configure),
+                .configure(agents::configure)
+                .configure(files::configure),
         )
+        // FluxStudio share links, without an account.
+        .configure(files::configure_links)
         // The legacy Next.js paths of the analysis service, behind their flags (exact paths,
         // before the aliases' `/api` scope; see `legacy`).
         .configure(legacy::configure_legacy)
@@ -93,7 +97,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
 fn aliases(cfg: &mut ServiceConfig) {
     cfg.configure(identity::configure)
         .configure(fluxstudio::configure)
-        .configure(messaging::configure);
+        .configure(messaging::configure)
+        .configure(files::configure);
 }
 
 /// CORS for the configured origins; other origins get no CORS headers at all.

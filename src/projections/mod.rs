@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod analysis;
 pub mod citypulse;
+pub mod files;
 pub mod flags;
 pub mod flowmind;
 pub mod fluxstudio;
@@ -34,6 +35,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(analysis::Analyses),
         Arc::new(flags::Flags),
         Arc::new(agents::Agents),
+        Arc::new(files::Files),
     ]
 }
 
