@@ -321,6 +321,10 @@ pub struct Config {
     /// Seconds between two runs of the file sweep (one process of the deployment runs it).
     #[arg(long, env = "FILE_SWEEP_INTERVAL_SECS", default_value_t = 3600)]
     pub file_sweep_interval_secs: u64,
+    /// Seconds after content was committed during which the sweep never deletes it (an
+    /// upload records its version within this time).
+    #[arg(long, env = "FILE_SWEEP_GRACE_SECS", default_value_t = 600)]
+    pub file_sweep_grace_secs: u64,
     /// Hours an unfinished resumable (tus) upload is kept (its `Upload-Expires`).
     #[arg(long, env = "FILE_UPLOAD_EXPIRY_HOURS", default_value_t = 24)]
     pub file_upload_expiry_hours: u64,

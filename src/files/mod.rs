@@ -20,6 +20,22 @@ use crate::config::Config;
 
 pub use storage::Storage;
 
+/// Whether a request streams a file's bytes (a multipart upload or a tus `PATCH`): its body
+/// may take as long as it takes, as long as it keeps coming.
+pub fn streams_body(method: &actix_web::http::Method, path: &str) -> bool {
+    use actix_web::http::Method;
+    let path = crate::http::openapi::canonical(path);
+    let path = path.as_ref();
+    match *method {
+        Method::POST => {
+            path == "/api/v1/files"
+                || (path.starts_with("/api/v1/projects/") && path.ends_with("/files"))
+        }
+        Method::PATCH => path.starts_with("/api/v1/uploads/"),
+        _ => false,
+    }
+}
+
 /// What the file routes share in one process.
 #[derive(Clone)]
 pub struct Files {
@@ -35,6 +51,7 @@ pub struct Settings {
     pub quota_bytes: u64,
     pub retention: Duration,
     pub sweep_every: Duration,
+    pub sweep_grace: Duration,
     pub upload_expiry: Duration,
 }
 
@@ -45,6 +62,7 @@ impl Settings {
             quota_bytes: config.file_quota_bytes,
             retention: Duration::from_secs(config.file_retention_days * 86_400),
             sweep_every: Duration::from_secs(config.file_sweep_interval_secs.max(1)),
+            sweep_grace: Duration::from_secs(config.file_sweep_grace_secs),
             upload_expiry: Duration::from_secs(config.file_upload_expiry_hours.max(1) * 3600),
         }
     }

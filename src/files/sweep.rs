@@ -95,15 +95,23 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<SweepReport> {
     storage.sweep_tmp(Utc::now() - expiry).await?;
 
     let retention = format!("{} seconds", settings.retention.as_secs());
+    let grace = format!("{} seconds", settings.sweep_grace.as_secs());
+    // Content is taken when no live version names it, and either every version that named
+    // it belongs to a file deleted longer than the retention ago, or none ever did and it
+    // was committed longer than the retention ago. Never within the grace after a commit:
+    // an upload counts its content before its version is recorded and projected.
     let unnamed: Vec<(String, chrono::DateTime<Utc>)> = sqlx::query_as(
         "SELECT b.sha256, b.committed_at FROM file_blobs b \
-         WHERE b.committed_at <= now() - $1::interval \
+         WHERE b.committed_at <= now() - $2::interval \
            AND NOT EXISTS (SELECT 1 FROM file_versions v JOIN files f ON f.id = v.file_id \
                            WHERE v.sha256 = b.sha256 \
                              AND (f.deleted_at IS NULL OR f.deleted_at > now() - $1::interval)) \
-         LIMIT $2",
+           AND (EXISTS (SELECT 1 FROM file_versions v WHERE v.sha256 = b.sha256) \
+                OR b.committed_at <= now() - $1::interval) \
+         LIMIT $3",
     )
     .bind(&retention)
+    .bind(&grace)
     .bind(BATCH)
     .fetch_all(&state.pool)
     .await?;

@@ -152,12 +152,20 @@ pub async fn body_deadline(
     };
     let expired = Arc::new(AtomicBool::new(false));
     let deadline = tokio::time::Instant::now() + limit;
+    // A file upload may rightly take longer than any fixed limit: there the limit is on the
+    // wait for each next chunk instead.
+    let per_chunk = crate::files::streams_body(req.method(), req.path());
     let flag = expired.clone();
     let body = req.take_payload();
     let limited = futures_util::stream::unfold(Some(body), move |body| {
         let flag = flag.clone();
         async move {
             let mut body = body?;
+            let deadline = if per_chunk {
+                tokio::time::Instant::now() + limit
+            } else {
+                deadline
+            };
             match tokio::time::timeout_at(deadline, body.next()).await {
                 Ok(Some(chunk)) => Some((chunk, Some(body))),
                 Ok(None) => None,
