@@ -754,7 +754,14 @@ async fn the_tus_protocol_answers_as_version_1_0_0_says() {
     // Termination.
     let res = tus(client.post(&uploads)).header("Upload-Length", "4").send().await.unwrap();
     let url = app.url(res.headers()["location"].to_str().unwrap());
-    assert_eq!(patch("0", "application/offset+octet-stream", b"ab").send().await.unwrap().status(), 204);
+    let res = tus(client.patch(&url))
+        .header("Upload-Offset", "0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .body("ab")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
     assert_eq!(tus(client.delete(&url)).send().await.unwrap().status(), 204);
     assert_eq!(tus(client.head(&url)).send().await.unwrap().status(), 404);
 

@@ -65,6 +65,9 @@ impl Storage {
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             anyhow::ensure!(!bucket.is_empty(), "FILE_STORE_URL names no bucket");
+            // object_store's HTTP client takes the process's provider (see Cargo.toml);
+            // already installed is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
             if let Some(endpoint) = endpoint.filter(|e| !e.is_empty()) {
                 builder = builder

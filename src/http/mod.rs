@@ -180,7 +180,9 @@ pub async fn body_deadline(
             }
         }
     });
-    req.set_payload(Payload::from(Box::pin(limited)
+    // Fused: a reader that polls again after the end (the multipart parser does) gets the
+    // end again.
+    req.set_payload(Payload::from(Box::pin(limited.fuse())
         as std::pin::Pin<
             Box<
                 dyn futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>,
