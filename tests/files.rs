@@ -180,7 +180,10 @@ async fn a_curl_upload_is_served_back_with_etag_ranges_and_conditional_requests(
 
     let (status, file) = send(client.get(app.url(&format!("/api/v1/files/{id}")))).await;
     assert_eq!(status, 200, "{file}");
-    assert_eq!(file["name"], "poster draft.png", "a path never reaches the name");
+    assert_eq!(
+        file["name"], "poster draft.png",
+        "a path never reaches the name"
+    );
     assert_eq!(file["project_id"], project);
     assert_eq!(file["current"]["mime_type"], "image/png");
     assert_eq!(file["current"]["sniffed_mime_type"], Value::Null);
@@ -200,21 +203,41 @@ async fn a_curl_upload_is_served_back_with_etag_ranges_and_conditional_requests(
         .starts_with("inline; filename=\"poster draft.png\"; filename*=UTF-8''poster%20draft.png"));
     assert_eq!(res.bytes().await.unwrap().as_ref(), content.as_slice());
 
-    let res = client.get(&url).header("Range", "bytes=10-19").send().await.unwrap();
+    let res = client
+        .get(&url)
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 206);
     assert_eq!(res.headers()["content-range"], "bytes 10-19/100000");
     assert_eq!(res.bytes().await.unwrap().as_ref(), &content[10..20]);
-    let res = client.get(&url).header("Range", "bytes=-5").send().await.unwrap();
+    let res = client
+        .get(&url)
+        .header("Range", "bytes=-5")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 206);
     assert_eq!(res.bytes().await.unwrap().as_ref(), &content[99_995..]);
 
-    let res = client.get(&url).header("Range", "bytes=100000-").send().await.unwrap();
+    let res = client
+        .get(&url)
+        .header("Range", "bytes=100000-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 416);
     assert_eq!(res.headers()["content-range"], "bytes */100000");
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "range_not_satisfiable");
 
-    let res = client.get(&url).header("If-None-Match", &etag).send().await.unwrap();
+    let res = client
+        .get(&url)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 304);
     assert!(res.bytes().await.unwrap().is_empty());
 
@@ -250,8 +273,14 @@ async fn html_and_svg_uploads_are_served_as_attachments_with_nosniff() {
         ("logo.svg", "image/png", &svg[..]),
         ("invite.txt", "text/html", &b"hello"[..]),
     ] {
-        let (status, body) =
-            curl_upload(&app.base, "/api/v1/files", &token, &[], (name, mime, content)).await;
+        let (status, body) = curl_upload(
+            &app.base,
+            "/api/v1/files",
+            &token,
+            &[],
+            (name, mime, content),
+        )
+        .await;
         assert_eq!(status, 201, "{body}");
         let id = body["id"].as_str().unwrap();
         let res = client
@@ -262,7 +291,10 @@ async fn html_and_svg_uploads_are_served_as_attachments_with_nosniff() {
         assert_eq!(res.status(), 200);
         assert_eq!(res.headers()["x-content-type-options"], "nosniff", "{name}");
         let disposition = res.headers()["content-disposition"].to_str().unwrap();
-        assert!(disposition.starts_with("attachment;"), "{name}: {disposition}");
+        assert!(
+            disposition.starts_with("attachment;"),
+            "{name}: {disposition}"
+        );
         assert!(res.headers()["content-security-policy"]
             .to_str()
             .unwrap()
@@ -278,8 +310,14 @@ async fn uploading_again_makes_a_version_and_restoring_makes_an_old_one_current(
     let (app, _dir) = flux_app(|_| {}).await;
     let token = app.tenant.access_token.clone();
     let client = flux(&token);
-    let (status, first) =
-        curl_upload(&app.base, "/api/v1/files", &token, &[], ("notes.txt", "text/plain", b"one")).await;
+    let (status, first) = curl_upload(
+        &app.base,
+        "/api/v1/files",
+        &token,
+        &[],
+        ("notes.txt", "text/plain", b"one"),
+    )
+    .await;
     assert_eq!(status, 201, "{first}");
     let id = first["id"].as_str().unwrap().to_owned();
     let (status, second) = curl_upload(
@@ -305,15 +343,14 @@ async fn uploading_again_makes_a_version_and_restoring_makes_an_old_one_current(
     assert_eq!(content(None).await, "two");
     assert_eq!(content(Some(1)).await, "one");
 
-    let (status, restored) = send(
-        client.post(app.url(&format!("/api/v1/files/{id}/versions/1/restore"))),
-    )
-    .await;
+    let (status, restored) =
+        send(client.post(app.url(&format!("/api/v1/files/{id}/versions/1/restore")))).await;
     assert_eq!(status, 201, "{restored}");
     assert_eq!(restored["file_version"], 3);
     assert_eq!(content(None).await, "one");
 
-    let (status, versions) = send(client.get(app.url(&format!("/api/v1/files/{id}/versions")))).await;
+    let (status, versions) =
+        send(client.get(app.url(&format!("/api/v1/files/{id}/versions")))).await;
     assert_eq!(status, 200);
     let items = versions["items"].as_array().unwrap();
     assert_eq!(items.len(), 3, "history is kept");
@@ -321,7 +358,8 @@ async fn uploading_again_makes_a_version_and_restoring_makes_an_old_one_current(
     assert_eq!(items[0]["uploaded_by"], app.tenant.user_id);
     assert!(items[1]["uploaded_at"].is_string());
 
-    let (status, _) = send(client.post(app.url(&format!("/api/v1/files/{id}/versions/9/restore")))).await;
+    let (status, _) =
+        send(client.post(app.url(&format!("/api/v1/files/{id}/versions/9/restore")))).await;
     assert_eq!(status, 404);
 
     // Rename and delete; a deleted file is gone from every route.
@@ -370,7 +408,9 @@ async fn the_permission_matrix_holds_in_every_process() {
     let stranger = flux(&stranger.access_token);
     assert_eq!(send(stranger.get(file_url(&app.base))).await.0, 404);
     assert_eq!(
-        send(stranger.get(format!("{}/content", file_url(&app.base)))).await.0,
+        send(stranger.get(format!("{}/content", file_url(&app.base))))
+            .await
+            .0,
         404
     );
 
@@ -381,7 +421,12 @@ async fn the_permission_matrix_holds_in_every_process() {
     wait_listed(&app, &member_client, "/api/v1/files", 0).await;
 
     // A team grant (view) lets the team's members read, not write.
-    let (status, team) = send(admin.post(app.url("/api/v1/teams")).json(&json!({ "name": "Print" }))).await;
+    let (status, team) = send(
+        admin
+            .post(app.url("/api/v1/teams"))
+            .json(&json!({ "name": "Print" })),
+    )
+    .await;
     assert_eq!(status, 201, "{team}");
     let team_id = team["id"].as_str().unwrap().to_owned();
     let (status, body) = send(
@@ -404,7 +449,9 @@ async fn the_permission_matrix_holds_in_every_process() {
         assert_eq!(file["access"], "view");
     }
     assert_eq!(
-        send(member_client.get(format!("{}/content", file_url(&other.base)))).await.0,
+        send(member_client.get(format!("{}/content", file_url(&other.base))))
+            .await
+            .0,
         200
     );
     let (status, body) = send(
@@ -427,11 +474,8 @@ async fn the_permission_matrix_holds_in_every_process() {
     let (_, file) = send(member_client.get(file_url(&other.base))).await;
     assert_eq!(file["access"], "edit");
     for grantee in [&member.user_id, &team_id] {
-        let (status, body) = send(admin.delete(format!(
-            "{}/permissions/{grantee}",
-            file_url(&app.base)
-        )))
-        .await;
+        let (status, body) =
+            send(admin.delete(format!("{}/permissions/{grantee}", file_url(&app.base)))).await;
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(send(member_client.get(file_url(&other.base))).await.0, 404);
@@ -491,13 +535,24 @@ async fn share_links_work_without_an_account_until_revoked_expired_or_used_up() 
     let other = spawn_second_app_with(&app, move |c| c.file_store_url = d).await;
     let token = app.tenant.access_token.clone();
     let client = flux(&token);
-    let (_, body) =
-        curl_upload(&app.base, "/api/v1/files", &token, &[], ("brief.txt", "text/plain", b"the brief")).await;
+    let (_, body) = curl_upload(
+        &app.base,
+        "/api/v1/files",
+        &token,
+        &[],
+        ("brief.txt", "text/plain", b"the brief"),
+    )
+    .await;
     let id = body["id"].as_str().unwrap().to_owned();
     let links = app.url(&format!("/api/v1/files/{id}/links"));
     let in_days = |d: i64| (chrono::Utc::now() + chrono::Duration::days(d)).to_rfc3339();
 
-    let (status, body) = send(client.post(&links).json(&json!({ "expires_at": in_days(31) }))).await;
+    let (status, body) = send(
+        client
+            .post(&links)
+            .json(&json!({ "expires_at": in_days(31) })),
+    )
+    .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["details"]["field"], "expires_at");
     let (status, body) = send(client.post(&links).json(&json!({}))).await;
@@ -514,11 +569,23 @@ async fn share_links_work_without_an_account_until_revoked_expired_or_used_up() 
     let url = link["url"].as_str().unwrap().to_owned();
     assert!(url.starts_with("/s/"));
     let anonymous = reqwest::Client::new();
-    let res = anonymous.get(format!("{}{url}", app.base)).send().await.unwrap();
+    let res = anonymous
+        .get(format!("{}{url}", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["x-content-type-options"], "nosniff");
     assert_eq!(res.text().await.unwrap(), "the brief");
-    assert_eq!(anonymous.get(format!("{}{url}", other.base)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        anonymous
+            .get(format!("{}{url}", other.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let (status, body) = send(anonymous.get(format!("{}{url}", app.base))).await;
     assert_eq!(status, 410, "{body}");
     assert_eq!(body["error"]["code"], "download_limit_reached");
@@ -528,13 +595,32 @@ async fn share_links_work_without_an_account_until_revoked_expired_or_used_up() 
     let last = altered.len() - 1;
     altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
     let altered = String::from_utf8(altered).unwrap();
-    assert_eq!(send(anonymous.get(format!("{}{altered}", app.base))).await.0, 404);
+    assert_eq!(
+        send(anonymous.get(format!("{}{altered}", app.base)))
+            .await
+            .0,
+        404
+    );
 
     // Revoked: 410 on the next request, in the other process too.
-    let (_, link) = send(client.post(&links).json(&json!({ "expires_at": in_days(1) }))).await;
+    let (_, link) = send(
+        client
+            .post(&links)
+            .json(&json!({ "expires_at": in_days(1) })),
+    )
+    .await;
     let url = link["url"].as_str().unwrap().to_owned();
-    assert_eq!(anonymous.get(format!("{}{url}", other.base)).send().await.unwrap().status(), 200);
-    let (status, _) = send(client.delete(format!("{links}/{}", link["id"].as_str().unwrap()))).await;
+    assert_eq!(
+        anonymous
+            .get(format!("{}{url}", other.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (status, _) =
+        send(client.delete(format!("{links}/{}", link["id"].as_str().unwrap()))).await;
     assert_eq!(status, 200);
     let (status, body) = send(anonymous.get(format!("{}{url}", other.base))).await;
     assert_eq!(status, 410);
@@ -564,8 +650,14 @@ async fn uploads_over_the_size_limit_or_the_quota_are_refused_with_the_limit() {
     .await;
     let token = app.tenant.access_token.clone();
     let client = flux(&token);
-    let (status, body) =
-        curl_upload(&app.base, "/api/v1/files", &token, &[], ("big.bin", "application/octet-stream", &pattern(1001))).await;
+    let (status, body) = curl_upload(
+        &app.base,
+        "/api/v1/files",
+        &token,
+        &[],
+        ("big.bin", "application/octet-stream", &pattern(1001)),
+    )
+    .await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"]["code"], "file_too_large");
     assert_eq!(body["error"]["details"]["limit"], 1000);
@@ -664,7 +756,11 @@ async fn the_tus_protocol_answers_as_version_1_0_0_says() {
     let (app, _dir) = flux_app(|c| c.file_max_bytes = 1_000_000).await;
     let client = flux(&app.tenant.access_token);
     let uploads = app.url("/api/v1/uploads");
-    let res = client.request(reqwest::Method::OPTIONS, &uploads).send().await.unwrap();
+    let res = client
+        .request(reqwest::Method::OPTIONS, &uploads)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 204);
     assert_eq!(res.headers()["tus-resumable"], "1.0.0");
     assert_eq!(res.headers()["tus-version"], "1.0.0");
@@ -674,7 +770,12 @@ async fn the_tus_protocol_answers_as_version_1_0_0_says() {
         assert!(ext.contains(e), "{ext}");
     }
 
-    let res = client.post(&uploads).header("Upload-Length", "10").send().await.unwrap();
+    let res = client
+        .post(&uploads)
+        .header("Upload-Length", "10")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 412);
     assert_eq!(res.headers()["tus-version"], "1.0.0");
     assert_eq!(res.headers()["tus-resumable"], "1.0.0");
@@ -706,11 +807,28 @@ async fn the_tus_protocol_answers_as_version_1_0_0_says() {
             .header("Content-Type", ct)
             .body(body)
     };
-    assert_eq!(patch("0", "application/json", b"hello").send().await.unwrap().status(), 415);
-    assert_eq!(patch("3", "application/offset+octet-stream", b"hello").send().await.unwrap().status(), 409);
+    assert_eq!(
+        patch("0", "application/json", b"hello")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        415
+    );
+    assert_eq!(
+        patch("3", "application/offset+octet-stream", b"hello")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
     // A checksum mismatch discards the chunk.
     let res = patch("0", "application/offset+octet-stream", b"hello")
-        .header("Upload-Checksum", format!("sha1 {}", base64_raw(&[0u8; 20])))
+        .header(
+            "Upload-Checksum",
+            format!("sha1 {}", base64_raw(&[0u8; 20])),
+        )
         .send()
         .await
         .unwrap();
@@ -752,7 +870,11 @@ async fn the_tus_protocol_answers_as_version_1_0_0_says() {
     assert_eq!(text, "helloworld");
 
     // Termination.
-    let res = tus(client.post(&uploads)).header("Upload-Length", "4").send().await.unwrap();
+    let res = tus(client.post(&uploads))
+        .header("Upload-Length", "4")
+        .send()
+        .await
+        .unwrap();
     let url = app.url(res.headers()["location"].to_str().unwrap());
     let res = tus(client.patch(&url))
         .header("Upload-Offset", "0")
@@ -767,9 +889,20 @@ async fn the_tus_protocol_answers_as_version_1_0_0_says() {
 
     // Another user's upload is not found.
     let other = add_member(&app, "member").await;
-    let res = tus(client.post(&uploads)).header("Upload-Length", "4").send().await.unwrap();
+    let res = tus(client.post(&uploads))
+        .header("Upload-Length", "4")
+        .send()
+        .await
+        .unwrap();
     let url = app.url(res.headers()["location"].to_str().unwrap());
-    assert_eq!(tus(flux(&other.access_token).head(&url)).send().await.unwrap().status(), 404);
+    assert_eq!(
+        tus(flux(&other.access_token).head(&url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     app.handle.stop(false).await;
 }
 
@@ -840,7 +973,10 @@ async fn a_tus_upload_resumes_on_another_process_after_the_first_is_killed() {
         .env("DATABASE_URL", &app.database_url)
         .env("PORT", port.to_string())
         .env("HOST", "127.0.0.1")
-        .env("JWT_SECRET", common::test_config(String::new()).jwt_secret.unwrap())
+        .env(
+            "JWT_SECRET",
+            common::test_config(String::new()).jwt_secret.unwrap(),
+        )
         .env("PUSHER_SECRET", common::PUSHER_SECRET)
         .env("RUN_PROJECTIONS", "false")
         .env("WORKERS", "2")
@@ -879,7 +1015,10 @@ async fn a_tus_upload_resumes_on_another_process_after_the_first_is_killed() {
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = lines_tx.send(line);
         }
     });
@@ -922,8 +1061,22 @@ async fn the_sweep_deletes_content_no_live_version_names_after_retention() {
     .await;
     let token = app.tenant.access_token.clone();
     let client = flux(&token);
-    let (_, kept) = curl_upload(&app.base, "/api/v1/files", &token, &[], ("keep.txt", "text/plain", b"keep me")).await;
-    let (_, gone) = curl_upload(&app.base, "/api/v1/files", &token, &[], ("gone.txt", "text/plain", b"delete me")).await;
+    let (_, kept) = curl_upload(
+        &app.base,
+        "/api/v1/files",
+        &token,
+        &[],
+        ("keep.txt", "text/plain", b"keep me"),
+    )
+    .await;
+    let (_, gone) = curl_upload(
+        &app.base,
+        "/api/v1/files",
+        &token,
+        &[],
+        ("gone.txt", "text/plain", b"delete me"),
+    )
+    .await;
     assert_eq!(blobs(&dir).len(), 2);
     let gone_id = gone["id"].as_str().unwrap();
     let (status, _) = send(client.delete(app.url(&format!("/api/v1/files/{gone_id}")))).await;
@@ -966,9 +1119,11 @@ impl Drop for Moto {
 }
 
 async fn start_moto() -> Moto {
-    let bin = std::env::var("MOTO_SERVER").map(PathBuf::from).unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-moto/bin/moto_server")
-    });
+    let bin = std::env::var("MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-moto/bin/moto_server")
+        });
     assert!(
         bin.exists(),
         "moto_server is not installed: scripts/test installs it into .venv-moto (or set MOTO_SERVER)"
@@ -1029,22 +1184,43 @@ async fn files_are_stored_in_an_s3_compatible_service() {
     assert_eq!(status, 201, "{body}");
     let id = body["id"].as_str().unwrap().to_owned();
     let url = app.url(&format!("/api/v1/files/{id}/content"));
-    let got = client.get(&url).send().await.unwrap().bytes().await.unwrap();
+    let got = client
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(got.len(), content.len());
     assert_eq!(sha256_hex(&got), sha256_hex(&content));
-    let res = client.get(&url).header("Range", "bytes=8388600-8388615").send().await.unwrap();
+    let res = client
+        .get(&url)
+        .header("Range", "bytes=8388600-8388615")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 206);
-    assert_eq!(res.bytes().await.unwrap().as_ref(), &content[8_388_600..8_388_616]);
+    assert_eq!(
+        res.bytes().await.unwrap().as_ref(),
+        &content[8_388_600..8_388_616]
+    );
 
     // The object is in the bucket under its content key, and nothing under tmp/.
     let sha = sha256_hex(&content);
-    let listing = reqwest::get(format!("{}/studio-files?list-type=2&prefix=tenant-a/", moto.endpoint))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(listing.contains(&format!("tenant-a/blobs/{}/{sha}", &sha[..2])), "{listing}");
+    let listing = reqwest::get(format!(
+        "{}/studio-files?list-type=2&prefix=tenant-a/",
+        moto.endpoint
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        listing.contains(&format!("tenant-a/blobs/{}/{sha}", &sha[..2])),
+        "{listing}"
+    );
     assert!(!listing.contains("tenant-a/tmp/"), "{listing}");
 
     // tus through S3 as well.
@@ -1081,12 +1257,15 @@ async fn files_are_stored_in_an_s3_compatible_service() {
     let key = format!("tenant-a/blobs/{}/{sha}", &sha[..2]);
     let mut present = true;
     for _ in 0..100 {
-        let listing = reqwest::get(format!("{}/studio-files?list-type=2&prefix=tenant-a/blobs/", moto.endpoint))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let listing = reqwest::get(format!(
+            "{}/studio-files?list-type=2&prefix=tenant-a/blobs/",
+            moto.endpoint
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
         present = listing.contains(&key);
         if !present {
             break;

@@ -178,7 +178,10 @@ impl File {
 
     /// The access a grant gives `user` directly, or through one of `teams`.
     pub fn granted(&self, user: Uuid, teams: &[Uuid]) -> Option<FileAccess> {
-        let direct = self.grants.get(&grant_key(GranteeKind::User, user)).copied();
+        let direct = self
+            .grants
+            .get(&grant_key(GranteeKind::User, user))
+            .copied();
         let via_team = teams
             .iter()
             .filter_map(|t| self.grants.get(&grant_key(GranteeKind::Team, *t)).copied())
@@ -597,11 +600,17 @@ mod tests {
         assert_eq!(file.decide(&when(link(7))).unwrap().len(), 1);
         assert!(matches!(
             file.decide(&when(link(31))),
-            Err(FileError::Invalid { field: "expires_at", .. })
+            Err(FileError::Invalid {
+                field: "expires_at",
+                ..
+            })
         ));
         assert!(matches!(
             file.decide(&when(link(0))),
-            Err(FileError::Invalid { field: "expires_at", .. })
+            Err(FileError::Invalid {
+                field: "expires_at",
+                ..
+            })
         ));
     }
 }

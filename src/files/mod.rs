@@ -71,7 +71,10 @@ impl Settings {
 impl Files {
     /// Opens the store (creating the local directory if needed) and loads the link key.
     pub async fn start(config: &Config, pool: &PgPool) -> anyhow::Result<Self> {
-        let storage = Storage::open(&config.file_store_url, config.file_store_endpoint.as_deref())?;
+        let storage = Storage::open(
+            &config.file_store_url,
+            config.file_store_endpoint.as_deref(),
+        )?;
         let links = links::LinkKey::load(config.file_link_secret.as_deref(), pool).await?;
         Ok(Self {
             storage,

@@ -32,7 +32,11 @@ pub fn parse_range(header: Option<&str>, size: u64) -> Ranged {
         return Ranged::Unsatisfiable;
     };
     let (first, last) = (first.trim(), last.trim());
-    let parse = |s: &str| s.parse::<u64>().ok().filter(|_| s.bytes().all(|b| b.is_ascii_digit()));
+    let parse = |s: &str| {
+        s.parse::<u64>()
+            .ok()
+            .filter(|_| s.bytes().all(|b| b.is_ascii_digit()))
+    };
     let range = match (first.is_empty(), last.is_empty()) {
         // `bytes=-N`: the last N bytes.
         (true, false) => match parse(last) {
@@ -85,8 +89,21 @@ fn is_active_name(name: &str) -> bool {
     let ext = lower.rsplit_once('.').map_or("", |(_, e)| e);
     matches!(
         ext,
-        "html" | "htm" | "xhtml" | "shtml" | "svg" | "svgz" | "xml" | "xsl" | "xslt" | "js"
-            | "mjs" | "pdf" | "css" | "wasm" | "swf"
+        "html"
+            | "htm"
+            | "xhtml"
+            | "shtml"
+            | "svg"
+            | "svgz"
+            | "xml"
+            | "xsl"
+            | "xslt"
+            | "js"
+            | "mjs"
+            | "pdf"
+            | "css"
+            | "wasm"
+            | "swf"
     )
 }
 

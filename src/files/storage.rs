@@ -10,8 +10,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use anyhow::Context;
 use actix_web::web::Bytes;
+use anyhow::Context;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use object_store::aws::AmazonS3Builder;
@@ -255,7 +255,10 @@ impl ContentWriter {
             self.head.extend_from_slice(&bytes[..take]);
         }
         self.hasher.update(&bytes);
-        let upload = self.upload.as_mut().expect("a writer is used until it ends");
+        let upload = self
+            .upload
+            .as_mut()
+            .expect("a writer is used until it ends");
         upload.wait_for_capacity(MAX_IN_FLIGHT).await?;
         upload.put(bytes);
         Ok(())

@@ -129,7 +129,11 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<SweepReport> {
         }
     }
     if report.uploads > 0 || report.contents > 0 {
-        tracing::info!(uploads = report.uploads, contents = report.contents, "file sweep");
+        tracing::info!(
+            uploads = report.uploads,
+            contents = report.contents,
+            "file sweep"
+        );
     }
     Ok(report)
 }

@@ -40,10 +40,7 @@ const MAX_METADATA: usize = 4096;
 
 /// Registers the tus routes (under `/api/v1` and `/api`).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/uploads",
-        web::route().method(Method::OPTIONS).to(options),
-    )
+    cfg.route("/uploads", web::route().method(Method::OPTIONS).to(options))
         .route("/uploads", web::post().to(create))
         .route("/uploads/{id}", web::head().to(head))
         .route("/uploads/{id}", web::patch().to(patch))
@@ -96,7 +93,10 @@ fn check_version(req: &HttpRequest) -> Result<(), ApiError> {
 /// The caller (as any bearer route checks it) and its organization, with FluxStudio on.
 async fn caller(state: &AppState, req: &HttpRequest) -> Result<(Principal, Uuid), ApiError> {
     let token = header_text(req, "authorization")
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
@@ -214,8 +214,9 @@ async fn create_inner(state: &AppState, req: &HttpRequest) -> Result<HttpRespons
     let target = upload::authorize(state, &who, org, project, file).await?;
     upload::check_room(state, org, length).await?;
     let id = Uuid::new_v4();
-    let expires = chrono::Utc::now() + chrono::Duration::from_std(state.files.settings.upload_expiry)
-        .map_err(ApiError::internal)?;
+    let expires = chrono::Utc::now()
+        + chrono::Duration::from_std(state.files.settings.upload_expiry)
+            .map_err(ApiError::internal)?;
     sqlx::query(
         "INSERT INTO file_uploads (id, organization_id, user_id, project_id, file_id, existing, \
          filename, filetype, upload_length, expires_at) \
@@ -254,7 +255,12 @@ struct UploadRow {
 }
 
 /// The caller's own upload (anyone else's, or an expired one, is not found).
-async fn load(state: &AppState, id: &str, who: &Principal, org: Uuid) -> Result<(Uuid, UploadRow), ApiError> {
+async fn load(
+    state: &AppState,
+    id: &str,
+    who: &Principal,
+    org: Uuid,
+) -> Result<(Uuid, UploadRow), ApiError> {
     let id = Uuid::parse_str(id).map_err(|_| ApiError::not_found("upload not found"))?;
     let row: Option<UploadRow> = sqlx::query_as(
         "SELECT project_id, file_id, existing, filename, filetype, upload_length, upload_offset, \
@@ -285,11 +291,19 @@ async fn load(state: &AppState, id: &str, who: &Principal, org: Uuid) -> Result<
         (status = 412, description = "`Tus-Resumable` is not 1.0.0", body = crate::http::schema::ErrorBody),
     ),
 )]
-pub async fn head(state: web::Data<AppState>, req: HttpRequest, id: web::Path<String>) -> HttpResponse {
+pub async fn head(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> HttpResponse {
     answer(head_inner(&state, &req, &id).await)
 }
 
-async fn head_inner(state: &AppState, req: &HttpRequest, id: &str) -> Result<HttpResponse, ApiError> {
+async fn head_inner(
+    state: &AppState,
+    req: &HttpRequest,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
     check_version(req)?;
     let (who, org) = caller(state, req).await?;
     let (id, row) = load(state, id, &who, org).await?;
@@ -331,7 +345,11 @@ pub async fn terminate(
     answer(terminate_inner(&state, &req, &id).await)
 }
 
-async fn terminate_inner(state: &AppState, req: &HttpRequest, id: &str) -> Result<HttpResponse, ApiError> {
+async fn terminate_inner(
+    state: &AppState,
+    req: &HttpRequest,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
     check_version(req)?;
     let (who, org) = caller(state, req).await?;
     let (id, _) = load(state, id, &who, org).await?;
@@ -533,7 +551,10 @@ async fn patch_inner(
         while buf.len() >= SEGMENT {
             let part = buf.split_to(SEGMENT).freeze();
             let size = part.len() as i64;
-            let key = storage.put_segment(id, at, part).await.map_err(store_error)?;
+            let key = storage
+                .put_segment(id, at, part)
+                .await
+                .map_err(store_error)?;
             pending.push((at, size, key));
             at += size;
             if checksum.is_none() {
@@ -551,7 +572,10 @@ async fn patch_inner(
     if !buf.is_empty() {
         let part = buf.split().freeze();
         let size = part.len() as i64;
-        let key = storage.put_segment(id, at, part).await.map_err(store_error)?;
+        let key = storage
+            .put_segment(id, at, part)
+            .await
+            .map_err(store_error)?;
         pending.push((at, size, key));
         at += size;
     }
@@ -605,12 +629,16 @@ async fn complete(
     let mut next = 0;
     for (start, size, _) in &segments {
         if *start != next {
-            return Err(ApiError::internal(format!("upload {id}: a gap at byte {next}")));
+            return Err(ApiError::internal(format!(
+                "upload {id}: a gap at byte {next}"
+            )));
         }
         next += size;
     }
     if next != row.upload_length {
-        return Err(ApiError::internal(format!("upload {id}: segments end at {next}")));
+        return Err(ApiError::internal(format!(
+            "upload {id}: segments end at {next}"
+        )));
     }
     // The caller may have lost access since the upload began.
     let mut target = if row.existing {

@@ -149,7 +149,12 @@ fn version_view(n: i32, v: &crate::actors::file::Version) -> VersionView {
     }
 }
 
-fn file_view(id: Uuid, version: i64, file: &File, access: FileAccess) -> Result<FileView, ApiError> {
+fn file_view(
+    id: Uuid,
+    version: i64,
+    file: &File,
+    access: FileAccess,
+) -> Result<FileView, ApiError> {
     let (n, current) = file
         .current()
         .ok_or_else(|| ApiError::not_found("file not found"))?;
@@ -243,21 +248,18 @@ async fn upload_project_file(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let org = reader(&who, &req)?;
-    let project =
-        Uuid::parse_str(&path).map_err(|_| ApiError::not_found("project not found"))?;
+    let project = Uuid::parse_str(&path).map_err(|_| ApiError::not_found("project not found"))?;
     receive(&state, &req, &who, org, Some(project), payload).await
 }
 
 fn multipart_error(e: actix_multipart::MultipartError) -> ApiError {
     use actix_multipart::MultipartError as M;
     match e {
-        M::ContentTypeMissing | M::ContentTypeParse | M::ContentTypeIncompatible => {
-            ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the upload as multipart/form-data",
-            )
-        }
+        M::ContentTypeMissing | M::ContentTypeParse | M::ContentTypeIncompatible => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the upload as multipart/form-data",
+        ),
         other => ApiError::bad_request(format!("the form is malformed: {other}")),
     }
 }
@@ -267,7 +269,10 @@ async fn text_field(field: &mut actix_multipart::Field, name: &str) -> Result<St
     while let Some(chunk) = field.next().await {
         let chunk = chunk.map_err(multipart_error)?;
         if out.len() + chunk.len() > MAX_FIELD {
-            return Err(ApiError::validation(name, format!("must be at most {MAX_FIELD} bytes")));
+            return Err(ApiError::validation(
+                name,
+                format!("must be at most {MAX_FIELD} bytes"),
+            ));
         }
         out.extend_from_slice(&chunk);
     }
@@ -385,7 +390,9 @@ async fn receive(
             other => {
                 return Err(ApiError::validation(
                     "form",
-                    format!("`{other}` is not a field of this form (project_id, file_id, name, file)"),
+                    format!(
+                        "`{other}` is not a field of this form (project_id, file_id, name, file)"
+                    ),
                 ))
             }
         }
@@ -457,7 +464,9 @@ async fn caught_up(state: &AppState) -> Result<(), ApiError> {
 }
 
 fn escape_like(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 async fn list(
@@ -469,13 +478,18 @@ async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let page = Page::parse(q.limit, (50, 200), &q.cursor, i64::MAX)?;
     for (field, value) in [("mime_type", &q.mime_type), ("name_prefix", &q.name_prefix)] {
-        if value.as_ref().is_some_and(|v| v.len() > 255 || v.contains('\0')) {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.len() > 255 || v.contains('\0'))
+        {
             return Err(ApiError::bad_request(format!("{field} is not valid")));
         }
     }
     caught_up(state).await?;
     let (mime_exact, mime_family) = match q.mime_type.as_deref() {
-        Some(m) if m.ends_with("/*") => (None, Some(format!("{}/%", escape_like(&m[..m.len() - 2])))),
+        Some(m) if m.ends_with("/*") => {
+            (None, Some(format!("{}/%", escape_like(&m[..m.len() - 2]))))
+        }
         Some(m) => (Some(m.to_ascii_lowercase()), None),
         None => (None, None),
     };
@@ -559,8 +573,7 @@ async fn list_project_files(
     q: web::Query<ListFiles>,
 ) -> Result<HttpResponse, ApiError> {
     let org = reader(&who, &req)?;
-    let project =
-        Uuid::parse_str(&path).map_err(|_| ApiError::not_found("project not found"))?;
+    let project = Uuid::parse_str(&path).map_err(|_| ApiError::not_found("project not found"))?;
     if access::project_access(&state, &who, org, project)
         .await?
         .is_none()
@@ -660,9 +673,15 @@ async fn download(
             .versions
             .get(&n)
             .ok_or_else(|| ApiError::not_found("version not found"))?,
-        None => file.current().map(|(_, v)| v).ok_or_else(|| ApiError::not_found("file not found"))?,
+        None => file
+            .current()
+            .map(|(_, v)| v)
+            .ok_or_else(|| ApiError::not_found("file not found"))?,
     };
-    send_content(&state, &req, &file.name, &version.content, || async { Ok(()) }).await
+    send_content(&state, &req, &file.name, &version.content, || async {
+        Ok(())
+    })
+    .await
 }
 
 /// Serves content with the headers of `crate::files::serve`; `count` runs just before bytes
@@ -742,20 +761,31 @@ where
         content.sniffed_mime_type.as_deref(),
     );
     let mut res = HttpResponse::build(status);
-    res.insert_header((header::CONTENT_TYPE, serve::content_type(&content.mime_type)))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::CONTENT_DISPOSITION, serve::disposition(name, attach)))
-        .insert_header((header::CONTENT_SECURITY_POLICY, "sandbox; default-src 'none'"))
-        .insert_header((header::ETAG, etag))
-        .insert_header((header::ACCEPT_RANGES, "bytes"))
-        .insert_header((header::CACHE_CONTROL, "private, no-cache"));
+    res.insert_header((
+        header::CONTENT_TYPE,
+        serve::content_type(&content.mime_type),
+    ))
+    .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+    .insert_header((
+        header::CONTENT_DISPOSITION,
+        serve::disposition(name, attach),
+    ))
+    .insert_header((
+        header::CONTENT_SECURITY_POLICY,
+        "sandbox; default-src 'none'",
+    ))
+    .insert_header((header::ETAG, etag))
+    .insert_header((header::ACCEPT_RANGES, "bytes"))
+    .insert_header((header::CACHE_CONTROL, "private, no-cache"));
     if let Some(r) = &range {
         res.insert_header((
             header::CONTENT_RANGE,
             format!("bytes {}-{}/{size}", r.start, r.end - 1),
         ));
     }
-    Ok(res.no_chunking(length).streaming(stream.map(|r| r.map_err(std::io::Error::other))))
+    Ok(res
+        .no_chunking(length)
+        .streaming(stream.map(|r| r.map_err(std::io::Error::other))))
 }
 
 // ---- managing ----
@@ -801,9 +831,17 @@ async fn update_file(
     require(&state, &who, org, id, FileAccess::Edit).await?;
     if let Some(Some(project)) = input.project_id {
         match access::project_access(&state, &who, org, project).await? {
-            None => return Err(ApiError::validation("project_id", "is not a project you can see")),
+            None => {
+                return Err(ApiError::validation(
+                    "project_id",
+                    "is not a project you can see",
+                ))
+            }
             Some(a) if a < FileAccess::Edit => {
-                return Err(ApiError::forbidden("forbidden", "your role may only read that project's files"))
+                return Err(ApiError::forbidden(
+                    "forbidden",
+                    "your role may only read that project's files",
+                ))
             }
             Some(_) => {}
         }
@@ -815,16 +853,37 @@ async fn update_file(
         if let Some(name) = input.name {
             let mut m = meta.clone();
             m.command_id = Uuid::new_v5(&meta.command_id, b"rename");
-            last = Some(run(&state, id, command(org, &who, FileAction::Rename { name }), expected, m).await?);
+            last = Some(
+                run(
+                    &state,
+                    id,
+                    command(org, &who, FileAction::Rename { name }),
+                    expected,
+                    m,
+                )
+                .await?,
+            );
         }
         if let Some(project_id) = input.project_id {
             let mut m = meta.clone();
             m.command_id = Uuid::new_v5(&meta.command_id, b"move");
             let expected = if last.is_some() { None } else { expected };
-            last = Some(run(&state, id, command(org, &who, FileAction::Move { project_id }), expected, m).await?);
+            last = Some(
+                run(
+                    &state,
+                    id,
+                    command(org, &who, FileAction::Move { project_id }),
+                    expected,
+                    m,
+                )
+                .await?,
+            );
         }
         let Some(reply) = last else {
-            return Err(ApiError::validation("body", "name or project_id is required"));
+            return Err(ApiError::validation(
+                "body",
+                "name or project_id is required",
+            ));
         };
         Ok(Answer::of(StatusCode::OK, id, &reply))
     })
@@ -851,7 +910,14 @@ async fn delete_file(
     let meta = scoped_meta(&req, &who, org)?;
     let expected = super::command::if_match(&req)?;
     idempotent(&state.pool, &req, &who, b"", || async {
-        let reply = run(&state, id, command(org, &who, FileAction::Delete), expected, meta).await?;
+        let reply = run(
+            &state,
+            id,
+            command(org, &who, FileAction::Delete),
+            expected,
+            meta,
+        )
+        .await?;
         Ok(Answer::of(StatusCode::OK, id, &reply))
     })
     .await
@@ -886,9 +952,18 @@ async fn restore_version(
     let meta = scoped_meta(&req, &who, org)?;
     let expected = super::command::if_match(&req)?;
     idempotent(&state.pool, &req, &who, b"", || async {
-        let reply = run(&state, id, command(org, &who, FileAction::Restore { version }), expected, meta).await?;
+        let reply = run(
+            &state,
+            id,
+            command(org, &who, FileAction::Restore { version }),
+            expected,
+            meta,
+        )
+        .await?;
         let mut answer = Answer::of(StatusCode::CREATED, id, &reply);
-        if let Some(universal_events::file::FileEvent::FileVersionRestored(r)) = reply.events.first() {
+        if let Some(universal_events::file::FileEvent::FileVersionRestored(r)) =
+            reply.events.first()
+        {
             answer.body["file_version"] = json!(r.version);
         }
         Ok(answer)
@@ -985,13 +1060,21 @@ async fn grant(
     let (kind, grantee) = match (input.user_id, input.team_id) {
         (Some(u), None) => (GranteeKind::User, u),
         (None, Some(t)) => (GranteeKind::Team, t),
-        _ => return Err(ApiError::validation("user_id", "give exactly one of user_id and team_id")),
+        _ => {
+            return Err(ApiError::validation(
+                "user_id",
+                "give exactly one of user_id and team_id",
+            ))
+        }
     };
     require(&state, &who, org, id, FileAccess::Admin).await?;
     match kind {
         GranteeKind::User => {
             if state.access.role_of(org, grantee).is_none() {
-                return Err(ApiError::validation("user_id", "is not a member of your organization"));
+                return Err(ApiError::validation(
+                    "user_id",
+                    "is not a member of your organization",
+                ));
             }
         }
         GranteeKind::Team => {
@@ -1002,14 +1085,21 @@ async fn grant(
                 .await
                 .map_err(|e| command_error(e, |_| ApiError::not_found("team not found")))?;
             if team.id.is_none() || team.organization_id != Some(org) || team.archived {
-                return Err(ApiError::validation("team_id", "is not a team of your organization"));
+                return Err(ApiError::validation(
+                    "team_id",
+                    "is not a team of your organization",
+                ));
             }
         }
     }
     let meta = scoped_meta(&req, &who, org)?;
     let expected = super::command::if_match(&req)?;
     idempotent(&state.pool, &req, &who, &body, || async {
-        let action = FileAction::Grant { kind, grantee, access };
+        let action = FileAction::Grant {
+            kind,
+            grantee,
+            access,
+        };
         let reply = run(&state, id, command(org, &who, action), expected, meta).await?;
         Ok(Answer::of(StatusCode::OK, id, &reply))
     })
@@ -1159,7 +1249,14 @@ async fn revoke_link(
     require(&state, &who, org, id, FileAccess::Edit).await?;
     let meta = scoped_meta(&req, &who, org)?;
     idempotent(&state.pool, &req, &who, b"", || async {
-        let reply = run(&state, id, command(org, &who, FileAction::RevokeLink { link_id }), None, meta).await?;
+        let reply = run(
+            &state,
+            id,
+            command(org, &who, FileAction::RevokeLink { link_id }),
+            None,
+            meta,
+        )
+        .await?;
         Ok(Answer::of(StatusCode::OK, id, &reply))
     })
     .await
@@ -1237,7 +1334,10 @@ async fn shared(
         .await?;
         match counted {
             Some(n) if n <= max => Ok(()),
-            _ => Err(gone("download_limit_reached", "this link has no downloads left")),
+            _ => Err(gone(
+                "download_limit_reached",
+                "this link has no downloads left",
+            )),
         }
     })
     .await

@@ -22,8 +22,8 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, agents, ai, analysis, chat, citypulse, files, fluxstudio, history, identity, legacy, messaging,
-    ops, schema, swarm,
+    admin, agents, ai, analysis, chat, citypulse, files, fluxstudio, history, identity, legacy,
+    messaging, ops, schema, swarm,
 };
 use crate::gateways::pusher::socket as pusher;
 
