@@ -104,7 +104,7 @@ fn aliases(cfg: &mut ServiceConfig) {
 /// CORS for the configured origins; other origins get no CORS headers at all.
 pub fn cors(origins: &[String]) -> actix_cors::Cors {
     let mut cors = actix_cors::Cors::default()
-        .allowed_methods(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+        .allowed_methods(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
         .allowed_headers([
             actix_web::http::header::AUTHORIZATION,
             actix_web::http::header::CONTENT_TYPE,
@@ -112,10 +112,29 @@ pub fn cors(origins: &[String]) -> actix_cors::Cors {
             actix_web::http::header::HeaderName::from_static("x-frontend-source"),
             actix_web::http::header::HeaderName::from_static("idempotency-key"),
             actix_web::http::header::HeaderName::from_static("x-request-id"),
+            // tus uploads (files) and ranged downloads.
+            actix_web::http::header::HeaderName::from_static("tus-resumable"),
+            actix_web::http::header::HeaderName::from_static("upload-length"),
+            actix_web::http::header::HeaderName::from_static("upload-offset"),
+            actix_web::http::header::HeaderName::from_static("upload-metadata"),
+            actix_web::http::header::HeaderName::from_static("upload-checksum"),
+            actix_web::http::header::RANGE,
+            actix_web::http::header::IF_NONE_MATCH,
         ])
         .expose_headers([
             actix_web::http::header::ETAG,
             actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::LOCATION,
+            actix_web::http::header::CONTENT_RANGE,
+            actix_web::http::header::CONTENT_DISPOSITION,
+            actix_web::http::header::HeaderName::from_static("tus-resumable"),
+            actix_web::http::header::HeaderName::from_static("tus-version"),
+            actix_web::http::header::HeaderName::from_static("tus-extension"),
+            actix_web::http::header::HeaderName::from_static("tus-max-size"),
+            actix_web::http::header::HeaderName::from_static("upload-offset"),
+            actix_web::http::header::HeaderName::from_static("upload-length"),
+            actix_web::http::header::HeaderName::from_static("upload-expires"),
+            actix_web::http::header::HeaderName::from_static("x-file-id"),
         ])
         .supports_credentials()
         .block_on_origin_mismatch(false)
