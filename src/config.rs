@@ -331,6 +331,38 @@ pub struct Config {
     /// (0 = none).
     #[arg(long, env = "HISTORY_SNAPSHOT_EVERY", default_value_t = 1000)]
     pub history_snapshot_every: i64,
+    /// Where file content is stored: a directory (created if missing) or
+    /// `s3://bucket[/prefix]` for an S3-compatible service (credentials and region from the
+    /// usual `AWS_*` variables).
+    #[arg(long, env = "FILE_STORE_URL", default_value = "data/files")]
+    pub file_store_url: String,
+    /// The S3-compatible service's URL for an `s3://` store (AWS itself when unset), e.g.
+    /// `http://127.0.0.1:9000`; `http://` endpoints are allowed.
+    #[arg(long, env = "FILE_STORE_ENDPOINT")]
+    pub file_store_endpoint: Option<String>,
+    /// Largest file, in bytes (default 5 GiB); a larger upload is refused with 413.
+    #[arg(long, env = "FILE_MAX_BYTES", default_value_t = 5 * 1024 * 1024 * 1024)]
+    pub file_max_bytes: u64,
+    /// Bytes an organization's files may take, every version counted (default 50 GiB).
+    #[arg(long, env = "FILE_QUOTA_BYTES", default_value_t = 50 * 1024 * 1024 * 1024)]
+    pub file_quota_bytes: u64,
+    /// Days content that no live file version names any more is kept before the sweep
+    /// deletes it.
+    #[arg(long, env = "FILE_RETENTION_DAYS", default_value_t = 30)]
+    pub file_retention_days: u64,
+    /// Seconds between two runs of the file sweep (one process of the deployment runs it).
+    #[arg(long, env = "FILE_SWEEP_INTERVAL_SECS", default_value_t = 3600)]
+    pub file_sweep_interval_secs: u64,
+    /// Seconds after content was committed during which the sweep never deletes it (an
+    /// upload records its version within this time).
+    #[arg(long, env = "FILE_SWEEP_GRACE_SECS", default_value_t = 600)]
+    pub file_sweep_grace_secs: u64,
+    /// Hours an unfinished resumable (tus) upload is kept (its `Upload-Expires`).
+    #[arg(long, env = "FILE_UPLOAD_EXPIRY_HOURS", default_value_t = 24)]
+    pub file_upload_expiry_hours: u64,
+    /// Secret that signs share links; unset, a random one is made once per database.
+    #[arg(long, env = "FILE_LINK_SECRET", hide_env_values = true)]
+    pub file_link_secret: Option<String>,
 }
 
 impl Default for Config {

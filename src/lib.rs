@@ -25,6 +25,8 @@
 //! - [`history`]: history for analysts: any entity at any version or time, the log out as
 //!   NDJSON and back in, the catalogue of event types, the replay of a read model to a moment.
 //! - [`progress`]: progress bars of long command-line work (plain lines off a terminal).
+//! - [`files`]: FluxStudio file content (object_store, content-addressed), tus uploads,
+//!   share links, serving rules and the retention sweep.
 //! - [`startup`]: the composition root: builds the whole application (used by `main`, the
 //!   tests and the benchmark); nothing else imports it.
 
@@ -33,6 +35,7 @@
 pub mod actors;
 pub mod agents;
 pub mod config;
+pub mod files;
 pub mod gateways;
 pub mod history;
 pub mod http;

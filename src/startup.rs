@@ -172,6 +172,7 @@ impl Application {
 
         let breakers =
             crate::agents::breakers::BreakerSync::start(pool.clone(), providers.clone()).await?;
+        let files = crate::files::Files::start(&config, &pool).await?;
         let state = web::Data::new(AppState {
             registries: Registries::new(&store, &config.runtime()),
             breakers,
@@ -201,11 +202,13 @@ impl Application {
                     .map_err(|e| anyhow::anyhow!("SWARM_HTTP_ALLOWLIST: {e}"))?,
             ),
             collab: crate::gateways::collab::Collab::new(&config),
+            files,
         });
         if config.run_swarm_scheduler {
             state.swarm.start(state.clone());
         }
         crate::agents::publish::start(state.clone());
+        crate::files::sweep::start(state.clone());
 
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;

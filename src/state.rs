@@ -52,6 +52,8 @@ registries! {
     flags: crate::actors::flag::Flag,
     /// FluxStudio collaborative documents (Yjs), their grants and updates.
     documents: crate::actors::document::Document,
+    /// FluxStudio files: versions, grants and share links (content is in `files::Storage`).
+    files: crate::actors::file::File,
 }
 
 /// What every handler can reach, behind cheap handles.
@@ -93,4 +95,6 @@ pub struct AppState {
     pub outbound: Arc<crate::outbound::AllowList>,
     /// The collaborative documents open on this process (y-websocket, see `gateways::collab`).
     pub collab: Arc<crate::gateways::collab::Collab>,
+    /// FluxStudio file content, share-link key and limits (see `files`).
+    pub files: crate::files::Files,
 }

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::building::{BuildingRegisteredV1, EVENT_TYPES as BUILDING_EVENT_TYPES};
 use crate::conversation::CONVERSATION_EVENT_TYPES;
 use crate::document::{DocumentEvent, DOCUMENT_EVENT_TYPES};
+use crate::file::{FileEvent, FILE_EVENT_TYPES};
 use crate::flag::FLAG_EVENT_TYPES;
 use crate::identity::{ORGANIZATION_EVENT_TYPES, USER_EVENT_TYPES};
 use crate::import::{ImportEvent, IMPORT_EVENT_TYPES};
@@ -80,6 +81,7 @@ pub fn families() -> Vec<Family> {
         family::<FlagEvent>("FlagEvent", "flag", &FLAG_EVENT_TYPES),
         family::<ImportEvent>("ImportEvent", "import", &IMPORT_EVENT_TYPES),
         family::<DocumentEvent>("DocumentEvent", "document", &DOCUMENT_EVENT_TYPES),
+        family::<FileEvent>("FileEvent", "file", &FILE_EVENT_TYPES),
     ]
 }
 

@@ -9,6 +9,7 @@ use serde_json::Value;
 use universal_events::building::EVENT_TYPES;
 use universal_events::conversation::CONVERSATION_EVENT_TYPES;
 use universal_events::document::{DocumentEvent, DOCUMENT_EVENT_TYPES};
+use universal_events::file::{FileEvent, FILE_EVENT_TYPES};
 use universal_events::flag::{FlagEvent, FLAG_EVENT_TYPES};
 use universal_events::identity::{ORGANIZATION_EVENT_TYPES, USER_EVENT_TYPES};
 use universal_events::import::{ImportEvent, IMPORT_EVENT_TYPES};
@@ -87,6 +88,8 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
             check::<ImportEvent>(&t, version, &data);
         } else if DOCUMENT_EVENT_TYPES.contains(&t.as_str()) {
             check::<DocumentEvent>(&t, version, &data);
+        } else if FILE_EVENT_TYPES.contains(&t.as_str()) {
+            check::<FileEvent>(&t, version, &data);
         } else if t == "EmailClaimed" {
             check::<EmailEvent>(&t, version, &data);
         } else {
@@ -108,6 +111,7 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
         .chain(FLAG_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(IMPORT_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(DOCUMENT_EVENT_TYPES.iter().map(|t| (*t, 1)))
+        .chain(FILE_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain([("EmailClaimed", 1), ("NotificationsRead", 1)]);
     for (t, v) in current {
         assert!(

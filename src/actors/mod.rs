@@ -4,6 +4,7 @@ pub mod building;
 pub mod channel;
 pub mod conversation;
 pub mod document;
+pub mod file;
 pub mod flag;
 pub mod organization;
 pub mod project;

@@ -66,9 +66,20 @@ struct Args {
     /// exports 1,000,000 events, imports them into an empty store and times time travel on
     /// a 100,000-event stream (see src/bin/bench/history.rs); `collab`
     /// runs `--documents` Yjs documents with `--editors` y-websocket editors each over two
-    /// server processes (see `bench/collab.rs`).
+    /// server processes (see `bench/collab.rs`); `files`
+    /// uploads a `--file-mib` file as multipart and as tus, downloads it, then runs
+    /// `--uploads` concurrent uploads, printing MB/s and peak RSS growth.
     #[arg(long, default_value = "commands")]
     mode: String,
+    /// Size of the large file, in MiB (files mode).
+    #[arg(long, default_value_t = 1024)]
+    file_mib: u64,
+    /// Concurrent uploads (files mode).
+    #[arg(long, default_value_t = 50)]
+    uploads: usize,
+    /// Size of each concurrent upload, in MiB (files mode).
+    #[arg(long, default_value_t = 20)]
+    upload_mib: u64,
     /// Socket subscribers (ws mode).
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -796,7 +807,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let config = Config {
+    let mut config = Config {
         openai_api_key: provider_url.as_ref().map(|_| "sk-bench".to_owned()),
         openai_base_url: provider_url
             .clone()
@@ -823,6 +834,10 @@ async fn main() -> anyhow::Result<()> {
     if args.mode == "history" {
         return history::run(&args.server, &database_url, args.keep).await;
     }
+    if args.mode == "files" {
+        config.file_store_url = files::store_dir();
+        config.file_quota_bytes = u64::MAX;
+    }
     let app = Application::build(config.clone()).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();
@@ -832,6 +847,14 @@ async fn main() -> anyhow::Result<()> {
         "bench: database {database_url}, server {base}, {} workers",
         args.workers
     );
+
+    if args.mode == "files" {
+        let store = config.file_store_url.clone();
+        let result = files::run(&base, args.file_mib, args.uploads, args.upload_mib).await;
+        let _ = std::fs::remove_dir_all(&store);
+        result?;
+        return finish(handle, server, state, args.keep, &database_url).await;
+    }
 
     if args.mode == "swarm" {
         swarm_bench(&base, &state.pool).await?;
@@ -950,6 +973,9 @@ mod collab;
 /// Chat mode: N concurrent FlowMind chats against a stand-in provider that streams T tokens
 /// at a fixed rate; measures the time to the first delta at the client (over SSE), the
 /// events written per reply and the server's CPU per reply.
+#[path = "bench/files.rs"]
+mod files;
+
 mod chat {
     use super::*;
 

@@ -115,6 +115,7 @@ pub fn kinds() -> Vec<Box<dyn Kind>> {
         kind::<swarm_task::SwarmTask>(views::swarm_task),
         kind::<flag::Flag>(views::flag),
         kind::<document::Document>(views::document),
+        kind::<file::File>(views::file),
     ]
 }
 

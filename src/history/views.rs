@@ -196,3 +196,44 @@ pub fn document(d: &crate::actors::document::Document) -> Value {
         "updates": d.updates,
     })
 }
+
+/// A file's metadata, versions, grants and share links (never its content, never a link's
+/// token).
+pub fn file(f: &crate::actors::file::File) -> Value {
+    let versions: Vec<Value> = f
+        .versions
+        .iter()
+        .map(|(n, v)| {
+            json!({
+                "version": n,
+                "content": v.content,
+                "uploaded_by": v.uploaded_by,
+                "uploaded_at": v.uploaded_at,
+                "restored_from": v.restored_from,
+            })
+        })
+        .collect();
+    let links: Vec<Value> = f
+        .links
+        .iter()
+        .map(|(id, l)| {
+            json!({
+                "id": id,
+                "expires_at": l.expires_at,
+                "max_downloads": l.max_downloads,
+                "revoked": l.revoked,
+            })
+        })
+        .collect();
+    json!({
+        "id": f.id,
+        "organization_id": f.organization_id,
+        "project_id": f.project_id,
+        "name": f.name,
+        "created_by": f.created_by,
+        "deleted": f.deleted,
+        "versions": versions,
+        "grants": f.grants,
+        "links": links,
+    })
+}

@@ -11,6 +11,7 @@ pub mod command;
 pub mod contract;
 pub mod documents;
 pub mod error;
+pub mod files;
 pub mod fluxstudio;
 pub mod guard;
 pub mod history;
@@ -91,8 +92,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .configure(swarm::configure)
                 .configure(analysis::configure)
                 .configure(legacy::configure_system)
-                .configure(agents::configure),
+                .configure(agents::configure)
+                .configure(files::configure),
         )
+        // FluxStudio share links, without an account.
+        .configure(files::configure_links)
         // The legacy Next.js paths of the analysis service, behind their flags (exact paths,
         // before the aliases' `/api` scope; see `legacy`).
         .configure(legacy::configure_legacy)
@@ -106,13 +110,14 @@ fn aliases(cfg: &mut ServiceConfig) {
     cfg.configure(identity::configure)
         .configure(fluxstudio::configure)
         .configure(documents::configure_projects)
-        .configure(messaging::configure);
+        .configure(messaging::configure)
+        .configure(files::configure);
 }
 
 /// CORS for the configured origins; other origins get no CORS headers at all.
 pub fn cors(origins: &[String]) -> actix_cors::Cors {
     let mut cors = actix_cors::Cors::default()
-        .allowed_methods(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+        .allowed_methods(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
         .allowed_headers([
             actix_web::http::header::AUTHORIZATION,
             actix_web::http::header::CONTENT_TYPE,
@@ -120,10 +125,29 @@ pub fn cors(origins: &[String]) -> actix_cors::Cors {
             actix_web::http::header::HeaderName::from_static("x-frontend-source"),
             actix_web::http::header::HeaderName::from_static("idempotency-key"),
             actix_web::http::header::HeaderName::from_static("x-request-id"),
+            // tus uploads (files) and ranged downloads.
+            actix_web::http::header::HeaderName::from_static("tus-resumable"),
+            actix_web::http::header::HeaderName::from_static("upload-length"),
+            actix_web::http::header::HeaderName::from_static("upload-offset"),
+            actix_web::http::header::HeaderName::from_static("upload-metadata"),
+            actix_web::http::header::HeaderName::from_static("upload-checksum"),
+            actix_web::http::header::RANGE,
+            actix_web::http::header::IF_NONE_MATCH,
         ])
         .expose_headers([
             actix_web::http::header::ETAG,
             actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::LOCATION,
+            actix_web::http::header::CONTENT_RANGE,
+            actix_web::http::header::CONTENT_DISPOSITION,
+            actix_web::http::header::HeaderName::from_static("tus-resumable"),
+            actix_web::http::header::HeaderName::from_static("tus-version"),
+            actix_web::http::header::HeaderName::from_static("tus-extension"),
+            actix_web::http::header::HeaderName::from_static("tus-max-size"),
+            actix_web::http::header::HeaderName::from_static("upload-offset"),
+            actix_web::http::header::HeaderName::from_static("upload-length"),
+            actix_web::http::header::HeaderName::from_static("upload-expires"),
+            actix_web::http::header::HeaderName::from_static("x-file-id"),
         ])
         .supports_credentials()
         .block_on_origin_mismatch(false)
@@ -160,12 +184,20 @@ pub async fn body_deadline(
     };
     let expired = Arc::new(AtomicBool::new(false));
     let deadline = tokio::time::Instant::now() + limit;
+    // A file upload may rightly take longer than any fixed limit: there the limit is on the
+    // wait for each next chunk instead.
+    let per_chunk = crate::files::streams_body(req.method(), req.path());
     let flag = expired.clone();
     let body = req.take_payload();
     let limited = futures_util::stream::unfold(Some(body), move |body| {
         let flag = flag.clone();
         async move {
             let mut body = body?;
+            let deadline = if per_chunk {
+                tokio::time::Instant::now() + limit
+            } else {
+                deadline
+            };
             match tokio::time::timeout_at(deadline, body.next()).await {
                 Ok(Some(chunk)) => Some((chunk, Some(body))),
                 Ok(None) => None,
@@ -180,7 +212,9 @@ pub async fn body_deadline(
             }
         }
     });
-    req.set_payload(Payload::from(Box::pin(limited)
+    // Fused: a reader that polls again after the end (the multipart parser does) gets the
+    // end again.
+    req.set_payload(Payload::from(Box::pin(limited.fuse())
         as std::pin::Pin<
             Box<
                 dyn futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>,

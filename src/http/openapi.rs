@@ -22,8 +22,8 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, agents, ai, analysis, chat, citypulse, documents, fluxstudio, history, identity, legacy,
-    messaging, ops, schema, swarm,
+    admin, agents, ai, analysis, chat, citypulse, documents, files, fluxstudio, history, identity,
+    legacy, messaging, ops, schema, swarm,
 };
 use crate::gateways::pusher::socket as pusher;
 
@@ -187,6 +187,27 @@ use crate::gateways::pusher::socket as pusher;
         agents::health,
         agents::breakers,
         agents::reset_breaker,
+        files::upload_file,
+        files::upload_project_file,
+        files::list_files,
+        files::list_project_files,
+        files::get_file,
+        files::list_versions,
+        files::download,
+        files::update_file,
+        files::delete_file,
+        files::restore_version,
+        files::list_permissions,
+        files::grant,
+        files::revoke,
+        files::create_link,
+        files::revoke_link,
+        files::shared,
+        crate::files::tus::options,
+        crate::files::tus::create,
+        crate::files::tus::head,
+        crate::files::tus::patch,
+        crate::files::tus::terminate,
     ),
     components(schemas(schema::ErrorBody)),
     security(("bearer" = [])),
@@ -202,6 +223,7 @@ use crate::gateways::pusher::socket as pusher;
         (name = "agents", description = "ToolboxAI: agent executions (swarm tasks run through the provider layer), the agent registry and metrics, and the provider circuit breakers"),
         (name = "messaging", description = "FluxStudio: channels, direct conversations, messages, threads, reactions, read marks; every frontend's notifications"),
         (name = "fluxstudio", description = "FluxStudio teams (leads and members), projects (team, members, status, milestones) and collaborative documents (Yjs: versions, time travel, restore, grants)"),
+        (name = "files", description = "FluxStudio files: uploads (multipart and tus 1.0.0 resumable), versions, downloads with ranges, grants and share links"),
         (name = "live", description = "Live event streams (WebSocket upgrades), and the Pusher Channels gateway and HTTP API"),
         (name = "operations", description = "Health, metrics, service information and this contract"),
     ),
@@ -392,6 +414,8 @@ pub const ALIASED: &[&str] = &[
     "projects",
     "channels",
     "messages",
+    "files",
+    "uploads",
 ];
 
 /// The documented path an aliased path stands for (`/api/teams/1` → `/api/v1/teams/1`), or

@@ -4,6 +4,7 @@ pub mod agents;
 pub mod analysis;
 pub mod citypulse;
 pub mod documents;
+pub mod files;
 pub mod flags;
 pub mod flowmind;
 pub mod fluxstudio;
@@ -36,6 +37,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(flags::Flags),
         Arc::new(agents::Agents),
         Arc::new(documents::Documents),
+        Arc::new(files::Files),
     ]
 }
 

@@ -44,6 +44,7 @@ FRONTEND_OF_TAG = {
     "fluxstudio": "fluxstudio",
     "swarm": "quantum",
     "agents": "toolbox",
+    "files": "fluxstudio",
 }
 
 FRONTEND_HEADER = "X-Frontend-Source"
