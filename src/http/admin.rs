@@ -159,7 +159,7 @@ const ID_KINDS: [(&str, Option<&str>); 7] = [
     params(ImportIdParams),
     responses(
         (status = 200, description = "The id (operators only)", body = super::schema::ImportedId),
-        (status = 400, description = "Unknown source or kind", body = super::schema::ErrorBody),
+        (status = 422, description = "`validation_failed`: an unknown source or kind, or a legacy id that is empty or longer than 200 characters", body = super::schema::ErrorBody),
     ),
 )]
 pub(crate) async fn import_id(

@@ -105,9 +105,23 @@ fn command(org: Uuid, who: &Principal, action: FileAction) -> FileCommand {
 
 // ---- views ----
 
+/// A file's versions, oldest first.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct VersionList {
+    items: Vec<FileVersionView>,
+}
+
+/// A file's grants.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct GrantList {
+    items: Vec<FileGrantView>,
+}
+
 /// One version of a file.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct VersionView {
+pub struct FileVersionView {
     pub version: i32,
     pub size: i64,
     pub sha256: String,
@@ -128,7 +142,7 @@ pub struct FileView {
     pub name: String,
     pub created_by: Option<Uuid>,
     /// The current version.
-    pub current: VersionView,
+    pub current: FileVersionView,
     pub version_count: usize,
     /// `view`, `comment`, `edit` or `admin`.
     pub access: String,
@@ -136,8 +150,8 @@ pub struct FileView {
     pub stream_version: i64,
 }
 
-fn version_view(n: i32, v: &crate::actors::file::Version) -> VersionView {
-    VersionView {
+fn version_view(n: i32, v: &crate::actors::file::Version) -> FileVersionView {
+    FileVersionView {
         version: n,
         size: v.content.size,
         sha256: v.content.sha256.clone(),
@@ -610,7 +624,7 @@ async fn get_file(
     path = "/api/v1/files/{id}/versions",
     tag = "files",
     params(("id" = Uuid, Path, description = "The file"), super::fluxstudio::FluxstudioHeaders),
-    responses((status = 200, description = "The versions", body = [VersionView])),
+    responses((status = 200, description = "The versions", body = VersionList)),
 )]
 async fn list_versions(
     state: web::Data<AppState>,
@@ -621,7 +635,7 @@ async fn list_versions(
     let org = reader(&who, &req)?;
     let id = file_id(&path)?;
     let (_, file, _) = require(&state, &who, org, id, FileAccess::View).await?;
-    let versions: Vec<VersionView> = file
+    let versions: Vec<FileVersionView> = file
         .versions
         .iter()
         .map(|(n, v)| version_view(*n, v))
@@ -975,7 +989,7 @@ async fn restore_version(
 
 /// A grant on a file.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct GrantView {
+pub struct FileGrantView {
     /// `user` or `team`.
     pub grantee_kind: String,
     pub grantee_id: Uuid,
@@ -989,7 +1003,7 @@ pub struct GrantView {
     path = "/api/v1/files/{id}/permissions",
     tag = "files",
     params(("id" = Uuid, Path, description = "The file"), super::fluxstudio::FluxstudioHeaders),
-    responses((status = 200, description = "The grants", body = [GrantView])),
+    responses((status = 200, description = "The grants", body = GrantList)),
 )]
 async fn list_permissions(
     state: web::Data<AppState>,
@@ -1000,12 +1014,12 @@ async fn list_permissions(
     let org = reader(&who, &req)?;
     let id = file_id(&path)?;
     let (_, file, _) = require(&state, &who, org, id, FileAccess::Admin).await?;
-    let items: Vec<GrantView> = file
+    let items: Vec<FileGrantView> = file
         .grants
         .iter()
         .filter_map(|(key, access)| {
             let (kind, grantee) = key.split_once(':')?;
-            Some(GrantView {
+            Some(FileGrantView {
                 grantee_kind: kind.to_owned(),
                 grantee_id: Uuid::parse_str(grantee).ok()?,
                 access: access.as_str().to_owned(),

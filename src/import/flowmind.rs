@@ -204,7 +204,7 @@ async fn import_users(
          WHERE id::text = ANY($1)",
     );
     let mut users = Users::default();
-    let mut seen: HashMap<String, Uuid> = HashMap::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
     let mut writer = Writer::default();
     let now = Utc::now();
     let mut rows = sqlx::query(
@@ -217,33 +217,17 @@ async fn import_users(
         ctx.read(T, 1);
         let id: Uuid = r.try_get("id")?;
         let legacy = id.to_string();
-        let email: Option<String> = r.try_get("email")?;
-        let Some(email) = email.filter(|e| !e.trim().is_empty()) else {
-            ctx.skip(T, &legacy, Reason::Invalid, "email: missing".into());
+        let Some(super::UserRow { email, lower, hash }) = super::user_row(
+            ctx,
+            T,
+            &legacy,
+            r.try_get("email")?,
+            r.try_get("encrypted_password")?,
+            "encrypted_password",
+            &mut seen,
+        ) else {
             continue;
         };
-        let lower = email.trim().to_lowercase();
-        if let Some(first) = seen.get(&lower) {
-            ctx.skip(
-                T,
-                &legacy,
-                Reason::Duplicate,
-                format!("the e-mail address differs only in case from user {first}'s"),
-            );
-            continue;
-        }
-        seen.insert(lower.clone(), id);
-        let hash: Option<String> = r.try_get("encrypted_password")?;
-        let hash = hash.filter(|h| !h.is_empty()).unwrap_or_default();
-        if !hash.is_empty() && !crate::identity::auth::is_legacy_hash(&hash) {
-            ctx.skip(
-                T,
-                &legacy,
-                Reason::Invalid,
-                "encrypted_password: not a bcrypt hash".into(),
-            );
-            continue;
-        }
         let meta: Option<Value> = r.try_get("raw_user_meta_data")?;
         let name = profiles
             .get(&id)
@@ -283,8 +267,11 @@ async fn import_users(
             exp.forget(&id.to_string());
         }
     }
-    for (lower, id) in seen {
-        if users.org_of.contains_key(&id) {
+    for (lower, legacy) in seen {
+        if let Some(id) = Uuid::parse_str(&legacy)
+            .ok()
+            .filter(|id| users.org_of.contains_key(id))
+        {
             users.by_email.insert(lower, id);
         }
     }
@@ -587,6 +574,19 @@ pub async fn join(
     Ok(joined)
 }
 
+/// Reports the sensors of a building that was not imported.
+fn orphan_sensors(ctx: &Ctx, sensors: &[LegacySensor]) {
+    for s in sensors {
+        ctx.read("sensors", 1);
+        ctx.skip(
+            "sensors",
+            &s.0.to_string(),
+            Reason::Orphan,
+            "its building was not imported".into(),
+        );
+    }
+}
+
 /// A legacy sensor row: id, name, type, unit, status.
 type LegacySensor = (Uuid, Option<String>, String, Option<String>, Option<String>);
 
@@ -699,15 +699,7 @@ async fn import_buildings(
                 None => "no owner (user_id is NULL); give --assign-orphans-to".into(),
             };
             ctx.skip(T, &legacy, Reason::Orphan, why);
-            for s in &its_sensors {
-                ctx.read(S, 1);
-                ctx.skip(
-                    S,
-                    &s.0.to_string(),
-                    Reason::Orphan,
-                    "its building was not imported".into(),
-                );
-            }
+            orphan_sensors(ctx, &its_sensors);
             continue;
         };
         let user = owner.or(orphan_org.map(|(u, _)| u));
@@ -731,15 +723,7 @@ async fn import_buildings(
         );
         if let Err(why) = registered {
             ctx.skip(T, &legacy, Reason::Invalid, why);
-            for s in &its_sensors {
-                ctx.read(S, 1);
-                ctx.skip(
-                    S,
-                    &s.0.to_string(),
-                    Reason::Orphan,
-                    "its building was not imported".into(),
-                );
-            }
+            orphan_sensors(ctx, &its_sensors);
             continue;
         }
         b_exp.expect(&legacy, id, format!("{}|{org}", name.trim()));
@@ -1300,16 +1284,7 @@ async fn import_chats(ctx: &Arc<Ctx>, src: &PgPool, users: &Users) -> anyhow::Re
                 }
             }
         }
-        let stream = chat.stream();
-        let events = chat.take();
-        let ctx2 = ctx.clone();
-        writer
-            .submit(stream.clone(), async move {
-                let outcome = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
-                ctx2.count_with(M, outcome, n);
-                Ok(())
-            })
-            .await?;
+        writer.start(ctx, &mut chat, origin, vec![(M, n)]).await?;
     }
     while let Some(m) = next_message {
         ctx.read(M, 1);

@@ -193,31 +193,17 @@ async fn users(ctx: &Arc<Ctx>, dir: &Path, st: &mut State) -> anyhow::Result<()>
         let Some(legacy) = id_or_skip(ctx, T, i, row) else {
             continue;
         };
-        let Some(email) = text(row, "email").filter(|e| !e.trim().is_empty()) else {
-            ctx.skip(T, &legacy, Reason::Invalid, "email: missing".into());
+        let Some(super::UserRow { email, lower, hash }) = super::user_row(
+            ctx,
+            T,
+            &legacy,
+            text(row, "email"),
+            text(row, "password"),
+            "password",
+            &mut seen,
+        ) else {
             continue;
         };
-        let lower = email.trim().to_lowercase();
-        if let Some(first) = seen.get(&lower) {
-            ctx.skip(
-                T,
-                &legacy,
-                Reason::Duplicate,
-                format!("the e-mail address differs only in case from user {first}'s"),
-            );
-            continue;
-        }
-        seen.insert(lower.clone(), legacy.clone());
-        let hash = text(row, "password").unwrap_or_default();
-        if !hash.is_empty() && !crate::identity::auth::is_legacy_hash(&hash) {
-            ctx.skip(
-                T,
-                &legacy,
-                Reason::Invalid,
-                "password: not a bcrypt hash".into(),
-            );
-            continue;
-        }
         let Some(at) = time(row, "createdAt") else {
             ctx.skip(T, &legacy, Reason::Invalid, "createdAt: not a time".into());
             continue;
@@ -565,16 +551,7 @@ async fn teams(ctx: &Arc<Ctx>, dir: &Path, st: &mut State) -> anyhow::Result<()>
             }
         }
         st.teams.insert(id);
-        let stream = team.stream();
-        let events = team.take();
-        let ctx2 = ctx.clone();
-        writer
-            .submit(stream.clone(), async move {
-                let outcome = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
-                ctx2.count_with(M, outcome, n);
-                Ok(())
-            })
-            .await?;
+        writer.start(ctx, &mut team, origin, vec![(M, n)]).await?;
     }
     writer.drain().await?;
     ctx.end(T);
@@ -779,16 +756,13 @@ async fn projects(ctx: &Arc<Ctx>, dir: &Path, st: &State) -> anyhow::Result<()> 
                 }
             }
         }
-        let stream = project.stream();
-        let events = project.take();
-        let ctx2 = ctx.clone();
         writer
-            .submit(stream.clone(), async move {
-                let outcome = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
-                ctx2.count_with(M, outcome, n_members);
-                ctx2.count_with(S, outcome, n_milestones);
-                Ok(())
-            })
+            .start(
+                ctx,
+                &mut project,
+                origin,
+                vec![(M, n_members), (S, n_milestones)],
+            )
             .await?;
     }
     writer.drain().await?;
@@ -1088,18 +1062,14 @@ async fn conversations(ctx: &Arc<Ctx>, dir: &Path, st: &State) -> anyhow::Result
                 }
             }
         }
-        let stream = channel.stream();
-        let events = channel.take();
-        let ctx2 = ctx.clone();
         let n_people = people.len() as u64;
         writer
-            .submit(stream.clone(), async move {
-                let outcome = ctx2.commit_rows(&stream, true, events, &origin, 1).await?;
-                ctx2.count_with(M, outcome, n);
-                ctx2.count_with(R, outcome, n_reactions);
-                ctx2.count_with(P, outcome, n_people);
-                Ok(())
-            })
+            .start(
+                ctx,
+                &mut channel,
+                origin,
+                vec![(M, n), (R, n_reactions), (P, n_people)],
+            )
             .await?;
     }
     writer.drain().await?;

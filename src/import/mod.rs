@@ -485,6 +485,55 @@ impl Ctx {
     }
 }
 
+/// A user row as every source checks it before registering it.
+pub struct UserRow {
+    pub email: String,
+    pub lower: String,
+    /// The bcrypt hash as it is, or empty for a user without a password.
+    pub hash: String,
+}
+
+/// The checks every source makes of a user row: an e-mail, not one that differs only in case
+/// from an earlier row's (`seen` maps lowercase e-mails to the first row's legacy id), and a
+/// password hash that is bcrypt or none (`hash_field` names it in the report). A row that
+/// fails is reported and answers `None`.
+pub fn user_row(
+    ctx: &Ctx,
+    table: &'static str,
+    legacy: &str,
+    email: Option<String>,
+    hash: Option<String>,
+    hash_field: &str,
+    seen: &mut HashMap<String, String>,
+) -> Option<UserRow> {
+    let Some(email) = email.filter(|e| !e.trim().is_empty()) else {
+        ctx.skip(table, legacy, Reason::Invalid, "email: missing".into());
+        return None;
+    };
+    let lower = email.trim().to_lowercase();
+    if let Some(first) = seen.get(&lower) {
+        ctx.skip(
+            table,
+            legacy,
+            Reason::Duplicate,
+            format!("the e-mail address differs only in case from user {first}'s"),
+        );
+        return None;
+    }
+    seen.insert(lower.clone(), legacy.to_owned());
+    let hash = hash.unwrap_or_default();
+    if !hash.is_empty() && !crate::identity::auth::is_legacy_hash(&hash) {
+        ctx.skip(
+            table,
+            legacy,
+            Reason::Invalid,
+            format!("{hash_field}: not a bcrypt hash"),
+        );
+        return None;
+    }
+    Some(UserRow { email, lower, hash })
+}
+
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
@@ -631,6 +680,29 @@ impl Writer {
         self.inflight
             .push(Box::pin(async move { (stream, work.await) }));
         Ok(())
+    }
+
+    /// Queues the first append of an entity's stream: its own row (`origin`) counts as the
+    /// append goes, and so do the rows of other tables that rode on it (`with`).
+    pub async fn start<E: Entity>(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        entry: &mut Entry<E>,
+        origin: Origin,
+        with: Vec<(&'static str, u64)>,
+    ) -> anyhow::Result<()> {
+        let stream = entry.stream();
+        let events = entry.take();
+        entry.started = true;
+        let ctx = ctx.clone();
+        self.submit(stream.clone(), async move {
+            let outcome = ctx.commit_rows(&stream, true, events, &origin, 1).await?;
+            for (table, rows) in with {
+                ctx.count_with(table, outcome, rows);
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn next(&mut self) -> anyhow::Result<()> {

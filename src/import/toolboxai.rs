@@ -53,7 +53,7 @@ async fn users(ctx: &Arc<Ctx>, src: &PgPool) -> anyhow::Result<Option<(Uuid, Vec
     );
     let mut writer = Writer::default();
     let done: Arc<std::sync::Mutex<Vec<(Uuid, Role, bool)>>> = Arc::default();
-    let mut seen = std::collections::HashMap::<String, Uuid>::new();
+    let mut seen = std::collections::HashMap::<String, String>::new();
     let mut rows = sqlx::query(
         "SELECT id, email, username, hashed_password, role, is_active, created_at FROM users \
          ORDER BY created_at, id",
@@ -63,29 +63,17 @@ async fn users(ctx: &Arc<Ctx>, src: &PgPool) -> anyhow::Result<Option<(Uuid, Vec
         ctx.read(T, 1);
         let id: Uuid = r.try_get("id")?;
         let legacy = id.to_string();
-        let email: String = r.try_get("email")?;
-        let lower = email.trim().to_lowercase();
-        if let Some(first) = seen.get(&lower) {
-            ctx.skip(
-                T,
-                &legacy,
-                Reason::Duplicate,
-                format!("the e-mail address differs only in case from user {first}'s"),
-            );
+        let Some(super::UserRow { email, lower, hash }) = super::user_row(
+            ctx,
+            T,
+            &legacy,
+            r.try_get("email")?,
+            r.try_get("hashed_password")?,
+            "hashed_password",
+            &mut seen,
+        ) else {
             continue;
-        }
-        seen.insert(lower.clone(), id);
-        let hash: Option<String> = r.try_get("hashed_password")?;
-        let hash = hash.unwrap_or_default();
-        if !hash.is_empty() && !crate::identity::auth::is_legacy_hash(&hash) {
-            ctx.skip(
-                T,
-                &legacy,
-                Reason::Invalid,
-                "hashed_password: not a bcrypt hash".into(),
-            );
-            continue;
-        }
+        };
         let name: Option<String> = r.try_get("username")?;
         let name = name
             .filter(|n| !n.trim().is_empty())

@@ -191,3 +191,13 @@ def after_call(context, case, response):
     with _lock:
         with open(_calls_path, "a", encoding="utf-8") as out:
             out.write(line)
+
+
+@schemathesis.serializer("application/offset+octet-stream")
+def tus_chunk(ctx, value):
+    """A tus PATCH body: the upload's next bytes, sent as they are."""
+    if isinstance(value, bytes):
+        return {"data": value}
+    if isinstance(value, str):
+        return {"data": value.encode("utf8")}
+    return {"data": json.dumps(value).encode("utf8")}
