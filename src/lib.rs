@@ -1,6 +1,7 @@
 //! universal-backend: one event-sourced actor system behind every frontend.
 //!
 //! - [`config`]: typed settings from the environment.
+//! - [`db`]: opening the database (connection settings, creation, migrations).
 //! - [`identity`]: passwords and tokens (`auth`), who may do what now (`access`: memberships,
 //!   roles, frontends and ended sessions, kept current from the log and checked on every
 //!   request and open socket), and Google sign-in (`google`).
@@ -35,6 +36,7 @@
 pub mod actors;
 pub mod agents;
 pub mod config;
+pub mod db;
 pub mod files;
 pub mod gateways;
 pub mod history;

@@ -10,9 +10,9 @@ use super::import::ImportOptions;
 use super::replay::Until;
 use super::state::{FoldOptions, Point};
 use crate::config::Config;
+use crate::db::connect_and_migrate;
 use crate::progress::Progress;
 use crate::projections;
-use crate::startup::connect_and_migrate;
 use crate::store::{EventStore, PgEventStore};
 
 fn time(value: &str) -> anyhow::Result<DateTime<Utc>> {

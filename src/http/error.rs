@@ -146,7 +146,7 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
                 ApiError::bad_request(format!("a parameter cannot be used: {}", db.message()))
             }
-            // A statement or lock wait that ran out of time (see `startup::connect_options`).
+            // A statement or lock wait that ran out of time (see `db::connect_options`).
             sqlx::Error::Database(db)
                 if matches!(db.code().as_deref(), Some("57014" | "55P03")) =>
             {

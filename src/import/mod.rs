@@ -859,7 +859,7 @@ pub async fn run(config: &Config, args: ImportArgs) -> anyhow::Result<bool> {
 /// Like [`run`], answering the whole report.
 pub async fn run_with_report(config: &Config, args: ImportArgs) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let pool = crate::startup::connect_and_migrate(config).await?;
+    let pool = crate::db::connect_and_migrate(config).await?;
     let store = crate::store::PgEventStore::start(pool.clone(), config.store()).await?;
     // The projections run here too, so that an import on a machine without a server still
     // reaches the read models; beside a live server they stand by (one runner per lock).
