@@ -135,6 +135,44 @@ fn org_role(s: Option<&str>) -> Role {
 /// An imported organization: its owner and its members' roles.
 type Org = (Uuid, HashMap<Uuid, Role>);
 
+/// A row of a membership table: its key (`parent/user`), the imported user, and the row.
+type Membership = (String, Uuid, Value);
+
+/// Groups the rows of a membership table by their parent's legacy id (field `parent`).
+/// Rows without both ids, or whose user was not imported, are reported and left out.
+fn members_by(
+    ctx: &Ctx,
+    table: &'static str,
+    rows: Vec<Value>,
+    parent: &str,
+    users: &HashMap<String, Uuid>,
+) -> HashMap<String, Vec<Membership>> {
+    let mut out: HashMap<String, Vec<Membership>> = HashMap::new();
+    for (i, row) in rows.into_iter().enumerate() {
+        ctx.read(table, 1);
+        let (Some(of), Some(user)) = (text(&row, parent), text(&row, "userId")) else {
+            ctx.skip(
+                table,
+                &format!("#{i}"),
+                Reason::Invalid,
+                format!("{parent} and userId are required"),
+            );
+            continue;
+        };
+        let key = format!("{of}/{user}");
+        match users.get(&user) {
+            Some(uid) => out.entry(of).or_default().push((key, *uid, row)),
+            None => ctx.skip(
+                table,
+                &key,
+                Reason::Orphan,
+                format!("user {user} was not imported"),
+            ),
+        }
+    }
+    out
+}
+
 struct State {
     /// Imported users: legacy id -> id.
     users: HashMap<String, Uuid>,
@@ -255,33 +293,17 @@ async fn organizations(ctx: &Arc<Ctx>, dir: &Path, st: &mut State) -> anyhow::Re
     let rows = load(dir, T)?;
     let members = load(dir, M)?;
     ctx.begin(T, Some(rows.len() as u64));
-    let mut by_org: HashMap<String, Vec<(String, Uuid, Role)>> = HashMap::new();
-    for (i, m) in members.iter().enumerate() {
-        ctx.read(M, 1);
-        let (Some(org), Some(user)) = (text(m, "organizationId"), text(m, "userId")) else {
-            ctx.skip(
-                M,
-                &format!("#{i}"),
-                Reason::Invalid,
-                "organizationId and userId are required".into(),
-            );
-            continue;
-        };
-        let key = format!("{org}/{user}");
-        match st.users.get(&user) {
-            Some(uid) => by_org.entry(org).or_default().push((
-                key,
-                *uid,
-                org_role(text(m, "role").as_deref()),
-            )),
-            None => ctx.skip(
-                M,
-                &key,
-                Reason::Orphan,
-                format!("user {user} was not imported"),
-            ),
-        }
-    }
+    let mut by_org: HashMap<String, Vec<(String, Uuid, Role)>> =
+        members_by(ctx, M, members, "organizationId", &st.users)
+            .into_iter()
+            .map(|(org, list)| {
+                let list = list
+                    .into_iter()
+                    .map(|(key, user, row)| (key, user, org_role(text(&row, "role").as_deref())))
+                    .collect();
+                (org, list)
+            })
+            .collect();
     let mut o_exp = Expectation::new(
         T,
         "SELECT id::text, name FROM organizations WHERE id::text = ANY($1)",
@@ -441,33 +463,23 @@ async fn teams(ctx: &Arc<Ctx>, dir: &Path, st: &mut State) -> anyhow::Result<()>
     let rows = load(dir, T)?;
     let members = load(dir, M)?;
     ctx.begin(T, Some(rows.len() as u64));
-    let mut by_team: HashMap<String, Vec<(String, Uuid, TeamRole)>> = HashMap::new();
-    for (i, m) in members.iter().enumerate() {
-        ctx.read(M, 1);
-        let (Some(team), Some(user)) = (text(m, "teamId"), text(m, "userId")) else {
-            ctx.skip(
-                M,
-                &format!("#{i}"),
-                Reason::Invalid,
-                "teamId and userId are required".into(),
-            );
-            continue;
-        };
-        let key = format!("{team}/{user}");
-        let role = match text(m, "role").as_deref().map(str::trim) {
-            Some("lead") => TeamRole::Lead,
-            _ => TeamRole::Member,
-        };
-        match st.users.get(&user) {
-            Some(uid) => by_team.entry(team).or_default().push((key, *uid, role)),
-            None => ctx.skip(
-                M,
-                &key,
-                Reason::Orphan,
-                format!("user {user} was not imported"),
-            ),
-        }
-    }
+    let mut by_team: HashMap<String, Vec<(String, Uuid, TeamRole)>> =
+        members_by(ctx, M, members, "teamId", &st.users)
+            .into_iter()
+            .map(|(team, list)| {
+                let list = list
+                    .into_iter()
+                    .map(|(key, user, row)| {
+                        let role = match text(&row, "role").as_deref().map(str::trim) {
+                            Some("lead") => TeamRole::Lead,
+                            _ => TeamRole::Member,
+                        };
+                        (key, user, role)
+                    })
+                    .collect();
+                (team, list)
+            })
+            .collect();
     let mut exp = Expectation::new(
         T,
         "SELECT id::text, concat_ws('|', organization_id::text, name) FROM teams WHERE id::text = ANY($1)",
@@ -571,29 +583,11 @@ async fn projects(ctx: &Arc<Ctx>, dir: &Path, st: &State) -> anyhow::Result<()> 
     const S: &str = "project_milestones";
     let rows = load(dir, T)?;
     ctx.begin(T, Some(rows.len() as u64));
-    let mut members: HashMap<String, Vec<(String, Uuid)>> = HashMap::new();
-    for (i, m) in load(dir, M)?.iter().enumerate() {
-        ctx.read(M, 1);
-        let (Some(project), Some(user)) = (text(m, "projectId"), text(m, "userId")) else {
-            ctx.skip(
-                M,
-                &format!("#{i}"),
-                Reason::Invalid,
-                "projectId and userId are required".into(),
-            );
-            continue;
-        };
-        let key = format!("{project}/{user}");
-        match st.users.get(&user) {
-            Some(uid) => members.entry(project).or_default().push((key, *uid)),
-            None => ctx.skip(
-                M,
-                &key,
-                Reason::Orphan,
-                format!("user {user} was not imported"),
-            ),
-        }
-    }
+    let mut members: HashMap<String, Vec<(String, Uuid)>> =
+        members_by(ctx, M, load(dir, M)?, "projectId", &st.users)
+            .into_iter()
+            .map(|(project, list)| (project, list.into_iter().map(|(k, u, _)| (k, u)).collect()))
+            .collect();
     let mut milestones: HashMap<String, Vec<Value>> = HashMap::new();
     for (i, m) in load(dir, S)?.into_iter().enumerate() {
         ctx.read(S, 1);
@@ -799,28 +793,11 @@ async fn conversations(ctx: &Arc<Ctx>, dir: &Path, st: &State) -> anyhow::Result
     const R: &str = "message_reactions";
     let rows = load(dir, T)?;
     ctx.begin(T, Some(rows.len() as u64));
-    let mut participants: HashMap<String, Vec<Uuid>> = HashMap::new();
-    for (i, p) in load(dir, P)?.iter().enumerate() {
-        ctx.read(P, 1);
-        let (Some(c), Some(user)) = (text(p, "conversationId"), text(p, "userId")) else {
-            ctx.skip(
-                P,
-                &format!("#{i}"),
-                Reason::Invalid,
-                "conversationId and userId are required".into(),
-            );
-            continue;
-        };
-        match st.users.get(&user) {
-            Some(uid) => participants.entry(c).or_default().push(*uid),
-            None => ctx.skip(
-                P,
-                &format!("{c}/{user}"),
-                Reason::Orphan,
-                format!("user {user} was not imported"),
-            ),
-        }
-    }
+    let mut participants: HashMap<String, Vec<Uuid>> =
+        members_by(ctx, P, load(dir, P)?, "conversationId", &st.users)
+            .into_iter()
+            .map(|(c, list)| (c, list.into_iter().map(|(_, u, _)| u).collect()))
+            .collect();
     // Messages and reactions of each conversation, in time order.
     let mut messages: HashMap<String, Vec<Value>> = HashMap::new();
     for (i, m) in load(dir, M)?.into_iter().enumerate() {
