@@ -39,6 +39,17 @@ pub struct Config {
     /// Longest a statement waits for a row or table lock (lock_timeout).
     #[arg(long, env = "DB_LOCK_TIMEOUT_SECS", default_value_t = 5)]
     pub db_lock_timeout_secs: u64,
+    /// Longest wait for one database host to connect and tell its role (libpq's
+    /// `connect_timeout` in DATABASE_URL wins).
+    #[arg(long, env = "DB_CONNECT_TIMEOUT_SECS", default_value_t = 3)]
+    pub db_connect_timeout_secs: u64,
+    /// How long a starting process keeps trying the hosts of DATABASE_URL.
+    #[arg(long, env = "DB_CONNECT_WAIT_SECS", default_value_t = 30)]
+    pub db_connect_wait_secs: u64,
+    /// How often a process with several hosts in DATABASE_URL checks that its host still
+    /// fits `target_session_attrs` (and at once after a connection error).
+    #[arg(long, env = "DB_PRIMARY_CHECK_MS", default_value_t = 1000)]
+    pub db_primary_check_ms: u64,
     /// Longest a client may take to send a request body, from the end of its headers.
     #[arg(long, env = "HTTP_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub http_body_timeout_secs: u64,

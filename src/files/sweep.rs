@@ -56,9 +56,14 @@ async fn lead(state: &AppState) -> anyhow::Result<()> {
         }
         tokio::time::sleep(STANDBY_POLL).await;
     }
+    // The lock lives on the host this connection reached (see `db::primary`).
+    let epoch = crate::db::epoch();
     loop {
         // The lock lives as long as this connection: make sure it still does.
         sqlx::query("SELECT 1").execute(&mut conn).await?;
+        if crate::db::epoch() != epoch {
+            anyhow::bail!("the database moved to another host: the lock stayed behind");
+        }
         if let Err(e) = run_once(state).await {
             tracing::warn!(error = %e, "file sweep run failed");
         }

@@ -137,6 +137,7 @@ impl ResponseError for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        crate::db::suspect(&e);
         match &e {
             sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
                 ApiError::conflict("a record with the same key exists")
@@ -155,6 +156,12 @@ impl From<sqlx::Error> for ApiError {
             }
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 tracing::warn!(error = %e, "database unavailable");
+                ApiError::unavailable("the database is unavailable; try again")
+            }
+            // The connection broke, the server is shutting down or has become a standby:
+            // the process is moving to the primary (see `db::primary`).
+            _ if crate::db::primary::is_host_failure(&e) => {
+                tracing::warn!(error = %e, "database host failed");
                 ApiError::unavailable("the database is unavailable; try again")
             }
             _ => ApiError::internal(e),

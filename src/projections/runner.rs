@@ -171,6 +171,9 @@ impl ProjectionRunner {
             tokio::time::sleep(self.config.standby_poll).await;
         }
         tracing::info!(projection = name, "projection runner leads");
+        // The lock lives on the host this connection reached: once the pool moved to
+        // another host, it is not trusted (see `db::primary`).
+        let epoch = crate::db::epoch();
         // A lost projection commit is re-applied from the older checkpoint (both are in the
         // same transaction), so these commits need not wait for the WAL flush.
         sqlx::query("SET synchronous_commit = off")
@@ -184,6 +187,9 @@ impl ProjectionRunner {
         let mut head_watch = self.store.head_watch();
         let mut prefetched = None;
         loop {
+            if crate::db::epoch() != epoch {
+                anyhow::bail!("the database moved to another host: the lock stayed behind");
+            }
             let done = self.step(&mut conn, &filter, &mut prefetched).await?;
             if done {
                 let after = *self.progress.borrow();
@@ -444,6 +450,9 @@ pub fn is_transient(error: &anyhow::Error) -> bool {
                     || code.starts_with("58")
                     || code.starts_with("42")
                     || matches!(code.as_ref(), "57014" | "55P03" | "40001" | "40P01")
+                    // The server became a standby (read-only transaction): another host
+                    // is the primary now; the batch is tried again there.
+                    || code == "25006"
             }),
             _ => false,
         }

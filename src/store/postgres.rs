@@ -365,6 +365,9 @@ async fn commit_batch(
             }
         }
         Err(e) => {
+            if let BatchError::Sql(e) = &e {
+                crate::db::suspect(e);
+            }
             // Closing the connection rolls back whatever the transaction had done.
             *conn = None;
             cache.invalidate();

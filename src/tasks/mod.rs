@@ -240,6 +240,8 @@ async fn lead(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Result
         }
     }
     tracing::info!("swarm scheduler leads");
+    // The lock lives on the host this connection reached (see `db::primary`).
+    let epoch = crate::db::epoch();
     inner.leading.store(true, Ordering::Relaxed);
     loop {
         if inner.stopped.load(Ordering::Relaxed) {
@@ -247,6 +249,9 @@ async fn lead(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Result
         }
         // The lock lives as long as this connection: make sure it still does.
         sqlx::query("SELECT 1").execute(&mut conn).await?;
+        if crate::db::epoch() != epoch {
+            anyhow::bail!("the database moved to another host: the lock stayed behind");
+        }
         let created = inner.created.swap(0, Ordering::Relaxed);
         if created > 0 {
             // Read-your-writes for the scan; on a timeout the next scan finds it anyway.
