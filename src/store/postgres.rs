@@ -165,6 +165,15 @@ async fn listen_loop(pool: PgPool, head: std::sync::Weak<watch::Sender<i64>>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
+        // Notifications sent while the listener was away (a lost connection, a move to
+        // another database host) are gone: the head is read once, now that it listens.
+        if let Ok(p) = sqlx::query_scalar::<_, i64>("SELECT last_position FROM event_head WHERE id = 1")
+            .fetch_one(&pool)
+            .await
+        {
+            let Some(h) = head.upgrade() else { return };
+            advance(&h, p);
+        }
         loop {
             // Wake up now and then to notice that the store was dropped.
             match tokio::time::timeout(Duration::from_secs(5), listener.recv()).await {
