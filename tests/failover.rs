@@ -238,7 +238,7 @@ async fn host_selection_skips_a_dead_host_and_a_standby_and_honours_the_target()
     let pair = Pair::start();
     let dead = free_port();
     let hosts = format!("127.0.0.1:{dead},127.0.0.1:{},127.0.0.1:{}", pair.standby, pair.primary);
-    let session = |o| o;
+    let session = |o: sqlx::postgres::PgConnectOptions| o;
     let limit = Duration::from_secs(3);
 
     let url = DatabaseUrl::parse(&format!("postgres://postgres@{hosts}/postgres?target_session_attrs=read-write")).unwrap();

@@ -352,7 +352,7 @@ mod tests {
         assert_eq!(u.connect_timeout(), Some(Duration::from_secs(2)));
         let o = u.options(0);
         assert_eq!(o.get_application_name(), Some("ub"));
-        assert_eq!(o.get_ssl_mode(), sqlx::postgres::PgSslMode::Disable);
+        assert!(matches!(o.get_ssl_mode(), sqlx::postgres::PgSslMode::Disable));
         assert_eq!(o.get_options(), Some("-c search_path=x"));
         assert_eq!(o.get_host(), "h1");
     }
