@@ -71,6 +71,22 @@ async fn select_patiently(
     }
 }
 
+fn database_exists<'a>(conn: &'a mut PgConnection, name: &'a str) -> primary::Boxed<'a, bool> {
+    Box::pin(async move {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(conn)
+            .await
+    })
+}
+
+fn create_database<'a>(conn: &'a mut PgConnection, name: &'a str) -> primary::Boxed<'a, ()> {
+    Box::pin(async move {
+        let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        sqlx::query(&create).execute(conn).await.map(|_| ())
+    })
+}
+
 /// Creates the database if it is missing, connects, and runs the migrations. With several
 /// hosts in `DATABASE_URL`, a watcher keeps the pool on the host that fits.
 pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
@@ -82,25 +98,14 @@ pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
     // The database is created on the server that fits, through its maintenance database.
     let maintenance = url.with_database("postgres");
     let (at, mut conn) = select_patiently(&maintenance, config).await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut conn)
-            .await
-            .context("cannot reach PostgreSQL at DATABASE_URL")?;
-    if !exists {
+    if !database_exists(&mut conn, &name)
+        .await
+        .context("cannot reach PostgreSQL at DATABASE_URL")?
+    {
         tracing::info!("creating the database");
-        let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        if let Err(e) = sqlx::raw_sql(&create).execute(&mut conn).await {
+        if let Err(e) = create_database(&mut conn, &name).await {
             // Another process may have created it at the same moment.
-            let now: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
-            )
-            .bind(&name)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap_or(false);
-            if !now {
+            if !database_exists(&mut conn, &name).await.unwrap_or(false) {
                 return Err(e).context("cannot create the database");
             }
         }

@@ -60,11 +60,20 @@ pub fn suspect(e: &sqlx::Error) {
     }
 }
 
+/// A boxed future: queries on a borrowed connection, boxed so that the futures of their
+/// callers stay `Send` for any lifetime (callers run them on other threads' runtimes).
+pub type Boxed<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'a>>;
+
 /// The role of the server behind a connection: (in recovery, read only).
-pub async fn role(conn: &mut PgConnection) -> Result<(bool, bool), sqlx::Error> {
-    sqlx::query_as("SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'")
+pub fn role(conn: &mut PgConnection) -> Boxed<'_, (bool, bool)> {
+    Box::pin(async move {
+        sqlx::query_as(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
+        )
         .fetch_one(conn)
         .await
+    })
 }
 
 /// Why no host was kept.
