@@ -543,7 +543,10 @@ async fn share_links_work_without_an_account_until_revoked_expired_or_used_up() 
         ("brief.txt", "text/plain", b"the brief"),
     )
     .await;
-    let id = body["id"].as_str().unwrap().to_owned();
+    let id = body["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
     let links = app.url(&format!("/api/v1/files/{id}/links"));
     let in_days = |d: i64| (chrono::Utc::now() + chrono::Duration::days(d)).to_rfc3339();
 
