@@ -543,7 +543,10 @@ async fn share_links_work_without_an_account_until_revoked_expired_or_used_up() 
         ("brief.txt", "text/plain", b"the brief"),
     )
     .await;
-    let id = body["id"].as_str().unwrap().to_owned();
+    let id = body["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
     let links = app.url(&format!("/api/v1/files/{id}/links"));
     let in_days = |d: i64| (chrono::Utc::now() + chrono::Duration::days(d)).to_rfc3339();
 
@@ -1273,5 +1276,362 @@ async fn files_are_stored_in_an_s3_compatible_service() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!present, "the swept content left the bucket");
+    app.handle.stop(false).await;
+}
+
+// ---- message attachments and live announcements ----
+
+async fn channel(app: &TestApp, client: &reqwest::Client) -> String {
+    let (status, body) = send(
+        client
+            .post(app.url("/api/v1/channels"))
+            .json(&json!({ "name": "studio" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+/// The messages of a channel as `client` reads them through `base`, once the read model
+/// holds `position`.
+async fn messages(client: &reqwest::Client, base: &str, channel: &str, position: i64) -> Value {
+    let (status, body) = send(client.get(format!(
+        "{base}/api/v1/channels/{channel}/messages?min_position={position}"
+    )))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["items"].clone()
+}
+
+#[actix_web::test]
+async fn an_attachment_naming_a_file_shows_it_only_to_readers_who_may_read_the_file_now() {
+    let (app, dir) = flux_app(|_| {}).await;
+    let d = dir.display().to_string();
+    let other = spawn_second_app_with(&app, move |c| c.file_store_url = d).await;
+    let admin_token = app.tenant.access_token.clone();
+    let admin = flux(&admin_token);
+    let project = project(&app, &admin).await;
+    let (status, body) = curl_upload(
+        &app.base,
+        &format!("/api/v1/projects/{project}/files"),
+        &admin_token,
+        &[],
+        ("plan.pdf", "application/pdf", b"%PDF-1.4 plan"),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let file = body["id"].as_str().unwrap().to_owned();
+    let channel = channel(&app, &admin).await;
+    let member = add_member(&app, "member").await;
+    let member_client = flux(&member.access_token);
+
+    // A member outside the project may not attach the file (nor a file that does not
+    // exist): 422, and nothing is recorded.
+    for (id, base) in [
+        (file.clone(), &app.base),
+        (Uuid::now_v7().to_string(), &other.base),
+    ] {
+        let (status, body) = send(
+            member_client
+                .post(format!("{base}/api/v1/channels/{channel}/messages"))
+                .json(&json!({ "text": "look", "attachments": [{ "file_id": id }] })),
+        )
+        .await;
+        assert_eq!(status, 422, "{body}");
+        assert!(body.to_string().contains("attachments.file_id"), "{body}");
+    }
+    // Over the socket the same refusal (the same function sends both).
+    // The admin attaches it: the answer shows the file as it is.
+    let (status, sent) = send(
+        admin
+            .post(app.url(&format!("/api/v1/channels/{channel}/messages")))
+            .json(&json!({ "text": "the plan", "attachments": [
+                { "file_id": file },
+                { "name": "ref.png", "size": 3, "content_type": "image/png", "url": "https://example.org/ref.png" }
+            ] })),
+    )
+    .await;
+    assert_eq!(status, 201, "{sent}");
+    let shown = &sent["message"]["attachments"];
+    assert_eq!(shown[0]["name"], "plan.pdf", "{sent}");
+    assert_eq!(shown[0]["content_type"], "application/pdf");
+    assert_eq!(shown[0]["size"], 13);
+    assert_eq!(shown[0]["url"], format!("/api/v1/files/{file}/content"));
+    assert_eq!(shown[0]["unavailable"], false);
+    assert_eq!(shown[1]["url"], "https://example.org/ref.png");
+    let position = sent["position"].as_i64().unwrap();
+
+    // Read through the other process: the member sees the id only, the admin the file.
+    let seen = messages(&member_client, &other.base, &channel, position).await;
+    assert_eq!(
+        seen.as_array().unwrap().len(),
+        1,
+        "the refused ones were not recorded"
+    );
+    assert_eq!(
+        seen[0]["attachments"][0],
+        json!({ "file_id": file, "unavailable": true })
+    );
+    assert_eq!(seen[0]["attachments"][1]["name"], "ref.png");
+    let seen = messages(&admin, &other.base, &channel, position).await;
+    assert_eq!(seen[0]["attachments"][0]["name"], "plan.pdf", "{seen}");
+
+    // A grant shows it to the member at once, in both processes; its revocation hides it.
+    let (status, body) = send(
+        admin
+            .post(app.url(&format!("/api/v1/files/{file}/permissions")))
+            .json(&json!({ "user_id": member.user_id, "access": "view" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for base in [&app.base, &other.base] {
+        let seen = messages(&member_client, base, &channel, position).await;
+        assert_eq!(seen[0]["attachments"][0]["name"], "plan.pdf", "{seen}");
+    }
+    // The file renamed: readers see its name now.
+    let (status, body) = send(
+        admin
+            .patch(app.url(&format!("/api/v1/files/{file}")))
+            .json(&json!({ "name": "plan-v2.pdf" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = messages(&member_client, &other.base, &channel, position).await;
+    assert_eq!(seen[0]["attachments"][0]["name"], "plan-v2.pdf", "{seen}");
+    let (status, body) = send(admin.delete(app.url(&format!(
+        "/api/v1/files/{file}/permissions/{}",
+        member.user_id
+    ))))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = messages(&member_client, &other.base, &channel, position).await;
+    assert_eq!(
+        seen[0]["attachments"][0],
+        json!({ "file_id": file, "unavailable": true })
+    );
+    // A deleted file is unavailable to everyone.
+    let (status, body) = send(admin.delete(app.url(&format!("/api/v1/files/{file}")))).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = messages(&admin, &other.base, &channel, position).await;
+    assert_eq!(seen[0]["attachments"][0]["unavailable"], true, "{seen}");
+    other.handle.stop(false).await;
+    app.handle.stop(false).await;
+}
+
+/// Starts `tests/socketio/files.mjs` for `token` in `channel` on `base`; answers its lines.
+fn socket_client(
+    base: &str,
+    token: &str,
+    channel: &str,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    std::process::Child,
+) {
+    use std::io::BufRead;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/socketio");
+    assert!(
+        dir.join("node_modules/socket.io-client").exists(),
+        "socket.io-client is not installed: run `npm ci` in tests/socketio (scripts/test does)"
+    );
+    let mut child = Command::new("node")
+        .arg(dir.join("files.mjs"))
+        .args([base, token, channel])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    (rx, child)
+}
+
+/// The next line the socket client printed (at most 30 s).
+async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("the socket client answers in time")
+        .expect("the socket client printed a line");
+    serde_json::from_str(&line).unwrap_or(Value::String(line))
+}
+
+#[actix_web::test]
+async fn sockets_on_another_process_announce_files_to_those_who_may_read_them() {
+    let (app, dir) = flux_app(|_| {}).await;
+    let d = dir.display().to_string();
+    let other = spawn_second_app_with(&app, move |c| c.file_store_url = d).await;
+    let admin_token = app.tenant.access_token.clone();
+    let admin = flux(&admin_token);
+    let project = project(&app, &admin).await;
+    let channel = channel(&app, &admin).await;
+    let member = add_member(&app, "member").await;
+    // Both listen on the other process; every change goes through the first.
+    let (mut admin_rx, mut admin_node) = socket_client(&other.base, &admin_token, &channel);
+    let (mut member_rx, mut member_node) =
+        socket_client(&other.base, &member.access_token, &channel);
+    assert_eq!(next_line(&mut admin_rx).await, "ready");
+    assert_eq!(next_line(&mut member_rx).await, "ready");
+
+    // Uploaded into the project: the admin hears of it, the member (outside it) not.
+    let (status, body) = curl_upload(
+        &app.base,
+        &format!("/api/v1/projects/{project}/files"),
+        &admin_token,
+        &[],
+        ("cover.png", "image/png", b"not really a png"),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let file = body["id"].as_str().unwrap().to_owned();
+    let heard = next_line(&mut admin_rx).await;
+    assert_eq!(heard["event"], "file:uploaded", "{heard}");
+    assert_eq!(heard["data"]["file_id"], file.as_str());
+    assert_eq!(heard["data"]["name"], "cover.png");
+    assert_eq!(heard["data"]["project_id"], project.as_str());
+
+    // A message naming it: each receives it as they may see it.
+    let (status, sent) = send(
+        admin
+            .post(app.url(&format!("/api/v1/channels/{channel}/messages")))
+            .json(&json!({ "text": "cover", "attachments": [{ "file_id": file }] })),
+    )
+    .await;
+    assert_eq!(status, 201, "{sent}");
+    let heard = next_line(&mut admin_rx).await;
+    assert_eq!(heard["event"], "message:new", "{heard}");
+    assert_eq!(
+        heard["data"]["attachments"][0]["name"], "cover.png",
+        "{heard}"
+    );
+    let heard = next_line(&mut member_rx).await;
+    assert_eq!(heard["event"], "message:new", "{heard}");
+    assert_eq!(
+        heard["data"]["attachments"][0],
+        json!({ "file_id": file, "unavailable": true }),
+        "{heard}"
+    );
+
+    // Granted, the member hears of the rename too.
+    let (status, body) = send(
+        admin
+            .post(app.url(&format!("/api/v1/files/{file}/permissions")))
+            .json(&json!({ "user_id": member.user_id, "access": "view" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(
+        admin
+            .patch(app.url(&format!("/api/v1/files/{file}")))
+            .json(&json!({ "name": "cover-final.png" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for rx in [&mut admin_rx, &mut member_rx] {
+        let heard = next_line(rx).await;
+        assert_eq!(heard["event"], "file:updated", "{heard}");
+        assert_eq!(heard["data"]["change"], "renamed");
+        assert_eq!(heard["data"]["name"], "cover-final.png");
+    }
+
+    // Revoked: a new version and the deletion reach the admin only.
+    let (status, body) = send(admin.delete(app.url(&format!(
+        "/api/v1/files/{file}/permissions/{}",
+        member.user_id
+    ))))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = curl_upload(
+        &app.base,
+        "/api/v1/files",
+        &admin_token,
+        &[("file_id", file.as_str())],
+        ("cover-final.png", "image/png", b"the second cover"),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let heard = next_line(&mut admin_rx).await;
+    assert_eq!(heard["event"], "file:updated", "{heard}");
+    assert_eq!(heard["data"]["change"], "version");
+    assert_eq!(heard["data"]["version"], 2);
+    let (status, body) = send(admin.delete(app.url(&format!("/api/v1/files/{file}")))).await;
+    assert_eq!(status, 200, "{body}");
+    let heard = next_line(&mut admin_rx).await;
+    assert_eq!(heard["event"], "file:deleted", "{heard}");
+    assert_eq!(heard["data"]["file_id"], file.as_str());
+
+    // The member's own upload (outside projects: theirs) comes next on the same feed, so
+    // nothing came in between for them.
+    let (status, body) = curl_upload(
+        &app.base,
+        "/api/v1/files",
+        &member.access_token,
+        &[],
+        ("notes.txt", "text/plain", b"mine"),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let mine = body["id"].as_str().unwrap().to_owned();
+    let heard = next_line(&mut member_rx).await;
+    assert_eq!(heard["event"], "file:uploaded", "{heard}");
+    assert_eq!(heard["data"]["file_id"], mine.as_str(), "{heard}");
+    // The admin reads every file of the organization.
+    let heard = next_line(&mut admin_rx).await;
+    assert_eq!(heard["data"]["file_id"], mine.as_str(), "{heard}");
+    for child in [&mut admin_node, &mut member_node] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    other.handle.stop(false).await;
+    app.handle.stop(false).await;
+}
+
+#[actix_web::test]
+async fn a_plain_curl_form_upload_without_an_idempotency_key_works_on_fluxstudios_path() {
+    let (app, _dir) = flux_app(|_| {}).await;
+    let token = app.tenant.access_token.clone();
+    let dir = std::env::temp_dir().join(format!("ub-plain-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("moodboard.png");
+    std::fs::write(&path, b"\x89PNG\r\n\x1a\n not much of a picture").unwrap();
+    // As a browser's FormData or `curl -F file=@…` sends it: no type or name given, no
+    // Idempotency-Key. Twice: two files, not one answer replayed.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let args = vec![
+            "-sS".to_owned(),
+            "--max-time".into(),
+            "60".into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+            "-H".into(),
+            format!("Authorization: Bearer {token}"),
+            "-H".into(),
+            "X-Frontend-Source: fluxstudio".into(),
+            "-F".into(),
+            format!("file=@{}", path.display()),
+            app.url("/api/files"),
+        ];
+        let output = tokio::task::spawn_blocking(move || Command::new("curl").args(args).output())
+            .await
+            .unwrap()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let (body, status) = text.rsplit_once('\n').expect("curl printed the status");
+        assert_eq!(status.trim(), "201", "{body}");
+        let body: Value = serde_json::from_str(body).unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(ids[0], ids[1]);
+    let client = flux(&token);
+    let (status, file) = send(client.get(app.url(&format!("/api/files/{}", ids[0])))).await;
+    assert_eq!(status, 200, "{file}");
+    assert_eq!(file["name"], "moodboard.png", "{file}");
+    std::fs::remove_dir_all(dir).ok();
     app.handle.stop(false).await;
 }

@@ -628,14 +628,59 @@ fn write_fluxstudio_export() -> PathBuf {
         "invoices",
         json!([{"id": "inv_1", "organizationId": "o_1", "number": "2023-001", "clientName": "ACME", "currency": "EUR", "lines": [], "status": "paid"}]),
     );
+    // Files: two versions of one file, a file outside projects shared with Kai, one whose
+    // bytes are gone, one whose bytes are not what its row says, one that tries to leave
+    // uploads/.
+    std::fs::create_dir_all(dir.join("uploads/2023")).unwrap();
+    std::fs::write(dir.join("uploads/2023/logo-1.svg"), FLUX_LOGO_1).unwrap();
+    std::fs::write(dir.join("uploads/2023/logo-2.svg"), FLUX_LOGO_2).unwrap();
+    std::fs::write(dir.join("uploads/brief.txt"), FLUX_BRIEF).unwrap();
+    std::fs::write(dir.join("uploads/tampered.txt"), b"not what was stored").unwrap();
+    let sha = |b: &[u8]| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b))
+    };
+    write(
+        "files",
+        json!([
+            {"id": "f_2", "projectId": "p_1", "organizationId": "o_1", "name": "logo.svg", "mimeType": "image/svg+xml", "size": FLUX_LOGO_2.len(), "sha256": sha(FLUX_LOGO_2), "path": "2023/logo-2.svg", "version": 2, "previousVersionId": "f_1", "uploadedBy": "u_2", "createdAt": "2023-02-03T09:00:00Z"},
+            {"id": "f_1", "projectId": "p_1", "organizationId": "o_1", "name": "logo.svg", "mimeType": "image/svg+xml", "size": FLUX_LOGO_1.len(), "path": "2023/logo-1.svg", "version": 1, "uploadedBy": "u_1", "createdAt": "2023-02-02T09:00:00Z"},
+            {"id": "f_3", "organizationId": "o_1", "name": "brief.txt", "mimeType": "text/plain", "size": FLUX_BRIEF.len(), "path": "brief.txt", "version": 1, "uploadedBy": "u_1", "createdAt": 1_675_328_400_000i64},
+            {"id": "f_4", "organizationId": "o_1", "name": "gone.bin", "mimeType": "application/octet-stream", "size": 10, "path": "gone.bin", "version": 1, "uploadedBy": "u_1", "createdAt": "2023-02-02T09:00:00Z"},
+            {"id": "f_5", "organizationId": "o_1", "name": "tampered.txt", "mimeType": "text/plain", "size": 5, "sha256": sha(b"what was stored"), "path": "tampered.txt", "version": 1, "uploadedBy": "u_1", "createdAt": "2023-02-02T09:00:00Z"},
+            {"id": "f_6", "organizationId": "o_1", "name": "passwd", "mimeType": "text/plain", "size": 5, "path": "../users.json", "version": 1, "uploadedBy": "u_1", "createdAt": "2023-02-02T09:00:00Z"}
+        ]),
+    );
+    write(
+        "file_permissions",
+        json!([
+            {"fileId": "f_3", "userId": "u_2", "permission": "edit"},
+            {"fileId": "f_1", "teamId": "t_1", "permission": "view"},
+            {"fileId": "f_3", "userId": "u_9", "permission": "view"},
+            {"fileId": "f_4", "userId": "u_2", "permission": "view"}
+        ]),
+    );
     dir
 }
 
+const FLUX_LOGO_1: &[u8] = b"<svg xmlns='http://www.w3.org/2000/svg'><circle r='1'/></svg>";
+const FLUX_LOGO_2: &[u8] = b"<svg xmlns='http://www.w3.org/2000/svg'><circle r='2'/></svg>";
+const FLUX_BRIEF: &[u8] = b"Make it bold, make it blue.";
+
 #[actix_web::test]
 async fn a_fluxstudio_export_comes_in_with_mapped_ids_and_its_channels_answer_on_the_old_paths() {
-    let app = spawn_app().await;
+    // The import stores file contents where the server reads them.
+    let file_store =
+        std::env::temp_dir().join(format!("ub-flux-store-{}", Uuid::new_v4().simple()));
+    let store_url = file_store.display().to_string();
+    let app = spawn_app_with({
+        let store_url = store_url.clone();
+        move |c| c.file_store_url = store_url
+    })
+    .await;
     let dir = write_fluxstudio_export();
-    let config = import_config(&app);
+    let mut config = import_config(&app);
+    config.file_store_url = store_url;
     let path = report_path();
     let from = dir.to_str().unwrap();
     assert!(import::run(&config, args(Source::Fluxstudio, from, &path))
@@ -670,6 +715,24 @@ async fn a_fluxstudio_export_comes_in_with_mapped_ids_and_its_channels_answer_on
     );
     assert_eq!(table(&report, "messages")["imported"], 3);
     assert_eq!(table(&report, "message_reactions")["imported"], 1);
+    // Files: every version whose bytes are there, and the grants to who came in.
+    assert_eq!(table(&report, "files")["imported"], 3, "{report}");
+    assert_eq!(
+        table(&report, "file_permissions")["imported"],
+        2,
+        "{report}"
+    );
+    assert_eq!(skipped(&report, "files", "f_4").as_deref(), Some("orphan"));
+    assert_eq!(skipped(&report, "files", "f_5").as_deref(), Some("invalid"));
+    assert_eq!(skipped(&report, "files", "f_6").as_deref(), Some("invalid"));
+    assert_eq!(
+        skipped(&report, "file_permissions", "f_3/u_9").as_deref(),
+        Some("orphan")
+    );
+    assert_eq!(
+        skipped(&report, "file_permissions", "f_4/u_2").as_deref(),
+        Some("orphan")
+    );
 
     // The mapping is readable: which id did legacy u_1 become.
     let lena = import::fluxstudio::id_of("user", "u_1");
@@ -719,6 +782,50 @@ async fn a_fluxstudio_export_comes_in_with_mapped_ids_and_its_channels_answer_on
         .unwrap();
     let text = history.to_string();
     assert!(text.contains("Kick-off at ten"), "{text}");
+    // The imported file answers with its versions and its last version's bytes; the one
+    // outside projects with its grant.
+    let logo = import::fluxstudio::id_of("file", "f_1");
+    let (status, versions) = {
+        let res = flux
+            .get(app.url(&format!("/api/files/{logo}/versions")))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 200, "{versions}");
+    assert_eq!(versions["items"].as_array().unwrap().len(), 2, "{versions}");
+    let res = flux
+        .get(app.url(&format!("/api/files/{logo}/content")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(&res.bytes().await.unwrap()[..], FLUX_LOGO_2);
+    let res = flux
+        .get(app.url(&format!(
+            "/api/files/{}/content?version=1",
+            import::fluxstudio::id_of("file", "f_1")
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(&res.bytes().await.unwrap()[..], FLUX_LOGO_1);
+    let brief = import::fluxstudio::id_of("file", "f_3");
+    let res = flux
+        .get(app.url(&format!("/api/files/{brief}/content")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(&res.bytes().await.unwrap()[..], FLUX_BRIEF);
+    let grant: String =
+        sqlx::query_scalar("SELECT access FROM file_grants WHERE file_id = $1 AND grantee_id = $2")
+            .bind(brief)
+            .bind(kai)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(grant, "edit");
     assert!(
         !text.contains("oops"),
         "a deleted message shows no text: {text}"
@@ -795,6 +902,7 @@ async fn a_fluxstudio_export_comes_in_with_mapped_ids_and_its_channels_answer_on
     assert_eq!(read_report(&again)["events_written"], 0);
     assert_eq!(data_events(&app.pool).await, before);
     std::fs::remove_dir_all(dir).ok();
+    std::fs::remove_dir_all(file_store).ok();
 }
 
 #[actix_web::test]

@@ -16,7 +16,7 @@ use crate::file::{FileEvent, FILE_EVENT_TYPES};
 use crate::flag::FLAG_EVENT_TYPES;
 use crate::identity::{ORGANIZATION_EVENT_TYPES, USER_EVENT_TYPES};
 use crate::import::{ImportEvent, IMPORT_EVENT_TYPES};
-use crate::messaging::{InboxEvent, MessagingEvent, MESSAGING_EVENT_TYPES};
+use crate::messaging::{InboxEvent, MessagePostedV1, MessagingEvent, MESSAGING_EVENT_TYPES};
 use crate::project::PROJECT_EVENT_TYPES;
 use crate::swarm::{ANALYSIS_EVENT_TYPES, SWARM_TASK_EVENT_TYPES};
 use crate::team::TEAM_EVENT_TYPES;
@@ -96,13 +96,22 @@ pub struct OlderVersion {
 }
 
 /// Every older schema version that the upcasters still read.
-pub const OLDER_VERSIONS: &[OlderVersion] = &[OlderVersion {
-    event_type: "BuildingRegistered",
-    version: 1,
-    schema: || root_schema::<BuildingRegisteredV1>("BuildingRegistered"),
-    upcaster: "v1 → v2: adds `organization_id: null` (buildings registered before \
-               organizations existed belong to none)",
-}];
+pub const OLDER_VERSIONS: &[OlderVersion] = &[
+    OlderVersion {
+        event_type: "BuildingRegistered",
+        version: 1,
+        schema: || root_schema::<BuildingRegisteredV1>("BuildingRegistered"),
+        upcaster: "v1 → v2: adds `organization_id: null` (buildings registered before \
+                   organizations existed belong to none)",
+    },
+    OlderVersion {
+        event_type: "MessagePosted",
+        version: 1,
+        schema: || root_schema::<MessagePostedV1>("MessagePosted"),
+        upcaster: "v1 → v2: unchanged (version 2 adds file attachments `{file_id}`; a \
+                   version 1 attachment is a link, read as it is)",
+    },
+];
 
 fn root_schema<T: JsonSchema>(title: &str) -> Value {
     let mut schema = SchemaGenerator::default()

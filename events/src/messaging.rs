@@ -93,9 +93,29 @@ pub struct ChannelMemberRemoved {
     pub removed_by: Uuid,
 }
 
-/// What an attachment is; the file itself lives elsewhere (`url`).
+/// What a message carries along (schema version 2 of [`MessagePosted`]): a file of the
+/// organization's file store, named by its id, or a link to a file kept elsewhere.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
-pub struct Attachment {
+#[serde(untagged)]
+pub enum Attachment {
+    File(FileAttachment),
+    Link(LinkAttachment),
+}
+
+/// A stored file, by id only: its name, type and size are the file's own, read when the
+/// message is read, and shown only to readers who may read the file. Nothing of the file
+/// is copied into the message.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileAttachment {
+    pub file_id: Uuid,
+}
+
+/// A file kept elsewhere: what the sender said of it and its URL (the only kind of
+/// attachment of schema version 1).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkAttachment {
     pub name: String,
     pub size: u64,
     pub content_type: String,
@@ -112,6 +132,22 @@ pub struct MessagePosted {
     pub parent_id: Option<Uuid>,
     pub mentions: Vec<Uuid>,
     pub attachments: Vec<Attachment>,
+    pub notify: Vec<Uuid>,
+    pub client_message_id: Option<String>,
+    pub posted_at: DateTime<Utc>,
+}
+
+/// `MessagePosted` as schema version 1 stored it, when every attachment was a link. Never
+/// written any more; it documents the stored shape (the catalogue shows its schema). A
+/// version 1 payload is a valid version 2 payload, so its upcaster changes nothing.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+pub struct MessagePostedV1 {
+    pub message_id: Uuid,
+    pub author_id: Uuid,
+    pub text: String,
+    pub parent_id: Option<Uuid>,
+    pub mentions: Vec<Uuid>,
+    pub attachments: Vec<LinkAttachment>,
     pub notify: Vec<Uuid>,
     pub client_message_id: Option<String>,
     pub posted_at: DateTime<Utc>,
@@ -152,6 +188,26 @@ pub struct ReadMarkMoved {
 }
 
 impl EventFamily for MessagingEvent {
+    fn schema_version(event_type: &str) -> i32 {
+        match event_type {
+            "MessagePosted" => 2,
+            _ => 1,
+        }
+    }
+
+    fn upcast(event_type: &str, version: i32, data: Value) -> Result<Value, DecodeError> {
+        match (event_type, version) {
+            // v1 → v2: version 2 adds file attachments; a version 1 attachment is a link,
+            // which version 2 reads as it is.
+            ("MessagePosted", 1) => Ok(data),
+            (t, v) if v == Self::schema_version(t) => Ok(data),
+            (t, v) => Err(DecodeError::UnknownVersion {
+                event_type: t.to_owned(),
+                version: v,
+            }),
+        }
+    }
+
     fn event_type(&self) -> &'static str {
         match self {
             MessagingEvent::ChannelCreated(_) => "ChannelCreated",

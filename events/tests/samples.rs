@@ -103,7 +103,11 @@ fn every_event_sample_decodes_and_current_versions_round_trip() {
         .chain(USER_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(ORGANIZATION_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(CONVERSATION_EVENT_TYPES.iter().map(|t| (*t, 1)))
-        .chain(MESSAGING_EVENT_TYPES.iter().map(|t| (*t, 1)))
+        .chain(
+            MESSAGING_EVENT_TYPES
+                .iter()
+                .map(|t| (*t, MessagingEvent::schema_version(t))),
+        )
         .chain(TEAM_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(PROJECT_EVENT_TYPES.iter().map(|t| (*t, 1)))
         .chain(SWARM_TASK_EVENT_TYPES.iter().map(|t| (*t, 1)))

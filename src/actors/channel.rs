@@ -246,7 +246,22 @@ fn check_attachments(attachments: &[Attachment]) -> Result<(), ChannelError> {
     if attachments.len() > MAX_ATTACHMENTS {
         return Err(invalid("attachments", format!("at most {MAX_ATTACHMENTS}")));
     }
+    let mut files = std::collections::HashSet::new();
     for a in attachments {
+        let a = match a {
+            // Whether the sender may read the file is checked before the command (see
+            // `crate::files::attachments`): the decision has no I/O.
+            Attachment::File(f) => {
+                if !files.insert(f.file_id) {
+                    return Err(invalid(
+                        "attachments.file_id",
+                        format!("file {} is attached twice", f.file_id),
+                    ));
+                }
+                continue;
+            }
+            Attachment::Link(link) => link,
+        };
         validate::name(&a.name, 255).map_err(|m| invalid("attachments.name", m))?;
         validate::name(&a.content_type, 100).map_err(|m| invalid("attachments.content_type", m))?;
         validate::name(&a.url, 2_000).map_err(|m| invalid("attachments.url", m))?;
@@ -647,6 +662,7 @@ impl Entity for Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use universal_events::messaging::LinkAttachment;
 
     const ORG: Uuid = Uuid::from_u128(1);
     const OTHER_ORG: Uuid = Uuid::from_u128(2);
@@ -994,12 +1010,12 @@ mod tests {
             text: "file".into(),
             parent_id: None,
             mentions: vec![],
-            attachments: vec![Attachment {
+            attachments: vec![Attachment::Link(LinkAttachment {
                 name: "a.txt".into(),
                 size: 3,
                 content_type: "text/plain".into(),
                 url: "javascript:alert(1)".into(),
-            }],
+            })],
             client_message_id: None,
             at: now(),
         };
@@ -1007,6 +1023,25 @@ mod tests {
             when(&state, by(ANN, Role::Member), with_file),
             Err(ChannelError::Invalid {
                 field: "attachments.url",
+                ..
+            })
+        ));
+        let file = Attachment::File(universal_events::messaging::FileAttachment {
+            file_id: Uuid::from_u128(77),
+        });
+        let twice = ChannelCommand::Post {
+            message_id: M1,
+            text: "file".into(),
+            parent_id: None,
+            mentions: vec![],
+            attachments: vec![file.clone(), file],
+            client_message_id: None,
+            at: now(),
+        };
+        assert!(matches!(
+            when(&state, by(ANN, Role::Member), twice),
+            Err(ChannelError::Invalid {
+                field: "attachments.file_id",
                 ..
             })
         ));

@@ -62,7 +62,11 @@ pub async fn project_access(
 }
 
 fn writer_or_viewer(who: &Principal) -> FileAccess {
-    if who.role.is_some_and(Role::can_write) {
+    role_access(who.role)
+}
+
+fn role_access(role: Option<Role>) -> FileAccess {
+    if role.is_some_and(Role::can_write) {
         FileAccess::Edit
     } else {
         FileAccess::View
@@ -76,21 +80,38 @@ pub async fn file_access(
     org: Uuid,
     file: &File,
 ) -> Result<Option<FileAccess>, ApiError> {
+    user_access(state, who.user_id, who.role, org, file).await
+}
+
+/// The access of `user`, whose role in `org` is `role` now, to `file` (its current state),
+/// or `None`. What [`file_access`] answers for a request, for readers that are not one (a
+/// socket's live feed, the check of a message's attachments).
+pub async fn user_access(
+    state: &AppState,
+    user: Uuid,
+    role: Option<Role>,
+    org: Uuid,
+    file: &File,
+) -> Result<Option<FileAccess>, ApiError> {
     if file.id.is_none() || file.organization_id != Some(org) || file.deleted {
         return Ok(None);
     }
-    if who.role == Some(Role::Admin) {
+    if role.is_none() {
+        // Not a member of the organization (any more).
+        return Ok(None);
+    }
+    if role == Some(Role::Admin) {
         return Ok(Some(FileAccess::Admin));
     }
     let mut best: Option<FileAccess> = None;
     match file.project_id {
         Some(project) => {
-            if project_member(state, org, project, who.user_id).await? {
-                best = Some(writer_or_viewer(who));
+            if project_member(state, org, project, user).await? {
+                best = Some(role_access(role));
             }
         }
         None => {
-            if file.created_by == Some(who.user_id) {
+            if file.created_by == Some(user) {
                 best = Some(FileAccess::Admin);
             }
         }
@@ -103,11 +124,11 @@ pub async fn file_access(
             .inspect(team)
             .await
             .map_err(|e| command_error(e, |_| ApiError::not_found("team not found")))?;
-        if t.organization_id == Some(org) && !t.archived && t.members.contains_key(&who.user_id) {
+        if t.organization_id == Some(org) && !t.archived && t.members.contains_key(&user) {
             teams.push(team);
         }
     }
-    Ok(best.max(file.granted(who.user_id, &teams)))
+    Ok(best.max(file.granted(user, &teams)))
 }
 
 /// The file as the caller may see it with at least `need`: 404 when it may not see it at

@@ -5,6 +5,7 @@
 //! file in `crate::actors::file`.
 
 pub mod access;
+pub mod attachments;
 pub mod links;
 pub mod serve;
 pub mod storage;

@@ -26,6 +26,7 @@ use crate::actors::channel::{
     direct_id, Caller, Channel, ChannelCommand, ChannelError, InboxCommand, ScopedCommand,
 };
 use crate::actors::{CommandMeta, CommandReply};
+use crate::files::attachments;
 use crate::state::AppState;
 
 const READ_MODEL: &str = "messaging";
@@ -590,6 +591,15 @@ pub fn message_json(channel: Uuid, position: i64, e: &MessagingEvent) -> Value {
     }
 }
 
+/// The caller as a reader of attachments.
+pub fn reader_of(by: Caller) -> attachments::Reader {
+    attachments::Reader {
+        organization_id: by.organization_id,
+        user_id: by.user_id,
+        role: Some(by.role),
+    }
+}
+
 /// The command id of a message a client names with its own id: a resend finds the first.
 fn client_command_id(by: &Caller, channel: Uuid, client_id: &str) -> Uuid {
     let scope = format!(
@@ -616,6 +626,8 @@ pub async fn post_message(
     }
     let mentions = mentions_in(&input.text, &input.mentions);
     members_only(state, by.organization_id, "mentions", &mentions)?;
+    let sender = reader_of(by);
+    attachments::check_sender(state, sender, &input.attachments).await?;
     let message_id = Uuid::new_v5(&meta.command_id, b"message");
     let cmd = ChannelCommand::Post {
         message_id,
@@ -632,6 +644,7 @@ pub async fn post_message(
         .first()
         .ok_or_else(|| ApiError::conflict("the message was not recorded"))?;
     let mut body = message_json(channel, reply.position, event);
+    attachments::show(state, sender, &mut body["attachments"], &mut HashMap::new()).await?;
     body["version"] = json!(reply.version);
     body["replayed"] = json!(reply.replayed);
     Ok(body)
@@ -879,15 +892,16 @@ async fn list(
             .or_default()
             .push(json!({ "emoji": emoji, "count": count, "me": me }));
     }
-    let items: Vec<Value> = rows
-        .into_iter()
-        .map(|r| {
-            let id = r.id;
-            let mut v = serde_json::to_value(r).unwrap_or_default();
-            v["reactions"] = json!(by_message.remove(&id).unwrap_or_default());
-            v
-        })
-        .collect();
+    let reader = reader_of(by);
+    let mut files = HashMap::new();
+    let mut items: Vec<Value> = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id = r.id;
+        let mut v = serde_json::to_value(r).unwrap_or_default();
+        v["reactions"] = json!(by_message.remove(&id).unwrap_or_default());
+        attachments::show(state, reader, &mut v["attachments"], &mut files).await?;
+        items.push(v);
+    }
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 

@@ -882,9 +882,58 @@ pub struct ChannelDetail {
     pub members: Vec<Uuid>,
 }
 
-/// An attachment's metadata (no file storage here).
-#[derive(ToSchema)]
-pub struct AttachmentBody {
+/// An attachment to send: a file of the store, by id (one the sender may read), or a link
+/// to a file kept elsewhere.
+#[derive(ToSchema, serde::Serialize)]
+#[serde(untagged)]
+pub enum AttachmentBody {
+    File(FileAttachmentBody),
+    Link(LinkAttachmentBody),
+}
+
+/// A file of the organization's store.
+#[derive(ToSchema, serde::Serialize)]
+pub struct FileAttachmentBody {
+    pub file_id: Uuid,
+}
+
+/// An attachment as a reader sees it: a link as sent, a file the reader may read (its
+/// current name, type, size and content URL), or only the id of a file the reader may not
+/// read (`unavailable: true`).
+#[derive(ToSchema, serde::Serialize)]
+#[serde(untagged)]
+pub enum ShownAttachment {
+    File(ShownFile),
+    Unavailable(UnavailableFile),
+    Link(LinkAttachmentBody),
+}
+
+/// A file attachment the reader may read, as the file is now.
+#[derive(ToSchema, serde::Serialize)]
+pub struct ShownFile {
+    pub file_id: Uuid,
+    pub name: String,
+    pub content_type: String,
+    pub size: i64,
+    /// The file's current version.
+    pub version: i32,
+    /// Its content (`GET`, with the reader's credentials).
+    pub url: String,
+    /// Always `false` here.
+    pub unavailable: bool,
+}
+
+/// A file attachment the reader may not read (or a deleted file): its id only.
+#[derive(ToSchema, serde::Serialize)]
+pub struct UnavailableFile {
+    pub file_id: Uuid,
+    /// Always `true`.
+    pub unavailable: bool,
+}
+
+/// A link attachment: what the sender said of a file kept elsewhere.
+#[derive(ToSchema, serde::Serialize)]
+pub struct LinkAttachmentBody {
     #[schema(min_length = 1, max_length = 255, pattern = r"^[^\u0000]*$")]
     pub name: String,
     #[schema(minimum = 0, maximum = 100000000000_u64)]
@@ -905,7 +954,7 @@ pub struct StoredMessage {
     pub text: String,
     pub parent_id: Option<Uuid>,
     pub mentions: Vec<Uuid>,
-    pub attachments: Vec<AttachmentBody>,
+    pub attachments: Vec<ShownAttachment>,
     pub client_message_id: Option<String>,
     pub created_at: DateTime<Utc>,
     /// The log position of the message.
@@ -945,7 +994,7 @@ pub struct ChannelMessage {
     pub parent_id: Option<Uuid>,
     pub reply_count: i32,
     pub mentions: Vec<Uuid>,
-    pub attachments: Vec<AttachmentBody>,
+    pub attachments: Vec<ShownAttachment>,
     pub client_message_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub edited_at: Option<DateTime<Utc>>,

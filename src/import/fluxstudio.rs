@@ -4,10 +4,12 @@
 //! Ids are strings; UUIDs stay, others (`"u_17"`) map to a UUID v5 ([`super::mapped_id`]).
 //! Times are ISO 8601 or epoch milliseconds. Carried: users, organizations and their members,
 //! teams and members, projects with members and milestones, conversations (channels and
-//! direct conversations) with participants, messages (threads, deletions) and reactions.
+//! direct conversations) with participants, messages (threads, deletions) and reactions,
+//! and files: each row of `files.json` is one version, its bytes read from `uploads/` and
+//! stored as an upload's are (content-addressed), with `file_permissions.json` as grants.
 //! Tables this backend has no entity for (notifications, which it derives from mentions;
-//! invoices, time entries, service packages, client requests, portfolios; files until the
-//! file service holds them) are read, counted and reported as `unsupported`.
+//! invoices, time entries, service packages, client requests, portfolios) are read,
+//! counted and reported as `unsupported`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde_json::Value;
+use universal_events::file::{FileAccess, GranteeKind};
 use universal_events::identity::Role;
 use universal_events::messaging::ChannelKind;
 use universal_events::project::ProjectStatus;
@@ -23,22 +26,22 @@ use uuid::Uuid;
 
 use super::{mapped_id, Ctx, Entry, Expectation, Origin, Reason, Writer};
 use crate::actors::channel::{Caller, Channel, ChannelCommand, ScopedCommand as ChannelScoped};
+use crate::actors::file::{Content, File, FileAction, FileCommand};
 use crate::actors::organization::{OrgAction, OrgCommand, Organization};
 use crate::actors::project::{Project, ProjectAction, ProjectCommand};
 use crate::actors::team::{Team, TeamAction, TeamCommand};
+use crate::files::Storage;
 
 const SOURCE: &str = "fluxstudio";
 /// Largest table file read (each is read whole, one at a time).
 const MAX_FILE_BYTES: u64 = 2 << 30;
 
 /// The tables this backend has no entity for.
-const UNSUPPORTED: [(&str, &str); 9] = [
+const UNSUPPORTED: [(&str, &str); 7] = [
     (
         "notifications",
         "notifications here are derived from mentions, not stored",
     ),
-    ("files", "files are not held by this backend yet"),
-    ("file_permissions", "files are not held by this backend yet"),
     ("invoices", "this backend has no invoices"),
     ("time_entries", "this backend has no time entries"),
     ("service_packages", "this backend has no service packages"),
@@ -179,9 +182,11 @@ struct State {
     /// Imported organizations by id.
     orgs: HashMap<Uuid, Org>,
     teams: HashSet<Uuid>,
+    projects: HashSet<Uuid>,
 }
 
-pub async fn run(ctx: &Arc<Ctx>) -> anyhow::Result<()> {
+/// Imports the export in `--from`; file contents go to `storage` (the server's file store).
+pub async fn run(ctx: &Arc<Ctx>, storage: &Storage) -> anyhow::Result<()> {
     let dir = Path::new(&ctx.args.from).to_path_buf();
     anyhow::ensure!(
         dir.is_dir(),
@@ -192,12 +197,14 @@ pub async fn run(ctx: &Arc<Ctx>) -> anyhow::Result<()> {
         users: HashMap::new(),
         orgs: HashMap::new(),
         teams: HashSet::new(),
+        projects: HashSet::new(),
     };
     users(ctx, &dir, &mut st).await?;
     organizations(ctx, &dir, &mut st).await?;
     teams(ctx, &dir, &mut st).await?;
-    projects(ctx, &dir, &st).await?;
+    projects(ctx, &dir, &mut st).await?;
     conversations(ctx, &dir, &st).await?;
+    files(ctx, &dir, &st, storage).await?;
     for (table, why) in UNSUPPORTED {
         let rows = load(&dir, table)?;
         if rows.is_empty() {
@@ -577,7 +584,7 @@ async fn teams(ctx: &Arc<Ctx>, dir: &Path, st: &mut State) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn projects(ctx: &Arc<Ctx>, dir: &Path, st: &State) -> anyhow::Result<()> {
+async fn projects(ctx: &Arc<Ctx>, dir: &Path, st: &mut State) -> anyhow::Result<()> {
     const T: &str = "projects";
     const M: &str = "project_members";
     const S: &str = "project_milestones";
@@ -611,6 +618,7 @@ async fn projects(ctx: &Arc<Ctx>, dir: &Path, st: &State) -> anyhow::Result<()> 
         "SELECT id::text, concat_ws('|', project_id::text, title, (completed_at IS NOT NULL)::text) \
          FROM project_milestones WHERE id::text = ANY($1)",
     );
+    let mut imported = Vec::new();
     let mut writer = Writer::default();
     for (i, row) in rows.iter().enumerate() {
         ctx.read(T, 1);
@@ -750,6 +758,7 @@ async fn projects(ctx: &Arc<Ctx>, dir: &Path, st: &State) -> anyhow::Result<()> 
                 }
             }
         }
+        imported.push(id);
         writer
             .start(
                 ctx,
@@ -761,6 +770,7 @@ async fn projects(ctx: &Arc<Ctx>, dir: &Path, st: &State) -> anyhow::Result<()> 
     }
     writer.drain().await?;
     ctx.end(T);
+    st.projects.extend(imported);
     for (project, list) in members {
         for (key, _) in list {
             ctx.skip(
@@ -1073,6 +1083,382 @@ async fn conversations(ctx: &Arc<Ctx>, dir: &Path, st: &State) -> anyhow::Result
     }
     ctx.expect(exp);
     ctx.expect(m_exp);
+    Ok(())
+}
+
+/// How much of a file's bytes is read at once.
+const READ_CHUNK: usize = 1 << 20;
+/// Longest chain of versions followed (`previousVersionId`), against loops.
+const MAX_CHAIN: usize = 10_000;
+
+/// Where a row's bytes are: `uploads/<path>`, a relative path that stays inside `uploads/`.
+fn upload_path(dir: &Path, raw: &str) -> Result<std::path::PathBuf, String> {
+    use std::path::Component;
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err("path: missing".into());
+    }
+    let rel = Path::new(raw);
+    if !rel
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!("path: {raw:?} leaves uploads/"));
+    }
+    Ok(dir.join("uploads").join(rel))
+}
+
+/// Streams the bytes at `path` into `storage` through the same writer as an upload
+/// (content-addressed, committed whole), or on a read-only run only hashes them.
+/// `Ok(Err(why))`: the bytes are missing or unreadable, the row's fault; `Err`: the store
+/// failed, which stops the run.
+async fn store_bytes(
+    ctx: &Ctx,
+    storage: &Storage,
+    path: std::path::PathBuf,
+) -> anyhow::Result<Result<crate::files::storage::Committed, String>> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let file = match std::fs::File::open(&path) {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+        Ok(_) => return Ok(Err(format!("{shown} is not a file"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Err(format!("its bytes are missing: no {shown}")))
+        }
+        Err(e) => return Ok(Err(format!("{shown}: {e}"))),
+    };
+    // A reading thread hands chunks over a short queue: at most a few chunks in memory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(2);
+    let reader = actix_web::rt::task::spawn_blocking(move || {
+        let mut file = file;
+        loop {
+            let mut buf = vec![0u8; READ_CHUNK];
+            match file.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(buf)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    if ctx.args.read_only() {
+        let (mut hasher, mut size) = (Sha256::new(), 0i64);
+        while let Some(chunk) = rx.recv().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(format!("{shown}: {e}"))),
+            };
+            size += chunk.len() as i64;
+            hasher.update(&chunk);
+        }
+        let _ = reader.await;
+        return Ok(Ok(crate::files::storage::Committed {
+            sha256: hex::encode(hasher.finalize()),
+            size,
+            sniffed_mime_type: None,
+        }));
+    }
+    let mut writer = storage.writer(u64::MAX).await?;
+    while let Some(chunk) = rx.recv().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                writer.abort().await;
+                return Ok(Err(format!("{shown}: {e}")));
+            }
+        };
+        if let Err(e) = writer.write(chunk.into()).await {
+            writer.abort().await;
+            return Err(e.into());
+        }
+    }
+    let _ = reader.await;
+    Ok(Ok(writer.commit(&ctx.pool).await?))
+}
+
+/// The legacy id of the first version of `id`'s file, following `previousVersionId`.
+fn first_version(rows: &HashMap<String, Value>, id: &str) -> Result<String, String> {
+    let mut at = id.to_owned();
+    for _ in 0..MAX_CHAIN {
+        let row = rows
+            .get(&at)
+            .ok_or_else(|| format!("its earlier version {at} is missing"))?;
+        match text(row, "previousVersionId").filter(|p| !p.trim().is_empty()) {
+            Some(previous) => at = previous,
+            None => return Ok(at),
+        }
+    }
+    Err("its versions go round in a loop".into())
+}
+
+/// `files.json` and `file_permissions.json`: a file is the chain of its versions (rows
+/// linked by `previousVersionId`), imported in version order as uploads of one file whose
+/// id comes from its first version's; each version's bytes are read from `uploads/` into
+/// the file store as an upload's are. A version whose bytes are missing is reported
+/// (`orphan`) and the file's other versions still come in; a stated `sha256` must match
+/// the bytes (`invalid` otherwise). Permissions become grants to imported users and teams.
+async fn files(ctx: &Arc<Ctx>, dir: &Path, st: &State, storage: &Storage) -> anyhow::Result<()> {
+    const T: &str = "files";
+    const P: &str = "file_permissions";
+    let rows = load(dir, T)?;
+    let grants = load(dir, P)?;
+    if rows.is_empty() && grants.is_empty() {
+        return Ok(());
+    }
+    ctx.begin(T, Some(rows.len() as u64));
+    let mut by_id: HashMap<String, Value> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for (i, row) in rows.into_iter().enumerate() {
+        ctx.read(T, 1);
+        let Some(legacy) = id_or_skip(ctx, T, i, &row) else {
+            continue;
+        };
+        if by_id.contains_key(&legacy) {
+            ctx.skip(T, &legacy, Reason::Duplicate, "the id is used twice".into());
+            continue;
+        }
+        order.push(legacy.clone());
+        by_id.insert(legacy, row);
+    }
+    // The versions of each file, by its first version's legacy id, in the rows' order.
+    let mut chains: Vec<(String, Vec<String>)> = Vec::new();
+    let mut chain_of: HashMap<String, usize> = HashMap::new();
+    let mut root_of: HashMap<String, String> = HashMap::new();
+    for legacy in order {
+        match first_version(&by_id, &legacy) {
+            Ok(root) => {
+                let i = *chain_of.entry(root.clone()).or_insert_with(|| {
+                    chains.push((root.clone(), Vec::new()));
+                    chains.len() - 1
+                });
+                chains[i].1.push(legacy.clone());
+                root_of.insert(legacy, root);
+            }
+            Err(why) => ctx.skip(T, &legacy, Reason::Orphan, why),
+        }
+    }
+    // Grants by the file they name (any of its versions' ids).
+    let mut grants_of: HashMap<String, Vec<(String, Value)>> = HashMap::new();
+    for (i, g) in grants.into_iter().enumerate() {
+        ctx.read(P, 1);
+        let grantee = text(&g, "userId").or_else(|| text(&g, "teamId"));
+        let (Some(file), Some(grantee)) = (text(&g, "fileId"), grantee) else {
+            ctx.skip(
+                P,
+                &format!("#{i}"),
+                Reason::Invalid,
+                "fileId and userId or teamId are required".into(),
+            );
+            continue;
+        };
+        let key = format!("{file}/{grantee}");
+        match root_of.get(&file) {
+            Some(root) => grants_of.entry(root.clone()).or_default().push((key, g)),
+            None => ctx.skip(P, &key, Reason::Orphan, "its file was not imported".into()),
+        }
+    }
+    let mut exp = Expectation::new(
+        T,
+        "SELECT file_id::text || '/' || version::text, \
+         concat_ws('|', sha256, size::text, uploaded_by::text) \
+         FROM file_versions WHERE file_id::text || '/' || version::text = ANY($1)",
+    );
+    let mut g_exp = Expectation::new(
+        P,
+        "SELECT file_id::text || '/' || grantee_kind || '/' || grantee_id::text, access \
+         FROM file_grants WHERE file_id::text || '/' || grantee_kind || '/' || grantee_id::text = ANY($1)",
+    );
+    let mut writer = Writer::default();
+    for (root, mut versions) in chains {
+        let its_grants = grants_of.remove(&root).unwrap_or_default();
+        let first = &by_id[&versions[0]];
+        let orphans = |versions: &[String], why: &str| {
+            for v in versions {
+                ctx.skip(T, v, Reason::Orphan, why.into());
+            }
+            for (key, _) in &its_grants {
+                ctx.skip(P, key, Reason::Orphan, "its file was not imported".into());
+            }
+        };
+        let Some((org, (owner, roles))) = org_of(st, first) else {
+            orphans(&versions, "its organization was not imported");
+            continue;
+        };
+        let project = match text(first, "projectId").filter(|p| !p.trim().is_empty()) {
+            Some(p) => {
+                let id = id_of("project", &p);
+                if !st.projects.contains(&id) {
+                    orphans(&versions, "its project was not imported");
+                    continue;
+                }
+                Some(id)
+            }
+            None => None,
+        };
+        versions.sort_by_key(|v| {
+            let row = &by_id[v];
+            (
+                row.get("version").and_then(Value::as_i64).unwrap_or(0),
+                time(row, "createdAt"),
+            )
+        });
+        let id = id_of("file", &root);
+        let uploader = |row: &Value| {
+            text(row, "uploadedBy")
+                .and_then(|u| st.users.get(&u).copied())
+                .filter(|u| roles.contains_key(u))
+                .unwrap_or(*owner)
+        };
+        let mut file = Entry::<File>::new(id, Some(org), Some(uploader(first)));
+        let mut origin = None;
+        let mut n = 0u64;
+        for legacy in &versions {
+            let row = &by_id[legacy];
+            let o = Origin::new(T, legacy);
+            let Some(at) = time(row, "createdAt") else {
+                ctx.skip(T, legacy, Reason::Invalid, "createdAt: not a time".into());
+                continue;
+            };
+            let mime = match crate::files::upload::declared_type(text(row, "mimeType").as_deref()) {
+                Ok(m) => m,
+                Err(e) => {
+                    ctx.skip(T, legacy, Reason::Invalid, e.message);
+                    continue;
+                }
+            };
+            let path = match upload_path(dir, &text(row, "path").unwrap_or_default()) {
+                Ok(p) => p,
+                Err(why) => {
+                    ctx.skip(T, legacy, Reason::Invalid, why);
+                    continue;
+                }
+            };
+            let committed = match store_bytes(ctx, storage, path).await? {
+                Ok(c) => c,
+                Err(why) => {
+                    ctx.skip(T, legacy, Reason::Orphan, why);
+                    continue;
+                }
+            };
+            if let Some(stated) = text(row, "sha256").filter(|h| !h.trim().is_empty()) {
+                if !stated.trim().eq_ignore_ascii_case(&committed.sha256) {
+                    ctx.skip(
+                        T,
+                        legacy,
+                        Reason::Invalid,
+                        "sha256: does not match the bytes in uploads/".into(),
+                    );
+                    continue;
+                }
+            }
+            let by = uploader(row);
+            let cmd = FileCommand {
+                organization_id: org,
+                by,
+                at,
+                action: FileAction::Upload {
+                    file_id: id,
+                    project_id: project,
+                    name: text(row, "name").unwrap_or_default(),
+                    content: Content {
+                        sha256: committed.sha256.clone(),
+                        size: committed.size,
+                        mime_type: mime,
+                        sniffed_mime_type: committed.sniffed_mime_type,
+                    },
+                },
+            };
+            match file.try_apply(ctx, &o, "upload", cmd) {
+                Ok(()) => {
+                    let version = file.state.current().map_or(0, |(v, _)| v);
+                    exp.expect(
+                        legacy,
+                        format!("{id}/{version}"),
+                        format!("{}|{}|{by}", committed.sha256, committed.size),
+                    );
+                    n += 1;
+                    origin.get_or_insert(o);
+                }
+                Err(why) => ctx.skip(T, legacy, Reason::Invalid, why),
+            }
+        }
+        let Some(origin) = origin else {
+            for (key, _) in &its_grants {
+                ctx.skip(P, key, Reason::Orphan, "its file was not imported".into());
+            }
+            continue;
+        };
+        let mut n_grants = 0u64;
+        for (key, g) in its_grants {
+            let Some(access) = text(&g, "permission").and_then(|p| FileAccess::parse(p.trim()))
+            else {
+                ctx.skip(
+                    P,
+                    &key,
+                    Reason::Invalid,
+                    "permission: must be view, comment, edit or admin".into(),
+                );
+                continue;
+            };
+            let grantee = match (text(&g, "userId"), text(&g, "teamId")) {
+                (Some(u), _) => st
+                    .users
+                    .get(&u)
+                    .copied()
+                    .filter(|u| roles.contains_key(u))
+                    .map(|u| (GranteeKind::User, u)),
+                (None, Some(t)) => Some(id_of("team", &t))
+                    .filter(|t| st.teams.contains(t))
+                    .map(|t| (GranteeKind::Team, t)),
+                (None, None) => None,
+            };
+            let Some((kind, grantee)) = grantee else {
+                ctx.skip(
+                    P,
+                    &key,
+                    Reason::Orphan,
+                    "its user or team was not imported into the file's organization".into(),
+                );
+                continue;
+            };
+            let cmd = FileCommand {
+                organization_id: org,
+                by: *owner,
+                at: Utc::now(),
+                action: FileAction::Grant {
+                    kind,
+                    grantee,
+                    access,
+                },
+            };
+            match file.try_apply(ctx, &Origin::new(P, &key), "grant", cmd) {
+                Ok(()) => {
+                    g_exp.expect(
+                        &key,
+                        format!("{id}/{}/{grantee}", kind.as_str()),
+                        access.as_str().into(),
+                    );
+                    n_grants += 1;
+                }
+                Err(why) => ctx.skip(P, &key, Reason::Invalid, why),
+            }
+        }
+        writer
+            .start(ctx, &mut file, origin, vec![(T, n - 1), (P, n_grants)])
+            .await?;
+    }
+    writer.drain().await?;
+    ctx.end(T);
+    ctx.expect(exp);
+    ctx.expect(g_exp);
     Ok(())
 }
 

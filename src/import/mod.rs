@@ -900,7 +900,14 @@ pub async fn run_with_report(config: &Config, args: ImportArgs) -> anyhow::Resul
         Source::Flowmind => flowmind::run(&ctx).await?,
         Source::Toolboxai => toolboxai::run(&ctx).await?,
         Source::Analysis => analysis::run(&ctx).await?,
-        Source::Fluxstudio => fluxstudio::run(&ctx).await?,
+        Source::Fluxstudio => {
+            // File contents go where the servers read them (`FILE_STORE_URL`).
+            let storage = crate::files::Storage::open(
+                &config.file_store_url,
+                config.file_store_endpoint.as_deref(),
+            )?;
+            fluxstudio::run(&ctx, &storage).await?
+        }
     }
     let mut catch_up_seconds = None;
     let (differences, total, verified) = if args.dry_run {

@@ -17,6 +17,11 @@
 //!   processes).
 //! - `notification:new` reaches a user's sockets whether or not they joined the room: a
 //!   mention, a direct message, or a reply in their thread.
+//! - `message:new` of a message naming files carries its attachments as the receiving user
+//!   may see them at delivery (`crate::files::attachments`).
+//! - `file:uploaded`, `file:updated` (`change`: `version`, `renamed`, `moved`, `restored`)
+//!   and `file:deleted` reach every connection of the organization whose user may read the
+//!   file at delivery, as the HTTP routes decide (see [`announce_files`]).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -27,15 +32,21 @@ use universal_events::messaging::MessagingEvent;
 use universal_events::EventFamily;
 use uuid::Uuid;
 
+use actix_web::web;
+use tokio::sync::mpsc;
+use universal_events::file::{FileAccess, FileEvent};
+
 use crate::actors::CommandMeta;
-use crate::gateways::socketio::Namespace;
+use crate::files::access::user_access;
+use crate::files::attachments::{content_url, show_or_hide, Reader};
+use crate::gateways::socketio::{Namespace, Push};
 use crate::http::guard::Principal;
 use crate::http::messaging::{
     caller, channel_of, delete_message, edit_message, post_message, react, NewMessage,
 };
 use crate::http::ApiError;
 use crate::state::AppState;
-use crate::store::RecordedEvent;
+use crate::store::{Filter, RecordedEvent, Subscription};
 
 /// A connection's `typing:start` for one channel goes out at most this often.
 pub const TYPING_EVERY: Duration = Duration::from_secs(2);
@@ -333,4 +344,134 @@ pub fn notification(
         }
         _ => None,
     }
+}
+
+/// A stored event of `/messaging` as this connection's user receives it: a `MessagePosted`
+/// naming files goes with its attachments as the user may see them now (see
+/// `crate::files::attachments`); any other event as it is.
+pub async fn with_attachments(state: &AppState, org: Uuid, user: Uuid, e: RecordedEvent) -> Push {
+    let names_file = e.event_type == "MessagePosted"
+        && e.data
+            .get("attachments")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|x| x.get("file_id").is_some()));
+    if !names_file {
+        return Push::Event(e);
+    }
+    let reader = Reader {
+        organization_id: org,
+        user_id: user,
+        role: state.access.role_of(org, user),
+    };
+    let mut shown = e.data["attachments"].clone();
+    show_or_hide(state, reader, &mut shown).await;
+    Push::Shown(e, shown)
+}
+
+/// The file events `/messaging` announces.
+pub const FILE_EVENTS: [&str; 5] = [
+    "FileUploaded",
+    "FileRenamed",
+    "FileMoved",
+    "FileVersionRestored",
+    "FileDeleted",
+];
+
+/// Starts the task announcing the organization's files to one connection of `/messaging`
+/// (`file:uploaded`, `file:updated`, `file:deleted`), from the log's live feed, so that a
+/// change made through any process reaches the sockets of every process. Each event is
+/// checked against the user's access to the file when it is delivered (see
+/// [`file_packet`]).
+pub fn announce_files(
+    state: web::Data<AppState>,
+    org: Uuid,
+    user: Uuid,
+    path: &'static str,
+    tx: mpsc::Sender<(&'static str, Push)>,
+) -> tokio::task::JoinHandle<()> {
+    let head = *state.store.head_watch().borrow();
+    let filter = Filter {
+        categories: Some(vec!["file".to_owned()]),
+        event_types: Some(FILE_EVENTS.iter().map(|t| t.to_string()).collect()),
+        organization: Some(org),
+        ..Filter::default()
+    };
+    let mut sub =
+        Subscription::new(state.store.clone(), head, filter).with_live_feed(state.live.clone());
+    actix_web::rt::spawn(async move {
+        loop {
+            match sub.next().await {
+                Ok(e) => {
+                    let Some(p) = file_packet(&state, org, user, path, &e).await else {
+                        continue;
+                    };
+                    if tx.send((path, Push::Packet(p))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "socket.io file feed read failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    })
+}
+
+/// The announcement of a file event for `user`, if the user may read the file now (as the
+/// HTTP routes decide; a deleted file: if they could read it before it was deleted).
+/// Nothing when they may not, or when access cannot be decided now.
+pub async fn file_packet(
+    state: &AppState,
+    org: Uuid,
+    user: Uuid,
+    nsp: &str,
+    e: &RecordedEvent,
+) -> Option<String> {
+    let id = e
+        .stream_id
+        .strip_prefix("file-")
+        .and_then(|id| Uuid::parse_str(id).ok())?;
+    let event = FileEvent::decode_ref(&e.event_type, e.schema_version, &e.data).ok()?;
+    let (_, mut file) = state.registries.files.inspect(id).await.ok()?;
+    let deleted = matches!(event, FileEvent::FileDeleted(_));
+    if deleted {
+        file.deleted = false;
+    }
+    let role = state.access.role_of(org, user);
+    let access = user_access(state, user, role, org, &file).await.ok()??;
+    if access < FileAccess::View {
+        return None;
+    }
+    let current = file.current();
+    let mut data = json!({
+        "file_id": id,
+        "project_id": file.project_id,
+        "name": file.name,
+        "version": current.map(|(v, _)| v),
+        "size": current.map(|(_, v)| v.content.size),
+        "content_type": current.map(|(_, v)| v.content.mime_type.clone()),
+        "url": content_url(id),
+        "by": e.metadata.get("user_id"),
+        "position": e.position,
+        "event_type": e.event_type,
+        "recorded_at": e.recorded_at,
+    });
+    let (name, change) = match &event {
+        FileEvent::FileUploaded(u) if u.version == 1 => ("file:uploaded", None),
+        FileEvent::FileUploaded(_) => ("file:updated", Some("version")),
+        FileEvent::FileRenamed(_) => ("file:updated", Some("renamed")),
+        FileEvent::FileMoved(_) => ("file:updated", Some("moved")),
+        FileEvent::FileVersionRestored(_) => ("file:updated", Some("restored")),
+        FileEvent::FileDeleted(_) => ("file:deleted", None),
+        _ => return None,
+    };
+    if let Some(change) = change {
+        data["change"] = json!(change);
+    }
+    if deleted {
+        // Its content is no longer served.
+        data["url"] = Value::Null;
+    }
+    Some(packet(nsp, name, data))
 }

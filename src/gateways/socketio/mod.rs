@@ -83,6 +83,11 @@ pub enum RoomAccess {
 pub enum Push {
     Event(RecordedEvent),
     Signal(std::sync::Arc<Value>),
+    /// `/messaging`: a `MessagePosted` with file attachments, and its attachments as this
+    /// connection's user may see them now (see `crate::files::attachments`).
+    Shown(RecordedEvent, Value),
+    /// `/messaging`: a packet made for this connection (a file announcement).
+    Packet(String),
 }
 
 /// Most rooms one connection may join in a namespace.
@@ -427,6 +432,8 @@ struct Joined {
     pump: tokio::task::JoinHandle<()>,
     /// `/messaging`: the task forwarding typing and presence signals.
     signals: Option<tokio::task::JoinHandle<()>>,
+    /// `/messaging`: the task announcing files (`file:uploaded`, ...).
+    files: Option<tokio::task::JoinHandle<()>>,
     /// `/messaging`: when this connection last said it types in each channel.
     typing: HashMap<Uuid, std::time::Instant>,
     /// `/messaging`: the connection's private id, for connection state recovery.
@@ -438,6 +445,9 @@ impl Joined {
     /// for presence.
     fn end(&mut self, state: &AppState) {
         self.pump.abort();
+        if let Some(f) = self.files.take() {
+            f.abort();
+        }
         if let Some(pid) = self.pid {
             // The recovery window starts now.
             let (pool, who, rooms, path) = (
@@ -525,8 +535,14 @@ struct SocketIo {
 }
 
 impl SocketIo {
-    /// The packet of a stored event for the room it belongs to, if the client joined it.
-    fn room_packet(&self, nsp: &str, event: &RecordedEvent) -> Option<String> {
+    /// The packet of a stored event for the room it belongs to, if the client joined it;
+    /// `shown`: the message's attachments as this connection may see them.
+    fn room_packet(
+        &self,
+        nsp: &str,
+        event: &RecordedEvent,
+        shown: Option<Value>,
+    ) -> Option<String> {
         let j = self.joined.get(nsp)?;
         let room = event
             .stream_id
@@ -536,11 +552,15 @@ impl SocketIo {
             return None;
         }
         let (_, name) = j.ns.emits.iter().find(|(t, _)| *t == event.event_type)?;
+        let mut body = payload(j.ns, room, event);
+        if let Some(attachments) = shown {
+            body["attachments"] = attachments;
+        }
         let args = if j.pid.is_some() {
             // The offset (the event's log position) for connection state recovery.
-            json!([name, payload(j.ns, room, event), event.position.to_string()])
+            json!([name, body, event.position.to_string()])
         } else {
-            json!([name, payload(j.ns, room, event)])
+            json!([name, body])
         };
         Some(packet('2', nsp, None, &args))
     }
@@ -557,8 +577,10 @@ impl Handler for SocketIo {
         let Some(j) = self.joined.get_mut(nsp) else {
             return vec![];
         };
-        let event = match push {
-            Push::Event(e) => e,
+        let (event, shown) = match push {
+            Push::Event(e) => (e, None),
+            Push::Shown(e, attachments) => (e, Some(attachments)),
+            Push::Packet(p) => return vec![p],
             Push::Signal(signal) if nsp == "/auth" => {
                 return vec![packet('2', nsp, None, &json!(["metrics:update", *signal]))];
             }
@@ -584,7 +606,7 @@ impl Handler for SocketIo {
                 with_offset,
             ));
         }
-        out.extend(self.room_packet(nsp, &event));
+        out.extend(self.room_packet(nsp, &event, shown));
         out
     }
 
@@ -838,12 +860,18 @@ async fn on_packet(
                 let mut sub = Subscription::new(state.store.clone(), after, filter)
                     .with_live_feed(state.live.clone())
                     .with_gate(room_gate(ns, &principal, gate.clone()));
+                let (state, user) = (state.clone(), principal.user_id);
                 actix_web::rt::spawn(async move {
                     let tx = feed_tx;
                     loop {
                         match sub.next().await {
                             Ok(e) => {
-                                if tx.send((path, Push::Event(e))).await.is_err() {
+                                let push = if path == "/messaging" {
+                                    messaging::with_attachments(&state, org, user, e).await
+                                } else {
+                                    Push::Event(e)
+                                };
+                                if tx.send((path, push)).await.is_err() {
                                     return;
                                 }
                             }
@@ -879,6 +907,10 @@ async fn on_packet(
             if signals.is_some() {
                 state.signals.connected(org, principal.user_id).await;
             }
+            // `/messaging`: files announced from the log's live feed (every process).
+            let files = (ns.path == "/messaging").then(|| {
+                messaging::announce_files(state.clone(), org, principal.user_id, path, tx.clone())
+            });
             joined.insert(
                 ns.path,
                 Joined {
@@ -888,6 +920,7 @@ async fn on_packet(
                     gate,
                     pump,
                     signals,
+                    files,
                     typing: HashMap::new(),
                     pid,
                 },
