@@ -236,16 +236,19 @@ impl Scheduler {
             let (state, inner) = (st.clone(), inner.clone());
             async move { work(state, inner).await }
         });
+        // These two hold connections of their own (a listener): on the tokio runtime, so
+        // that they are dropped within it.
         let inner = self.inner.clone();
-        let st = state.clone();
-        crate::rt::supervise_local("swarm-heartbeat", move || {
-            let (state, inner) = (st.clone(), inner.clone());
-            async move { heartbeat(state, inner).await }
+        let pool = state.pool.clone();
+        crate::rt::supervise("swarm-heartbeat", move || {
+            let (pool, inner) = (pool.clone(), inner.clone());
+            async move { heartbeat(pool, inner).await }
         });
         let inner = self.inner.clone();
-        crate::rt::supervise_local("swarm-listener", move || {
-            let (state, inner) = (state.clone(), inner.clone());
-            async move { listen(state, inner).await }
+        let pool = state.pool.clone();
+        crate::rt::supervise("swarm-listener", move || {
+            let (pool, inner) = (pool.clone(), inner.clone());
+            async move { listen(pool, inner).await }
         });
     }
 
@@ -643,7 +646,7 @@ fn spawn_run(state: &web::Data<AppState>, inner: &Arc<Inner>, l: lease::Lease) {
 
 /// Heartbeats this process's leases every [`lease::HEARTBEAT_EVERY`]; stops the workers
 /// whose lease is gone, and all of them when the heartbeat fails.
-async fn heartbeat(state: web::Data<AppState>, inner: Arc<Inner>) {
+async fn heartbeat(pool: sqlx::PgPool, inner: Arc<Inner>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(lease::HEARTBEAT_EVERY) => {}
@@ -657,7 +660,7 @@ async fn heartbeat(state: web::Data<AppState>, inner: Arc<Inner>) {
         }
         let began = Instant::now();
         let mine: Vec<Uuid> = inner.running.iter().map(|r| *r.key()).collect();
-        match limited(lease::heartbeat(&state.pool, &inner.owner, &mine)).await {
+        match limited(lease::heartbeat(&pool, &inner.owner, &mine)).await {
             Ok(held) => {
                 let held: HashSet<Uuid> = held.into_iter().collect();
                 for r in inner.running.iter() {
@@ -682,10 +685,10 @@ async fn heartbeat(state: web::Data<AppState>, inner: Arc<Inner>) {
 
 /// Listens for admissions (wakes the workers) and freed or created tasks (wakes the
 /// leader). Every wait has its poll besides, so a lost listener only costs latency.
-async fn listen(state: web::Data<AppState>, inner: Arc<Inner>) {
+async fn listen(pool: sqlx::PgPool, inner: Arc<Inner>) {
     while !inner.stopped.load(Ordering::Relaxed) {
         let connected = async {
-            let mut l = PgListener::connect_with(&state.pool).await?;
+            let mut l = PgListener::connect_with(&pool).await?;
             l.listen(lease::CHANNEL).await?;
             Ok::<_, sqlx::Error>(l)
         };
