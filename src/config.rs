@@ -314,6 +314,14 @@ pub struct Config {
     /// Take part in leading the swarm task scheduler (one process leads at a time).
     #[arg(long, env = "RUN_SWARM_SCHEDULER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_swarm_scheduler: bool,
+    /// Swarm tasks this process's workers run at once, claimed from what the leader admitted
+    /// (0: one per core).
+    #[arg(long, env = "WORKER_SLOTS", default_value_t = 0)]
+    pub worker_slots: usize,
+    /// Seconds without a heartbeat after which a worker's lease is rescued by the leader:
+    /// its attempt is recorded as interrupted and the task runs again elsewhere.
+    #[arg(long, env = "WORKER_LEASE_SECS", default_value_t = 10)]
+    pub worker_lease_secs: u64,
     /// The legacy (Next.js) backend that flagged routes in `legacy` mode are proxied to, e.g.
     /// `http://legacy.internal:3000` (unset: those routes answer 503 `legacy_unavailable`).
     #[arg(long, env = "LEGACY_BACKEND_URL")]

@@ -118,11 +118,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Projections => {
             let pool = startup::connect_and_migrate(&cli.config).await?;
             let parked = projections::parked::open_counts(&pool).await?;
-            println!("projection\tcheckpoint\tparked");
+            let holders = projections::runner::holders(&pool).await?;
+            println!("projection\tcheckpoint\tparked\tprocess");
             for p in projections::all() {
                 let c = projections::runner::checkpoint(&pool, p.name()).await?;
                 let n = parked.get(p.name()).copied().unwrap_or(0);
-                println!("{}\t{}\t{}", p.name(), c, n);
+                let process = holders
+                    .iter()
+                    .find(|(name, _)| *name == p.name())
+                    .and_then(|(_, owner)| owner.clone())
+                    .unwrap_or_else(|| "-".into());
+                println!("{}\t{}\t{}\t{}", p.name(), c, n, process);
             }
             Ok(())
         }

@@ -17,6 +17,7 @@ use crate::http;
 use crate::http::guard::{AuthState, Limits};
 use crate::identity::access::Access;
 use crate::identity::auth::{parse_duration, TokenKeys};
+use crate::projections::runner::RunnerConfig;
 use crate::projections::{self, Progress, ProjectionRunner};
 use crate::rt::ThreadTask;
 use crate::state::{AppState, Registries};
@@ -78,6 +79,9 @@ impl Application {
         let pool = connect_and_migrate(&config).await?;
         let store: Arc<dyn EventStore> = PgEventStore::start(pool.clone(), config.store()).await?;
 
+        // This process's name in task leases and projection locks.
+        let owner = crate::tasks::lease::owner_id();
+        let spread = projections::runner::Spread::new(&owner);
         let mut progress = Progress::default();
         let mut runners = Vec::new();
         for projection in projections::all() {
@@ -86,7 +90,10 @@ impl Application {
                     pool.clone(),
                     store.clone(),
                     projection.clone(),
-                    config.runner(),
+                    RunnerConfig {
+                        spread: Some(spread.clone()),
+                        ..config.runner()
+                    },
                 );
                 progress.insert(projection.name(), runner.progress());
                 runners.push(runner.run());
@@ -145,6 +152,8 @@ impl Application {
             )),
             swarm: crate::tasks::Scheduler::new(
                 crate::tasks::admission::WorkerBudget::from_config(&config),
+                config.worker_slots,
+                owner.clone(),
             ),
             legacy: Arc::new(crate::http::legacy::Legacy::new(&config)?),
             outbound: Arc::new(

@@ -111,6 +111,7 @@ fn fast() -> RunnerConfig {
         batch_size: 16,
         standby_poll: Duration::from_millis(100),
         live_linger: Duration::ZERO,
+        spread: None,
     }
 }
 

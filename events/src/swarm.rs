@@ -228,12 +228,16 @@ pub struct SwarmTaskCreated {
 }
 
 /// The scheduler started attempt `attempt` (1 for the first run). `resumed_from` is what
-/// the attempt starts from: for a batch, the subtasks already recorded.
+/// the attempt starts from: for a batch, the subtasks already recorded. `worker` names the
+/// process that claimed the attempt (`host:pid:id`); absent in events recorded before work
+/// was spread over processes, and in imported ones.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct SwarmTaskStarted {
     pub attempt: u32,
     pub resumed_from: u64,
     pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 /// The best point an optimization has found so far (coalesced: at most one every few

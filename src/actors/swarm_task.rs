@@ -142,6 +142,12 @@ pub enum SwarmCommand {
     },
     /// From the scheduler: run the next attempt.
     Start { attempt: u32, at: DateTime<Utc> },
+    /// From a worker that claimed the next attempt's lease: run it here, on `worker`.
+    Claim {
+        attempt: u32,
+        worker: String,
+        at: DateTime<Utc>,
+    },
     /// From an optimization worker: the best point so far.
     RecordProgress {
         attempt: u32,
@@ -319,9 +325,33 @@ pub struct SwarmTask {
     /// graceful release): the scheduler abandons the task at `TASK_MAX_ATTEMPTS`.
     #[serde(default)]
     pub deaths: u32,
+    /// The process that runs (or ran) the current attempt, when a worker claimed it.
+    #[serde(default)]
+    pub worker: Option<String>,
 }
 
 impl SwarmTask {
+    /// The event that starts attempt `attempt` (on `worker`, when a worker claimed it).
+    fn start(
+        &self,
+        attempt: u32,
+        worker: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SwarmTaskEvent>, SwarmError> {
+        if !matches!(self.status, TaskStatus::Queued | TaskStatus::Interrupted) {
+            return Err(SwarmError::NotStartable(self.status.as_str()));
+        }
+        if attempt != self.attempt + 1 {
+            return Err(SwarmError::NotRunning(attempt));
+        }
+        Ok(vec![SwarmTaskEvent::SwarmTaskStarted(SwarmTaskStarted {
+            attempt,
+            resumed_from: self.recorded_count(),
+            started_at: at,
+            worker,
+        })])
+    }
+
     /// The running attempt, if `attempt` is it.
     fn running(&self, attempt: u32) -> Result<(), SwarmError> {
         if self.status == TaskStatus::Running && self.attempt == attempt {
@@ -638,18 +668,17 @@ impl SwarmTask {
                     created_at: *at,
                 })])
             }
-            C::Start { attempt, at } => {
-                if !matches!(self.status, TaskStatus::Queued | TaskStatus::Interrupted) {
-                    return Err(SwarmError::NotStartable(self.status.as_str()));
-                }
-                if *attempt != self.attempt + 1 {
-                    return Err(SwarmError::NotRunning(*attempt));
-                }
-                Ok(vec![E::SwarmTaskStarted(SwarmTaskStarted {
-                    attempt: *attempt,
-                    resumed_from: self.recorded_count(),
-                    started_at: *at,
-                })])
+            C::Start { attempt, at } => self.start(*attempt, None, *at),
+            C::Claim {
+                attempt,
+                worker,
+                at,
+            } => {
+                validate::text(worker, MAX_LABEL).map_err(|message| SwarmError::Invalid {
+                    field: "worker".into(),
+                    message,
+                })?;
+                self.start(*attempt, Some(worker.clone()), *at)
             }
             C::RecordProgress {
                 attempt,
@@ -962,6 +991,7 @@ impl SwarmTask {
             E::SwarmTaskStarted(s) => {
                 self.status = TaskStatus::Running;
                 self.attempt = s.attempt;
+                self.worker.clone_from(&s.worker);
                 self.started_at.get_or_insert(s.started_at);
                 // An optimization starts over (its seed makes it the same run again), and so
                 // do the documents of an analysis.
@@ -1146,6 +1176,7 @@ mod tests {
         SwarmTaskEvent::SwarmTaskStarted(SwarmTaskStarted {
             attempt,
             resumed_from: 0,
+            worker: None,
             started_at: now(),
         })
     }
@@ -1452,6 +1483,7 @@ mod tests {
             SwarmTaskEvent::SwarmTaskStarted(SwarmTaskStarted {
                 attempt: 1,
                 resumed_from: 0,
+                worker: None,
                 started_at: first,
             }),
             SwarmTaskEvent::SwarmTaskInterrupted(SwarmTaskInterrupted {
@@ -1462,6 +1494,7 @@ mod tests {
             SwarmTaskEvent::SwarmTaskStarted(SwarmTaskStarted {
                 attempt: 2,
                 resumed_from: 0,
+                worker: None,
                 started_at: first + chrono::Duration::seconds(10),
             }),
         ]);

@@ -18,6 +18,8 @@ use clap::Parser;
 mod history;
 #[path = "bench/import.rs"]
 mod import_bench;
+#[path = "bench/spread.rs"]
+mod spread;
 
 /// mimalloc: the service allocates many short-lived buffers per request (JSON, events);
 /// it measured faster than the system allocator under the benchmark.
@@ -107,6 +109,14 @@ struct Args {
     /// HTTP worker threads of the server under test.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Swarm mode: server processes on one database (0: the PSO and batch figures instead).
+    /// Runs `--tasks` optimizations of about one second each, then a flood from one tenant
+    /// against another tenant's single task (see `bench/spread.rs`).
+    #[arg(long, default_value_t = 0)]
+    processes: usize,
+    /// Optimizations of the `--processes` run.
+    #[arg(long, default_value_t = 300)]
+    tasks: usize,
     /// Documents (collab mode).
     #[arg(long, default_value_t = 50)]
     documents: usize,
@@ -856,6 +866,10 @@ async fn main() -> anyhow::Result<()> {
         return finish(handle, server, state, args.keep, &database_url).await;
     }
 
+    if args.mode == "swarm" && args.processes > 0 {
+        spread::run(&config, &base, &state.pool, args.processes, args.tasks).await?;
+        return finish(handle, server, state, args.keep, &database_url).await;
+    }
     if args.mode == "swarm" {
         swarm_bench(&base, &state.pool).await?;
         return finish(handle, server, state, args.keep, &database_url).await;

@@ -296,11 +296,12 @@ struct ExecutionRow {
     finished_at: Option<DateTime<Utc>>,
     duration_ms: Option<i64>,
     created_position: i64,
+    worker: Option<String>,
 }
 
 const COLUMNS: &str = "id, organization_id, user_id, agent_type, task_type, model, task_data, \
     status, attempt, calls, refusals, prompt_tokens, completion_tokens, output, error, \
-    last_refusal, created_at, started_at, finished_at, duration_ms, created_position";
+    last_refusal, created_at, started_at, finished_at, duration_ms, created_position, worker";
 
 /// An agent execution.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -317,6 +318,9 @@ struct ExecutionView {
     status: String,
     /// The current (or last) run; above 1 after an interrupted run was resumed.
     attempt: i32,
+    /// The process that runs (or ran) that attempt (`host:pid:id`); null before a worker
+    /// claimed it.
+    worker: Option<String>,
     /// Provider calls made; 2 when the first output was refused by its schema.
     calls: i32,
     /// Outputs refused by the schema.
@@ -347,6 +351,7 @@ impl ExecutionRow {
             task_data: self.task_data,
             status: self.status,
             attempt: self.attempt,
+            worker: self.worker,
             calls: self.calls,
             refusals: self.refusals,
             prompt_tokens: self.prompt_tokens,

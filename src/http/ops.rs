@@ -29,7 +29,14 @@ pub async fn health(state: web::Data<AppState>, req: actix_web::HttpRequest) -> 
     let mut warnings = Vec::new();
     if let Ok(head) = &head {
         let parked = parked::open_counts(&state.pool).await.ok();
+        // Which process runs each projection (from the server's locks).
+        let holders = runner::holders(&state.pool).await.ok();
         for p in projections::all() {
+            let process = holders.as_ref().map(|h| {
+                h.iter()
+                    .find(|(name, _)| *name == p.name())
+                    .and_then(|(_, owner)| owner.clone())
+            });
             let checkpoint = runner::checkpoint(&state.pool, p.name()).await.ok();
             let parked_events = parked
                 .as_ref()
@@ -45,6 +52,7 @@ pub async fn health(state: web::Data<AppState>, req: actix_web::HttpRequest) -> 
                 "checkpoint": checkpoint,
                 "lag": checkpoint.map(|c| (head - c).max(0)),
                 "parked_events": parked_events,
+                "process": process.flatten(),
             }));
         }
     }
@@ -68,6 +76,12 @@ pub async fn health(state: web::Data<AppState>, req: actix_web::HttpRequest) -> 
         "projections": projections_status,
         "warnings": warnings,
         "live_actors": { "building": state.registries.buildings.live() },
+        "process": state.swarm.owner(),
+        "worker_slots": {
+            "total": state.swarm.slots(),
+            "in_use": state.swarm.running_here(),
+        },
+        "scheduler_leader": state.swarm.is_leader(),
         "collab": {
             "connections": state.collab.open_connections(),
             "loaded_documents": state.collab.loaded_documents(),

@@ -345,6 +345,8 @@ pub struct ProjectionStatus {
     pub name: String,
     pub checkpoint: Option<i64>,
     pub lag: Option<i64>,
+    /// The process whose runner holds the projection now (`host:pid:id`); null when none.
+    pub process: Option<String>,
 }
 
 #[derive(ToSchema)]
@@ -380,6 +382,20 @@ pub struct Health {
     pub port: u16,
     /// Seconds since start (the same as `uptime_seconds`).
     pub uptime: i64,
+    /// This process's name in task leases, task views and projection locks
+    /// (`host:pid:id`).
+    pub process: String,
+    /// This process's swarm workers: `total` slots (`WORKER_SLOTS`) and `in_use`.
+    pub worker_slots: WorkerSlots,
+    /// Whether this process leads the swarm scheduler (admits tasks) now.
+    pub scheduler_leader: bool,
+}
+
+/// A process's swarm worker slots.
+#[derive(ToSchema)]
+pub struct WorkerSlots {
+    pub total: usize,
+    pub in_use: usize,
 }
 
 /// What this service is and offers.

@@ -561,11 +561,12 @@ struct TaskRow {
     result: Option<Value>,
     error: Option<String>,
     version: i64,
+    worker: Option<String>,
 }
 
 const TASK_COLUMNS: &str = "id, organization_id, user_id, type, objective, config, status, \
     created_at, created_position, attempt, started_at, finished_at, iteration, best_cost, \
-    best_position, evaluations, total, done, failed, result, error, version";
+    best_position, evaluations, total, done, failed, result, error, version, worker";
 
 /// A swarm task: the legacy fields (`id`, `user_id`, `type`, `objective`, `config`,
 /// `status`, `created_at`) and where it stands.
@@ -585,6 +586,9 @@ struct TaskView {
     organization_id: Uuid,
     /// The current (or last) run; above 1 after an interrupted run was resumed.
     attempt: i32,
+    /// The process that runs (or ran) that attempt (`host:pid:id`); null before a worker
+    /// claimed it.
+    worker: Option<String>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
     version: i64,
@@ -635,6 +639,7 @@ impl TaskRow {
             created_at: self.created_at,
             organization_id: self.organization_id,
             attempt: self.attempt,
+            worker: self.worker,
             started_at: self.started_at,
             finished_at: self.finished_at,
             version: self.version,

@@ -9,8 +9,17 @@
 //!   the store's head watch (woken by local commits and by NOTIFY) or the poll fallback.
 //! - **One runner per projection across processes.** The runner holds a session-level
 //!   advisory lock on its own connection. Others stand by, trying again every
-//!   `standby_poll`; when the holder's connection dies Postgres releases the lock and a
-//!   standby takes over.
+//!   `standby_poll` (with jitter); when the holder's connection dies Postgres releases the
+//!   lock and a standby takes over.
+//! - **Spread over the processes** ([`Spread`]). Each runner's connection carries its
+//!   process's name (`application_name` `ub/<host:pid:id>`), so every process sees, from
+//!   `pg_stat_activity` and `pg_locks`, which processes are alive and how many projections
+//!   each runs. A standby of one of the least loaded processes tries the lock at once;
+//!   others try only every third poll, which leaves a free lock to the least loaded. A
+//!   process that runs more than one over the least loaded one lets one of its projections
+//!   go (at most one per poll, between batches). With N processes the projections end
+//!   evenly spread; when a process dies its connections close, its locks are free and the
+//!   others take them within a few polls.
 //! - **Rebuild without downtime.** [`rebuild`] replays the whole log into copies of the
 //!   projection's tables in a scratch schema while the live tables keep serving, then swaps
 //!   them in within one short transaction that holds the checkpoint row, so the live runner
@@ -64,6 +73,8 @@ pub struct RunnerConfig {
     /// Once live, how long to let new events gather before applying them: fewer, larger
     /// transactions for a little more read-your-writes latency.
     pub live_linger: Duration,
+    /// Spread the projections over the processes (`None`: the first process takes all).
+    pub spread: Option<Arc<Spread>>,
 }
 
 impl Default for RunnerConfig {
@@ -72,11 +83,120 @@ impl Default for RunnerConfig {
             batch_size: 1000,
             standby_poll: Duration::from_secs(1),
             live_linger: Duration::from_millis(10),
+            spread: None,
         }
     }
 }
 
-fn lock_key(projection: &str) -> i64 {
+/// The prefix of the `application_name` of runner connections.
+const APP_PREFIX: &str = "ub/";
+/// A standby of a process that is not among the least loaded tries the lock only once in
+/// this many polls.
+const BUSY_TRY_EVERY: u32 = 3;
+
+/// How the runners of one process share the projections with the other processes.
+#[derive(Debug)]
+pub struct Spread {
+    /// This process's name (see `crate::tasks::lease::owner_id`).
+    owner: String,
+    /// When a runner of this process last let its projection go.
+    last_shed: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// What a runner sees of the processes: how many projections each runs.
+#[derive(Debug, Default)]
+struct Load {
+    mine: i64,
+    /// The fewest run by another live process (`None`: no other process).
+    least_other: Option<i64>,
+}
+
+impl Spread {
+    pub fn new(owner: &str) -> Arc<Self> {
+        Arc::new(Self {
+            owner: owner.to_owned(),
+            last_shed: Default::default(),
+        })
+    }
+
+    fn app_name(&self) -> String {
+        format!("{APP_PREFIX}{}", self.owner)
+    }
+
+    /// The projection locks held by each live process (any process with a runner
+    /// connection, standing by or not), from the server's own view of its sessions.
+    async fn load(&self, conn: &mut PgConnection) -> sqlx::Result<Load> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT a.application_name, count(l.pid) \
+             FROM pg_stat_activity a \
+             LEFT JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' AND l.granted \
+             WHERE a.datname = current_database() AND a.application_name LIKE $1 \
+             GROUP BY a.application_name",
+        )
+        .bind(format!("{APP_PREFIX}%"))
+        .fetch_all(conn)
+        .await?;
+        let me = self.app_name();
+        let mut load = Load::default();
+        for (name, held) in rows {
+            if name == me {
+                load.mine = held;
+            } else {
+                load.least_other = Some(load.least_other.map_or(held, |l| l.min(held)));
+            }
+        }
+        Ok(load)
+    }
+
+    /// Whether a runner of this process may let its projection go now: this process runs
+    /// more than one over the least loaded one, and no runner of it let one go within
+    /// `poll`.
+    fn may_shed(&self, load: &Load, poll: Duration) -> bool {
+        let Some(least) = load.least_other else {
+            return false;
+        };
+        if load.mine <= least + 1 {
+            return false;
+        }
+        let mut last = self.last_shed.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < poll) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
+    }
+}
+
+/// Which process's runner holds each projection now (`None`: no one), read from the
+/// server's locks: for `/health` and the `projections` command.
+pub async fn holders(pool: &PgPool) -> sqlx::Result<Vec<(&'static str, Option<String>)>> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT (l.classid::bigint << 32) | l.objid::bigint, a.application_name \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+           AND a.datname = current_database()",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(super::all()
+        .iter()
+        .map(|p| {
+            let key = lock_key(p.name());
+            let owner = rows.iter().find(|(k, _)| *k == key).map(|(_, name)| {
+                name.strip_prefix(APP_PREFIX).unwrap_or(name).to_owned()
+            });
+            (p.name(), owner)
+        })
+        .collect())
+}
+
+/// `base`, give or take half of it: standbys of several processes do not try in step.
+fn jittered(base: Duration) -> Duration {
+    let r = uuid::Uuid::new_v4().as_u128() as u64 % 1000;
+    base / 2 + base * (r as u32) / 1000
+}
+
+pub fn lock_key(projection: &str) -> i64 {
     // A stable 63-bit key from the name; FNV-1a keeps it identical across builds.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in b"projection:".iter().chain(projection.as_bytes()) {
@@ -147,28 +267,52 @@ impl ProjectionRunner {
         let name = self.projection.name();
         loop {
             match self.lead().await {
-                Ok(()) => {}
+                Ok(()) => {
+                    // It let its projection go to a less loaded process: leave that one
+                    // time to take it.
+                    tokio::time::sleep(self.config.standby_poll * BUSY_TRY_EVERY).await;
+                }
                 Err(e) => {
                     tracing::warn!(projection = name, error = %e, "projection runner restarts")
                 }
             }
-            tokio::time::sleep(self.config.standby_poll).await;
+            tokio::time::sleep(jittered(self.config.standby_poll)).await;
         }
     }
 
-    /// Takes the lock when it can and then projects until an error.
+    /// Takes the lock when it can and then projects until an error (or, spread, until it
+    /// lets the projection go to a less loaded process: `Ok`).
     async fn lead(&self) -> anyhow::Result<()> {
         let name = self.projection.name();
+        let poll = self.config.standby_poll;
         let mut conn = self.pool.acquire().await?.detach();
-        loop {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(lock_key(name))
-                .fetch_one(&mut conn)
+        if let Some(spread) = &self.config.spread {
+            sqlx::query("SELECT set_config('application_name', $1, false)")
+                .bind(spread.app_name())
+                .execute(&mut conn)
                 .await?;
-            if got {
-                break;
+        }
+        let mut polls = 0u32;
+        loop {
+            let try_now = match &self.config.spread {
+                None => true,
+                Some(spread) => {
+                    let load = spread.load(&mut conn).await?;
+                    polls += 1;
+                    load.least_other.is_none_or(|least| load.mine <= least)
+                        || polls % BUSY_TRY_EVERY == 0
+                }
+            };
+            if try_now {
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(lock_key(name))
+                    .fetch_one(&mut conn)
+                    .await?;
+                if got {
+                    break;
+                }
             }
-            tokio::time::sleep(self.config.standby_poll).await;
+            tokio::time::sleep(jittered(poll)).await;
         }
         tracing::info!(projection = name, "projection runner leads");
         // The lock lives on the host this connection reached: once the pool moved to
@@ -186,9 +330,29 @@ impl ProjectionRunner {
         let filter = reads_of(self.projection.as_ref());
         let mut head_watch = self.store.head_watch();
         let mut prefetched = None;
+        let mut balanced = std::time::Instant::now();
         loop {
             if crate::db::epoch() != epoch {
                 anyhow::bail!("the database moved to another host: the lock stayed behind");
+            }
+            if let Some(spread) = &self.config.spread {
+                if balanced.elapsed() >= poll {
+                    balanced = std::time::Instant::now();
+                    let load = spread.load(&mut conn).await?;
+                    if spread.may_shed(&load, poll) {
+                        sqlx::query("SELECT pg_advisory_unlock($1)")
+                            .bind(lock_key(name))
+                            .execute(&mut conn)
+                            .await?;
+                        tracing::info!(
+                            projection = name,
+                            held = load.mine,
+                            least_other = load.least_other,
+                            "projection runner lets its projection go to a less loaded process"
+                        );
+                        return Ok(());
+                    }
+                }
             }
             let done = self.step(&mut conn, &filter, &mut prefetched).await?;
             if done {

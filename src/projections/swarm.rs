@@ -87,11 +87,12 @@ async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result
         E::SwarmTaskStarted(s) => {
             sqlx::query(
                 "UPDATE swarm_tasks SET status = 'running', attempt = $2, \
-                 started_at = COALESCE(started_at, $3), iteration = 0 WHERE id = $1",
+                 started_at = COALESCE(started_at, $3), iteration = 0, worker = $4 WHERE id = $1",
             )
             .bind(id)
             .bind(s.attempt as i32)
             .bind(s.started_at)
+            .bind(&s.worker)
             .execute(&mut *conn)
             .await?;
         }

@@ -1,39 +1,52 @@
 //! The scheduler of long work: swarm tasks (Quantum optimizations, Velocity batches,
-//! ToolboxAI agent executions).
+//! ToolboxAI agent executions, analyses), admitted in one place and run on every process.
 //!
-//! - **One leader across processes.** A process leads while it holds a session-level
-//!   advisory lock on a connection of its own (as the projection runners do). Only the leader
-//!   starts tasks, so no task runs twice at once; when the leader's process dies, PostgreSQL
-//!   releases the lock and a standby takes over within a second.
+//! - **One leader admits.** A process leads while it holds a session-level advisory lock on
+//!   a connection of its own (as the projection runners do). The leader *admits* tasks: it
+//!   inserts a lease ([`lease`], table `task_leases`) for the next attempt of each task the
+//!   caps allow, on the connection that holds its lock, so a leader that lost its lock
+//!   cannot admit anything. The leader runs nothing itself unless its own workers claim it.
+//! - **Every process works.** Each process has `WORKER_SLOTS` workers. An idle worker
+//!   claims the oldest admitted lease with `FOR UPDATE SKIP LOCKED`, records the attempt's
+//!   start naming itself (`SwarmTaskStarted.worker`, `host:pid:id`), heartbeats the lease
+//!   every second while it runs, and deletes it when the task ends. Admission sends
+//!   `NOTIFY`, so an idle worker on any process starts within milliseconds; a poll every
+//!   second is the fallback.
 //! - **Admission** ([`admission`]): a task is weighed before it is recorded (its memory
 //!   against `WORKER_MEMORY_BUDGET_MB`, its organization's queue against
 //!   `SWARM_MAX_QUEUED_PER_ORG`).
-//! - **Fair order.** The leader looks at the head of every organization's queue, not at the
-//!   oldest tasks overall: each organization's first `SWARM_MAX_CONCURRENT_PER_ORG` waiting
-//!   or running tasks, ranked round-robin (every organization's first before anyone's
-//!   second), oldest first within a rank. It starts what the caps allow: at most
-//!   `MAX_CONCURRENT_GENERATIONS` running in all, `SWARM_MAX_CONCURRENT_PER_ORG` per
-//!   organization and `SWARM_MAX_CONCURRENT_PER_USER` per user (whatever organizations the
-//!   user made). An organization whose oldest waiting task cannot start starts none of its
-//!   later ones, so queued tasks keep their order per organization; a flood from one
-//!   tenant delays another's task by at most the time a slot takes to free.
-//! - **Interrupted tasks.** A task that the log says is running but that no local worker
-//!   runs was started by a process that lost the lead (it died, or lost its database
-//!   connection): the leader records `SwarmTaskInterrupted` for that attempt and starts the
-//!   next one. A batch resumes after the subtasks already recorded; an optimization starts
-//!   over (its seed makes it the same run). Every worker report names its attempt, and the
-//!   decider refuses reports of an attempt that is no longer current, so a worker of the old
-//!   process, should it still be alive, can record nothing and stops.
+//! - **Fair order, exact caps.** The leader looks at the head of every organization's
+//!   queue, not at the oldest tasks overall: each organization's first
+//!   `SWARM_MAX_CONCURRENT_PER_ORG` waiting or running tasks, ranked round-robin (every
+//!   organization's first before anyone's second), oldest first within a rank. It admits
+//!   what the caps allow, counting the leases of every process: at most
+//!   `MAX_CONCURRENT_GENERATIONS` in all, `SWARM_MAX_CONCURRENT_PER_ORG` per organization
+//!   and `SWARM_MAX_CONCURRENT_PER_USER` per user (whatever organizations the user made). An
+//!   organization whose oldest waiting task cannot be admitted gets none of its later ones,
+//!   so queued tasks keep their order per organization; a flood from one tenant delays
+//!   another's task by at most the time a slot takes to free.
+//! - **Rescue.** A lease whose heartbeat is older than `WORKER_LEASE_SECS` belongs to a
+//!   process that died (or lost its database): the leader records `SwarmTaskInterrupted`
+//!   for that attempt, deletes the lease and admits the task again. A task that the log
+//!   says is running but that has no lease (a leader before this one started it) is
+//!   interrupted the same way. A batch resumes after the subtasks already recorded; an
+//!   optimization starts over (its seed makes it the same run): a progress report holds the
+//!   best point only, not the swarm's positions, velocities and random state, so resuming
+//!   from it could not give the result of an uninterrupted run. Every worker report names
+//!   its attempt, and the decider refuses reports of an attempt that is no longer current,
+//!   so a worker of the old process, should it still be alive, can record nothing and stops.
+//! - **A lost lease stops its worker.** A worker whose heartbeat fails (a connection error)
+//!   or finds its lease gone stops without recording anything: the leader rescues it.
 //! - **Poison work is parked.** A task whose attempts ended with the death of their process
 //!   `TASK_MAX_ATTEMPTS` times is failed as `abandoned` with the reason, and never started
-//!   again: work that kills its process cannot follow the lead from process to process. A
+//!   again: work that kills its process cannot follow the lease from process to process. A
 //!   graceful shutdown releases its tasks (`SwarmTaskInterrupted` with `released`), which
 //!   does not count.
 //! - **Workers never write events.** They run on the blocking pool (optimizations) or as
 //!   tasks (batch subtasks) and report to the task's actor with commands; progress is
 //!   coalesced to at most one report every [`REPORT_EVERY`].
 //! - **Limits.** Each task has `MAX_CONTENT_GENERATION_TIME` of wall-clock time; a cancel
-//!   (from the user, or from losing the lead) stops it after the current iteration or
+//!   (from the user, or from a lost lease) stops it after the current iteration or
 //!   subtask try.
 
 pub mod admission;
@@ -41,15 +54,18 @@ pub mod agent;
 pub mod analysis;
 pub mod batch;
 pub mod chat;
+pub mod lease;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix_web::web;
 use chrono::Utc;
 use dashmap::DashMap;
+use sqlx::postgres::PgListener;
+use sqlx::PgConnection;
 use tokio::sync::{watch, Notify};
 use universal_events::swarm::{TaskConfig, TaskResult};
 use uuid::Uuid;
@@ -68,10 +84,12 @@ const SCAN_EVERY: Duration = Duration::from_millis(250);
 const STANDBY_POLL: Duration = Duration::from_millis(500);
 /// Most queue heads looked at per scan (organizations × their per-organization cap).
 const SCAN_LIMIT: i64 = 2_000;
+/// Longest wait for one statement of the leader, the workers or the heartbeat.
+const STATEMENT_LIMIT: Duration = Duration::from_secs(5);
 
 /// The advisory-lock key of the scheduler's leader (FNV-1a of its name, like the
 /// projections' keys).
-fn lock_key() -> i64 {
+pub fn lock_key() -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in b"scheduler:swarm_tasks" {
         h ^= u64::from(*b);
@@ -83,15 +101,20 @@ fn lock_key() -> i64 {
 /// A task this process runs.
 struct Running {
     organization_id: Uuid,
-    user_id: Uuid,
     attempt: u32,
+    /// When this process claimed it (a heartbeat that began before may not list it yet).
+    claimed: Instant,
     /// Set to stop the worker without recording anything more.
     cancel: Arc<AtomicBool>,
+    /// Set when the lease was lost: the worker leaves it to the leader's rescue.
+    lost: Arc<AtomicBool>,
 }
 
-#[derive(Default)]
 struct Inner {
+    /// Wakes the leader.
     wake: Notify,
+    /// Wakes the idle workers.
+    claim: Notify,
     /// The log position of the newest task created in this process: before its next scan
     /// the leader waits (briefly) for the read model to have it.
     created: std::sync::atomic::AtomicI64,
@@ -99,6 +122,11 @@ struct Inner {
     stopped: AtomicBool,
     stop: Notify,
     leading: AtomicBool,
+    /// This process's name in leases and `SwarmTaskStarted.worker`.
+    owner: String,
+    /// Tasks this process runs at once.
+    slots: usize,
+    pool: OnceLock<sqlx::PgPool>,
 }
 
 /// A cheap handle to this process's scheduler.
@@ -109,9 +137,27 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(budget: admission::WorkerBudget) -> Self {
+    /// A scheduler whose workers run `slots` tasks at once (0: one per core), for the
+    /// process named `owner` (see [`lease::owner_id`]).
+    pub fn new(budget: admission::WorkerBudget, slots: usize, owner: String) -> Self {
+        let slots = if slots == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            slots
+        };
         Self {
-            inner: Arc::default(),
+            inner: Arc::new(Inner {
+                wake: Notify::new(),
+                claim: Notify::new(),
+                created: Default::default(),
+                running: DashMap::new(),
+                stopped: AtomicBool::new(false),
+                stop: Notify::new(),
+                leading: AtomicBool::new(false),
+                owner,
+                slots,
+                pool: OnceLock::new(),
+            }),
             budget,
         }
     }
@@ -121,16 +167,34 @@ impl Scheduler {
         &self.budget
     }
 
+    /// This process's name in leases and task views (`host:pid:id`).
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// The tasks this process's workers may run at once.
+    pub fn slots(&self) -> usize {
+        self.inner.slots
+    }
+
     /// A task was finished: look for work now rather than at the next scan.
     pub fn wake(&self) {
         self.inner.wake.notify_one();
     }
 
     /// A task was created at log position `position`: look for work as soon as the read
-    /// model has it.
+    /// model has it (here, and on the leader's process).
     pub fn created(&self, position: i64) {
         self.inner.created.fetch_max(position, Ordering::Relaxed);
         self.inner.wake.notify_one();
+        if !self.is_leader() {
+            if let Some(pool) = self.inner.pool.get().cloned() {
+                actix_web::rt::spawn(async move {
+                    let _ = tokio::time::timeout(STATEMENT_LIMIT, lease::notify(&pool, "created"))
+                        .await;
+                });
+            }
+        }
     }
 
     /// Stops the local worker of `id`, if this process runs it. The cancel itself is an
@@ -155,18 +219,42 @@ impl Scheduler {
         self.inner.leading.load(Ordering::Relaxed)
     }
 
-    /// Leads or stands by until [`Scheduler::stop`]. Must run on the actix system (the
-    /// task actors live there); restarted with a log line should it ever panic.
+    /// Leads or stands by, runs this process's workers, heartbeats their leases and
+    /// listens for wake-ups, until [`Scheduler::stop`]. Must run on the actix system (the
+    /// task actors live there); each loop is restarted with a log line should it panic.
     pub fn start(&self, state: web::Data<AppState>) {
+        let _ = self.inner.pool.set(state.pool.clone());
         let inner = self.inner.clone();
+        let st = state.clone();
         crate::rt::supervise_local("swarm-scheduler", move || {
-            let (state, inner) = (state.clone(), inner.clone());
+            let (state, inner) = (st.clone(), inner.clone());
             async move { stand_or_lead(state, inner).await }
+        });
+        let inner = self.inner.clone();
+        let st = state.clone();
+        crate::rt::supervise_local("swarm-workers", move || {
+            let (state, inner) = (st.clone(), inner.clone());
+            async move { work(state, inner).await }
+        });
+        // These two hold connections of their own (a listener): on the tokio runtime, so
+        // that they are dropped within it.
+        let inner = self.inner.clone();
+        let pool = state.pool.clone();
+        crate::rt::supervise("swarm-heartbeat", move || {
+            let (pool, inner) = (pool.clone(), inner.clone());
+            async move { heartbeat(pool, inner).await }
+        });
+        let inner = self.inner.clone();
+        let pool = state.pool.clone();
+        crate::rt::supervise("swarm-listener", move || {
+            let (pool, inner) = (pool.clone(), inner.clone());
+            async move { listen(pool, inner).await }
         });
     }
 
     /// Records a graceful release of every task this process runs (it does not count as a
-    /// death of their attempts), then stops them; the next leader resumes them.
+    /// death of their attempts), gives their leases back, then stops them; the leader
+    /// admits them again at once.
     pub async fn release(&self, state: &AppState) {
         let held: Vec<(Uuid, Uuid, u32)> = self
             .inner
@@ -174,6 +262,8 @@ impl Scheduler {
             .iter()
             .map(|r| (*r.key(), r.organization_id, r.attempt))
             .collect();
+        // The workers stop first, so that none of them records past the release.
+        self.stop();
         for (id, org, attempt) in held {
             let release = SwarmCommand::Interrupt {
                 attempt,
@@ -184,18 +274,29 @@ impl Scheduler {
                 tokio::time::timeout(Duration::from_secs(2), command(state, id, org, release))
                     .await;
             if !matches!(released, Ok(Ok(()))) {
-                tracing::warn!(task = %id, "release not recorded; the next leader counts a death");
+                tracing::warn!(task = %id, "release not recorded; the leader counts a death");
+                continue;
+            }
+            let given_back = tokio::time::timeout(
+                Duration::from_secs(2),
+                lease::release(&state.pool, id, attempt, &self.inner.owner),
+            )
+            .await;
+            if !matches!(given_back, Ok(Ok(()))) {
+                tracing::warn!(task = %id, "lease not given back; the leader rescues it");
             }
         }
-        self.stop();
+        let _ = tokio::time::timeout(Duration::from_secs(2), lease::notify(&state.pool, "freed"))
+            .await;
     }
 
-    /// Stops leading and stops the local workers without recording anything: the tasks stay
-    /// `running` in the log and the next leader resumes them.
+    /// Stops leading and stops the local workers without recording anything: their leases
+    /// are no longer heartbeaten, and the leader rescues them.
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::Relaxed);
         self.inner.stop.notify_waiters();
         for r in self.inner.running.iter() {
+            r.lost.store(true, Ordering::Relaxed);
             r.cancel.store(true, Ordering::Relaxed);
         }
     }
@@ -208,11 +309,6 @@ async fn stand_or_lead(state: web::Data<AppState>, inner: Arc<Inner>) {
             tracing::warn!(error = %e, "swarm scheduler lost the lead");
         }
         inner.leading.store(false, Ordering::Relaxed);
-        // Whatever runs here now runs without the lead: stop it, without recording
-        // anything, so that the next leader resumes it.
-        for r in inner.running.iter() {
-            r.cancel.store(true, Ordering::Relaxed);
-        }
         tokio::select! {
             _ = tokio::time::sleep(STANDBY_POLL) => {}
             _ = inner.stop.notified() => {}
@@ -220,17 +316,36 @@ async fn stand_or_lead(state: web::Data<AppState>, inner: Arc<Inner>) {
     }
 }
 
-/// Takes the lock when it can, then admits work until an error or a stop.
+/// Runs `query` within [`STATEMENT_LIMIT`].
+async fn limited<T, E>(query: impl std::future::Future<Output = Result<T, E>>) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(STATEMENT_LIMIT, query).await {
+        Ok(r) => Ok(r?),
+        Err(_) => anyhow::bail!("no answer from the database within {STATEMENT_LIMIT:?}"),
+    }
+}
+
+/// Takes the lock when it can, then admits and rescues work until an error or a stop.
 async fn lead(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Result<()> {
-    let mut conn = state.pool.acquire().await?.detach();
+    let mut conn = limited(state.pool.acquire()).await?.detach();
+    limited(
+        sqlx::query("SELECT set_config('application_name', $1, false)")
+            .bind(format!("ub-scheduler/{}", inner.owner))
+            .execute(&mut conn),
+    )
+    .await?;
     loop {
         if inner.stopped.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(lock_key())
-            .fetch_one(&mut conn)
-            .await?;
+        let got: bool = limited(
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(lock_key())
+                .fetch_one(&mut conn),
+        )
+        .await?;
         if got {
             break;
         }
@@ -239,7 +354,7 @@ async fn lead(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Result
             _ = inner.stop.notified() => return Ok(()),
         }
     }
-    tracing::info!("swarm scheduler leads");
+    tracing::info!(owner = %inner.owner, "swarm scheduler leads");
     // The lock lives on the host this connection reached (see `db::primary`).
     let epoch = crate::db::epoch();
     inner.leading.store(true, Ordering::Relaxed);
@@ -248,7 +363,7 @@ async fn lead(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Result
             return Ok(());
         }
         // The lock lives as long as this connection: make sure it still does.
-        sqlx::query("SELECT 1").execute(&mut conn).await?;
+        limited(sqlx::query("SELECT 1").execute(&mut conn)).await?;
         if crate::db::epoch() != epoch {
             anyhow::bail!("the database moved to another host: the lock stayed behind");
         }
@@ -265,7 +380,11 @@ async fn lead(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Result
                 )
                 .await;
         }
-        admit(state, inner).await?;
+        rescue(state, &mut conn).await?;
+        if admit(state, &mut conn).await? > 0 {
+            limited(lease::notify(&mut conn, "admitted")).await?;
+            inner.claim.notify_one();
+        }
         tokio::select! {
             _ = inner.wake.notified() => {}
             _ = tokio::time::sleep(SCAN_EVERY) => {}
@@ -306,42 +425,86 @@ async fn command(
         .map(|_| ())
 }
 
-/// Starts what the caps allow, the heads of every organization's queue in turn.
-async fn admit(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Result<()> {
+/// Rescues the leases whose heartbeat stopped: records their attempt as interrupted (a
+/// death) and deletes them, so that the next scan admits the task again.
+async fn rescue(state: &web::Data<AppState>, conn: &mut PgConnection) -> anyhow::Result<()> {
+    let secs = state.config.worker_lease_secs.max(1);
+    for stale in limited(lease::stale(conn, secs)).await? {
+        let id = stale.task_id;
+        let (_, task) = match state.registries.swarm_tasks.inspect(id).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(task = %id, error = %e, "swarm task could not be read");
+                continue;
+            }
+        };
+        if task.status == TaskStatus::Running && task.attempt == stale.attempt as u32 {
+            let fence = SwarmCommand::Interrupt {
+                attempt: task.attempt,
+                released: false,
+                at: Utc::now(),
+            };
+            if let Err(e) = command(state, id, stale.organization_id, fence).await {
+                tracing::warn!(task = %id, error = %e, "interrupt not recorded");
+                continue;
+            }
+            metrics::counter!("ub_swarm_leases_rescued_total").increment(1);
+            tracing::warn!(
+                task = %id,
+                attempt = task.attempt,
+                owner = stale.owner.as_deref().unwrap_or(""),
+                "rescued a task whose worker stopped heartbeating"
+            );
+        }
+        limited(lease::remove(conn, id, stale.attempt, stale.owner.as_deref())).await?;
+    }
+    Ok(())
+}
+
+/// Admits what the caps allow, the heads of every organization's queue in turn; returns
+/// how many it admitted.
+async fn admit(state: &web::Data<AppState>, conn: &mut PgConnection) -> anyhow::Result<usize> {
     let config = &state.config;
     let global = config.max_concurrent_generations.max(1);
     let per_org = config.swarm_max_concurrent_per_org.max(1);
     let per_user = config.swarm_max_concurrent_per_user.max(1);
     let max_deaths = config.task_max_attempts.max(1);
-    if inner.running.len() >= global {
-        return Ok(());
+    // Every lease counts, whichever process runs it or will.
+    let leases = limited(lease::all(conn)).await?;
+    let mut leased: HashSet<Uuid> = HashSet::new();
+    let mut orgs: HashMap<Uuid, usize> = HashMap::new();
+    let mut users: HashMap<Uuid, usize> = HashMap::new();
+    for l in &leases {
+        leased.insert(l.task_id);
+        *orgs.entry(l.organization_id).or_default() += 1;
+        *users.entry(l.user_id).or_default() += 1;
+    }
+    if leased.len() >= global {
+        return Ok(0);
     }
     // Each organization's first `per_org` tasks that wait or run, ranked so that every
     // organization's first comes before anyone's second: one tenant's flood of waiting
     // tasks never hides another tenant's task from the scan.
-    let rows: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
-        "SELECT id, organization_id, user_id FROM ( \
-           SELECT id, organization_id, user_id, created_position, \
-                  row_number() OVER (PARTITION BY organization_id ORDER BY created_position) AS rank \
-           FROM swarm_tasks WHERE status IN ('queued', 'running', 'interrupted') \
-         ) heads WHERE rank <= $1 ORDER BY rank, created_position LIMIT $2",
+    let rows: Vec<(Uuid, Uuid, Uuid)> = limited(
+        sqlx::query_as(
+            "SELECT id, organization_id, user_id FROM ( \
+               SELECT id, organization_id, user_id, created_position, \
+                      row_number() OVER (PARTITION BY organization_id ORDER BY created_position) AS rank \
+               FROM swarm_tasks WHERE status IN ('queued', 'running', 'interrupted') \
+             ) heads WHERE rank <= $1 ORDER BY rank, created_position LIMIT $2",
+        )
+        .bind(per_org as i64)
+        .bind(SCAN_LIMIT)
+        .fetch_all(&state.pool),
     )
-    .bind(per_org as i64)
-    .bind(SCAN_LIMIT)
-    .fetch_all(&state.pool)
     .await?;
-    let mut orgs: HashMap<Uuid, usize> = HashMap::new();
-    let mut users: HashMap<Uuid, usize> = HashMap::new();
-    for r in inner.running.iter() {
-        *orgs.entry(r.organization_id).or_default() += 1;
-        *users.entry(r.user_id).or_default() += 1;
-    }
     let mut blocked: HashSet<Uuid> = HashSet::new();
+    let mut admitted = 0;
     for (id, org, user) in rows {
-        if inner.running.len() >= global {
+        if leased.len() >= global {
             break;
         }
-        if inner.running.contains_key(&id) || blocked.contains(&org) {
+        if leased.contains(&id) || blocked.contains(&org) {
             continue;
         }
         if orgs.get(&org).copied().unwrap_or(0) >= per_org
@@ -361,7 +524,8 @@ async fn admit(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Resul
         let deaths = match task.status {
             TaskStatus::Queued | TaskStatus::Interrupted => task.deaths,
             TaskStatus::Running => {
-                // Running, but not here, and this process leads: its process lost the lead.
+                // Running, but without a lease (only this leader makes them): its worker
+                // was started by an earlier leader and its process is gone.
                 let fence = SwarmCommand::Interrupt {
                     attempt: task.attempt,
                     released: false,
@@ -396,49 +560,175 @@ async fn admit(state: &web::Data<AppState>, inner: &Arc<Inner>) -> anyhow::Resul
         }
         let attempt = task.attempt + 1;
         if attempt > 1 {
-            tracing::info!(task = %id, attempt, "resuming an interrupted task");
+            tracing::info!(task = %id, attempt, "admitting an interrupted task again");
         }
-        let start = SwarmCommand::Start {
-            attempt,
-            at: Utc::now(),
-        };
-        match command(state, id, org, start).await {
-            Ok(()) => {}
-            Err(CommandError::Domain(_)) => continue,
-            Err(e) => {
-                tracing::warn!(task = %id, error = %e, "start not recorded");
-                continue;
-            }
+        if !limited(lease::admit(conn, id, org, user, attempt)).await? {
+            continue;
         }
-        let cancel = Arc::new(AtomicBool::new(false));
-        inner.running.insert(
-            id,
-            Running {
-                organization_id: org,
-                user_id: user,
-                attempt,
-                cancel: cancel.clone(),
-            },
-        );
+        admitted += 1;
+        leased.insert(id);
         *orgs.entry(org).or_default() += 1;
         *users.entry(user).or_default() += 1;
-        let run = Run {
-            state: state.clone(),
-            id,
-            org,
-            attempt,
-            cancel,
-            deadline: Instant::now()
-                + Duration::from_secs(config.max_content_generation_time.max(1)),
-        };
-        let inner = inner.clone();
-        actix_web::rt::spawn(async move {
-            run.execute(task).await;
-            inner.running.remove(&id);
-            inner.wake.notify_one();
-        });
     }
-    Ok(())
+    Ok(admitted)
+}
+
+/// This process's workers: claim admitted leases while slots are free, until stopped.
+async fn work(state: web::Data<AppState>, inner: Arc<Inner>) {
+    loop {
+        if inner.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        let free = inner.slots.saturating_sub(inner.running.len());
+        if free > 0 {
+            match limited(lease::claim(&state.pool, &inner.owner, free)).await {
+                Ok(claimed) => {
+                    for l in claimed {
+                        spawn_run(&state, &inner, l);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "admitted tasks could not be claimed"),
+            }
+        }
+        tokio::select! {
+            _ = inner.claim.notified() => {}
+            _ = tokio::time::sleep(lease::CLAIM_POLL) => {}
+            _ = inner.stop.notified() => return,
+        }
+    }
+}
+
+/// Runs a claimed lease: records the attempt's start here, runs it, and gives the lease
+/// back when the task ended (not when the lease was lost: the leader rescues that one).
+fn spawn_run(state: &web::Data<AppState>, inner: &Arc<Inner>, l: lease::Lease) {
+    let id = l.task_id;
+    let attempt = l.attempt as u32;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let lost = Arc::new(AtomicBool::new(false));
+    inner.running.insert(
+        id,
+        Running {
+            organization_id: l.organization_id,
+            attempt,
+            claimed: Instant::now(),
+            cancel: cancel.clone(),
+            lost: lost.clone(),
+        },
+    );
+    let run = Run {
+        state: state.clone(),
+        id,
+        org: l.organization_id,
+        attempt,
+        cancel,
+        deadline: Instant::now()
+            + Duration::from_secs(state.config.max_content_generation_time.max(1)),
+    };
+    let inner = inner.clone();
+    actix_web::rt::spawn(async move {
+        let give_back = match run.claim(&inner.owner).await {
+            Ok(Some(task)) => {
+                run.execute(task).await;
+                true
+            }
+            // The task cannot start (cancelled meanwhile): the lease is void.
+            Ok(None) => true,
+            // Not known whether the start was recorded: the leader sorts it out.
+            Err(()) => false,
+        };
+        if give_back && !lost.load(Ordering::Relaxed) {
+            let freed = limited(lease::release(&run.state.pool, id, attempt, &inner.owner)).await;
+            if let Err(e) = freed {
+                tracing::warn!(task = %id, error = %e, "lease not given back; the leader rescues it");
+            }
+            let _ = limited(lease::notify(&run.state.pool, "freed")).await;
+        }
+        inner.running.remove(&id);
+        inner.wake.notify_one();
+        inner.claim.notify_one();
+    });
+}
+
+/// Heartbeats this process's leases every [`lease::HEARTBEAT_EVERY`]; stops the workers
+/// whose lease is gone, and all of them when the heartbeat fails.
+async fn heartbeat(pool: sqlx::PgPool, inner: Arc<Inner>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(lease::HEARTBEAT_EVERY) => {}
+            _ = inner.stop.notified() => return,
+        }
+        if inner.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        if inner.running.is_empty() {
+            continue;
+        }
+        let began = Instant::now();
+        let mine: Vec<Uuid> = inner.running.iter().map(|r| *r.key()).collect();
+        match limited(lease::heartbeat(&pool, &inner.owner, &mine)).await {
+            Ok(held) => {
+                let held: HashSet<Uuid> = held.into_iter().collect();
+                for r in inner.running.iter() {
+                    if r.claimed < began && !held.contains(r.key()) {
+                        tracing::warn!(task = %r.key(), "lease lost; the worker stops");
+                        r.lost.store(true, Ordering::Relaxed);
+                        r.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(e) => {
+                // Whether the leases are still ours cannot be told: they are lost.
+                tracing::warn!(error = %e, "lease heartbeat failed; the workers stop");
+                for r in inner.running.iter() {
+                    r.lost.store(true, Ordering::Relaxed);
+                    r.cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Listens for admissions (wakes the workers) and freed or created tasks (wakes the
+/// leader). Every wait has its poll besides, so a lost listener only costs latency.
+async fn listen(pool: sqlx::PgPool, inner: Arc<Inner>) {
+    while !inner.stopped.load(Ordering::Relaxed) {
+        let connected = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen(lease::CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = match limited(connected).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "task listener cannot connect; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = inner.stop.notified() => return,
+                }
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                n = listener.recv() => match n {
+                    Ok(n) => match n.payload() {
+                        "admitted" => inner.claim.notify_one(),
+                        _ => inner.wake.notify_one(),
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "task listener lost its connection");
+                        break;
+                    }
+                },
+                _ = inner.stop.notified() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                    if inner.stopped.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One attempt of one task, as this process runs it.
@@ -453,6 +743,38 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    /// Records the start of this attempt on `worker`. `Ok(None)`: the task cannot start (it
+    /// was cancelled, or the attempt is not the next one); `Err`: not known whether it was
+    /// recorded.
+    async fn claim(&self, worker: &str) -> Result<Option<SwarmTask>, ()> {
+        let start = SwarmCommand::Claim {
+            attempt: self.attempt,
+            worker: worker.to_owned(),
+            at: Utc::now(),
+        };
+        match command(&self.state, self.id, self.org, start).await {
+            Ok(()) => {}
+            Err(CommandError::Domain(e)) => {
+                tracing::info!(task = %self.id, error = %e, "an admitted task cannot start");
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::warn!(task = %self.id, error = %e, "start not recorded");
+                return Err(());
+            }
+        }
+        if self.attempt > 1 {
+            tracing::info!(task = %self.id, attempt = self.attempt, "resuming an interrupted task");
+        }
+        match self.state.registries.swarm_tasks.inspect(self.id).await {
+            Ok((_, task)) => Ok(Some(task)),
+            Err(e) => {
+                tracing::warn!(task = %self.id, error = %e, "swarm task could not be read");
+                Err(())
+            }
+        }
+    }
+
     async fn execute(&self, task: SwarmTask) {
         let started = Instant::now();
         let outcome = match &task.config {
