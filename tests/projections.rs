@@ -309,7 +309,12 @@ async fn a_wait_passes_a_stored_checkpoint_behind_when_nothing_the_projection_re
         .await
         .unwrap();
     progress
-        .wait_for(&pool, "citypulse_energy", noted.position, Duration::from_secs(5))
+        .wait_for(
+            &pool,
+            "citypulse_energy",
+            noted.position,
+            Duration::from_secs(5),
+        )
         .await
         .expect("nothing the projection reads lies before the position");
 
@@ -326,7 +331,12 @@ async fn a_wait_passes_a_stored_checkpoint_behind_when_nothing_the_projection_re
         .await
         .unwrap();
     let waited = progress
-        .wait_for(&pool, "citypulse_energy", read.position, Duration::from_millis(300))
+        .wait_for(
+            &pool,
+            "citypulse_energy",
+            read.position,
+            Duration::from_millis(300),
+        )
         .await;
     assert!(
         matches!(waited, Err(WaitError::Timeout { checkpoint: 0 })),
@@ -334,7 +344,15 @@ async fn a_wait_passes_a_stored_checkpoint_behind_when_nothing_the_projection_re
     );
     // And a position past the committed head is never taken as reached.
     let beyond = progress
-        .wait_for(&pool, "flowmind", read.position + 10, Duration::from_millis(300))
+        .wait_for(
+            &pool,
+            "flowmind",
+            read.position + 10,
+            Duration::from_millis(300),
+        )
         .await;
-    assert!(matches!(beyond, Err(WaitError::Timeout { .. })), "{beyond:?}");
+    assert!(
+        matches!(beyond, Err(WaitError::Timeout { .. })),
+        "{beyond:?}"
+    );
 }

@@ -355,7 +355,10 @@ async fn visible_bench(args: &Args, base: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let sent = Instant::now();
         let reply: Value = client
-            .post(format!("{base}/api/v1/citypulse/buildings/{}/readings", t.building))
+            .post(format!(
+                "{base}/api/v1/citypulse/buildings/{}/readings",
+                t.building
+            ))
             .json(&json!({ "readings": [{ "sensor_id": t.sensor, "value": (i % 100) as f64 }] }))
             .send()
             .await?
@@ -1197,10 +1200,9 @@ mod separate {
         let measured = async {
             let (setup_took, result) = outcome?;
             let pool = sqlx::PgPool::connect(database_url).await?;
-            let head: i64 =
-                sqlx::query_scalar("SELECT last_position FROM event_head WHERE id = 1")
-                    .fetch_one(&pool)
-                    .await?;
+            let head: i64 = sqlx::query_scalar("SELECT last_position FROM event_head WHERE id = 1")
+                .fetch_one(&pool)
+                .await?;
             let lags = lags(&pool, head).await?;
             pool.close().await;
             print_load(args, setup_took, &result, &lags);
