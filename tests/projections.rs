@@ -14,8 +14,12 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use universal_backend::projections::citypulse::{Directory, Energy};
 use universal_backend::projections::runner::{checkpoint, rebuild};
-use universal_backend::projections::{Projection, ProjectionRunner, RunnerConfig};
-use universal_backend::store::{EventStore, PgEventStore, PgStoreConfig, RecordedEvent};
+use universal_backend::projections::{
+    Progress, Projection, ProjectionRunner, RunnerConfig, WaitError,
+};
+use universal_backend::store::{
+    EventStore, ExpectedVersion, NewEvent, PgEventStore, PgStoreConfig, RecordedEvent,
+};
 
 /// Wraps a projection; after `after` batches it applies one more and then hangs inside the
 /// transaction, so the runner can be killed mid-batch.
@@ -236,4 +240,120 @@ async fn a_rebuild_swaps_tables_while_the_live_runner_keeps_going() {
         .await
         .unwrap();
     assert_eq!(live, dump(&app.pool, Energy.tables()).await);
+}
+
+/// An event of a type no CityPulse projection reads.
+fn note() -> Vec<NewEvent> {
+    vec![NewEvent {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: "BenchNoted".into(),
+        schema_version: 1,
+        data: json!({ "n": 1 }),
+        metadata: json!({}),
+    }]
+}
+
+#[actix_web::test]
+async fn under_a_stream_of_events_it_does_not_read_a_runner_keeps_up_and_stores_its_checkpoint() {
+    let app = common::spawn_app_with(|c| c.projections = "identity".into()).await;
+    let store = PgEventStore::start(app.pool.clone(), PgStoreConfig::default())
+        .await
+        .unwrap();
+    // A linger long enough that appends 5 ms apart wake the runner "under load", where it
+    // moves past stretches without its events without a transaction.
+    let config = RunnerConfig {
+        batch_size: 100,
+        standby_poll: Duration::from_millis(300),
+        live_linger: Duration::from_millis(20),
+    };
+    let runner = ProjectionRunner::new(app.pool.clone(), store.clone(), Arc::new(Energy), config);
+    let progress = runner.progress();
+    let task = tokio::spawn(runner.run());
+    make_history(&app, 1).await;
+    wait_caught_up(&app.pool, store.as_ref(), "citypulse_energy").await;
+    let energy_before = dump(&app.pool, &["energy_daily"]).await;
+
+    for i in 0..60 {
+        store
+            .append(&format!("note-{i}"), ExpectedVersion::Any, note())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let head = store.head_position().await.unwrap();
+    let mut local = progress.clone();
+    tokio::time::timeout(Duration::from_secs(10), local.wait_for(|p| *p >= head))
+        .await
+        .expect("the runner's progress reached the head")
+        .unwrap();
+    // The stored checkpoint follows (at most a poll interval later), and nothing changed.
+    wait_caught_up(&app.pool, store.as_ref(), "citypulse_energy").await;
+    assert_eq!(dump(&app.pool, &["energy_daily"]).await, energy_before);
+
+    // An event it reads after the stream is applied.
+    make_history(&app, 1).await;
+    wait_caught_up(&app.pool, store.as_ref(), "citypulse_energy").await;
+    assert_ne!(dump(&app.pool, &["energy_daily"]).await, energy_before);
+    task.abort();
+}
+
+#[actix_web::test]
+async fn a_wait_passes_a_stored_checkpoint_behind_when_nothing_the_projection_reads_lies_between() {
+    let (pool, _) = common::fresh_pool().await;
+    let store = PgEventStore::start(pool.clone(), PgStoreConfig::default())
+        .await
+        .unwrap();
+    // No runner in this process: waits go by the stored checkpoint, which is at 0.
+    let progress = Progress::default();
+    let noted = store
+        .append("note-1", ExpectedVersion::Any, note())
+        .await
+        .unwrap();
+    progress
+        .wait_for(
+            &pool,
+            "citypulse_energy",
+            noted.position,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("nothing the projection reads lies before the position");
+
+    // An event the projection reads: now the wait needs the checkpoint to move.
+    let read = store
+        .append(
+            "building-1",
+            ExpectedVersion::Any,
+            vec![NewEvent {
+                event_type: Energy.event_types()[0].into(),
+                ..note().remove(0)
+            }],
+        )
+        .await
+        .unwrap();
+    let waited = progress
+        .wait_for(
+            &pool,
+            "citypulse_energy",
+            read.position,
+            Duration::from_millis(300),
+        )
+        .await;
+    assert!(
+        matches!(waited, Err(WaitError::Timeout { checkpoint: 0 })),
+        "{waited:?}"
+    );
+    // And a position past the committed head is never taken as reached.
+    let beyond = progress
+        .wait_for(
+            &pool,
+            "flowmind",
+            read.position + 10,
+            Duration::from_millis(300),
+        )
+        .await;
+    assert!(
+        matches!(beyond, Err(WaitError::Timeout { .. })),
+        "{beyond:?}"
+    );
 }

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! cargo run --release --bin bench -- [--clients 64] [--buildings 1000] [--seconds 10]
+//! cargo run --release --bin bench -- --server-process      # the server in a process of its own
+//! cargo run --release --bin bench -- --url http://host:port # a server started apart
 //! ```
 //!
 //! Prints commands/s, events/s, latency percentiles, projection lag at the end of the load,
@@ -71,6 +73,8 @@ struct Args {
     /// server processes (see `bench/collab.rs`); `files`
     /// uploads a `--file-mib` file as multipart and as tus, downloads it, then runs
     /// `--uploads` concurrent uploads, printing MB/s and peak RSS growth.
+    /// `visible` posts one reading at a time on an idle server and reads the building with
+    /// `min_position`, printing the time from the command to the read model showing it.
     #[arg(long, default_value = "commands")]
     mode: String,
     /// Size of the large file, in MiB (files mode).
@@ -132,6 +136,24 @@ struct Args {
     /// Updates of the document whose load time is measured (collab mode).
     #[arg(long, default_value_t = 100_000)]
     load_updates: usize,
+    /// Commands mode: drive a server started apart, at this base URL (`http://host:port`),
+    /// instead of one in this process. Only the client's figures are printed then.
+    #[arg(long)]
+    url: Option<String>,
+    /// Commands mode: run the server as a process of its own (this program with `--serve`)
+    /// against the fresh database, so that the client does not share the server's process.
+    #[arg(long)]
+    server_process: bool,
+    /// Serve only: the server of `--server-process`, on `--port` against `--database`,
+    /// until its standard input closes.
+    #[arg(long, hide = true)]
+    serve: bool,
+    /// The whole database URL the `--serve` server uses.
+    #[arg(long, hide = true)]
+    database: Option<String>,
+    /// The port the `--serve` server listens on (0: any free port).
+    #[arg(long, hide = true, default_value_t = 0)]
+    port: u16,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -326,6 +348,59 @@ async fn load(
         errors: errors.load(Ordering::Relaxed),
         elapsed,
     }
+}
+
+/// Write to visible on an idle server: one reading at a time, each followed at once by a
+/// read of the building with `min_position` set to the command's position, so the read is
+/// answered only once the read model shows the reading. Prints the command's latency and
+/// the time from sending the command to the read's answer.
+async fn visible_bench(args: &Args, base: &str) -> anyhow::Result<()> {
+    let client = tenant_client(base, 4, "citypulse").await?;
+    let targets = setup(&client, base, 1).await?;
+    let t = &targets[0];
+    let samples = (args.seconds * 50).max(10) as usize;
+    let (mut command, mut visible) = (Vec::new(), Vec::new());
+    for i in 0..samples {
+        // Idle between samples: the projections have nothing else to do.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let sent = Instant::now();
+        let reply: Value = client
+            .post(format!(
+                "{base}/api/v1/citypulse/buildings/{}/readings",
+                t.building
+            ))
+            .json(&json!({ "readings": [{ "sensor_id": t.sensor, "value": (i % 100) as f64 }] }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        command.push(sent.elapsed().as_micros() as u32);
+        let position = reply["position"].as_i64().unwrap_or_default();
+        client
+            .get(format!(
+                "{base}/api/v1/citypulse/buildings/{}?min_position={position}",
+                t.building
+            ))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        visible.push(sent.elapsed().as_micros() as u32);
+    }
+    command.sort_unstable();
+    visible.sort_unstable();
+    println!("visible: {samples} readings, one at a time, 20 ms apart");
+    for (what, lat) in [("command", &command), ("write to visible", &visible)] {
+        println!(
+            "{what} ms: p50 {:.2}  p99 {:.2}  max {:.2}",
+            percentile(lat, 0.50),
+            percentile(lat, 0.99),
+            percentile(lat, 1.0)
+        );
+    }
+    Ok(())
 }
 
 /// Live delivery: subscribers on sockets, readings posted at a steady rate, latency from
@@ -848,6 +923,16 @@ async fn main() -> anyhow::Result<()> {
         config.file_store_url = files::store_dir();
         config.file_quota_bytes = u64::MAX;
     }
+    if args.serve {
+        if let Some(url) = &args.database {
+            config.database_url = url.clone();
+        }
+        config.port = args.port;
+        return separate::serve(config).await;
+    }
+    if args.mode == "commands" && (args.url.is_some() || args.server_process) {
+        return separate::drive(&args, config, &database_url).await;
+    }
     let app = Application::build(config.clone()).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();
@@ -899,6 +984,13 @@ async fn main() -> anyhow::Result<()> {
         return finish(handle, server, state, args.keep, &database_url).await;
     }
 
+    if args.mode == "visible" {
+        let v_args = args.clone();
+        let v_base = base.clone();
+        on_client_threads(async move { visible_bench(&v_args, &v_base).await }).await?;
+        return finish(handle, server, state, args.keep, &database_url).await;
+    }
+
     if args.mode == "ws" || args.mode == "pusher" || args.mode == "agents" {
         let ws_args = args.clone();
         let ws_base = base.clone();
@@ -925,11 +1017,29 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     let head = state.store.head_position().await?;
+    let lags = lags(&state.pool, head).await?;
+    print_load(&args, setup_took, &result, &lags);
+
+    // Catch-up: let the live projections finish, then replay the whole log through each.
+    handle.stop(true).await;
+    let _ = server.await;
+    close_pool(&state.pool).await;
+    drop(state);
+    catch_up(&config, args.keep).await
+}
+
+/// How far each projection is behind `head`, as `name=events`.
+async fn lags(pool: &sqlx::PgPool, head: i64) -> anyhow::Result<Vec<String>> {
     let mut lags = Vec::new();
     for p in projections::all() {
-        let c = runner::checkpoint(&state.pool, p.name()).await?;
+        let c = runner::checkpoint(pool, p.name()).await?;
         lags.push(format!("{}={}", p.name(), head - c));
     }
+    Ok(lags)
+}
+
+/// Prints the figures of the load phase of commands mode.
+fn print_load(args: &Args, setup_took: Duration, result: &LoadResult, lags: &[String]) {
     let n = result.latencies_us.len();
     let secs = result.elapsed.as_secs_f64();
     println!(
@@ -949,17 +1059,18 @@ async fn main() -> anyhow::Result<()> {
         percentile(&result.latencies_us, 0.99),
         percentile(&result.latencies_us, 1.0)
     );
-    println!(
-        "projection lag at end of load (events): {}",
-        lags.join(", ")
-    );
+    if !lags.is_empty() {
+        println!(
+            "projection lag at end of load (events): {}",
+            lags.join(", ")
+        );
+    }
+}
 
-    // Catch-up: let the live projections finish, then replay the whole log through each.
-    handle.stop(true).await;
-    let _ = server.await;
-    close_pool(&state.pool).await;
-    drop(state);
-    let pool = universal_backend::startup::connect_and_migrate(&config).await?;
+/// Replays the whole log through each projection and prints the rate; then drops the
+/// benchmark database unless it is to be kept. The server must be stopped.
+async fn catch_up(config: &Config, keep: bool) -> anyhow::Result<()> {
+    let pool = universal_backend::startup::connect_and_migrate(config).await?;
     let store: Arc<dyn EventStore> = PgEventStore::start(pool.clone(), config.store()).await?;
     for p in projections::all() {
         let report = runner::rebuild(&pool, store.as_ref(), p.as_ref(), 5000).await?;
@@ -974,11 +1085,149 @@ async fn main() -> anyhow::Result<()> {
     }
     store.shutdown().await;
     pool.close().await;
-    if !args.keep {
+    if !keep {
         use sqlx::migrate::MigrateDatabase;
-        sqlx::Postgres::force_drop_database(&database_url).await?;
+        sqlx::Postgres::force_drop_database(&config.database_url).await?;
     }
     Ok(())
+}
+
+/// Commands mode with the client and the server in separate processes: either a server
+/// started apart (`--url`), or this program started again as the server (`--serve`).
+mod separate {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use universal_backend::{config::Config, Application};
+
+    use super::{catch_up, lags, load, on_client_threads, print_load, setup, tenant_client, Args};
+
+    /// What the `--serve` server prints once it listens, before its base URL.
+    const READY: &str = "bench-server: ";
+    /// The longest the server may take to start (migrations included).
+    const START_TIMEOUT: Duration = Duration::from_secs(120);
+    /// The longest the server may take to stop once told to.
+    const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// The server alone, until standard input closes (the driving process ends it so, and
+    /// its death does too).
+    pub async fn serve(config: Config) -> anyhow::Result<()> {
+        let app = Application::build(config).await?;
+        let (handle, state) = (app.handle(), app.state());
+        println!("{READY}http://127.0.0.1:{}", app.port());
+        std::io::stdout().flush()?;
+        let server = actix_web::rt::spawn(app.run_until_stopped());
+        let _ = actix_web::rt::task::spawn_blocking(|| {
+            std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())
+        })
+        .await;
+        handle.stop(true).await;
+        let _ = server.await;
+        super::close_pool(&state.pool).await;
+        Ok(())
+    }
+
+    /// Starts this program as the server on `database_url`; returns it with its base URL.
+    fn spawn_server(args: &Args, database_url: &str) -> anyhow::Result<(Child, String)> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["--serve", "--database", database_url])
+            .args(["--workers", &args.workers.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if let Some(base) = line.strip_prefix(READY) {
+                    let _ = tx.send(base.trim().to_owned());
+                    break;
+                }
+            }
+            // Keep reading so that the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(base) => Ok((child, base)),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("the server process did not start within {START_TIMEOUT:?}")
+            }
+        }
+    }
+
+    /// Closes the server's standard input and waits for it to stop (killed after
+    /// [`STOP_TIMEOUT`]).
+    fn stop_server(mut child: Child) -> anyhow::Result<()> {
+        drop(child.stdin.take());
+        let until = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < until {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::warn!("the server process did not stop in time; killing it");
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    pub async fn drive(args: &Args, config: Config, database_url: &str) -> anyhow::Result<()> {
+        let (child, base) = match &args.url {
+            Some(url) => (None, url.trim_end_matches('/').to_owned()),
+            None => {
+                let (child, base) = spawn_server(args, database_url)?;
+                (Some(child), base)
+            }
+        };
+        println!(
+            "bench: server {base} in a separate process ({}), client in this one",
+            if child.is_some() {
+                format!("database {database_url}, {} workers", args.workers)
+            } else {
+                "started apart".to_owned()
+            }
+        );
+        let client_args = args.clone();
+        let client_base = base.clone();
+        let outcome = on_client_threads(async move {
+            let client = tenant_client(&client_base, client_args.clients, "citypulse").await?;
+            let t = Instant::now();
+            let targets = setup(&client, &client_base, client_args.buildings).await?;
+            let setup_took = t.elapsed();
+            let result = load(&client_args, &client_base, client, Arc::new(targets)).await;
+            anyhow::Ok((setup_took, result))
+        })
+        .await;
+        let Some(child) = child else {
+            let (setup_took, result) = outcome?;
+            print_load(args, setup_took, &result, &[]);
+            return Ok(());
+        };
+        let measured = async {
+            let (setup_took, result) = outcome?;
+            let pool = sqlx::PgPool::connect(database_url).await?;
+            let head: i64 = sqlx::query_scalar("SELECT last_position FROM event_head WHERE id = 1")
+                .fetch_one(&pool)
+                .await?;
+            let lags = lags(&pool, head).await?;
+            pool.close().await;
+            print_load(args, setup_took, &result, &lags);
+            anyhow::Ok(())
+        }
+        .await;
+        let stopped = stop_server(child);
+        measured?;
+        stopped?;
+        catch_up(&config, args.keep).await
+    }
 }
 
 #[path = "bench/collab.rs"]

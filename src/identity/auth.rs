@@ -150,7 +150,18 @@ pub struct TokenKeys {
     validation: Validation,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    /// Tokens already verified, with their claims, so that a client presenting the same
+    /// token on every request pays for the signature check once, not per request. Keyed by
+    /// the whole token text, so only the very token that was checked is found; an entry
+    /// serves only until the token expires. This caches what the *token* says, never what
+    /// the caller may do: ended sessions and rights are still looked up on every request
+    /// (see `http::guard`), so logout and revocation act at once.
+    verified: dashmap::DashMap<Box<str>, Claims>,
 }
+
+/// Verified tokens remembered at most; past this the memory starts over (one signature
+/// check per active token again), so it stays bounded whatever the traffic.
+const VERIFIED_MAX: usize = 10_000;
 
 impl TokenKeys {
     pub fn new(secret: &[u8], access_ttl: Duration, refresh_ttl: Duration) -> Self {
@@ -163,6 +174,7 @@ impl TokenKeys {
             validation,
             access_ttl,
             refresh_ttl,
+            verified: dashmap::DashMap::new(),
         }
     }
 
@@ -174,9 +186,31 @@ impl TokenKeys {
         Ok((token, claims.exp))
     }
 
-    /// Validates signature, algorithm and expiry.
+    /// Validates signature, algorithm and expiry. A token verified before and not yet
+    /// expired is answered from memory.
     pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map(|d| d.claims)
+        let now = Utc::now().timestamp();
+        if let Some(claims) = self.verified.get(token) {
+            if claims.exp > now {
+                return Ok(claims.clone());
+            }
+        }
+        let claims =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
+        // Only tokens with time left are worth remembering (one within the leeway is
+        // verified anew each time).
+        if claims.exp > now {
+            if self.verified.len() >= VERIFIED_MAX {
+                self.verified.clear();
+            }
+            self.verified.insert(token.into(), claims.clone());
+        }
+        Ok(claims)
+    }
+
+    /// Tokens remembered as verified (for tests).
+    pub fn verified_len(&self) -> usize {
+        self.verified.len()
     }
 }
 
@@ -298,6 +332,40 @@ mod tests {
             .issue(claims, Utc::now() - chrono::Duration::hours(2))
             .unwrap();
         assert!(keys.verify(&old).is_err());
+    }
+
+    #[test]
+    fn a_remembered_token_is_only_the_very_token_verified_and_only_until_it_expires() {
+        let keys = TokenKeys::new(b"one", Duration::from_secs(60), Duration::from_secs(60));
+        let claims = Claims {
+            sub: Uuid::new_v4(),
+            sid: Uuid::new_v4(),
+            org: None,
+            role: None,
+            roles: vec![],
+            frontends: vec![],
+            iat: 0,
+            exp: 0,
+        };
+        let (token, _) = keys.issue(claims.clone(), Utc::now()).unwrap();
+        assert_eq!(keys.verify(&token).unwrap().sub, claims.sub);
+        assert_eq!(keys.verified_len(), 1);
+        // Answered from memory, the same claims.
+        assert_eq!(keys.verify(&token).unwrap(), keys.verify(&token).unwrap());
+        assert_eq!(keys.verified_len(), 1);
+        // A token differing in one character of its signature is checked, and refused.
+        let mut forged = token.clone().into_bytes();
+        let last = forged.len() - 10;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(keys.verify(&forged).is_err());
+        // Expired tokens are never remembered, so they keep failing.
+        let (old, _) = keys
+            .issue(claims, Utc::now() - chrono::Duration::hours(2))
+            .unwrap();
+        assert!(keys.verify(&old).is_err());
+        assert!(keys.verify(&old).is_err());
+        assert_eq!(keys.verified_len(), 1);
     }
 
     #[test]

@@ -70,8 +70,9 @@ pub struct RunnerConfig {
     pub batch_size: i64,
     /// How often a standby tries to take over, and the live poll fallback.
     pub standby_poll: Duration,
-    /// Once live, how long to let new events gather before applying them: fewer, larger
-    /// transactions for a little more read-your-writes latency.
+    /// Once live and under load (new events within this long of the last batch), how long
+    /// they gather before the next batch: fewer, larger transactions. After a quiet spell
+    /// longer than this, an event is applied at once.
     pub live_linger: Duration,
     /// Spread the projections over the processes (`None`: the first process takes all).
     pub spread: Option<Arc<Spread>>,
@@ -257,7 +258,9 @@ impl ProjectionRunner {
         }
     }
 
-    /// Checkpoints committed by this runner, for read-your-writes waits in this process.
+    /// Positions up to which this runner's read model is complete (its committed checkpoints,
+    /// and heads past which it found none of its events), for read-your-writes waits in
+    /// this process.
     pub fn progress(&self) -> watch::Receiver<i64> {
         self.progress.subscribe()
     }
@@ -331,6 +334,8 @@ impl ProjectionRunner {
         let mut head_watch = self.store.head_watch();
         let mut prefetched = None;
         let mut balanced = std::time::Instant::now();
+        // Whether the last wake came under load, and when the checkpoint was last stored.
+        let (mut busy, mut stored) = (false, tokio::time::Instant::now());
         loop {
             if crate::db::epoch() != epoch {
                 anyhow::bail!("the database moved to another host: the lock stayed behind");
@@ -354,8 +359,17 @@ impl ProjectionRunner {
                     }
                 }
             }
-            let done = self.step(&mut conn, &filter, &mut prefetched).await?;
+            let head = *head_watch.borrow();
+            let skipped = busy
+                && stored.elapsed() < self.config.standby_poll
+                && self.nothing_new(&filter, head).await;
+            let done = skipped || self.step(&mut conn, &filter, &mut prefetched).await?;
+            if !skipped {
+                stored = tokio::time::Instant::now();
+            }
+            busy = false;
             if done {
+                let caught_up = tokio::time::Instant::now();
                 let after = *self.progress.borrow();
                 let woken = tokio::time::timeout(
                     self.config.standby_poll,
@@ -363,10 +377,35 @@ impl ProjectionRunner {
                 )
                 .await
                 .is_ok_and(|r| r.is_ok());
-                if woken && !self.config.live_linger.is_zero() {
+                // The linger batches only under load: events that follow the last batch
+                // closely (within `live_linger`) wait `live_linger` for more to gather; the
+                // first event after a quiet spell is applied at once.
+                if woken && caught_up.elapsed() < self.config.live_linger {
+                    busy = true;
                     tokio::time::sleep(self.config.live_linger).await;
                 }
             }
+        }
+    }
+
+    /// Under load most projections find none of their events among the new ones, and such a
+    /// step needs no transaction: when the log up to `head` holds no event this projection
+    /// reads after its progress, the progress moves to `head` at once and the checkpoint is
+    /// left for a later step (at most `standby_poll` later; waits of other processes look
+    /// for the projection's events past the stored checkpoint, see `Progress::wait_for`).
+    /// `false` when there is something to apply, or the log could not be read: then a full
+    /// step follows.
+    async fn nothing_new(&self, filter: &Filter, head: i64) -> bool {
+        let from = *self.progress.borrow();
+        if from <= 0 || head <= from {
+            return false;
+        }
+        match self.store.read_all(from, Some(head), filter, 1).await {
+            Ok(events) if events.is_empty() => {
+                self.progress.send_replace(head);
+                true
+            }
+            _ => false,
         }
     }
 

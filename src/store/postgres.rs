@@ -84,8 +84,31 @@ impl Default for PgStoreConfig {
 struct AppendRequest {
     stream: String,
     expected: ExpectedVersion,
-    events: Vec<NewEvent>,
+    events: Vec<Encoded>,
     reply: oneshot::Sender<Result<AppendResult, AppendError>>,
+}
+
+/// An event on its way to the writer, its payloads already JSON text: the caller encodes
+/// them, on its own thread, so that the one writer task neither copies nor encodes payloads
+/// and the rows it binds borrow them.
+struct Encoded {
+    event_id: Uuid,
+    event_type: String,
+    schema_version: i32,
+    data: String,
+    metadata: String,
+}
+
+impl From<NewEvent> for Encoded {
+    fn from(e: NewEvent) -> Self {
+        Self {
+            event_id: e.event_id,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            data: e.data.to_string(),
+            metadata: e.metadata.to_string(),
+        }
+    }
 }
 
 enum WriterMsg {
@@ -408,18 +431,19 @@ fn rejects_data(e: &sqlx::Error) -> bool {
     }
 }
 
-/// The columns of the rows a batch inserts, one vector per column (for `UNNEST`).
+/// The columns of the rows a batch inserts, one vector per column (for `UNNEST`), borrowing
+/// the batch's text.
 #[derive(Default)]
-struct Rows {
+struct Rows<'a> {
     positions: Vec<i64>,
-    streams: Vec<String>,
-    categories: Vec<String>,
+    streams: Vec<&'a str>,
+    categories: Vec<&'a str>,
     versions: Vec<i64>,
     event_ids: Vec<Uuid>,
-    types: Vec<String>,
+    types: Vec<&'a str>,
     schema_versions: Vec<i32>,
-    data: Vec<serde_json::Value>,
-    metadata: Vec<serde_json::Value>,
+    data: Vec<&'a str>,
+    metadata: Vec<&'a str>,
 }
 
 type Outcome = Result<AppendResult, AppendError>;
@@ -517,8 +541,9 @@ async fn write_batch(
     sqlx::query(
         "INSERT INTO events (global_position, stream_id, stream_category, version, event_id, \
          event_type, schema_version, data, metadata) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::uuid[], \
-         $6::text[], $7::int4[], $8::jsonb[], $9::jsonb[])",
+         SELECT p, s, c, v, i, t, sv, d::jsonb, m::jsonb FROM UNNEST($1::bigint[], $2::text[], \
+         $3::text[], $4::bigint[], $5::uuid[], $6::text[], $7::int4[], $8::text[], $9::text[]) \
+         AS u(p, s, c, v, i, t, sv, d, m)",
     )
     .bind(&rows.positions)
     .bind(&rows.streams)
@@ -544,12 +569,12 @@ async fn write_batch(
 }
 
 /// Checks one append against the state under the lock and, if it is admitted, adds its rows.
-fn plan_append(
-    req: &AppendRequest,
+fn plan_append<'a>(
+    req: &'a AppendRequest,
     versions: &mut HashMap<String, i64>,
     known: &mut HashMap<Uuid, (String, i64, i64)>,
     head: &mut i64,
-    rows: &mut Rows,
+    rows: &mut Rows<'a>,
 ) -> Outcome {
     let seen: Vec<_> = req
         .events
@@ -580,21 +605,21 @@ fn plan_append(
             actual: current,
         });
     }
-    let category = category_of(&req.stream).to_owned();
+    let category = category_of(&req.stream);
     let mut version = current;
     for e in &req.events {
         version += 1;
         *head += 1;
         known.insert(e.event_id, (req.stream.clone(), version, *head));
         rows.positions.push(*head);
-        rows.streams.push(req.stream.clone());
-        rows.categories.push(category.clone());
+        rows.streams.push(&req.stream);
+        rows.categories.push(category);
         rows.versions.push(version);
         rows.event_ids.push(e.event_id);
-        rows.types.push(e.event_type.clone());
+        rows.types.push(&e.event_type);
         rows.schema_versions.push(e.schema_version);
-        rows.data.push(e.data.clone());
-        rows.metadata.push(e.metadata.clone());
+        rows.data.push(&e.data);
+        rows.metadata.push(&e.metadata);
     }
     versions.insert(req.stream.clone(), version);
     Ok(AppendResult {
@@ -647,7 +672,7 @@ impl EventStore for PgEventStore {
         let req = AppendRequest {
             stream: stream.to_owned(),
             expected,
-            events,
+            events: events.into_iter().map(Encoded::from).collect(),
             reply,
         };
         self.tx
