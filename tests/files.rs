@@ -1340,7 +1340,6 @@ async fn an_attachment_naming_a_file_shows_it_only_to_readers_who_may_read_the_f
         assert_eq!(status, 422, "{body}");
         assert!(body.to_string().contains("attachments.file_id"), "{body}");
     }
-    // Over the socket the same refusal (the same function sends both).
     // The admin attaches it: the answer shows the file as it is.
     let (status, sent) = send(
         admin

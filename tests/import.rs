@@ -683,11 +683,30 @@ async fn a_fluxstudio_export_comes_in_with_mapped_ids_and_its_channels_answer_on
     config.file_store_url = store_url;
     let path = report_path();
     let from = dir.to_str().unwrap();
+    // A dry run reads and hashes the files' bytes and stores none of them.
+    let dry = report_path();
+    let mut dry_args = args(Source::Fluxstudio, from, &dry);
+    dry_args.dry_run = true;
+    assert!(import::run(&config, dry_args).await.unwrap());
+    assert_eq!(
+        table(&read_report(&dry), "files")["imported"],
+        3,
+        "{}",
+        read_report(&dry)
+    );
+    assert!(
+        !file_store.join("blobs").exists(),
+        "a dry run stored file contents"
+    );
     assert!(import::run(&config, args(Source::Fluxstudio, from, &path))
         .await
         .unwrap());
     let report = read_report(&path);
     assert_eq!(report["verified"], true, "{report}");
+    assert!(
+        file_store.join("blobs").exists(),
+        "the import stored the files' bytes"
+    );
     assert_eq!(
         skipped(&report, "users", "u_3").as_deref(),
         Some("invalid"),
