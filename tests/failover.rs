@@ -45,7 +45,11 @@ fn bindir() -> PathBuf {
 fn pg(tool: &str, args: &[&str]) {
     let bin = bindir().join(tool);
     let root = std::env::var("USER").as_deref() == Ok("root")
-        || Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+        || Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
     let out = if root {
         Command::new("runuser")
             .args(["-u", "postgres", "--"])
@@ -73,17 +77,53 @@ struct Pair {
 
 impl Pair {
     fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("ub-failover-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("ub-failover-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let _ = Command::new("chown").args(["postgres:postgres"]).arg(&dir).status();
+        let _ = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&dir)
+            .status();
         let (primary, standby) = (free_port(), free_port());
         let p = dir.join("primary");
         let s = dir.join("standby");
-        pg("initdb", &["-D", p.to_str().unwrap(), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]);
-        let pair = Pair { dir, primary, standby };
+        pg(
+            "initdb",
+            &[
+                "-D",
+                p.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        let pair = Pair {
+            dir,
+            primary,
+            standby,
+        };
         // Every commit waits for the standby: what was acknowledged survives the primary.
         pair.pg_ctl_start(&p, primary, "-c synchronous_standby_names=*");
-        pg("pg_basebackup", &["-h", "127.0.0.1", "-p", &primary.to_string(), "-U", "postgres", "-D", s.to_str().unwrap(), "-R", "-X", "stream"]);
+        pg(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                s.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+            ],
+        );
         pair.pg_ctl_start(&s, standby, "");
         pair
     }
@@ -95,15 +135,49 @@ impl Pair {
             self.dir.display()
         );
         let log = self.dir.join(format!("{port}.log"));
-        pg("pg_ctl", &["-D", data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "-t", "30", "start"]);
+        pg(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        );
     }
 
     fn stop_primary_immediately(&self) {
-        pg("pg_ctl", &["-D", self.dir.join("primary").to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+        pg(
+            "pg_ctl",
+            &[
+                "-D",
+                self.dir.join("primary").to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
     }
 
     fn promote_standby(&self) {
-        pg("pg_ctl", &["-D", self.dir.join("standby").to_str().unwrap(), "-w", "-t", "30", "promote"]);
+        pg(
+            "pg_ctl",
+            &[
+                "-D",
+                self.dir.join("standby").to_str().unwrap(),
+                "-w",
+                "-t",
+                "30",
+                "promote",
+            ],
+        );
     }
 }
 
@@ -162,7 +236,9 @@ async fn write(
             break;
         }
         let res = client
-            .post(format!("{base}/api/v1/citypulse/buildings/{building}/readings"))
+            .post(format!(
+                "{base}/api/v1/citypulse/buildings/{building}/readings"
+            ))
             .json(&json!({ "readings": [{ "sensor_id": sensor, "value": i as f64 }] }))
             .send()
             .await;
@@ -183,7 +259,11 @@ async fn write(
             }
         }
     }
-    assert_eq!(acked.len(), count, "writes did not resume ({failed} failed)");
+    assert_eq!(
+        acked.len(),
+        count,
+        "writes did not resume ({failed} failed)"
+    );
     (acked, failed)
 }
 
@@ -237,17 +317,29 @@ async fn projections_reach(app: &common::TestApp, building: &str, position: i64)
 async fn host_selection_skips_a_dead_host_and_a_standby_and_honours_the_target() {
     let pair = Pair::start();
     let dead = free_port();
-    let hosts = format!("127.0.0.1:{dead},127.0.0.1:{},127.0.0.1:{}", pair.standby, pair.primary);
+    let hosts = format!(
+        "127.0.0.1:{dead},127.0.0.1:{},127.0.0.1:{}",
+        pair.standby, pair.primary
+    );
     let session = |o: sqlx::postgres::PgConnectOptions| o;
     let limit = Duration::from_secs(3);
 
-    let url = DatabaseUrl::parse(&format!("postgres://postgres@{hosts}/postgres?target_session_attrs=read-write")).unwrap();
+    let url = DatabaseUrl::parse(&format!(
+        "postgres://postgres@{hosts}/postgres?target_session_attrs=read-write"
+    ))
+    .unwrap();
     let (at, mut conn) = primary::select(&url, limit, &session).await.unwrap();
     assert_eq!(at, 2);
-    let port: i32 = sqlx::query_scalar("SELECT inet_server_port()").fetch_one(&mut conn).await.unwrap();
+    let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(port as u16, pair.primary);
 
-    let url = DatabaseUrl::parse(&format!("postgres://postgres@{hosts}/postgres?target_session_attrs=standby")).unwrap();
+    let url = DatabaseUrl::parse(&format!(
+        "postgres://postgres@{hosts}/postgres?target_session_attrs=standby"
+    ))
+    .unwrap();
     assert_eq!(primary::select(&url, limit, &session).await.unwrap().0, 1);
     // libpq's default: the first that answers.
     let url = DatabaseUrl::parse(&format!("postgres://postgres@{hosts}/postgres")).unwrap();
@@ -259,13 +351,24 @@ async fn host_selection_skips_a_dead_host_and_a_standby_and_honours_the_target()
         pair.standby
     ))
     .unwrap();
-    let err = primary::select(&url, limit, &session).await.unwrap_err().to_string();
-    assert!(err.contains(&format!("127.0.0.1:{dead}")) && err.contains("standby"), "{err}");
+    let err = primary::select(&url, limit, &session)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("127.0.0.1:{dead}")) && err.contains("standby"),
+        "{err}"
+    );
 
     // The server opens (creates and migrates) the database on the primary only.
-    let config = common::test_config(format!("postgres://postgres@{hosts}/ub_selected?target_session_attrs=read-write"));
+    let config = common::test_config(format!(
+        "postgres://postgres@{hosts}/ub_selected?target_session_attrs=read-write"
+    ));
     let pool = db::connect_and_migrate(&config).await.unwrap();
-    let port: i32 = sqlx::query_scalar("SELECT inet_server_port()").fetch_one(&pool).await.unwrap();
+    let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(port as u16, pair.primary);
     pool.close().await;
 }
@@ -279,7 +382,12 @@ async fn every_part_of_two_processes_comes_back_after_all_their_connections_are_
     let mut next = 1;
     let (mut acked, _) = write(&app.client, &app.base, &building, &sensor, 5, 5).await;
     let mut admin = PgConnection::connect(&app.database_url).await.unwrap();
-    read_until(&mut ws, &mut next, stream_version(&mut admin, &building).await).await;
+    read_until(
+        &mut ws,
+        &mut next,
+        stream_version(&mut admin, &building).await,
+    )
+    .await;
 
     // Every connection of both processes to their database, at once: pools, writers,
     // listeners, the projection lock holders.
@@ -298,7 +406,12 @@ async fn every_part_of_two_processes_comes_back_after_all_their_connections_are_
     acked.extend(a.iter().chain(&b));
     assert_in_log(&mut admin, &building, &acked).await;
     // The other process's live subscription goes on, without gap or repeat.
-    read_until(&mut ws, &mut next, stream_version(&mut admin, &building).await).await;
+    read_until(
+        &mut ws,
+        &mut next,
+        stream_version(&mut admin, &building).await,
+    )
+    .await;
     // The projections took their locks again and caught up.
     projections_reach(&app, &building, *acked.iter().max().unwrap()).await;
     let lockers: i64 = sqlx::query_scalar(
@@ -346,7 +459,12 @@ async fn a_process_moves_to_the_promoted_standby_and_loses_no_acknowledged_write
     .await
     .unwrap();
     assert_in_log(&mut admin, &building, &acked).await;
-    read_until(&mut ws, &mut next, stream_version(&mut admin, &building).await).await;
+    read_until(
+        &mut ws,
+        &mut next,
+        stream_version(&mut admin, &building).await,
+    )
+    .await;
     projections_reach(&app, &building, *acked.iter().max().unwrap()).await;
     app.handle.stop(false).await;
     app.pool.close().await;

@@ -116,7 +116,11 @@ pub async fn select(
                     if url.target().accepts(in_recovery, read_only, strict) {
                         return Ok((i, conn));
                     }
-                    let what = if in_recovery { "a standby" } else { "read-only" };
+                    let what = if in_recovery {
+                        "a standby"
+                    } else {
+                        "read-only"
+                    };
                     reasons.push(format!("{host} is {what}"));
                     let _ = tokio::time::timeout(limit, sqlx::Connection::close(conn)).await;
                 }
@@ -145,7 +149,11 @@ pub async fn check_new_connection(
     // An I/O error: to every caller this host is unusable, as if it had not answered.
     Err(sqlx::Error::Io(std::io::Error::other(format!(
         "the database host is {}, and DATABASE_URL asks for another kind of server",
-        if in_recovery { "a standby" } else { "read-only" }
+        if in_recovery {
+            "a standby"
+        } else {
+            "read-only"
+        }
     ))))
 }
 

@@ -67,9 +67,15 @@ impl Target {
 pub enum Endpoint {
     /// No host in the URL: where the other parameters (`host=`, `PGHOST`) point.
     Default,
-    Tcp { host: String, port: Option<u16> },
+    Tcp {
+        host: String,
+        port: Option<u16>,
+    },
     /// A Unix socket directory (a host starting with `/`, percent-encoded in the URL).
-    Socket { dir: String, port: Option<u16> },
+    Socket {
+        dir: String,
+        port: Option<u16>,
+    },
 }
 
 impl std::fmt::Display for Endpoint {
@@ -97,7 +103,11 @@ pub struct DatabaseUrl {
 }
 
 /// Parameters this module reads; sqlx would only warn about them.
-const OWN_PARAMS: [&str; 3] = ["target_session_attrs", "connect_timeout", "load_balance_hosts"];
+const OWN_PARAMS: [&str; 3] = [
+    "target_session_attrs",
+    "connect_timeout",
+    "load_balance_hosts",
+];
 
 impl DatabaseUrl {
     pub fn parse(url: &str) -> anyhow::Result<Self> {
@@ -144,8 +154,8 @@ impl DatabaseUrl {
             single.push('?');
             single.push_str(&kept.join("&"));
         }
-        let mut base = PgConnectOptions::from_str(&single)
-            .context("DATABASE_URL is not a PostgreSQL URL")?;
+        let mut base =
+            PgConnectOptions::from_str(&single).context("DATABASE_URL is not a PostgreSQL URL")?;
         if hosts == [Endpoint::Default] {
             // No host given: back to what sqlx makes of the rest (`host=`, `PGHOST`).
             let without = single.replacen("placeholder", "", 1);
@@ -291,7 +301,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             u.hosts(),
-            &[tcp("db1", Some(5432)), tcp("db2", Some(5433)), tcp("db3", None)]
+            &[
+                tcp("db1", Some(5432)),
+                tcp("db2", Some(5433)),
+                tcp("db3", None)
+            ]
         );
         assert_eq!(u.target(), Target::ReadWrite);
         let o = u.options(1);
@@ -299,7 +313,10 @@ mod tests {
         assert_eq!(o.get_username(), "app");
         assert_eq!(o.get_database(), Some("shop"));
         // A host without a port gets the default one.
-        assert_eq!(u.options(2).get_port(), PgConnectOptions::new_without_pgpass().get_port());
+        assert_eq!(
+            u.options(2).get_port(),
+            PgConnectOptions::new_without_pgpass().get_port()
+        );
     }
 
     #[test]
@@ -308,9 +325,14 @@ mod tests {
             .err();
         // A zone id is not an IPv6 address the standard library reads: refused clearly.
         assert!(u.is_some());
-        let u = DatabaseUrl::parse("postgresql://[::1]:6001,[2001:db8::2]/d?target_session_attrs=primary")
-            .unwrap();
-        assert_eq!(u.hosts(), &[tcp("::1", Some(6001)), tcp("2001:db8::2", None)]);
+        let u = DatabaseUrl::parse(
+            "postgresql://[::1]:6001,[2001:db8::2]/d?target_session_attrs=primary",
+        )
+        .unwrap();
+        assert_eq!(
+            u.hosts(),
+            &[tcp("::1", Some(6001)), tcp("2001:db8::2", None)]
+        );
         assert_eq!(u.options(0).get_host(), "::1");
         assert_eq!(u.target(), Target::Primary);
         assert_eq!(u.hosts()[0].to_string(), "[::1]:6001");
@@ -336,7 +358,9 @@ mod tests {
         assert_eq!(o.get_username(), "us@er");
         assert_eq!(o.get_database(), Some("my db"));
         assert_eq!(
-            u.options(0).get_socket().map(|p| p.to_string_lossy().into_owned()),
+            u.options(0)
+                .get_socket()
+                .map(|p| p.to_string_lossy().into_owned()),
             Some("/var/run/postgresql".to_owned())
         );
     }
@@ -352,7 +376,10 @@ mod tests {
         assert_eq!(u.connect_timeout(), Some(Duration::from_secs(2)));
         let o = u.options(0);
         assert_eq!(o.get_application_name(), Some("ub"));
-        assert!(matches!(o.get_ssl_mode(), sqlx::postgres::PgSslMode::Disable));
+        assert!(matches!(
+            o.get_ssl_mode(),
+            sqlx::postgres::PgSslMode::Disable
+        ));
         assert_eq!(o.get_options(), Some("-c search_path=x"));
         assert_eq!(o.get_host(), "h1");
     }

@@ -190,9 +190,10 @@ async fn listen_loop(pool: PgPool, head: std::sync::Weak<watch::Sender<i64>>) {
         }
         // Notifications sent while the listener was away (a lost connection, a move to
         // another database host) are gone: the head is read once, now that it listens.
-        if let Ok(p) = sqlx::query_scalar::<_, i64>("SELECT last_position FROM event_head WHERE id = 1")
-            .fetch_one(&pool)
-            .await
+        if let Ok(p) =
+            sqlx::query_scalar::<_, i64>("SELECT last_position FROM event_head WHERE id = 1")
+                .fetch_one(&pool)
+                .await
         {
             let Some(h) = head.upgrade() else { return };
             advance(&h, p);
