@@ -259,8 +259,8 @@ async fn under_a_stream_of_events_it_does_not_read_a_runner_keeps_up_and_stores_
     let store = PgEventStore::start(app.pool.clone(), PgStoreConfig::default())
         .await
         .unwrap();
-    // A linger long enough that appends 5 ms apart wake the runner "under load", where it
-    // moves past stretches without its events without a transaction.
+    // Appends 5 ms apart wake the runner again and again (under load, with this linger);
+    // it moves past stretches without its events without a transaction.
     let config = RunnerConfig {
         batch_size: 100,
         standby_poll: Duration::from_millis(300),

@@ -334,8 +334,8 @@ impl ProjectionRunner {
         let mut head_watch = self.store.head_watch();
         let mut prefetched = None;
         let mut balanced = std::time::Instant::now();
-        // Whether the last wake came under load, and when the checkpoint was last stored.
-        let (mut busy, mut stored) = (false, tokio::time::Instant::now());
+        // Whether the head watch woke this runner, and when the checkpoint was last stored.
+        let (mut woken, mut stored) = (false, tokio::time::Instant::now());
         loop {
             if crate::db::epoch() != epoch {
                 anyhow::bail!("the database moved to another host: the lock stayed behind");
@@ -360,18 +360,18 @@ impl ProjectionRunner {
                 }
             }
             let head = *head_watch.borrow();
-            let skipped = busy
+            let skipped = woken
                 && stored.elapsed() < self.config.standby_poll
                 && self.nothing_new(&filter, head).await;
             let done = skipped || self.step(&mut conn, &filter, &mut prefetched).await?;
             if !skipped {
                 stored = tokio::time::Instant::now();
             }
-            busy = false;
+            woken = false;
             if done {
                 let caught_up = tokio::time::Instant::now();
                 let after = *self.progress.borrow();
-                let woken = tokio::time::timeout(
+                woken = tokio::time::timeout(
                     self.config.standby_poll,
                     head_watch.wait_for(|h| *h > after),
                 )
@@ -381,18 +381,18 @@ impl ProjectionRunner {
                 // closely (within `live_linger`) wait `live_linger` for more to gather; the
                 // first event after a quiet spell is applied at once.
                 if woken && caught_up.elapsed() < self.config.live_linger {
-                    busy = true;
                     tokio::time::sleep(self.config.live_linger).await;
                 }
             }
         }
     }
 
-    /// Under load most projections find none of their events among the new ones, and such a
-    /// step needs no transaction: when the log up to `head` holds no event this projection
-    /// reads after its progress, the progress moves to `head` at once and the checkpoint is
-    /// left for a later step (at most `standby_poll` later; waits of other processes look
-    /// for the projection's events past the stored checkpoint, see `Progress::wait_for`).
+    /// Most projections find none of their events among the new ones (a reading concerns
+    /// two of them), and such a step needs no transaction: when the log up to `head` holds no
+    /// event this projection reads after its progress, the progress moves to `head` at once
+    /// and the checkpoint is left for a later step (at most `standby_poll` later; waits of
+    /// other processes look for the projection's events past the stored checkpoint, see
+    /// `Progress::wait_for`).
     /// `false` when there is something to apply, or the log could not be read: then a full
     /// step follows.
     async fn nothing_new(&self, filter: &Filter, head: i64) -> bool {
