@@ -113,7 +113,11 @@ pub async fn run(
     // Throughput: `tasks` tasks from ten tenants at once.
     let mut clients = Vec::new();
     for _ in 0..10 {
-        clients.push(crate::tenant(base, usize::MAX, &["quantum"], "quantum").await?.0);
+        clients.push(
+            crate::tenant(base, usize::MAX, &["quantum"], "quantum")
+                .await?
+                .0,
+        );
     }
     let started = Instant::now();
     let mut creates = tokio::task::JoinSet::new();
@@ -157,7 +161,11 @@ pub async fn run(
     let (victim, _) = crate::tenant(base, usize::MAX, &["quantum"], "quantum").await?;
     let mut flood_ids = Vec::new();
     for _ in 0..60 {
-        flood_ids.push(create(&flood, base, &body(iterations)).await?.parse::<uuid::Uuid>()?);
+        flood_ids.push(
+            create(&flood, base, &body(iterations))
+                .await?
+                .parse::<uuid::Uuid>()?,
+        );
     }
     let submitted = Instant::now();
     let id: uuid::Uuid = create(&victim, base, &body(iterations)).await?.parse()?;
