@@ -38,13 +38,15 @@ async fn create(client: &reqwest::Client, base: &str, body: &Value) -> anyhow::R
 async fn all_ended(pool: &sqlx::PgPool, ids: &[uuid::Uuid], limit: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let open: i64 = sqlx::query_scalar(
+        // Counted from the read model: a task not in it yet is not ended.
+        let ended: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM swarm_tasks WHERE id = ANY($1) \
-             AND status NOT IN ('completed', 'failed', 'cancelled')",
+             AND status IN ('completed', 'failed', 'cancelled')",
         )
         .bind(ids)
         .fetch_one(pool)
         .await?;
+        let open = ids.len() as i64 - ended;
         if open == 0 {
             return Ok(());
         }
