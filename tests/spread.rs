@@ -226,8 +226,7 @@ async fn tasks_spread_over_two_processes_and_each_task_names_the_process_that_ra
 }
 
 #[actix_web::test]
-async fn a_process_whose_worker_stops_heartbeating_has_its_task_rescued_and_completed_elsewhere()
-{
+async fn a_process_whose_worker_stops_heartbeating_has_its_task_rescued_and_completed_elsewhere() {
     let tune = |c: &mut Config| {
         c.worker_slots = 1;
         c.worker_lease_secs = 2;
@@ -271,7 +270,10 @@ async fn a_process_whose_worker_stops_heartbeating_has_its_task_rescued_and_comp
         .collect();
     assert_eq!(interrupted.len(), 1, "{interrupted:?}");
     assert_eq!(interrupted[0]["attempt"], 1);
-    assert!(interrupted[0].get("released").is_none(), "a death, not a release");
+    assert!(
+        interrupted[0].get("released").is_none(),
+        "a death, not a release"
+    );
     let starts: Vec<&Value> = events
         .iter()
         .filter(|(_, t, _)| t == "SwarmTaskStarted")
@@ -322,10 +324,7 @@ async fn caps_hold_over_three_processes() {
     let mut callers = Vec::new();
     for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
         let app = [&first, &second, &third][i % 3];
-        callers.push(Caller::new(
-            bases[i % 3],
-            &quantum_tenant(app, name).await,
-        ));
+        callers.push(Caller::new(bases[i % 3], &quantum_tenant(app, name).await));
     }
     let mut ids: Vec<(usize, String)> = Vec::new();
     for _ in 0..3 {

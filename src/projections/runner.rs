@@ -183,9 +183,10 @@ pub async fn holders(pool: &PgPool) -> sqlx::Result<Vec<(&'static str, Option<St
         .iter()
         .map(|p| {
             let key = lock_key(p.name());
-            let owner = rows.iter().find(|(k, _)| *k == key).map(|(_, name)| {
-                name.strip_prefix(APP_PREFIX).unwrap_or(name).to_owned()
-            });
+            let owner = rows
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, name)| name.strip_prefix(APP_PREFIX).unwrap_or(name).to_owned());
             (p.name(), owner)
         })
         .collect())

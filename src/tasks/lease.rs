@@ -167,7 +167,9 @@ pub async fn notify<'c>(
 
 /// Who runs what, for `/health` and the command line: every lease with its owner and the
 /// seconds since its heartbeat.
-pub async fn overview(pool: &PgPool) -> sqlx::Result<Vec<(Uuid, i32, Option<String>, Option<f64>)>> {
+pub async fn overview(
+    pool: &PgPool,
+) -> sqlx::Result<Vec<(Uuid, i32, Option<String>, Option<f64>)>> {
     sqlx::query_as(
         "SELECT task_id, attempt, owner, \
                 EXTRACT(EPOCH FROM now() - heartbeat_at)::float8 \

@@ -286,8 +286,8 @@ impl Scheduler {
                 tracing::warn!(task = %id, "lease not given back; the leader rescues it");
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), lease::notify(&state.pool, "freed"))
-            .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), lease::notify(&state.pool, "freed")).await;
     }
 
     /// Stops leading and stops the local workers without recording anything: their leases
@@ -456,7 +456,13 @@ async fn rescue(state: &web::Data<AppState>, conn: &mut PgConnection) -> anyhow:
                 "rescued a task whose worker stopped heartbeating"
             );
         }
-        limited(lease::remove(conn, id, stale.attempt, stale.owner.as_deref())).await?;
+        limited(lease::remove(
+            conn,
+            id,
+            stale.attempt,
+            stale.owner.as_deref(),
+        ))
+        .await?;
     }
     Ok(())
 }

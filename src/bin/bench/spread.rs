@@ -38,13 +38,15 @@ async fn create(client: &reqwest::Client, base: &str, body: &Value) -> anyhow::R
 async fn all_ended(pool: &sqlx::PgPool, ids: &[uuid::Uuid], limit: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let open: i64 = sqlx::query_scalar(
+        // Counted from the read model: a task not in it yet is not ended.
+        let ended: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM swarm_tasks WHERE id = ANY($1) \
-             AND status NOT IN ('completed', 'failed', 'cancelled')",
+             AND status IN ('completed', 'failed', 'cancelled')",
         )
         .bind(ids)
         .fetch_one(pool)
         .await?;
+        let open = ids.len() as i64 - ended;
         if open == 0 {
             return Ok(());
         }
@@ -113,7 +115,11 @@ pub async fn run(
     // Throughput: `tasks` tasks from ten tenants at once.
     let mut clients = Vec::new();
     for _ in 0..10 {
-        clients.push(crate::tenant(base, usize::MAX, &["quantum"], "quantum").await?.0);
+        clients.push(
+            crate::tenant(base, usize::MAX, &["quantum"], "quantum")
+                .await?
+                .0,
+        );
     }
     let started = Instant::now();
     let mut creates = tokio::task::JoinSet::new();
@@ -157,7 +163,11 @@ pub async fn run(
     let (victim, _) = crate::tenant(base, usize::MAX, &["quantum"], "quantum").await?;
     let mut flood_ids = Vec::new();
     for _ in 0..60 {
-        flood_ids.push(create(&flood, base, &body(iterations)).await?.parse::<uuid::Uuid>()?);
+        flood_ids.push(
+            create(&flood, base, &body(iterations))
+                .await?
+                .parse::<uuid::Uuid>()?,
+        );
     }
     let submitted = Instant::now();
     let id: uuid::Uuid = create(&victim, base, &body(iterations)).await?.parse()?;
