@@ -265,6 +265,7 @@ async fn under_a_stream_of_events_it_does_not_read_a_runner_keeps_up_and_stores_
         batch_size: 100,
         standby_poll: Duration::from_millis(300),
         live_linger: Duration::from_millis(20),
+        spread: None,
     };
     let runner = ProjectionRunner::new(app.pool.clone(), store.clone(), Arc::new(Energy), config);
     let progress = runner.progress();

@@ -227,9 +227,20 @@ async fn tasks_spread_over_two_processes_and_each_task_names_the_process_that_ra
 
 #[actix_web::test]
 async fn a_process_whose_worker_stops_heartbeating_has_its_task_rescued_and_completed_elsewhere() {
-    let tune = |c: &mut Config| {
+    rescued_after_its_scheduler_dies(2).await;
+}
+
+/// A lease far longer than any wait here: the task can only be rescued this soon because
+/// the dead scheduler's heartbeat session is gone from the server.
+#[actix_web::test]
+async fn a_process_whose_heartbeat_session_is_gone_is_rescued_without_waiting_out_its_lease() {
+    rescued_after_its_scheduler_dies(3_600).await;
+}
+
+async fn rescued_after_its_scheduler_dies(lease_secs: u64) {
+    let tune = move |c: &mut Config| {
         c.worker_slots = 1;
-        c.worker_lease_secs = 2;
+        c.worker_lease_secs = lease_secs;
     };
     let first = start(None, tune).await;
     let tenant = quantum_tenant(&first, "rescue").await;

@@ -83,14 +83,35 @@ pub async fn admit(
     Ok(inserted.rows_affected() == 1)
 }
 
-/// Leases claimed by a worker whose heartbeat is older than `secs`.
+/// The `application_name` of the session on which a process heartbeats its leases.
+pub fn presence_name(owner: &str) -> String {
+    format!("{PRESENCE_PREFIX}{owner}")
+}
+
+const PRESENCE_PREFIX: &str = "ub-worker/";
+
+/// A lease's heartbeat may be this old before a worker without a heartbeat session counts
+/// as gone (a claim's first beat comes within [`HEARTBEAT_EVERY`]).
+const PRESENCE_GRACE_SECS: f64 = 2.0;
+
+/// Leases claimed by a worker that is gone: its heartbeat is older than `secs`, or its
+/// process has no heartbeat session any more (PostgreSQL closes the sessions of a process
+/// that died) and its heartbeat is older than a short grace. A killed process's tasks are
+/// rescued within seconds; a process cut off by the network, whose sessions linger until
+/// TCP keepalives end them, within `secs`.
 pub async fn stale(conn: &mut PgConnection, secs: u64) -> sqlx::Result<Vec<Lease>> {
     sqlx::query_as(
-        "SELECT task_id, organization_id, user_id, attempt, owner FROM task_leases \
-         WHERE owner IS NOT NULL AND heartbeat_at < now() - make_interval(secs => $1) \
+        "SELECT task_id, organization_id, user_id, attempt, owner FROM task_leases l \
+         WHERE owner IS NOT NULL AND ( \
+           heartbeat_at < now() - make_interval(secs => $1) \
+           OR (heartbeat_at < now() - make_interval(secs => $2) AND NOT EXISTS ( \
+                 SELECT 1 FROM pg_stat_activity a \
+                 WHERE a.datname = current_database() AND a.application_name = $3 || l.owner))) \
          ORDER BY admitted_seq",
     )
     .bind(secs as f64)
+    .bind(PRESENCE_GRACE_SECS.min(secs as f64))
+    .bind(PRESENCE_PREFIX)
     .fetch_all(conn)
     .await
 }
@@ -130,14 +151,18 @@ pub async fn claim(pool: &PgPool, owner: &str, limit: usize) -> sqlx::Result<Vec
 }
 
 /// Heartbeats the leases of `owner` on `tasks`; returns those it still holds.
-pub async fn heartbeat(pool: &PgPool, owner: &str, tasks: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+pub async fn heartbeat(
+    conn: &mut PgConnection,
+    owner: &str,
+    tasks: &[Uuid],
+) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
         "UPDATE task_leases SET heartbeat_at = now() WHERE owner = $1 AND task_id = ANY($2) \
          RETURNING task_id",
     )
     .bind(owner)
     .bind(tasks)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 

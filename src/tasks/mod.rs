@@ -657,8 +657,17 @@ fn spawn_run(state: &web::Data<AppState>, inner: &Arc<Inner>, l: lease::Lease) {
 
 /// Heartbeats this process's leases every [`lease::HEARTBEAT_EVERY`]; stops the workers
 /// whose lease is gone, and all of them when the heartbeat fails.
+///
+/// The heartbeat runs on a connection of its own named after the process
+/// ([`lease::presence_name`]): while this process lives, PostgreSQL lists that session; when
+/// the process dies, the server closes it, and the leader rescues the process's leases
+/// without waiting out `WORKER_LEASE_SECS` (see [`lease::stale`]).
 async fn heartbeat(pool: sqlx::PgPool, inner: Arc<Inner>) {
+    let mut presence: Option<PgConnection> = None;
     loop {
+        if presence.is_none() {
+            presence = open_presence(&pool, &inner.owner).await;
+        }
         tokio::select! {
             _ = tokio::time::sleep(lease::HEARTBEAT_EVERY) => {}
             _ = inner.stop.notified() => return,
@@ -671,7 +680,11 @@ async fn heartbeat(pool: sqlx::PgPool, inner: Arc<Inner>) {
         }
         let began = Instant::now();
         let mine: Vec<Uuid> = inner.running.iter().map(|r| *r.key()).collect();
-        match limited(lease::heartbeat(&pool, &inner.owner, &mine)).await {
+        let beat = match presence.as_mut() {
+            Some(conn) => limited(lease::heartbeat(conn, &inner.owner, &mine)).await,
+            None => Err(anyhow::anyhow!("no connection for the heartbeat")),
+        };
+        match beat {
             Ok(held) => {
                 let held: HashSet<Uuid> = held.into_iter().collect();
                 for r in inner.running.iter() {
@@ -685,11 +698,34 @@ async fn heartbeat(pool: sqlx::PgPool, inner: Arc<Inner>) {
             Err(e) => {
                 // Whether the leases are still ours cannot be told: they are lost.
                 tracing::warn!(error = %e, "lease heartbeat failed; the workers stop");
+                presence = None;
                 for r in inner.running.iter() {
                     r.lost.store(true, Ordering::Relaxed);
                     r.cancel.store(true, Ordering::Relaxed);
                 }
             }
+        }
+    }
+}
+
+/// The heartbeat's connection, named after this process (`None` when the database cannot
+/// be reached now; the next beat tries again).
+async fn open_presence(pool: &sqlx::PgPool, owner: &str) -> Option<PgConnection> {
+    let opened = async {
+        let mut conn = limited(pool.acquire()).await?.detach();
+        limited(
+            sqlx::query("SELECT set_config('application_name', $1, false)")
+                .bind(lease::presence_name(owner))
+                .execute(&mut conn),
+        )
+        .await?;
+        Ok::<_, anyhow::Error>(conn)
+    };
+    match opened.await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            tracing::warn!(error = %e, "the lease heartbeat has no connection yet");
+            None
         }
     }
 }
