@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client_for, create_tenant, fresh_database_url, test_config, Tenant, PASSWORD};
+use common::{
+    client_for, create_tenant, fresh_database_url, rastrigin, task_events, test_config, Tenant,
+    PASSWORD,
+};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -157,28 +160,6 @@ impl Caller {
         })
         .await
     }
-}
-
-fn rastrigin(dimensions: u32, particles: u32, iterations: u64) -> Value {
-    json!({
-        "type": "quantum",
-        "objective": "rastrigin",
-        "config": {
-            "dimensions": dimensions, "particles": particles, "iterations": iterations,
-            "seed": 1
-        }
-    })
-}
-
-/// The task events of the log, in log order: (stream, type, data).
-async fn task_events(pool: &PgPool) -> Vec<(String, String, Value)> {
-    sqlx::query_as(
-        "SELECT stream_id, event_type, data FROM events WHERE stream_category = 'swarm_task' \
-         ORDER BY global_position",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
 }
 
 #[actix_web::test]

@@ -306,11 +306,9 @@ mod tests {
         assert_eq!(parse_refresh_token("not-a-token"), None);
     }
 
-    #[test]
-    fn tokens_signed_with_another_key_or_without_one_are_refused() {
-        let keys = TokenKeys::new(b"one", Duration::from_secs(60), Duration::from_secs(60));
-        let other = TokenKeys::new(b"two", Duration::from_secs(60), Duration::from_secs(60));
-        let claims = Claims {
+    /// Claims of a new user and session, in no organization.
+    fn bare_claims() -> Claims {
+        Claims {
             sub: Uuid::new_v4(),
             sid: Uuid::new_v4(),
             org: None,
@@ -319,7 +317,14 @@ mod tests {
             frontends: vec![],
             iat: 0,
             exp: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn tokens_signed_with_another_key_or_without_one_are_refused() {
+        let keys = TokenKeys::new(b"one", Duration::from_secs(60), Duration::from_secs(60));
+        let other = TokenKeys::new(b"two", Duration::from_secs(60), Duration::from_secs(60));
+        let claims = bare_claims();
         let (token, _) = keys.issue(claims.clone(), Utc::now()).unwrap();
         assert_eq!(keys.verify(&token).unwrap().sub, claims.sub);
         assert!(other.verify(&token).is_err());
@@ -337,16 +342,7 @@ mod tests {
     #[test]
     fn a_remembered_token_is_only_the_very_token_verified_and_only_until_it_expires() {
         let keys = TokenKeys::new(b"one", Duration::from_secs(60), Duration::from_secs(60));
-        let claims = Claims {
-            sub: Uuid::new_v4(),
-            sid: Uuid::new_v4(),
-            org: None,
-            role: None,
-            roles: vec![],
-            frontends: vec![],
-            iat: 0,
-            exp: 0,
-        };
+        let claims = bare_claims();
         let (token, _) = keys.issue(claims.clone(), Utc::now()).unwrap();
         assert_eq!(keys.verify(&token).unwrap().sub, claims.sub);
         assert_eq!(keys.verified_len(), 1);

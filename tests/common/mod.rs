@@ -385,3 +385,26 @@ pub async fn spawn_with_stand_in(
     let client = frontend_client(&app.tenant.access_token, frontend);
     (app, client, provider)
 }
+
+/// A Quantum optimization of rastrigin with seed 1.
+pub fn rastrigin(dimensions: u32, particles: u32, iterations: u64) -> serde_json::Value {
+    serde_json::json!({
+        "type": "quantum",
+        "objective": "rastrigin",
+        "config": {
+            "dimensions": dimensions, "particles": particles, "iterations": iterations,
+            "seed": 1
+        }
+    })
+}
+
+/// The task events of the log, in log order: (stream, type, data).
+pub async fn task_events(pool: &sqlx::PgPool) -> Vec<(String, String, serde_json::Value)> {
+    sqlx::query_as(
+        "SELECT stream_id, event_type, data FROM events WHERE stream_category = 'swarm_task' \
+         ORDER BY global_position",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
