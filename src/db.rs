@@ -44,6 +44,11 @@ pub fn connect_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
     Ok(session_options(url.options(0), config))
 }
 
+/// Pool connections that a process holds for as long as it runs: the `LISTEN`ers of the
+/// event log's live feed, the signals (typing, presence), the Pusher gateway and the task
+/// scheduler. They come on top of `DB_POOL_SIZE`, which is left for requests and work.
+const HELD_BY_LISTENERS: u32 = 4;
+
 /// The time limit of one host: connecting and asking its role.
 fn host_limit(config: &Config) -> Duration {
     Duration::from_secs(config.db_connect_timeout_secs.max(1))
@@ -117,7 +122,7 @@ pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
         move |o: PgConnectOptions| session_options(o, &config)
     };
     let pool = PgPoolOptions::new()
-        .max_connections(config.db_pool_size.max(4))
+        .max_connections(config.db_pool_size.max(4) + HELD_BY_LISTENERS)
         .acquire_timeout(Duration::from_secs(5))
         .after_connect(move |conn, _| {
             Box::pin(async move { primary::check_new_connection(target, conn).await })
