@@ -9,22 +9,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{
-    client_for, create_tenant, fresh_database_url, rastrigin, task_events, test_config, Tenant,
-    PASSWORD,
+    client_for, rastrigin, start_server as start, task_events, tenant_with_frontends, Tenant,
 };
 use serde_json::{json, Value};
-use sqlx::PgPool;
 use universal_backend::config::Config;
-use universal_backend::Application;
 
-struct App {
-    base: String,
-    state: actix_web::web::Data<universal_backend::state::AppState>,
-    pool: PgPool,
-    database_url: String,
-    handle: actix_web::dev::ServerHandle,
-    anonymous: reqwest::Client,
-}
+type App = common::Server;
 
 impl App {
     fn owner(&self) -> String {
@@ -32,62 +22,8 @@ impl App {
     }
 }
 
-/// Starts a server; `url` is an existing database or `None` for a fresh one.
-async fn start(url: Option<String>, tune: impl FnOnce(&mut Config)) -> App {
-    universal_backend::telemetry::init_tracing("warn");
-    let url = url.unwrap_or_else(fresh_database_url);
-    let mut config = test_config(url.clone());
-    tune(&mut config);
-    let app = Application::build(config)
-        .await
-        .expect("application starts");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let pool = app.state().pool.clone();
-    let state = app.state();
-    let handle = app.handle();
-    actix_web::rt::spawn(app.run_until_stopped());
-    App {
-        base,
-        state,
-        pool,
-        database_url: url,
-        handle,
-        anonymous: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-    }
-}
-
-/// A tenant whose organization has Quantum enabled, logged in again so that its token
-/// carries it.
 async fn quantum_tenant(app: &App, name: &str) -> Tenant {
-    let t = create_tenant(&app.anonymous, &app.base, name).await;
-    let res = app
-        .anonymous
-        .put(format!(
-            "{}/api/v1/organizations/{}/frontends",
-            app.base, t.organization_id
-        ))
-        .bearer_auth(&t.access_token)
-        .json(&json!({ "frontend": "quantum", "enabled": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "enable quantum");
-    let res = app
-        .anonymous
-        .post(format!("{}/api/v1/auth/login", app.base))
-        .json(&json!({ "email": t.email, "password": PASSWORD, "organization_id": t.organization_id }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let login: Value = res.json().await.unwrap();
-    Tenant {
-        access_token: login["access_token"].as_str().unwrap().to_owned(),
-        ..t
-    }
+    tenant_with_frontends(app, name, &["quantum"]).await
 }
 
 /// Talks to one server as one tenant from Quantum.

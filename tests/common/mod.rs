@@ -408,3 +408,76 @@ pub async fn task_events(pool: &sqlx::PgPool) -> Vec<(String, String, serde_json
     .await
     .unwrap()
 }
+
+/// A server on a database of its own or a shared one, without a tenant: the tests of work
+/// spread over processes start several on one database.
+pub struct Server {
+    pub base: String,
+    pub state: actix_web::web::Data<universal_backend::state::AppState>,
+    pub pool: PgPool,
+    pub database_url: String,
+    pub handle: actix_web::dev::ServerHandle,
+    pub anonymous: reqwest::Client,
+}
+
+/// Starts a server; `url` is an existing database or `None` for a fresh one.
+pub async fn start_server(url: Option<String>, tune: impl FnOnce(&mut Config)) -> Server {
+    universal_backend::telemetry::init_tracing("warn");
+    let url = url.unwrap_or_else(fresh_database_url);
+    let mut config = test_config(url.clone());
+    tune(&mut config);
+    let app = Application::build(config)
+        .await
+        .expect("application starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let pool = app.state().pool.clone();
+    let state = app.state();
+    let handle = app.handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    Server {
+        base,
+        state,
+        pool,
+        database_url: url,
+        handle,
+        anonymous: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    }
+}
+
+/// A new tenant of `server` whose organization has `frontends` enabled, logged in again so
+/// that its token carries them.
+pub async fn tenant_with_frontends(server: &Server, name: &str, frontends: &[&str]) -> Tenant {
+    let t = create_tenant(&server.anonymous, &server.base, name).await;
+    for frontend in frontends {
+        let res = server
+            .anonymous
+            .put(format!(
+                "{}/api/v1/organizations/{}/frontends",
+                server.base, t.organization_id
+            ))
+            .bearer_auth(&t.access_token)
+            .json(&serde_json::json!({ "frontend": frontend, "enabled": true }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "enable {frontend}");
+    }
+    let res = server
+        .anonymous
+        .post(format!("{}/api/v1/auth/login", server.base))
+        .json(&serde_json::json!({
+            "email": t.email, "password": PASSWORD, "organization_id": t.organization_id
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let login: serde_json::Value = res.json().await.unwrap();
+    Tenant {
+        access_token: login["access_token"].as_str().unwrap().to_owned(),
+        ..t
+    }
+}
