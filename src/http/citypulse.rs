@@ -39,17 +39,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .guard(enabled)
             .route("/buildings", web::post().to(create_building))
             .route("/buildings", web::get().to(list_buildings))
-            .route("/buildings/{id}", web::get().to(get_building))
-            .route("/buildings/{id}/sensors", web::post().to(add_sensor))
-            .route("/buildings/{id}/sensors", web::get().to(list_sensors))
-            .route(
-                "/buildings/{id}/sensors/{sensor_id}",
-                web::delete().to(decommission_sensor),
-            )
-            .route("/buildings/{id}/readings", web::post().to(post_readings))
-            .route("/buildings/{id}/thresholds", web::put().to(set_threshold))
-            .route("/buildings/{id}/energy", web::get().to(energy))
-            .route("/buildings/{id}/alerts", web::get().to(alerts)),
+            // One pattern match for a building's routes, then plain comparisons.
+            .service(
+                web::scope("/buildings/{id}")
+                    .route("", web::get().to(get_building))
+                    .route("/readings", web::post().to(post_readings))
+                    .route("/sensors", web::post().to(add_sensor))
+                    .route("/sensors", web::get().to(list_sensors))
+                    .route(
+                        "/sensors/{sensor_id}",
+                        web::delete().to(decommission_sensor),
+                    )
+                    .route("/thresholds", web::put().to(set_threshold))
+                    .route("/energy", web::get().to(energy))
+                    .route("/alerts", web::get().to(alerts)),
+            ),
     )
     // With CITYPULSE_ENABLED=false the guard above fails and requests land here.
     .service(web::scope("/citypulse").default_service(web::to(|| async {

@@ -31,18 +31,21 @@ const READ_MODEL: &str = "documents";
 
 /// The document routes (`/api/v1/documents/...`).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/documents/{id}", web::get().to(get_document))
-        .route("/documents/{id}/versions", web::get().to(list_versions))
-        .route("/documents/{id}/restore", web::post().to(restore))
-        .route("/documents/{id}/grants", web::post().to(grant))
-        .route("/documents/{id}/grants/{user_id}", web::delete().to(revoke));
+    cfg.service(
+        web::scope("/documents")
+            .route("/{id}", web::get().to(get_document))
+            .route("/{id}/versions", web::get().to(list_versions))
+            .route("/{id}/restore", web::post().to(restore))
+            .route("/{id}/grants", web::post().to(grant))
+            .route("/{id}/grants/{user_id}", web::delete().to(revoke)),
+    );
 }
 
-/// A project's documents (`/projects/{id}/documents`), also served under `/api/projects`
-/// with the other project routes.
+/// A project's documents (`/projects/{id}/documents`), inside the `/projects` scope of
+/// [`super::fluxstudio`], which is also served under `/api/projects`.
 pub fn configure_projects(cfg: &mut web::ServiceConfig) {
-    cfg.route("/projects/{id}/documents", web::post().to(create_document))
-        .route("/projects/{id}/documents", web::get().to(list_documents));
+    cfg.route("/{id}/documents", web::post().to(create_document))
+        .route("/{id}/documents", web::get().to(list_documents));
 }
 
 fn document_error(e: DocumentError) -> ApiError {

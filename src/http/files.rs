@@ -35,33 +35,38 @@ const MAX_FIELD: usize = 1024;
 const FORM_OVERHEAD: u64 = 64 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/files", web::post().to(upload_file))
-        .route("/files", web::get().to(list_files))
-        .route("/files/{id}", web::get().to(get_file))
-        .route("/files/{id}", web::patch().to(update_file))
-        .route("/files/{id}", web::delete().to(delete_file))
-        .route("/files/{id}/versions", web::get().to(list_versions))
-        .route(
-            "/files/{id}/versions/{version}/restore",
-            web::post().to(restore_version),
-        )
-        .route("/files/{id}/content", web::get().to(download))
-        .route("/files/{id}/permissions", web::get().to(list_permissions))
-        .route("/files/{id}/permissions", web::post().to(grant))
-        .route(
-            "/files/{id}/permissions/{grantee_id}",
-            web::delete().to(revoke),
-        )
-        .route("/files/{id}/links", web::post().to(create_link))
-        .route("/files/{id}/links/{link_id}", web::delete().to(revoke_link))
-        .route("/projects/{id}/files", web::post().to(upload_project_file))
-        .route("/projects/{id}/files", web::get().to(list_project_files))
-        .configure(crate::files::tus::configure);
+    cfg.service(
+        web::scope("/files")
+            .route("", web::post().to(upload_file))
+            .route("", web::get().to(list_files))
+            .route("/{id}", web::get().to(get_file))
+            .route("/{id}", web::patch().to(update_file))
+            .route("/{id}", web::delete().to(delete_file))
+            .route("/{id}/versions", web::get().to(list_versions))
+            .route(
+                "/{id}/versions/{version}/restore",
+                web::post().to(restore_version),
+            )
+            .route("/{id}/content", web::get().to(download))
+            .route("/{id}/permissions", web::get().to(list_permissions))
+            .route("/{id}/permissions", web::post().to(grant))
+            .route("/{id}/permissions/{grantee_id}", web::delete().to(revoke))
+            .route("/{id}/links", web::post().to(create_link))
+            .route("/{id}/links/{link_id}", web::delete().to(revoke_link)),
+    )
+    .configure(crate::files::tus::configure);
+}
+
+/// A project's files (`/projects/{id}/files`), inside the `/projects` scope of
+/// [`super::fluxstudio`].
+pub fn configure_projects(cfg: &mut web::ServiceConfig) {
+    cfg.route("/{id}/files", web::post().to(upload_project_file))
+        .route("/{id}/files", web::get().to(list_project_files));
 }
 
 /// The share-link route, outside `/api` (no account, no frontend).
 pub fn configure_links(cfg: &mut web::ServiceConfig) {
-    cfg.route("/s/{token}", web::get().to(shared));
+    cfg.service(web::scope("/s").route("/{token}", web::get().to(shared)));
 }
 
 fn reader(who: &Principal, req: &HttpRequest) -> Result<Uuid, ApiError> {

@@ -32,39 +32,46 @@ use crate::state::AppState;
 const READ_MODEL: &str = "fluxstudio";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/teams", web::post().to(create_team))
-        .route("/teams", web::get().to(list_teams))
-        .route("/teams/{id}", web::get().to(get_team))
-        .route("/teams/{id}", web::patch().to(update_team))
-        .route("/teams/{id}/members", web::post().to(add_team_member))
-        .route(
-            "/teams/{id}/members/{user_id}",
-            web::put().to(change_team_role),
-        )
-        .route(
-            "/teams/{id}/members/{user_id}",
-            web::delete().to(remove_team_member),
-        )
-        .route("/teams/{id}/archive", web::post().to(archive_team))
-        .route("/projects", web::post().to(create_project))
-        .route("/projects", web::get().to(list_projects))
-        .route("/projects/{id}", web::get().to(get_project))
-        .route("/projects/{id}", web::patch().to(update_project))
-        .route("/projects/{id}/status", web::put().to(set_project_status))
-        .route("/projects/{id}/members", web::post().to(add_project_member))
-        .route(
-            "/projects/{id}/members/{user_id}",
-            web::delete().to(remove_project_member),
-        )
-        .route("/projects/{id}/milestones", web::post().to(add_milestone))
-        .route(
-            "/projects/{id}/milestones/{milestone_id}",
-            web::delete().to(remove_milestone),
-        )
-        .route(
-            "/projects/{id}/milestones/{milestone_id}/complete",
-            web::post().to(complete_milestone),
-        );
+    cfg.service(
+        web::scope("/teams")
+            .route("", web::post().to(create_team))
+            .route("", web::get().to(list_teams))
+            .route("/{id}", web::get().to(get_team))
+            .route("/{id}", web::patch().to(update_team))
+            .route("/{id}/members", web::post().to(add_team_member))
+            .route("/{id}/members/{user_id}", web::put().to(change_team_role))
+            .route(
+                "/{id}/members/{user_id}",
+                web::delete().to(remove_team_member),
+            )
+            .route("/{id}/archive", web::post().to(archive_team)),
+    )
+    // Every `/projects` route lives in this one scope (a request is matched against the
+    // routes of the first scope whose prefix fits), documents and files included.
+    .service(
+        web::scope("/projects")
+            .route("", web::post().to(create_project))
+            .route("", web::get().to(list_projects))
+            .route("/{id}", web::get().to(get_project))
+            .route("/{id}", web::patch().to(update_project))
+            .route("/{id}/status", web::put().to(set_project_status))
+            .route("/{id}/members", web::post().to(add_project_member))
+            .route(
+                "/{id}/members/{user_id}",
+                web::delete().to(remove_project_member),
+            )
+            .route("/{id}/milestones", web::post().to(add_milestone))
+            .route(
+                "/{id}/milestones/{milestone_id}",
+                web::delete().to(remove_milestone),
+            )
+            .route(
+                "/{id}/milestones/{milestone_id}/complete",
+                web::post().to(complete_milestone),
+            )
+            .configure(super::documents::configure_projects)
+            .configure(super::files::configure_projects),
+    );
 }
 
 /// The frontend these routes belong to.

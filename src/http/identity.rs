@@ -49,22 +49,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/users/me", web::get().to(me))
     .route("/users/me", web::delete().to(deactivate_me))
     .route("/users/me/password", web::put().to(change_password))
-    .route("/organizations", web::post().to(create_org))
-    .route("/organizations", web::get().to(list_orgs))
-    .route("/organizations/{id}", web::get().to(get_org))
-    .route("/organizations/{id}", web::patch().to(rename_org))
-    .route("/organizations/{id}", web::put().to(update_org))
-    .route("/organizations/{id}/members", web::get().to(list_members))
-    .route("/organizations/{id}/members", web::post().to(set_member))
-    .route(
-        "/organizations/{id}/members/{user_id}",
-        web::delete().to(remove_member),
-    )
-    .route(
-        "/organizations/{id}/frontends",
-        web::get().to(get_frontends),
-    )
-    .route("/organizations/{id}/frontends", web::put().to(set_frontend));
+    .service(
+        web::scope("/organizations")
+            .route("", web::post().to(create_org))
+            .route("", web::get().to(list_orgs))
+            .route("/{id}", web::get().to(get_org))
+            .route("/{id}", web::patch().to(rename_org))
+            .route("/{id}", web::put().to(update_org))
+            .route("/{id}/members", web::get().to(list_members))
+            .route("/{id}/members", web::post().to(set_member))
+            .route("/{id}/members/{user_id}", web::delete().to(remove_member))
+            .route("/{id}/frontends", web::get().to(get_frontends))
+            .route("/{id}/frontends", web::put().to(set_frontend)),
+    );
 }
 
 pub fn email_stream(email_lower: &str) -> String {

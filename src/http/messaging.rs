@@ -33,32 +33,32 @@ const READ_MODEL: &str = "messaging";
 
 /// Routes mounted under `/api/v1` and `/api`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/channels", web::post().to(create_channel))
-        .route("/channels", web::get().to(list_channels))
-        .route("/channels/direct", web::post().to(open_direct))
-        .route("/channels/{id}", web::get().to(get_channel))
-        .route("/channels/{id}", web::patch().to(update_channel))
-        .route("/channels/{id}/archive", web::post().to(archive_channel))
-        .route("/channels/{id}/members", web::post().to(add_member))
-        .route(
-            "/channels/{id}/members/{user_id}",
-            web::delete().to(remove_member),
-        )
-        .route("/channels/{id}/messages", web::post().to(post_in_channel))
-        .route("/channels/{id}/messages", web::get().to(list_in_channel))
-        .route("/channels/{id}/read", web::post().to(mark_read))
-        .route("/messages", web::post().to(post_message_route))
-        .route("/messages", web::get().to(list_messages_route))
-        .route("/messages/{mid}", web::patch().to(edit_message_route))
-        .route("/messages/{mid}", web::delete().to(delete_message_route))
-        .route(
-            "/messages/{mid}/reactions/{emoji}",
-            web::put().to(add_reaction),
-        )
-        .route(
-            "/messages/{mid}/reactions/{emoji}",
-            web::delete().to(remove_reaction),
-        );
+    cfg.service(
+        web::scope("/channels")
+            .route("", web::post().to(create_channel))
+            .route("", web::get().to(list_channels))
+            .route("/direct", web::post().to(open_direct))
+            .route("/{id}", web::get().to(get_channel))
+            .route("/{id}", web::patch().to(update_channel))
+            .route("/{id}/archive", web::post().to(archive_channel))
+            .route("/{id}/members", web::post().to(add_member))
+            .route("/{id}/members/{user_id}", web::delete().to(remove_member))
+            .route("/{id}/messages", web::post().to(post_in_channel))
+            .route("/{id}/messages", web::get().to(list_in_channel))
+            .route("/{id}/read", web::post().to(mark_read)),
+    )
+    .service(
+        web::scope("/messages")
+            .route("", web::post().to(post_message_route))
+            .route("", web::get().to(list_messages_route))
+            .route("/{mid}", web::patch().to(edit_message_route))
+            .route("/{mid}", web::delete().to(delete_message_route))
+            .route("/{mid}/reactions/{emoji}", web::put().to(add_reaction))
+            .route(
+                "/{mid}/reactions/{emoji}",
+                web::delete().to(remove_reaction),
+            ),
+    );
 }
 
 /// Notification routes, for every frontend.

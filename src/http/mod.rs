@@ -64,10 +64,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
             web::post().to(crate::gateways::socketio::post),
         )
         .configure(crate::gateways::pusher::socket::configure)
-        .route(
-            "/collab/{document}",
+        .service(web::scope("/collab").route(
+            "/{document}",
             web::get().to(crate::gateways::collab::connect),
-        )
+        ))
         .service(
             web::scope("/api/v1")
                 .route("/info", web::get().to(ops::info))
@@ -75,12 +75,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .route("/docs", web::get().to(openapi::docs))
                 .configure(identity::configure)
                 .route("/ws", web::get().to(crate::gateways::ws::connect))
-                .route(
-                    "/collab/{document}",
+                .service(web::scope("/collab").route(
+                    "/{document}",
                     web::get().to(crate::gateways::collab::connect),
-                )
+                ))
                 .configure(documents::configure)
-                .configure(documents::configure_projects)
                 .configure(citypulse::configure)
                 .configure(ai::configure)
                 .configure(messaging::configure)
@@ -109,7 +108,6 @@ pub fn configure(cfg: &mut ServiceConfig) {
 fn aliases(cfg: &mut ServiceConfig) {
     cfg.configure(identity::configure)
         .configure(fluxstudio::configure)
-        .configure(documents::configure_projects)
         .configure(messaging::configure)
         .configure(files::configure);
 }

@@ -63,15 +63,18 @@ const HUB_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Registers the Pusher routes (outside `/api/v1`: the paths are the protocol's).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/app/{key}", web::get().to(connect))
+    // Static prefixes first, so that other requests skip these patterns cheaply.
+    cfg.service(web::scope("/app").route("/{key}", web::get().to(connect)))
         .route("/pusher/auth", web::post().to(auth))
-        .route("/apps/{app_id}/events", web::post().to(events))
-        .route("/apps/{app_id}/batch_events", web::post().to(batch_events))
-        .route("/apps/{app_id}/channels", web::get().to(channels))
-        .route("/apps/{app_id}/channels/{channel}", web::get().to(channel))
-        .route(
-            "/apps/{app_id}/channels/{channel}/users",
-            web::get().to(channel_users),
+        .service(
+            web::scope("/apps").service(
+                web::scope("/{app_id}")
+                    .route("/events", web::post().to(events))
+                    .route("/batch_events", web::post().to(batch_events))
+                    .route("/channels", web::get().to(channels))
+                    .route("/channels/{channel}", web::get().to(channel))
+                    .route("/channels/{channel}/users", web::get().to(channel_users)),
+            ),
         );
 }
 
