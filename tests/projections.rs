@@ -18,7 +18,7 @@ use universal_backend::projections::{
     Progress, Projection, ProjectionRunner, RunnerConfig, WaitError,
 };
 use universal_backend::store::{
-    EventStore, ExpectedVersion, NewEvent, PgEventStore, PgStoreConfig, RecordedEvent,
+    EventStore, ExpectedVersion, NewEvent, PgEventStore, PgStoreConfig, RawEvent,
 };
 
 /// Wraps a projection; after `after` batches it applies one more and then hangs inside the
@@ -41,7 +41,7 @@ impl Projection for StallAfter {
     fn tables(&self) -> &'static [&'static str] {
         self.inner.tables()
     }
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         self.inner.apply(conn, events).await?;
         if self.batches.fetch_add(1, Ordering::SeqCst) == self.after {
             self.stalled.notify_one();

@@ -1094,8 +1094,7 @@ async fn catch_up(config: &Config, args: &Args, keep: bool) -> anyhow::Result<()
         if !args.projections.is_empty() && !args.projections.iter().any(|n| n == p.name()) {
             continue;
         }
-        let report =
-            runner::rebuild(&pool, store.as_ref(), p.as_ref(), args.catch_up_page).await?;
+        let report = runner::rebuild(&pool, store.as_ref(), p.as_ref(), args.catch_up_page).await?;
         let secs = report.elapsed.as_secs_f64();
         println!(
             "catch-up {}: {} events in {:.2}s = {:.0} events/s",

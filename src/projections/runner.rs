@@ -42,7 +42,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
 use super::parked::{self, Parked};
-use crate::store::{EventStore, Filter, RecordedEvent, StoreError};
+use crate::store::{EventStore, Filter, RawEvent, StoreError};
 
 /// A read model fed from the event log.
 #[async_trait]
@@ -61,7 +61,7 @@ pub trait Projection: Send + Sync + 'static {
     /// end up elsewhere than a run that never batched. In particular an error that only a
     /// single event would hit (an overflowing sum, say) must not be masked by folding the
     /// batch first.
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()>;
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()>;
 }
 
 /// Settings of a runner.
@@ -401,7 +401,7 @@ impl ProjectionRunner {
         if from <= 0 || head <= from {
             return false;
         }
-        match self.store.read_all(from, Some(head), filter, 1).await {
+        match self.store.read_all_raw(from, Some(head), filter, 1).await {
             Ok(events) if events.is_empty() => {
                 self.progress.send_replace(head);
                 true
@@ -502,7 +502,7 @@ pub(crate) struct Page {
     from: i64,
     /// Where the checkpoint goes once the page is applied.
     pub(crate) to: i64,
-    pub(crate) events: Vec<RecordedEvent>,
+    pub(crate) events: Vec<RawEvent>,
     /// An event whose payload could not be read, to be parked; then `events` is empty and
     /// `to` is its position.
     pub(crate) unreadable: Option<Parked>,
@@ -529,12 +529,12 @@ async fn read_windows(
     batch_size: i64,
 ) -> Result<Page, StoreError> {
     let batch_size = batch_size.max(1);
-    let mut events: Vec<RecordedEvent> = Vec::new();
+    let mut events: Vec<RawEvent> = Vec::new();
     let (mut lo, mut window) = (from, batch_size);
     let to = loop {
         let hi = head.min(lo.saturating_add(window));
         let want = batch_size - events.len() as i64;
-        let got = match store.read_all(lo, Some(hi), filter, want).await {
+        let got = match store.read_all_raw(lo, Some(hi), filter, want).await {
             Ok(got) => got,
             Err(e) if lo == from => return Err(e),
             // The events before the window make a page; the next read meets the error.
@@ -583,7 +583,7 @@ pub(crate) async fn read_page(
     let mut first_failure = failure;
     while bad - good > 1 {
         let mid = good + (bad - good) / 2;
-        match store.read_all(from, Some(head), filter, mid).await {
+        match store.read_all_raw(from, Some(head), filter, mid).await {
             Ok(events) => {
                 good = mid;
                 prefix = events;
@@ -704,7 +704,7 @@ pub fn is_transient(error: &anyhow::Error) -> bool {
 pub(crate) async fn apply_guarded(
     conn: &mut PgConnection,
     projection: &dyn Projection,
-    events: &[RecordedEvent],
+    events: &[RawEvent],
 ) -> anyhow::Result<Option<anyhow::Error>> {
     let mut savepoint = conn.begin().await?;
     let applied = AssertUnwindSafe(projection.apply(&mut savepoint, events))
@@ -739,7 +739,7 @@ pub(crate) async fn apply_guarded(
 pub(crate) async fn apply_or_park(
     conn: &mut PgConnection,
     projection: &dyn Projection,
-    events: &[RecordedEvent],
+    events: &[RawEvent],
 ) -> anyhow::Result<Vec<Parked>> {
     let name = projection.name();
     let Some(batch_error) = (match events {
