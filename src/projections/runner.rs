@@ -541,7 +541,11 @@ async fn read_windows(
             Err(_) => break lo,
         };
         let full = got.len() as i64 >= want;
-        events.extend(got);
+        if events.is_empty() {
+            events = got;
+        } else {
+            events.extend(got);
+        }
         if full {
             break events.last().map_or(hi, |e| e.position);
         }
@@ -549,7 +553,9 @@ async fn read_windows(
         if hi >= head || events.len() as i64 * 2 >= batch_size {
             break hi;
         }
-        window = window.saturating_mul(2).min(batch_size * MAX_WINDOW_PAGES);
+        window = window
+            .saturating_mul(2)
+            .min(batch_size.saturating_mul(MAX_WINDOW_PAGES));
     };
     Ok(Page {
         from,
