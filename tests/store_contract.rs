@@ -505,3 +505,86 @@ async fn a_gated_subscription_skips_what_its_gate_turns_away_through_catch_up_an
         (b.as_str(), "LetIn")
     );
 }
+
+/// Waits (bounded) until `store`'s head watch reaches `position`.
+async fn head_reaches(store: &PgEventStore, position: i64) {
+    let mut head = store.head_watch();
+    tokio::time::timeout(Duration::from_secs(10), head.wait_for(|h| *h >= position))
+        .await
+        .expect("the head arrives within 10 s")
+        .expect("the store is running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_knows_which_types_recent_commits_held_and_a_gap_is_unknown() {
+    let stores = stores(2).await;
+    let (a, b) = (&stores[0], &stores[1]);
+    let wanted = |t: &str| vec![t.to_owned()];
+
+    // A commit of the other process is described to this one through the database.
+    let first = b
+        .append("kind-1", ExpectedVersion::Any, vec![event("Counted", 1)])
+        .await
+        .unwrap()
+        .position;
+    let second = b
+        .append("kind-2", ExpectedVersion::Any, vec![event("Renamed", 2)])
+        .await
+        .unwrap()
+        .position;
+    head_reaches(a, second).await;
+    for store in [a, b] {
+        assert!(store.none_of(0, second, &wanted("Other")));
+        assert!(!store.none_of(0, second, &wanted("Renamed")));
+        assert!(store.none_of(0, first, &wanted("Renamed")));
+        assert!(
+            !store.none_of(0, second + 1, &wanted("Other")),
+            "past the head is unknown"
+        );
+    }
+
+    // A write that bypasses the writers (as an import does) is announced by its head only:
+    // what it holds stays unknown, and so does every range across it.
+    let pool = b.pool();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT last_position FROM event_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let imported = second + 1;
+    sqlx::query(
+        "INSERT INTO events (global_position, stream_id, stream_category, version, event_id, \
+         event_type, schema_version, data) VALUES ($1, 'kind-3', 'kind', 1, $2, 'Imported', 1, '{}')",
+    )
+    .bind(imported)
+    .bind(Uuid::new_v4())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE event_head SET last_position = $1 WHERE id = 1")
+        .bind(imported)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_notify('ub_events', $1)")
+        .bind(imported.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    head_reaches(a, imported).await;
+    let after = a
+        .append("kind-4", ExpectedVersion::Any, vec![event("Counted", 4)])
+        .await
+        .unwrap()
+        .position;
+    head_reaches(b, after).await;
+    for store in [a, b] {
+        assert!(
+            !store.none_of(0, after, &wanted("Other")),
+            "the import is a gap"
+        );
+        assert!(store.none_of(imported, after, &wanted("Other")));
+        assert!(!store.none_of(imported, after, &wanted("Counted")));
+    }
+}

@@ -401,6 +401,14 @@ impl ProjectionRunner {
         if from <= 0 || head <= from {
             return false;
         }
+        // Usually the commits of this or another process that brought the head here are
+        // known to hold none of the projection's types: then not even the query is needed.
+        if let Some(types) = filter.event_types.as_deref() {
+            if self.store.none_of(from, head, types) {
+                self.progress.send_replace(head);
+                return true;
+            }
+        }
         match self.store.read_all_raw(from, Some(head), filter, 1).await {
             Ok(events) if events.is_empty() => {
                 self.progress.send_replace(head);

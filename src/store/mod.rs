@@ -6,6 +6,7 @@
 //! position in the `$all` log that is gapless and in commit order, so a reader that remembers
 //! the last position it saw never skips an event.
 
+pub mod commits;
 pub mod postgres;
 pub mod subscription;
 
@@ -347,6 +348,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// A watch of the committed head position, woken by local commits and by other processes.
     fn head_watch(&self) -> watch::Receiver<i64>;
+
+    /// Whether it is known, without reading the log, that positions `(from, to]` hold no
+    /// event of `types` (see [`commits`]). `false` means "holds one, or unknown".
+    fn none_of(&self, _from: i64, _to: i64, _types: &[String]) -> bool {
+        false
+    }
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError>;
 

@@ -40,6 +40,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use super::commits::{self, RecentCommits};
 use super::{
     category_of, AppendError, AppendResult, Direction, EventStore, ExpectedVersion, Filter,
     NewEvent, RawEvent, RecordedEvent, Snapshot, StoreError,
@@ -123,6 +124,7 @@ pub struct PgEventStore {
     tx: mpsc::Sender<WriterMsg>,
     closed: AtomicBool,
     head: watch::Receiver<i64>,
+    commits: Arc<RecentCommits>,
 }
 
 impl PgEventStore {
@@ -138,10 +140,12 @@ impl PgEventStore {
         // and must not queue behind HTTP handlers or projections.
         let writer_pool = pool.clone();
         let weak_head = Arc::downgrade(&head_tx);
+        let commits = Arc::new(RecentCommits::default());
+        let (writer_commits, listener_commits) = (commits.clone(), commits.clone());
         crate::rt::spawn_thread("ub-store-writer", move || async move {
             tokio::select! {
-                _ = writer_loop(writer_pool.clone(), rx, config, head_tx) => {}
-                _ = listen_loop(writer_pool, weak_head) => {}
+                _ = writer_loop(writer_pool.clone(), rx, config, head_tx, writer_commits) => {}
+                _ = listen_loop(writer_pool, weak_head, listener_commits) => {}
             }
         })
         .detach();
@@ -150,6 +154,7 @@ impl PgEventStore {
             tx,
             closed: AtomicBool::new(false),
             head: head_rx,
+            commits,
         }))
     }
 
@@ -169,8 +174,13 @@ fn advance(head: &watch::Sender<i64>, position: i64) {
     });
 }
 
-/// Follows NOTIFYs from every process writing to this database. Ends when the store is gone.
-async fn listen_loop(pool: PgPool, head: std::sync::Weak<watch::Sender<i64>>) {
+/// Follows NOTIFYs from every process writing to this database (heads, and what their
+/// commits held). Ends when the store is gone.
+async fn listen_loop(
+    pool: PgPool,
+    head: std::sync::Weak<watch::Sender<i64>>,
+    commits: Arc<RecentCommits>,
+) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -183,7 +193,10 @@ async fn listen_loop(pool: PgPool, head: std::sync::Weak<watch::Sender<i64>>) {
                 continue;
             }
         };
-        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+        if let Err(e) = listener
+            .listen_all([commits::CHANNEL, NOTIFY_CHANNEL])
+            .await
+        {
             tracing::warn!(error = %e, "LISTEN failed; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -201,6 +214,7 @@ async fn listen_loop(pool: PgPool, head: std::sync::Weak<watch::Sender<i64>>) {
         loop {
             // Wake up now and then to notice that the store was dropped.
             match tokio::time::timeout(Duration::from_secs(5), listener.recv()).await {
+                Ok(Ok(n)) if n.channel() == commits::CHANNEL => commits.record_payload(n.payload()),
                 Ok(Ok(n)) => {
                     let Some(h) = head.upgrade() else { return };
                     if let Ok(p) = n.payload().parse::<i64>() {
@@ -226,6 +240,7 @@ async fn writer_loop(
     mut rx: mpsc::Receiver<WriterMsg>,
     config: PgStoreConfig,
     head: Arc<watch::Sender<i64>>,
+    commits: Arc<RecentCommits>,
 ) {
     let mut flushes = Vec::new();
     let mut conn: Option<PgConnection> = None;
@@ -260,7 +275,7 @@ async fn writer_loop(
         if !batch.is_empty() {
             metrics::histogram!("ub_append_batch_events").record(events as f64);
             metrics::histogram!("ub_append_batch_appends").record(batch.len() as f64);
-            commit_batch(&pool, &mut conn, &mut cache, batch, &head).await;
+            commit_batch(&pool, &mut conn, &mut cache, batch, &head, &commits).await;
         }
         for ack in flushes.drain(..) {
             let _ = ack.send(());
@@ -337,6 +352,7 @@ async fn commit_batch(
     cache: &mut WriterCache,
     batch: Vec<AppendRequest>,
     head: &watch::Sender<i64>,
+    commits: &RecentCommits,
 ) {
     let mut outcome = Err(BatchError::Duplicate);
     // First optimistically, trusting the cache and the unique index on event ids; if that
@@ -354,13 +370,15 @@ async fn commit_batch(
             }
         }
         let c = conn.as_mut().expect("connected above");
-        outcome =
-            match tokio::time::timeout(BATCH_TIMEOUT, write_batch(c, cache, &batch, verify_ids))
-                .await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => Err(BatchError::TimedOut),
-            };
+        outcome = match tokio::time::timeout(
+            BATCH_TIMEOUT,
+            write_batch(c, cache, &batch, verify_ids, commits),
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => Err(BatchError::TimedOut),
+        };
         match &outcome {
             Ok(_) => break,
             Err(BatchError::Duplicate) => {
@@ -394,7 +412,7 @@ async fn commit_batch(
             cache.invalidate();
             tracing::warn!(error = %e, appends = batch.len(), "append batch refused; splitting it");
             for req in batch {
-                Box::pin(commit_batch(pool, conn, cache, vec![req], head)).await;
+                Box::pin(commit_batch(pool, conn, cache, vec![req], head, commits)).await;
             }
         }
         Err(e) => {
@@ -457,6 +475,7 @@ async fn write_batch(
     cache: &mut WriterCache,
     batch: &[AppendRequest],
     verify_ids: bool,
+    commits: &RecentCommits,
 ) -> Result<(Vec<Outcome>, Option<i64>), BatchError> {
     let locked =
         sqlx::raw_sql("BEGIN; SELECT last_position FROM event_head WHERE id = 1 FOR UPDATE")
@@ -471,6 +490,7 @@ async fn write_batch(
     }
     // From here until the commit succeeds the cache may run ahead of the database.
     cache.head = -1;
+    let start = head;
 
     let mut missing: Vec<String> = batch
         .iter()
@@ -557,14 +577,25 @@ async fn write_batch(
     .bind(&rows.metadata)
     .execute(&mut *conn)
     .await?;
-    // `head` is an integer we computed, so formatting it into the statement is safe; the
-    // simple-query protocol lets the update, the NOTIFY and the COMMIT share a round trip.
+    let mut types = rows.types.clone();
+    types.sort_unstable();
+    types.dedup();
+    // What the commit held, for the other processes: announced before the head, so that
+    // their listeners know it by the time the head wakes their readers.
+    let described = RecentCommits::payload(start, head, types.iter().copied())
+        .map(|p| format!("SELECT pg_notify('{}', '{p}'); ", commits::CHANNEL))
+        .unwrap_or_default();
+    // `head` is an integer we computed and the description holds only digits, spaces and
+    // the characters of type names (checked), so formatting them into the statement is
+    // safe; the simple-query protocol lets the update, the NOTIFYs and the COMMIT share a
+    // round trip.
     sqlx::raw_sql(&format!(
-        "UPDATE event_head SET last_position = {head} WHERE id = 1; \
+        "UPDATE event_head SET last_position = {head} WHERE id = 1; {described}\
          SELECT pg_notify('{NOTIFY_CHANNEL}', '{head}'); COMMIT"
     ))
     .execute(&mut *conn)
     .await?;
+    commits.record(start, head, types);
     cache.head = head;
     Ok((outcomes, Some(head)))
 }
@@ -783,6 +814,10 @@ impl EventStore for PgEventStore {
 
     fn head_watch(&self) -> watch::Receiver<i64> {
         self.head.clone()
+    }
+
+    fn none_of(&self, from: i64, to: i64, types: &[String]) -> bool {
+        self.commits.none_of(from, to, types)
     }
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
