@@ -15,7 +15,7 @@ use universal_backend::projections::citypulse::{Directory, Energy};
 use universal_backend::projections::parked::{self, ResolveError};
 use universal_backend::projections::runner::{checkpoint, rebuild};
 use universal_backend::projections::{Projection, ProjectionRunner, RunnerConfig};
-use universal_backend::store::{EventStore, PgEventStore, PgStoreConfig, RecordedEvent};
+use universal_backend::store::{EventStore, PgEventStore, PgStoreConfig, RawEvent};
 use uuid::Uuid;
 
 /// The energy projection, with failures the test controls: events at `poisoned` positions
@@ -39,7 +39,7 @@ impl Projection for Controlled {
     fn tables(&self) -> &'static [&'static str] {
         Energy.tables()
     }
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         for e in events {
             if self.poisoned.lock().unwrap().contains(&e.position) {
                 anyhow::bail!("the test poisoned position {}", e.position);

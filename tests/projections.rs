@@ -18,7 +18,7 @@ use universal_backend::projections::{
     Progress, Projection, ProjectionRunner, RunnerConfig, WaitError,
 };
 use universal_backend::store::{
-    EventStore, ExpectedVersion, NewEvent, PgEventStore, PgStoreConfig, RecordedEvent,
+    EventStore, ExpectedVersion, NewEvent, PgEventStore, PgStoreConfig, RawEvent,
 };
 
 /// Wraps a projection; after `after` batches it applies one more and then hangs inside the
@@ -41,7 +41,7 @@ impl Projection for StallAfter {
     fn tables(&self) -> &'static [&'static str] {
         self.inner.tables()
     }
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         self.inner.apply(conn, events).await?;
         if self.batches.fetch_add(1, Ordering::SeqCst) == self.after {
             self.stalled.notify_one();
@@ -357,4 +357,90 @@ async fn a_wait_passes_a_stored_checkpoint_behind_when_nothing_the_projection_re
         matches!(beyond, Err(WaitError::Timeout { .. })),
         "{beyond:?}"
     );
+}
+
+/// Reads `Probed` events and remembers the positions it was given, in order.
+#[derive(Default)]
+struct Probe {
+    seen: std::sync::Mutex<Vec<i64>>,
+}
+
+#[async_trait]
+impl Projection for Probe {
+    fn name(&self) -> &'static str {
+        "window_probe"
+    }
+    fn event_types(&self) -> &'static [&'static str] {
+        &["Probed"]
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+    async fn apply(&self, _: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
+        let mut seen = self.seen.lock().unwrap();
+        for e in events {
+            let data: Value = serde_json::from_str(&e.data)?;
+            anyhow::ensure!(data["n"] == json!(e.position), "payload of {}", e.position);
+            seen.push(e.position);
+        }
+        Ok(())
+    }
+}
+
+#[actix_web::test]
+async fn sparse_and_dense_stretches_of_the_log_are_read_once_each_in_order_in_small_pages() {
+    let (pool, _) = common::fresh_pool().await;
+    let store = PgEventStore::start(pool.clone(), PgStoreConfig::default())
+        .await
+        .unwrap();
+    // 400 events: a dense run, a long stretch where one in 37 is read, a dense run again,
+    // then a tail without any; pages are 4 events, so windows of positions grow and shrink.
+    let mut expected = Vec::new();
+    for position in 1..=400i64 {
+        let read = position <= 20 || (position <= 300 && position % 37 == 0) || {
+            (300..360).contains(&position)
+        };
+        let event_type = if read { "Probed" } else { "Other" };
+        store
+            .append(
+                &format!("probe-{position}"),
+                ExpectedVersion::Any,
+                vec![NewEvent {
+                    event_id: uuid::Uuid::new_v4(),
+                    event_type: event_type.into(),
+                    schema_version: 1,
+                    data: json!({ "n": position }),
+                    metadata: json!({}),
+                }],
+            )
+            .await
+            .unwrap();
+        if read {
+            expected.push(position);
+        }
+    }
+    let probe = Arc::new(Probe::default());
+    let report = rebuild(&pool, store.as_ref(), probe.as_ref(), 4)
+        .await
+        .unwrap();
+    assert_eq!(report.position, 400);
+    assert_eq!(report.events, expected.len() as u64);
+    assert_eq!(*probe.seen.lock().unwrap(), expected);
+
+    // The live runner reads the same, from its own checkpoint.
+    sqlx::query("UPDATE checkpoints SET position = 0 WHERE projection = 'window_probe'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let live = Arc::new(Probe::default());
+    let config = RunnerConfig {
+        batch_size: 4,
+        ..fast()
+    };
+    let task = tokio::spawn(
+        ProjectionRunner::new(pool.clone(), store.clone(), live.clone(), config).run(),
+    );
+    wait_caught_up(&pool, store.as_ref(), "window_probe").await;
+    task.abort();
+    assert_eq!(*live.seen.lock().unwrap(), expected);
 }

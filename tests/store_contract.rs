@@ -296,6 +296,67 @@ async fn streams_read_both_ways_and_the_log_filters_by_category_and_type() {
 }
 
 #[tokio::test]
+async fn the_raw_read_of_the_log_selects_what_the_read_selects_with_the_payload_text() {
+    let stores = stores(1).await;
+    let store = &stores[0];
+    let a = format!("alpha-{}", Uuid::new_v4());
+    let b = format!("beta-{}", Uuid::new_v4());
+    for n in 0..6 {
+        let (stream, kind) = if n % 2 == 0 {
+            (&a, "Ping")
+        } else {
+            (&b, "Pong")
+        };
+        store
+            .append(stream, ExpectedVersion::Any, vec![event(kind, n)])
+            .await
+            .unwrap();
+    }
+    let filters = [
+        Filter::default(),
+        Filter {
+            categories: Some(vec!["beta".into()]),
+            ..Filter::default()
+        },
+        Filter {
+            event_types: Some(vec!["Ping".into()]),
+            ..Filter::default()
+        },
+        Filter {
+            stream: Some(a.clone()),
+            ..Filter::default()
+        },
+    ];
+    for filter in &filters {
+        for (after, up_to, limit) in [(0, None, 100), (1, Some(5), 100), (0, None, 2)] {
+            let read = store.read_all(after, up_to, filter, limit).await.unwrap();
+            let raw = store
+                .read_all_raw(after, up_to, filter, limit)
+                .await
+                .unwrap();
+            assert_eq!(
+                read.len(),
+                raw.len(),
+                "{filter:?} {after} {up_to:?} {limit}"
+            );
+            assert!(!raw.is_empty());
+            for (e, r) in read.iter().zip(&raw) {
+                assert_eq!(
+                    (e.position, &e.stream_id, &e.category, e.version),
+                    (r.position, &r.stream_id, &r.category, r.version)
+                );
+                assert_eq!(
+                    (e.event_id, &e.event_type, e.schema_version),
+                    (r.event_id, &r.event_type, r.schema_version)
+                );
+                let data: serde_json::Value = serde_json::from_str(&r.data).unwrap();
+                assert_eq!(data, e.data);
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_subscription_from_now_only_sees_new_events_and_stops_at_the_filter() {
     let stores = stores(1).await;
     let store: Arc<dyn EventStore> = stores[0].clone();

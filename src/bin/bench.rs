@@ -75,6 +75,9 @@ struct Args {
     /// `--uploads` concurrent uploads, printing MB/s and peak RSS growth.
     /// `visible` posts one reading at a time on an idle server and reads the building with
     /// `min_position`, printing the time from the command to the read model showing it.
+    /// `catchup` only replays the log of a database kept by an earlier run (`--keep`), named
+    /// by `--database`, through the projections (see `--catch-up-page`, `--projections`); the
+    /// database is kept.
     #[arg(long, default_value = "commands")]
     mode: String,
     /// Size of the large file, in MiB (files mode).
@@ -148,9 +151,16 @@ struct Args {
     /// until its standard input closes.
     #[arg(long, hide = true)]
     serve: bool,
-    /// The whole database URL the `--serve` server uses.
-    #[arg(long, hide = true)]
+    /// The whole database URL the `--serve` server uses, or the kept database that
+    /// `--mode catchup` replays.
+    #[arg(long)]
     database: Option<String>,
+    /// Events per page of the catch-up replay.
+    #[arg(long, default_value_t = 5000)]
+    catch_up_page: i64,
+    /// Catch-up replays only these projections (comma-separated names; all by default).
+    #[arg(long, value_delimiter = ',')]
+    projections: Vec<String>,
     /// The port the `--serve` server listens on (0: any free port).
     #[arg(long, hide = true, default_value_t = 0)]
     port: u16,
@@ -923,6 +933,13 @@ async fn main() -> anyhow::Result<()> {
         config.file_store_url = files::store_dir();
         config.file_quota_bytes = u64::MAX;
     }
+    if args.mode == "catchup" {
+        config.database_url = args
+            .database
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--mode catchup needs --database"))?;
+        return catch_up(&config, &args, true).await;
+    }
     if args.serve {
         if let Some(url) = &args.database {
             config.database_url = url.clone();
@@ -1025,7 +1042,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = server.await;
     close_pool(&state.pool).await;
     drop(state);
-    catch_up(&config, args.keep).await
+    catch_up(&config, &args, args.keep).await
 }
 
 /// How far each projection is behind `head`, as `name=events`.
@@ -1067,13 +1084,17 @@ fn print_load(args: &Args, setup_took: Duration, result: &LoadResult, lags: &[St
     }
 }
 
-/// Replays the whole log through each projection and prints the rate; then drops the
-/// benchmark database unless it is to be kept. The server must be stopped.
-async fn catch_up(config: &Config, keep: bool) -> anyhow::Result<()> {
+/// Replays the whole log through each projection (or those of `--projections`) in pages of
+/// `--catch-up-page` events and prints the rate; then drops the benchmark database unless it
+/// is to be kept. The server must be stopped.
+async fn catch_up(config: &Config, args: &Args, keep: bool) -> anyhow::Result<()> {
     let pool = universal_backend::startup::connect_and_migrate(config).await?;
     let store: Arc<dyn EventStore> = PgEventStore::start(pool.clone(), config.store()).await?;
     for p in projections::all() {
-        let report = runner::rebuild(&pool, store.as_ref(), p.as_ref(), 5000).await?;
+        if !args.projections.is_empty() && !args.projections.iter().any(|n| n == p.name()) {
+            continue;
+        }
+        let report = runner::rebuild(&pool, store.as_ref(), p.as_ref(), args.catch_up_page).await?;
         let secs = report.elapsed.as_secs_f64();
         println!(
             "catch-up {}: {} events in {:.2}s = {:.0} events/s",
@@ -1226,7 +1247,7 @@ mod separate {
         let stopped = stop_server(child);
         measured?;
         stopped?;
-        catch_up(&config, args.keep).await
+        catch_up(&config, args, args.keep).await
     }
 }
 

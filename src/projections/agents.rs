@@ -11,11 +11,10 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use universal_events::swarm::{SwarmTaskEvent, TaskConfig, TaskResult, SWARM_TASK_EVENT_TYPES};
-use universal_events::EventFamily;
 use uuid::Uuid;
 
 use super::runner::Projection;
-use crate::store::RecordedEvent;
+use crate::store::RawEvent;
 
 /// The name of this projection (its checkpoint and lock key).
 pub const NAME: &str = "agents";
@@ -37,7 +36,7 @@ impl Projection for Agents {
         &["task_executions", "agent_instances", "agent_metrics"]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         for e in events {
             apply_one(conn, e).await?;
         }
@@ -107,13 +106,14 @@ async fn count(
     Ok(())
 }
 
-async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result<()> {
+async fn apply_one(conn: &mut PgConnection, e: &RawEvent) -> anyhow::Result<()> {
     let id: Uuid = e
         .stream_id
         .strip_prefix("swarm_task-")
         .context("not a swarm task stream")?
         .parse()?;
-    let event = SwarmTaskEvent::decode_ref(&e.event_type, e.schema_version, &e.data)
+    let event = e
+        .decode::<SwarmTaskEvent>()
         .with_context(|| format!("event at position {}", e.position))?;
     use SwarmTaskEvent as E;
     if let E::SwarmTaskCreated(c) = &event {

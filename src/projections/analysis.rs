@@ -8,10 +8,9 @@ use async_trait::async_trait;
 use serde_json::json;
 use sqlx::PgConnection;
 use universal_events::swarm::{InsightSource, SwarmTaskEvent, TaskConfig};
-use universal_events::EventFamily;
 
 use super::runner::Projection;
-use crate::store::RecordedEvent;
+use crate::store::RawEvent;
 
 /// The name of this projection (its checkpoint and lock key).
 pub const NAME: &str = "analyses";
@@ -45,7 +44,7 @@ impl Projection for Analyses {
         &["analyses", "analysis_insights"]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         for e in events {
             apply_one(conn, e).await?;
         }
@@ -53,13 +52,14 @@ impl Projection for Analyses {
     }
 }
 
-async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result<()> {
+async fn apply_one(conn: &mut PgConnection, e: &RawEvent) -> anyhow::Result<()> {
     let id = e
         .stream_id
         .strip_prefix("swarm_task-")
         .context("not a swarm task stream")?;
     let id = uuid::Uuid::parse_str(id)?;
-    let event = SwarmTaskEvent::decode_ref(&e.event_type, e.schema_version, &e.data)
+    let event = e
+        .decode::<SwarmTaskEvent>()
         .with_context(|| format!("event at position {}", e.position))?;
     use SwarmTaskEvent as E;
     match &event {

@@ -18,13 +18,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::PgConnection;
 use universal_events::building::{BuildingEvent, EVENT_TYPES};
-use universal_events::EventFamily;
 use uuid::Uuid;
 
 use super::runner::Projection;
-use crate::store::RecordedEvent;
+use crate::store::RawEvent;
 
-fn building_id(e: &RecordedEvent) -> anyhow::Result<Uuid> {
+fn building_id(e: &RawEvent) -> anyhow::Result<Uuid> {
     let id = e
         .stream_id
         .strip_prefix("building-")
@@ -51,8 +50,8 @@ fn storable(at: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
     Ok(at)
 }
 
-fn decode(e: &RecordedEvent) -> anyhow::Result<BuildingEvent> {
-    BuildingEvent::decode_ref(&e.event_type, e.schema_version, &e.data)
+fn decode(e: &RawEvent) -> anyhow::Result<BuildingEvent> {
+    e.decode::<BuildingEvent>()
         .with_context(|| format!("event at position {}", e.position))
 }
 
@@ -80,7 +79,7 @@ impl Projection for Directory {
         &["buildings", "sensors", "thresholds", "alerts"]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         // Per building: the last version and position seen in this batch.
         let mut touched: HashMap<Uuid, Touch> = HashMap::new();
         // Per sensor: the latest reading in this batch.
@@ -389,7 +388,7 @@ impl Projection for Energy {
         &["energy_hourly", "energy_daily"]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         let mut hourly = Buckets::default();
         let mut daily = Buckets::default();
         for e in events {

@@ -6,10 +6,9 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use universal_events::document::DocumentEvent;
-use universal_events::EventFamily;
 
 use super::runner::Projection;
-use crate::store::RecordedEvent;
+use crate::store::RawEvent;
 
 /// The name of this projection (its checkpoint and lock key).
 pub const NAME: &str = "documents";
@@ -30,9 +29,10 @@ impl Projection for Documents {
         &["documents"]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         for e in events {
-            let event = DocumentEvent::decode_ref(&e.event_type, e.schema_version, &e.data)
+            let event = e
+                .decode::<DocumentEvent>()
                 .with_context(|| format!("event at position {}", e.position))?;
             let DocumentEvent::DocumentCreated(c) = event else {
                 continue;

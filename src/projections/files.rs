@@ -7,11 +7,10 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use universal_events::file::{FileEvent, FILE_EVENT_TYPES};
-use universal_events::EventFamily;
 use uuid::Uuid;
 
 use super::runner::Projection;
-use crate::store::RecordedEvent;
+use crate::store::RawEvent;
 
 /// The projection's name, for `min_position` waits.
 pub const NAME: &str = "files";
@@ -32,7 +31,7 @@ impl Projection for Files {
         &["files", "file_versions", "file_grants", "file_links"]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         for e in events {
             if e.category == "file" {
                 apply_file(conn, e).await?;
@@ -87,13 +86,13 @@ async fn add_version(
     Ok(())
 }
 
-async fn apply_file(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result<()> {
+async fn apply_file(conn: &mut PgConnection, e: &RawEvent) -> anyhow::Result<()> {
     let id = e
         .stream_id
         .strip_prefix("file-")
         .with_context(|| format!("{} is not a file stream", e.stream_id))?;
     let id = Uuid::parse_str(id)?;
-    let event = FileEvent::decode_ref(&e.event_type, e.schema_version, &e.data)?;
+    let event = e.decode::<FileEvent>()?;
     match &event {
         FileEvent::FileUploaded(u) => {
             sqlx::query(

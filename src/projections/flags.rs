@@ -6,10 +6,9 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use universal_events::flag::{FlagActor, FlagEvent, FLAG_EVENT_TYPES};
-use universal_events::EventFamily;
 
 use super::runner::Projection;
-use crate::store::RecordedEvent;
+use crate::store::RawEvent;
 
 /// The name of this projection (its checkpoint and lock key).
 pub const NAME: &str = "feature_flags";
@@ -30,9 +29,10 @@ impl Projection for Flags {
         &["feature_flags", "feature_flag_changes"]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         for e in events {
-            let event = FlagEvent::decode_ref(&e.event_type, e.schema_version, &e.data)
+            let event = e
+                .decode::<FlagEvent>()
                 .with_context(|| format!("event at position {}", e.position))?;
             let FlagEvent::FlagChanged(c) = event;
             let actor = match c.actor {

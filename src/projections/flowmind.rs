@@ -11,11 +11,10 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use universal_events::conversation::ConversationEvent;
-use universal_events::EventFamily;
 use uuid::Uuid;
 
 use super::runner::Projection;
-use crate::store::RecordedEvent;
+use crate::store::RawEvent;
 
 pub struct Flowmind;
 
@@ -35,7 +34,7 @@ impl Projection for Flowmind {
         &["chat_sessions", "chat_messages", "ai_usage_daily"]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         for e in events {
             if e.category == "conversation" {
                 apply(conn, e).await?;
@@ -45,13 +44,13 @@ impl Projection for Flowmind {
     }
 }
 
-async fn apply(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result<()> {
+async fn apply(conn: &mut PgConnection, e: &RawEvent) -> anyhow::Result<()> {
     let session = e
         .stream_id
         .strip_prefix("conversation-")
         .and_then(|id| Uuid::parse_str(id).ok())
         .with_context(|| format!("{} is not a conversation stream", e.stream_id))?;
-    let event = ConversationEvent::decode_ref(&e.event_type, e.schema_version, &e.data)?;
+    let event = e.decode::<ConversationEvent>()?;
     use ConversationEvent as E;
     match &event {
         E::ChatSessionCreated(c) => {

@@ -8,11 +8,10 @@ use async_trait::async_trait;
 use sqlx::PgConnection;
 use universal_events::project::{ProjectEvent, PROJECT_EVENT_TYPES};
 use universal_events::team::{TeamEvent, TEAM_EVENT_TYPES};
-use universal_events::EventFamily;
 use uuid::Uuid;
 
 use super::runner::Projection;
-use crate::store::RecordedEvent;
+use crate::store::RawEvent;
 
 pub struct Fluxstudio;
 
@@ -53,7 +52,7 @@ impl Projection for Fluxstudio {
         ]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         for e in events {
             match e.category.as_str() {
                 "team" => apply_team(conn, e).await?,
@@ -65,7 +64,7 @@ impl Projection for Fluxstudio {
     }
 }
 
-fn entity_id(e: &RecordedEvent, prefix: &str) -> anyhow::Result<Uuid> {
+fn entity_id(e: &RawEvent, prefix: &str) -> anyhow::Result<Uuid> {
     let id = e
         .stream_id
         .strip_prefix(prefix)
@@ -73,9 +72,9 @@ fn entity_id(e: &RecordedEvent, prefix: &str) -> anyhow::Result<Uuid> {
     Ok(Uuid::parse_str(id)?)
 }
 
-async fn apply_team(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result<()> {
+async fn apply_team(conn: &mut PgConnection, e: &RawEvent) -> anyhow::Result<()> {
     let id = entity_id(e, "team-")?;
-    let event = TeamEvent::decode_ref(&e.event_type, e.schema_version, &e.data)?;
+    let event = e.decode::<TeamEvent>()?;
     match &event {
         TeamEvent::TeamCreated(t) => {
             sqlx::query(
@@ -148,9 +147,9 @@ async fn apply_team(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Resul
     Ok(())
 }
 
-async fn apply_project(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result<()> {
+async fn apply_project(conn: &mut PgConnection, e: &RawEvent) -> anyhow::Result<()> {
     let id = entity_id(e, "project-")?;
-    let event = ProjectEvent::decode_ref(&e.event_type, e.schema_version, &e.data)?;
+    let event = e.decode::<ProjectEvent>()?;
     use ProjectEvent as P;
     match &event {
         P::ProjectCreated(p) => {

@@ -4,13 +4,12 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use universal_events::identity::{OrganizationEvent, UserEvent, ORGANIZATION_EVENT_TYPES};
-use universal_events::EventFamily;
 use uuid::Uuid;
 
 use super::runner::Projection;
-use crate::store::RecordedEvent;
+use crate::store::RawEvent;
 
-fn entity_id(e: &RecordedEvent, prefix: &str) -> anyhow::Result<Uuid> {
+fn entity_id(e: &RawEvent, prefix: &str) -> anyhow::Result<Uuid> {
     let id = e
         .stream_id
         .strip_prefix(prefix)
@@ -49,7 +48,7 @@ impl Projection for Identity {
         &["users", "organizations", "memberships"]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         for e in events {
             match e.category.as_str() {
                 "user" => apply_user(conn, e).await?,
@@ -61,9 +60,9 @@ impl Projection for Identity {
     }
 }
 
-async fn apply_user(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result<()> {
+async fn apply_user(conn: &mut PgConnection, e: &RawEvent) -> anyhow::Result<()> {
     let id = entity_id(e, "user-")?;
-    let event = UserEvent::decode_ref(&e.event_type, e.schema_version, &e.data)?;
+    let event = e.decode::<UserEvent>()?;
     let q = match &event {
         UserEvent::UserRegistered(u) => sqlx::query(
             "INSERT INTO users (id, email, email_lower, display_name, registered_at, version) \
@@ -104,9 +103,9 @@ async fn apply_user(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Resul
     Ok(())
 }
 
-async fn apply_org(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result<()> {
+async fn apply_org(conn: &mut PgConnection, e: &RawEvent) -> anyhow::Result<()> {
     let id = entity_id(e, "organization-")?;
-    let event = OrganizationEvent::decode_ref(&e.event_type, e.schema_version, &e.data)?;
+    let event = e.decode::<OrganizationEvent>()?;
     let q = match &event {
         OrganizationEvent::OrganizationCreated(o) => sqlx::query(
             "INSERT INTO organizations (id, name, created_by, created_at, version) \

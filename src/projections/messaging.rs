@@ -7,11 +7,10 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use universal_events::messaging::{ChannelKind, InboxEvent, MessagingEvent, MESSAGING_EVENT_TYPES};
-use universal_events::EventFamily;
 use uuid::Uuid;
 
 use super::runner::Projection;
-use crate::store::RecordedEvent;
+use crate::store::RawEvent;
 
 pub struct Messaging;
 
@@ -56,7 +55,7 @@ impl Projection for Messaging {
         ]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         for e in events {
             match e.category.as_str() {
                 "channel" => apply_channel(conn, e).await?,
@@ -68,16 +67,16 @@ impl Projection for Messaging {
     }
 }
 
-fn entity(e: &RecordedEvent, prefix: &str) -> anyhow::Result<Uuid> {
+fn entity(e: &RawEvent, prefix: &str) -> anyhow::Result<Uuid> {
     e.stream_id
         .strip_prefix(prefix)
         .and_then(|id| Uuid::parse_str(id).ok())
         .with_context(|| format!("{} is not a {prefix} stream", e.stream_id))
 }
 
-async fn apply_channel(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result<()> {
+async fn apply_channel(conn: &mut PgConnection, e: &RawEvent) -> anyhow::Result<()> {
     let channel = entity(e, "channel-")?;
-    let event = MessagingEvent::decode_ref(&e.event_type, e.schema_version, &e.data)?;
+    let event = e.decode::<MessagingEvent>()?;
     use MessagingEvent as E;
     match &event {
         E::ChannelCreated(c) => {
@@ -288,10 +287,9 @@ async fn apply_channel(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Re
     Ok(())
 }
 
-async fn apply_inbox(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result<()> {
+async fn apply_inbox(conn: &mut PgConnection, e: &RawEvent) -> anyhow::Result<()> {
     let user = entity(e, "inbox-")?;
-    let InboxEvent::NotificationsRead(r) =
-        InboxEvent::decode_ref(&e.event_type, e.schema_version, &e.data)?;
+    let InboxEvent::NotificationsRead(r) = e.decode::<InboxEvent>()?;
     if !r.notification_ids.is_empty() {
         sqlx::query(
             "UPDATE notifications SET read_at = $3 WHERE user_id = $1 AND id = ANY($2) \

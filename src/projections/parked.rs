@@ -17,7 +17,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::runner::{self, Projection};
-use crate::store::{EventStore, Filter, RecordedEvent};
+use crate::store::{EventStore, Filter, RawEvent};
 
 /// Longest error text kept per row; a projection error may quote a whole payload.
 const MAX_ERROR_CHARS: usize = 4000;
@@ -34,7 +34,7 @@ pub struct Parked {
 
 impl Parked {
     /// `event` with the error that stopped it.
-    pub fn new(event: &RecordedEvent, error: &anyhow::Error) -> Self {
+    pub fn new(event: &RawEvent, error: &anyhow::Error) -> Self {
         Self {
             position: event.position,
             event_id: event.event_id,
@@ -312,7 +312,7 @@ pub async fn retry(
         ..Filter::default()
     };
     let outcome = match store
-        .read_all(position - 1, Some(position), &filter, 1)
+        .read_all_raw(position - 1, Some(position), &filter, 1)
         .await
     {
         Ok(events) => match events.into_iter().next() {

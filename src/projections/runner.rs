@@ -42,7 +42,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
 use super::parked::{self, Parked};
-use crate::store::{EventStore, Filter, RecordedEvent, StoreError};
+use crate::store::{EventStore, Filter, RawEvent, StoreError};
 
 /// A read model fed from the event log.
 #[async_trait]
@@ -61,7 +61,7 @@ pub trait Projection: Send + Sync + 'static {
     /// end up elsewhere than a run that never batched. In particular an error that only a
     /// single event would hit (an overflowing sum, say) must not be masked by folding the
     /// batch first.
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()>;
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()>;
 }
 
 /// Settings of a runner.
@@ -409,7 +409,7 @@ impl ProjectionRunner {
                 return true;
             }
         }
-        match self.store.read_all(from, Some(head), filter, 1).await {
+        match self.store.read_all_raw(from, Some(head), filter, 1).await {
             Ok(events) if events.is_empty() => {
                 self.progress.send_replace(head);
                 true
@@ -477,11 +477,9 @@ impl ProjectionRunner {
         };
         let read_next = async {
             if to < head {
-                let events = self
-                    .store
-                    .read_all(to, Some(head), filter, batch_size)
-                    .await?;
-                anyhow::Ok(Some(Page::new(to, head, events, batch_size)))
+                read_windows(self.store.as_ref(), filter, to, head, batch_size)
+                    .await
+                    .map(Some)
             } else {
                 Ok(None)
             }
@@ -512,28 +510,67 @@ pub(crate) struct Page {
     from: i64,
     /// Where the checkpoint goes once the page is applied.
     pub(crate) to: i64,
-    pub(crate) events: Vec<RecordedEvent>,
+    pub(crate) events: Vec<RawEvent>,
     /// An event whose payload could not be read, to be parked; then `events` is empty and
     /// `to` is its position.
     pub(crate) unreadable: Option<Parked>,
 }
 
-impl Page {
-    /// A page read up to `head`: it reaches the head when it was not full (everything up to
-    /// it has been seen), else its last event.
-    fn new(from: i64, head: i64, events: Vec<RecordedEvent>, batch_size: i64) -> Self {
-        let to = if (events.len() as i64) < batch_size {
-            head
-        } else {
-            events.last().map_or(head, |e| e.position)
+/// The widest window of positions one query of a page reads, in pages.
+const MAX_WINDOW_PAGES: i64 = 1024;
+
+/// Reads the page after `from` quickly: on a store error, returns the events read before it,
+/// or the error when there are none.
+///
+/// The log is read in windows of positions, never `(from, head]` at once. Without statistics
+/// on `events` (a log just filled or restored, before `ANALYZE`) the planner may fetch every
+/// event of the range, sort them all and keep the first page: each page then costs the whole
+/// rest of the log, and a catch-up grows with the square of its length. A window bounds what
+/// any plan reads. The first window is one page wide; while fewer than half a page has been
+/// found the next is twice as wide, so a projection whose events are sparse crosses the log
+/// in a few queries.
+async fn read_windows(
+    store: &dyn EventStore,
+    filter: &Filter,
+    from: i64,
+    head: i64,
+    batch_size: i64,
+) -> Result<Page, StoreError> {
+    let batch_size = batch_size.max(1);
+    let mut events: Vec<RawEvent> = Vec::new();
+    let (mut lo, mut window) = (from, batch_size);
+    let to = loop {
+        let hi = head.min(lo.saturating_add(window));
+        let want = batch_size - events.len() as i64;
+        let got = match store.read_all_raw(lo, Some(hi), filter, want).await {
+            Ok(got) => got,
+            Err(e) if lo == from => return Err(e),
+            // The events before the window make a page; the next read meets the error.
+            Err(_) => break lo,
         };
-        Self {
-            from,
-            to,
-            events,
-            unreadable: None,
+        let full = got.len() as i64 >= want;
+        if events.is_empty() {
+            events = got;
+        } else {
+            events.extend(got);
         }
-    }
+        if full {
+            break events.last().map_or(hi, |e| e.position);
+        }
+        lo = hi;
+        if hi >= head || events.len() as i64 * 2 >= batch_size {
+            break hi;
+        }
+        window = window
+            .saturating_mul(2)
+            .min(batch_size.saturating_mul(MAX_WINDOW_PAGES));
+    };
+    Ok(Page {
+        from,
+        to,
+        events,
+        unreadable: None,
+    })
 }
 
 /// Reads the page after `from`. When the store cannot read it (an event whose payload does
@@ -548,17 +585,19 @@ pub(crate) async fn read_page(
     head: i64,
     batch_size: i64,
 ) -> anyhow::Result<Page> {
-    let failure = match store.read_all(from, Some(head), filter, batch_size).await {
-        Ok(events) => return Ok(Page::new(from, head, events, batch_size)),
+    let failure = match read_windows(store, filter, from, head, batch_size).await {
+        Ok(page) => return Ok(page),
         Err(e) => read_failure(e)?,
     };
+    // The failure lies in the first window.
+    let head = head.min(from.saturating_add(batch_size.max(1)));
     // Reading `bad` events fails; reading `good` succeeds (0 trivially).
     let (mut good, mut bad) = (0, batch_size);
     let mut prefix = Vec::new();
     let mut first_failure = failure;
     while bad - good > 1 {
         let mid = good + (bad - good) / 2;
-        match store.read_all(from, Some(head), filter, mid).await {
+        match store.read_all_raw(from, Some(head), filter, mid).await {
             Ok(events) => {
                 good = mid;
                 prefix = events;
@@ -679,7 +718,7 @@ pub fn is_transient(error: &anyhow::Error) -> bool {
 pub(crate) async fn apply_guarded(
     conn: &mut PgConnection,
     projection: &dyn Projection,
-    events: &[RecordedEvent],
+    events: &[RawEvent],
 ) -> anyhow::Result<Option<anyhow::Error>> {
     let mut savepoint = conn.begin().await?;
     let applied = AssertUnwindSafe(projection.apply(&mut savepoint, events))
@@ -714,7 +753,7 @@ pub(crate) async fn apply_guarded(
 pub(crate) async fn apply_or_park(
     conn: &mut PgConnection,
     projection: &dyn Projection,
-    events: &[RecordedEvent],
+    events: &[RawEvent],
 ) -> anyhow::Result<Vec<Parked>> {
     let name = projection.name();
     let Some(batch_error) = (match events {

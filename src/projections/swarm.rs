@@ -9,16 +9,15 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use universal_events::swarm::{SubtaskStatus, SwarmTaskEvent, TaskResult, SWARM_TASK_EVENT_TYPES};
-use universal_events::EventFamily;
 use uuid::Uuid;
 
 use super::runner::Projection;
-use crate::store::RecordedEvent;
+use crate::store::RawEvent;
 
 /// The name of this projection (its checkpoint and lock key).
 pub const NAME: &str = "swarm_tasks";
 
-fn task_id(e: &RecordedEvent) -> anyhow::Result<Uuid> {
+fn task_id(e: &RawEvent) -> anyhow::Result<Uuid> {
     let id = e
         .stream_id
         .strip_prefix("swarm_task-")
@@ -43,7 +42,7 @@ impl Projection for SwarmTasks {
         &["swarm_tasks", "swarm_progress", "swarm_subtasks"]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[RawEvent]) -> anyhow::Result<()> {
         for e in events {
             apply_one(conn, e).await?;
         }
@@ -51,9 +50,10 @@ impl Projection for SwarmTasks {
     }
 }
 
-async fn apply_one(conn: &mut PgConnection, e: &RecordedEvent) -> anyhow::Result<()> {
+async fn apply_one(conn: &mut PgConnection, e: &RawEvent) -> anyhow::Result<()> {
     let id = task_id(e)?;
-    let event = SwarmTaskEvent::decode_ref(&e.event_type, e.schema_version, &e.data)
+    let event = e
+        .decode::<SwarmTaskEvent>()
         .with_context(|| format!("event at position {}", e.position))?;
     use SwarmTaskEvent as E;
     match &event {

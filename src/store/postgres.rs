@@ -43,7 +43,7 @@ use uuid::Uuid;
 use super::commits::{self, RecentCommits};
 use super::{
     category_of, AppendError, AppendResult, Direction, EventStore, ExpectedVersion, Filter,
-    NewEvent, RecordedEvent, Snapshot, StoreError,
+    NewEvent, RawEvent, RecordedEvent, Snapshot, StoreError,
 };
 
 /// Longest wait of the writer for the head lock.
@@ -763,6 +763,34 @@ impl EventStore for PgEventStore {
             .bind(limit)
             .bind(filter.organization.map(|o| o.to_string()))
             .bind(filter.skip_metadata)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn read_all_raw(
+        &self,
+        after: i64,
+        up_to: Option<i64>,
+        filter: &Filter,
+        limit: i64,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        const SQL: &str =
+            "SELECT global_position AS position, stream_id, stream_category AS category, \
+             version, event_id, event_type, schema_version, data::text AS data \
+             FROM events WHERE global_position > $1 AND global_position <= $2 \
+             AND ($3::text[] IS NULL OR stream_category = ANY($3)) \
+             AND ($4::text[] IS NULL OR event_type = ANY($4)) \
+             AND ($5::text IS NULL OR stream_id = $5) \
+             AND ($7::text IS NULL OR metadata->>'organization_id' = $7) \
+             ORDER BY global_position LIMIT $6";
+        Ok(sqlx::query_as(SQL)
+            .bind(after)
+            .bind(up_to.unwrap_or(i64::MAX))
+            .bind(&filter.categories)
+            .bind(&filter.event_types)
+            .bind(&filter.stream)
+            .bind(limit)
+            .bind(filter.organization.map(|o| o.to_string()))
             .fetch_all(&self.pool)
             .await?)
     }
