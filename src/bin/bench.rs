@@ -20,6 +20,8 @@ use clap::Parser;
 mod history;
 #[path = "bench/import.rs"]
 mod import_bench;
+#[path = "bench/slices.rs"]
+mod slices;
 #[path = "bench/spread.rs"]
 mod spread;
 
@@ -73,6 +75,8 @@ struct Args {
     /// server processes (see `bench/collab.rs`); `files`
     /// uploads a `--file-mib` file as multipart and as tus, downloads it, then runs
     /// `--uploads` concurrent uploads, printing MB/s and peak RSS growth.
+    /// `slices` times catch-up of `citypulse_energy` unsliced against `--slices` slices in
+    /// as many processes (see `bench/slices.rs`).
     /// `visible` posts one reading at a time on an idle server and reads the building with
     /// `min_position`, printing the time from the command to the read model showing it.
     #[arg(long, default_value = "commands")]
@@ -121,6 +125,21 @@ struct Args {
     /// Optimizations of the `--processes` run.
     #[arg(long, default_value_t = 300)]
     tasks: usize,
+    /// `WORKER_SLOTS` of each server process (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    worker_slots: usize,
+    /// Slices mode: how many slices (and processes) the sliced catch-up uses.
+    #[arg(long, default_value_t = 2)]
+    slices: usize,
+    /// Slices mode: readings in the generated log.
+    #[arg(long, default_value_t = 500_000)]
+    slice_events: i64,
+    /// Slices mode: how many times the unsliced and the sliced catch-up alternate.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Slices mode: run this one slice against `--database` (the parent starts these).
+    #[arg(long, hide = true)]
+    slice: Option<usize>,
     /// Documents (collab mode).
     #[arg(long, default_value_t = 50)]
     documents: usize,
@@ -865,6 +884,21 @@ async fn main() -> anyhow::Result<()> {
         args.server.trim_end_matches('/'),
         chrono::Utc::now().format("%Y%m%d%H%M%S")
     );
+    if args.mode == "slices" {
+        if let Some(slice) = args.slice {
+            let url = args.database.as_deref().unwrap_or(&database_url);
+            return slices::worker(url, slice, args.slices).await;
+        }
+        return slices::run(
+            &database_url,
+            args.buildings,
+            args.slice_events,
+            args.slices,
+            args.rounds,
+            args.keep,
+        )
+        .await;
+    }
     if args.mode == "import" {
         return import_bench::run(&args.server, &database_url, args.import_scale, args.keep).await;
     }
@@ -911,6 +945,7 @@ async fn main() -> anyhow::Result<()> {
         ws_max_connections: args.subscribers * 2 + 10,
         // Agents mode: one organization submits everything; the global cap still holds.
         swarm_max_concurrent_per_org: Config::default().max_concurrent_generations,
+        worker_slots: args.worker_slots,
         // The Pusher benchmark signs its API calls with it.
         pusher_secret: Some(universal_backend::gateways::pusher::DEV_SECRET.into()),
         ..Config::default()
