@@ -137,6 +137,10 @@ struct Args {
     /// Slices mode: how many times the unsliced and the sliced catch-up alternate.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Slices mode: index the log by (event type, slice, position), so that each slice reads
+    /// only its own events.
+    #[arg(long)]
+    slice_index: bool,
     /// Slices mode: run this one slice against `--database` (the parent starts these).
     #[arg(long, hide = true)]
     slice: Option<usize>,
@@ -895,6 +899,7 @@ async fn main() -> anyhow::Result<()> {
             args.slice_events,
             args.slices,
             args.rounds,
+            args.slice_index,
             args.keep,
         )
         .await;
