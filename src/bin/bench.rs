@@ -125,6 +125,10 @@ struct Args {
     /// Optimizations of the `--processes` run.
     #[arg(long, default_value_t = 300)]
     tasks: usize,
+    /// Iterations of each optimization of the `--processes` run (0: calibrated to about one
+    /// second on this machine).
+    #[arg(long, default_value_t = 0)]
+    iterations: u64,
     /// `WORKER_SLOTS` of each server process (0: one per core).
     #[arg(long, default_value_t = 0)]
     worker_slots: usize,
@@ -137,6 +141,9 @@ struct Args {
     /// Slices mode: how many times the unsliced and the sliced catch-up alternate.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Slices mode: events per page and transaction of each slice.
+    #[arg(long, default_value_t = 5000)]
+    slice_batch: i64,
     /// Slices mode: index the log by (event type, slice, position), so that each slice reads
     /// only its own events.
     #[arg(long)]
@@ -871,7 +878,16 @@ async fn finish(
     drop(state);
     if !keep {
         use sqlx::migrate::MigrateDatabase;
-        sqlx::Postgres::force_drop_database(database_url).await?;
+        // Other applications of this process (swarm mode) may still be closing their
+        // connections: try again for a few seconds.
+        let mut tries = 0;
+        while let Err(e) = sqlx::Postgres::force_drop_database(database_url).await {
+            tries += 1;
+            if tries >= 10 {
+                return Err(e.into());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
     Ok(())
 }
@@ -891,7 +907,7 @@ async fn main() -> anyhow::Result<()> {
     if args.mode == "slices" {
         if let Some(slice) = args.slice {
             let url = args.database.as_deref().unwrap_or(&database_url);
-            return slices::worker(url, slice, args.slices).await;
+            return slices::worker(url, slice, args.slices, args.slice_batch).await;
         }
         return slices::run(
             &database_url,
@@ -899,6 +915,7 @@ async fn main() -> anyhow::Result<()> {
             args.slice_events,
             args.slices,
             args.rounds,
+            args.slice_batch,
             args.slice_index,
             args.keep,
         )
@@ -992,7 +1009,15 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if args.mode == "swarm" && args.processes > 0 {
-        spread::run(&config, &base, &state.pool, args.processes, args.tasks).await?;
+        spread::run(
+            &config,
+            &base,
+            &state.pool,
+            args.processes,
+            args.tasks,
+            args.iterations,
+        )
+        .await?;
         return finish(handle, server, state, args.keep, &database_url).await;
     }
     if args.mode == "swarm" {

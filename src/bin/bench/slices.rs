@@ -11,7 +11,8 @@
 //! - it catches `citypulse_energy` up once unsliced and once as `--slices` slices, each
 //!   slice in an OS process of its own (this program started again with `--slice K`), into
 //!   scratch schemas, alternating the two `--rounds` times;
-//! - each catch-up is the rebuild's loop (`runner::rebuild`): pages of 5,000 events, the
+//! - each catch-up is the rebuild's loop (`runner::rebuild`): pages of `--slice-batch`
+//!   events (default 5,000, as `PROJECTION_BATCH_SIZE`), the
 //!   next page read on a second connection while the current one is applied through
 //!   `Projection::apply`, one transaction per page with its checkpoint;
 //! - with `--slice-index`, an index on (event type, slice, position) lets each slice read
@@ -36,8 +37,6 @@ use universal_backend::projections::{runner, Projection};
 use universal_backend::startup::connect_and_migrate;
 use universal_backend::store::{EventStore, PgEventStore, RecordedEvent};
 
-/// Events per page and transaction (`PROJECTION_BATCH_SIZE`'s default).
-const BATCH: i64 = 5000;
 /// The application name of the slices' connections (their backends are found by it).
 const APP: &str = "ub-slice";
 
@@ -117,7 +116,7 @@ fn cpu_secs(pid: &str) -> Option<f64> {
 
 /// One slice, in a process of its own: catches its part of the projection up into its
 /// schema when told to on standard input, and reports on standard output.
-pub async fn worker(url: &str, slice: usize, slices: usize) -> anyhow::Result<()> {
+pub async fn worker(url: &str, slice: usize, slices: usize, batch: i64) -> anyhow::Result<()> {
     let options = PgConnectOptions::from_str(url)?;
     let mut apply =
         PgConnection::connect_with(&options.clone().application_name(&format!("{APP}/apply/{slice}")))
@@ -175,7 +174,7 @@ pub async fn worker(url: &str, slice: usize, slices: usize) -> anyhow::Result<()
         .fetch_one(&mut read)
         .await?;
     let page = |events: &[RecordedEvent]| {
-        if (events.len() as i64) < BATCH {
+        if (events.len() as i64) < batch {
             head
         } else {
             events.last().map_or(head, |e| e.position)
@@ -185,7 +184,7 @@ pub async fn worker(url: &str, slice: usize, slices: usize) -> anyhow::Result<()
         .bind(0_i64)
         .bind(head)
         .bind(&types)
-        .bind(BATCH)
+        .bind(batch)
         .fetch_all(&mut read)
         .await?;
     let (mut position, mut applied) = (0, 0u64);
@@ -205,7 +204,7 @@ pub async fn worker(url: &str, slice: usize, slices: usize) -> anyhow::Result<()
                     .bind(to)
                     .bind(head)
                     .bind(&types)
-                    .bind(BATCH)
+                    .bind(batch)
                     .fetch_all(&mut read)
                     .await
             } else {
@@ -280,7 +279,12 @@ fn machine_busy() -> f64 {
 
 /// Runs `slices` slice processes at once and times them from the start signal to the last
 /// one done.
-async fn catch_up(pool: &sqlx::PgPool, url: &str, slices: usize) -> anyhow::Result<Run> {
+async fn catch_up(
+    pool: &sqlx::PgPool,
+    url: &str,
+    slices: usize,
+    batch: i64,
+) -> anyhow::Result<Run> {
     for k in 0..slices {
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", schema(k, slices)))
             .execute(pool)
@@ -292,6 +296,7 @@ async fn catch_up(pool: &sqlx::PgPool, url: &str, slices: usize) -> anyhow::Resu
         let mut child = Command::new(&exe)
             .args(["--mode", "slices", "--database", url])
             .args(["--slice", &k.to_string(), "--slices", &slices.to_string()])
+            .args(["--slice-batch", &batch.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -385,6 +390,7 @@ pub async fn run(
     readings: i64,
     slices: usize,
     rounds: usize,
+    batch: i64,
     index: bool,
     keep: bool,
 ) -> anyhow::Result<()> {
@@ -412,7 +418,7 @@ pub async fn run(
     }
     println!(
         "slices: {head} events ({readings} readings over {buildings} buildings) written in \
-         {:.1}s; {} core(s); batches of {BATCH}; slices read {}",
+         {:.1}s; {} core(s); batches of {batch}; slices read {}",
         started.elapsed().as_secs_f64(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         if index {
@@ -425,7 +431,7 @@ pub async fn run(
     let mut rates: Vec<(usize, f64)> = Vec::new();
     for round in 1..=rounds.max(1) {
         for n in [1, slices] {
-            let run = catch_up(&pool, database_url, n).await?;
+            let run = catch_up(&pool, database_url, n, batch).await?;
             let rate = run.events as f64 / run.wall.max(1e-9);
             rates.push((n, rate));
             let ours = run.slice_cpu + run.read_cpu + run.apply_cpu;
@@ -466,7 +472,7 @@ pub async fn run(
     );
     // The runner's own replay, for reference (in this process).
     let store: Arc<dyn EventStore> = PgEventStore::start(pool.clone(), config.store()).await?;
-    let report = runner::rebuild(&pool, store.as_ref(), &Energy, BATCH).await?;
+    let report = runner::rebuild(&pool, store.as_ref(), &Energy, batch).await?;
     let secs = report.elapsed.as_secs_f64();
     println!(
         "slices: reference, runner::rebuild of citypulse_energy: {} events in {secs:.2}s = \
