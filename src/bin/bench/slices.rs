@@ -118,9 +118,12 @@ fn cpu_secs(pid: &str) -> Option<f64> {
 /// schema when told to on standard input, and reports on standard output.
 pub async fn worker(url: &str, slice: usize, slices: usize, batch: i64) -> anyhow::Result<()> {
     let options = PgConnectOptions::from_str(url)?;
-    let mut apply =
-        PgConnection::connect_with(&options.clone().application_name(&format!("{APP}/apply/{slice}")))
-            .await?;
+    let mut apply = PgConnection::connect_with(
+        &options
+            .clone()
+            .application_name(&format!("{APP}/apply/{slice}")),
+    )
+    .await?;
     let mut read =
         PgConnection::connect_with(&options.application_name(&format!("{APP}/read/{slice}")))
             .await?;
@@ -140,11 +143,9 @@ pub async fn worker(url: &str, slice: usize, slices: usize, batch: i64) -> anyho
     ))
     .execute(&mut apply)
     .await?;
-    sqlx::query(&format!(
-        "INSERT INTO {schema}.slice_checkpoint VALUES (0)"
-    ))
-    .execute(&mut apply)
-    .await?;
+    sqlx::query(&format!("INSERT INTO {schema}.slice_checkpoint VALUES (0)"))
+        .execute(&mut apply)
+        .await?;
     sqlx::query("SET synchronous_commit = off")
         .execute(&mut apply)
         .await?;
@@ -286,9 +287,12 @@ async fn catch_up(
     batch: i64,
 ) -> anyhow::Result<Run> {
     for k in 0..slices {
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", schema(k, slices)))
-            .execute(pool)
-            .await?;
+        sqlx::query(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            schema(k, slices)
+        ))
+        .execute(pool)
+        .await?;
     }
     let exe = std::env::current_exe()?;
     let mut procs = Vec::new();
@@ -345,9 +349,8 @@ async fn catch_up(
     for p in &mut procs {
         let done = p.expect("done")?;
         let mut fields = done.split_whitespace().skip(1);
-        let mut next = || -> anyhow::Result<f64> {
-            Ok(fields.next().unwrap_or("0").parse::<f64>()?)
-        };
+        let mut next =
+            || -> anyhow::Result<f64> { Ok(fields.next().unwrap_or("0").parse::<f64>()?) };
         run.events += next()? as u64;
         run.slowest_slice = run.slowest_slice.max(next()?);
         run.slice_cpu += next()?;
@@ -459,9 +462,16 @@ pub async fn run(
          samples, rounded sum): {}",
         if one == many { "same" } else { "DIFFERENT" }
     );
-    anyhow::ensure!(one == many, "the slices do not add up to the unsliced projection");
+    anyhow::ensure!(
+        one == many,
+        "the slices do not add up to the unsliced projection"
+    );
     let mean = |n: usize| {
-        let r: Vec<f64> = rates.iter().filter(|(k, _)| *k == n).map(|(_, r)| *r).collect();
+        let r: Vec<f64> = rates
+            .iter()
+            .filter(|(k, _)| *k == n)
+            .map(|(_, r)| *r)
+            .collect();
         r.iter().sum::<f64>() / r.len().max(1) as f64
     };
     println!(
