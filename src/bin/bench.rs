@@ -909,17 +909,7 @@ async fn main() -> anyhow::Result<()> {
             let url = args.database.as_deref().unwrap_or(&database_url);
             return slices::worker(url, slice, args.slices, args.slice_batch).await;
         }
-        return slices::run(
-            &database_url,
-            args.buildings,
-            args.slice_events,
-            args.slices,
-            args.rounds,
-            args.slice_batch,
-            args.slice_index,
-            args.keep,
-        )
-        .await;
+        return slices::run(&database_url, &args).await;
     }
     if args.mode == "import" {
         return import_bench::run(&args.server, &database_url, args.import_scale, args.keep).await;

@@ -387,17 +387,10 @@ async fn totals(pool: &sqlx::PgPool, slices: usize) -> anyhow::Result<(i64, i64,
 }
 
 /// The whole mode: generate, alternate unsliced and sliced catch-ups, check, report.
-pub async fn run(
-    database_url: &str,
-    buildings: usize,
-    readings: i64,
-    slices: usize,
-    rounds: usize,
-    batch: i64,
-    index: bool,
-    keep: bool,
-) -> anyhow::Result<()> {
-    let slices = slices.max(2);
+pub async fn run(database_url: &str, args: &crate::Args) -> anyhow::Result<()> {
+    let (buildings, readings, rounds) = (args.buildings, args.slice_events, args.rounds);
+    let (batch, index, keep) = (args.slice_batch, args.slice_index, args.keep);
+    let slices = args.slices.max(2);
     let config = Config {
         database_url: database_url.to_owned(),
         log_level: "warn".into(),
