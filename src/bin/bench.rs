@@ -20,6 +20,8 @@ use clap::Parser;
 mod history;
 #[path = "bench/import.rs"]
 mod import_bench;
+#[path = "bench/slices.rs"]
+mod slices;
 #[path = "bench/spread.rs"]
 mod spread;
 
@@ -73,6 +75,8 @@ struct Args {
     /// server processes (see `bench/collab.rs`); `files`
     /// uploads a `--file-mib` file as multipart and as tus, downloads it, then runs
     /// `--uploads` concurrent uploads, printing MB/s and peak RSS growth.
+    /// `slices` times catch-up of `citypulse_energy` unsliced against `--slices` slices in
+    /// as many processes (see `bench/slices.rs`).
     /// `visible` posts one reading at a time on an idle server and reads the building with
     /// `min_position`, printing the time from the command to the read model showing it.
     /// `catchup` only replays the log of a database kept by an earlier run (`--keep`), named
@@ -124,6 +128,32 @@ struct Args {
     /// Optimizations of the `--processes` run.
     #[arg(long, default_value_t = 300)]
     tasks: usize,
+    /// Iterations of each optimization of the `--processes` run (0: calibrated to about one
+    /// second on this machine).
+    #[arg(long, default_value_t = 0)]
+    iterations: u64,
+    /// `WORKER_SLOTS` of each server process (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    worker_slots: usize,
+    /// Slices mode: how many slices (and processes) the sliced catch-up uses.
+    #[arg(long, default_value_t = 2)]
+    slices: usize,
+    /// Slices mode: readings in the generated log.
+    #[arg(long, default_value_t = 500_000)]
+    slice_events: i64,
+    /// Slices mode: how many times the unsliced and the sliced catch-up alternate.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Slices mode: events per page and transaction of each slice.
+    #[arg(long, default_value_t = 5000)]
+    slice_batch: i64,
+    /// Slices mode: index the log by (event type, slice, position), so that each slice reads
+    /// only its own events.
+    #[arg(long)]
+    slice_index: bool,
+    /// Slices mode: run this one slice against `--database` (the parent starts these).
+    #[arg(long, hide = true)]
+    slice: Option<usize>,
     /// Documents (collab mode).
     #[arg(long, default_value_t = 50)]
     documents: usize,
@@ -858,7 +888,16 @@ async fn finish(
     drop(state);
     if !keep {
         use sqlx::migrate::MigrateDatabase;
-        sqlx::Postgres::force_drop_database(database_url).await?;
+        // Other applications of this process (swarm mode) may still be closing their
+        // connections: try again for a few seconds.
+        let mut tries = 0;
+        while let Err(e) = sqlx::Postgres::force_drop_database(database_url).await {
+            tries += 1;
+            if tries >= 10 {
+                return Err(e.into());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
     Ok(())
 }
@@ -875,6 +914,13 @@ async fn main() -> anyhow::Result<()> {
         args.server.trim_end_matches('/'),
         chrono::Utc::now().format("%Y%m%d%H%M%S")
     );
+    if args.mode == "slices" {
+        if let Some(slice) = args.slice {
+            let url = args.database.as_deref().unwrap_or(&database_url);
+            return slices::worker(url, slice, args.slices, args.slice_batch).await;
+        }
+        return slices::run(&database_url, &args).await;
+    }
     if args.mode == "import" {
         return import_bench::run(&args.server, &database_url, args.import_scale, args.keep).await;
     }
@@ -921,6 +967,7 @@ async fn main() -> anyhow::Result<()> {
         ws_max_connections: args.subscribers * 2 + 10,
         // Agents mode: one organization submits everything; the global cap still holds.
         swarm_max_concurrent_per_org: Config::default().max_concurrent_generations,
+        worker_slots: args.worker_slots,
         // The Pusher benchmark signs its API calls with it.
         pusher_secret: Some(universal_backend::gateways::pusher::DEV_SECRET.into()),
         ..Config::default()
@@ -969,7 +1016,15 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if args.mode == "swarm" && args.processes > 0 {
-        spread::run(&config, &base, &state.pool, args.processes, args.tasks).await?;
+        spread::run(
+            &config,
+            &base,
+            &state.pool,
+            args.processes,
+            args.tasks,
+            args.iterations,
+        )
+        .await?;
         return finish(handle, server, state, args.keep, &database_url).await;
     }
     if args.mode == "swarm" {

@@ -63,6 +63,7 @@ pub async fn run(
     pool: &sqlx::PgPool,
     processes: usize,
     tasks: usize,
+    fixed_iterations: u64,
 ) -> anyhow::Result<()> {
     // The other processes, on the same database.
     let mut others = Vec::new();
@@ -87,18 +88,23 @@ pub async fn run(
         config.swarm_max_concurrent_per_org,
     );
 
-    // Calibrate: iterations for about one second of work on this machine and build.
+    // Calibrate: iterations for about one second of work on this machine and build, unless
+    // fixed (runs to compare need the same tasks: calibration moves with the machine's load).
     let (calibrate, _) = crate::tenant(base, usize::MAX, &["quantum"], "quantum").await?;
-    let probe_iterations = 400;
-    let id = create(&calibrate, base, &body(probe_iterations)).await?;
-    all_ended(pool, &[id.parse()?], Duration::from_secs(300)).await?;
-    let ms: i64 = sqlx::query_scalar(
-        "SELECT COALESCE((result->>'elapsed_ms')::bigint, 1) FROM swarm_tasks WHERE id = $1",
-    )
-    .bind(id.parse::<uuid::Uuid>()?)
-    .fetch_one(pool)
-    .await?;
-    let iterations = (probe_iterations * 1000 / ms.max(1) as u64).clamp(10, 1_000_000);
+    let iterations = if fixed_iterations > 0 {
+        fixed_iterations
+    } else {
+        let probe_iterations = 400;
+        let id = create(&calibrate, base, &body(probe_iterations)).await?;
+        all_ended(pool, &[id.parse()?], Duration::from_secs(300)).await?;
+        let ms: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((result->>'elapsed_ms')::bigint, 1) FROM swarm_tasks WHERE id = $1",
+        )
+        .bind(id.parse::<uuid::Uuid>()?)
+        .fetch_one(pool)
+        .await?;
+        (probe_iterations * 1000 / ms.max(1) as u64).clamp(10, 1_000_000)
+    };
     let one = {
         let id = create(&calibrate, base, &body(iterations)).await?;
         all_ended(pool, &[id.parse()?], Duration::from_secs(300)).await?;
@@ -146,6 +152,31 @@ pub async fn run(
     .bind(&ids)
     .fetch_one(pool)
     .await?;
+    // How busy the slots were, and how long a slot stayed idle between two tasks.
+    let (busy, gap_ms, gap_max_ms): (f64, Option<f64>, Option<f64>) = sqlx::query_as(
+        "WITH t AS (SELECT worker, started_at, finished_at, \
+           EXTRACT(EPOCH FROM started_at - lag(finished_at) OVER \
+             (PARTITION BY worker ORDER BY started_at))::float8 * 1000 AS gap \
+           FROM swarm_tasks WHERE id = ANY($1)) \
+         SELECT COALESCE(sum(EXTRACT(EPOCH FROM finished_at - started_at)), 0)::float8, \
+                avg(gap), max(gap) FROM t",
+    )
+    .bind(&ids)
+    .fetch_one(pool)
+    .await?;
+    println!(
+        "swarm spread: slots busy {:.0}% of the time ({busy:.1} task-seconds over {} slot(s)); \
+         {}",
+        100.0 * busy / (wall * (slots * processes.max(1)) as f64),
+        slots * processes.max(1),
+        match (slots, gap_ms, gap_max_ms) {
+            (1, Some(mean), Some(max)) => format!(
+                "a slot's next task started {mean:.0} ms (mean), {max:.0} ms (max) after its \
+                 previous one finished"
+            ),
+            _ => String::new(),
+        }
+    );
     println!(
         "swarm spread: {tasks} tasks ({completed} completed) in {wall:.1} s = {:.2} tasks/s over {} process(es); \
          per process: {}",
