@@ -35,7 +35,7 @@ use universal_backend::config::Config;
 use universal_backend::projections::citypulse::Energy;
 use universal_backend::projections::{runner, Projection};
 use universal_backend::startup::connect_and_migrate;
-use universal_backend::store::{EventStore, PgEventStore, RecordedEvent};
+use universal_backend::store::{EventStore, PgEventStore, RawEvent};
 
 /// The application name of the slices' connections (their backends are found by it).
 const APP: &str = "ub-slice";
@@ -157,7 +157,7 @@ pub async fn worker(url: &str, slice: usize, slices: usize, batch: i64) -> anyho
     };
     let sql = format!(
         "SELECT global_position AS position, stream_id, stream_category AS category, version, \
-         event_id, event_type, schema_version, data, '{{}}'::jsonb AS metadata, recorded_at \
+         event_id, event_type, schema_version, data::text AS data \
          FROM events WHERE global_position > $1 AND global_position <= $2 \
          AND event_type = ANY($3){in_slice} ORDER BY global_position LIMIT $4"
     );
@@ -174,14 +174,14 @@ pub async fn worker(url: &str, slice: usize, slices: usize, batch: i64) -> anyho
     let head: i64 = sqlx::query_scalar("SELECT last_position FROM event_head WHERE id = 1")
         .fetch_one(&mut read)
         .await?;
-    let page = |events: &[RecordedEvent]| {
+    let page = |events: &[RawEvent]| {
         if (events.len() as i64) < batch {
             head
         } else {
             events.last().map_or(head, |e| e.position)
         }
     };
-    let mut events: Vec<RecordedEvent> = sqlx::query_as(&sql)
+    let mut events: Vec<RawEvent> = sqlx::query_as(&sql)
         .bind(0_i64)
         .bind(head)
         .bind(&types)
@@ -201,7 +201,7 @@ pub async fn worker(url: &str, slice: usize, slices: usize, batch: i64) -> anyho
         };
         let next = async {
             if to < head {
-                sqlx::query_as::<_, RecordedEvent>(&sql)
+                sqlx::query_as::<_, RawEvent>(&sql)
                     .bind(to)
                     .bind(head)
                     .bind(&types)
