@@ -16,9 +16,9 @@
 //!
 //! A lock held for a whole transaction would cap us at one commit (one fsync) per append.
 //! So appends are not written by their callers: they go through a bounded channel to one
-//! writer task per process, which takes everything that is queued (up to `batch_max` events,
-//! waiting at most `linger` for more once it has something) and writes it in one
-//! transaction. Expected versions and event-id idempotency are checked under the lock, in
+//! writer task per process, which takes everything that is queued (up to `batch_max` events;
+//! under load it waits at most `linger` for more once it has something, after a quiet spell
+//! not at all) and writes it in one transaction. Expected versions and event-id idempotency are checked under the lock, in
 //! memory, per append: a conflicting append is answered with its own error and left out of
 //! the batch, and the others commit.
 //!
@@ -235,6 +235,10 @@ async fn listen_loop(
     }
 }
 
+/// How many lingers without an append make the writer idle: the next append is then
+/// written without waiting for others.
+const QUIET_LINGERS: u32 = 5;
+
 async fn writer_loop(
     pool: PgPool,
     mut rx: mpsc::Receiver<WriterMsg>,
@@ -245,11 +249,17 @@ async fn writer_loop(
     let mut flushes = Vec::new();
     let mut conn: Option<PgConnection> = None;
     let mut cache = WriterCache::default();
+    // When the last batch ended: the linger gathers appends only under load. An append
+    // that arrives after a quiet spell is written at once (waiting would only add the
+    // linger, rounded up to the timer's millisecond, to its latency).
+    let mut last_batch = tokio::time::Instant::now();
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
         let mut events = 0;
         let mut next = Some(first);
-        let deadline = tokio::time::Instant::now() + config.linger;
+        let busy = last_batch.elapsed() < config.linger.saturating_mul(QUIET_LINGERS);
+        let linger = if busy { config.linger } else { Duration::ZERO };
+        let deadline = tokio::time::Instant::now() + linger;
         while let Some(msg) = next.take() {
             match msg {
                 WriterMsg::Append(req) => {
@@ -263,7 +273,7 @@ async fn writer_loop(
             }
             next = match rx.try_recv() {
                 Ok(m) => Some(m),
-                Err(mpsc::error::TryRecvError::Empty) if !config.linger.is_zero() => {
+                Err(mpsc::error::TryRecvError::Empty) if !linger.is_zero() => {
                     tokio::time::timeout_at(deadline, rx.recv())
                         .await
                         .ok()
@@ -276,6 +286,7 @@ async fn writer_loop(
             metrics::histogram!("ub_append_batch_events").record(events as f64);
             metrics::histogram!("ub_append_batch_appends").record(batch.len() as f64);
             commit_batch(&pool, &mut conn, &mut cache, batch, &head, &commits).await;
+            last_batch = tokio::time::Instant::now();
         }
         for ack in flushes.drain(..) {
             let _ = ack.send(());
