@@ -699,6 +699,38 @@ fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), AppendError>
     Ok(())
 }
 
+/// The rest of a query for a page of the log after `$1` up to `$2` that [`Filter`] chooses
+/// (`$3` categories, `$4` types, `$5` stream, `$7` organization; `$6` the limit), bound by
+/// [`bind_filter`].
+macro_rules! filtered_page {
+    () => {
+        "FROM events WHERE global_position > $1 AND global_position <= $2 \
+         AND ($3::text[] IS NULL OR stream_category = ANY($3)) \
+         AND ($4::text[] IS NULL OR event_type = ANY($4)) \
+         AND ($5::text IS NULL OR stream_id = $5) \
+         AND ($7::text IS NULL OR metadata->>'organization_id' = $7) \
+         ORDER BY global_position LIMIT $6"
+    };
+}
+
+/// Binds `$1` to `$7` of a [`filtered_page!`] query.
+fn bind_filter<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    after: i64,
+    up_to: Option<i64>,
+    filter: &'q Filter,
+    limit: i64,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(after)
+        .bind(up_to.unwrap_or(i64::MAX))
+        .bind(&filter.categories)
+        .bind(&filter.event_types)
+        .bind(&filter.stream)
+        .bind(limit)
+        .bind(filter.organization.map(|o| o.to_string()))
+}
+
 #[async_trait]
 impl EventStore for PgEventStore {
     async fn append(
@@ -755,27 +787,18 @@ impl EventStore for PgEventStore {
         filter: &Filter,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        const SQL: &str =
+        let sql = concat!(
             "SELECT global_position AS position, stream_id, stream_category AS category, \
              version, event_id, event_type, schema_version, data, \
-             CASE WHEN $8 THEN '{}'::jsonb ELSE metadata END AS metadata, recorded_at \
-             FROM events WHERE global_position > $1 AND global_position <= $2 \
-             AND ($3::text[] IS NULL OR stream_category = ANY($3)) \
-             AND ($4::text[] IS NULL OR event_type = ANY($4)) \
-             AND ($5::text IS NULL OR stream_id = $5) \
-             AND ($7::text IS NULL OR metadata->>'organization_id' = $7) \
-             ORDER BY global_position LIMIT $6";
-        Ok(sqlx::query_as(SQL)
-            .bind(after)
-            .bind(up_to.unwrap_or(i64::MAX))
-            .bind(&filter.categories)
-            .bind(&filter.event_types)
-            .bind(&filter.stream)
-            .bind(limit)
-            .bind(filter.organization.map(|o| o.to_string()))
-            .bind(filter.skip_metadata)
-            .fetch_all(&self.pool)
-            .await?)
+             CASE WHEN $8 THEN '{}'::jsonb ELSE metadata END AS metadata, recorded_at ",
+            filtered_page!()
+        );
+        Ok(
+            bind_filter(sqlx::query_as(sql), after, up_to, filter, limit)
+                .bind(filter.skip_metadata)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn read_all_raw(
@@ -785,25 +808,16 @@ impl EventStore for PgEventStore {
         filter: &Filter,
         limit: i64,
     ) -> Result<Vec<RawEvent>, StoreError> {
-        const SQL: &str =
+        let sql = concat!(
             "SELECT global_position AS position, stream_id, stream_category AS category, \
-             version, event_id, event_type, schema_version, data::text AS data \
-             FROM events WHERE global_position > $1 AND global_position <= $2 \
-             AND ($3::text[] IS NULL OR stream_category = ANY($3)) \
-             AND ($4::text[] IS NULL OR event_type = ANY($4)) \
-             AND ($5::text IS NULL OR stream_id = $5) \
-             AND ($7::text IS NULL OR metadata->>'organization_id' = $7) \
-             ORDER BY global_position LIMIT $6";
-        Ok(sqlx::query_as(SQL)
-            .bind(after)
-            .bind(up_to.unwrap_or(i64::MAX))
-            .bind(&filter.categories)
-            .bind(&filter.event_types)
-            .bind(&filter.stream)
-            .bind(limit)
-            .bind(filter.organization.map(|o| o.to_string()))
-            .fetch_all(&self.pool)
-            .await?)
+             version, event_id, event_type, schema_version, data::text AS data ",
+            filtered_page!()
+        );
+        Ok(
+            bind_filter(sqlx::query_as(sql), after, up_to, filter, limit)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
