@@ -4,7 +4,8 @@
 //   node tus.mjs simple <base> <token> <size> [project]
 //     uploads <size> bytes (byte i is i % 251) and prints {"fileId", "url"}.
 //   node tus.mjs resume <baseA> <baseB> <token> <size> [project]
-//     starts the upload on A and prints "HALF" once over half is sent; the test then kills A.
+//     starts the upload on A in 4 MiB chunks and prints "HALF" once over half is sent; the
+//     next request waits 3 s, in which the test kills A.
 //     When tus-js-client gives up on A, the upload is resumed on B from its URL; prints
 //     {"fileId", "url", "resumedAt"}.
 import * as tus from 'tus-js-client';
@@ -57,8 +58,20 @@ if (mode === 'simple') {
   const [baseA, baseB, token, size, project] = rest;
   const data = content(Number(size));
   let signalled = false;
+  let held = false;
   const first = new tus.Upload(data, options(token, project, {
     endpoint: `${baseA}/api/v1/uploads`,
+    // In chunks, so that A has stored part of the upload when it dies; the first request
+    // after "HALF" waits until the test has killed A (a single request of the whole file
+    // could otherwise finish on loopback before the kill lands).
+    chunkSize: 4 * 1024 * 1024,
+    onBeforeRequest: () => {
+      if (signalled && !held) {
+        held = true;
+        return new Promise((resolve) => setTimeout(resolve, 3000));
+      }
+      return undefined;
+    },
     onProgress: (sent, total) => {
       if (!signalled && sent > total / 2) {
         signalled = true;
