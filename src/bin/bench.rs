@@ -1110,6 +1110,17 @@ async fn lags(pool: &sqlx::PgPool, head: i64) -> anyhow::Result<Vec<String>> {
     Ok(lags)
 }
 
+/// The settings of a mode that fills a log by bulk inserts, which run longer than a request
+/// may.
+fn bulk_config(database_url: &str) -> Config {
+    Config {
+        database_url: database_url.to_owned(),
+        log_level: "warn".into(),
+        db_statement_timeout_secs: 600,
+        ..Config::default()
+    }
+}
+
 /// Prints the figures of the load phase of commands mode.
 fn print_load(args: &Args, setup_took: Duration, result: &LoadResult, lags: &[String]) {
     let n = result.latencies_us.len();

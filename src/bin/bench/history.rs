@@ -72,13 +72,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Runs the history benchmark on fresh databases under `server`.
 pub async fn run(server: &str, database_url: &str, keep: bool) -> anyhow::Result<()> {
-    let config = Config {
-        database_url: database_url.to_owned(),
-        log_level: "warn".into(),
-        // The bulk insert that makes the log runs longer than a request may.
-        db_statement_timeout_secs: 600,
-        ..Config::default()
-    };
+    let config = crate::bulk_config(database_url);
     let pool = connect_and_migrate(&config).await?;
     println!("history: generating {TOTAL} events ({LONG} in one stream) in {database_url}");
     let started = Instant::now();

@@ -31,7 +31,6 @@ use std::time::Instant;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
-use universal_backend::config::Config;
 use universal_backend::projections::citypulse::Energy;
 use universal_backend::projections::{runner, Projection};
 use universal_backend::startup::connect_and_migrate;
@@ -391,13 +390,7 @@ pub async fn run(database_url: &str, args: &crate::Args) -> anyhow::Result<()> {
     let (buildings, readings, rounds) = (args.buildings, args.slice_events, args.rounds);
     let (batch, index, keep) = (args.slice_batch, args.slice_index, args.keep);
     let slices = args.slices.max(2);
-    let config = Config {
-        database_url: database_url.to_owned(),
-        log_level: "warn".into(),
-        // The bulk insert that makes the log runs longer than a request may.
-        db_statement_timeout_secs: 600,
-        ..Config::default()
-    };
+    let config = crate::bulk_config(database_url);
     let pool = connect_and_migrate(&config).await?;
     let started = Instant::now();
     let head = generate(&pool, buildings as i64, readings).await?;
