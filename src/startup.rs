@@ -95,7 +95,7 @@ impl Application {
                         ..config.runner()
                     },
                 );
-                progress.insert(projection.name(), runner.progress());
+                progress.insert_runner(projection.name(), &runner);
                 runners.push(runner.run());
             }
         }

@@ -578,6 +578,49 @@ async fn a_projection_that_panics_on_an_event_parks_it_and_goes_on() {
     assert_eq!(energy_total(&app.pool, &building).await, 21.0 - 2.0);
 }
 
+/// A runner that is live takes its quick step (no savepoint, the checkpoint moved by a
+/// conditional update): a batch that fails there is taken again carefully, so the bad
+/// events are parked exactly as before, a transient failure parks nothing, and every other
+/// event is applied once.
+#[actix_web::test]
+async fn a_live_runner_parks_a_failing_event_and_applies_the_rest_once() {
+    let app = common::spawn_app_with(|c| c.projections = "identity".into()).await;
+    let (building, sensor, _) = app.building_with_sensor("electricity", "kWh").await;
+    let store = PgEventStore::start(app.pool.clone(), PgStoreConfig::default())
+        .await
+        .unwrap();
+    let projection = Arc::new(Controlled::default());
+    let runner = tokio::spawn(
+        ProjectionRunner::new(app.pool.clone(), store.clone(), projection.clone(), fast()).run(),
+    );
+    post_reading(&app, &building, &sensor, 100.0).await;
+    wait_caught_up(&app.pool, store.as_ref(), "citypulse_energy").await;
+
+    // The next readings take the next positions: nothing else writes to this log now.
+    let head = app.head().await;
+    projection.panicking.lock().unwrap().insert(head + 2);
+    projection.poisoned.lock().unwrap().insert(head + 4);
+    projection.flaky.lock().unwrap().insert(head + 5);
+    let mut positions = Vec::new();
+    for v in 1..=6 {
+        positions.push(post_reading(&app, &building, &sensor, f64::from(v)).await);
+    }
+    assert_eq!(positions, (head + 1..=head + 6).collect::<Vec<_>>());
+    wait_caught_up(&app.pool, store.as_ref(), "citypulse_energy").await;
+    runner.abort();
+
+    assert!(projection.flaky.lock().unwrap().is_empty(), "the failure was hit");
+    assert_eq!(
+        parked_rows(&app.pool).await,
+        vec![
+            ("citypulse_energy".into(), head + 2, "parked".into()),
+            ("citypulse_energy".into(), head + 4, "parked".into()),
+        ]
+    );
+    // 100 + 1 + 3 + 5 + 6: the parked readings 2 and 4 are left out, the others counted once.
+    assert_eq!(energy_total(&app.pool, &building).await, 115.0);
+}
+
 #[actix_web::test]
 async fn a_rebuild_parks_what_it_cannot_apply_completes_and_matches_the_live_model() {
     let app = common::spawn_app_with(|c| c.projections = "identity".into()).await;

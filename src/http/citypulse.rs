@@ -551,20 +551,28 @@ async fn get_building(
     let org = who.frontend(&req, Frontend::Citypulse)?;
     wait(&state, DIRECTORY, params.min_position).await?;
     let id = path.into_inner();
-    let building = find_building(&state, org, id).await?;
-    let sensors: Vec<SensorRow> = sqlx::query_as(
-        "SELECT id, kind, unit, name, status, last_value, last_reading_at FROM sensors \
-         WHERE building_id = $1 ORDER BY registered_position",
-    )
-    .bind(id)
-    .fetch_all(&state.pool)
-    .await?;
-    let thresholds: Vec<ThresholdRow> = sqlx::query_as(
-        "SELECT kind, min_value, max_value FROM thresholds WHERE building_id = $1 ORDER BY kind",
-    )
-    .bind(id)
-    .fetch_all(&state.pool)
-    .await?;
+    // Three reads on three connections at once: each is its own snapshot either way.
+    let sensors = async {
+        sqlx::query_as::<_, SensorRow>(
+            "SELECT id, kind, unit, name, status, last_value, last_reading_at FROM sensors \
+             WHERE building_id = $1 ORDER BY registered_position",
+        )
+        .bind(id)
+        .fetch_all(&state.pool)
+        .await
+        .map_err(ApiError::from)
+    };
+    let thresholds = async {
+        sqlx::query_as::<_, ThresholdRow>(
+            "SELECT kind, min_value, max_value FROM thresholds WHERE building_id = $1 ORDER BY kind",
+        )
+        .bind(id)
+        .fetch_all(&state.pool)
+        .await
+        .map_err(ApiError::from)
+    };
+    let (building, sensors, thresholds) =
+        tokio::try_join!(find_building(&state, org, id), sensors, thresholds)?;
     let version = building.version;
     let mut body = serde_json::to_value(&building).map_err(ApiError::internal)?;
     body["sensors"] = json!(sensors);

@@ -41,12 +41,19 @@ pub async fn wait_for_projection(
         return Err(ApiError::bad_request("min_position must not be negative"));
     }
     // Every position a command answered with is committed, so one past the head was never
-    // handed out: refuse it at once instead of holding the request for the whole wait.
-    let head = state
-        .store
-        .head_position()
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    // handed out: refuse it at once instead of holding the request for the whole wait. The
+    // head this process last heard of is committed too, so a position within it needs no
+    // query.
+    let heard = *state.store.head_watch().borrow();
+    let head = if position <= heard {
+        heard
+    } else {
+        state
+            .store
+            .head_position()
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?
+    };
     if position > head {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -15,6 +15,7 @@ pub mod runner;
 pub mod swarm;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,12 +50,37 @@ pub fn by_name(name: &str) -> Option<Arc<dyn Projection>> {
 /// The projections of this process with their local progress, for `min_position` waits.
 #[derive(Clone, Default)]
 pub struct Progress {
-    local: HashMap<&'static str, watch::Receiver<i64>>,
+    local: HashMap<&'static str, Local>,
+}
+
+#[derive(Clone)]
+struct Local {
+    position: watch::Receiver<i64>,
+    /// Set while the local runner holds the projection's lock.
+    leading: Option<Arc<AtomicBool>>,
 }
 
 impl Progress {
+    /// Local progress of a projection whose runner may or may not lead.
     pub fn insert(&mut self, name: &'static str, rx: watch::Receiver<i64>) {
-        self.local.insert(name, rx);
+        self.local.insert(
+            name,
+            Local {
+                position: rx,
+                leading: None,
+            },
+        );
+    }
+
+    /// The progress of a local runner, which says when it leads.
+    pub fn insert_runner(&mut self, name: &'static str, runner: &ProjectionRunner) {
+        self.local.insert(
+            name,
+            Local {
+                position: runner.progress(),
+                leading: Some(runner.leading()),
+            },
+        );
     }
 
     pub fn names(&self) -> Vec<&'static str> {
@@ -66,7 +92,9 @@ impl Progress {
     /// Waits until `projection` has passed `position`, at most `limit`.
     ///
     /// A projection may be led by another process, so the stored checkpoint is what counts;
-    /// the local runner's progress only wakes the wait early.
+    /// the local runner's progress only wakes the wait early. While the local runner leads,
+    /// its progress is the projection's: the wait then asks the database only if that
+    /// progress stands still for [`LOCAL_NAP`].
     pub async fn wait_for(
         &self,
         pool: &PgPool,
@@ -76,28 +104,46 @@ impl Progress {
     ) -> Result<(), WaitError> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut local = self.local.get(projection).cloned();
+        let mut trust_local = local.as_ref().is_some_and(|l| {
+            l.leading
+                .as_ref()
+                .is_some_and(|leads| leads.load(Ordering::Acquire))
+        });
         loop {
-            let local_now = local.as_ref().map_or(0, |rx| *rx.borrow());
+            let local_now = local.as_ref().map_or(0, |l| *l.position.borrow());
             if local_now >= position {
                 return Ok(());
             }
-            let stored = runner::checkpoint(pool, projection)
-                .await
-                .map_err(|e| WaitError::Store(e.to_string()))?;
-            if stored >= position || nothing_between(pool, projection, stored, position).await? {
-                return Ok(());
+            let mut checkpoint = local_now;
+            if !trust_local {
+                let stored = runner::checkpoint(pool, projection)
+                    .await
+                    .map_err(|e| WaitError::Store(e.to_string()))?;
+                if stored >= position
+                    || nothing_between(pool, projection, stored, position).await?
+                {
+                    return Ok(());
+                }
+                checkpoint = stored;
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(WaitError::Timeout { checkpoint: stored });
+                return Err(WaitError::Timeout { checkpoint });
             }
             let nap = tokio::time::sleep_until(
-                deadline.min(tokio::time::Instant::now() + Duration::from_millis(50)),
+                deadline.min(tokio::time::Instant::now() + LOCAL_NAP),
             );
             match local.as_mut() {
-                Some(rx) => {
-                    tokio::select! {
-                        _ = rx.wait_for(|p| *p >= position) => {}
-                        _ = nap => {}
+                Some(l) => {
+                    let runner_gone = tokio::select! {
+                        moved = l.position.wait_for(|p| *p >= position) => moved.is_err(),
+                        _ = nap => {
+                            trust_local = false;
+                            false
+                        }
+                    };
+                    if runner_gone {
+                        trust_local = false;
+                        local = None;
                     }
                 }
                 None => nap.await,
@@ -105,6 +151,9 @@ impl Progress {
         }
     }
 }
+
+/// How long a read-your-writes wait sleeps between looks at the stored checkpoint.
+const LOCAL_NAP: Duration = Duration::from_millis(50);
 
 /// Whether the log is committed up to `up_to` and holds no event `projection` reads in
 /// `(after, up_to]`: then its read

@@ -33,6 +33,7 @@
 //!   starts over from its checkpoint and tries again.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -241,6 +242,34 @@ pub struct ProjectionRunner {
     projection: Arc<dyn Projection>,
     config: RunnerConfig,
     progress: watch::Sender<i64>,
+    /// Whether this runner holds its projection's lock now: then its progress is the
+    /// projection's, and read-your-writes waits in this process need not ask the database.
+    leading: Arc<AtomicBool>,
+}
+
+/// What a leading runner keeps between steps.
+#[derive(Default)]
+struct Live {
+    /// The next page, read while the previous one was applied.
+    prefetched: Option<Page>,
+    /// The checkpoint as this runner last stored it.
+    checkpoint: Option<i64>,
+}
+
+/// Marks a runner as leading for as long as it lives.
+struct Leading<'a>(&'a AtomicBool);
+
+impl<'a> Leading<'a> {
+    fn new(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Release);
+        Self(flag)
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl ProjectionRunner {
@@ -256,7 +285,13 @@ impl ProjectionRunner {
             projection,
             config,
             progress: watch::channel(0).0,
+            leading: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Whether this runner leads now (holds its projection's lock).
+    pub fn leading(&self) -> Arc<AtomicBool> {
+        self.leading.clone()
     }
 
     /// Positions up to which this runner's read model is complete (its committed checkpoints,
@@ -319,6 +354,7 @@ impl ProjectionRunner {
             tokio::time::sleep(jittered(poll)).await;
         }
         tracing::info!(projection = name, "projection runner leads");
+        let _leading = Leading::new(&self.leading);
         // The lock lives on the host this connection reached: once the pool moved to
         // another host, it is not trusted (see `db::primary`).
         let epoch = crate::db::epoch();
@@ -333,7 +369,7 @@ impl ProjectionRunner {
             .await?;
         let filter = reads_of(self.projection.as_ref());
         let mut head_watch = self.store.head_watch();
-        let mut prefetched = None;
+        let mut live = Live::default();
         let mut balanced = std::time::Instant::now();
         // Whether the head watch woke this runner, and when the checkpoint was last stored.
         let (mut woken, mut stored) = (false, tokio::time::Instant::now());
@@ -364,7 +400,10 @@ impl ProjectionRunner {
             let skipped = woken
                 && stored.elapsed() < self.config.standby_poll
                 && self.nothing_new(&filter, head).await;
-            let done = skipped || self.step(&mut conn, &filter, &mut prefetched).await?;
+            // Woken by the head watch, the runner reads up to the head it announced; after a
+            // quiet spell (or a lost notification) it asks the database.
+            let known_head = woken.then_some(head);
+            let done = skipped || self.step(&mut conn, &filter, &mut live, known_head).await?;
             if !skipped {
                 stored = tokio::time::Instant::now();
             }
@@ -402,11 +441,15 @@ impl ProjectionRunner {
             return false;
         }
         // Usually the commits of this or another process that brought the head here are
-        // known to hold none of the projection's types: then not even the query is needed.
+        // known: then not even the query is needed, whichever their answer.
         if let Some(types) = filter.event_types.as_deref() {
-            if self.store.none_of(from, head, types) {
-                self.progress.send_replace(head);
-                return true;
+            match self.store.holds_any(from, head, types) {
+                Some(false) => {
+                    self.progress.send_replace(head);
+                    return true;
+                }
+                Some(true) => return false,
+                None => {}
             }
         }
         match self.store.read_all_raw(from, Some(head), filter, 1).await {
@@ -426,11 +469,133 @@ impl ProjectionRunner {
         &self,
         conn: &mut PgConnection,
         filter: &Filter,
-        prefetched: &mut Option<Page>,
+        live: &mut Live,
+        known_head: Option<i64>,
+    ) -> anyhow::Result<bool> {
+        let head = match known_head {
+            Some(head) => head,
+            None => self.store.head_position().await?,
+        };
+        if let Some(from) = live.checkpoint {
+            if from >= head {
+                self.progress.send_if_modified(|p| {
+                    let moved = from > *p;
+                    *p = (*p).max(from);
+                    moved
+                });
+                return Ok(true);
+            }
+            if let Some(done) = self.quick_step(conn, filter, live, from, head).await? {
+                return Ok(done);
+            }
+        }
+        self.careful_step(conn, filter, live, head).await
+    }
+
+    /// The step of a runner that stored the checkpoint last, in the fewest round trips:
+    /// BEGIN (while the page is read), the checkpoint moved on only if it is still where
+    /// this runner left it (which also locks it, as the careful step does, so a rebuild's
+    /// swap and this step wait for each other in the same order), the batch applied, COMMIT.
+    /// `None` when the step must be taken carefully: the checkpoint moved, the page holds
+    /// an unreadable event, or the batch failed (then events are applied one by one and
+    /// parked).
+    async fn quick_step(
+        &self,
+        conn: &mut PgConnection,
+        filter: &Filter,
+        live: &mut Live,
+        from: i64,
+        head: i64,
+    ) -> anyhow::Result<Option<bool>> {
+        let name = self.projection.name();
+        let batch_size = self.config.batch_size;
+        let prefetched = live.prefetched.take().filter(|p| p.from == from);
+        let read = async {
+            match prefetched {
+                Some(page) => Ok(page),
+                None => read_page(
+                    self.store.as_ref(),
+                    &self.pool,
+                    filter,
+                    from,
+                    head,
+                    batch_size,
+                )
+                .await,
+            }
+        };
+        let (tx, page) = tokio::join!(conn.begin(), read);
+        let (mut tx, page) = (tx?, page?);
+        if page.unreadable.is_some() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let to = page.to;
+        let moved = sqlx::query(
+            "UPDATE checkpoints SET position = $3, updated_at = now() \
+             WHERE projection = $1 AND position = $2",
+        )
+        .bind(name)
+        .bind(from)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved != 1 {
+            tx.rollback().await?;
+            live.checkpoint = None;
+            return Ok(None);
+        }
+        let page_ref = &page;
+        let apply = async move {
+            let applied = match page_ref.events.as_slice() {
+                [] => Ok(()),
+                events => AssertUnwindSafe(self.projection.apply(&mut tx, events))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the projection panicked"))),
+            };
+            match applied {
+                Ok(()) => {
+                    tx.commit().await?;
+                    anyhow::Ok(true)
+                }
+                Err(e) if is_transient(&e) => Err(e),
+                Err(_) => {
+                    tx.rollback().await?;
+                    Ok(false)
+                }
+            }
+        };
+        let read_next = async {
+            if to < head {
+                read_windows(self.store.as_ref(), filter, to, head, batch_size)
+                    .await
+                    .map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let (applied, next) = tokio::join!(apply, read_next);
+        if !applied? {
+            return Ok(None);
+        }
+        live.checkpoint = Some(to);
+        live.prefetched = next.unwrap_or(None);
+        Ok(Some(self.applied(page.events.len(), 0, to, head).await))
+    }
+
+    /// The step that locks the checkpoint first and applies the batch under a savepoint,
+    /// one event at a time if the batch fails, parking what cannot be applied.
+    async fn careful_step(
+        &self,
+        conn: &mut PgConnection,
+        filter: &Filter,
+        live: &mut Live,
+        head: i64,
     ) -> anyhow::Result<bool> {
         let name = self.projection.name();
         let batch_size = self.config.batch_size;
-        let head = self.store.head_position().await?;
         let mut tx = conn.begin().await?;
         let from: i64 =
             sqlx::query_scalar("SELECT position FROM checkpoints WHERE projection = $1 FOR UPDATE")
@@ -440,11 +605,12 @@ impl ProjectionRunner {
         metrics::gauge!("ub_projection_lag", "projection" => name).set((head - from).max(0) as f64);
         if from >= head {
             tx.commit().await?;
-            *prefetched = None;
+            live.prefetched = None;
+            live.checkpoint = Some(from);
             self.progress.send_replace(from);
             return Ok(true);
         }
-        let page = match prefetched.take() {
+        let page = match live.prefetched.take() {
             Some(p) if p.from == from => p,
             _ => {
                 read_page(
@@ -486,10 +652,17 @@ impl ProjectionRunner {
         };
         let (applied, next) = tokio::join!(apply, read_next);
         let parked_now = applied?;
+        live.checkpoint = Some(to);
         // A page that could not be read is read again, carefully, by the next step.
-        *prefetched = next.unwrap_or(None);
+        live.prefetched = next.unwrap_or(None);
+        Ok(self.applied(page.events.len(), parked_now, to, head).await)
+    }
+
+    /// Counts a committed batch and moves the progress to `to`; whether that is the head.
+    async fn applied(&self, events: usize, parked_now: usize, to: i64, head: i64) -> bool {
+        let name = self.projection.name();
         metrics::counter!("ub_projection_events_total", "projection" => name)
-            .increment(page.events.len() as u64);
+            .increment(events as u64);
         if parked_now > 0 {
             metrics::counter!("ub_projection_events_parked_total", "projection" => name)
                 .increment(parked_now as u64);
@@ -501,7 +674,7 @@ impl ProjectionRunner {
         }
         metrics::gauge!("ub_projection_lag", "projection" => name).set((head - to).max(0) as f64);
         self.progress.send_replace(to);
-        Ok(to >= head)
+        to >= head
     }
 }
 

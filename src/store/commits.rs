@@ -63,30 +63,35 @@ impl RecentCommits {
     /// Whether the recorded commits prove that positions `(from, to]` hold no event of any
     /// of `types`. `false` when they hold one, or when some part of the range is unknown.
     pub fn none_of(&self, from: i64, to: i64, types: &[String]) -> bool {
+        self.holds_any(from, to, types) == Some(false)
+    }
+
+    /// What the recorded commits tell of positions `(from, to]`: `Some(true)` when a known
+    /// commit among them holds an event of one of `types`, `Some(false)` when they are all
+    /// known and hold none, `None` when a gap comes first.
+    pub fn holds_any(&self, from: i64, to: i64, types: &[String]) -> Option<bool> {
         if to <= from {
-            return true;
+            return Some(false);
         }
         let commits = self.commits.lock().unwrap_or_else(|e| e.into_inner());
         let mut at = from;
         while at < to {
             // The commit that holds position `at + 1`: the last one starting at or before
             // `at`, if it reaches past `at`.
-            let Some((_, commit)) = commits.range(..=at).next_back() else {
-                return false;
-            };
+            let (_, commit) = commits.range(..=at).next_back()?;
             if commit.to <= at {
-                return false;
+                return None;
             }
             if commit
                 .types
                 .iter()
                 .any(|t| types.iter().any(|w| w.as_str() == &**t))
             {
-                return false;
+                return Some(true);
             }
             at = commit.to;
         }
-        true
+        Some(false)
     }
 
     /// The payload announcing a commit, or `None` when it cannot be described (a type
@@ -170,6 +175,20 @@ mod tests {
             !c.none_of(-1, 5, &b),
             "nothing is known before the first commit"
         );
+    }
+
+    #[test]
+    fn a_known_commit_with_the_types_answers_before_a_later_gap() {
+        let c = RecentCommits::default();
+        c.record(0, 5, ["A"]);
+        c.record(5, 9, ["B"]);
+        c.record(12, 15, ["B"]);
+        let b = wanted(&["B"]);
+        assert_eq!(c.holds_any(0, 15, &b), Some(true), "5..9 holds a B");
+        assert_eq!(c.holds_any(0, 15, &wanted(&["C"])), None, "9..12 is a gap");
+        assert_eq!(c.holds_any(0, 9, &wanted(&["C"])), Some(false));
+        assert_eq!(c.holds_any(-1, 9, &b), None, "the gap comes first");
+        assert_eq!(c.holds_any(3, 3, &b), Some(false));
     }
 
     #[test]

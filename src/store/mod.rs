@@ -349,10 +349,17 @@ pub trait EventStore: Send + Sync + 'static {
     /// A watch of the committed head position, woken by local commits and by other processes.
     fn head_watch(&self) -> watch::Receiver<i64>;
 
+    /// What is known, without reading the log, of whether positions `(from, to]` hold an
+    /// event of `types` (see [`commits`]): `Some(true)` it does, `Some(false)` it does not,
+    /// `None` unknown.
+    fn holds_any(&self, _from: i64, _to: i64, _types: &[String]) -> Option<bool> {
+        None
+    }
+
     /// Whether it is known, without reading the log, that positions `(from, to]` hold no
-    /// event of `types` (see [`commits`]). `false` means "holds one, or unknown".
-    fn none_of(&self, _from: i64, _to: i64, _types: &[String]) -> bool {
-        false
+    /// event of `types`. `false` means "holds one, or unknown".
+    fn none_of(&self, from: i64, to: i64, types: &[String]) -> bool {
+        self.holds_any(from, to, types) == Some(false)
     }
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError>;

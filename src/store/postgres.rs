@@ -841,8 +841,8 @@ impl EventStore for PgEventStore {
         self.head.clone()
     }
 
-    fn none_of(&self, from: i64, to: i64, types: &[String]) -> bool {
-        self.commits.none_of(from, to, types)
+    fn holds_any(&self, from: i64, to: i64, types: &[String]) -> Option<bool> {
+        self.commits.holds_any(from, to, types)
     }
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
