@@ -609,7 +609,10 @@ async fn a_live_runner_parks_a_failing_event_and_applies_the_rest_once() {
     wait_caught_up(&app.pool, store.as_ref(), "citypulse_energy").await;
     runner.abort();
 
-    assert!(projection.flaky.lock().unwrap().is_empty(), "the failure was hit");
+    assert!(
+        projection.flaky.lock().unwrap().is_empty(),
+        "the failure was hit"
+    );
     assert_eq!(
         parked_rows(&app.pool).await,
         vec![

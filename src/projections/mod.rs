@@ -119,8 +119,7 @@ impl Progress {
                 let stored = runner::checkpoint(pool, projection)
                     .await
                     .map_err(|e| WaitError::Store(e.to_string()))?;
-                if stored >= position
-                    || nothing_between(pool, projection, stored, position).await?
+                if stored >= position || nothing_between(pool, projection, stored, position).await?
                 {
                     return Ok(());
                 }
@@ -129,9 +128,8 @@ impl Progress {
             if tokio::time::Instant::now() >= deadline {
                 return Err(WaitError::Timeout { checkpoint });
             }
-            let nap = tokio::time::sleep_until(
-                deadline.min(tokio::time::Instant::now() + LOCAL_NAP),
-            );
+            let nap =
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + LOCAL_NAP));
             match local.as_mut() {
                 Some(l) => {
                     let runner_gone = tokio::select! {

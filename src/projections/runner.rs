@@ -508,22 +508,7 @@ impl ProjectionRunner {
         head: i64,
     ) -> anyhow::Result<Option<bool>> {
         let name = self.projection.name();
-        let batch_size = self.config.batch_size;
-        let prefetched = live.prefetched.take().filter(|p| p.from == from);
-        let read = async {
-            match prefetched {
-                Some(page) => Ok(page),
-                None => read_page(
-                    self.store.as_ref(),
-                    &self.pool,
-                    filter,
-                    from,
-                    head,
-                    batch_size,
-                )
-                .await,
-            }
-        };
+        let read = self.page_at(filter, live.prefetched.take(), from, head);
         let (tx, page) = tokio::join!(conn.begin(), read);
         let (mut tx, page) = (tx?, page?);
         if page.unreadable.is_some() {
@@ -567,15 +552,7 @@ impl ProjectionRunner {
                 }
             }
         };
-        let read_next = async {
-            if to < head {
-                read_windows(self.store.as_ref(), filter, to, head, batch_size)
-                    .await
-                    .map(Some)
-            } else {
-                Ok(None)
-            }
-        };
+        let read_next = self.next_page(filter, to, head);
         let (applied, next) = tokio::join!(apply, read_next);
         if !applied? {
             return Ok(None);
@@ -595,7 +572,6 @@ impl ProjectionRunner {
         head: i64,
     ) -> anyhow::Result<bool> {
         let name = self.projection.name();
-        let batch_size = self.config.batch_size;
         let mut tx = conn.begin().await?;
         let from: i64 =
             sqlx::query_scalar("SELECT position FROM checkpoints WHERE projection = $1 FOR UPDATE")
@@ -610,20 +586,9 @@ impl ProjectionRunner {
             self.progress.send_replace(from);
             return Ok(true);
         }
-        let page = match live.prefetched.take() {
-            Some(p) if p.from == from => p,
-            _ => {
-                read_page(
-                    self.store.as_ref(),
-                    &self.pool,
-                    filter,
-                    from,
-                    head,
-                    batch_size,
-                )
-                .await?
-            }
-        };
+        let page = self
+            .page_at(filter, live.prefetched.take(), from, head)
+            .await?;
         let to = page.to;
         let page_ref = &page;
         let apply = async move {
@@ -641,21 +606,58 @@ impl ProjectionRunner {
             tx.commit().await?;
             anyhow::Ok(parked.len())
         };
-        let read_next = async {
-            if to < head {
-                read_windows(self.store.as_ref(), filter, to, head, batch_size)
-                    .await
-                    .map(Some)
-            } else {
-                Ok(None)
-            }
-        };
+        let read_next = self.next_page(filter, to, head);
         let (applied, next) = tokio::join!(apply, read_next);
         let parked_now = applied?;
         live.checkpoint = Some(to);
         // A page that could not be read is read again, carefully, by the next step.
         live.prefetched = next.unwrap_or(None);
         Ok(self.applied(page.events.len(), parked_now, to, head).await)
+    }
+
+    /// The page after `from`: the prefetched one if it starts there, else read now.
+    async fn page_at(
+        &self,
+        filter: &Filter,
+        prefetched: Option<Page>,
+        from: i64,
+        head: i64,
+    ) -> anyhow::Result<Page> {
+        match prefetched {
+            Some(page) if page.from == from => Ok(page),
+            _ => {
+                read_page(
+                    self.store.as_ref(),
+                    &self.pool,
+                    filter,
+                    from,
+                    head,
+                    self.config.batch_size,
+                )
+                .await
+            }
+        }
+    }
+
+    /// The page after `to`, read while the batch before it is applied (`None` at the head).
+    async fn next_page(
+        &self,
+        filter: &Filter,
+        to: i64,
+        head: i64,
+    ) -> Result<Option<Page>, StoreError> {
+        if to >= head {
+            return Ok(None);
+        }
+        read_windows(
+            self.store.as_ref(),
+            filter,
+            to,
+            head,
+            self.config.batch_size,
+        )
+        .await
+        .map(Some)
     }
 
     /// Counts a committed batch and moves the progress to `to`; whether that is the head.
