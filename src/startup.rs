@@ -95,7 +95,7 @@ impl Application {
                         ..config.runner()
                     },
                 );
-                progress.insert_runner(projection.name(), &runner);
+                progress.insert(projection.name(), &runner);
                 runners.push(runner.run());
             }
         }

@@ -506,6 +506,11 @@ async fn a_gated_subscription_skips_what_its_gate_turns_away_through_catch_up_an
     );
 }
 
+/// Whether `store` knows, without reading the log, that `(from, to]` holds none of `types`.
+fn none_of(store: &dyn EventStore, from: i64, to: i64, types: &[String]) -> bool {
+    store.holds_any(from, to, types) == Some(false)
+}
+
 /// Waits (bounded) until `store`'s head watch reaches `position`.
 async fn head_reaches(store: &PgEventStore, position: i64) {
     let mut head = store.head_watch();
@@ -533,7 +538,7 @@ async fn every_process_knows_which_types_recent_commits_held_and_a_gap_is_unknow
                 .unwrap()
                 .position;
             head_reaches(reader, p).await;
-            if reader.none_of(p - 1, p, &wanted("Other")) {
+            if none_of(reader.as_ref(), p - 1, p, &wanted("Other")) {
                 (heard, base) = (true, p);
                 break;
             }
@@ -555,11 +560,11 @@ async fn every_process_knows_which_types_recent_commits_held_and_a_gap_is_unknow
         .position;
     head_reaches(a, second).await;
     for store in [a, b] {
-        assert!(store.none_of(base, second, &wanted("Other")));
-        assert!(!store.none_of(base, second, &wanted("Renamed")));
-        assert!(store.none_of(base, first, &wanted("Renamed")));
+        assert!(none_of(store.as_ref(), base, second, &wanted("Other")));
+        assert!(!none_of(store.as_ref(), base, second, &wanted("Renamed")));
+        assert!(none_of(store.as_ref(), base, first, &wanted("Renamed")));
         assert!(
-            !store.none_of(base, second + 1, &wanted("Other")),
+            !none_of(store.as_ref(), base, second + 1, &wanted("Other")),
             "past the head is unknown"
         );
     }
@@ -602,10 +607,15 @@ async fn every_process_knows_which_types_recent_commits_held_and_a_gap_is_unknow
     head_reaches(b, after).await;
     for store in [a, b] {
         assert!(
-            !store.none_of(base, after, &wanted("Other")),
+            !none_of(store.as_ref(), base, after, &wanted("Other")),
             "the import is a gap"
         );
-        assert!(store.none_of(imported, after, &wanted("Other")));
-        assert!(!store.none_of(imported, after, &wanted("Counted")));
+        assert!(none_of(store.as_ref(), imported, after, &wanted("Other")));
+        assert!(!none_of(
+            store.as_ref(),
+            imported,
+            after,
+            &wanted("Counted")
+        ));
     }
 }

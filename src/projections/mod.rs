@@ -57,28 +57,17 @@ pub struct Progress {
 struct Local {
     position: watch::Receiver<i64>,
     /// Set while the local runner holds the projection's lock.
-    leading: Option<Arc<AtomicBool>>,
+    leading: Arc<AtomicBool>,
 }
 
 impl Progress {
-    /// Local progress of a projection whose runner may or may not lead.
-    pub fn insert(&mut self, name: &'static str, rx: watch::Receiver<i64>) {
-        self.local.insert(
-            name,
-            Local {
-                position: rx,
-                leading: None,
-            },
-        );
-    }
-
     /// The progress of a local runner, which says when it leads.
-    pub fn insert_runner(&mut self, name: &'static str, runner: &ProjectionRunner) {
+    pub fn insert(&mut self, name: &'static str, runner: &ProjectionRunner) {
         self.local.insert(
             name,
             Local {
                 position: runner.progress(),
-                leading: Some(runner.leading()),
+                leading: runner.leading(),
             },
         );
     }
@@ -104,11 +93,9 @@ impl Progress {
     ) -> Result<(), WaitError> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut local = self.local.get(projection).cloned();
-        let mut trust_local = local.as_ref().is_some_and(|l| {
-            l.leading
-                .as_ref()
-                .is_some_and(|leads| leads.load(Ordering::Acquire))
-        });
+        let mut trust_local = local
+            .as_ref()
+            .is_some_and(|l| l.leading.load(Ordering::Acquire));
         loop {
             let local_now = local.as_ref().map_or(0, |l| *l.position.borrow());
             if local_now >= position {

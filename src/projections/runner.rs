@@ -535,10 +535,7 @@ impl ProjectionRunner {
         let apply = async move {
             let applied = match page_ref.events.as_slice() {
                 [] => Ok(()),
-                events => AssertUnwindSafe(self.projection.apply(&mut tx, events))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the projection panicked"))),
+                events => apply_catching(&mut tx, self.projection.as_ref(), events).await,
             };
             match applied {
                 Ok(()) => {
@@ -885,6 +882,25 @@ pub fn is_transient(error: &anyhow::Error) -> bool {
     })
 }
 
+/// Applies `events`, a panic of the projection becoming an error that names it.
+async fn apply_catching(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    events: &[RawEvent],
+) -> anyhow::Result<()> {
+    AssertUnwindSafe(projection.apply(conn, events))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(anyhow::anyhow!("the projection panicked: {message}"))
+        })
+}
+
 /// Applies `events` under a savepoint of the caller's transaction.
 ///
 /// `Ok(None)`: applied. `Ok(Some(error))`: the projection failed (or panicked) and the
@@ -896,18 +912,7 @@ pub(crate) async fn apply_guarded(
     events: &[RawEvent],
 ) -> anyhow::Result<Option<anyhow::Error>> {
     let mut savepoint = conn.begin().await?;
-    let applied = AssertUnwindSafe(projection.apply(&mut savepoint, events))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".into());
-            Err(anyhow::anyhow!("the projection panicked: {message}"))
-        });
-    match applied {
+    match apply_catching(&mut savepoint, projection, events).await {
         Ok(()) => {
             savepoint.commit().await?;
             Ok(None)

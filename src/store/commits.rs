@@ -60,12 +60,6 @@ impl RecentCommits {
         }
     }
 
-    /// Whether the recorded commits prove that positions `(from, to]` hold no event of any
-    /// of `types`. `false` when they hold one, or when some part of the range is unknown.
-    pub fn none_of(&self, from: i64, to: i64, types: &[String]) -> bool {
-        self.holds_any(from, to, types) == Some(false)
-    }
-
     /// What the recorded commits tell of positions `(from, to]`: `Some(true)` when a known
     /// commit among them holds an event of one of `types`, `Some(false)` when they are all
     /// known and hold none, `None` when a gap comes first.
@@ -138,6 +132,13 @@ impl RecentCommits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl RecentCommits {
+        /// Whether the recorded commits prove that `(from, to]` holds none of `types`.
+        fn none_of(&self, from: i64, to: i64, types: &[String]) -> bool {
+            self.holds_any(from, to, types) == Some(false)
+        }
+    }
 
     fn wanted(types: &[&str]) -> Vec<String> {
         types.iter().map(|t| t.to_string()).collect()

@@ -356,12 +356,6 @@ pub trait EventStore: Send + Sync + 'static {
         None
     }
 
-    /// Whether it is known, without reading the log, that positions `(from, to]` hold no
-    /// event of `types`. `false` means "holds one, or unknown".
-    fn none_of(&self, from: i64, to: i64, types: &[String]) -> bool {
-        self.holds_any(from, to, types) == Some(false)
-    }
-
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError>;
 
     async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<(), StoreError>;
