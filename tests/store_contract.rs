@@ -442,6 +442,97 @@ async fn a_live_feed_subscriber_sees_every_event_once_in_order_through_catch_up_
     assert_eq!(seen, (1..=total as i64).collect::<Vec<_>>());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_live_feed_reads_only_the_types_its_subscribers_want_and_a_late_subscriber_misses_nothing(
+) {
+    let stores = stores(2).await;
+    let store: Arc<dyn EventStore> = stores[1].clone();
+    let feed = universal_backend::store::LiveFeed::start(store.clone());
+    let typed = Filter {
+        event_types: Some(vec!["Wanted".into()]),
+        ..Filter::default()
+    };
+    let reader = {
+        let (store, feed) = (store.clone(), feed.clone());
+        let mut sub = Subscription::new(store, *stores[1].head_watch().borrow(), typed)
+            .with_live_feed(feed);
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while seen.len() < 20 {
+                match sub.try_next().await.unwrap() {
+                    Some(e) => seen.push(e.data["n"].as_i64().unwrap()),
+                    None => sub.wait().await,
+                }
+            }
+            seen
+        })
+    };
+    // Mostly events nobody live wants, from both processes, with the wanted ones among them.
+    let start = *stores[1].head_watch().borrow();
+    for n in 0..20 {
+        for i in 0..15 {
+            stores[(n + i) as usize % 2]
+                .append(
+                    &format!("noise-{}", Uuid::new_v4()),
+                    ExpectedVersion::NoStream,
+                    vec![event("Noise", n * 15 + i)],
+                )
+                .await
+                .unwrap();
+        }
+        stores[n as usize % 2]
+            .append("wanted", ExpectedVersion::Any, vec![event("Wanted", n)])
+            .await
+            .unwrap();
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the typed subscriber keeps up")
+        .unwrap();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+    assert_eq!(
+        feed.events_read(),
+        20,
+        "the feed read the wanted events and none of the 300 others"
+    );
+
+    // A subscriber of everything that joins now reads the skipped stretch from the store,
+    // then follows the feed live without a hole.
+    let mut all = Subscription::new(store.clone(), start, Filter::all()).with_live_feed(feed);
+    let mut positions = Vec::new();
+    let total = 320 + 30;
+    let writer = {
+        let store = stores[0].clone();
+        tokio::spawn(async move {
+            for n in 0..30 {
+                store
+                    .append(
+                        &format!("late-{}", Uuid::new_v4()),
+                        ExpectedVersion::NoStream,
+                        vec![event("Late", n)],
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while positions.len() < total {
+            match all.try_next().await.unwrap() {
+                Some(e) => positions.push(e.position),
+                None => all.wait().await,
+            }
+        }
+    })
+    .await
+    .expect("the late subscriber keeps up");
+    writer.await.unwrap();
+    assert_eq!(
+        positions,
+        (start + 1..=start + total as i64).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test]
 async fn a_gated_subscription_skips_what_its_gate_turns_away_through_catch_up_and_live() {
     let stores = stores(1).await;

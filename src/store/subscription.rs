@@ -7,8 +7,9 @@
 //! order (see `postgres.rs`), a cursor never skips an event and never delivers one twice,
 //! so the switch from catch-up to live needs no special handling.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
@@ -18,14 +19,78 @@ use super::{EventStore, Filter, RecordedEvent, StoreError};
 /// Events read per round trip.
 const PAGE: i64 = 1000;
 
-/// One reader of the whole log per process, fanning every event out in memory.
+/// One reader of the log per process, fanning events out in memory.
 ///
-/// Live subscribers (sockets) read from here instead of each querying the store on every
-/// commit. The feed is unfiltered, so a subscriber can check that positions follow each
-/// other without a hole; on a hole, or when it falls too far behind the feed, it goes back
-/// to reading the store and returns to the feed once caught up.
+/// Live subscribers (sockets, the access view, the agent publisher) read from here instead
+/// of each querying the store on every commit. The feed hands out the log in order without
+/// a hole, so a subscriber can check that each item follows the last; on a hole, or when it
+/// falls too far behind the feed, it goes back to reading the store and returns to the feed
+/// once caught up.
+///
+/// Each subscriber registers the event types it wants (or "all of them"). The feed reads
+/// only those, and stands in for the positions between with a [`FeedItem::Skip`]; when the
+/// commit descriptions (see [`super::commits`]) show a stretch holds none of them, it reads
+/// nothing at all. A busy log of readings that no live subscriber wants thus costs the feed
+/// no query and no decoding. A subscriber that registers while the feed is deciding a skip
+/// is not covered by that skip: the skip names the registrations it was decided for, and a
+/// later subscriber treats it as a hole.
 pub struct LiveFeed {
-    tx: broadcast::Sender<Arc<RecordedEvent>>,
+    tx: broadcast::Sender<FeedItem>,
+    interest: Mutex<Interest>,
+    read: AtomicU64,
+}
+
+/// What the feed hands out, in log order.
+#[derive(Clone)]
+enum FeedItem {
+    Event(Arc<RecordedEvent>),
+    /// Positions `(from, to]` hold no event of a type wanted by the subscribers registered
+    /// up to `generation`.
+    Skip { from: i64, to: i64, generation: u64 },
+}
+
+/// The event types the registered subscribers want.
+#[derive(Default)]
+struct Interest {
+    /// Counts registrations; a subscriber knows its own.
+    generation: u64,
+    /// Subscribers that want every type.
+    everything: usize,
+    types: HashMap<String, usize>,
+}
+
+impl Interest {
+    /// The types to read (`None`: every type), and the registrations that decided them.
+    fn wanted(&self) -> (Option<Vec<String>>, u64) {
+        let types = (self.everything == 0).then(|| self.types.keys().cloned().collect());
+        (types, self.generation)
+    }
+}
+
+/// A subscriber's registration with the feed; dropping it withdraws its interest.
+struct Ticket {
+    feed: Arc<LiveFeed>,
+    types: Option<Vec<String>>,
+    generation: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut interest = self.feed.interest();
+        match &self.types {
+            None => interest.everything -= 1,
+            Some(types) => {
+                for t in types {
+                    if let Some(n) = interest.types.get_mut(t) {
+                        *n -= 1;
+                        if *n == 0 {
+                            interest.types.remove(t);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl LiveFeed {
@@ -35,31 +100,122 @@ impl LiveFeed {
     /// Starts following the log from its current head, on the current runtime.
     pub fn start(store: Arc<dyn EventStore>) -> Arc<LiveFeed> {
         let (tx, _) = broadcast::channel(Self::CAPACITY);
-        let feed = Arc::new(LiveFeed { tx });
-        let weak = Arc::downgrade(&feed);
-        let after = *store.head_watch().borrow();
-        let mut sub = Subscription::new(store, after, Filter::all());
-        tokio::spawn(async move {
-            loop {
-                match sub.next().await {
-                    Ok(e) => {
-                        let Some(feed) = weak.upgrade() else { return };
-                        // No receivers is fine: nobody is live right now.
-                        let _ = feed.tx.send(Arc::new(e));
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "live feed read failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        if weak.strong_count() == 0 {
-                            return;
+        let feed = Arc::new(LiveFeed {
+            tx,
+            interest: Mutex::default(),
+            read: AtomicU64::new(0),
+        });
+        tokio::spawn(Self::follow(Arc::downgrade(&feed), store));
+        feed
+    }
+
+    /// Events the feed has read from the store so far.
+    pub fn events_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    fn interest(&self) -> std::sync::MutexGuard<'_, Interest> {
+        self.interest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(self: &Arc<Self>, types: Option<Vec<String>>) -> Ticket {
+        let mut interest = self.interest();
+        interest.generation += 1;
+        match &types {
+            None => interest.everything += 1,
+            Some(types) => {
+                for t in types {
+                    *interest.types.entry(t.clone()).or_default() += 1;
+                }
+            }
+        }
+        Ticket {
+            feed: self.clone(),
+            types,
+            generation: interest.generation,
+        }
+    }
+
+    async fn follow(feed: Weak<LiveFeed>, store: Arc<dyn EventStore>) {
+        let mut head = store.head_watch();
+        let mut after = *head.borrow_and_update();
+        loop {
+            let watched = *head.borrow_and_update();
+            let to = if watched > after {
+                watched
+            } else {
+                let _ = tokio::time::timeout(POLL, head.wait_for(|h| *h > after)).await;
+                let watched = *head.borrow_and_update();
+                if watched > after {
+                    watched
+                } else {
+                    match store.head_position().await {
+                        Ok(h) => h,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "live feed cannot read the head; retrying");
+                            tokio::time::sleep(RETRY).await;
+                            continue;
                         }
                     }
                 }
+            };
+            let Some(live) = feed.upgrade() else { return };
+            if to <= after {
+                continue;
             }
-        });
-        feed
+            let (types, generation) = live.interest().wanted();
+            let skip = |from, to| FeedItem::Skip {
+                from,
+                to,
+                generation,
+            };
+            if let Some(types) = &types {
+                if types.is_empty() || store.holds_any(after, to, types) == Some(false) {
+                    let _ = live.tx.send(skip(after, to));
+                    after = to;
+                    continue;
+                }
+            }
+            drop(live);
+            let filter = Filter {
+                event_types: types,
+                ..Filter::default()
+            };
+            let page = match store.read_all(after, Some(to), &filter, PAGE).await {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::warn!(error = %err, "live feed read failed; retrying");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            };
+            let Some(live) = feed.upgrade() else { return };
+            live.read.fetch_add(page.len() as u64, Ordering::Relaxed);
+            // Read up to `to`, or up to the last event of a full page.
+            let end = match page.last() {
+                Some(last) if page.len() as i64 == PAGE => last.position,
+                _ => to,
+            };
+            // No receivers is fine: nobody is live right now.
+            for e in page {
+                if e.position > after + 1 {
+                    let _ = live.tx.send(skip(after, e.position - 1));
+                }
+                after = e.position;
+                let _ = live.tx.send(FeedItem::Event(Arc::new(e)));
+            }
+            if end > after {
+                let _ = live.tx.send(skip(after, end));
+                after = end;
+            }
+        }
     }
 }
+
+/// The feed's fallback poll, when no wake-up arrives.
+const POLL: Duration = Duration::from_secs(1);
+/// The feed's pause after a failed query.
+const RETRY: Duration = Duration::from_millis(500);
 
 pub struct Subscription {
     store: Arc<dyn EventStore>,
@@ -68,10 +224,10 @@ pub struct Subscription {
     head: watch::Receiver<i64>,
     buffer: VecDeque<RecordedEvent>,
     poll: Duration,
-    feed: Option<Arc<LiveFeed>>,
+    feed: Option<Ticket>,
     /// Set while following the feed (after catching up from the store).
-    live: Option<broadcast::Receiver<Arc<RecordedEvent>>>,
-    stash: Option<Arc<RecordedEvent>>,
+    live: Option<broadcast::Receiver<FeedItem>>,
+    stash: Option<FeedItem>,
     gate: Option<Gate>,
 }
 
@@ -100,7 +256,7 @@ impl Subscription {
 
     /// Once caught up, follow `feed` in memory instead of querying the store.
     pub fn with_live_feed(mut self, feed: Arc<LiveFeed>) -> Self {
-        self.feed = Some(feed);
+        self.feed = Some(feed.register(self.filter.event_types.clone()));
         self
     }
 
@@ -121,6 +277,25 @@ impl Subscription {
                     Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
                     Err(_) => return Err(()),
                 },
+            };
+            let next = match next {
+                FeedItem::Event(e) => e,
+                FeedItem::Skip {
+                    from,
+                    to,
+                    generation,
+                } => {
+                    let mine = self.feed.as_ref().map_or(u64::MAX, |t| t.generation);
+                    if to <= self.after {
+                        continue;
+                    }
+                    // Decided without this subscriber's types, or beginning past the cursor.
+                    if generation < mine || from > self.after {
+                        return Err(());
+                    }
+                    self.after = to;
+                    continue;
+                }
             };
             if next.position <= self.after {
                 continue;
@@ -210,8 +385,8 @@ impl Subscription {
             }
             if self.fill().await? == 0 {
                 // Caught up with the store: from here on the feed brings what comes next.
-                if let Some(feed) = &self.feed {
-                    self.live = Some(feed.tx.subscribe());
+                if let Some(ticket) = &self.feed {
+                    self.live = Some(ticket.feed.tx.subscribe());
                 }
                 return Ok(None);
             }
