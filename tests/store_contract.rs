@@ -297,21 +297,26 @@ async fn streams_read_both_ways_and_the_log_filters_by_category_and_type() {
 
 #[tokio::test]
 async fn the_raw_read_of_the_log_selects_what_the_read_selects_with_the_payload_text() {
-    let stores = stores(1).await;
+    // Two processes: a raw read through the first serves its own recent commits from memory,
+    // and reads a stretch that holds the other's commits from the database.
+    let stores = stores(2).await;
     let store = &stores[0];
     let a = format!("alpha-{}", Uuid::new_v4());
     let b = format!("beta-{}", Uuid::new_v4());
-    for n in 0..6 {
+    for n in 0..12 {
         let (stream, kind) = if n % 2 == 0 {
             (&a, "Ping")
         } else {
             (&b, "Pong")
         };
-        store
-            .append(stream, ExpectedVersion::Any, vec![event(kind, n)])
+        let mut e = event(kind, n);
+        e.data = json!({ "n": n, "x": 0.1 + n as f64 * 1e-7, "nested": { "z": [1, "é"], "a": null } });
+        stores[usize::from((6..9).contains(&n))]
+            .append(stream, ExpectedVersion::Any, vec![e])
             .await
             .unwrap();
     }
+    let mut from_memory = 0;
     let filters = [
         Filter::default(),
         Filter {
@@ -328,7 +333,15 @@ async fn the_raw_read_of_the_log_selects_what_the_read_selects_with_the_payload_
         },
     ];
     for filter in &filters {
-        for (after, up_to, limit) in [(0, None, 100), (1, Some(5), 100), (0, None, 2)] {
+        for (after, up_to, limit) in [
+            (0, None, 100),
+            (1, Some(5), 100),
+            (0, None, 2),
+            (0, Some(6), 100),
+            (0, Some(12), 100),
+            (4, Some(12), 3),
+            (9, Some(12), 100),
+        ] {
             let read = store.read_all(after, up_to, filter, limit).await.unwrap();
             let raw = store
                 .read_all_raw(after, up_to, filter, limit)
@@ -352,8 +365,16 @@ async fn the_raw_read_of_the_log_selects_what_the_read_selects_with_the_payload_
                 let data: serde_json::Value = serde_json::from_str(&r.data).unwrap();
                 assert_eq!(data, e.data);
             }
+            let served = store.events_read_from_memory();
+            if up_to.is_some_and(|to| to <= 6 || after >= 9) {
+                assert_eq!(served, from_memory + raw.len() as u64, "{filter:?} {after} {up_to:?}");
+            } else if up_to.is_some_and(|to| to > 6 && after < 9 && limit > 6 - after) {
+                assert_eq!(served, from_memory, "a stretch with a gap is read from the database");
+            }
+            from_memory = served;
         }
     }
+    assert!(from_memory > 0);
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 
 pub mod commits;
 pub mod postgres;
+pub mod recent;
 pub mod subscription;
 
 use async_trait::async_trait;

@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::commits::{self, RecentCommits};
+use super::recent::RecentEvents;
 use super::{
     category_of, AppendError, AppendResult, Direction, EventStore, ExpectedVersion, Filter,
     NewEvent, RawEvent, RecordedEvent, Snapshot, StoreError,
@@ -125,6 +126,7 @@ pub struct PgEventStore {
     closed: AtomicBool,
     head: watch::Receiver<i64>,
     commits: Arc<RecentCommits>,
+    recent: Arc<RecentEvents>,
 }
 
 impl PgEventStore {
@@ -142,9 +144,15 @@ impl PgEventStore {
         let weak_head = Arc::downgrade(&head_tx);
         let commits = Arc::new(RecentCommits::default());
         let (writer_commits, listener_commits) = (commits.clone(), commits.clone());
+        let recent = Arc::new(RecentEvents::default());
+        let writer_recent = recent.clone();
         crate::rt::spawn_thread("ub-store-writer", move || async move {
+            let commits = Recorded {
+                commits: &writer_commits,
+                events: &writer_recent,
+            };
             tokio::select! {
-                _ = writer_loop(writer_pool.clone(), rx, config, head_tx, writer_commits) => {}
+                _ = writer_loop(writer_pool.clone(), rx, config, head_tx, commits) => {}
                 _ = listen_loop(writer_pool, weak_head, listener_commits) => {}
             }
         })
@@ -155,11 +163,18 @@ impl PgEventStore {
             closed: AtomicBool::new(false),
             head: head_rx,
             commits,
+            recent,
         }))
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Events that [`EventStore::read_all_raw`] served from this process's recent commits
+    /// instead of the database (see [`super::recent`]).
+    pub fn events_read_from_memory(&self) -> u64 {
+        self.recent.served()
     }
 }
 
@@ -244,7 +259,7 @@ async fn writer_loop(
     mut rx: mpsc::Receiver<WriterMsg>,
     config: PgStoreConfig,
     head: Arc<watch::Sender<i64>>,
-    commits: Arc<RecentCommits>,
+    commits: Recorded<'_>,
 ) {
     let mut flushes = Vec::new();
     let mut conn: Option<PgConnection> = None;
@@ -285,13 +300,21 @@ async fn writer_loop(
         if !batch.is_empty() {
             metrics::histogram!("ub_append_batch_events").record(events as f64);
             metrics::histogram!("ub_append_batch_appends").record(batch.len() as f64);
-            commit_batch(&pool, &mut conn, &mut cache, batch, &head, &commits).await;
+            commit_batch(&pool, &mut conn, &mut cache, batch, &head, commits).await;
             last_batch = tokio::time::Instant::now();
         }
         for ack in flushes.drain(..) {
             let _ = ack.send(());
         }
     }
+}
+
+/// What the writer records of each commit besides the head: the types it held (announced
+/// to every process too) and its rows (for this process's own readers).
+#[derive(Clone, Copy)]
+struct Recorded<'a> {
+    commits: &'a RecentCommits,
+    events: &'a RecentEvents,
 }
 
 async fn open_writer_connection(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
@@ -363,7 +386,7 @@ async fn commit_batch(
     cache: &mut WriterCache,
     batch: Vec<AppendRequest>,
     head: &watch::Sender<i64>,
-    commits: &RecentCommits,
+    commits: Recorded<'_>,
 ) {
     let mut outcome = Err(BatchError::Duplicate);
     // First optimistically, trusting the cache and the unique index on event ids; if that
@@ -373,7 +396,12 @@ async fn commit_batch(
             // A connection of the writer's own, opened on its thread: a pooled one may be
             // bound to another thread's reactor, adding a hop to every round trip.
             match open_writer_connection(pool).await {
-                Ok(c) => *conn = Some(c),
+                Ok(c) => {
+                    // A new connection may reach a database that changed under the last one
+                    // (a failover): what this process remembers of its commits starts over.
+                    commits.events.clear();
+                    *conn = Some(c);
+                }
                 Err(e) => {
                     outcome = Err(BatchError::Sql(e));
                     break;
@@ -476,6 +504,24 @@ struct Rows<'a> {
     metadata: Vec<&'a str>,
 }
 
+impl Rows<'_> {
+    /// The rows as the events a projection reads, once they are committed.
+    fn into_events(self) -> Vec<RawEvent> {
+        (0..self.positions.len())
+            .map(|i| RawEvent {
+                position: self.positions[i],
+                stream_id: self.streams[i].to_owned(),
+                category: self.categories[i].to_owned(),
+                version: self.versions[i],
+                event_id: self.event_ids[i],
+                event_type: self.types[i].to_owned(),
+                schema_version: self.schema_versions[i],
+                data: self.data[i].to_owned(),
+            })
+            .collect()
+    }
+}
+
 type Outcome = Result<AppendResult, AppendError>;
 
 /// One batch in three round trips when the cache knows the streams: BEGIN + lock, the
@@ -486,7 +532,7 @@ async fn write_batch(
     cache: &mut WriterCache,
     batch: &[AppendRequest],
     verify_ids: bool,
-    commits: &RecentCommits,
+    commits: Recorded<'_>,
 ) -> Result<(Vec<Outcome>, Option<i64>), BatchError> {
     let locked =
         sqlx::raw_sql("BEGIN; SELECT last_position FROM event_head WHERE id = 1 FOR UPDATE")
@@ -606,7 +652,8 @@ async fn write_batch(
     ))
     .execute(&mut *conn)
     .await?;
-    commits.record(start, head, types);
+    commits.commits.record(start, head, types);
+    commits.events.record(start, rows.into_events());
     cache.head = head;
     Ok((outcomes, Some(head)))
 }
@@ -808,6 +855,9 @@ impl EventStore for PgEventStore {
         filter: &Filter,
         limit: i64,
     ) -> Result<Vec<RawEvent>, StoreError> {
+        if let Some(events) = up_to.and_then(|to| self.recent.read(after, to, filter, limit)) {
+            return Ok(events);
+        }
         let sql = concat!(
             "SELECT global_position AS position, stream_id, stream_category AS category, \
              version, event_id, event_type, schema_version, data::text AS data ",
