@@ -22,7 +22,7 @@ use actix_web::web;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use serde_json::{json, Value};
-use universal_events::swarm::{SwarmTaskEvent, TaskConfig, TaskResult};
+use universal_events::swarm::{SwarmTaskEvent, TaskConfig, TaskResult, SWARM_TASK_EVENT_TYPES};
 use universal_events::EventFamily;
 use uuid::Uuid;
 
@@ -49,8 +49,10 @@ pub fn start(state: web::Data<AppState>) {
         return;
     }
     let after = *state.store.head_watch().borrow();
+    // Named by type as well, so that the live feed reads only these (see `LiveFeed`).
     let filter = Filter {
         categories: Some(vec!["swarm_task".into()]),
+        event_types: Some(SWARM_TASK_EVENT_TYPES.map(String::from).to_vec()),
         ..Filter::default()
     };
     // A restarted publisher goes on after the last event it handled.
