@@ -62,6 +62,35 @@ async fn a_posted_reading_shows_in_the_energy_read_model_when_asked_with_min_pos
 }
 
 #[actix_web::test]
+async fn readings_nobody_follows_live_cost_the_live_feed_no_read() {
+    let app = common::spawn_app().await;
+    let (id, sensor, _) = app.building_with_sensor("electricity", "kWh").await;
+    let read_before = app.state.live.events_read();
+    let mut position = 0;
+    for n in 0..20 {
+        let res = app
+            .post(
+                &format!("/api/v1/citypulse/buildings/{id}/readings"),
+                json!({ "readings": [{ "sensor_id": sensor, "value": n as f64 }] }),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        position = res.json::<Value>().await.unwrap()["position"].as_i64().unwrap();
+    }
+    // The projections saw every reading ...
+    let (status, building) = app
+        .get_json(&format!(
+            "/api/v1/citypulse/buildings/{id}?min_position={position}"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(building["sensors"][0]["last_value"], 19.0);
+    // ... while the live feed, whose standing subscribers (the access view, the agent
+    // publisher) want none of them, read none.
+    assert_eq!(app.state.live.events_read(), read_before);
+}
+
+#[actix_web::test]
 async fn a_retry_with_the_same_idempotency_key_returns_the_first_answer_and_appends_nothing() {
     let app = common::spawn_app().await;
     let (id, sensor, _) = app.building_with_sensor("water", "L").await;

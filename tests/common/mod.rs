@@ -73,6 +73,8 @@ pub struct TestApp {
     pub pool: PgPool,
     pub database_url: String,
     pub handle: actix_web::dev::ServerHandle,
+    /// The process's state, for what only the process itself can tell.
+    pub state: actix_web::web::Data<universal_backend::state::AppState>,
 }
 
 /// Starts the real application on port 0 against a fresh database.
@@ -90,6 +92,7 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Config)) -> TestApp {
         .expect("application starts");
     let base = format!("http://127.0.0.1:{}", app.port());
     let pool = app.state().pool.clone();
+    let state = app.state();
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
     let anonymous = reqwest::Client::builder()
@@ -105,6 +108,7 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Config)) -> TestApp {
         pool,
         database_url: url,
         handle,
+        state,
     }
 }
 
