@@ -427,8 +427,24 @@ async fn stored_command<E: Entity>(
     }))
 }
 
-fn event_id(command_id: Uuid, index: usize) -> Uuid {
-    Uuid::new_v5(&command_id, &(index as u64).to_be_bytes())
+/// The id of a command's `index`-th event, the same every time it is derived.
+///
+/// A command id made here is time-ordered (version 7): its events' ids keep its first eight
+/// bytes (the millisecond and the version) and take the rest from a name-based hash of the
+/// command id and the index. So new ids sort after older ones, and the log's unique index on
+/// event ids grows at its right edge instead of taking each insert at a random leaf. Command
+/// ids derived from an idempotency key (or by an import) are not time-ordered; their events
+/// keep the plain name-based id, as they always had, so a retry finds what was stored before.
+pub(crate) fn event_id(command_id: Uuid, index: usize) -> Uuid {
+    let hashed = Uuid::new_v5(&command_id, &(index as u64).to_be_bytes());
+    if command_id.get_version_num() != 7 {
+        return hashed;
+    }
+    let mut bytes = *command_id.as_bytes();
+    bytes[8..].copy_from_slice(&hashed.as_bytes()[8..]);
+    // The RFC 9562 variant, as in every id this service makes.
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    Uuid::from_bytes(bytes)
 }
 
 fn to_new_events<E: Entity>(events: &[E::Event], meta: &CommandMeta) -> Vec<NewEvent> {
@@ -734,5 +750,35 @@ impl<E: Entity> Registry<E> {
             }
         }
         Err(CommandError::Unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_of_fresh_commands_sort_by_time_and_keyed_ones_keep_their_old_form() {
+        let earlier = Uuid::now_v7();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = Uuid::now_v7();
+        let ids: Vec<Uuid> = (0..4).map(|i| event_id(later, i)).collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(*id, event_id(later, i), "derived the same every time");
+            assert_eq!(id.get_version_num(), 7);
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            assert_eq!(id.as_bytes()[..6], later.as_bytes()[..6]);
+            assert!(event_id(earlier, i) < *id, "a later command's events sort after");
+        }
+        let mut distinct = ids.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4);
+
+        // A command id from an idempotency key: the plain name-based ids stored so far.
+        let keyed = Uuid::new_v5(&Uuid::nil(), b"scope\nkey");
+        assert_eq!(
+            event_id(keyed, 1),
+            Uuid::new_v5(&keyed, &1u64.to_be_bytes())
+        );
     }
 }
