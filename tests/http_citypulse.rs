@@ -75,7 +75,9 @@ async fn readings_nobody_follows_live_cost_the_live_feed_no_read() {
             )
             .await;
         assert_eq!(res.status(), 201);
-        position = res.json::<Value>().await.unwrap()["position"].as_i64().unwrap();
+        position = res.json::<Value>().await.unwrap()["position"]
+            .as_i64()
+            .unwrap();
     }
     // The projections saw every reading ...
     let (status, building) = app

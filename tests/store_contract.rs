@@ -39,6 +39,91 @@ async fn stores(n: usize) -> Vec<Arc<PgEventStore>> {
     out
 }
 
+/// Positions and stream versions of the whole log, in log order.
+async fn log_of(pool: &sqlx::PgPool) -> Vec<(i64, String, i64)> {
+    sqlx::query_as(
+        "SELECT global_position, stream_id, version FROM events ORDER BY global_position",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn two_processes_taking_turns_on_one_stream_never_lose_a_version_or_leave_a_gap() {
+    // A writer that wrote last knows the head and the stream and writes in one statement;
+    // the other finds the head moved, and must notice.
+    let stores = stores(2).await;
+    let stream = format!("turns-{}", Uuid::new_v4());
+    for n in 0..60i64 {
+        let store = &stores[(n as usize / 3) % 2];
+        let done = store
+            .append(&stream, ExpectedVersion::Exact(n), vec![event("Turn", n)])
+            .await
+            .unwrap();
+        assert_eq!(done.version, n + 1);
+        assert_eq!(done.position, n + 1);
+        // A stale expectation is refused by either, whoever wrote last.
+        for other in &stores {
+            let stale = other
+                .append(&stream, ExpectedVersion::Exact(n), vec![event("Stale", n)])
+                .await;
+            assert!(
+                matches!(stale, Err(AppendError::WrongVersion { .. })),
+                "{stale:?}"
+            );
+        }
+    }
+    let log = log_of(stores[0].pool()).await;
+    let expected: Vec<(i64, String, i64)> = (1..=60).map(|v| (v, stream.clone(), v)).collect();
+    assert_eq!(log, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_of_two_processes_on_known_streams_keep_every_version_and_position() {
+    let stores = stores(2).await;
+    let streams: Vec<String> = (0..4)
+        .map(|_| format!("shared-{}", Uuid::new_v4()))
+        .collect();
+    // Both writers learn every stream first.
+    for store in &stores {
+        for s in &streams {
+            store
+                .append(s, ExpectedVersion::Any, vec![event("Warm", 0)])
+                .await
+                .unwrap();
+        }
+    }
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = stores[w % 2].clone();
+        let stream = streams[w % 4].clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..40 {
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![event("Busy", n)])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = log_of(stores[0].pool()).await;
+    let total = 8 + 8 * 40;
+    assert_eq!(
+        log.iter().map(|e| e.0).collect::<Vec<_>>(),
+        (1..=total as i64).collect::<Vec<_>>(),
+        "positions without a gap"
+    );
+    for s in &streams {
+        let versions: Vec<i64> = log.iter().filter(|e| &e.1 == s).map(|e| e.2).collect();
+        assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
+        assert_eq!(versions.len(), 2 + 2 * 40);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_appends_of_the_same_version_have_exactly_one_winner() {
     let stores = stores(2).await;
@@ -310,7 +395,8 @@ async fn the_raw_read_of_the_log_selects_what_the_read_selects_with_the_payload_
             (&b, "Pong")
         };
         let mut e = event(kind, n);
-        e.data = json!({ "n": n, "x": 0.1 + n as f64 * 1e-7, "nested": { "z": [1, "é"], "a": null } });
+        e.data =
+            json!({ "n": n, "x": 0.1 + n as f64 * 1e-7, "nested": { "z": [1, "é"], "a": null } });
         stores[usize::from((6..9).contains(&n))]
             .append(stream, ExpectedVersion::Any, vec![e])
             .await
@@ -367,9 +453,16 @@ async fn the_raw_read_of_the_log_selects_what_the_read_selects_with_the_payload_
             }
             let served = store.events_read_from_memory();
             if up_to.is_some_and(|to| to <= 6 || after >= 9) {
-                assert_eq!(served, from_memory + raw.len() as u64, "{filter:?} {after} {up_to:?}");
+                assert_eq!(
+                    served,
+                    from_memory + raw.len() as u64,
+                    "{filter:?} {after} {up_to:?}"
+                );
             } else if up_to.is_some_and(|to| to > 6 && after < 9 && limit > 6 - after) {
-                assert_eq!(served, from_memory, "a stretch with a gap is read from the database");
+                assert_eq!(
+                    served, from_memory,
+                    "a stretch with a gap is read from the database"
+                );
             }
             from_memory = served;
         }
@@ -475,8 +568,8 @@ async fn the_live_feed_reads_only_the_types_its_subscribers_want_and_a_late_subs
     };
     let reader = {
         let (store, feed) = (store.clone(), feed.clone());
-        let mut sub = Subscription::new(store, *stores[1].head_watch().borrow(), typed)
-            .with_live_feed(feed);
+        let mut sub =
+            Subscription::new(store, *stores[1].head_watch().borrow(), typed).with_live_feed(feed);
         tokio::spawn(async move {
             let mut seen = Vec::new();
             while seen.len() < 20 {

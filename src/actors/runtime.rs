@@ -768,7 +768,10 @@ mod tests {
             assert_eq!(id.get_version_num(), 7);
             assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
             assert_eq!(id.as_bytes()[..6], later.as_bytes()[..6]);
-            assert!(event_id(earlier, i) < *id, "a later command's events sort after");
+            assert!(
+                event_id(earlier, i) < *id,
+                "a later command's events sort after"
+            );
         }
         let mut distinct = ids.clone();
         distinct.dedup();

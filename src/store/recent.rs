@@ -187,7 +187,10 @@ mod tests {
             Some(vec![13, 15])
         );
         assert_eq!(positions(recent.read(10, 15, &all, 2)), Some(vec![11, 12]));
-        assert_eq!(positions(recent.read(12, 14, &all, 100)), Some(vec![13, 14]));
+        assert_eq!(
+            positions(recent.read(12, 14, &all, 100)),
+            Some(vec![13, 14])
+        );
         // Nothing of the wanted types, but covered: an empty answer, not "unknown".
         assert_eq!(
             positions(recent.read(10, 15, &types(&["C"]), 100)),

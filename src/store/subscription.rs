@@ -46,7 +46,11 @@ enum FeedItem {
     Event(Arc<RecordedEvent>),
     /// Positions `(from, to]` hold no event of a type wanted by the subscribers registered
     /// up to `generation`.
-    Skip { from: i64, to: i64, generation: u64 },
+    Skip {
+        from: i64,
+        to: i64,
+        generation: u64,
+    },
 }
 
 /// The event types the registered subscribers want.
