@@ -26,8 +26,15 @@
 //! committed. When the head is still there when it next takes the lock, nobody else
 //! appended, so those versions are exact and need not be read; and repeated event ids are
 //! left to the unique index, whose violation sends the batch round again with every id
-//! checked. A batch is then three round trips: BEGIN + lock, INSERT, and UPDATE + NOTIFY +
-//! COMMIT.
+//! checked. A batch on streams the writer knows is then one round trip: a single statement
+//! moves the head row on from the head the writer knows (the update takes the row lock and,
+//! after waiting for it, matches only if nobody appended since), inserts the rows only if it
+//! did, announces the commit and commits on its own (`write_at_once`). When the head had
+//! moved, nothing is written and the batch goes the careful way: BEGIN + lock, the versions
+//! the cache lacks, INSERT, and UPDATE + NOTIFY + COMMIT.
+//!
+//! After each commit the writer keeps the rows it wrote in memory for a while
+//! ([`super::recent`]), so that this process's projections read them without a query.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
