@@ -26,6 +26,15 @@ fn event(kind: &str, n: i64) -> NewEvent {
     }
 }
 
+/// Appends one event of `kind` to a stream of its own.
+async fn append_new(store: &PgEventStore, kind: &str, n: i64) {
+    let stream = format!("{}-{}", kind.to_lowercase(), Uuid::new_v4());
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![event(kind, n)])
+        .await
+        .unwrap();
+}
+
 async fn stores(n: usize) -> Vec<Arc<PgEventStore>> {
     let (pool, _) = common::fresh_pool().await;
     let mut out = Vec::new();
@@ -535,14 +544,7 @@ async fn a_live_feed_subscriber_sees_every_event_once_in_order_through_catch_up_
         let store = stores[w % 2].clone();
         writers.push(tokio::spawn(async move {
             for n in 0..100 {
-                store
-                    .append(
-                        &format!("late-{}", Uuid::new_v4()),
-                        ExpectedVersion::NoStream,
-                        vec![event("Late", n)],
-                    )
-                    .await
-                    .unwrap();
+                append_new(&store, "Late", n).await;
             }
         }));
     }
@@ -619,14 +621,7 @@ async fn the_live_feed_reads_only_the_types_its_subscribers_want_and_a_late_subs
         let store = stores[0].clone();
         tokio::spawn(async move {
             for n in 0..30 {
-                store
-                    .append(
-                        &format!("late-{}", Uuid::new_v4()),
-                        ExpectedVersion::NoStream,
-                        vec![event("Late", n)],
-                    )
-                    .await
-                    .unwrap();
+                append_new(&store, "Late", n).await;
             }
         })
     };

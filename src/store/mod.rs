@@ -189,14 +189,7 @@ impl Filter {
     }
 
     pub fn matches(&self, event: &RecordedEvent) -> bool {
-        self.categories
-            .as_ref()
-            .is_none_or(|c| c.contains(&event.category))
-            && self
-                .event_types
-                .as_ref()
-                .is_none_or(|t| t.contains(&event.event_type))
-            && self.stream.as_ref().is_none_or(|s| *s == event.stream_id)
+        self.admits(&event.category, &event.event_type, &event.stream_id)
             && self.organization.is_none_or(|o| {
                 event
                     .metadata
@@ -204,6 +197,21 @@ impl Filter {
                     .and_then(|v| v.as_str())
                     == Some(o.to_string().as_str())
             })
+    }
+}
+
+impl Filter {
+    /// Whether an event of this category, type and stream passes the filter, leaving aside
+    /// the organization (which only the metadata tells).
+    pub fn admits(&self, category: &str, event_type: &str, stream: &str) -> bool {
+        self.categories
+            .as_ref()
+            .is_none_or(|c| c.iter().any(|c| c == category))
+            && self
+                .event_types
+                .as_ref()
+                .is_none_or(|t| t.iter().any(|t| t == event_type))
+            && self.stream.as_deref().is_none_or(|s| s == stream)
     }
 }
 

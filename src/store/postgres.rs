@@ -512,6 +512,14 @@ struct Rows<'a> {
 }
 
 impl Rows<'_> {
+    /// The event types of the rows, each once.
+    fn distinct_types(&self) -> Vec<&str> {
+        let mut types = self.types.clone();
+        types.sort_unstable();
+        types.dedup();
+        types
+    }
+
     /// The rows as the events a projection reads, once they are committed.
     fn into_events(self) -> Vec<RawEvent> {
         (0..self.positions.len())
@@ -530,6 +538,48 @@ impl Rows<'_> {
 }
 
 type Outcome = Result<AppendResult, AppendError>;
+
+/// The insert of a batch's rows, bound as arrays `$1` to `$9` (see [`bind_rows`]).
+macro_rules! insert_rows {
+    () => {
+        "INSERT INTO events (global_position, stream_id, stream_category, version, event_id, \
+         event_type, schema_version, data, metadata) \
+         SELECT p, s, c, v, i, t, sv, d::jsonb, m::jsonb FROM UNNEST($1::bigint[], $2::text[], \
+         $3::text[], $4::bigint[], $5::uuid[], $6::text[], $7::int4[], $8::text[], $9::text[]) \
+         AS u(p, s, c, v, i, t, sv, d, m)"
+    };
+}
+
+const INSERT_ROWS: &str = insert_rows!();
+
+/// The insert in one statement with the head's move (`$10` the new head, `$11` the one the
+/// writer knows), only if that matched, and the announcements (`$12`/`$13` the commit's
+/// description, `$14` the head's channel); answers the rows written and notices sent.
+const AT_ONCE: &str = concat!(
+    "WITH moved AS (UPDATE event_head SET last_position = $10 \
+     WHERE id = 1 AND last_position = $11 RETURNING 1), written AS (",
+    insert_rows!(),
+    " WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1), \
+     told AS (SELECT pg_notify($12, $13::text) FROM moved WHERE $13::text IS NOT NULL \
+     UNION ALL SELECT pg_notify($14, $10::text) FROM moved) \
+     SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM told)"
+);
+
+/// Binds the columns of [`Rows`] as `$1` to `$9` of [`INSERT_ROWS`].
+macro_rules! bind_rows {
+    ($query:expr, $rows:expr) => {
+        $query
+            .bind(&$rows.positions)
+            .bind(&$rows.streams)
+            .bind(&$rows.categories)
+            .bind(&$rows.versions)
+            .bind(&$rows.event_ids)
+            .bind(&$rows.types)
+            .bind(&$rows.schema_versions)
+            .bind(&$rows.data)
+            .bind(&$rows.metadata)
+    };
+}
 
 /// One batch in three round trips when the cache knows the streams: BEGIN + lock, the
 /// insert, and head update + NOTIFY + COMMIT; a fourth reads versions the cache lacks (and,
@@ -609,52 +659,17 @@ async fn write_batch(
         }
     }
 
-    let mut rows = Rows::default();
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for req in batch {
-        outcomes.push(plan_append(
-            req,
-            &mut cache.versions,
-            &mut known,
-            &mut head,
-            &mut rows,
-        ));
-    }
-    if !verify_ids
-        && outcomes
-            .iter()
-            .any(|o| matches!(o, Err(AppendError::WrongVersion { .. })))
-    {
-        // A conflict may be a retry of events stored before: look at the ids first.
-        return Err(BatchError::Duplicate);
-    }
+    let (outcomes, rows) = plan_batch(batch, cache, &mut known, &mut head, verify_ids)?;
 
     if rows.positions.is_empty() {
         sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
         cache.head = head;
         return Ok((outcomes, None));
     }
-    sqlx::query(
-        "INSERT INTO events (global_position, stream_id, stream_category, version, event_id, \
-         event_type, schema_version, data, metadata) \
-         SELECT p, s, c, v, i, t, sv, d::jsonb, m::jsonb FROM UNNEST($1::bigint[], $2::text[], \
-         $3::text[], $4::bigint[], $5::uuid[], $6::text[], $7::int4[], $8::text[], $9::text[]) \
-         AS u(p, s, c, v, i, t, sv, d, m)",
-    )
-    .bind(&rows.positions)
-    .bind(&rows.streams)
-    .bind(&rows.categories)
-    .bind(&rows.versions)
-    .bind(&rows.event_ids)
-    .bind(&rows.types)
-    .bind(&rows.schema_versions)
-    .bind(&rows.data)
-    .bind(&rows.metadata)
-    .execute(&mut *conn)
-    .await?;
-    let mut types = rows.types.clone();
-    types.sort_unstable();
-    types.dedup();
+    bind_rows!(sqlx::query(INSERT_ROWS), rows)
+        .execute(&mut *conn)
+        .await?;
+    let types = rows.distinct_types();
     // What the commit held, for the other processes: announced before the head, so that
     // their listeners know it by the time the head wakes their readers.
     let described = RecentCommits::payload(start, head, types.iter().copied())
@@ -693,62 +708,22 @@ async fn write_at_once(
     let mut head = start;
     // From here until the commit succeeds the cache may run ahead of the database.
     cache.head = -1;
-    let mut known = HashMap::new();
-    let mut rows = Rows::default();
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for req in batch {
-        outcomes.push(plan_append(
-            req,
-            &mut cache.versions,
-            &mut known,
-            &mut head,
-            &mut rows,
-        ));
-    }
-    if outcomes
-        .iter()
-        .any(|o| matches!(o, Err(AppendError::WrongVersion { .. })))
-    {
-        // A conflict may be a retry of events stored before: look at the ids first.
-        return Err(BatchError::Duplicate);
-    }
+    let (outcomes, rows) = plan_batch(batch, cache, &mut HashMap::new(), &mut head, false)?;
     if rows.positions.is_empty() {
         cache.head = start;
         return Ok(Some((outcomes, None)));
     }
-    let mut types = rows.types.clone();
-    types.sort_unstable();
-    types.dedup();
+    let types = rows.distinct_types();
     let described = RecentCommits::payload(start, head, types.iter().copied());
-    let answers: Vec<(i64, i64)> = sqlx::query_as(
-        "WITH moved AS (UPDATE event_head SET last_position = $10 \
-         WHERE id = 1 AND last_position = $11 RETURNING 1), \
-         written AS (INSERT INTO events (global_position, stream_id, stream_category, version, \
-         event_id, event_type, schema_version, data, metadata) \
-         SELECT p, s, c, v, i, t, sv, d::jsonb, m::jsonb FROM UNNEST($1::bigint[], $2::text[], \
-         $3::text[], $4::bigint[], $5::uuid[], $6::text[], $7::int4[], $8::text[], $9::text[]) \
-         AS u(p, s, c, v, i, t, sv, d, m) WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1), \
-         told AS (SELECT pg_notify($12, $13::text) FROM moved WHERE $13::text IS NOT NULL \
-         UNION ALL SELECT pg_notify($14, $10::text) FROM moved) \
-         SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM told)",
-    )
-    .bind(&rows.positions)
-    .bind(&rows.streams)
-    .bind(&rows.categories)
-    .bind(&rows.versions)
-    .bind(&rows.event_ids)
-    .bind(&rows.types)
-    .bind(&rows.schema_versions)
-    .bind(&rows.data)
-    .bind(&rows.metadata)
-    .bind(head)
-    .bind(start)
-    .bind(commits::CHANNEL)
-    .bind(described)
-    .bind(NOTIFY_CHANNEL)
-    // Read to the end: the statement's commit is acknowledged with the end of its answer.
-    .fetch_all(&mut *conn)
-    .await?;
+    let answers: Vec<(i64, i64)> = bind_rows!(sqlx::query_as(AT_ONCE), rows)
+        .bind(head)
+        .bind(start)
+        .bind(commits::CHANNEL)
+        .bind(described)
+        .bind(NOTIFY_CHANNEL)
+        // Read to the end: the statement's commit is acknowledged with the end of its answer.
+        .fetch_all(&mut *conn)
+        .await?;
     let written = answers.first().map_or(0, |a| a.0);
     if written == 0 {
         return Ok(None);
@@ -763,6 +738,37 @@ async fn write_at_once(
     commits.events.record(start, rows.into_events());
     cache.head = head;
     Ok(Some((outcomes, Some(head))))
+}
+
+/// Checks every append of the batch against what the cache knows (from `head` on) and
+/// gathers the rows of those admitted. Without `verify_ids`, a version conflict may be a
+/// retry of events stored before, so the batch goes round again with the ids looked up.
+fn plan_batch<'a>(
+    batch: &'a [AppendRequest],
+    cache: &mut WriterCache,
+    known: &mut HashMap<Uuid, (String, i64, i64)>,
+    head: &mut i64,
+    verify_ids: bool,
+) -> Result<(Vec<Outcome>, Rows<'a>), BatchError> {
+    let mut rows = Rows::default();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for req in batch {
+        outcomes.push(plan_append(
+            req,
+            &mut cache.versions,
+            known,
+            head,
+            &mut rows,
+        ));
+    }
+    if !verify_ids
+        && outcomes
+            .iter()
+            .any(|o| matches!(o, Err(AppendError::WrongVersion { .. })))
+    {
+        return Err(BatchError::Duplicate);
+    }
+    Ok((outcomes, rows))
 }
 
 /// Checks one append against the state under the lock and, if it is admitted, adds its rows.

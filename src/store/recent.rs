@@ -112,7 +112,7 @@ impl RecentEvents {
                     break;
                 }
                 at = e.position;
-                if matches(filter, e) {
+                if filter.admits(&e.category, &e.event_type, &e.stream_id) {
                     out.push(e.clone());
                 }
             }
@@ -125,18 +125,6 @@ impl RecentEvents {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-fn matches(filter: &Filter, e: &RawEvent) -> bool {
-    filter
-        .categories
-        .as_ref()
-        .is_none_or(|c| c.contains(&e.category))
-        && filter
-            .event_types
-            .as_ref()
-            .is_none_or(|t| t.contains(&e.event_type))
-        && filter.stream.as_ref().is_none_or(|s| *s == e.stream_id)
 }
 
 #[cfg(test)]
