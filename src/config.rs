@@ -62,8 +62,9 @@ pub struct Config {
     /// Most events written by one group-commit transaction.
     #[arg(long, env = "APPEND_BATCH_MAX", default_value_t = 2000)]
     pub append_batch_max: usize,
-    /// Milliseconds the group-commit writer waits for more appends (0 = take what is queued).
-    #[arg(long, env = "APPEND_LINGER_MS", default_value_t = 1)]
+    /// Milliseconds the group-commit writer waits for more appends under load (0 = take what
+    /// is queued: appends gather anyway while the previous batch commits).
+    #[arg(long, env = "APPEND_LINGER_MS", default_value_t = 0)]
     pub append_linger_ms: u64,
     /// Events per projection batch.
     #[arg(long, env = "PROJECTION_BATCH_SIZE", default_value_t = 5000)]

@@ -177,6 +177,9 @@ struct Args {
     /// against the fresh database, so that the client does not share the server's process.
     #[arg(long)]
     server_process: bool,
+    /// The store writer's linger under load, in ms (the server's `APPEND_LINGER_MS`).
+    #[arg(long)]
+    append_linger_ms: Option<u64>,
     /// Serve only: the server of `--server-process`, on `--port` against `--database`,
     /// until its standard input closes.
     #[arg(long, hide = true)]
@@ -980,6 +983,9 @@ async fn main() -> anyhow::Result<()> {
         // Agents mode: one organization submits everything; the global cap still holds.
         swarm_max_concurrent_per_org: Config::default().max_concurrent_generations,
         worker_slots: args.worker_slots,
+        append_linger_ms: args
+            .append_linger_ms
+            .unwrap_or(Config::default().append_linger_ms),
         // The Pusher benchmark signs its API calls with it.
         pusher_secret: Some(universal_backend::gateways::pusher::DEV_SECRET.into()),
         ..Config::default()
