@@ -198,9 +198,7 @@ impl Filter {
                     == Some(o.to_string().as_str())
             })
     }
-}
 
-impl Filter {
     /// Whether an event of this category, type and stream passes the filter, leaving aside
     /// the organization (which only the metadata tells).
     pub fn admits(&self, category: &str, event_type: &str, stream: &str) -> bool {

@@ -326,6 +326,15 @@ struct Recorded<'a> {
     events: &'a RecentEvents,
 }
 
+impl Recorded<'_> {
+    /// Records a committed batch, positions `(start, head]`, and moves the cache's head there.
+    fn record(self, start: i64, head: i64, types: Vec<&str>, rows: Rows, cache: &mut WriterCache) {
+        self.commits.record(start, head, types);
+        self.events.record(start, rows.into_events());
+        cache.head = head;
+    }
+}
+
 async fn open_writer_connection(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
     let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
     // The checks look up arrays of ids; a cached generic plan may estimate them badly and
@@ -513,9 +522,9 @@ struct Rows<'a> {
     metadata: Vec<&'a str>,
 }
 
-impl Rows<'_> {
+impl<'a> Rows<'a> {
     /// The event types of the rows, each once.
-    fn distinct_types(&self) -> Vec<&str> {
+    fn distinct_types(&self) -> Vec<&'a str> {
         let mut types = self.types.clone();
         types.sort_unstable();
         types.dedup();
@@ -583,9 +592,11 @@ macro_rules! bind_rows {
     };
 }
 
-/// One batch in three round trips when the cache knows the streams: BEGIN + lock, the
-/// insert, and head update + NOTIFY + COMMIT; a fourth reads versions the cache lacks (and,
-/// with `verify_ids`, looks for stored event ids). On an error the caller rolls back.
+/// One batch: in one round trip when the cache knows the head and every stream
+/// ([`write_at_once`]); otherwise, or when the head had moved, in three: BEGIN + lock, the
+/// insert, and head update + NOTIFY + COMMIT, with a fourth that reads versions the cache
+/// lacks (and, with `verify_ids`, looks for stored event ids). On an error the caller rolls
+/// back.
 async fn write_batch(
     conn: &mut PgConnection,
     cache: &mut WriterCache,
@@ -687,9 +698,7 @@ async fn write_batch(
     ))
     .execute(&mut *conn)
     .await?;
-    commits.commits.record(start, head, types);
-    commits.events.record(start, rows.into_events());
-    cache.head = head;
+    commits.record(start, head, types, rows, cache);
     Ok((outcomes, Some(head)))
 }
 
@@ -736,9 +745,7 @@ async fn write_at_once(
             rows.positions.len()
         ))));
     }
-    commits.commits.record(start, head, types);
-    commits.events.record(start, rows.into_events());
-    cache.head = head;
+    commits.record(start, head, types, rows, cache);
     Ok(Some((outcomes, Some(head))))
 }
 

@@ -64,6 +64,23 @@ struct Interest {
 }
 
 impl Interest {
+    /// Counts a subscriber's types (`None`: every type) in, or out when it leaves.
+    fn count(&mut self, types: &Option<Vec<String>>, join: bool) {
+        let step = |n: &mut usize| *n = if join { *n + 1 } else { n.saturating_sub(1) };
+        match types {
+            None => step(&mut self.everything),
+            Some(types) => {
+                for t in types {
+                    let n = self.types.entry(t.clone()).or_default();
+                    step(n);
+                    if *n == 0 {
+                        self.types.remove(t);
+                    }
+                }
+            }
+        }
+    }
+
     /// The types to read (`None`: every type), and the registrations that decided them.
     fn wanted(&self) -> (Option<Vec<String>>, u64) {
         let types = (self.everything == 0).then(|| self.types.keys().cloned().collect());
@@ -80,20 +97,7 @@ struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut interest = self.feed.interest();
-        match &self.types {
-            None => interest.everything -= 1,
-            Some(types) => {
-                for t in types {
-                    if let Some(n) = interest.types.get_mut(t) {
-                        *n -= 1;
-                        if *n == 0 {
-                            interest.types.remove(t);
-                        }
-                    }
-                }
-            }
-        }
+        self.feed.interest().count(&self.types, false);
     }
 }
 
@@ -125,14 +129,7 @@ impl LiveFeed {
     fn register(self: &Arc<Self>, types: Option<Vec<String>>) -> Ticket {
         let mut interest = self.interest();
         interest.generation += 1;
-        match &types {
-            None => interest.everything += 1,
-            Some(types) => {
-                for t in types {
-                    *interest.types.entry(t.clone()).or_default() += 1;
-                }
-            }
-        }
+        interest.count(&types, true);
         Ticket {
             feed: self.clone(),
             types,
