@@ -20,6 +20,8 @@ use clap::Parser;
 mod history;
 #[path = "bench/import.rs"]
 mod import_bench;
+#[path = "bench/lean.rs"]
+mod lean;
 #[path = "bench/slices.rs"]
 mod slices;
 #[path = "bench/spread.rs"]
@@ -177,6 +179,11 @@ struct Args {
     /// against the fresh database, so that the client does not share the server's process.
     #[arg(long)]
     server_process: bool,
+    /// Commands mode: the load client. `lean` writes each request from one buffer over its
+    /// own keep-alive connection and costs the shared machine little; `reqwest` is the
+    /// client of earlier rounds, for figures comparable with theirs.
+    #[arg(long, default_value = "lean", value_parser = ["lean", "reqwest"])]
+    client: String,
     /// The store writer's linger under load, in ms (the server's `APPEND_LINGER_MS`).
     #[arg(long)]
     append_linger_ms: Option<u64>,
@@ -328,6 +335,35 @@ struct LoadResult {
     elapsed: Duration,
 }
 
+/// How one load client posts its readings: `--client lean` (the default) or `reqwest`.
+enum Sender {
+    Reqwest(reqwest::Client, Arc<Vec<reqwest::Url>>),
+    Lean(Box<lean::Connection>, Arc<Vec<String>>),
+}
+
+impl Sender {
+    /// Posts `body` to the readings of target `at`; true if it was accepted (201).
+    async fn post(&mut self, at: usize, body: String) -> bool {
+        match self {
+            Sender::Reqwest(client, urls) => {
+                let res = client
+                    .post(urls[at].clone())
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) => r.status().as_u16() == 201 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+            Sender::Lean(conn, paths) => {
+                matches!(conn.post_json(&paths[at], &body).await, Ok(201))
+            }
+        }
+    }
+}
+
 async fn load(
     args: &Args,
     base: &str,
@@ -337,51 +373,52 @@ async fn load(
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
+    let paths: Vec<String> = targets
+        .iter()
+        .map(|t| format!("/api/v1/citypulse/buildings/{}/readings", t.building))
+        .collect();
     // The URLs are parsed once: parsing one per request cost the client several per cent
     // of the machine (`url::parser`, `idna`), taken from the server it shares cores with.
     let urls: Arc<Vec<reqwest::Url>> = Arc::new(
-        targets
+        paths
             .iter()
-            .map(|t| {
-                reqwest::Url::parse(&format!(
-                    "{base}/api/v1/citypulse/buildings/{}/readings",
-                    t.building
-                ))
-                .expect("a valid URL")
-            })
+            .map(|p| reqwest::Url::parse(&format!("{base}{p}")).expect("a valid URL"))
             .collect(),
+    );
+    let paths = Arc::new(paths);
+    let headers = format!(
+        "authorization: Bearer {}\r\nx-frontend-source: citypulse\r\n",
+        BENCH_TOKEN.get().map(String::as_str).unwrap_or_default()
     );
     let started = Instant::now();
     for c in 0..args.clients {
-        let client = client.clone();
+        let mut sender = match args.client.as_str() {
+            "reqwest" => Sender::Reqwest(client.clone(), urls.clone()),
+            _ => match lean::Connection::new(base, headers.clone()).await {
+                Ok(conn) => Sender::Lean(Box::new(conn), paths.clone()),
+                Err(e) => {
+                    eprintln!("bench: {e:#}");
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            },
+        };
         let targets = targets.clone();
-        let urls = urls.clone();
         let stop = stop.clone();
         let errors = errors.clone();
         tasks.spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
             let mut i = c;
             while !stop.load(Ordering::Relaxed) {
-                let t = &targets[i % targets.len()];
-                let url = urls[i % targets.len()].clone();
+                let at = i % targets.len();
                 i += 7919; // a prime stride spreads clients over the buildings
                 let body = format!(
                     "{{\"readings\":[{{\"sensor_id\":\"{}\",\"value\":{}}}]}}",
-                    t.sensor,
+                    targets[at].sensor,
                     (i % 100) as f64 / 10.0
                 );
                 let sent = Instant::now();
-                let res = client
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let ok = match res {
-                    Ok(r) => r.status().as_u16() == 201 && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                if ok {
+                if sender.post(at, body).await {
                     lat.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 } else {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -1149,8 +1186,8 @@ fn print_load(args: &Args, setup_took: Duration, result: &LoadResult, lags: &[St
         setup_took.as_secs_f64()
     );
     println!(
-        "load: {} clients, {:.1}s, {} commands ok, {} errors",
-        args.clients, secs, n, result.errors
+        "load: {} {} clients, {:.1}s, {} commands ok, {} errors",
+        args.clients, args.client, secs, n, result.errors
     );
     println!("commands/s: {:.0}", n as f64 / secs);
     println!("events/s (appended): {:.0}", n as f64 / secs);
@@ -1159,6 +1196,12 @@ fn print_load(args: &Args, setup_took: Duration, result: &LoadResult, lags: &[St
         percentile(&result.latencies_us, 0.50),
         percentile(&result.latencies_us, 0.99),
         percentile(&result.latencies_us, 1.0)
+    );
+    println!(
+        "latency ms: p90 {:.2}  p95 {:.2}  p99.9 {:.2}",
+        percentile(&result.latencies_us, 0.90),
+        percentile(&result.latencies_us, 0.95),
+        percentile(&result.latencies_us, 0.999)
     );
     if !lags.is_empty() {
         println!(
