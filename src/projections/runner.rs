@@ -90,6 +90,21 @@ impl Default for RunnerConfig {
     }
 }
 
+/// Under load, a live projection lets events gather for at least `live_linger` and for
+/// four times as long as its last step took, up to [`LINGER_CAP`] times `live_linger`: it
+/// then spends at most a fifth of its time applying. A projection whose rows many events share
+/// (a building's latest reading, an hour's energy) writes each row once per step, so longer
+/// steps under load cost less per event; a cheap projection keeps the short linger and its
+/// read model stays as fresh as before.
+fn linger_after(live_linger: Duration, applying: Duration) -> Duration {
+    live_linger
+        .max(applying.saturating_mul(4))
+        .min(live_linger.saturating_mul(LINGER_CAP))
+}
+
+/// The longest linger under load, in multiples of `live_linger`.
+const LINGER_CAP: u32 = 10;
+
 /// The prefix of the `application_name` of runner connections.
 const APP_PREFIX: &str = "ub/";
 /// A standby of a process that is not among the least loaded tries the lock only once in
@@ -403,7 +418,9 @@ impl ProjectionRunner {
             // Woken by the head watch, the runner reads up to the head it announced; after a
             // quiet spell (or a lost notification) it asks the database.
             let known_head = woken.then_some(head);
+            let began = tokio::time::Instant::now();
             let done = skipped || self.step(&mut conn, &filter, &mut live, known_head).await?;
+            let applying = began.elapsed();
             if !skipped {
                 stored = tokio::time::Instant::now();
             }
@@ -418,10 +435,10 @@ impl ProjectionRunner {
                 .await
                 .is_ok_and(|r| r.is_ok());
                 // The linger batches only under load: events that follow the last batch
-                // closely (within `live_linger`) wait `live_linger` for more to gather; the
-                // first event after a quiet spell is applied at once.
+                // closely (within `live_linger`) wait for more to gather; the first event
+                // after a quiet spell is applied at once.
                 if woken && caught_up.elapsed() < self.config.live_linger {
-                    tokio::time::sleep(self.config.live_linger).await;
+                    tokio::time::sleep(linger_after(self.config.live_linger, applying)).await;
                 }
             }
         }
@@ -1152,6 +1169,19 @@ pub struct RebuildReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_linger_under_load_grows_with_the_last_step_up_to_its_cap() {
+        let ms = Duration::from_millis;
+        // A cheap step keeps the configured linger.
+        assert_eq!(linger_after(ms(10), ms(1)), ms(10));
+        // A step of 20 ms lets events gather for 80 ms: a fifth of the time applying.
+        assert_eq!(linger_after(ms(10), ms(20)), ms(80));
+        // A slow step waits at most ten lingers.
+        assert_eq!(linger_after(ms(10), Duration::from_secs(3)), ms(100));
+        // No linger configured: none under load either.
+        assert_eq!(linger_after(Duration::ZERO, ms(50)), Duration::ZERO);
+    }
 
     #[test]
     fn infrastructure_failures_are_transient_and_event_failures_are_not() {
