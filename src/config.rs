@@ -70,7 +70,7 @@ pub struct Config {
     #[arg(long, env = "PROJECTION_BATCH_SIZE", default_value_t = 5000)]
     pub projection_batch_size: i64,
     /// Milliseconds a live projection under load lets new events gather after a batch before
-    /// applying them, or four times as long as the batch took, up to ten times this setting
+    /// applying them, or four times as long as the batch took, up to five times this setting
     /// (after a quiet spell a new event is applied at once).
     #[arg(long, env = "PROJECTION_LINGER_MS", default_value_t = 10)]
     pub projection_linger_ms: u64,

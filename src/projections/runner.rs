@@ -103,7 +103,7 @@ fn linger_after(live_linger: Duration, applying: Duration) -> Duration {
 }
 
 /// The longest linger under load, in multiples of `live_linger`.
-const LINGER_CAP: u32 = 10;
+const LINGER_CAP: u32 = 5;
 
 /// The prefix of the `application_name` of runner connections.
 const APP_PREFIX: &str = "ub/";
@@ -1175,10 +1175,10 @@ mod tests {
         let ms = Duration::from_millis;
         // A cheap step keeps the configured linger.
         assert_eq!(linger_after(ms(10), ms(1)), ms(10));
-        // A step of 20 ms lets events gather for 80 ms: a fifth of the time applying.
-        assert_eq!(linger_after(ms(10), ms(20)), ms(80));
-        // A slow step waits at most ten lingers.
-        assert_eq!(linger_after(ms(10), Duration::from_secs(3)), ms(100));
+        // A step of 10 ms lets events gather for 40 ms: a fifth of the time applying.
+        assert_eq!(linger_after(ms(10), ms(10)), ms(40));
+        // A slow step waits at most five lingers.
+        assert_eq!(linger_after(ms(10), Duration::from_secs(3)), ms(50));
         // No linger configured: none under load either.
         assert_eq!(linger_after(Duration::ZERO, ms(50)), Duration::ZERO);
     }
