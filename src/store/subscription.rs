@@ -141,25 +141,22 @@ impl LiveFeed {
         let mut head = store.head_watch();
         let mut after = *head.borrow_and_update();
         loop {
-            let watched = *head.borrow_and_update();
-            let to = if watched > after {
-                watched
-            } else {
+            let mut to = *head.borrow_and_update();
+            if to <= after {
                 let _ = tokio::time::timeout(POLL, head.wait_for(|h| *h > after)).await;
-                let watched = *head.borrow_and_update();
-                if watched > after {
-                    watched
-                } else {
-                    match store.head_position().await {
-                        Ok(h) => h,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "live feed cannot read the head; retrying");
-                            tokio::time::sleep(RETRY).await;
-                            continue;
-                        }
+                to = *head.borrow_and_update();
+            }
+            if to <= after {
+                // No wake-up within the poll: ask the database, in case one was lost.
+                to = match store.head_position().await {
+                    Ok(h) => h,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "live feed cannot read the head; retrying");
+                        tokio::time::sleep(RETRY).await;
+                        continue;
                     }
-                }
-            };
+                };
+            }
             let Some(live) = feed.upgrade() else { return };
             if to <= after {
                 continue;

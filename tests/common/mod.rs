@@ -91,8 +91,8 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Config)) -> TestApp {
         .await
         .expect("application starts");
     let base = format!("http://127.0.0.1:{}", app.port());
-    let pool = app.state().pool.clone();
     let state = app.state();
+    let pool = state.pool.clone();
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
     let anonymous = reqwest::Client::builder()

@@ -86,8 +86,7 @@ impl Connection {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("not an HTTP answer"))?;
-        let mut length = None;
-        let mut chunked = false;
+        let mut length = 0;
         let mut keep = true;
         for line in head.split("\r\n").skip(1) {
             let Some((name, value)) = line.split_once(':') else {
@@ -95,24 +94,18 @@ impl Connection {
             };
             let value = value.trim();
             if name.eq_ignore_ascii_case("content-length") {
-                length = Some(value.parse::<usize>()?);
+                length = value.parse::<usize>()?;
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.eq_ignore_ascii_case("chunked");
+                // The readings route answers with a length; anything else is not ours to read.
+                anyhow::bail!("an answer in {value} encoding");
             } else if name.eq_ignore_ascii_case("connection") {
                 keep = !value.eq_ignore_ascii_case("close");
             }
         }
-        if chunked {
-            // The body ends with the zero-length chunk; bodies here carry no trailers.
-            while find(&self.answer[head_end..], b"0\r\n\r\n").is_none() {
-                read_more(stream, &mut self.answer).await?;
-            }
-        } else {
-            let total = head_end + length.unwrap_or(0);
-            anyhow::ensure!(total <= MAX_ANSWER, "answer of {total} bytes");
-            while self.answer.len() < total {
-                read_more(stream, &mut self.answer).await?;
-            }
+        let total = head_end + length;
+        anyhow::ensure!(total <= MAX_ANSWER, "answer of {total} bytes");
+        while self.answer.len() < total {
+            read_more(stream, &mut self.answer).await?;
         }
         Ok((status, keep))
     }
