@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+#[path = "bench/cpu.rs"]
+mod cpu;
 #[path = "bench/history.rs"]
 mod history;
 #[path = "bench/import.rs"]
@@ -333,6 +335,8 @@ struct LoadResult {
     latencies_us: Vec<u32>,
     errors: u64,
     elapsed: Duration,
+    /// CPU seconds the whole machine and the server spent during the load.
+    cpu: cpu::Spent,
 }
 
 /// How one load client posts its readings: `--client lean` (the default) or `reqwest`.
@@ -369,6 +373,7 @@ async fn load(
     base: &str,
     client: reqwest::Client,
     targets: Arc<Vec<Target>>,
+    server: cpu::Server,
 ) -> LoadResult {
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
@@ -391,6 +396,7 @@ async fn load(
         BENCH_TOKEN.get().map(String::as_str).unwrap_or_default()
     );
     let started = Instant::now();
+    let cpu_before = cpu::Sample::take(server);
     for c in 0..args.clients {
         let mut sender = match args.client.as_str() {
             "reqwest" => Sender::Reqwest(client.clone(), urls.clone()),
@@ -429,6 +435,7 @@ async fn load(
     }
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stop.store(true, Ordering::Relaxed);
+    let cpu = cpu::Sample::take(server).since(&cpu_before);
     let mut latencies_us = Vec::new();
     while let Some(r) = tasks.join_next().await {
         latencies_us.extend(r.unwrap_or_default());
@@ -439,6 +446,7 @@ async fn load(
         latencies_us,
         errors: errors.load(Ordering::Relaxed),
         elapsed,
+        cpu,
     }
 }
 
@@ -1138,7 +1146,14 @@ async fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let targets = setup(&client, &client_base, client_args.buildings).await?;
         let setup_took = t.elapsed();
-        let result = load(&client_args, &client_base, client, Arc::new(targets)).await;
+        let result = load(
+            &client_args,
+            &client_base,
+            client,
+            Arc::new(targets),
+            cpu::Server::ThisProcess,
+        )
+        .await;
         anyhow::Ok((setup_took, result))
     })
     .await?;
@@ -1203,6 +1218,7 @@ fn print_load(args: &Args, setup_took: Duration, result: &LoadResult, lags: &[St
         percentile(&result.latencies_us, 0.95),
         percentile(&result.latencies_us, 0.999)
     );
+    result.cpu.print(n);
     if !lags.is_empty() {
         println!(
             "projection lag at end of load (events): {}",
@@ -1343,6 +1359,10 @@ mod separate {
                 "started apart".to_owned()
             }
         );
+        let server = match &child {
+            Some(child) => crate::cpu::Server::Process(child.id()),
+            None => crate::cpu::Server::Elsewhere,
+        };
         let client_args = args.clone();
         let client_base = base.clone();
         let outcome = on_client_threads(async move {
@@ -1350,7 +1370,14 @@ mod separate {
             let t = Instant::now();
             let targets = setup(&client, &client_base, client_args.buildings).await?;
             let setup_took = t.elapsed();
-            let result = load(&client_args, &client_base, client, Arc::new(targets)).await;
+            let result = load(
+                &client_args,
+                &client_base,
+                client,
+                Arc::new(targets),
+                server,
+            )
+            .await;
             anyhow::Ok((setup_took, result))
         })
         .await;
@@ -1561,13 +1588,7 @@ mod chat {
 
     /// CPU seconds of this process, less the benchmark's own client and provider threads.
     pub fn server_cpu() -> f64 {
-        let ticks = |stat: &str| -> f64 {
-            // Fields after the command name (which may hold spaces): utime is the 12th.
-            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            (t(11) + t(12)) / 100.0
-        };
+        let ticks = |stat: &str| crate::cpu::process_ticks(stat) / 100.0;
         let total = std::fs::read_to_string("/proc/self/stat")
             .map(|s| ticks(&s))
             .unwrap_or(0.0);
