@@ -1588,22 +1588,10 @@ mod chat {
 
     /// CPU seconds of this process, less the benchmark's own client and provider threads.
     pub fn server_cpu() -> f64 {
-        let ticks = |stat: &str| crate::cpu::process_ticks(stat) / 100.0;
         let total = std::fs::read_to_string("/proc/self/stat")
-            .map(|s| ticks(&s))
+            .map(|s| crate::cpu::process_ticks(&s))
             .unwrap_or(0.0);
-        let mut ours = 0.0;
-        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-            for task in tasks.flatten() {
-                let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-                if comm.starts_with("bench-") {
-                    ours += std::fs::read_to_string(task.path().join("stat"))
-                        .map(|s| ticks(&s))
-                        .unwrap_or(0.0);
-                }
-            }
-        }
-        total - ours
+        (total - crate::cpu::bench_thread_ticks()) / crate::cpu::TICKS
     }
 
     pub fn print(args: &Args, r: &Report, events: &[(String, i64)], cpu: f64) {

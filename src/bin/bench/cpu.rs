@@ -1,25 +1,31 @@
-//! CPU spent per command during the commands mode's load: the whole machine's and the
-//! server's. On this shared 2-core machine commands/s moves by a tenth between identical
-//! runs, while the CPU a command costs moves far less: a change that saves work shows here
-//! first. Read from `/proc` (Linux); elsewhere nothing is printed.
+//! CPU spent per command during the commands mode's load, and by whom: the whole machine,
+//! the server, PostgreSQL (every `postgres` process on this machine) and the bench's client.
+//! Under load this 2-core machine stays about 87% busy whatever is changed, so commands/s
+//! is the busy CPU divided by what a command costs; the split says where that cost is, and
+//! whether a change saved work or only moved a wait. Read from `/proc` (Linux); elsewhere
+//! nothing is printed.
 
-/// Whose CPU counts as the server's.
+use std::collections::HashMap;
+
+/// Where the server and the client run.
 #[derive(Clone, Copy)]
 pub enum Server {
-    /// This process, less the bench's own threads (named `bench-…`).
+    /// Both in this process: the client's threads are named `bench-…`.
     ThisProcess,
-    /// The server's own process (`--server-process`).
+    /// The server in a process of its own (`--server-process`), the client in this one.
     Process(u32),
-    /// Started apart (`--url`): only the machine is measured.
+    /// The server started apart (`--url`), perhaps on another machine.
     Elsewhere,
 }
 
-/// What the counters read at one moment.
+/// What the counters read at one moment, in CPU seconds since each one started.
 pub struct Sample {
-    /// Busy and total CPU seconds of the machine since boot, over all cores.
+    /// Busy and total time of the machine, over all cores.
     machine: Option<(f64, f64)>,
-    /// CPU seconds of the server since it started.
-    process: Option<f64>,
+    server: Option<f64>,
+    client: f64,
+    /// Each `postgres` process's time, by pid.
+    postgres: HashMap<u32, f64>,
 }
 
 /// CPU seconds spent between two samples.
@@ -30,26 +36,30 @@ pub struct Spent {
     /// The share of the machine's time that was busy.
     pub busy_share: Option<f64>,
     pub server: Option<f64>,
+    pub postgres: f64,
+    pub client: f64,
 }
 
-/// `/proc/stat` counts in clock ticks of this many per second (`USER_HZ`, fixed at 100 for
-/// user space on Linux).
-const TICKS: f64 = 100.0;
+/// `/proc` counts in clock ticks of this many per second (`USER_HZ`, fixed at 100 for user
+/// space on Linux).
+pub const TICKS: f64 = 100.0;
 
 impl Sample {
     pub fn take(server: Server) -> Self {
-        let process = match server {
-            Server::ThisProcess => Some(crate::chat::server_cpu()),
-            Server::Process(pid) => std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .map(|stat| process_ticks(&stat) / TICKS),
-            Server::Elsewhere => None,
+        let this = read_ticks("/proc/self/stat");
+        let bench_threads = bench_thread_ticks();
+        let (server, client) = match server {
+            Server::ThisProcess => (Some(this - bench_threads), bench_threads),
+            Server::Process(pid) => (Some(read_ticks(&format!("/proc/{pid}/stat"))), this),
+            Server::Elsewhere => (None, this),
         };
         Self {
             machine: std::fs::read_to_string("/proc/stat")
                 .ok()
                 .and_then(|s| machine_ticks(&s)),
-            process,
+            server: server.map(|t| t / TICKS),
+            client: client / TICKS,
+            postgres: postgres_ticks(),
         }
     }
 
@@ -58,10 +68,20 @@ impl Sample {
             .machine
             .zip(before.machine)
             .map(|((busy, total), (busy0, total0))| (busy - busy0, total - total0));
+        // A backend that started during the load counts from nothing; one that ended is
+        // missed (none does while the load runs).
+        let postgres = self
+            .postgres
+            .iter()
+            .map(|(pid, t)| t - before.postgres.get(pid).copied().unwrap_or(0.0))
+            .sum::<f64>()
+            / TICKS;
         Spent {
             machine: machine.map(|(busy, _)| busy),
             busy_share: machine.and_then(|(busy, total)| (total > 0.0).then(|| busy / total)),
-            server: self.process.zip(before.process).map(|(a, b)| a - b),
+            server: self.server.zip(before.server).map(|(a, b)| a - b),
+            postgres,
+            client: self.client - before.client,
         }
     }
 }
@@ -73,23 +93,27 @@ impl Spent {
             return;
         };
         let per = |secs: f64| secs * 1e6 / commands as f64;
+        let server = self.server.unwrap_or(0.0);
         let mut line = format!(
-            "CPU per command: machine {:.0} µs ({:.0}% of its cores busy)",
+            "CPU per command: machine {:.0} µs ({:.0}% of its cores busy): ",
             per(machine),
             self.busy_share.unwrap_or(0.0) * 100.0
         );
-        if let Some(server) = self.server {
-            line.push_str(&format!(
-                ", server process {:.0} µs, the rest (PostgreSQL, client, kernel) {:.0} µs",
-                per(server),
-                per(machine - server)
-            ));
+        if self.server.is_some() {
+            line.push_str(&format!("server {:.0}, ", per(server)));
         }
+        line.push_str(&format!(
+            "PostgreSQL {:.0}, client {:.0}, the rest (the kernel's other work, other \
+             processes) {:.0} µs",
+            per(self.postgres),
+            per(self.client),
+            per(machine - server - self.postgres - self.client)
+        ));
         println!("{line}");
     }
 }
 
-/// Busy and total ticks from the first line of `/proc/stat`: user, nice, system, idle,
+/// Busy and total seconds from the first line of `/proc/stat`: user, nice, system, idle,
 /// iowait, irq, softirq, steal (guest time is already within user).
 fn machine_ticks(stat: &str) -> Option<(f64, f64)> {
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
@@ -106,13 +130,50 @@ fn machine_ticks(stat: &str) -> Option<(f64, f64)> {
     Some(((total - idle) / TICKS, total / TICKS))
 }
 
-/// utime + stime of a `/proc/<pid>/stat` line, in ticks.
+/// utime + stime of a `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat` line, in ticks.
 pub fn process_ticks(stat: &str) -> f64 {
     // Fields after the command name (which may hold spaces): utime is the 12th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
     let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     t(11) + t(12)
+}
+
+fn read_ticks(path: &str) -> f64 {
+    std::fs::read_to_string(path)
+        .map(|s| process_ticks(&s))
+        .unwrap_or(0.0)
+}
+
+/// The ticks of this process's own threads: the client's and the provider's (`bench-…`).
+pub fn bench_thread_ticks() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.starts_with("bench-"))
+        })
+        .map(|task| read_ticks(&task.path().join("stat").to_string_lossy()))
+        .sum()
+}
+
+/// The ticks of every `postgres` process on this machine, by pid.
+fn postgres_ticks() -> HashMap<u32, f64> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| {
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(p.path().join("comm")).ok()?;
+            (comm.trim_end() == "postgres")
+                .then(|| (pid, read_ticks(&p.path().join("stat").to_string_lossy())))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -131,5 +192,17 @@ mod tests {
     fn a_process_counts_its_user_and_system_ticks() {
         let stat = "42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0";
         assert_eq!(process_ticks(stat), 280.0);
+    }
+
+    #[test]
+    fn postgres_counts_new_backends_from_nothing() {
+        let sample = |postgres: &[(u32, f64)]| Sample {
+            machine: Some((0.0, 0.0)),
+            server: None,
+            client: 0.0,
+            postgres: postgres.iter().copied().collect(),
+        };
+        let spent = sample(&[(1, 300.0), (2, 50.0)]).since(&sample(&[(1, 100.0)]));
+        assert_eq!(spent.postgres, 2.5);
     }
 }
