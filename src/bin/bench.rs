@@ -1098,10 +1098,10 @@ async fn main() -> anyhow::Result<()> {
     if args.mode == "chat" {
         let chat_args = args.clone();
         let chat_base = base.clone();
-        let cpu_before = chat::server_cpu();
+        let (cpu_before, _) = cpu::this_process();
         let report =
             on_client_threads(async move { chat::run(&chat_args, &chat_base).await }).await?;
-        let cpu = chat::server_cpu() - cpu_before;
+        let cpu = cpu::this_process().0 - cpu_before;
         let events: Vec<(String, i64)> = sqlx::query_as(
             "SELECT event_type, count(*) FROM events WHERE stream_category = 'conversation' \
              GROUP BY event_type ORDER BY event_type",
@@ -1584,14 +1584,6 @@ mod chat {
         report.elapsed = started.elapsed();
         report.ttfd_us.sort_unstable();
         Ok(report)
-    }
-
-    /// CPU seconds of this process, less the benchmark's own client and provider threads.
-    pub fn server_cpu() -> f64 {
-        let total = std::fs::read_to_string("/proc/self/stat")
-            .map(|s| crate::cpu::process_ticks(&s))
-            .unwrap_or(0.0);
-        (total - crate::cpu::bench_thread_ticks()) / crate::cpu::TICKS
     }
 
     pub fn print(args: &Args, r: &Report, events: &[(String, i64)], cpu: f64) {

@@ -98,10 +98,12 @@ impl Default for RunnerConfig {
 /// read model stays as fresh as before.
 fn linger_after(live_linger: Duration, applying: Duration) -> Duration {
     live_linger
-        .max(applying.saturating_mul(4))
+        .max(applying.saturating_mul(LINGER_PER_STEP))
         .min(live_linger.saturating_mul(LINGER_CAP))
 }
 
+/// The linger under load, in multiples of the last step's time.
+const LINGER_PER_STEP: u32 = 4;
 /// The longest linger under load, in multiples of `live_linger`.
 const LINGER_CAP: u32 = 5;
 

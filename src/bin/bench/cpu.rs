@@ -29,7 +29,6 @@ pub struct Sample {
 }
 
 /// CPU seconds spent between two samples.
-#[derive(Default)]
 pub struct Spent {
     /// All cores' busy time: the server, PostgreSQL, the client, the kernel.
     pub machine: Option<f64>,
@@ -42,23 +41,35 @@ pub struct Spent {
 
 /// `/proc` counts in clock ticks of this many per second (`USER_HZ`, fixed at 100 for user
 /// space on Linux).
-pub const TICKS: f64 = 100.0;
+const TICKS: f64 = 100.0;
+
+/// CPU seconds of this process so far: the server's part (every thread but the bench's
+/// own) and the bench's threads (`bench-…`: the client's and the provider's).
+pub fn this_process() -> (f64, f64) {
+    let bench = bench_thread_ticks();
+    (
+        (read_ticks("/proc/self/stat") - bench) / TICKS,
+        bench / TICKS,
+    )
+}
 
 impl Sample {
     pub fn take(server: Server) -> Self {
-        let this = read_ticks("/proc/self/stat");
-        let bench_threads = bench_thread_ticks();
+        let (ours, bench) = this_process();
         let (server, client) = match server {
-            Server::ThisProcess => (Some(this - bench_threads), bench_threads),
-            Server::Process(pid) => (Some(read_ticks(&format!("/proc/{pid}/stat"))), this),
-            Server::Elsewhere => (None, this),
+            Server::ThisProcess => (Some(ours), bench),
+            Server::Process(pid) => (
+                Some(read_ticks(&format!("/proc/{pid}/stat")) / TICKS),
+                ours + bench,
+            ),
+            Server::Elsewhere => (None, ours + bench),
         };
         Self {
             machine: std::fs::read_to_string("/proc/stat")
                 .ok()
                 .and_then(|s| machine_ticks(&s)),
-            server: server.map(|t| t / TICKS),
-            client: client / TICKS,
+            server,
+            client,
             postgres: postgres_ticks(),
         }
     }
@@ -131,7 +142,7 @@ fn machine_ticks(stat: &str) -> Option<(f64, f64)> {
 }
 
 /// utime + stime of a `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat` line, in ticks.
-pub fn process_ticks(stat: &str) -> f64 {
+fn process_ticks(stat: &str) -> f64 {
     // Fields after the command name (which may hold spaces): utime is the 12th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -145,8 +156,8 @@ fn read_ticks(path: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The ticks of this process's own threads: the client's and the provider's (`bench-…`).
-pub fn bench_thread_ticks() -> f64 {
+/// The ticks of the bench's own threads in this process.
+fn bench_thread_ticks() -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0.0;
     };
