@@ -381,11 +381,14 @@ impl Subscription {
                     }
                 }
             }
+            // Joined before the store is read: what the feed sends meanwhile waits in the
+            // receiver (and what the store already gave is passed over), whereas joining
+            // after the read would miss an event sent in between, and stall on it until the
+            // next one came.
+            let joined = self.feed.as_ref().map(|ticket| ticket.feed.tx.subscribe());
             if self.fill().await? == 0 {
                 // Caught up with the store: from here on the feed brings what comes next.
-                if let Some(ticket) = &self.feed {
-                    self.live = Some(ticket.feed.tx.subscribe());
-                }
+                self.live = joined;
                 return Ok(None);
             }
         }
