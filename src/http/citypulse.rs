@@ -23,7 +23,7 @@ use super::ApiError;
 use crate::actors::building::{
     Building, BuildingCommand, BuildingError, ReadingInput, ScopedCommand,
 };
-use crate::actors::CommandReply;
+use crate::actors::{CommandMeta, CommandReply};
 use crate::state::AppState;
 
 const DIRECTORY: &str = "citypulse_directory";
@@ -88,7 +88,6 @@ fn building_error(e: BuildingError) -> ApiError {
     }
 }
 
-/// Runs a building command and shapes the usual `{id, version, position}` answer.
 /// Who may command: a writer of an organization with CityPulse enabled.
 fn writer(who: &Principal, req: &HttpRequest) -> Result<Uuid, ApiError> {
     let org = who.frontend(req, Frontend::Citypulse)?;
@@ -96,20 +95,29 @@ fn writer(who: &Principal, req: &HttpRequest) -> Result<Uuid, ApiError> {
     Ok(org)
 }
 
+/// The metadata of a building command from `who`, acting for `org`.
+fn building_meta(req: &HttpRequest, who: &Principal, org: Uuid) -> Result<CommandMeta, ApiError> {
+    let mut meta = meta(req, who)?;
+    meta.organization_id = Some(org);
+    Ok(meta)
+}
+
+/// Runs a building command and shapes the usual `{id, version, position}` answer. `meta`
+/// is the handler's ([`building_meta`]): the ids a handler derives from its command id (a new
+/// building's, a sensor's) and those the actor derives (events', alerts') then follow from
+/// one command id.
 async fn run(
     state: &AppState,
     req: &HttpRequest,
-    (who, org): (&Principal, Uuid),
     id: Uuid,
     cmd: BuildingCommand,
+    meta: CommandMeta,
     status: StatusCode,
     extra: impl FnOnce(&CommandReply<Building>) -> Value,
 ) -> Result<Answer, ApiError> {
     let expected = if_match(req)?;
-    let mut meta = meta(req, who)?;
-    meta.organization_id = Some(org);
     let cmd = ScopedCommand {
-        organization_id: Some(org),
+        organization_id: meta.organization_id,
         cmd,
     };
     let reply = state
@@ -166,7 +174,7 @@ async fn create_building(
     let org = writer(&who, &req)?;
     let input: CreateBuilding = parse_json(&body)?;
     check_text("address", &input.address, 500)?;
-    let meta = meta(&req, &who)?;
+    let meta = building_meta(&req, &who, org)?;
     // With an idempotency key the id follows from it, so a retry names the same building.
     let id = Uuid::new_v5(&meta.command_id, b"building");
     let cmd = BuildingCommand::Register {
@@ -177,15 +185,9 @@ async fn create_building(
         building_id: id,
     };
     idempotent(&state.pool, &req, &who, &body, || async {
-        let mut answer = run(
-            &state,
-            &req,
-            (&who, org),
-            id,
-            cmd,
-            StatusCode::CREATED,
-            |_| json!({}),
-        )
+        let mut answer = run(&state, &req, id, cmd, meta, StatusCode::CREATED, |_| {
+            json!({})
+        })
         .await?;
         answer.body["location"] = json!(format!("/api/v1/citypulse/buildings/{id}"));
         Ok(answer)
@@ -226,7 +228,7 @@ async fn add_sensor(
     let org = writer(&who, &req)?;
     let id = path.into_inner();
     let input: AddSensor = parse_json(&body)?;
-    let meta = meta(&req, &who)?;
+    let meta = building_meta(&req, &who, org)?;
     let sensor_id = Uuid::new_v5(&meta.command_id, b"sensor");
     let cmd = BuildingCommand::RegisterSensor {
         sensor_id,
@@ -238,9 +240,9 @@ async fn add_sensor(
         run(
             &state,
             &req,
-            (&who, org),
             id,
             cmd,
+            meta,
             StatusCode::CREATED,
             |_| json!({ "sensor_id": sensor_id }),
         )
@@ -281,6 +283,7 @@ async fn decommission_sensor(
         parse_json(&body)?
     };
     check_text("reason", &input.reason, 500)?;
+    let meta = building_meta(&req, &who, org)?;
     let cmd = BuildingCommand::DecommissionSensor {
         sensor_id,
         reason: input.reason,
@@ -289,9 +292,9 @@ async fn decommission_sensor(
         run(
             &state,
             &req,
-            (&who, org),
             id,
             cmd,
+            meta,
             StatusCode::OK,
             |_| json!({ "sensor_id": sensor_id }),
         )
@@ -346,7 +349,7 @@ async fn post_readings(
     let id = path.into_inner();
     let input: PostReadings = parse_json(&body)?;
     let now = Utc::now();
-    let meta = meta(&req, &who)?;
+    let meta = building_meta(&req, &who, org)?;
     let cmd = BuildingCommand::RecordReadings {
         command_id: meta.command_id,
         received_at: now,
@@ -361,22 +364,14 @@ async fn post_readings(
             .collect(),
     };
     idempotent(&state.pool, &req, &who, &body, || {
-        run(
-            &state,
-            &req,
-            (&who, org),
-            id,
-            cmd,
-            StatusCode::CREATED,
-            |reply| {
-                let alerts = reply
-                    .events
-                    .iter()
-                    .filter(|e| matches!(e, universal_events::BuildingEvent::AlertRaised(_)))
-                    .count();
-                json!({ "alerts_raised": alerts })
-            },
-        )
+        run(&state, &req, id, cmd, meta, StatusCode::CREATED, |reply| {
+            let alerts = reply
+                .events
+                .iter()
+                .filter(|e| matches!(e, universal_events::BuildingEvent::AlertRaised(_)))
+                .count();
+            json!({ "alerts_raised": alerts })
+        })
     })
     .await
 }
@@ -413,15 +408,14 @@ async fn set_threshold(
     let org = writer(&who, &req)?;
     let id = path.into_inner();
     let input: SetThreshold = parse_json(&body)?;
+    let meta = building_meta(&req, &who, org)?;
     let cmd = BuildingCommand::SetThreshold {
         kind: input.kind,
         min: input.min,
         max: input.max,
     };
     idempotent(&state.pool, &req, &who, &body, || {
-        run(&state, &req, (&who, org), id, cmd, StatusCode::OK, |_| {
-            json!({})
-        })
+        run(&state, &req, id, cmd, meta, StatusCode::OK, |_| json!({}))
     })
     .await
 }

@@ -116,10 +116,16 @@ impl From<NewEvent> for Encoded {
             event_id: e.event_id,
             event_type: e.event_type,
             schema_version: e.schema_version,
-            data: e.data.to_string(),
-            metadata: e.metadata.to_string(),
+            data: json_text(&e.data),
+            metadata: json_text(&e.metadata),
         }
     }
+}
+
+/// A value as JSON text, written straight into one buffer (`Value`'s `Display` goes through
+/// the formatter a token at a time and grows its string from nothing).
+fn json_text(value: &serde_json::Value) -> String {
+    serde_json::to_string(value).expect("a JSON value always serializes")
 }
 
 enum WriterMsg {
