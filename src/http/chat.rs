@@ -30,7 +30,7 @@ use super::ApiError;
 use crate::actors::conversation::{
     Conversation, ConversationCommand, ConversationError, MessageKind, ReplyStatus, ScopedCommand,
 };
-use crate::actors::CommandReply;
+use crate::actors::{CommandMeta, CommandReply};
 use crate::providers::ModelProvider;
 use crate::state::AppState;
 use crate::store::{Filter, Subscription};
@@ -105,16 +105,20 @@ fn writer(who: &Principal, req: &HttpRequest) -> Result<Uuid, ApiError> {
     Ok(org)
 }
 
+/// Runs a conversation command with the handler's `meta`, so that the ids the handler derived
+/// from its command id (a session's, a message's, a reply's) and the events' ids follow from
+/// one command id; `salt` gives a request's second command an id of its own.
 async fn run(
     state: &AppState,
     req: &HttpRequest,
     (who, org): (&Principal, Uuid),
+    meta: &CommandMeta,
     id: Uuid,
     cmd: ConversationCommand,
     salt: Option<&[u8]>,
 ) -> Result<CommandReply<Conversation>, ApiError> {
     let expected = if_match(req)?;
-    let mut meta = meta(req, who)?;
+    let mut meta = meta.clone();
     if let Some(salt) = salt {
         // A second command of one request: its own command id, so its own event ids.
         meta.command_id = Uuid::new_v5(&meta.command_id, salt);
@@ -235,7 +239,7 @@ async fn create_session(
         at: Utc::now(),
     };
     idempotent(&state.pool, &req, &who, &body, || async {
-        let reply = run(&state, &req, (&who, org), id, cmd, None).await?;
+        let reply = run(&state, &req, (&who, org), &meta, id, cmd, None).await?;
         let mut answer = Answer::of(StatusCode::CREATED, id, &reply);
         if let Some(ConversationEvent::ChatSessionCreated(c)) = reply.events.first() {
             answer.body["session"] = json!({
@@ -411,6 +415,7 @@ async fn update_session(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let org = writer(&who, &req)?;
+    let meta = meta(&req, &who)?;
     let id = path.into_inner();
     let input: UpdateSession = parse_json(&body)?;
     if input.title.is_none() && input.system_prompt.is_none() {
@@ -423,11 +428,22 @@ async fn update_session(
         let mut last = None;
         if let Some(title) = input.title.clone() {
             let cmd = ConversationCommand::Rename { title };
-            last = Some(run(&state, &req, (&who, org), id, cmd, None).await?);
+            last = Some(run(&state, &req, (&who, org), &meta, id, cmd, None).await?);
         }
         if let Some(system_prompt) = input.system_prompt.clone() {
             let cmd = ConversationCommand::SetSystemPrompt { system_prompt };
-            last = Some(run(&state, &req, (&who, org), id, cmd, Some(b"system-prompt")).await?);
+            last = Some(
+                run(
+                    &state,
+                    &req,
+                    (&who, org),
+                    &meta,
+                    id,
+                    cmd,
+                    Some(b"system-prompt"),
+                )
+                .await?,
+            );
         }
         let reply = last.expect("one command ran");
         Ok(Answer::of(StatusCode::OK, id, &reply))
@@ -451,10 +467,11 @@ async fn archive_session(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let org = writer(&who, &req)?;
+    let meta = meta(&req, &who)?;
     let id = path.into_inner();
     idempotent(&state.pool, &req, &who, &body, || async {
         let cmd = ConversationCommand::Archive { at: Utc::now() };
-        let reply = run(&state, &req, (&who, org), id, cmd, None).await?;
+        let reply = run(&state, &req, (&who, org), &meta, id, cmd, None).await?;
         Ok(Answer::of(StatusCode::OK, id, &reply))
     })
     .await
@@ -477,6 +494,7 @@ async fn delete_session(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let org = writer(&who, &req)?;
+    let meta = meta(&req, &who)?;
     let id = path.into_inner();
     idempotent(&state.pool, &req, &who, &body, || async {
         let (_, session) = owned_session(&state, &who, org, id).await?;
@@ -486,10 +504,10 @@ async fn delete_session(
                 reply_id: Some(active),
                 at: Utc::now(),
             };
-            run(&state, &req, (&who, org), id, cmd, Some(b"cancel")).await?;
+            run(&state, &req, (&who, org), &meta, id, cmd, Some(b"cancel")).await?;
         }
         let cmd = ConversationCommand::Delete { at: Utc::now() };
-        let reply = run(&state, &req, (&who, org), id, cmd, None).await?;
+        let reply = run(&state, &req, (&who, org), &meta, id, cmd, None).await?;
         Ok(Answer::of(StatusCode::OK, id, &reply))
     })
     .await
@@ -596,7 +614,7 @@ async fn post_message(
             provider: provider.name().to_owned(),
             at: Utc::now(),
         };
-        let reply = run(&state, &req, (&who, org), id, cmd, None).await?;
+        let reply = run(&state, &req, (&who, org), &meta, id, cmd, None).await?;
         let mut answer = Answer::of(StatusCode::ACCEPTED, id, &reply);
         merge(
             &mut answer,
@@ -640,7 +658,7 @@ async fn edit_message(
             provider: provider.name().to_owned(),
             at: Utc::now(),
         };
-        let reply = run(&state, &req, (&who, org), id, cmd, None).await?;
+        let reply = run(&state, &req, (&who, org), &meta, id, cmd, None).await?;
         let mut answer = Answer::of(StatusCode::ACCEPTED, id, &reply);
         merge(
             &mut answer,
@@ -677,7 +695,7 @@ async fn regenerate(
             provider: provider.name().to_owned(),
             at: Utc::now(),
         };
-        let reply = run(&state, &req, (&who, org), id, cmd, None).await?;
+        let reply = run(&state, &req, (&who, org), &meta, id, cmd, None).await?;
         let mut answer = Answer::of(StatusCode::ACCEPTED, id, &reply);
         merge(
             &mut answer,
@@ -713,6 +731,7 @@ async fn cancel(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let org = writer(&who, &req)?;
+    let meta = meta(&req, &who)?;
     let id = path.into_inner();
     let input: Cancel = if body.iter().all(u8::is_ascii_whitespace) {
         Cancel::default()
@@ -734,7 +753,7 @@ async fn cancel(
             reply_id: target.or(input.reply_id),
             at: Utc::now(),
         };
-        let reply = run(&state, &req, (&who, org), id, cmd, None).await?;
+        let reply = run(&state, &req, (&who, org), &meta, id, cmd, None).await?;
         let cancelled = reply.events.iter().find_map(|e| match e {
             ConversationEvent::ReplyCancelled(c) => Some(c.reply_id),
             _ => None,
