@@ -15,7 +15,7 @@ use universal_events::identity::Frontend;
 use uuid::Uuid;
 
 use super::command::{
-    idempotent, if_match, meta, parse_json, wait_for_projection as wait, Answer, Page,
+    idempotent, if_match, parse_json, scoped_meta, wait_for_projection as wait, Answer, Page,
 };
 use super::error::command_error;
 use super::guard::Principal;
@@ -95,15 +95,8 @@ fn writer(who: &Principal, req: &HttpRequest) -> Result<Uuid, ApiError> {
     Ok(org)
 }
 
-/// The metadata of a building command from `who`, acting for `org`.
-fn building_meta(req: &HttpRequest, who: &Principal, org: Uuid) -> Result<CommandMeta, ApiError> {
-    let mut meta = meta(req, who)?;
-    meta.organization_id = Some(org);
-    Ok(meta)
-}
-
 /// Runs a building command and shapes the usual `{id, version, position}` answer. `meta`
-/// is the handler's ([`building_meta`]): the ids a handler derives from its command id (a new
+/// is the handler's ([`scoped_meta`]): the ids a handler derives from its command id (a new
 /// building's, a sensor's) and those the actor derives (events', alerts') then follow from
 /// one command id.
 async fn run(
@@ -174,7 +167,7 @@ async fn create_building(
     let org = writer(&who, &req)?;
     let input: CreateBuilding = parse_json(&body)?;
     check_text("address", &input.address, 500)?;
-    let meta = building_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, None)?;
     // With an idempotency key the id follows from it, so a retry names the same building.
     let id = Uuid::new_v5(&meta.command_id, b"building");
     let cmd = BuildingCommand::Register {
@@ -228,7 +221,7 @@ async fn add_sensor(
     let org = writer(&who, &req)?;
     let id = path.into_inner();
     let input: AddSensor = parse_json(&body)?;
-    let meta = building_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, None)?;
     let sensor_id = Uuid::new_v5(&meta.command_id, b"sensor");
     let cmd = BuildingCommand::RegisterSensor {
         sensor_id,
@@ -283,7 +276,7 @@ async fn decommission_sensor(
         parse_json(&body)?
     };
     check_text("reason", &input.reason, 500)?;
-    let meta = building_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, None)?;
     let cmd = BuildingCommand::DecommissionSensor {
         sensor_id,
         reason: input.reason,
@@ -349,7 +342,7 @@ async fn post_readings(
     let id = path.into_inner();
     let input: PostReadings = parse_json(&body)?;
     let now = Utc::now();
-    let meta = building_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, None)?;
     let cmd = BuildingCommand::RecordReadings {
         command_id: meta.command_id,
         received_at: now,
@@ -408,7 +401,7 @@ async fn set_threshold(
     let org = writer(&who, &req)?;
     let id = path.into_inner();
     let input: SetThreshold = parse_json(&body)?;
-    let meta = building_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, None)?;
     let cmd = BuildingCommand::SetThreshold {
         kind: input.kind,
         min: input.min,

@@ -18,6 +18,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use universal_events::identity::Frontend;
 use uuid::Uuid;
 
 use super::guard::Principal;
@@ -215,6 +216,22 @@ pub fn meta(req: &HttpRequest, who: &Principal) -> Result<CommandMeta, ApiError>
         meta.command_id =
             Uuid::new_v5(&NAMESPACE, format!("{}\n{key}", scope(req, who)).as_bytes());
         meta.replayable = true;
+    }
+    Ok(meta)
+}
+
+/// [`meta`] for a command that acts for `org`, naming `frontend` when given (otherwise the
+/// `X-Frontend-Source` the request sent).
+pub fn scoped_meta(
+    req: &HttpRequest,
+    who: &Principal,
+    org: Uuid,
+    frontend: Option<Frontend>,
+) -> Result<CommandMeta, ApiError> {
+    let mut meta = meta(req, who)?;
+    meta.organization_id = Some(org);
+    if let Some(frontend) = frontend {
+        meta.frontend = Some(frontend.as_str().to_owned());
     }
     Ok(meta)
 }

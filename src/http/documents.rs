@@ -17,7 +17,7 @@ use universal_events::document::DocumentAccess;
 use universal_events::identity::{Frontend, Role};
 use uuid::Uuid;
 
-use super::command::{idempotent, meta, parse_json, wait_for_projection, Answer, Page};
+use super::command::{idempotent, parse_json, scoped_meta, wait_for_projection, Answer, Page};
 use super::error::command_error;
 use super::guard::Principal;
 use super::ApiError;
@@ -55,13 +55,6 @@ fn document_error(e: DocumentError) -> ApiError {
         DocumentError::NoGrant => ApiError::not_found("the user holds no grant on this document"),
         DocumentError::Invalid { field, message } => ApiError::validation(field, message),
     }
-}
-
-fn scoped_meta(req: &HttpRequest, who: &Principal, org: Uuid) -> Result<CommandMeta, ApiError> {
-    let mut m = meta(req, who)?;
-    m.organization_id = Some(org);
-    m.frontend = Some(Frontend::Fluxstudio.as_str().to_owned());
-    Ok(m)
 }
 
 /// The project `id` of `org`, or 404.
@@ -127,7 +120,7 @@ async fn create_document(
             "only members of the project (or organization admins) create its documents",
         ));
     }
-    let meta = scoped_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, Some(Frontend::Fluxstudio))?;
     let id = Uuid::new_v5(&meta.command_id, b"document");
     idempotent(&state.pool, &req, &who, &body, || async {
         let cmd = DocumentCommand {
@@ -467,7 +460,7 @@ async fn restore(
     let old = load(Some(input.version)).await?;
     let update = content::restore(&now.doc, &content::encode(&old.doc))
         .map_err(|why| ApiError::validation("version", why))?;
-    let meta = scoped_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, Some(Frontend::Fluxstudio))?;
     idempotent(&state.pool, &req, &who, &body, || async {
         let cmd = DocumentCommand {
             organization_id: org,
@@ -528,7 +521,7 @@ async fn grant(
             "is not a member of your organization",
         ));
     }
-    let meta = scoped_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, Some(Frontend::Fluxstudio))?;
     idempotent(&state.pool, &req, &who, &body, || async {
         let cmd = DocumentCommand {
             organization_id: org,
@@ -559,7 +552,7 @@ async fn revoke(
 ) -> Result<HttpResponse, ApiError> {
     let (id, user_id) = path.into_inner();
     let (org, _) = editor(&state, &req, &who, id).await?;
-    let meta = scoped_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, Some(Frontend::Fluxstudio))?;
     idempotent(&state.pool, &req, &who, b"", || async {
         let cmd = DocumentCommand {
             organization_id: org,

@@ -18,7 +18,7 @@ use universal_events::file::{FileAccess, GranteeKind};
 use universal_events::identity::Frontend;
 use uuid::Uuid;
 
-use super::command::{idempotent, meta, parse_json, Answer, Page};
+use super::command::{idempotent, parse_json, scoped_meta, Answer, Page};
 use super::error::command_error;
 use super::guard::Principal;
 use super::ApiError;
@@ -71,13 +71,6 @@ pub fn configure_links(cfg: &mut web::ServiceConfig) {
 
 fn reader(who: &Principal, req: &HttpRequest) -> Result<Uuid, ApiError> {
     who.frontend(req, Frontend::Fluxstudio)
-}
-
-fn scoped_meta(req: &HttpRequest, who: &Principal, org: Uuid) -> Result<CommandMeta, ApiError> {
-    let mut m = meta(req, who)?;
-    m.organization_id = Some(org);
-    m.frontend = Some(Frontend::Fluxstudio.as_str().to_owned());
-    Ok(m)
 }
 
 fn file_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -387,7 +380,7 @@ async fn receive(
                     .await
                     .map_err(upload::write_error)?;
                 let (size, sha256) = (committed.size, committed.sha256.clone());
-                let meta = scoped_meta(req, who, org)?;
+                let meta = scoped_meta(req, who, org, Some(Frontend::Fluxstudio))?;
                 let reply =
                     upload::record(state, who, org, &target, &name, &mime, committed, meta).await?;
                 let file_version = match reply.events.first() {
@@ -865,7 +858,7 @@ async fn update_file(
             Some(_) => {}
         }
     }
-    let meta = scoped_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, Some(Frontend::Fluxstudio))?;
     let expected = super::command::if_match(&req)?;
     idempotent(&state.pool, &req, &who, &body, || async {
         let mut last = None;
@@ -926,7 +919,7 @@ async fn delete_file(
     let org = reader(&who, &req)?;
     let id = file_id(&path)?;
     require(&state, &who, org, id, FileAccess::Edit).await?;
-    let meta = scoped_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, Some(Frontend::Fluxstudio))?;
     let expected = super::command::if_match(&req)?;
     idempotent(&state.pool, &req, &who, b"", || async {
         let reply = run(
@@ -968,7 +961,7 @@ async fn restore_version(
         .parse()
         .map_err(|_| ApiError::not_found("version not found"))?;
     require(&state, &who, org, id, FileAccess::Edit).await?;
-    let meta = scoped_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, Some(Frontend::Fluxstudio))?;
     let expected = super::command::if_match(&req)?;
     idempotent(&state.pool, &req, &who, b"", || async {
         let reply = run(
@@ -1111,7 +1104,7 @@ async fn grant(
             }
         }
     }
-    let meta = scoped_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, Some(Frontend::Fluxstudio))?;
     let expected = super::command::if_match(&req)?;
     idempotent(&state.pool, &req, &who, &body, || async {
         let action = FileAction::Grant {
@@ -1155,7 +1148,7 @@ async fn revoke(
     } else {
         return Err(ApiError::not_found("grant not found"));
     };
-    let meta = scoped_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, Some(Frontend::Fluxstudio))?;
     let expected = super::command::if_match(&req)?;
     idempotent(&state.pool, &req, &who, b"", || async {
         let action = FileAction::Revoke { kind, grantee };
@@ -1212,7 +1205,7 @@ async fn create_link(
     let id = file_id(&path)?;
     let input: NewLink = parse_json(&body)?;
     require(&state, &who, org, id, FileAccess::Edit).await?;
-    let meta = scoped_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, Some(Frontend::Fluxstudio))?;
     let link_id = Uuid::new_v5(&meta.command_id, b"share-link");
     idempotent(&state.pool, &req, &who, &body, || async {
         let action = FileAction::CreateLink {
@@ -1266,7 +1259,7 @@ async fn revoke_link(
     let link_id =
         Uuid::parse_str(&path.1).map_err(|_| ApiError::not_found("share link not found"))?;
     require(&state, &who, org, id, FileAccess::Edit).await?;
-    let meta = scoped_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, Some(Frontend::Fluxstudio))?;
     idempotent(&state.pool, &req, &who, b"", || async {
         let reply = run(
             &state,

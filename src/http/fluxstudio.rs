@@ -20,7 +20,9 @@ use universal_events::project::ProjectStatus;
 use universal_events::team::TeamRole;
 use uuid::Uuid;
 
-use super::command::{idempotent, if_match, meta, parse_json, wait_for_projection, Answer, Page};
+use super::command::{
+    idempotent, if_match, parse_json, scoped_meta, wait_for_projection, Answer, Page,
+};
 use super::error::command_error;
 use super::guard::Principal;
 use super::ApiError;
@@ -141,14 +143,6 @@ fn writer(who: &Principal, req: &HttpRequest) -> Result<Uuid, ApiError> {
     let org = who.frontend(req, Frontend::Fluxstudio)?;
     who.require_writer()?;
     Ok(org)
-}
-
-/// Command metadata scoped to the caller's organization and this frontend.
-fn scoped_meta(req: &HttpRequest, who: &Principal, org: Uuid) -> Result<CommandMeta, ApiError> {
-    let mut m = meta(req, who)?;
-    m.organization_id = Some(org);
-    m.frontend = Some(Frontend::Fluxstudio.as_str().to_owned());
-    Ok(m)
 }
 
 /// 422 naming `field` unless `user_id` is a member of `org` now.
@@ -320,7 +314,7 @@ async fn create_team(
 ) -> Result<HttpResponse, ApiError> {
     let org = writer(&who, &req)?;
     let input: CreateTeam = parse_json(&body)?;
-    let meta = scoped_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, Some(Frontend::Fluxstudio))?;
     // With an idempotency key the id follows from it, so a retry names the same team.
     let id = Uuid::new_v5(&meta.command_id, b"team");
     idempotent(&state.pool, &req, &who, &body, || async {
@@ -490,7 +484,7 @@ async fn team_command(
     body: &[u8],
     action: TeamAction,
 ) -> Result<HttpResponse, ApiError> {
-    let meta = scoped_meta(req, who, org)?;
+    let meta = scoped_meta(req, who, org, Some(Frontend::Fluxstudio))?;
     idempotent(&state.pool, req, who, body, || async {
         let cmd = TeamCommand {
             organization_id: org,
@@ -724,7 +718,7 @@ async fn create_project(
     if let Some(team) = input.team_id {
         require_team(&state, org, team).await?;
     }
-    let meta = scoped_meta(&req, &who, org)?;
+    let meta = scoped_meta(&req, &who, org, Some(Frontend::Fluxstudio))?;
     let id = Uuid::new_v5(&meta.command_id, b"project");
     idempotent(&state.pool, &req, &who, &body, || async {
         let cmd = ProjectCommand {
@@ -859,7 +853,7 @@ async fn project_command(
     action: impl FnOnce(&CommandMeta) -> ProjectAction,
     extra: impl FnOnce(&CommandMeta) -> Option<(&'static str, Value)>,
 ) -> Result<HttpResponse, ApiError> {
-    let meta = scoped_meta(req, who, org)?;
+    let meta = scoped_meta(req, who, org, Some(Frontend::Fluxstudio))?;
     let action = action(&meta);
     let extra = extra(&meta);
     idempotent(&state.pool, req, who, body, || async {
