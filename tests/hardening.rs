@@ -397,6 +397,69 @@ async fn an_append_the_database_refuses_fails_alone_and_its_batch_neighbours_com
     }
 }
 
+#[actix_web::test]
+async fn an_encoded_append_is_checked_as_a_valued_one_and_fails_alone() {
+    use universal_backend::store::{AppendError, Direction, EncodedEvent, ExpectedVersion};
+    let app = common::spawn_app().await;
+    let store = app_store(&app).await;
+    let bad = [
+        (
+            7,
+            r#"{"text": "nul\u0000here"}"#,
+            "text: contains a NUL character",
+        ),
+        (11, r#"{"n": 1"#, "is not one JSON document"),
+        (13, r#"{"n": [1e-305]}"#, "n[0]: the number"),
+        (17, r#"{"n": 1} {"n": 2}"#, "is not one JSON document"),
+    ];
+    let mut appends = Vec::new();
+    for i in 0..20 {
+        let data = bad.iter().find(|(at, _, _)| *at == i).map_or_else(
+            || format!(r#"{{"n": {i}, "name": "probe \u00e9"}}"#),
+            |b| b.1.to_owned(),
+        );
+        let store = store.clone();
+        let e = EncodedEvent {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: "Probe".into(),
+            schema_version: 1,
+            data,
+            metadata: r#"{"user_id": "someone"}"#.into(),
+        };
+        appends.push(async move {
+            store
+                .append_encoded(&format!("probe-{i}"), ExpectedVersion::Any, vec![e])
+                .await
+        });
+    }
+    let results = futures_util::future::join_all(appends).await;
+    for (i, r) in results.iter().enumerate() {
+        match bad.iter().find(|(at, _, _)| *at == i) {
+            Some((_, _, why)) => match r {
+                Err(AppendError::Invalid(message)) => {
+                    assert!(message.contains(why), "append {i}: {message}")
+                }
+                other => panic!("append {i} must be refused as invalid: {other:?}"),
+            },
+            None => assert!(r.is_ok(), "append {i}: {r:?}"),
+        }
+    }
+    let stored = store
+        .read_stream("probe-3", 1, Direction::Forward, 10)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].data, json!({ "n": 3, "name": "probe é" }));
+    assert_eq!(stored[0].metadata, json!({ "user_id": "someone" }));
+    for (at, _, _) in bad {
+        let none = store
+            .read_stream(&format!("probe-{at}"), 1, Direction::Forward, 10)
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "the refused append {at} wrote nothing");
+    }
+}
+
 async fn app_store(
     app: &common::TestApp,
 ) -> std::sync::Arc<dyn universal_backend::store::EventStore> {

@@ -99,6 +99,42 @@ pub trait EventFamily: Serialize + DeserializeOwned + Clone + Send + Sync + 'sta
         }
     }
 
+    /// The payload without its type tag, as JSON text: what [`EventFamily::to_data`] gives,
+    /// written straight from the typed event without building a tree on the way (the hot
+    /// path of every append). A family serializes as `{"type":<tag>,"data":<payload>}`, so
+    /// the payload is that text less its head and its closing brace.
+    fn to_data_text(&self) -> String {
+        let mut text = match serde_json::to_string(self) {
+            Ok(text) => text,
+            Err(e) => panic!("event enum must serialize: {e}"),
+        };
+        let t = self.event_type();
+        let head_len = {
+            let b = text.as_bytes();
+            let tag_end = 9 + t.len();
+            let tagged = b.starts_with(b"{\"type\":\"")
+                && b.get(9..tag_end) == Some(t.as_bytes())
+                && b.get(tag_end) == Some(&b'"');
+            if tagged && b.get(tag_end + 1..tag_end + 9) == Some(b",\"data\":".as_slice()) {
+                Some(tag_end + 9)
+            } else if tagged && text.len() == tag_end + 2 {
+                // A variant without payload: `{"type":<tag>}`.
+                return "null".to_owned();
+            } else {
+                None
+            }
+        };
+        match head_len {
+            Some(head) if text.ends_with('}') => {
+                text.truncate(text.len() - 1);
+                text.drain(..head);
+                text
+            }
+            // Some other shape: take the tree's way, which says what is wrong.
+            _ => self.to_data().to_string(),
+        }
+    }
+
     /// Like [`EventFamily::decode`] but borrowing the payload; families override it to skip
     /// the copy for current-version payloads (the hot path of replays and projections).
     fn decode_ref(event_type: &str, version: i32, data: &Value) -> Result<Self, DecodeError> {

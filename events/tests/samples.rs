@@ -51,6 +51,11 @@ fn check<F: EventFamily + PartialEq + std::fmt::Debug>(t: &str, version: i32, da
     );
     if version == F::schema_version(t) {
         assert_eq!(&event.to_data(), data, "{t} v{version} did not round-trip");
+        let text: Value = serde_json::from_str(&event.to_data_text()).unwrap();
+        assert_eq!(
+            &text, data,
+            "{t} v{version}: the payload text is the payload"
+        );
     } else {
         let current = event.to_data();
         let again = F::decode(t, F::schema_version(t), current).unwrap();

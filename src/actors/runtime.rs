@@ -34,12 +34,11 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use dashmap::DashMap;
 use serde::{de::DeserializeOwned, Serialize};
-use serde_json::Value;
 use universal_events::EventFamily;
 use uuid::Uuid;
 
 use crate::store::{
-    AppendError, Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Snapshot,
+    AppendError, Direction, EncodedEvent, EventStore, ExpectedVersion, RecordedEvent, Snapshot,
     StoreError,
 };
 
@@ -447,16 +446,18 @@ pub(crate) fn event_id(command_id: Uuid, index: usize) -> Uuid {
     Uuid::from_bytes(bytes)
 }
 
-fn to_new_events<E: Entity>(events: &[E::Event], meta: &CommandMeta) -> Vec<NewEvent> {
-    let metadata = serde_json::to_value(meta).unwrap_or(Value::Null);
+/// A command's events as the store takes them: payloads written straight from the typed
+/// events, and the command's metadata written once for all of them.
+fn to_new_events<E: Entity>(events: &[E::Event], meta: &CommandMeta) -> Vec<EncodedEvent> {
+    let metadata = serde_json::to_string(meta).unwrap_or_else(|_| "null".to_owned());
     events
         .iter()
         .enumerate()
-        .map(|(i, e)| NewEvent {
+        .map(|(i, e)| EncodedEvent {
             event_id: event_id(meta.command_id, i),
             event_type: e.event_type().to_owned(),
             schema_version: E::Event::schema_version(e.event_type()),
-            data: e.to_data(),
+            data: e.to_data_text(),
             metadata: metadata.clone(),
         })
         .collect()
@@ -543,7 +544,7 @@ async fn run_command<E: Entity>(
         let new_events = to_new_events::<E>(&events, &msg.meta);
         let before = current.version;
         match store
-            .append(&stream, ExpectedVersion::Exact(before), new_events)
+            .append_encoded(&stream, ExpectedVersion::Exact(before), new_events)
             .await
         {
             Ok(result) if result.written => {

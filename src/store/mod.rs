@@ -57,6 +57,37 @@ pub struct NewEvent {
     pub metadata: Value,
 }
 
+/// An event about to be appended with its payloads as JSON text already: the form the actor
+/// runtime makes straight from typed events ([`EventFamily::to_data_text`]), without a
+/// [`Value`] tree on the way, and the form the writer binds. [`EventStore::append_encoded`]
+/// checks the text as [`EventStore::append`] checks values ([`storable_text`]).
+#[derive(Debug, Clone)]
+pub struct EncodedEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub data: String,
+    pub metadata: String,
+}
+
+impl From<NewEvent> for EncodedEvent {
+    fn from(e: NewEvent) -> Self {
+        Self {
+            event_id: e.event_id,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            data: json_text(&e.data),
+            metadata: json_text(&e.metadata),
+        }
+    }
+}
+
+/// A value as JSON text, written straight into one buffer (`Value`'s `Display` goes through
+/// the formatter a token at a time and grows its string from nothing).
+fn json_text(value: &Value) -> String {
+    serde_json::to_string(value).expect("a JSON value always serializes")
+}
+
 /// An event as stored.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RecordedEvent {
@@ -303,6 +334,96 @@ pub fn storable(value: &Value) -> Result<(), String> {
     }
 }
 
+/// [`storable`] for a document given as JSON text: the text must also be one JSON document.
+/// Read once without building anything (strings are borrowed where they hold no escape);
+/// only a document that fails is parsed into a tree, to name the offending value's path.
+pub fn storable_text(json: &str) -> Result<(), String> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Visits a document and fails at its first value that [`unstorable`] would name.
+    struct Check;
+
+    impl<'de> DeserializeSeed<'de> for Check {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    /// A key: its text only.
+    struct Key;
+
+    impl<'de> DeserializeSeed<'de> for Key {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Key {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+            if v.contains('\0') {
+                return Err(E::custom("unstorable"));
+            }
+            Ok(())
+        }
+    }
+
+    impl<'de> Visitor<'de> for Check {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E: serde::de::Error>(self, x: f64) -> Result<(), E> {
+            if x == 0.0 || (x.abs() <= MAX_NUMBER && x.abs() >= 1.0 / MAX_NUMBER) {
+                Ok(())
+            } else {
+                Err(E::custom("unstorable"))
+            }
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+            Key.visit_str(v)
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Check)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while map.next_key_seed(Key)?.is_some() {
+                map.next_value_seed(Check)?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut reader = serde_json::Deserializer::from_str(json);
+    let checked = Check.deserialize(&mut reader).and_then(|()| reader.end());
+    if checked.is_ok() {
+        return Ok(());
+    }
+    // Not a document, or one with a value to name: the tree says which and where.
+    match serde_json::from_str::<Value>(json) {
+        Ok(value) => storable(&value).and(Err("cannot be stored".to_owned())),
+        Err(e) => Err(format!("is not one JSON document: {e}")),
+    }
+}
+
 /// The contract of an event store backend.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -315,6 +436,15 @@ pub trait EventStore: Send + Sync + 'static {
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+    ) -> Result<AppendResult, AppendError>;
+
+    /// [`EventStore::append`] for events whose payloads are JSON text already (the actor
+    /// runtime's path): the same checks, on the text, and the same outcome.
+    async fn append_encoded(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<EncodedEvent>,
     ) -> Result<AppendResult, AppendError>;
 
     /// Reads up to `limit` events of one stream starting at version `from` (inclusive),
@@ -392,6 +522,36 @@ mod unstorable_tests {
             storable(&json!("\u{0}")),
             Err("contains a NUL character".into())
         );
+    }
+
+    #[test]
+    fn text_is_storable_exactly_when_its_value_is() {
+        let documents = [
+            r#"{"a": [1, {"b": "ok"}], "n": 1e12, "t": true, "z": null}"#,
+            r#"{"readings": [{"v": 1}, {"name": "a\u0000b"}]}"#,
+            r#"{"a\u0000": 1}"#,
+            r#"{"x": {"y": 1e301}}"#,
+            r#"{"x": -1e-301}"#,
+            r#"{"x": 0.0, "y": -0, "z": 18446744073709551615, "w": -9223372036854775808}"#,
+            r#"["\\u0000", "\n", "\u00e9"]"#,
+            r#""plain""#,
+        ];
+        for text in documents {
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(storable_text(text), storable(&value), "{text}");
+        }
+        // The path of the offending value is named as for a tree.
+        assert_eq!(
+            storable_text(r#"{"readings": [{"v": 1}, {"name": "a\u0000b"}]}"#),
+            Err("readings[1].name: contains a NUL character".into())
+        );
+        for broken in ["", "{", r#"{"a": 1} {"b": 2}"#, "[1,]", "nul", "1e400"] {
+            let why = storable_text(broken).unwrap_err();
+            assert!(
+                why.starts_with("is not one JSON document"),
+                "{broken}: {why}"
+            );
+        }
     }
 }
 

@@ -50,8 +50,8 @@ use uuid::Uuid;
 use super::commits::{self, RecentCommits};
 use super::recent::RecentEvents;
 use super::{
-    category_of, AppendError, AppendResult, Direction, EventStore, ExpectedVersion, Filter,
-    NewEvent, RawEvent, RecordedEvent, Snapshot, StoreError,
+    category_of, AppendError, AppendResult, Direction, EncodedEvent, EventStore, ExpectedVersion,
+    Filter, NewEvent, RawEvent, RecordedEvent, Snapshot, StoreError,
 };
 
 /// Longest wait of the writer for the head lock.
@@ -92,40 +92,14 @@ impl Default for PgStoreConfig {
     }
 }
 
+/// An append on its way to the writer. Its payloads are JSON text already: the caller
+/// encodes them, on its own thread, so that the one writer task neither copies nor encodes
+/// payloads and the rows it binds borrow them.
 struct AppendRequest {
     stream: String,
     expected: ExpectedVersion,
-    events: Vec<Encoded>,
+    events: Vec<EncodedEvent>,
     reply: oneshot::Sender<Result<AppendResult, AppendError>>,
-}
-
-/// An event on its way to the writer, its payloads already JSON text: the caller encodes
-/// them, on its own thread, so that the one writer task neither copies nor encodes payloads
-/// and the rows it binds borrow them.
-struct Encoded {
-    event_id: Uuid,
-    event_type: String,
-    schema_version: i32,
-    data: String,
-    metadata: String,
-}
-
-impl From<NewEvent> for Encoded {
-    fn from(e: NewEvent) -> Self {
-        Self {
-            event_id: e.event_id,
-            event_type: e.event_type,
-            schema_version: e.schema_version,
-            data: json_text(&e.data),
-            metadata: json_text(&e.metadata),
-        }
-    }
-}
-
-/// A value as JSON text, written straight into one buffer (`Value`'s `Display` goes through
-/// the formatter a token at a time and grows its string from nothing).
-fn json_text(value: &serde_json::Value) -> String {
-    serde_json::to_string(value).expect("a JSON value always serializes")
 }
 
 enum WriterMsg {
@@ -145,6 +119,30 @@ pub struct PgEventStore {
 }
 
 impl PgEventStore {
+    /// Hands a checked append to the writer and waits for its outcome.
+    async fn submit(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<EncodedEvent>,
+    ) -> Result<AppendResult, AppendError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(AppendError::ShuttingDown);
+        }
+        let (reply, answer) = oneshot::channel();
+        let req = AppendRequest {
+            stream: stream.to_owned(),
+            expected,
+            events,
+            reply,
+        };
+        self.tx
+            .send(WriterMsg::Append(req))
+            .await
+            .map_err(|_| AppendError::ShuttingDown)?;
+        answer.await.map_err(|_| AppendError::ShuttingDown)?
+    }
+
     /// Starts the writer and the NOTIFY listener on the current runtime.
     pub async fn start(pool: PgPool, config: PgStoreConfig) -> Result<Arc<Self>, StoreError> {
         let head_now: i64 = sqlx::query_scalar("SELECT last_position FROM event_head WHERE id = 1")
@@ -853,8 +851,16 @@ fn plan_append<'a>(
     })
 }
 
-fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), AppendError> {
-    if events.is_empty() {
+/// The checks of every append, before it joins a group commit (so that an event the store
+/// cannot hold fails alone): `storable` says whether the `i`-th event's payloads can be
+/// stored.
+fn validate_append(
+    stream: &str,
+    ids: impl ExactSizeIterator<Item = Uuid>,
+    mut storable: impl FnMut(usize) -> Result<(), String>,
+) -> Result<(), AppendError> {
+    let n = ids.len();
+    if n == 0 {
         return Err(AppendError::Invalid(
             "an append needs at least one event".into(),
         ));
@@ -864,15 +870,13 @@ fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), AppendError>
             "`{stream}` is not a writable stream"
         )));
     }
-    for (i, e) in events.iter().enumerate() {
-        super::storable(&e.data)
-            .and_then(|()| super::storable(&e.metadata))
-            .map_err(|why| AppendError::Invalid(format!("event {i} ({}): {why}", e.event_type)))?;
+    for i in 0..n {
+        storable(i).map_err(AppendError::Invalid)?;
     }
-    let mut ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
+    let mut ids: Vec<_> = ids.collect();
     ids.sort_unstable();
     ids.dedup();
-    if ids.len() != events.len() {
+    if ids.len() != n {
         return Err(AppendError::Invalid(
             "event ids repeat within one append".into(),
         ));
@@ -920,22 +924,29 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, AppendError> {
-        validate_append(stream, &events)?;
-        if self.closed.load(Ordering::Acquire) {
-            return Err(AppendError::ShuttingDown);
-        }
-        let (reply, answer) = oneshot::channel();
-        let req = AppendRequest {
-            stream: stream.to_owned(),
-            expected,
-            events: events.into_iter().map(Encoded::from).collect(),
-            reply,
-        };
-        self.tx
-            .send(WriterMsg::Append(req))
-            .await
-            .map_err(|_| AppendError::ShuttingDown)?;
-        answer.await.map_err(|_| AppendError::ShuttingDown)?
+        validate_append(stream, events.iter().map(|e| e.event_id), |i| {
+            let e = &events[i];
+            super::storable(&e.data)
+                .and_then(|()| super::storable(&e.metadata))
+                .map_err(|why| format!("event {i} ({}): {why}", e.event_type))
+        })?;
+        let events = events.into_iter().map(EncodedEvent::from).collect();
+        self.submit(stream, expected, events).await
+    }
+
+    async fn append_encoded(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<EncodedEvent>,
+    ) -> Result<AppendResult, AppendError> {
+        validate_append(stream, events.iter().map(|e| e.event_id), |i| {
+            let e = &events[i];
+            super::storable_text(&e.data)
+                .and_then(|()| super::storable_text(&e.metadata))
+                .map_err(|why| format!("event {i} ({}): {why}", e.event_type))
+        })?;
+        self.submit(stream, expected, events).await
     }
 
     async fn read_stream(
