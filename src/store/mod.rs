@@ -9,6 +9,7 @@
 pub mod commits;
 pub mod postgres;
 pub mod recent;
+mod snapshots;
 pub mod subscription;
 
 use async_trait::async_trait;

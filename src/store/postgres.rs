@@ -116,6 +116,7 @@ pub struct PgEventStore {
     head: watch::Receiver<i64>,
     commits: Arc<RecentCommits>,
     recent: Arc<RecentEvents>,
+    snapshots: mpsc::Sender<super::snapshots::Save>,
 }
 
 impl PgEventStore {
@@ -159,14 +160,21 @@ impl PgEventStore {
         let (writer_commits, listener_commits) = (commits.clone(), commits.clone());
         let recent = Arc::new(RecentEvents::default());
         let writer_recent = recent.clone();
+        let (snapshots, saves) = mpsc::channel(super::snapshots::QUEUE);
         crate::rt::spawn_thread("ub-store-writer", move || async move {
             let commits = Recorded {
                 commits: &writer_commits,
                 events: &writer_recent,
             };
+            let saver = async {
+                super::snapshots::saver_loop(writer_pool.clone(), saves).await;
+                // Only the writer ends this thread, once it has drained its queue.
+                std::future::pending::<()>().await
+            };
             tokio::select! {
                 _ = writer_loop(writer_pool.clone(), rx, config, head_tx, commits) => {}
-                _ = listen_loop(writer_pool, weak_head, listener_commits) => {}
+                _ = listen_loop(writer_pool.clone(), weak_head, listener_commits) => {}
+                _ = saver => {}
             }
         })
         .detach();
@@ -177,6 +185,7 @@ impl PgEventStore {
             head: head_rx,
             commits,
             recent,
+            snapshots,
         }))
     }
 
@@ -1055,21 +1064,24 @@ impl EventStore for PgEventStore {
     }
 
     async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<(), StoreError> {
-        // A snapshot never moves backwards: a slow, older save must not replace a newer one.
-        sqlx::query(
-            "INSERT INTO snapshots (stream_id, version, schema_version, state) \
-             VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version, \
-             schema_version = EXCLUDED.schema_version, state = EXCLUDED.state, taken_at = now() \
-             WHERE snapshots.version < EXCLUDED.version",
-        )
-        .bind(stream)
-        .bind(snapshot.version)
-        .bind(snapshot.schema_version)
-        .bind(snapshot.state)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        // Written in batches by the saver (see `super::snapshots`); a snapshot never moves
+        // backwards there: a slow, older save does not replace a newer one.
+        let state = serde_json::to_string(&snapshot.state)
+            .map_err(|e| StoreError::Other(format!("state cannot be written: {e}")))?;
+        let (done, outcome) = oneshot::channel();
+        let save = super::snapshots::Save {
+            stream: stream.to_owned(),
+            version: snapshot.version,
+            schema_version: snapshot.schema_version,
+            state,
+            done,
+        };
+        let gone = || StoreError::Other("the snapshot saver has stopped".into());
+        self.snapshots.send(save).await.map_err(|_| gone())?;
+        outcome
+            .await
+            .map_err(|_| gone())?
+            .map_err(StoreError::Other)
     }
 
     async fn shutdown(&self) {
