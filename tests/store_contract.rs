@@ -819,3 +819,65 @@ async fn every_process_knows_which_types_recent_commits_held_and_a_gap_is_unknow
         ));
     }
 }
+
+#[tokio::test]
+async fn snapshots_saved_together_keep_the_newest_and_a_refused_one_fails_alone() {
+    use universal_backend::store::Snapshot;
+    let stores = stores(2).await;
+    let snapshot = |version: i64, state: serde_json::Value| Snapshot {
+        version,
+        schema_version: 1,
+        state,
+    };
+    // Many saves at once: several versions of one stream, one state PostgreSQL refuses
+    // (`jsonb` holds no NUL), and streams of their own, from two processes.
+    let mut saves = Vec::new();
+    for version in [3_i64, 9, 5, 7] {
+        for store in &stores {
+            let store = store.clone();
+            let s = snapshot(version, json!({ "v": version }));
+            saves.push(tokio::spawn(async move {
+                store.save_snapshot("thing-shared", s).await
+            }));
+        }
+    }
+    for i in 0..40 {
+        let store = stores[i % 2].clone();
+        let state = if i == 13 {
+            json!({ "name": "nul\u{0}here" })
+        } else {
+            json!({ "i": i })
+        };
+        saves.push(tokio::spawn(async move {
+            store
+                .save_snapshot(&format!("thing-{i}"), snapshot(i as i64 + 1, state))
+                .await
+        }));
+    }
+    let outcomes: Vec<_> = futures_util::future::join_all(saves)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let refused = outcomes.iter().filter(|r| r.is_err()).count();
+    assert_eq!(refused, 1, "only the state with a NUL is refused: {outcomes:?}");
+
+    let shared = stores[1].load_snapshot("thing-shared").await.unwrap().unwrap();
+    assert_eq!((shared.version, shared.state), (9, json!({ "v": 9 })));
+    for i in 0..40 {
+        let loaded = stores[0].load_snapshot(&format!("thing-{i}")).await.unwrap();
+        if i == 13 {
+            assert!(loaded.is_none());
+        } else {
+            let loaded = loaded.unwrap();
+            assert_eq!((loaded.version, loaded.state), (i as i64 + 1, json!({ "i": i })));
+        }
+    }
+    // A slower, older save does not replace a newer one.
+    stores[0]
+        .save_snapshot("thing-shared", snapshot(4, json!({ "v": 4 })))
+        .await
+        .unwrap();
+    let shared = stores[0].load_snapshot("thing-shared").await.unwrap().unwrap();
+    assert_eq!(shared.version, 9);
+}
