@@ -860,17 +860,30 @@ async fn snapshots_saved_together_keep_the_newest_and_a_refused_one_fails_alone(
         .map(|r| r.unwrap())
         .collect();
     let refused = outcomes.iter().filter(|r| r.is_err()).count();
-    assert_eq!(refused, 1, "only the state with a NUL is refused: {outcomes:?}");
+    assert_eq!(
+        refused, 1,
+        "only the state with a NUL is refused: {outcomes:?}"
+    );
 
-    let shared = stores[1].load_snapshot("thing-shared").await.unwrap().unwrap();
+    let shared = stores[1]
+        .load_snapshot("thing-shared")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((shared.version, shared.state), (9, json!({ "v": 9 })));
     for i in 0..40 {
-        let loaded = stores[0].load_snapshot(&format!("thing-{i}")).await.unwrap();
+        let loaded = stores[0]
+            .load_snapshot(&format!("thing-{i}"))
+            .await
+            .unwrap();
         if i == 13 {
             assert!(loaded.is_none());
         } else {
             let loaded = loaded.unwrap();
-            assert_eq!((loaded.version, loaded.state), (i as i64 + 1, json!({ "i": i })));
+            assert_eq!(
+                (loaded.version, loaded.state),
+                (i as i64 + 1, json!({ "i": i }))
+            );
         }
     }
     // A slower, older save does not replace a newer one.
@@ -878,6 +891,10 @@ async fn snapshots_saved_together_keep_the_newest_and_a_refused_one_fails_alone(
         .save_snapshot("thing-shared", snapshot(4, json!({ "v": 4 })))
         .await
         .unwrap();
-    let shared = stores[0].load_snapshot("thing-shared").await.unwrap().unwrap();
+    let shared = stores[0]
+        .load_snapshot("thing-shared")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(shared.version, 9);
 }
