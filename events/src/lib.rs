@@ -104,34 +104,26 @@ pub trait EventFamily: Serialize + DeserializeOwned + Clone + Send + Sync + 'sta
     /// path of every append). A family serializes as `{"type":<tag>,"data":<payload>}`, so
     /// the payload is that text less its head and its closing brace.
     fn to_data_text(&self) -> String {
-        let mut text = match serde_json::to_string(self) {
+        let text = match serde_json::to_string(self) {
             Ok(text) => text,
             Err(e) => panic!("event enum must serialize: {e}"),
         };
-        let t = self.event_type();
-        let head_len = {
-            let b = text.as_bytes();
-            let tag_end = 9 + t.len();
-            let tagged = b.starts_with(b"{\"type\":\"")
-                && b.get(9..tag_end) == Some(t.as_bytes())
-                && b.get(tag_end) == Some(&b'"');
-            if tagged && b.get(tag_end + 1..tag_end + 9) == Some(b",\"data\":".as_slice()) {
-                Some(tag_end + 9)
-            } else if tagged && text.len() == tag_end + 2 {
-                // A variant without payload: `{"type":<tag>}`.
-                return "null".to_owned();
-            } else {
-                None
-            }
-        };
-        match head_len {
-            Some(head) if text.ends_with('}') => {
-                text.truncate(text.len() - 1);
-                text.drain(..head);
-                text
-            }
+        let rest = text
+            .strip_prefix("{\"type\":\"")
+            .and_then(|r| r.strip_prefix(self.event_type()))
+            .and_then(|r| r.strip_prefix('"'));
+        match rest {
+            // A variant without payload: `{"type":<tag>}`.
+            Some("}") => "null".to_owned(),
+            Some(r) => match r
+                .strip_prefix(",\"data\":")
+                .and_then(|d| d.strip_suffix('}'))
+            {
+                Some(data) => data.to_owned(),
+                None => self.to_data().to_string(),
+            },
             // Some other shape: take the tree's way, which says what is wrong.
-            _ => self.to_data().to_string(),
+            None => self.to_data().to_string(),
         }
     }
 

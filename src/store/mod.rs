@@ -432,15 +432,21 @@ pub trait EventStore: Send + Sync + 'static {
     ///
     /// Appending events whose ids are all stored already, in this stream, is a no-op that
     /// returns the original version and position with `written: false`.
+    /// The payloads are written to JSON text and appended as [`EventStore::append_encoded`]
+    /// appends them, with the same checks ([`storable_text`] refuses what [`storable`]
+    /// refuses, and names the same path).
     async fn append(
         &self,
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-    ) -> Result<AppendResult, AppendError>;
+    ) -> Result<AppendResult, AppendError> {
+        let events = events.into_iter().map(EncodedEvent::from).collect();
+        self.append_encoded(stream, expected, events).await
+    }
 
     /// [`EventStore::append`] for events whose payloads are JSON text already (the actor
-    /// runtime's path): the same checks, on the text, and the same outcome.
+    /// runtime's path, which writes them straight from typed events).
     async fn append_encoded(
         &self,
         stream: &str,

@@ -51,7 +51,7 @@ use super::commits::{self, RecentCommits};
 use super::recent::RecentEvents;
 use super::{
     category_of, AppendError, AppendResult, Direction, EncodedEvent, EventStore, ExpectedVersion,
-    Filter, NewEvent, RawEvent, RecordedEvent, Snapshot, StoreError,
+    Filter, RawEvent, RecordedEvent, Snapshot, StoreError,
 };
 
 /// Longest wait of the writer for the head lock.
@@ -120,30 +120,6 @@ pub struct PgEventStore {
 }
 
 impl PgEventStore {
-    /// Hands a checked append to the writer and waits for its outcome.
-    async fn submit(
-        &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: Vec<EncodedEvent>,
-    ) -> Result<AppendResult, AppendError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(AppendError::ShuttingDown);
-        }
-        let (reply, answer) = oneshot::channel();
-        let req = AppendRequest {
-            stream: stream.to_owned(),
-            expected,
-            events,
-            reply,
-        };
-        self.tx
-            .send(WriterMsg::Append(req))
-            .await
-            .map_err(|_| AppendError::ShuttingDown)?;
-        answer.await.map_err(|_| AppendError::ShuttingDown)?
-    }
-
     /// Starts the writer and the NOTIFY listener on the current runtime.
     pub async fn start(pool: PgPool, config: PgStoreConfig) -> Result<Arc<Self>, StoreError> {
         let head_now: i64 = sqlx::query_scalar("SELECT last_position FROM event_head WHERE id = 1")
@@ -857,16 +833,10 @@ fn plan_append<'a>(
     })
 }
 
-/// The checks of every append, before it joins a group commit (so that an event the store
-/// cannot hold fails alone): `storable` says whether the `i`-th event's payloads can be
-/// stored.
-fn validate_append(
-    stream: &str,
-    ids: impl ExactSizeIterator<Item = Uuid>,
-    mut storable: impl FnMut(usize) -> Result<(), String>,
-) -> Result<(), AppendError> {
-    let n = ids.len();
-    if n == 0 {
+/// The checks of every append, before it joins a group commit, so that an event the store
+/// cannot hold fails alone.
+fn validate_append(stream: &str, events: &[EncodedEvent]) -> Result<(), AppendError> {
+    if events.is_empty() {
         return Err(AppendError::Invalid(
             "an append needs at least one event".into(),
         ));
@@ -876,13 +846,15 @@ fn validate_append(
             "`{stream}` is not a writable stream"
         )));
     }
-    for i in 0..n {
-        storable(i).map_err(AppendError::Invalid)?;
+    for (i, e) in events.iter().enumerate() {
+        super::storable_text(&e.data)
+            .and_then(|()| super::storable_text(&e.metadata))
+            .map_err(|why| AppendError::Invalid(format!("event {i} ({}): {why}", e.event_type)))?;
     }
-    let mut ids: Vec<_> = ids.collect();
+    let mut ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
     ids.sort_unstable();
     ids.dedup();
-    if ids.len() != n {
+    if ids.len() != events.len() {
         return Err(AppendError::Invalid(
             "event ids repeat within one append".into(),
         ));
@@ -924,35 +896,28 @@ fn bind_filter<'q, O>(
 
 #[async_trait]
 impl EventStore for PgEventStore {
-    async fn append(
-        &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendResult, AppendError> {
-        validate_append(stream, events.iter().map(|e| e.event_id), |i| {
-            let e = &events[i];
-            super::storable(&e.data)
-                .and_then(|()| super::storable(&e.metadata))
-                .map_err(|why| format!("event {i} ({}): {why}", e.event_type))
-        })?;
-        let events = events.into_iter().map(EncodedEvent::from).collect();
-        self.submit(stream, expected, events).await
-    }
-
     async fn append_encoded(
         &self,
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<EncodedEvent>,
     ) -> Result<AppendResult, AppendError> {
-        validate_append(stream, events.iter().map(|e| e.event_id), |i| {
-            let e = &events[i];
-            super::storable_text(&e.data)
-                .and_then(|()| super::storable_text(&e.metadata))
-                .map_err(|why| format!("event {i} ({}): {why}", e.event_type))
-        })?;
-        self.submit(stream, expected, events).await
+        validate_append(stream, &events)?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(AppendError::ShuttingDown);
+        }
+        let (reply, answer) = oneshot::channel();
+        let req = AppendRequest {
+            stream: stream.to_owned(),
+            expected,
+            events,
+            reply,
+        };
+        self.tx
+            .send(WriterMsg::Append(req))
+            .await
+            .map_err(|_| AppendError::ShuttingDown)?;
+        answer.await.map_err(|_| AppendError::ShuttingDown)?
     }
 
     async fn read_stream(
