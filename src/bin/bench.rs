@@ -374,6 +374,7 @@ async fn load(
     client: reqwest::Client,
     targets: Arc<Vec<Target>>,
     server: cpu::Server,
+    database_url: Option<&str>,
 ) -> LoadResult {
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
@@ -395,6 +396,10 @@ async fn load(
         "authorization: Bearer {}\r\nx-frontend-source: citypulse\r\n",
         BENCH_TOKEN.get().map(String::as_str).unwrap_or_default()
     );
+    let roles = match database_url {
+        Some(url) => cpu::Roles::read(url).await,
+        None => cpu::Roles::default(),
+    };
     let started = Instant::now();
     let cpu_before = cpu::Sample::take(server);
     for c in 0..args.clients {
@@ -435,7 +440,7 @@ async fn load(
     }
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stop.store(true, Ordering::Relaxed);
-    let cpu = cpu::Sample::take(server).since(&cpu_before);
+    let cpu = cpu::Sample::take(server).since(&cpu_before, roles);
     let mut latencies_us = Vec::new();
     while let Some(r) = tasks.join_next().await {
         latencies_us.extend(r.unwrap_or_default());
@@ -1141,6 +1146,7 @@ async fn main() -> anyhow::Result<()> {
 
     let client_args = args.clone();
     let client_base = base.clone();
+    let roles_url = database_url.clone();
     let (setup_took, result) = on_client_threads(async move {
         let client = tenant_client(&client_base, client_args.clients, "citypulse").await?;
         let t = Instant::now();
@@ -1152,6 +1158,7 @@ async fn main() -> anyhow::Result<()> {
             client,
             Arc::new(targets),
             cpu::Server::ThisProcess,
+            Some(&roles_url),
         )
         .await;
         anyhow::Ok((setup_took, result))
@@ -1365,6 +1372,8 @@ mod separate {
         };
         let client_args = args.clone();
         let client_base = base.clone();
+        // PostgreSQL's time is split by the server's sessions when this bench started both.
+        let roles_url = child.is_some().then(|| database_url.to_owned());
         let outcome = on_client_threads(async move {
             let client = tenant_client(&client_base, client_args.clients, "citypulse").await?;
             let t = Instant::now();
@@ -1376,6 +1385,7 @@ mod separate {
                 client,
                 Arc::new(targets),
                 server,
+                roles_url.as_deref(),
             )
             .await;
             anyhow::Ok((setup_took, result))

@@ -189,8 +189,22 @@ impl Spread {
 /// Which process's runner holds each projection now (`None`: no one), read from the
 /// server's locks: for `/health` and the `projections` command.
 pub async fn holders(pool: &PgPool) -> sqlx::Result<Vec<(&'static str, Option<String>)>> {
-    let rows: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT (l.classid::bigint << 32) | l.objid::bigint, a.application_name \
+    Ok(leads(pool)
+        .await?
+        .into_iter()
+        .map(|(name, lead)| {
+            let owner =
+                lead.map(|(app, _)| app.strip_prefix(APP_PREFIX).unwrap_or(&app).to_owned());
+            (name, owner)
+        })
+        .collect())
+}
+
+/// The backend of each projection's leading runner: its session's `application_name` and
+/// pid (`None`: no runner leads it). The bench splits PostgreSQL's CPU by these.
+pub async fn leads(pool: &PgPool) -> sqlx::Result<Vec<(&'static str, Option<(String, i32)>)>> {
+    let rows: Vec<(i64, String, i32)> = sqlx::query_as(
+        "SELECT (l.classid::bigint << 32) | l.objid::bigint, a.application_name, l.pid \
          FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
            AND a.datname = current_database()",
@@ -201,11 +215,11 @@ pub async fn holders(pool: &PgPool) -> sqlx::Result<Vec<(&'static str, Option<St
         .iter()
         .map(|p| {
             let key = lock_key(p.name());
-            let owner = rows
+            let lead = rows
                 .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, name)| name.strip_prefix(APP_PREFIX).unwrap_or(name).to_owned());
-            (p.name(), owner)
+                .find(|(k, _, _)| *k == key)
+                .map(|(_, app, pid)| (app.clone(), *pid));
+            (p.name(), lead)
         })
         .collect())
 }

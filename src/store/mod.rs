@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use universal_events::{DecodeError, EventFamily};
 use uuid::Uuid;
 
-pub use postgres::{PgEventStore, PgStoreConfig};
+pub use postgres::{PgEventStore, PgStoreConfig, WRITER_APPLICATION_NAME};
 pub use subscription::{LiveFeed, Subscription};
 
 /// What the writer believes about a stream before appending to it.

@@ -324,6 +324,9 @@ impl Recorded<'_> {
     }
 }
 
+/// The `application_name` of the writer's session.
+pub const WRITER_APPLICATION_NAME: &str = "ub-writer";
+
 async fn open_writer_connection(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
     let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
     // The batch's statements are planned once: planning the one-statement batch at every
@@ -332,9 +335,10 @@ async fn open_writer_connection(pool: &PgPool) -> Result<PgConnection, sqlx::Err
     // A lock held elsewhere (another process stuck in its append, or a session that took
     // the head lock by hand) must not block this writer forever: the lock wait and every
     // statement are bounded, and the batch is answered with an error instead.
+    // Its name tells its backend from the others, in `pg_stat_activity` and to the bench.
     sqlx::raw_sql(&format!(
         "SET plan_cache_mode = force_generic_plan; SET lock_timeout = {}; \
-         SET statement_timeout = {}",
+         SET statement_timeout = {}; SET application_name = '{WRITER_APPLICATION_NAME}'",
         LOCK_TIMEOUT.as_millis(),
         STATEMENT_TIMEOUT.as_millis()
     ))

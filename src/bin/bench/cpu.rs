@@ -1,5 +1,6 @@
 //! CPU spent per command during the commands mode's load, and by whom: the whole machine,
-//! the server, PostgreSQL (every `postgres` process on this machine) and the bench's client.
+//! the server, PostgreSQL (every `postgres` process on this machine, split into the store's
+//! writer session, the projections' leading sessions and the rest) and the bench's client.
 //! Under load this 2-core machine stays about 87% busy whatever is changed, so commands/s
 //! is the busy CPU divided by what a command costs; the split says where that cost is, and
 //! whether a change saved work or only moved a wait. Read from `/proc` (Linux); elsewhere
@@ -36,7 +37,50 @@ pub struct Spent {
     pub busy_share: Option<f64>,
     pub server: Option<f64>,
     pub postgres: f64,
+    /// PostgreSQL's time by backend pid.
+    postgres_by_pid: HashMap<u32, f64>,
+    /// Which backends served the writer and the projections.
+    roles: Roles,
     pub client: f64,
+}
+
+/// The server's PostgreSQL sessions whose backends' time is told apart: the store's writer
+/// (`application_name` [`universal_backend::store::WRITER_APPLICATION_NAME`]) and the
+/// sessions that lead the projections (they hold the projections' advisory locks).
+#[derive(Default, Clone)]
+pub struct Roles {
+    pub writer: Vec<u32>,
+    pub projections: Vec<u32>,
+}
+
+impl Roles {
+    /// Reads the roles from the server's sessions on `database_url`'s database; none when
+    /// that fails (then PostgreSQL's time is printed whole).
+    pub async fn read(database_url: &str) -> Self {
+        let read = async {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(database_url)
+                .await?;
+            let writer: Vec<i32> = sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = $1",
+            )
+            .bind(universal_backend::store::WRITER_APPLICATION_NAME)
+            .fetch_all(&pool)
+            .await?;
+            let leads = universal_backend::projections::runner::leads(&pool).await?;
+            pool.close().await;
+            anyhow::Ok(Self {
+                writer: writer.into_iter().map(|p| p as u32).collect(),
+                projections: leads
+                    .into_iter()
+                    .filter_map(|(_, lead)| lead.map(|(_, pid)| pid as u32))
+                    .collect(),
+            })
+        };
+        read.await.unwrap_or_default()
+    }
 }
 
 /// `/proc` counts in clock ticks of this many per second (`USER_HZ`, fixed at 100 for user
@@ -74,24 +118,29 @@ impl Sample {
         }
     }
 
-    pub fn since(&self, before: &Sample) -> Spent {
+    pub fn since(&self, before: &Sample, roles: Roles) -> Spent {
         let machine = self
             .machine
             .zip(before.machine)
             .map(|((busy, total), (busy0, total0))| (busy - busy0, total - total0));
         // A backend that started during the load counts from nothing; one that ended is
         // missed (none does while the load runs).
-        let postgres = self
+        let postgres_by_pid: HashMap<u32, f64> = self
             .postgres
             .iter()
-            .map(|(pid, t)| t - before.postgres.get(pid).copied().unwrap_or(0.0))
-            .sum::<f64>()
-            / TICKS;
+            .map(|(pid, t)| {
+                let spent = t - before.postgres.get(pid).copied().unwrap_or(0.0);
+                (*pid, spent / TICKS)
+            })
+            .collect();
+        let postgres = postgres_by_pid.values().sum::<f64>();
         Spent {
             machine: machine.map(|(busy, _)| busy),
             busy_share: machine.and_then(|(busy, total)| (total > 0.0).then(|| busy / total)),
             server: self.server.zip(before.server).map(|(a, b)| a - b),
             postgres,
+            postgres_by_pid,
+            roles,
             client: self.client - before.client,
         }
     }
@@ -113,14 +162,34 @@ impl Spent {
         if self.server.is_some() {
             line.push_str(&format!("server {:.0}, ", per(server)));
         }
+        line.push_str(&format!("PostgreSQL {:.0}", per(self.postgres)));
+        if let Some((writer, projections)) = self.postgres_split() {
+            line.push_str(&format!(
+                " (writer {:.0}, projections {:.0}, other sessions and PostgreSQL's own \
+                 processes {:.0})",
+                per(writer),
+                per(projections),
+                per(self.postgres - writer - projections)
+            ));
+        }
         line.push_str(&format!(
-            "PostgreSQL {:.0}, client {:.0}, the rest (the kernel's other work, other \
-             processes) {:.0} µs",
-            per(self.postgres),
+            ", client {:.0}, the rest (the kernel's other work, other processes) {:.0} µs",
             per(self.client),
             per(machine - server - self.postgres - self.client)
         ));
         println!("{line}");
+    }
+
+    /// PostgreSQL's time in the writer's backend and in the projections' leading
+    /// backends; `None` when the writer's backend is not known.
+    fn postgres_split(&self) -> Option<(f64, f64)> {
+        let of = |pids: &[u32]| -> f64 {
+            pids.iter()
+                .filter_map(|pid| self.postgres_by_pid.get(pid))
+                .sum()
+        };
+        (!self.roles.writer.is_empty())
+            .then(|| (of(&self.roles.writer), of(&self.roles.projections)))
     }
 }
 
@@ -213,7 +282,27 @@ mod tests {
             client: 0.0,
             postgres: postgres.iter().copied().collect(),
         };
-        let spent = sample(&[(1, 300.0), (2, 50.0)]).since(&sample(&[(1, 100.0)]));
+        let spent =
+            sample(&[(1, 300.0), (2, 50.0)]).since(&sample(&[(1, 100.0)]), Roles::default());
         assert_eq!(spent.postgres, 2.5);
+        assert_eq!(spent.postgres_split(), None);
+    }
+
+    #[test]
+    fn postgres_splits_into_the_writer_the_projections_and_the_rest() {
+        let sample = |postgres: &[(u32, f64)]| Sample {
+            machine: Some((0.0, 0.0)),
+            server: None,
+            client: 0.0,
+            postgres: postgres.iter().copied().collect(),
+        };
+        let roles = Roles {
+            writer: vec![7],
+            projections: vec![8, 9],
+        };
+        let spent = sample(&[(7, 400.0), (8, 100.0), (9, 50.0), (10, 30.0)])
+            .since(&sample(&[(7, 100.0), (8, 50.0)]), roles);
+        assert_eq!(spent.postgres, 4.3);
+        assert_eq!(spent.postgres_split(), Some((3.0, 1.0)));
     }
 }
