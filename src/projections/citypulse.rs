@@ -349,15 +349,25 @@ impl Buckets {
             mins.push(agg.min);
             maxs.push(agg.max);
         }
+        // One runner writes a table at a time (its projection's lock; a rebuild writes
+        // tables of its own), so `MERGE` meets no concurrent insert of the same bucket. It
+        // joins the batch to the table once, where `INSERT … ON CONFLICT` tried each row's
+        // insert first and locked the row it met (a WAL record of its own); the keys of a
+        // batch are distinct (`self.map`), as `MERGE` requires.
         sqlx::query(&format!(
-            "INSERT INTO {table} AS e (building_id, sensor_id, bucket, kind, unit, total, samples, \
-             min_value, max_value) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[], \
-             $5::text[], $6::float8[], $7::bigint[], $8::float8[], $9::float8[]) \
-             ON CONFLICT (building_id, bucket, sensor_id) DO UPDATE SET \
-             total = e.total + EXCLUDED.total, samples = e.samples + EXCLUDED.samples, \
-             min_value = LEAST(e.min_value, EXCLUDED.min_value), \
-             max_value = GREATEST(e.max_value, EXCLUDED.max_value)"
+            "MERGE INTO {table} AS e \
+             USING UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[], \
+             $6::float8[], $7::bigint[], $8::float8[], $9::float8[]) \
+             AS u(building_id, sensor_id, bucket, kind, unit, total, samples, min_value, \
+             max_value) \
+             ON e.building_id = u.building_id AND e.bucket = u.bucket \
+             AND e.sensor_id = u.sensor_id \
+             WHEN MATCHED THEN UPDATE SET total = e.total + u.total, \
+             samples = e.samples + u.samples, min_value = LEAST(e.min_value, u.min_value), \
+             max_value = GREATEST(e.max_value, u.max_value) \
+             WHEN NOT MATCHED THEN INSERT (building_id, sensor_id, bucket, kind, unit, total, \
+             samples, min_value, max_value) VALUES (u.building_id, u.sensor_id, u.bucket, \
+             u.kind, u.unit, u.total, u.samples, u.min_value, u.max_value)"
         ))
         .bind(&b)
         .bind(&s)
