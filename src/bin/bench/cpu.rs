@@ -274,14 +274,18 @@ mod tests {
         assert_eq!(process_ticks(stat), 280.0);
     }
 
-    #[test]
-    fn postgres_counts_new_backends_from_nothing() {
-        let sample = |postgres: &[(u32, f64)]| Sample {
+    /// A sample of PostgreSQL's backends alone: (pid, ticks).
+    fn sample(postgres: &[(u32, f64)]) -> Sample {
+        Sample {
             machine: Some((0.0, 0.0)),
             server: None,
             client: 0.0,
             postgres: postgres.iter().copied().collect(),
-        };
+        }
+    }
+
+    #[test]
+    fn postgres_counts_new_backends_from_nothing() {
         let spent =
             sample(&[(1, 300.0), (2, 50.0)]).since(&sample(&[(1, 100.0)]), Roles::default());
         assert_eq!(spent.postgres, 2.5);
@@ -290,12 +294,6 @@ mod tests {
 
     #[test]
     fn postgres_splits_into_the_writer_the_projections_and_the_rest() {
-        let sample = |postgres: &[(u32, f64)]| Sample {
-            machine: Some((0.0, 0.0)),
-            server: None,
-            client: 0.0,
-            postgres: postgres.iter().copied().collect(),
-        };
         let roles = Roles {
             writer: vec![7],
             projections: vec![8, 9],
