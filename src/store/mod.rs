@@ -263,6 +263,12 @@ pub fn category_of(stream_id: &str) -> &str {
 /// the bound also leaves room for projections that add numbers up.
 pub const MAX_NUMBER: f64 = 1e300;
 
+/// Whether a number can be stored and read back: zero, or a magnitude within
+/// [`MAX_NUMBER`] and its inverse. The one rule of [`unstorable`] and [`storable_text`].
+fn storable_number(x: f64) -> bool {
+    x == 0.0 || (x.abs() <= MAX_NUMBER && x.abs() >= 1.0 / MAX_NUMBER)
+}
+
 /// Why a JSON document cannot be stored as it is, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unstorable {
@@ -286,9 +292,7 @@ pub fn unstorable(value: &Value) -> Option<Unstorable> {
         match value {
             Value::String(s) if s.contains('\0') => Some("contains a NUL character".into()),
             Value::Number(n) => match n.as_f64() {
-                Some(x) if x == 0.0 || (x.abs() <= MAX_NUMBER && x.abs() >= 1.0 / MAX_NUMBER) => {
-                    None
-                }
+                Some(x) if storable_number(x) => None,
                 _ if n.is_i64() || n.is_u64() => None,
                 _ => Some(format!("the number {n} is out of range")),
             },
@@ -389,7 +393,7 @@ pub fn storable_text(json: &str) -> Result<(), String> {
             Ok(())
         }
         fn visit_f64<E: serde::de::Error>(self, x: f64) -> Result<(), E> {
-            if x == 0.0 || (x.abs() <= MAX_NUMBER && x.abs() >= 1.0 / MAX_NUMBER) {
+            if storable_number(x) {
                 Ok(())
             } else {
                 Err(E::custom("unstorable"))
