@@ -28,6 +28,8 @@ mod lean;
 mod slices;
 #[path = "bench/spread.rs"]
 mod spread;
+#[path = "bench/wal.rs"]
+mod wal;
 
 /// mimalloc: the service allocates many short-lived buffers per request (JSON, events);
 /// it measured faster than the system allocator under the benchmark.
@@ -337,6 +339,8 @@ struct LoadResult {
     elapsed: Duration,
     /// CPU seconds the whole machine and the server spent during the load.
     cpu: cpu::Spent,
+    /// PostgreSQL's log written during the load, when the bench could read it.
+    wal: Option<wal::Spent>,
 }
 
 /// How one load client posts its readings: `--client lean` (the default) or `reqwest`.
@@ -400,6 +404,18 @@ async fn load(
         Some(url) => cpu::Roles::read(url).await,
         None => cpu::Roles::default(),
     };
+    let log = match database_url {
+        Some(url) => sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .ok(),
+        None => None,
+    };
+    let wal_before = match &log {
+        Some(pool) => wal::Mark::take(pool).await,
+        None => None,
+    };
     let started = Instant::now();
     let cpu_before = cpu::Sample::take(server);
     for c in 0..args.clients {
@@ -441,6 +457,13 @@ async fn load(
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let cpu = cpu::Sample::take(server).since(&cpu_before, roles);
+    let wal = match (&log, wal_before) {
+        (Some(pool), Some(before)) => wal::Mark::take(pool).await.map(|m| m.since(before)),
+        _ => None,
+    };
+    if let Some(pool) = log {
+        pool.close().await;
+    }
     let mut latencies_us = Vec::new();
     while let Some(r) = tasks.join_next().await {
         latencies_us.extend(r.unwrap_or_default());
@@ -452,6 +475,7 @@ async fn load(
         errors: errors.load(Ordering::Relaxed),
         elapsed,
         cpu,
+        wal,
     }
 }
 
@@ -1226,6 +1250,9 @@ fn print_load(args: &Args, setup_took: Duration, result: &LoadResult, lags: &[St
         percentile(&result.latencies_us, 0.999)
     );
     result.cpu.print(n);
+    if let Some(wal) = &result.wal {
+        println!("{}", wal.line(n));
+    }
     if !lags.is_empty() {
         println!(
             "projection lag at end of load (events): {}",

@@ -227,34 +227,39 @@ impl Projection for Directory {
             positions.push(t.position);
             reading_times.push(t.last_reading_at);
         }
-        sqlx::query(
-            "UPDATE buildings b SET version = GREATEST(b.version, u.version), \
-             last_position = GREATEST(b.last_position, u.position), \
-             last_reading_at = GREATEST(b.last_reading_at, u.reading_at) \
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::timestamptz[]) \
-             AS u(id, version, position, reading_at) WHERE b.id = u.id",
-        )
-        .bind(&ids)
-        .bind(&versions)
-        .bind(&positions)
-        .bind(&reading_times)
-        .execute(&mut *conn)
-        .await?;
+        for r in super::statement_chunks(ids.len()) {
+            sqlx::query(
+                "UPDATE buildings b SET version = GREATEST(b.version, u.version), \
+                 last_position = GREATEST(b.last_position, u.position), \
+                 last_reading_at = GREATEST(b.last_reading_at, u.reading_at) \
+                 FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::timestamptz[]) \
+                 AS u(id, version, position, reading_at) WHERE b.id = u.id",
+            )
+            .bind(&ids[r.clone()])
+            .bind(&versions[r.clone()])
+            .bind(&positions[r.clone()])
+            .bind(&reading_times[r.clone()])
+            .execute(&mut *conn)
+            .await?;
+        }
 
         if !latest.is_empty() {
             let (sensor_ids, rest): (Vec<Uuid>, Vec<(f64, DateTime<Utc>)>) =
                 latest.into_iter().unzip();
             let (values, times): (Vec<f64>, Vec<DateTime<Utc>>) = rest.into_iter().unzip();
-            sqlx::query(
-                "UPDATE sensors s SET last_value = u.value, last_reading_at = u.at \
-                 FROM UNNEST($1::uuid[], $2::float8[], $3::timestamptz[]) AS u(id, value, at) \
-                 WHERE s.id = u.id AND (s.last_reading_at IS NULL OR s.last_reading_at <= u.at)",
-            )
-            .bind(&sensor_ids)
-            .bind(&values)
-            .bind(&times)
-            .execute(&mut *conn)
-            .await?;
+            for r in super::statement_chunks(sensor_ids.len()) {
+                sqlx::query(
+                    "UPDATE sensors s SET last_value = u.value, last_reading_at = u.at \
+                     FROM UNNEST($1::uuid[], $2::float8[], $3::timestamptz[]) \
+                     AS u(id, value, at) WHERE s.id = u.id \
+                     AND (s.last_reading_at IS NULL OR s.last_reading_at <= u.at)",
+                )
+                .bind(&sensor_ids[r.clone()])
+                .bind(&values[r.clone()])
+                .bind(&times[r.clone()])
+                .execute(&mut *conn)
+                .await?;
+            }
         }
         Ok(())
     }
@@ -354,7 +359,7 @@ impl Buckets {
         // joins the batch to the table once, where `INSERT … ON CONFLICT` tried each row's
         // insert first and locked the row it met (a WAL record of its own); the keys of a
         // batch are distinct (`self.map`), as `MERGE` requires.
-        sqlx::query(&format!(
+        let statement = format!(
             "MERGE INTO {table} AS e \
              USING UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[], \
              $6::float8[], $7::bigint[], $8::float8[], $9::float8[]) \
@@ -368,18 +373,21 @@ impl Buckets {
              WHEN NOT MATCHED THEN INSERT (building_id, sensor_id, bucket, kind, unit, total, \
              samples, min_value, max_value) VALUES (u.building_id, u.sensor_id, u.bucket, \
              u.kind, u.unit, u.total, u.samples, u.min_value, u.max_value)"
-        ))
-        .bind(&b)
-        .bind(&s)
-        .bind(&t)
-        .bind(&kinds)
-        .bind(&units)
-        .bind(&totals)
-        .bind(&samples)
-        .bind(&mins)
-        .bind(&maxs)
-        .execute(&mut *conn)
-        .await?;
+        );
+        for r in super::statement_chunks(n) {
+            sqlx::query(&statement)
+                .bind(&b[r.clone()])
+                .bind(&s[r.clone()])
+                .bind(&t[r.clone()])
+                .bind(&kinds[r.clone()])
+                .bind(&units[r.clone()])
+                .bind(&totals[r.clone()])
+                .bind(&samples[r.clone()])
+                .bind(&mins[r.clone()])
+                .bind(&maxs[r.clone()])
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
     }
 }
