@@ -190,6 +190,10 @@ impl Application {
                 .configure(http::configure)
         })
         .shutdown_timeout(30)
+        // Streams (SSE, WebSocket, Engine.IO, Pusher) write small messages one after another:
+        // with Nagle's algorithm a message would wait for the client to acknowledge the one
+        // before, which a client may delay by up to 40 ms.
+        .tcp_nodelay(true)
         // The request head must arrive within this; the body has `HTTP_BODY_TIMEOUT_SECS`.
         .client_request_timeout(Duration::from_secs(10))
         .backlog(4096)

@@ -200,7 +200,9 @@ mod tests {
     fn a_step_s_rows_go_in_statements_of_at_most_the_limit_each_once_in_order() {
         for rows in [0, 1, 99, 100, 101, 745] {
             let chunks: Vec<_> = statement_chunks(rows).collect();
-            assert!(chunks.iter().all(|r| !r.is_empty() && r.len() <= ROWS_PER_STATEMENT));
+            assert!(chunks
+                .iter()
+                .all(|r| !r.is_empty() && r.len() <= ROWS_PER_STATEMENT));
             let covered: Vec<usize> = chunks.into_iter().flatten().collect();
             assert_eq!(covered, (0..rows).collect::<Vec<_>>(), "{rows} rows");
         }
