@@ -400,11 +400,8 @@ async fn load(
         "authorization: Bearer {}\r\nx-frontend-source: citypulse\r\n",
         BENCH_TOKEN.get().map(String::as_str).unwrap_or_default()
     );
-    let roles = match database_url {
-        Some(url) => cpu::Roles::read(url).await,
-        None => cpu::Roles::default(),
-    };
-    let log = match database_url {
+    // A connection to the server's database, to tell its sessions apart and read its log.
+    let observer = match database_url {
         Some(url) => sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
             .connect(url)
@@ -412,9 +409,9 @@ async fn load(
             .ok(),
         None => None,
     };
-    let wal_before = match &log {
-        Some(pool) => wal::Mark::take(pool).await,
-        None => None,
+    let (roles, wal_before) = match &observer {
+        Some(pool) => (cpu::Roles::read(pool).await, wal::Mark::take(pool).await),
+        None => (cpu::Roles::default(), None),
     };
     let started = Instant::now();
     let cpu_before = cpu::Sample::take(server);
@@ -457,11 +454,11 @@ async fn load(
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let cpu = cpu::Sample::take(server).since(&cpu_before, roles);
-    let wal = match (&log, wal_before) {
+    let wal = match (&observer, wal_before) {
         (Some(pool), Some(before)) => wal::Mark::take(pool).await.map(|m| m.since(before)),
         _ => None,
     };
-    if let Some(pool) = log {
+    if let Some(pool) = observer {
         pool.close().await;
     }
     let mut latencies_us = Vec::new();

@@ -54,23 +54,18 @@ pub struct Roles {
 }
 
 impl Roles {
-    /// Reads the roles from the server's sessions on `database_url`'s database; none when
-    /// that fails (then PostgreSQL's time is printed whole).
-    pub async fn read(database_url: &str) -> Self {
+    /// Reads the roles from the server's sessions on `pool`'s database; none when that fails
+    /// (then PostgreSQL's time is printed whole).
+    pub async fn read(pool: &sqlx::PgPool) -> Self {
         let read = async {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .connect(database_url)
-                .await?;
             let writer: Vec<i32> = sqlx::query_scalar(
                 "SELECT pid FROM pg_stat_activity \
                  WHERE datname = current_database() AND application_name = $1",
             )
             .bind(universal_backend::store::WRITER_APPLICATION_NAME)
-            .fetch_all(&pool)
+            .fetch_all(pool)
             .await?;
-            let leads = universal_backend::projections::runner::leads(&pool).await?;
-            pool.close().await;
+            let leads = universal_backend::projections::runner::leads(pool).await?;
             anyhow::Ok(Self {
                 writer: writer.into_iter().map(|p| p as u32).collect(),
                 projections: leads
