@@ -372,6 +372,9 @@ impl Sender {
     }
 }
 
+/// Drives the readings load for `--seconds` and measures it. With `database_url` (the
+/// server's database, when this bench started the server) it also splits PostgreSQL's CPU by
+/// the server's sessions and reads the log PostgreSQL wrote.
 async fn load(
     args: &Args,
     base: &str,
@@ -1167,7 +1170,7 @@ async fn main() -> anyhow::Result<()> {
 
     let client_args = args.clone();
     let client_base = base.clone();
-    let roles_url = database_url.clone();
+    let observer_url = database_url.clone();
     let (setup_took, result) = on_client_threads(async move {
         let client = tenant_client(&client_base, client_args.clients, "citypulse").await?;
         let t = Instant::now();
@@ -1179,7 +1182,7 @@ async fn main() -> anyhow::Result<()> {
             client,
             Arc::new(targets),
             cpu::Server::ThisProcess,
-            Some(&roles_url),
+            Some(&observer_url),
         )
         .await;
         anyhow::Ok((setup_took, result))
@@ -1396,8 +1399,9 @@ mod separate {
         };
         let client_args = args.clone();
         let client_base = base.clone();
-        // PostgreSQL's time is split by the server's sessions when this bench started both.
-        let roles_url = child.is_some().then(|| database_url.to_owned());
+        // PostgreSQL is observed (its time split by the server's sessions, its log read) only
+        // when this bench started the server on its own database.
+        let observer_url = child.is_some().then(|| database_url.to_owned());
         let outcome = on_client_threads(async move {
             let client = tenant_client(&client_base, client_args.clients, "citypulse").await?;
             let t = Instant::now();
@@ -1409,7 +1413,7 @@ mod separate {
                 client,
                 Arc::new(targets),
                 server,
-                roles_url.as_deref(),
+                observer_url.as_deref(),
             )
             .await;
             anyhow::Ok((setup_took, result))
