@@ -228,6 +228,7 @@ impl Projection for Directory {
             reading_times.push(t.last_reading_at);
         }
         for r in super::statement_chunks(ids.len()) {
+            let statement = super::Statement::start();
             sqlx::query(
                 "UPDATE buildings b SET version = GREATEST(b.version, u.version), \
                  last_position = GREATEST(b.last_position, u.position), \
@@ -241,6 +242,7 @@ impl Projection for Directory {
             .bind(&reading_times[r.clone()])
             .execute(&mut *conn)
             .await?;
+            statement.rest().await;
         }
 
         if !latest.is_empty() {
@@ -248,6 +250,7 @@ impl Projection for Directory {
                 latest.into_iter().unzip();
             let (values, times): (Vec<f64>, Vec<DateTime<Utc>>) = rest.into_iter().unzip();
             for r in super::statement_chunks(sensor_ids.len()) {
+                let statement = super::Statement::start();
                 sqlx::query(
                     "UPDATE sensors s SET last_value = u.value, last_reading_at = u.at \
                      FROM UNNEST($1::uuid[], $2::float8[], $3::timestamptz[]) \
@@ -259,6 +262,7 @@ impl Projection for Directory {
                 .bind(&times[r.clone()])
                 .execute(&mut *conn)
                 .await?;
+                statement.rest().await;
             }
         }
         Ok(())
@@ -359,7 +363,7 @@ impl Buckets {
         // joins the batch to the table once, where `INSERT … ON CONFLICT` tried each row's
         // insert first and locked the row it met (a WAL record of its own); the keys of a
         // batch are distinct (`self.map`), as `MERGE` requires.
-        let statement = format!(
+        let merge = format!(
             "MERGE INTO {table} AS e \
              USING UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[], \
              $6::float8[], $7::bigint[], $8::float8[], $9::float8[]) \
@@ -375,7 +379,8 @@ impl Buckets {
              u.kind, u.unit, u.total, u.samples, u.min_value, u.max_value)"
         );
         for r in super::statement_chunks(n) {
-            sqlx::query(&statement)
+            let statement = super::Statement::start();
+            sqlx::query(&merge)
                 .bind(&b[r.clone()])
                 .bind(&s[r.clone()])
                 .bind(&t[r.clone()])
@@ -387,6 +392,7 @@ impl Buckets {
                 .bind(&maxs[r.clone()])
                 .execute(&mut *conn)
                 .await?;
+            statement.rest().await;
         }
         Ok(())
     }

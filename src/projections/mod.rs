@@ -59,6 +59,46 @@ pub fn statement_chunks(rows: usize) -> impl Iterator<Item = std::ops::Range<usi
         .map(move |start| start..rows.min(start + ROWS_PER_STATEMENT))
 }
 
+tokio::task_local! {
+    /// Whether the step being applied was taken under load (see [`Statement::rest`]).
+    static UNDER_LOAD: bool;
+}
+
+/// Applies a step; `under_load` when the runner lingered before it because events kept
+/// coming (see `runner::linger_after`).
+pub(crate) async fn step_under<F: std::future::Future>(under_load: bool, step: F) -> F::Output {
+    UNDER_LOAD.scope(under_load, step).await
+}
+
+/// The longest rest after one statement.
+const LONGEST_REST: Duration = Duration::from_millis(10);
+
+/// One of the statements of a step that writes its rows in several
+/// ([`statement_chunks`]).
+///
+/// Under load a step rests after each statement as long as the statement took, so that
+/// its backend keeps at most about half of a core. A step's statements otherwise follow
+/// each other without a pause, and on a small machine two projections' backends busy at
+/// once left the store's writer and the HTTP workers one core for milliseconds: commands
+/// then waited in bursts, every linger. A step under load has lingered for many times its
+/// own duration already, so resting lengthens what its read model lags by little. Steps of
+/// a catch-up and the first step after a quiet spell do not rest.
+pub struct Statement(std::time::Instant);
+
+impl Statement {
+    /// Called before the statement is sent.
+    pub fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    /// Called once the statement is done.
+    pub async fn rest(self) {
+        if UNDER_LOAD.try_with(|u| *u).unwrap_or(false) {
+            tokio::time::sleep(self.0.elapsed().min(LONGEST_REST)).await;
+        }
+    }
+}
+
 /// Looks a projection up by name.
 pub fn by_name(name: &str) -> Option<Arc<dyn Projection>> {
     all().into_iter().find(|p| p.name() == name)

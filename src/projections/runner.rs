@@ -285,6 +285,8 @@ struct Live {
     prefetched: Option<Page>,
     /// The checkpoint as this runner last stored it.
     checkpoint: Option<i64>,
+    /// Whether the next step follows a linger: events keep coming.
+    under_load: bool,
 }
 
 /// Marks a runner as leading for as long as it lives.
@@ -441,6 +443,7 @@ impl ProjectionRunner {
                 stored = tokio::time::Instant::now();
             }
             woken = false;
+            live.under_load = false;
             if done {
                 let caught_up = tokio::time::Instant::now();
                 let after = *self.progress.borrow();
@@ -455,6 +458,7 @@ impl ProjectionRunner {
                 // after a quiet spell is applied at once.
                 if woken && caught_up.elapsed() < self.config.live_linger {
                     tokio::time::sleep(linger_after(self.config.live_linger, applying)).await;
+                    live.under_load = true;
                 }
             }
         }
@@ -565,10 +569,14 @@ impl ProjectionRunner {
             return Ok(None);
         }
         let page_ref = &page;
+        let under_load = live.under_load;
         let apply = async move {
             let applied = match page_ref.events.as_slice() {
                 [] => Ok(()),
-                events => apply_catching(&mut tx, self.projection.as_ref(), events).await,
+                events => {
+                    let apply = apply_catching(&mut tx, self.projection.as_ref(), events);
+                    super::step_under(under_load, apply).await
+                }
             };
             match applied {
                 Ok(()) => {
