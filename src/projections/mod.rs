@@ -83,12 +83,12 @@ const LONGEST_REST: Duration = Duration::from_millis(10);
 /// then waited in bursts, every linger. A step under load has lingered for many times its
 /// own duration already, so resting lengthens what its read model lags by little. Steps of
 /// a catch-up and the first step after a quiet spell do not rest.
-pub struct Statement(std::time::Instant);
+pub struct Statement(tokio::time::Instant);
 
 impl Statement {
     /// Called before the statement is sent.
     pub fn start() -> Self {
-        Self(std::time::Instant::now())
+        Self(tokio::time::Instant::now())
     }
 
     /// Called once the statement is done.
@@ -248,5 +248,27 @@ mod tests {
         }
         assert_eq!(statement_chunks(745).count(), 8);
         assert_eq!(statement_chunks(100).count(), 1);
+    }
+
+    /// The time a statement's rest takes on a paused clock: `took` into the statement.
+    async fn rest_after(took: Duration) -> Duration {
+        let statement = Statement::start();
+        tokio::time::advance(took).await;
+        let done = tokio::time::Instant::now();
+        statement.rest().await;
+        done.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn statements_rest_only_in_steps_under_load() {
+        let ms = Duration::from_millis;
+        assert_eq!(rest_after(ms(3)).await, ms(0), "outside any step");
+        assert_eq!(step_under(false, rest_after(ms(3))).await, ms(0));
+        assert_eq!(step_under(true, rest_after(ms(3))).await, ms(3));
+        assert_eq!(
+            step_under(true, rest_after(ms(250))).await,
+            LONGEST_REST,
+            "a slow statement rests at most LONGEST_REST"
+        );
     }
 }
