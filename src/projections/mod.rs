@@ -80,9 +80,10 @@ const LONGEST_REST: Duration = Duration::from_millis(10);
 /// its backend keeps at most about half of a core. A step's statements otherwise follow
 /// each other without a pause, and on a small machine two projections' backends busy at
 /// once left the store's writer and the HTTP workers one core for milliseconds: commands
-/// then waited in bursts, every linger. A step under load has lingered for many times its
-/// own duration already, so resting lengthens what its read model lags by little. Steps of
-/// a catch-up and the first step after a quiet spell do not rest.
+/// then waited in bursts, every linger. A step under load follows a linger of up to four
+/// times its own duration (`runner::linger_after`), so resting adds little to what its read
+/// model lags by. Steps of a catch-up, careful steps and the first step after a quiet spell
+/// do not rest.
 pub struct Statement(tokio::time::Instant);
 
 impl Statement {
