@@ -227,8 +227,8 @@ impl Projection for Directory {
             positions.push(t.position);
             reading_times.push(t.last_reading_at);
         }
-        for r in super::statement_chunks(ids.len()) {
-            let statement = super::Statement::start();
+        let mut statements = super::Statements::new(ids.len());
+        while let Some(r) = statements.next().await {
             sqlx::query(
                 "UPDATE buildings b SET version = GREATEST(b.version, u.version), \
                  last_position = GREATEST(b.last_position, u.position), \
@@ -242,15 +242,14 @@ impl Projection for Directory {
             .bind(&reading_times[r.clone()])
             .execute(&mut *conn)
             .await?;
-            statement.rest().await;
         }
 
         if !latest.is_empty() {
             let (sensor_ids, rest): (Vec<Uuid>, Vec<(f64, DateTime<Utc>)>) =
                 latest.into_iter().unzip();
             let (values, times): (Vec<f64>, Vec<DateTime<Utc>>) = rest.into_iter().unzip();
-            for r in super::statement_chunks(sensor_ids.len()) {
-                let statement = super::Statement::start();
+            let mut statements = super::Statements::new(sensor_ids.len());
+            while let Some(r) = statements.next().await {
                 sqlx::query(
                     "UPDATE sensors s SET last_value = u.value, last_reading_at = u.at \
                      FROM UNNEST($1::uuid[], $2::float8[], $3::timestamptz[]) \
@@ -262,7 +261,6 @@ impl Projection for Directory {
                 .bind(&times[r.clone()])
                 .execute(&mut *conn)
                 .await?;
-                statement.rest().await;
             }
         }
         Ok(())
@@ -378,8 +376,8 @@ impl Buckets {
              samples, min_value, max_value) VALUES (u.building_id, u.sensor_id, u.bucket, \
              u.kind, u.unit, u.total, u.samples, u.min_value, u.max_value)"
         );
-        for r in super::statement_chunks(n) {
-            let statement = super::Statement::start();
+        let mut statements = super::Statements::new(n);
+        while let Some(r) = statements.next().await {
             sqlx::query(&merge)
                 .bind(&b[r.clone()])
                 .bind(&s[r.clone()])
@@ -392,7 +390,6 @@ impl Buckets {
                 .bind(&maxs[r.clone()])
                 .execute(&mut *conn)
                 .await?;
-            statement.rest().await;
         }
         Ok(())
     }

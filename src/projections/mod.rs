@@ -53,14 +53,31 @@ pub const ROWS_PER_STATEMENT: usize = 100;
 
 /// The ranges of `0..rows` that a step's statements write, [`ROWS_PER_STATEMENT`] at most
 /// each, in order.
-pub fn statement_chunks(rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    (0..rows)
-        .step_by(ROWS_PER_STATEMENT)
-        .map(move |start| start..rows.min(start + ROWS_PER_STATEMENT))
+fn statement_chunks(rows: usize) -> Chunks {
+    Chunks { rows, start: 0 }
+}
+
+/// See [`statement_chunks`].
+struct Chunks {
+    rows: usize,
+    start: usize,
+}
+
+impl Iterator for Chunks {
+    type Item = std::ops::Range<usize>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let start = self.start;
+        if start >= self.rows {
+            return None;
+        }
+        self.start = self.rows.min(start + ROWS_PER_STATEMENT);
+        Some(start..self.start)
+    }
 }
 
 tokio::task_local! {
-    /// Whether the step being applied was taken under load (see [`Statement::rest`]).
+    /// Whether the step being applied was taken under load (see [`Statements`]).
     static UNDER_LOAD: bool;
 }
 
@@ -73,8 +90,8 @@ pub(crate) async fn step_under<F: std::future::Future>(under_load: bool, step: F
 /// The longest rest after one statement.
 const LONGEST_REST: Duration = Duration::from_millis(10);
 
-/// One of the statements of a step that writes its rows in several
-/// ([`statement_chunks`]).
+/// The statements of a step that writes `rows` rows: the rows of each in turn
+/// ([`ROWS_PER_STATEMENT`] at most), and a rest after each under load.
 ///
 /// Under load a step rests after each statement as long as the statement took, so that
 /// its backend keeps at most about half of a core. A step's statements otherwise follow
@@ -84,19 +101,31 @@ const LONGEST_REST: Duration = Duration::from_millis(10);
 /// times its own duration (`runner::linger_after`), so resting adds little to what its read
 /// model lags by. Steps of a catch-up, careful steps and the first step after a quiet spell
 /// do not rest.
-pub struct Statement(tokio::time::Instant);
+pub struct Statements {
+    chunks: Chunks,
+    /// When the statement last handed out began.
+    began: Option<tokio::time::Instant>,
+}
 
-impl Statement {
-    /// Called before the statement is sent.
-    pub fn start() -> Self {
-        Self(tokio::time::Instant::now())
+impl Statements {
+    pub fn new(rows: usize) -> Self {
+        Self {
+            chunks: statement_chunks(rows),
+            began: None,
+        }
     }
 
-    /// Called once the statement is done.
-    pub async fn rest(self) {
-        if UNDER_LOAD.try_with(|u| *u).unwrap_or(false) {
-            tokio::time::sleep(self.0.elapsed().min(LONGEST_REST)).await;
+    /// The rows of the next statement, once the one before has rested; `None` after the
+    /// last (which rests too).
+    pub async fn next(&mut self) -> Option<std::ops::Range<usize>> {
+        if let Some(began) = self.began.take() {
+            if UNDER_LOAD.try_with(|u| *u).unwrap_or(false) {
+                tokio::time::sleep(began.elapsed().min(LONGEST_REST)).await;
+            }
         }
+        let rows = self.chunks.next()?;
+        self.began = Some(tokio::time::Instant::now());
+        Some(rows)
     }
 }
 
@@ -253,10 +282,11 @@ mod tests {
 
     /// The time a statement's rest takes on a paused clock: `took` into the statement.
     async fn rest_after(took: Duration) -> Duration {
-        let statement = Statement::start();
+        let mut statements = Statements::new(2 * ROWS_PER_STATEMENT);
+        statements.next().await;
         tokio::time::advance(took).await;
         let done = tokio::time::Instant::now();
-        statement.rest().await;
+        statements.next().await;
         done.elapsed()
     }
 
