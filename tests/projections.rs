@@ -215,11 +215,10 @@ async fn a_standby_runner_takes_over_when_the_leader_dies() {
     let _ = leader.await;
     make_history(&app, 2).await;
     wait_caught_up(&app.pool, store.as_ref(), "citypulse_energy").await;
-    assert_eq!(
-        *standby_progress.borrow(),
-        store.head_position().await.unwrap(),
-        "the standby took over"
-    );
+    // The head is read before the progress is borrowed: a `watch::Ref` held across an await
+    // blocks the runner's next send, on this very thread.
+    let head = store.head_position().await.unwrap();
+    assert_eq!(*standby_progress.borrow(), head, "the standby took over");
     standby.abort();
 }
 
